@@ -1,0 +1,83 @@
+//! The per-host agent. It owns the node's endpoint table and is the only
+//! writer of its kernel state; the CNI plugin and the CLI are its clients.
+
+mod key_locks;
+mod node;
+mod server;
+mod state_store;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use muslin_model::agent_config::AgentConfig;
+
+pub use node::Node;
+pub use server::BindError;
+pub use state_store::{StateStore, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] muslin_model::agent_config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error(transparent)]
+    Kernel(#[from] muslin_kernel::KernelError),
+}
+
+fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Runs the agent until `shutdown` resolves. Kernel state is left in place
+/// on exit: a restarting agent must not interrupt traffic.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    config.validate()?;
+    let node_name = config.node_name.clone().unwrap_or_else(host_name);
+    let store = StateStore::open(&config.state_dir)?;
+    let table = store.load()?;
+    for (k, e) in &table.endpoints {
+        if !config.blocks.iter().any(|b| b.contains(&e.address)) {
+            tracing::warn!(container = %k.container_id, address = %e.address, "recorded address is outside the configured blocks; it stays until DEL");
+        }
+    }
+    tracing::info!(node = %node_name, endpoints = table.endpoints.len(), state = ?store.path(), "loaded state");
+    if muslin_kernel::enable_ipv4_forwarding()? {
+        tracing::info!("enabled net.ipv4.ip_forward");
+    }
+    let netlink = muslin_kernel::Netlink::current()?;
+    let listener = server::bind(&config.socket).await?;
+    let socket = config.socket.clone();
+    let interval = Duration::from_secs(config.reconcile_interval);
+    let node = Arc::new(Node::new(config, node_name, netlink, store, table));
+    node.reconcile().await;
+
+    let reconciler = {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                node.reconcile().await;
+            }
+        })
+    };
+    tracing::info!(socket = ?socket, blocks = ?node.config.blocks, "agent ready");
+    tokio::select! {
+        _ = server::serve(listener, node.clone()) => {}
+        _ = shutdown => tracing::info!("shutting down; kernel state is left in place"),
+    }
+    reconciler.abort();
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}

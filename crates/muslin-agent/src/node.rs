@@ -1,0 +1,342 @@
+//! The node: the endpoint table, its persistence and the kernel plumbing of
+//! each attachment, behind the operations the local API offers.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use muslin_kernel::{KernelError, Netlink};
+use muslin_model::agent_config::AgentConfig;
+use muslin_model::api::{
+    AddRequest, Added, BlockStatus, CheckRequest, DelRequest, EndpointStatus, GcRequest, NodeStatus,
+};
+use muslin_model::cni::{CniError, ErrorCode};
+use muslin_model::ipam::{capacity, AttachmentKey, Endpoint, EndpointTable};
+use muslin_model::naming::{format_mac, host_ifname};
+use muslin_model::plumbing::{plan, AttachmentPlan};
+use muslin_model::IFACE_PREFIX;
+use tokio::sync::Mutex;
+
+use crate::key_locks::KeyLocks;
+use crate::state_store::StateStore;
+
+pub struct Node {
+    pub config: AgentConfig,
+    pub node_name: String,
+    netlink: Netlink,
+    table: Mutex<Versioned>,
+    writer: Mutex<u64>,
+    store: Arc<StateStore>,
+    locks: KeyLocks<AttachmentKey>,
+}
+
+/// The table and a counter bumped on every change, so that one durable
+/// write can cover all changes made while the previous write ran.
+struct Versioned {
+    table: EndpointTable,
+    generation: u64,
+}
+
+pub fn kernel_error(e: KernelError) -> CniError {
+    match &e {
+        KernelError::NetnsMissing(_) => CniError::new(ErrorCode::UnknownContainer, e.to_string()),
+        KernelError::NotNetns(p) => CniError::new(
+            ErrorCode::InvalidEnvironment,
+            format!("CNI_NETNS {p:?} is not a network namespace"),
+        ),
+        KernelError::InterfaceExists(_) => CniError::new(ErrorCode::InterfaceExists, e.to_string()),
+        KernelError::Netlink { .. } | KernelError::Io { .. } => {
+            CniError::new(ErrorCode::Kernel, e.to_string())
+        }
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> CniError {
+    CniError::new(ErrorCode::Internal, e.to_string())
+}
+
+impl Node {
+    pub fn new(
+        config: AgentConfig,
+        node_name: String,
+        netlink: Netlink,
+        store: StateStore,
+        table: EndpointTable,
+    ) -> Self {
+        Node {
+            config,
+            node_name,
+            netlink,
+            table: Mutex::new(Versioned {
+                table,
+                generation: 0,
+            }),
+            writer: Mutex::new(0),
+            store: Arc::new(store),
+            locks: KeyLocks::new(),
+        }
+    }
+
+    /// Returns once a snapshot at least as new as `generation` is on disk.
+    async fn persist(&self, generation: u64) -> Result<(), CniError> {
+        let mut written = self.writer.lock().await;
+        if *written >= generation {
+            return Ok(());
+        }
+        let (gen, bytes) = {
+            let v = self.table.lock().await;
+            (v.generation, v.table.to_json())
+        };
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.save(&bytes))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        *written = gen;
+        Ok(())
+    }
+
+    async fn mutate<T>(&self, f: impl FnOnce(&mut EndpointTable) -> T) -> (T, u64) {
+        let mut v = self.table.lock().await;
+        let out = f(&mut v.table);
+        v.generation += 1;
+        (out, v.generation)
+    }
+
+    pub async fn add(&self, req: AddRequest) -> Result<Added, CniError> {
+        let ns = muslin_kernel::open_netns(&req.netns).map_err(kernel_error)?;
+        let _guard = self.locks.lock(&req.key).await;
+        let mtu = req.mtu.unwrap_or(self.config.mtu);
+        let blocks = self.config.blocks.clone();
+        let (allocated, gen) = self
+            .mutate(|t| {
+                t.allocate(req.key.clone(), &blocks, |address| Endpoint {
+                    address,
+                    netns: Some(req.netns.clone()),
+                    host_ifname: host_ifname(&req.key.container_id, &req.key.ifname),
+                    mtu,
+                    pod: req.pod.clone(),
+                })
+                .map(|(e, _)| e.address)
+            })
+            .await;
+        let address =
+            allocated.map_err(|e| CniError::new(ErrorCode::AddressesExhausted, e.to_string()))?;
+        // The allocation is durable before any interface exists, so a crash
+        // from here on leaves a record that DEL or GC can find.
+        if let Err(e) = self.persist(gen).await {
+            self.release(&req.key).await;
+            return Err(e);
+        }
+        let p = plan(&req.key, address, mtu);
+        if let Err(e) = muslin_kernel::attach(&self.netlink, &p, &ns).await {
+            tracing::warn!(container = %req.key.container_id, cause = %e, "ADD failed; rolled back");
+            self.release(&req.key).await;
+            return Err(kernel_error(e));
+        }
+        tracing::info!(container = %req.key.container_id, ifname = %req.key.ifname, %address, host_if = %p.host_ifname, "attached");
+        Ok(added(&p))
+    }
+
+    /// Best-effort removal of a record during rollback.
+    async fn release(&self, key: &AttachmentKey) {
+        let (_, gen) = self.mutate(|t| t.release(key)).await;
+        if let Err(e) = self.persist(gen).await {
+            tracing::error!(cause = %e, "could not persist a released address; GC will reclaim it");
+        }
+    }
+
+    /// Releases the record durably, then removes the veth in the
+    /// background: the kernel spends about 20 ms unregistering a veth (RCU
+    /// grace periods), which the runtime need not wait for. The key's lock
+    /// is held until the veth is gone, so a re-ADD of the same attachment
+    /// waits for it; a crash before then leaves an orphaned veth, which the
+    /// reconciler removes because no record names it.
+    pub async fn del(&self, req: DelRequest) -> Result<(), CniError> {
+        let guard = self.locks.lock(&req.key).await;
+        self.forget(&req.key).await?;
+        let netlink = self.netlink.clone();
+        let name = host_ifname(&req.key.container_id, &req.key.ifname);
+        tokio::spawn(async move {
+            if let Err(e) = muslin_kernel::detach(&netlink, &name).await {
+                tracing::warn!(link = %name, cause = %e, "could not remove veth; the reconciler will retry");
+            }
+            drop(guard);
+        });
+        Ok(())
+    }
+
+    /// Removes the record (if any) and waits until that is on disk.
+    async fn forget(&self, key: &AttachmentKey) -> Result<(), CniError> {
+        let (removed, gen) = self.mutate(|t| t.release(key)).await;
+        if let Some(e) = removed {
+            self.persist(gen).await?;
+            tracing::info!(container = %key.container_id, ifname = %key.ifname, address = %e.address, "detached");
+        }
+        Ok(())
+    }
+
+    /// Synchronous teardown, for GC: veth first, then the record.
+    /// Idempotent, and works without a record (the name is derived).
+    async fn teardown(&self, key: &AttachmentKey) -> Result<(), CniError> {
+        let name = host_ifname(&key.container_id, &key.ifname);
+        muslin_kernel::detach(&self.netlink, &name).await.map_err(kernel_error)?;
+        self.forget(key).await
+    }
+
+    pub async fn check(&self, req: CheckRequest) -> Result<(), CniError> {
+        let _guard = self.locks.lock(&req.key).await;
+        let ep = self
+            .table
+            .lock()
+            .await
+            .table
+            .endpoints
+            .get(&req.key)
+            .cloned();
+        let Some(ep) = ep else {
+            return Err(CniError::new(
+                ErrorCode::CheckFailed,
+                format!(
+                    "no attachment of container {} as {} is recorded",
+                    req.key.container_id, req.key.ifname
+                ),
+            ));
+        };
+        let p = plan(&req.key, ep.address, ep.mtu);
+        if let Some(bad) = req.expect.iter().find(|a| **a != p.address) {
+            return Err(CniError::new(
+                ErrorCode::CheckFailed,
+                format!("prevResult has {bad} but the agent allocated {}", p.address),
+            ));
+        }
+        let ns = muslin_kernel::open_netns(&req.netns).map_err(kernel_error)?;
+        let problems = muslin_kernel::check(&self.netlink, &p, &ns)
+            .await
+            .map_err(kernel_error)?;
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(CniError::new(ErrorCode::CheckFailed, problems.join("; ")))
+        }
+    }
+
+    pub async fn gc(&self, req: GcRequest) -> Result<Vec<AttachmentKey>, CniError> {
+        let valid: HashSet<(String, String)> = req.valid.into_iter().collect();
+        let stale = self.table.lock().await.table.stale(&req.network, &valid);
+        let mut errors = Vec::new();
+        for key in &stale {
+            let _guard = self.locks.lock(key).await;
+            if let Err(e) = self.teardown(key).await {
+                errors.push(e.msg);
+            }
+        }
+        errors.extend(self.sweep_orphans().await);
+        if !errors.is_empty() {
+            return Err(CniError::new(
+                ErrorCode::Kernel,
+                format!("GC could not remove everything: {}", errors.join("; ")),
+            ));
+        }
+        tracing::info!(network = %req.network, released = stale.len(), "GC done");
+        Ok(stale)
+    }
+
+    pub async fn status(&self) -> NodeStatus {
+        let v = self.table.lock().await;
+        let blocks = self
+            .config
+            .blocks
+            .iter()
+            .map(|b| BlockStatus {
+                cidr: *b,
+                used: v
+                    .table
+                    .endpoints
+                    .values()
+                    .filter(|e| b.contains(&e.address))
+                    .count() as u64,
+                capacity: capacity(b).min(u64::MAX as u128) as u64,
+            })
+            .collect();
+        let endpoints = v
+            .table
+            .endpoints
+            .iter()
+            .map(|(k, e)| EndpointStatus {
+                key: k.clone(),
+                address: e.address,
+                host_ifname: e.host_ifname.clone(),
+                pod: e.pod.clone(),
+            })
+            .collect();
+        NodeStatus {
+            node_name: self.node_name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            mtu: self.config.mtu,
+            blocks,
+            endpoints,
+        }
+    }
+
+    /// Removes host veths of ours that no record names (left by a crash
+    /// between releasing a record and removing its veth, or by a lost state
+    /// file). Returns what it could not remove.
+    async fn sweep_orphans(&self) -> Vec<String> {
+        // Links first, records second: ADD records before it creates a
+        // link, so every link listed here that is still wanted has a record
+        // in the table read afterwards.
+        let links = match self.netlink.links().await {
+            Ok(l) => l,
+            Err(e) => return vec![e.to_string()],
+        };
+        let known: HashSet<String> =
+            self.table.lock().await.table.endpoints.values().map(|e| e.host_ifname.clone()).collect();
+        let mut errors = Vec::new();
+        for l in links.iter().filter(|l| is_ours(&l.name) && !known.contains(&l.name)) {
+            match self.netlink.delete_link(&l.name).await {
+                Ok(_) => tracing::info!(link = %l.name, "removed an orphaned veth"),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        errors
+    }
+
+    /// Level-triggered repair: every recorded attachment whose veth exists
+    /// gets its host route back if something removed it, and veths of ours
+    /// that nothing records are removed.
+    pub async fn reconcile(&self) {
+        let entries: Vec<(AttachmentKey, Endpoint)> =
+            self.table.lock().await.table.endpoints.iter().map(|(k, e)| (k.clone(), e.clone())).collect();
+        for (key, ep) in entries {
+            let p = plan(&key, ep.address, ep.mtu);
+            match muslin_kernel::ensure_host_route(&self.netlink, &p).await {
+                Ok(true) => {}
+                Ok(false) => tracing::debug!(container = %key.container_id, "veth absent; waiting for DEL or GC"),
+                Err(e) => tracing::warn!(container = %key.container_id, cause = %e, "reconcile failed"),
+            }
+        }
+        for e in self.sweep_orphans().await {
+            tracing::warn!(cause = %e, "could not remove an orphaned veth");
+        }
+    }
+}
+
+fn is_ours(name: &str) -> bool {
+    name.len() == muslin_model::naming::MAX_IFNAME_LEN
+        && name.starts_with(IFACE_PREFIX)
+        && name[IFACE_PREFIX.len()..]
+            .chars()
+            .all(|c| c.is_ascii_hexdigit())
+}
+
+fn added(p: &AttachmentPlan) -> Added {
+    Added {
+        host_ifname: p.host_ifname.clone(),
+        host_mac: format_mac(&p.host_mac),
+        container_ifname: p.container_ifname.clone(),
+        container_mac: format_mac(&p.container_mac),
+        address: p.address,
+        gateway: p.gateway,
+        mtu: p.mtu,
+    }
+}

@@ -1,0 +1,109 @@
+//! The local API server: one request line, one response line, per
+//! connection, on a Unix socket only root can reach.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use muslin_model::api::{Request, Response};
+use muslin_model::cni::{CniError, ErrorCode};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::node::Node;
+
+/// Requests are small; anything larger is a confused or hostile client.
+const MAX_REQUEST: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("socket {0:?} is in use by another running agent")]
+    InUse(PathBuf),
+    #[error("binding socket {path:?}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub async fn bind(path: &Path) -> Result<UnixListener, BindError> {
+    let ioe = |source| BindError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            // 0700: the socket is unreachable to others even before chmod.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(ioe)?;
+        }
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(BindError::InUse(path.to_owned()));
+        }
+        std::fs::remove_file(path).map_err(ioe)?;
+    }
+    let l = UnixListener::bind(path).map_err(ioe)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(ioe)?;
+    Ok(l)
+}
+
+pub async fn serve(listener: UnixListener, node: Arc<Node>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(stream, node).await {
+                        tracing::debug!(cause = %e, "client connection ended early");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(cause = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle(stream: UnixStream, node: Arc<Node>) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    let n = BufReader::new(r.take(MAX_REQUEST as u64))
+        .read_line(&mut line)
+        .await?;
+    let resp = if n == 0 {
+        return Ok(());
+    } else {
+        match serde_json::from_str::<Request>(&line) {
+            Ok(req) => dispatch(&node, req).await,
+            Err(e) => Response::Error(CniError::new(
+                ErrorCode::AgentProtocol,
+                format!("bad request: {e}"),
+            )),
+        }
+    };
+    let mut out = serde_json::to_vec(&resp).expect("response serializes");
+    out.push(b'\n');
+    w.write_all(&out).await?;
+    w.shutdown().await
+}
+
+async fn dispatch(node: &Node, req: Request) -> Response {
+    let res = match req {
+        Request::Add(r) => node.add(r).await.map(Response::Added),
+        Request::Del(r) => node.del(r).await.map(|_| Response::Done),
+        Request::Check(r) => node.check(r).await.map(|_| Response::Done),
+        Request::Gc(r) => node
+            .gc(r)
+            .await
+            .map(|released| Response::Collected { released }),
+        Request::Status => Ok(Response::Status(node.status().await)),
+    };
+    res.unwrap_or_else(Response::Error)
+}

@@ -1,0 +1,292 @@
+use std::path::PathBuf;
+
+use muslin_model::agent_config::DEFAULT_SOCKET;
+use muslin_model::api::{
+    AddRequest, Added, CheckRequest, DelRequest, GcRequest, Request, Response,
+};
+use muslin_model::cni::{
+    cni_version_hint, version_reply, CniError, CniVersion, Command, Dns, Env, ErrorCode, Interface,
+    IpConfig, NetConf, Route, SuccessResult,
+};
+use muslin_model::ipam::AttachmentKey;
+use muslin_model::plumbing::default_route;
+
+use crate::client::{call, ClientError};
+
+/// What the process prints on stdout and exits with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub stdout: String,
+    pub exit_code: i32,
+}
+
+/// Runs one invocation. `get` reads the environment.
+pub fn run(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
+    match invoke(get, stdin) {
+        Ok(stdout) => Outcome {
+            stdout,
+            exit_code: 0,
+        },
+        Err(e) => Outcome {
+            stdout: e.to_json(&cni_version_hint(stdin)),
+            exit_code: 1,
+        },
+    }
+}
+
+fn invoke(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<String, CniError> {
+    let env = Env::from_lookup(get)?;
+    if env.command == Command::Version {
+        return Ok(version_reply(stdin));
+    }
+    let (conf, version) = NetConf::parse(stdin)?;
+    let socket = conf
+        .socket
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+    let key = || AttachmentKey {
+        network: conf.name.clone(),
+        container_id: env
+            .container_id
+            .clone()
+            .expect("validated for this command"),
+        ifname: env.ifname.clone().expect("validated for this command"),
+    };
+    match env.command {
+        Command::Version => unreachable!("answered above"),
+        Command::Add => {
+            let netns = env.netns.clone().expect("validated for ADD");
+            let pod = match (
+                env.args.get("K8S_POD_NAMESPACE"),
+                env.args.get("K8S_POD_NAME"),
+            ) {
+                (Some(ns), Some(n)) => Some(format!("{ns}/{n}")),
+                (None, Some(n)) => Some(n.clone()),
+                _ => None,
+            };
+            let req = Request::Add(AddRequest {
+                key: key(),
+                netns: netns.clone(),
+                mtu: conf.mtu,
+                pod,
+            });
+            match agent(&socket, &req, ErrorCode::TryAgainLater)? {
+                Response::Added(a) => {
+                    let result = success(&a, &netns, conf.dns.clone().unwrap_or_default());
+                    Ok(result.to_json(version).to_string())
+                }
+                other => Err(unexpected(other)),
+            }
+        }
+        Command::Del => {
+            let req = Request::Del(DelRequest {
+                key: key(),
+                netns: env.netns.clone(),
+            });
+            expect_done(agent(&socket, &req, ErrorCode::TryAgainLater)?)
+        }
+        Command::Check => {
+            let prev = conf.prev_result()?.ok_or_else(|| {
+                CniError::new(ErrorCode::InvalidConfig, "prevResult: required for CHECK")
+            })?;
+            let ifname = env.ifname.clone().expect("validated for CHECK");
+            let expect = prev
+                .ips
+                .iter()
+                .filter(|ip| {
+                    ip.interface
+                        .and_then(|i| prev.interfaces.get(i))
+                        .is_some_and(|i| i.name == ifname && i.sandbox.is_some())
+                })
+                .map(|ip| ip.address)
+                .collect();
+            let req = Request::Check(CheckRequest {
+                key: key(),
+                netns: env.netns.clone().expect("validated for CHECK"),
+                expect,
+            });
+            expect_done(agent(&socket, &req, ErrorCode::TryAgainLater)?)
+        }
+        Command::Gc => {
+            require_1_1(version, "GC")?;
+            let valid = conf.valid_attachments.clone().ok_or_else(|| {
+                // Without the list every attachment would look stale.
+                CniError::new(
+                    ErrorCode::InvalidConfig,
+                    "cni.dev/valid-attachments: required for GC",
+                )
+            })?;
+            let req = Request::Gc(GcRequest {
+                network: conf.name.clone(),
+                valid: valid
+                    .into_iter()
+                    .map(|a| (a.container_id, a.ifname))
+                    .collect(),
+            });
+            match agent(&socket, &req, ErrorCode::TryAgainLater)? {
+                Response::Collected { .. } => Ok(String::new()),
+                other => Err(unexpected(other)),
+            }
+        }
+        Command::Status => {
+            require_1_1(version, "STATUS")?;
+            match agent(&socket, &Request::Status, ErrorCode::NotAvailable)? {
+                Response::Status(s) => {
+                    if s.blocks.iter().all(|b| b.used >= b.capacity) {
+                        Err(CniError::new(
+                            ErrorCode::NotAvailable,
+                            format!("node {} has no free pod address", s.node_name),
+                        ))
+                    } else {
+                        Ok(String::new())
+                    }
+                }
+                other => Err(unexpected(other)),
+            }
+        }
+    }
+}
+
+fn require_1_1(v: CniVersion, what: &str) -> Result<(), CniError> {
+    if v < CniVersion::V1_1_0 {
+        return Err(CniError::new(
+            ErrorCode::IncompatibleVersion,
+            format!(
+                "{what} needs cniVersion 1.1.0; the config says {}",
+                v.as_str()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Calls the agent; an unreachable agent becomes `unreachable_code` and
+/// any error the agent reports is passed through as it is.
+fn agent(
+    socket: &std::path::Path,
+    req: &Request,
+    unreachable_code: ErrorCode,
+) -> Result<Response, CniError> {
+    match call(socket, req) {
+        Ok(Response::Error(e)) => Err(e),
+        Ok(r) => Ok(r),
+        Err(e @ ClientError::Unreachable(_)) => Err(CniError::new(unreachable_code, e.to_string())),
+        Err(e @ ClientError::Exchange(_)) => {
+            Err(CniError::new(ErrorCode::TryAgainLater, e.to_string()))
+        }
+    }
+}
+
+fn expect_done(r: Response) -> Result<String, CniError> {
+    match r {
+        Response::Done => Ok(String::new()),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(r: Response) -> CniError {
+    CniError::new(
+        ErrorCode::AgentProtocol,
+        format!("unexpected reply from the agent: {r:?}"),
+    )
+}
+
+fn success(a: &Added, netns: &std::path::Path, dns: Dns) -> SuccessResult {
+    SuccessResult {
+        interfaces: vec![
+            Interface {
+                name: a.host_ifname.clone(),
+                mac: a.host_mac.clone(),
+                sandbox: None,
+                mtu: Some(a.mtu),
+            },
+            Interface {
+                name: a.container_ifname.clone(),
+                mac: a.container_mac.clone(),
+                sandbox: Some(netns.display().to_string()),
+                mtu: Some(a.mtu),
+            },
+        ],
+        ips: vec![IpConfig {
+            address: a.address,
+            gateway: Some(a.gateway),
+            interface: 1,
+        }],
+        routes: vec![Route {
+            dst: default_route(a.address.addr()),
+            gw: Some(a.gateway),
+        }],
+        dns,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn run_with(vars: &[(&str, &str)], stdin: &str) -> (serde_json::Value, i32) {
+        let m: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let o = run(|k| m.get(k).cloned(), stdin.as_bytes());
+        let v = if o.stdout.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&o.stdout).unwrap()
+        };
+        (v, o.exit_code)
+    }
+
+    const CONF: &str =
+        r#"{"cniVersion":"1.0.0","name":"n","type":"muslin","socket":"/nonexistent/muslin.sock"}"#;
+    const ADD: [(&str, &str); 4] = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "c1"),
+        ("CNI_NETNS", "/run/netns/x"),
+        ("CNI_IFNAME", "eth0"),
+    ];
+
+    #[test]
+    fn version_needs_no_agent() {
+        let (v, code) = run_with(
+            &[("CNI_COMMAND", "VERSION"), ("CNI_NETNS", "dummy")],
+            r#"{"cniVersion":"1.0.0"}"#,
+        );
+        assert_eq!(code, 0);
+        assert_eq!(v["cniVersion"], "1.0.0");
+    }
+
+    #[test]
+    fn agent_down_is_try_again_later_naming_socket() {
+        let (v, code) = run_with(&ADD, CONF);
+        assert_eq!(code, 1);
+        assert_eq!(v["code"], 11);
+        assert_eq!(v["cniVersion"], "1.0.0");
+        assert!(v["msg"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/muslin.sock"));
+        let status = CONF.replace("1.0.0", "1.1.0");
+        let (v, _) = run_with(&[("CNI_COMMAND", "STATUS")], &status);
+        assert_eq!(v["code"], 50);
+    }
+
+    #[test]
+    fn errors_carry_spec_codes() {
+        let (v, _) = run_with(&ADD, "{not json");
+        assert_eq!(v["code"], 6);
+        let (v, _) = run_with(&ADD[..3], CONF);
+        assert_eq!(v["code"], 4);
+        let (v, _) = run_with(&ADD, &CONF.replace("1.0.0", "0.2.0"));
+        assert_eq!(v["code"], 1);
+        let (v, _) = run_with(&[("CNI_COMMAND", "GC")], CONF);
+        assert_eq!(v["code"], 1, "GC needs 1.1.0");
+        let (v, _) = run_with(&[("CNI_COMMAND", "GC")], &CONF.replace("1.0.0", "1.1.0"));
+        assert_eq!(v["code"], 7, "GC needs the valid list");
+        let check = [("CNI_COMMAND", "CHECK"), ADD[1], ADD[2], ADD[3]];
+        let (v, _) = run_with(&check, CONF);
+        assert!(v["msg"].as_str().unwrap().contains("prevResult"));
+    }
+}

@@ -1,0 +1,15 @@
+//! The only code in Muslin that changes the kernel: netlink, namespaces and
+//! sysctls. It applies plans computed by `muslin-model` and reports what it
+//! finds; it decides nothing on its own.
+
+mod attach;
+mod error;
+mod netlink;
+mod netns;
+mod sysctl;
+
+pub use attach::{attach, check, detach, ensure_host_route, CheckProblem};
+pub use error::KernelError;
+pub use netlink::{LinkInfo, Netlink, RouteInfo};
+pub use netns::open_netns;
+pub use sysctl::enable_ipv4_forwarding;

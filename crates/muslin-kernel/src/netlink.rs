@@ -1,0 +1,229 @@
+use std::fs::File;
+use std::net::IpAddr;
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::neighbour::{NeighbourAttribute, NeighbourState};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
+use rtnetlink::Handle;
+
+use crate::error::errno;
+use crate::netns::socket_in;
+use crate::KernelError;
+
+/// A netlink connection bound to one namespace, with the few verbs Muslin
+/// needs. The connection task ends when the last clone is dropped.
+#[derive(Clone)]
+pub struct Netlink {
+    pub(crate) handle: Handle,
+}
+
+/// The subset of a route Muslin reasons about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteInfo {
+    pub dst: IpNet,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+    pub protocol: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    pub up: bool,
+    pub mtu: Option<u32>,
+}
+
+impl Netlink {
+    /// A connection in the calling process's namespace.
+    pub fn current() -> Result<Self, KernelError> {
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(KernelError::io("opening a netlink socket"))?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// A connection inside the namespace `ns`.
+    pub fn in_netns(ns: &File) -> Result<Self, KernelError> {
+        let (conn, handle, _) = rtnetlink::from_socket(socket_in(ns)?);
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    pub async fn link(&self, name: &str) -> Result<Option<LinkInfo>, KernelError> {
+        let res = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute()
+            .try_next()
+            .await;
+        match res {
+            Ok(Some(m)) => Ok(Some(link_info(&m))),
+            Ok(None) => Ok(None),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(KernelError::netlink(format!("looking up link {name}"))(e)),
+        }
+    }
+
+    pub async fn links(&self) -> Result<Vec<LinkInfo>, KernelError> {
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(KernelError::netlink("listing links"))?;
+        Ok(msgs.iter().map(link_info).collect())
+    }
+
+    /// Deletes a link; a link that is already gone is not an error.
+    pub async fn delete_link(&self, name: &str) -> Result<bool, KernelError> {
+        let Some(l) = self.link(name).await? else {
+            return Ok(false);
+        };
+        match self.handle.link().del(l.index).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(false),
+            Err(e) => Err(KernelError::netlink(format!("deleting link {name}"))(e)),
+        }
+    }
+
+    pub async fn addresses(&self, index: u32) -> Result<Vec<IpNet>, KernelError> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(KernelError::netlink("listing addresses"))?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => IpNet::new(*ip, m.header.prefix_len).ok(),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    pub async fn routes(&self, v6: bool) -> Result<Vec<RouteInfo>, KernelError> {
+        let filter = if v6 {
+            rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()
+        } else {
+            rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()
+        };
+        let msgs: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(filter)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(KernelError::netlink("listing routes"))?;
+        Ok(msgs.iter().filter_map(route_info).collect())
+    }
+
+    /// Permanent neighbours on link `index`, as (address, MAC).
+    pub async fn permanent_neighbours(
+        &self,
+        index: u32,
+    ) -> Result<Vec<(IpAddr, Vec<u8>)>, KernelError> {
+        let msgs: Vec<_> = self
+            .handle
+            .neighbours()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(KernelError::netlink("listing neighbours"))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.ifindex == index && m.header.state == NeighbourState::Permanent)
+            .filter_map(|m| {
+                let mut dst = None;
+                let mut lla = None;
+                for a in &m.attributes {
+                    match a {
+                        NeighbourAttribute::Destination(d) => dst = neighbour_ip(d),
+                        NeighbourAttribute::LinkLayerAddress(l) => lla = Some(l.clone()),
+                        _ => {}
+                    }
+                }
+                Some((dst?, lla?))
+            })
+            .collect())
+    }
+}
+
+fn neighbour_ip(d: &rtnetlink::packet_route::neighbour::NeighbourAddress) -> Option<IpAddr> {
+    use rtnetlink::packet_route::neighbour::NeighbourAddress as N;
+    match d {
+        N::Inet(a) => Some((*a).into()),
+        N::Inet6(a) => Some((*a).into()),
+        _ => None,
+    }
+}
+
+fn link_info(m: &LinkMessage) -> LinkInfo {
+    let mut name = String::new();
+    let mut mtu = None;
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => name = n.clone(),
+            LinkAttribute::Mtu(v) => mtu = Some(*v),
+            _ => {}
+        }
+    }
+    LinkInfo {
+        index: m.header.index,
+        name,
+        up: m.header.flags.contains(LinkFlags::Up),
+        mtu,
+    }
+}
+
+fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v) => Some((*v).into()),
+        RouteAddress::Inet6(v) => Some((*v).into()),
+        _ => None,
+    }
+}
+
+fn route_info(m: &RouteMessage) -> Option<RouteInfo> {
+    let v6 = m.header.address_family == rtnetlink::packet_route::AddressFamily::Inet6;
+    let mut dst: IpAddr = if v6 {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
+    let mut gateway = None;
+    let mut oif = None;
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(d) => dst = route_ip(d)?,
+            RouteAttribute::Gateway(g) => gateway = route_ip(g),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            _ => {}
+        }
+    }
+    Some(RouteInfo {
+        dst: IpNet::new(dst, m.header.destination_prefix_length).ok()?,
+        gateway,
+        oif,
+        protocol: u8::from(m.header.protocol),
+    })
+}
+
+pub(crate) fn protocol(p: u8) -> RouteProtocol {
+    RouteProtocol::from(p)
+}

@@ -1,0 +1,231 @@
+//! The agent's configuration: TOML file, then command-line overrides, then
+//! validation that names the offending field.
+
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// IPv6 needs at least 1280, and dual-stack is on the roadmap.
+pub const MTU_MIN: u32 = 1280;
+pub const MTU_MAX: u32 = 65535;
+
+pub const DEFAULT_SOCKET: &str = "/run/muslin/agent.sock";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/muslin";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AgentConfig {
+    /// Name of this node in the cluster; the host name when unset.
+    pub node_name: Option<String>,
+    /// Unix socket the plugin and the CLI talk to (created mode 0600).
+    pub socket: PathBuf,
+    /// Where the endpoint table is persisted.
+    pub state_dir: PathBuf,
+    /// MTU of container interfaces.
+    pub mtu: u32,
+    /// The node's pod address blocks. Until cluster leases exist they come
+    /// from here.
+    pub blocks: Vec<IpNet>,
+    /// Seconds between full reconciliations of the node's attachments.
+    pub reconcile_interval: u64,
+    /// `tracing` filter, such as `info` or `muslin=debug`.
+    pub log_level: String,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            node_name: None,
+            socket: DEFAULT_SOCKET.into(),
+            state_dir: DEFAULT_STATE_DIR.into(),
+            mtu: 1500,
+            blocks: Vec::new(),
+            reconcile_interval: 30,
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// A config error names the field it is about.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {msg}")]
+pub struct ConfigError {
+    pub field: String,
+    pub msg: String,
+}
+
+fn err(field: &str, msg: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        msg: msg.into(),
+    }
+}
+
+impl AgentConfig {
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = inner.message().to_string();
+            // toml names unknown keys in its message; the path is the parent.
+            let field = if path == "." { "config".into() } else { path };
+            let at = inner
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            err(&field, format!("{msg}{at}"))
+        })
+    }
+
+    /// Checks everything a running agent relies on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(n) = &self.node_name {
+            let ok = !n.is_empty()
+                && n.len() <= 253
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+            if !ok {
+                return Err(err(
+                    "node-name",
+                    format!("{n:?} must be 1-253 letters, digits, '-', '.' or '_'"),
+                ));
+            }
+        }
+        if !self.socket.is_absolute() {
+            return Err(err(
+                "socket",
+                format!("{:?} must be an absolute path", self.socket),
+            ));
+        }
+        if !self.state_dir.is_absolute() {
+            return Err(err(
+                "state-dir",
+                format!("{:?} must be an absolute path", self.state_dir),
+            ));
+        }
+        if !(MTU_MIN..=MTU_MAX).contains(&self.mtu) {
+            return Err(err(
+                "mtu",
+                format!("{} is out of range {MTU_MIN}..={MTU_MAX}", self.mtu),
+            ));
+        }
+        if self.blocks.is_empty() {
+            return Err(err(
+                "blocks",
+                "at least one pod address block is required, such as \"10.244.1.0/24\"",
+            ));
+        }
+        for b in &self.blocks {
+            if b.trunc() != *b {
+                return Err(err(
+                    "blocks",
+                    format!("{b} has host bits set; did you mean {}?", b.trunc()),
+                ));
+            }
+            let max = match b {
+                IpNet::V4(_) => 30,
+                IpNet::V6(_) => 126,
+            };
+            if b.prefix_len() > max {
+                return Err(err(
+                    "blocks",
+                    format!("{b} is too small: the prefix must be /{max} or shorter"),
+                ));
+            }
+        }
+        for (i, a) in self.blocks.iter().enumerate() {
+            for b in &self.blocks[i + 1..] {
+                if a.contains(b) || b.contains(a) {
+                    return Err(err("blocks", format!("{a} and {b} overlap")));
+                }
+            }
+        }
+        if self.reconcile_interval == 0 {
+            return Err(err("reconcile-interval", "must be at least 1 second"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+node-name = "h1"
+socket = "/run/muslin/agent.sock"
+state-dir = "/var/lib/muslin"
+mtu = 1450
+blocks = ["10.244.1.0/24"]
+"#;
+
+    #[test]
+    fn good_config_parses_and_validates() {
+        let c = AgentConfig::from_toml(GOOD).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.mtu, 1450);
+        assert_eq!(c.blocks[0].to_string(), "10.244.1.0/24");
+        assert_eq!(c.reconcile_interval, 30);
+    }
+
+    #[test]
+    fn parse_errors_name_the_field() {
+        let cases = [
+            ("mtu = \"big\"", "mtu"),
+            ("blocks = [\"10.0.0.0/99\"]", "blocks"),
+            ("bloks = []", "bloks"),
+            ("socket = 3", "socket"),
+        ];
+        for (text, field) in cases {
+            let e = AgentConfig::from_toml(text).unwrap_err();
+            assert!(e.to_string().contains(field), "{text}: {e}");
+        }
+        let e = AgentConfig::from_toml("\n\nmtu = \"x\"").unwrap_err();
+        assert!(e.to_string().contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn validation_errors_name_the_field() {
+        let base = AgentConfig::from_toml(GOOD).unwrap();
+        type Mutation = Box<dyn Fn(&mut AgentConfig)>;
+        let cases: Vec<(Mutation, &str)> = vec![
+            (Box::new(|c| c.mtu = 100), "mtu"),
+            (Box::new(|c| c.blocks.clear()), "blocks"),
+            (
+                Box::new(|c| c.blocks = vec!["10.0.0.1/24".parse().unwrap()]),
+                "blocks",
+            ),
+            (
+                Box::new(|c| c.blocks = vec!["10.0.0.0/31".parse().unwrap()]),
+                "blocks",
+            ),
+            (
+                Box::new(|c| {
+                    c.blocks = vec![
+                        "10.0.0.0/16".parse().unwrap(),
+                        "10.0.1.0/24".parse().unwrap(),
+                    ]
+                }),
+                "overlap",
+            ),
+            (Box::new(|c| c.socket = "rel.sock".into()), "socket"),
+            (Box::new(|c| c.state_dir = "rel".into()), "state-dir"),
+            (
+                Box::new(|c| c.node_name = Some("bad name".into())),
+                "node-name",
+            ),
+            (Box::new(|c| c.reconcile_interval = 0), "reconcile-interval"),
+        ];
+        for (mutate, field) in cases {
+            let mut c = base.clone();
+            mutate(&mut c);
+            let e = c.validate().unwrap_err();
+            assert!(e.to_string().contains(field), "{e}");
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The agent's local API: one JSON request line in, one JSON response line
+//! out, over the agent's Unix socket. Shared by the agent, the CNI plugin and
+//! the CLI so the three cannot drift apart.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::cni::CniError;
+use crate::ipam::AttachmentKey;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Add(AddRequest),
+    Del(DelRequest),
+    Check(CheckRequest),
+    Gc(GcRequest),
+    Status,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddRequest {
+    pub key: AttachmentKey,
+    pub netns: PathBuf,
+    /// Overrides the agent's MTU for this attachment.
+    pub mtu: Option<u32>,
+    pub pod: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DelRequest {
+    pub key: AttachmentKey,
+    pub netns: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckRequest {
+    pub key: AttachmentKey,
+    pub netns: PathBuf,
+    /// Addresses the previous result gave the container interface.
+    pub expect: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcRequest {
+    pub network: String,
+    /// `(containerID, ifname)` pairs the runtime still holds.
+    pub valid: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Response {
+    Added(Added),
+    Done,
+    Collected { released: Vec<AttachmentKey> },
+    Status(NodeStatus),
+    Error(CniError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Added {
+    pub host_ifname: String,
+    pub host_mac: String,
+    pub container_ifname: String,
+    pub container_mac: String,
+    pub address: IpNet,
+    pub gateway: IpAddr,
+    pub mtu: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node_name: String,
+    pub version: String,
+    pub mtu: u32,
+    pub blocks: Vec<BlockStatus>,
+    pub endpoints: Vec<EndpointStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockStatus {
+    pub cidr: IpNet,
+    pub used: u64,
+    pub capacity: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointStatus {
+    pub key: AttachmentKey,
+    pub address: IpAddr,
+    pub host_ifname: String,
+    pub pod: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format_round_trips() {
+        let r = Request::Gc(GcRequest {
+            network: "n".into(),
+            valid: vec![("c".into(), "eth0".into())],
+        });
+        let line = serde_json::to_string(&r).unwrap();
+        assert!(line.contains("\"op\":\"gc\""));
+        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), r);
+        let s = serde_json::to_string(&Request::Status).unwrap();
+        assert_eq!(s, r#"{"op":"status"}"#);
+        let e = Response::Error(CniError::new(
+            crate::cni::ErrorCode::AddressesExhausted,
+            "full",
+        ));
+        let back: Response = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+        assert_eq!(back, e);
+    }
+}

@@ -1,0 +1,286 @@
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{CniError, CniVersion, Dns, ErrorCode};
+use crate::agent_config::{MTU_MAX, MTU_MIN};
+
+/// One network configuration as the runtime hands it to the plugin.
+///
+/// Unknown keys are refused so that a typo (`"mtuu"`) is an error instead of
+/// a silently ignored setting; the keys the spec lets runtimes inject are
+/// all listed here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NetConf {
+    pub cni_version: String,
+    #[serde(default)]
+    pub cni_versions: Option<Vec<String>>,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub plugin_type: String,
+    /// Path of the agent's socket; defaults to the agent's default.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    /// MTU of the attachment; defaults to the agent's.
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub dns: Option<Dns>,
+    #[serde(default)]
+    pub ipam: Option<serde_json::Value>,
+    #[serde(default)]
+    pub args: Option<serde_json::Value>,
+    #[serde(default)]
+    pub runtime_config: Option<serde_json::Value>,
+    #[serde(default)]
+    pub capabilities: Option<serde_json::Value>,
+    #[serde(default)]
+    pub prev_result: Option<serde_json::Value>,
+    #[serde(default)]
+    pub disable_check: Option<bool>,
+    #[serde(default, rename = "disableGC")]
+    pub disable_gc: Option<bool>,
+    #[serde(default, rename = "cni.dev/valid-attachments")]
+    pub valid_attachments: Option<Vec<GcAttachment>>,
+}
+
+/// An attachment the runtime still holds, as listed for GC.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+pub struct GcAttachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// The parts of a previous result that CHECK compares against the host.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PrevResult {
+    #[serde(default)]
+    pub interfaces: Vec<PrevInterface>,
+    #[serde(default)]
+    pub ips: Vec<PrevIp>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PrevInterface {
+    pub name: String,
+    #[serde(default)]
+    pub sandbox: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PrevIp {
+    pub address: ipnet::IpNet,
+    #[serde(default)]
+    pub interface: Option<usize>,
+}
+
+fn invalid(msg: String) -> CniError {
+    CniError::new(ErrorCode::InvalidConfig, msg)
+}
+
+/// Network names follow the spec's grammar, so they are safe as keys and
+/// in file names.
+fn check_name(name: &str) -> Result<(), CniError> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "name: {name:?} is not a valid network name (a letter or digit, then letters, \
+             digits, '_', '.' or '-')"
+        )))
+    }
+}
+
+impl NetConf {
+    /// Parses and validates stdin. Malformed JSON is a decoding failure (6);
+    /// well-formed JSON with a bad field is an invalid config (7) whose
+    /// message starts with the field's path.
+    pub fn parse(stdin: &[u8]) -> Result<(NetConf, CniVersion), CniError> {
+        let de = &mut serde_json::Deserializer::from_slice(stdin);
+        let conf: NetConf = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let code = match inner.classify() {
+                serde_json::error::Category::Data => ErrorCode::InvalidConfig,
+                _ => ErrorCode::Decode,
+            };
+            let msg = if path == "." || code == ErrorCode::Decode {
+                format!("network configuration: {inner}")
+            } else {
+                format!("{path}: {inner}")
+            };
+            CniError::new(code, msg)
+        })?;
+        let version = CniVersion::parse(&conf.cni_version)?;
+        check_name(&conf.name)?;
+        if conf.plugin_type.is_empty() {
+            return Err(invalid("type: must not be empty".into()));
+        }
+        if let Some(ipam) = &conf.ipam {
+            return Err(CniError::new(
+                ErrorCode::UnsupportedField,
+                format!(
+                    "ipam: {ipam} is not supported: the Muslin agent allocates addresses \
+                     from its own blocks; remove the \"ipam\" key"
+                ),
+            ));
+        }
+        if let Some(mtu) = conf.mtu {
+            if !(MTU_MIN..=MTU_MAX).contains(&mtu) {
+                return Err(invalid(format!(
+                    "mtu: {mtu} is out of range {MTU_MIN}..={MTU_MAX}"
+                )));
+            }
+        }
+        if let Some(sock) = &conf.socket {
+            if !sock.is_absolute() {
+                return Err(invalid(format!(
+                    "socket: {:?} must be an absolute path",
+                    sock.display()
+                )));
+            }
+        }
+        Ok((conf, version))
+    }
+
+    /// The previous result, if the runtime passed one.
+    pub fn prev_result(&self) -> Result<Option<PrevResult>, CniError> {
+        self.prev_result
+            .as_ref()
+            .map(|v| {
+                serde_json::from_value(v.clone()).map_err(|e| invalid(format!("prevResult: {e}")))
+            })
+            .transpose()
+    }
+}
+
+/// Best-effort `cniVersion` of a config that may not parse, so that even a
+/// decoding error is reported in the version the runtime speaks.
+pub fn cni_version_hint(stdin: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(stdin)
+        .ok()
+        .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_owned))
+        .filter(|s| CniVersion::parse(s).is_ok())
+        .unwrap_or_else(|| CniVersion::LATEST.as_str().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<NetConf, CniError> {
+        NetConf::parse(s.as_bytes()).map(|(c, _)| c)
+    }
+
+    const GOOD: &str = r#"{"cniVersion":"1.1.0","name":"pods","type":"muslin"}"#;
+
+    #[test]
+    fn minimal_and_full_configs_parse() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.name, "pods");
+        let full = r#"{"cniVersion":"1.0.0","name":"pods","type":"muslin","mtu":1400,
+            "socket":"/run/muslin/agent.sock","dns":{"nameservers":["10.96.0.10"]},
+            "capabilities":{"portMappings":true},"runtimeConfig":{"portMappings":[]},
+            "args":{"cni":{}},"prevResult":{"cniVersion":"1.0.0","ips":[]},
+            "disableCheck":false,"disableGC":false,"cniVersions":["1.0.0"],
+            "cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]}"#;
+        let (c, v) = NetConf::parse(full.as_bytes()).unwrap();
+        assert_eq!(v, CniVersion::V1_0_0);
+        assert_eq!(c.mtu, Some(1400));
+        assert_eq!(c.valid_attachments.unwrap()[0].ifname, "eth0");
+    }
+
+    #[test]
+    fn malformed_json_is_decode_error() {
+        for bad in ["", "{", "not json", r#"{"name": }"#] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.code, 6, "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases = [
+            (r#"{"name":"p","type":"muslin"}"#, 7, "cniVersion"),
+            (r#"{"cniVersion":"1.1.0","type":"muslin"}"#, 7, "name"),
+            (r#"{"cniVersion":"1.1.0","name":"p"}"#, 7, "type"),
+            (
+                r#"{"cniVersion":"1.1.0","name":"p","type":"muslin","mtuu":1}"#,
+                7,
+                "mtuu",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"p","type":"muslin","mtu":"big"}"#,
+                7,
+                "mtu",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"p","type":"muslin","mtu":100}"#,
+                7,
+                "mtu",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"p","type":"muslin","socket":"rel"}"#,
+                7,
+                "socket",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"p q","type":"muslin"}"#,
+                7,
+                "name",
+            ),
+            (r#"{"cniVersion":"1.1.0","name":"p","type":""}"#, 7, "type"),
+            (
+                r#"{"cniVersion":"1.1.0","name":"p","type":"muslin","dns":{"nameservers":1}}"#,
+                7,
+                "dns.nameservers",
+            ),
+            (
+                r#"{"cniVersion":"1.1.0","name":"p","type":"muslin","ipam":{"type":"host-local"}}"#,
+                2,
+                "ipam",
+            ),
+            (
+                r#"{"cniVersion":"0.3.1","name":"p","type":"muslin"}"#,
+                1,
+                "0.3.1",
+            ),
+        ];
+        for (input, code, field) in cases {
+            let e = parse(input).unwrap_err();
+            assert_eq!(e.code, code, "{input}: {e}");
+            assert!(
+                e.msg.contains(field),
+                "{input}: message {:?} names {field}",
+                e.msg
+            );
+        }
+    }
+
+    #[test]
+    fn prev_result_parses_loosely() {
+        let c = parse(
+            r#"{"cniVersion":"1.1.0","name":"p","type":"muslin","prevResult":{
+            "cniVersion":"1.1.0","interfaces":[{"name":"msl1","mac":"ee:ee:ee:ee:ee:ee"},
+            {"name":"eth0","sandbox":"/x","mtu":1500}],
+            "ips":[{"address":"10.0.0.5/32","gateway":"169.254.1.1","interface":1}],
+            "routes":[{"dst":"0.0.0.0/0"}],"dns":{}}}"#,
+        )
+        .unwrap();
+        let p = c.prev_result().unwrap().unwrap();
+        assert_eq!(p.ips[0].address.to_string(), "10.0.0.5/32");
+        assert_eq!(p.interfaces[1].sandbox.as_deref(), Some("/x"));
+    }
+
+    #[test]
+    fn version_hint() {
+        assert_eq!(cni_version_hint(br#"{"cniVersion":"0.4.0","x":"#), "1.1.0");
+        assert_eq!(cni_version_hint(br#"{"cniVersion":"0.4.0"}"#), "0.4.0");
+        assert_eq!(cni_version_hint(b"junk"), "1.1.0");
+    }
+}

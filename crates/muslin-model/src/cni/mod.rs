@@ -1,0 +1,17 @@
+//! The CNI protocol, as pure data: environment, network config, results,
+//! errors and version negotiation (spec 1.1.0; configs of 0.4.0, 1.0.0 and
+//! 1.1.0 are accepted).
+
+mod args;
+mod config;
+mod env;
+mod error;
+mod result;
+mod version;
+
+pub use args::parse_cni_args;
+pub use config::{cni_version_hint, GcAttachment, NetConf, PrevResult};
+pub use env::{Command, Env};
+pub use error::{CniError, ErrorCode};
+pub use result::{Dns, Interface, IpConfig, Route, SuccessResult};
+pub use version::{version_reply, CniVersion, SUPPORTED_VERSIONS};

@@ -1,0 +1,336 @@
+//! The node's address allocator and endpoint table.
+//!
+//! The table is the single source of truth for which attachment holds which
+//! address; the set of used addresses is derived from it, never stored
+//! beside it, so the two cannot disagree after a crash. Where blocks come
+//! from (config now, cluster leases later) is the caller's business.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// The spec's primary key for plugin state.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AttachmentKey {
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// What the agent records of one attachment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub address: IpAddr,
+    pub netns: Option<PathBuf>,
+    pub host_ifname: String,
+    pub mtu: u32,
+    /// `K8S_POD_NAMESPACE/K8S_POD_NAME` when the runtime passed them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IpamError {
+    #[error("no free address left in the node's blocks ({blocks}); {used} in use")]
+    Exhausted { blocks: String, used: usize },
+    #[error("the node has no address block")]
+    NoBlocks,
+}
+
+/// Addresses of a block that containers may get. The network address is
+/// kept for the node itself (later: the tunnel device's address), and the
+/// IPv4 broadcast address is skipped because some software refuses it.
+fn usable(block: &IpNet) -> impl Iterator<Item = IpAddr> + '_ {
+    let network = block.network();
+    block.hosts().filter(move |a| *a != network)
+}
+
+/// Capacity of a block under [`usable`].
+pub fn capacity(block: &IpNet) -> u128 {
+    let host_bits = u32::from(block.max_prefix_len() - block.prefix_len());
+    let total = if host_bits >= 128 {
+        u128::MAX
+    } else {
+        1u128 << host_bits
+    };
+    match block {
+        IpNet::V4(_) => total.saturating_sub(2),
+        IpNet::V6(_) => total.saturating_sub(1),
+    }
+}
+
+/// Next free address after `cursor`, wrapping once. Handing out addresses
+/// round-robin rather than lowest-first keeps a just-released address from
+/// going straight to a new container while stale peers may still route or
+/// cache it.
+pub fn next_free(
+    blocks: &[IpNet],
+    used: &BTreeSet<IpAddr>,
+    cursor: Option<IpAddr>,
+) -> Option<IpAddr> {
+    let all = || blocks.iter().flat_map(usable);
+    let free = |a: &IpAddr| !used.contains(a);
+    match cursor.filter(|c| blocks.iter().any(|b| b.contains(c))) {
+        Some(c) => all()
+            .skip_while(|a| *a != c)
+            .skip(1)
+            .find(free)
+            .or_else(|| all().take_while(|a| *a != c).find(free))
+            .or_else(|| Some(c).filter(free)),
+        None => all().find(free),
+    }
+}
+
+/// All attachments of this node and the allocation cursor: the whole
+/// persisted IPAM state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointTable {
+    /// Format version of the persisted file.
+    pub version: u32,
+    #[serde(with = "endpoint_list")]
+    pub endpoints: BTreeMap<AttachmentKey, Endpoint>,
+    pub cursor: Option<IpAddr>,
+}
+
+/// JSON maps need string keys; the table is stored as a list instead.
+mod endpoint_list {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Entry {
+        #[serde(flatten)]
+        key: AttachmentKey,
+        #[serde(flatten)]
+        endpoint: Endpoint,
+    }
+
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<AttachmentKey, Endpoint>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let v: Vec<Entry> = m
+            .iter()
+            .map(|(k, e)| Entry {
+                key: k.clone(),
+                endpoint: e.clone(),
+            })
+            .collect();
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<AttachmentKey, Endpoint>, D::Error> {
+        let v = Vec::<Entry>::deserialize(d)?;
+        Ok(v.into_iter().map(|e| (e.key, e.endpoint)).collect())
+    }
+}
+
+pub const TABLE_VERSION: u32 = 1;
+
+impl EndpointTable {
+    pub fn new() -> Self {
+        EndpointTable {
+            version: TABLE_VERSION,
+            ..Default::default()
+        }
+    }
+
+    pub fn used(&self) -> BTreeSet<IpAddr> {
+        self.endpoints.values().map(|e| e.address).collect()
+    }
+
+    /// Records an attachment, giving it a free address from `blocks`. A key
+    /// that already holds an address keeps it (a retried ADD after a crash
+    /// must not leak the first address nor hand out a second).
+    pub fn allocate(
+        &mut self,
+        key: AttachmentKey,
+        blocks: &[IpNet],
+        make: impl FnOnce(IpAddr) -> Endpoint,
+    ) -> Result<(&Endpoint, bool), IpamError> {
+        if blocks.is_empty() {
+            return Err(IpamError::NoBlocks);
+        }
+        if self.endpoints.contains_key(&key) {
+            return Ok((&self.endpoints[&key], false));
+        }
+        let used = self.used();
+        let addr = next_free(blocks, &used, self.cursor).ok_or_else(|| IpamError::Exhausted {
+            blocks: blocks
+                .iter()
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            used: used.len(),
+        })?;
+        self.cursor = Some(addr);
+        let e = self.endpoints.entry(key).or_insert(make(addr));
+        Ok((e, true))
+    }
+
+    pub fn release(&mut self, key: &AttachmentKey) -> Option<Endpoint> {
+        self.endpoints.remove(key)
+    }
+
+    /// Keys of `network` whose attachment is not in the runtime's valid
+    /// list: what GC must tear down.
+    pub fn stale(&self, network: &str, valid: &HashSet<(String, String)>) -> Vec<AttachmentKey> {
+        self.endpoints
+            .keys()
+            .filter(|k| k.network == network)
+            .filter(|k| !valid.contains(&(k.container_id.clone(), k.ifname.clone())))
+            .cloned()
+            .collect()
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("table serializes")
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(c: &str) -> AttachmentKey {
+        AttachmentKey {
+            network: "n".into(),
+            container_id: c.into(),
+            ifname: "eth0".into(),
+        }
+    }
+
+    fn ep(a: IpAddr) -> Endpoint {
+        Endpoint {
+            address: a,
+            netns: None,
+            host_ifname: "mslx".into(),
+            mtu: 1500,
+            pod: None,
+        }
+    }
+
+    fn blocks(s: &[&str]) -> Vec<IpNet> {
+        s.iter().map(|b| b.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn capacity_skips_reserved() {
+        assert_eq!(capacity(&"10.0.0.0/24".parse().unwrap()), 254);
+        assert_eq!(capacity(&"10.0.0.0/28".parse().unwrap()), 14);
+        assert_eq!(capacity(&"fd00::/120".parse().unwrap()), 255);
+        let b: IpNet = "10.0.0.0/28".parse().unwrap();
+        assert_eq!(usable(&b).count() as u128, capacity(&b));
+        let b6: IpNet = "fd00::/124".parse().unwrap();
+        assert_eq!(usable(&b6).count() as u128, capacity(&b6));
+    }
+
+    #[test]
+    fn allocates_distinct_until_exhausted_then_errors() {
+        let bl = blocks(&["10.1.0.0/29"]);
+        let mut t = EndpointTable::new();
+        let mut seen = BTreeSet::new();
+        for i in 0..capacity(&bl[0]) {
+            let (e, fresh) = t.allocate(key(&format!("c{i}")), &bl, ep).unwrap();
+            assert!(fresh);
+            assert!(seen.insert(e.address));
+        }
+        assert!(!seen.contains(&"10.1.0.0".parse::<IpAddr>().unwrap()));
+        assert!(!seen.contains(&"10.1.0.7".parse::<IpAddr>().unwrap()));
+        let err = t.allocate(key("one-more"), &bl, ep).unwrap_err();
+        assert!(matches!(err, IpamError::Exhausted { used: 6, .. }), "{err}");
+        assert!(err.to_string().contains("10.1.0.0/29"));
+    }
+
+    #[test]
+    fn same_key_keeps_its_address() {
+        let bl = blocks(&["10.1.0.0/24"]);
+        let mut t = EndpointTable::new();
+        let a = t.allocate(key("c"), &bl, ep).unwrap().0.address;
+        let (e, fresh) = t.allocate(key("c"), &bl, ep).unwrap();
+        assert_eq!((e.address, fresh), (a, false));
+        assert_eq!(t.endpoints.len(), 1);
+    }
+
+    #[test]
+    fn release_then_reuse_round_robin() {
+        let bl = blocks(&["10.1.0.0/29"]);
+        let mut t = EndpointTable::new();
+        let a1 = t.allocate(key("a"), &bl, ep).unwrap().0.address;
+        let _a2 = t.allocate(key("b"), &bl, ep).unwrap().0.address;
+        assert_eq!(t.release(&key("a")).unwrap().address, a1);
+        assert!(t.release(&key("a")).is_none());
+        // The released address is not the next one handed out.
+        let a3 = t.allocate(key("c"), &bl, ep).unwrap().0.address;
+        assert_ne!(a3, a1);
+        // But it comes back once the cursor wraps.
+        let mut got = vec![];
+        for i in 0..4 {
+            got.push(
+                t.allocate(key(&format!("d{i}")), &bl, ep)
+                    .unwrap()
+                    .0
+                    .address,
+            );
+        }
+        assert!(got.contains(&a1));
+    }
+
+    #[test]
+    fn spans_several_blocks() {
+        let bl = blocks(&["10.1.0.0/30", "10.2.0.0/30"]);
+        let mut t = EndpointTable::new();
+        let got: Vec<String> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|c| t.allocate(key(c), &bl, ep).unwrap().0.address.to_string())
+            .collect();
+        assert_eq!(got, ["10.1.0.1", "10.1.0.2", "10.2.0.1", "10.2.0.2"]);
+        assert!(t.allocate(key("e"), &bl, ep).is_err());
+        assert_eq!(
+            t.allocate(key("x"), &[], ep).unwrap_err(),
+            IpamError::NoBlocks
+        );
+    }
+
+    #[test]
+    fn stale_lists_exactly_the_missing_of_one_network() {
+        let bl = blocks(&["10.1.0.0/24"]);
+        let mut t = EndpointTable::new();
+        for c in ["a", "b", "c"] {
+            t.allocate(key(c), &bl, ep).unwrap();
+        }
+        let other = AttachmentKey {
+            network: "other".into(),
+            ..key("z")
+        };
+        t.allocate(other, &bl, ep).unwrap();
+        let valid: HashSet<_> = [("b".to_string(), "eth0".to_string())].into();
+        let mut stale = t.stale("n", &valid);
+        stale.sort();
+        assert_eq!(stale, vec![key("a"), key("c")]);
+    }
+
+    #[test]
+    fn persistence_round_trip() {
+        let bl = blocks(&["10.1.0.0/24", "fd00:1::/120"]);
+        let mut t = EndpointTable::new();
+        t.allocate(key("a"), &bl, |a| Endpoint {
+            pod: Some("ns/p".into()),
+            ..ep(a)
+        })
+        .unwrap();
+        t.allocate(key("b"), &bl, ep).unwrap();
+        let back = EndpointTable::from_json(&t.to_json()).unwrap();
+        assert_eq!(back, t);
+        assert!(EndpointTable::from_json(b"{\"version\":1,").is_err());
+    }
+}

@@ -1,0 +1,18 @@
+//! Pure model of Muslin: configuration, the CNI protocol's types, the address
+//! allocator and naming rules. Nothing here performs I/O, so every rule can be
+//! unit-tested and reused by the agent, the plugin, `status` and `doctor`.
+
+pub mod agent_config;
+pub mod api;
+pub mod cni;
+pub mod ipam;
+pub mod naming;
+pub mod plumbing;
+
+/// Route protocol number stamped on every route Muslin installs, so that it
+/// only ever removes routes it owns (see `/etc/iproute2/rt_protos`; unused by
+/// the common routing daemons).
+pub const ROUTE_PROTOCOL: u8 = 77;
+
+/// Prefix of every host-side interface Muslin creates.
+pub const IFACE_PREFIX: &str = "msl";

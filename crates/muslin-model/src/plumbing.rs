@@ -1,0 +1,75 @@
+//! What one attachment looks like in the kernel, computed before anything
+//! is touched: the kernel module applies it, CHECK compares against it.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+
+use crate::ipam::AttachmentKey;
+use crate::naming::{container_mac, host_ifname, HOST_VETH_MAC};
+
+/// Containers route everything via this link-local next hop. The host side
+/// of the veth answers for it (a static neighbour in the container), so
+/// containers share no L2 segment and the gateway is the same on every host.
+pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachmentPlan {
+    pub host_ifname: String,
+    pub host_mac: [u8; 6],
+    pub container_ifname: String,
+    pub container_mac: [u8; 6],
+    /// The container's address as a host prefix (/32 or /128).
+    pub address: IpNet,
+    pub gateway: IpAddr,
+    pub mtu: u32,
+}
+
+pub fn gateway_for(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(_) => GATEWAY_V4.into(),
+        IpAddr::V6(_) => GATEWAY_V6.into(),
+    }
+}
+
+pub fn default_route(addr: IpAddr) -> IpNet {
+    match addr {
+        IpAddr::V4(_) => "0.0.0.0/0".parse().expect("literal"),
+        IpAddr::V6(_) => "::/0".parse().expect("literal"),
+    }
+}
+
+pub fn plan(key: &AttachmentKey, address: IpAddr, mtu: u32) -> AttachmentPlan {
+    AttachmentPlan {
+        host_ifname: host_ifname(&key.container_id, &key.ifname),
+        host_mac: HOST_VETH_MAC,
+        container_ifname: key.ifname.clone(),
+        container_mac: container_mac(&key.container_id, &key.ifname),
+        address: IpNet::from(address),
+        gateway: gateway_for(address),
+        mtu,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_is_host_prefix_with_family_gateway() {
+        let key = AttachmentKey {
+            network: "n".into(),
+            container_id: "c".into(),
+            ifname: "eth0".into(),
+        };
+        let p = plan(&key, "10.1.0.5".parse().unwrap(), 1400);
+        assert_eq!(p.address.to_string(), "10.1.0.5/32");
+        assert_eq!(p.gateway.to_string(), "169.254.1.1");
+        assert_eq!(p.container_ifname, "eth0");
+        let p6 = plan(&key, "fd00::5".parse().unwrap(), 1400);
+        assert_eq!(p6.address.to_string(), "fd00::5/128");
+        assert_eq!(p6.gateway.to_string(), "fe80::1");
+        assert_eq!(default_route(p6.address.addr()).to_string(), "::/0");
+    }
+}

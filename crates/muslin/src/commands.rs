@@ -1,0 +1,170 @@
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use muslin_model::agent_config::AgentConfig;
+use muslin_model::api::{Request, Response};
+
+use crate::cli::{AgentArgs, Cli, Command, InstallCniArgs, ProbeCommand, StatusArgs};
+use crate::probe;
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Agent(a) => agent(a),
+        Command::Status(a) => status(a),
+        Command::InstallCni(a) => install_cni(a),
+        Command::Probe(p) => probe_cmd(p),
+    }
+}
+
+/// File first, then flags: a flag given on the command line wins.
+fn agent_config(a: &AgentArgs) -> Result<AgentConfig> {
+    let mut c = match &a.config {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            AgentConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+        }
+        None => AgentConfig::default(),
+    };
+    if a.node_name.is_some() {
+        c.node_name = a.node_name.clone();
+    }
+    if let Some(s) = &a.socket {
+        c.socket = s.clone();
+    }
+    if let Some(d) = &a.state_dir {
+        c.state_dir = d.clone();
+    }
+    if !a.blocks.is_empty() {
+        c.blocks = a.blocks.clone();
+    }
+    if let Some(m) = a.mtu {
+        c.mtu = m;
+    }
+    if let Some(l) = &a.log_level {
+        c.log_level = l.clone();
+    }
+    c.validate().context("invalid agent configuration")?;
+    Ok(c)
+}
+
+fn agent(a: AgentArgs) -> Result<ExitCode> {
+    let config = agent_config(&a)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&config.log_level).context("log-level")?,
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // Two workers: the agent's work is short netlink round trips and fsyncs.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("signal handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        muslin_agent::run(config, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(a: StatusArgs) -> Result<ExitCode> {
+    let resp = muslin_cni::call(&a.socket, &Request::Status).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let Response::Status(s) = resp else {
+        bail!("unexpected reply from the agent: {resp:?}");
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "node     {}  (muslin {}, mtu {})",
+        s.node_name, s.version, s.mtu
+    );
+    for b in &s.blocks {
+        println!(
+            "block    {:<20} {}/{} addresses in use",
+            b.cidr.to_string(),
+            b.used,
+            b.capacity
+        );
+    }
+    if s.endpoints.is_empty() {
+        println!("no attachments");
+    } else {
+        println!(
+            "\n{:<16} {:<18} {:<16} {:<10} POD",
+            "ADDRESS", "HOST IF", "NETWORK", "IFNAME"
+        );
+        for e in &s.endpoints {
+            println!(
+                "{:<16} {:<18} {:<16} {:<10} {}  ({})",
+                e.address.to_string(),
+                e.host_ifname,
+                e.key.network,
+                e.key.ifname,
+                e.pod.as_deref().unwrap_or("-"),
+                e.key.container_id
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn install_cni(a: InstallCniArgs) -> Result<ExitCode> {
+    let exe = std::env::current_exe().context("locating this binary")?;
+    std::fs::create_dir_all(&a.bin_dir)
+        .with_context(|| format!("creating {}", a.bin_dir.display()))?;
+    let link = a.bin_dir.join("muslin");
+    let tmp = a.bin_dir.join(".muslin.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&exe, &tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    // rename replaces atomically: a runtime never finds the plugin missing.
+    std::fs::rename(&tmp, &link).with_context(|| format!("installing {}", link.display()))?;
+    println!("{} -> {}", link.display(), exe.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn probe_cmd(p: ProbeCommand) -> Result<ExitCode> {
+    match p {
+        ProbeCommand::Serve { port } => {
+            probe::serve(port)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ProbeCommand::Check {
+            target,
+            port,
+            proto,
+            timeout_ms,
+        } => {
+            let mut ok = true;
+            for name in proto.split(',').filter(|s| !s.is_empty()) {
+                let p = probe::Proto::parse(name)?;
+                match probe::check(target, port, p, Duration::from_millis(timeout_ms)) {
+                    Ok(rtt) => {
+                        println!("{} {target} ok {:.3}ms", p.name(), rtt.as_secs_f64() * 1e3)
+                    }
+                    Err(e) => {
+                        ok = false;
+                        println!("{} {target} FAIL {e:#}", p.name());
+                    }
+                }
+            }
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}

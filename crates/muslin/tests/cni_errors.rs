@@ -1,0 +1,234 @@
+//! Bad input: each case gets the spec's error code in CNI error JSON on
+//! stdout, a non-zero exit, and leaves nothing behind.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+/// Asserts the host is exactly as before: no link, route or allocation.
+fn assert_untouched(host: &Host, c: &Netns) {
+    assert!(
+        host.our_links().is_empty(),
+        "links left: {:?}",
+        host.our_links()
+    );
+    assert!(host.ns.our_routes().is_empty(), "routes left");
+    assert!(
+        host.allocations().is_empty(),
+        "allocations left: {:?}",
+        host.allocations()
+    );
+    assert_eq!(c.links(), vec!["lo"], "container interfaces left");
+}
+
+fn expect_error(got: (serde_json::Value, i32), code: u64, mentions: &str) {
+    let (v, exit) = got;
+    assert_ne!(exit, 0, "must fail: {v}");
+    assert_eq!(v["code"], code, "{v}");
+    assert!(
+        v["cniVersion"].is_string(),
+        "error JSON carries cniVersion: {v}"
+    );
+    let msg = v["msg"].as_str().unwrap();
+    assert!(
+        msg.contains(mentions),
+        "message {msg:?} should mention {mentions:?}"
+    );
+}
+
+#[test]
+fn malformed_input_gets_spec_codes_and_changes_nothing() {
+    let host = Host::new(&["10.95.0.0/24"]);
+    let c = Netns::new("bad");
+    let id = unique("bad");
+    let env = cni_env("ADD", &id, Some(&c.path()), "eth0");
+
+    expect_error(
+        host.cni_raw("muslin", &env, b"{\"cniVersion\": "),
+        6,
+        "network configuration",
+    );
+    expect_error(host.cni_raw("muslin", &env, b"[]"), 7, "");
+    let mut conf = host.conf("0.9.9");
+    expect_error(
+        host.cni("muslin", "ADD", &id, Some(&c.path()), "eth0", &conf),
+        1,
+        "0.9.9",
+    );
+    conf = host.conf("1.1.0");
+    conf["mtu"] = json!(1);
+    expect_error(
+        host.cni("muslin", "ADD", &id, Some(&c.path()), "eth0", &conf),
+        7,
+        "mtu",
+    );
+    conf = host.conf("1.1.0");
+    conf["mtuu"] = json!(1400);
+    expect_error(
+        host.cni("muslin", "ADD", &id, Some(&c.path()), "eth0", &conf),
+        7,
+        "mtuu",
+    );
+
+    let conf = host.conf("1.1.0");
+    expect_error(
+        host.cni("muslin", "ADD", &id, None, "eth0", &conf),
+        4,
+        "CNI_NETNS",
+    );
+    expect_error(
+        host.cni(
+            "muslin",
+            "ADD",
+            &id,
+            Some(&c.path()),
+            "eth0-too-long-name",
+            &conf,
+        ),
+        4,
+        "CNI_IFNAME",
+    );
+    expect_error(
+        host.cni("muslin", "ADD", "", Some(&c.path()), "eth0", &conf),
+        4,
+        "CNI_CONTAINERID",
+    );
+    let missing = std::path::Path::new("/var/run/netns/muslin-test-does-not-exist");
+    expect_error(
+        host.cni("muslin", "ADD", &id, Some(missing), "eth0", &conf),
+        3,
+        "does not exist",
+    );
+    // A path that exists but is no namespace.
+    expect_error(
+        host.cni(
+            "muslin",
+            "ADD",
+            &id,
+            Some(std::path::Path::new("/etc/hostname")),
+            "eth0",
+            &conf,
+        ),
+        4,
+        "not a network namespace",
+    );
+    assert_untouched(&host, &c);
+
+    // The interface name is taken in the container: rolled back.
+    c.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "other0",
+    ]);
+    expect_error(
+        host.cni("muslin", "ADD", &id, Some(&c.path()), "eth0", &conf),
+        105,
+        "eth0",
+    );
+    assert!(host.our_links().is_empty());
+    assert!(host.allocations().is_empty());
+}
+
+#[test]
+fn exhausted_block_is_a_clear_error_that_leaves_nothing() {
+    // A /30 has two usable addresses.
+    let host = Host::new(&["10.96.0.0/30"]);
+    let keep: Vec<Netns> = (0..2).map(|_| Netns::new("full")).collect();
+    for (i, c) in keep.iter().enumerate() {
+        host.add(&format!("full{i}"), c);
+    }
+    let c = Netns::new("over");
+    let (v, code) = host.cni(
+        "muslin",
+        "ADD",
+        "over",
+        Some(&c.path()),
+        "eth0",
+        &host.conf("1.1.0"),
+    );
+    expect_error((v, code), 101, "10.96.0.0/30");
+    assert_eq!(c.links(), vec!["lo"]);
+    assert_eq!(host.allocations().len(), 2);
+    assert_eq!(host.our_links().len(), 2);
+    // STATUS says the plugin cannot serve ADDs now.
+    let (v, code) = host.cni("muslin", "STATUS", "", None, "", &host.conf("1.1.0"));
+    assert_ne!(code, 0);
+    assert_eq!(v["code"], 50);
+    // Releasing one makes room again.
+    host.del("full0", Some(&keep[0]));
+    host.add("over", &c);
+}
+
+#[test]
+fn agent_down_fails_at_once_with_try_again_later() {
+    let mut host = Host::new(&["10.97.0.0/24"]);
+    host.kill_agent();
+    let c = Netns::new("down");
+    let t = std::time::Instant::now();
+    let (v, code) = host.cni(
+        "muslin",
+        "ADD",
+        "down",
+        Some(&c.path()),
+        "eth0",
+        &host.conf("1.1.0"),
+    );
+    expect_error((v, code), 11, host.socket.to_str().unwrap());
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "never hangs"
+    );
+    assert_eq!(c.links(), vec!["lo"]);
+    let (v, _) = host.cni("muslin", "STATUS", "", None, "", &host.conf("1.1.0"));
+    assert_eq!(v["code"], 50);
+}
+
+#[test]
+fn agent_rejects_bad_config_naming_the_field() {
+    let dir = TempDir::new("badconf");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--block".into(), "10.0.0.1/24".into()], "blocks"),
+        (vec![], "blocks"),
+        (
+            vec![
+                "--block".into(),
+                "10.0.0.0/24".into(),
+                "--mtu".into(),
+                "99".into(),
+            ],
+            "mtu",
+        ),
+        (
+            vec![
+                "--block".into(),
+                "10.0.0.0/24".into(),
+                "--socket".into(),
+                "relative.sock".into(),
+            ],
+            "socket",
+        ),
+    ];
+    for (args, field) in cases {
+        let mut full = vec![
+            "agent".to_string(),
+            "--state-dir".into(),
+            dir.0.join("s").display().to_string(),
+        ];
+        full.extend(args.clone());
+        let o = std::process::Command::new(BIN)
+            .args(&full)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{args:?} must be refused");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(field), "{args:?}: {err}");
+    }
+    let file = dir.0.join("agent.toml");
+    std::fs::write(&file, "blocks = [\"10.0.0.0/24\"]\nmtuu = 1400\n").unwrap();
+    let o = std::process::Command::new(BIN)
+        .args(["agent", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("mtuu") && err.contains("line 2"), "{err}");
+}

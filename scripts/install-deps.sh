@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Muslin's tests, lab and benchmarks use.
+# Idempotent: does nothing when everything is already there.
+set -euo pipefail
+
+packages=(iproute2 iptables nftables containernetworking-plugins iperf3 procps)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: need root to install: ${missing[*]}" >&2
+  exit 1
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+# Another process may hold the dpkg lock for a while on a fresh machine.
+apt-get -o DPkg::Lock::Timeout=600 update -q
+apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"

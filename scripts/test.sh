@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs every test of Muslin: formatting, lints, unit tests and the
+# privileged integration tests (network namespaces, veth, routes, the real
+# CNI reference plugins). Needs root; installs the Debian packages it needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "scripts/test.sh: the integration tests create network namespaces; run as root" >&2
+  exit 1
+fi
+scripts/install-deps.sh
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
