@@ -21,12 +21,24 @@ pub struct KeyGuard<K: Eq + Hash> {
 
 impl<K: Eq + Hash + Clone> KeyLocks<K> {
     pub fn new() -> Self {
-        KeyLocks { map: Arc::default() }
+        KeyLocks {
+            map: Arc::default(),
+        }
     }
 
     pub async fn lock(&self, key: &K) -> KeyGuard<K> {
-        let m = self.map.lock().expect("lock map").entry(key.clone()).or_default().clone();
-        KeyGuard { guard: Some(m.lock_owned().await), key: Some(key.clone()), map: self.map.clone() }
+        let m = self
+            .map
+            .lock()
+            .expect("lock map")
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        KeyGuard {
+            guard: Some(m.lock_owned().await),
+            key: Some(key.clone()),
+            map: self.map.clone(),
+        }
     }
 
     #[cfg(test)]
@@ -59,7 +71,9 @@ mod tests {
         let locks = Arc::new(KeyLocks::new());
         let g = locks.lock(&"a").await;
         // Another key is free.
-        tokio::time::timeout(Duration::from_millis(100), locks.lock(&"b")).await.expect("b is independent");
+        tokio::time::timeout(Duration::from_millis(100), locks.lock(&"b"))
+            .await
+            .expect("b is independent");
         // The same key waits until the guard is dropped.
         let l2 = locks.clone();
         let waiter = tokio::spawn(async move {

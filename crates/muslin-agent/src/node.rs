@@ -179,7 +179,9 @@ impl Node {
     /// Idempotent, and works without a record (the name is derived).
     async fn teardown(&self, key: &AttachmentKey) -> Result<(), CniError> {
         let name = host_ifname(&key.container_id, &key.ifname);
-        muslin_kernel::detach(&self.netlink, &name).await.map_err(kernel_error)?;
+        muslin_kernel::detach(&self.netlink, &name)
+            .await
+            .map_err(kernel_error)?;
         self.forget(key).await
     }
 
@@ -289,10 +291,20 @@ impl Node {
             Ok(l) => l,
             Err(e) => return vec![e.to_string()],
         };
-        let known: HashSet<String> =
-            self.table.lock().await.table.endpoints.values().map(|e| e.host_ifname.clone()).collect();
+        let known: HashSet<String> = self
+            .table
+            .lock()
+            .await
+            .table
+            .endpoints
+            .values()
+            .map(|e| e.host_ifname.clone())
+            .collect();
         let mut errors = Vec::new();
-        for l in links.iter().filter(|l| is_ours(&l.name) && !known.contains(&l.name)) {
+        for l in links
+            .iter()
+            .filter(|l| is_ours(&l.name) && !known.contains(&l.name))
+        {
             match self.netlink.delete_link(&l.name).await {
                 Ok(_) => tracing::info!(link = %l.name, "removed an orphaned veth"),
                 Err(e) => errors.push(e.to_string()),
@@ -305,14 +317,25 @@ impl Node {
     /// gets its host route back if something removed it, and veths of ours
     /// that nothing records are removed.
     pub async fn reconcile(&self) {
-        let entries: Vec<(AttachmentKey, Endpoint)> =
-            self.table.lock().await.table.endpoints.iter().map(|(k, e)| (k.clone(), e.clone())).collect();
+        let entries: Vec<(AttachmentKey, Endpoint)> = self
+            .table
+            .lock()
+            .await
+            .table
+            .endpoints
+            .iter()
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
         for (key, ep) in entries {
             let p = plan(&key, ep.address, ep.mtu);
             match muslin_kernel::ensure_host_route(&self.netlink, &p).await {
                 Ok(true) => {}
-                Ok(false) => tracing::debug!(container = %key.container_id, "veth absent; waiting for DEL or GC"),
-                Err(e) => tracing::warn!(container = %key.container_id, cause = %e, "reconcile failed"),
+                Ok(false) => {
+                    tracing::debug!(container = %key.container_id, "veth absent; waiting for DEL or GC")
+                }
+                Err(e) => {
+                    tracing::warn!(container = %key.container_id, cause = %e, "reconcile failed")
+                }
             }
         }
         for e in self.sweep_orphans().await {

@@ -25,7 +25,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_muslin");
 const REF_PLUGINS: &str = "/usr/lib/cni";
 
 fn sh(args: &[&str]) {
-    let st = Command::new(args[0]).args(&args[1..]).status().expect("spawn");
+    let st = Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .expect("spawn");
     assert!(st.success(), "{args:?}");
 }
 
@@ -62,7 +65,11 @@ fn invoke(plugin: &str, cmd: &str, id: &str, netns: &str, conf: &str) -> Duratio
     c.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
     let o = c.wait_with_output().unwrap();
     let dt = t.elapsed();
-    assert!(o.status.success(), "{plugin} {cmd}: {}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        o.status.success(),
+        "{plugin} {cmd}: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     dt
 }
 
@@ -91,13 +98,30 @@ struct Round {
 }
 
 fn run_set(name: &str, n: usize, conf: &str, plugin: &str, tag: &str) -> Round {
-    let cs: Vec<Ns> = (0..n).map(|i| Ns::new(format!("mb{}-{tag}-{i}", std::process::id()))).collect();
-    let mut r = Round { add: vec![], del: vec![] };
+    let cs: Vec<Ns> = (0..n)
+        .map(|i| Ns::new(format!("mb{}-{tag}-{i}", std::process::id())))
+        .collect();
+    let mut r = Round {
+        add: vec![],
+        del: vec![],
+    };
     for (i, c) in cs.iter().enumerate() {
-        r.add.push(invoke(plugin, "ADD", &format!("{name}{i}"), &c.path(), conf));
+        r.add.push(invoke(
+            plugin,
+            "ADD",
+            &format!("{name}{i}"),
+            &c.path(),
+            conf,
+        ));
     }
     for (i, c) in cs.iter().enumerate() {
-        r.del.push(invoke(plugin, "DEL", &format!("{name}{i}"), &c.path(), conf));
+        r.del.push(invoke(
+            plugin,
+            "DEL",
+            &format!("{name}{i}"),
+            &c.path(),
+            conf,
+        ));
     }
     r
 }
@@ -106,8 +130,14 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` asks for a listing
     }
-    let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
-    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let n: usize = std::env::var("BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     let pid = std::process::id();
     let host = Ns::new(format!("mb{pid}-host"));
     let host_ns = File::open(host.path()).unwrap();
@@ -132,11 +162,14 @@ fn main() {
     std::thread::sleep(Duration::from_millis(200));
     let idle_rss = rss_kib(agent.id());
 
-    let muslin_conf = json!({"cniVersion": "1.0.0", "name": "bench", "type": "muslin", "socket": sock}).to_string();
-    let bridge_conf = json!({"cniVersion": "1.0.0", "name": "benchbr", "type": "bridge", "bridge": "mbbr0",
+    let muslin_conf =
+        json!({"cniVersion": "1.0.0", "name": "bench", "type": "muslin", "socket": sock})
+            .to_string();
+    let bridge_conf =
+        json!({"cniVersion": "1.0.0", "name": "benchbr", "type": "bridge", "bridge": "mbbr0",
         "isGateway": true, "ipam": {"type": "host-local", "subnet": "10.61.0.0/22",
         "dataDir": dir.join("host-local")}})
-    .to_string();
+        .to_string();
     let bridge = format!("{REF_PLUGINS}/bridge");
 
     let mut m_add = vec![];
@@ -175,7 +208,10 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
 
     let stat = |v: &Vec<(f64, f64)>| {
-        (median(v.iter().map(|x| x.0).collect()), median(v.iter().map(|x| x.1).collect()))
+        (
+            median(v.iter().map(|x| x.0).collect()),
+            median(v.iter().map(|x| x.1).collect()),
+        )
     };
     let (ma50, ma99) = stat(&m_add);
     let (md50, md99) = stat(&m_del);
@@ -183,19 +219,37 @@ fn main() {
     let (bd50, bd99) = stat(&b_del);
     let spread = |v: &Vec<(f64, f64)>| {
         let p: Vec<f64> = v.iter().map(|x| x.0).collect();
-        (p.iter().cloned().fold(f64::MAX, f64::min), p.iter().cloned().fold(0.0, f64::max))
+        (
+            p.iter().cloned().fold(f64::MAX, f64::min),
+            p.iter().cloned().fold(0.0, f64::max),
+        )
     };
     println!("CNI latency, ms (median over {rounds} rounds of {n} sequential attachments; p50 range in brackets)");
-    println!("{:<28} {:>8} {:>8} {:>18}", "", "p50", "p99", "p50 min..max");
+    println!(
+        "{:<28} {:>8} {:>8} {:>18}",
+        "", "p50", "p99", "p50 min..max"
+    );
     let row = |label: &str, p50: f64, p99: f64, s: (f64, f64)| {
-        println!("{label:<28} {p50:>8.2} {p99:>8.2} {:>18}", format!("{:.2}..{:.2}", s.0, s.1));
+        println!(
+            "{label:<28} {p50:>8.2} {p99:>8.2} {:>18}",
+            format!("{:.2}..{:.2}", s.0, s.1)
+        );
     };
     row("muslin ADD", ma50, ma99, spread(&m_add));
     row("bridge+host-local ADD", ba50, ba99, spread(&b_add));
     row("muslin DEL", md50, md99, spread(&m_del));
     row("bridge+host-local DEL", bd50, bd99, spread(&b_del));
-    println!("ratio muslin/bridge: ADD p50 {:.2}, p99 {:.2}; DEL p50 {:.2}, p99 {:.2}", ma50 / ba50, ma99 / ba99, md50 / bd50, md99 / bd99);
-    println!("agent RSS: idle at start {} KiB, peak {} KiB, idle after churn {} KiB", idle_rss, peak_rss, after_rss);
+    println!(
+        "ratio muslin/bridge: ADD p50 {:.2}, p99 {:.2}; DEL p50 {:.2}, p99 {:.2}",
+        ma50 / ba50,
+        ma99 / ba99,
+        md50 / bd50,
+        md99 / bd99
+    );
+    println!(
+        "agent RSS: idle at start {} KiB, peak {} KiB, idle after churn {} KiB",
+        idle_rss, peak_rss, after_rss
+    );
     if let Ok(path) = std::env::var("BENCH_JSON") {
         let v: Value = json!({
             "n": n, "rounds": rounds,

@@ -120,8 +120,13 @@ fn del_leaves_no_trace_and_is_idempotent() {
     host.add(&id, &c);
     assert_eq!(host.allocations().len(), 1);
     host.del(&id, Some(&c));
-    assert!(host.allocations().is_empty(), "the allocation is released when DEL returns");
-    eventually("no link is left on the host", || host.ns.links() == before_links);
+    assert!(
+        host.allocations().is_empty(),
+        "the allocation is released when DEL returns"
+    );
+    eventually("no link is left on the host", || {
+        host.ns.links() == before_links
+    });
     assert!(host.ns.our_routes().is_empty(), "no route left on the host");
     assert_eq!(c.links(), vec!["lo"], "no interface left in the container");
     assert!(c.ip_json(&["route", "show"]).as_array().unwrap().is_empty());

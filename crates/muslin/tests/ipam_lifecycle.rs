@@ -227,9 +227,77 @@ fn restart_keeps_addresses_and_traffic_and_repairs_drift() {
 
     // A veth of ours that no record names (a crash between DEL's release
     // and the veth's removal) is swept; look-alikes that are not ours stay.
-    host.ns.ip(&["link", "add", "msl0123456789ab", "type", "veth", "peer", "name", "mslpeer"]);
-    host.ns.ip(&["link", "add", "mslnothexnames", "type", "veth", "peer", "name", "other1"]);
-    eventually("the orphaned veth is removed", || !host.ns.links().iter().any(|l| l == "msl0123456789ab"));
-    assert!(host.ns.links().iter().any(|l| l == "mslnothexnames"), "not ours: untouched");
+    host.ns.ip(&[
+        "link",
+        "add",
+        "msl0123456789ab",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "mslpeer",
+    ]);
+    host.ns.ip(&[
+        "link",
+        "add",
+        "mslnothexnames",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "other1",
+    ]);
+    eventually("the orphaned veth is removed", || {
+        !host.ns.links().iter().any(|l| l == "msl0123456789ab")
+    });
+    assert!(
+        host.ns.links().iter().any(|l| l == "mslnothexnames"),
+        "not ours: untouched"
+    );
     assert_eq!(host.our_links().len(), 4, "3 attachments + the look-alike");
+}
+
+#[test]
+fn plugin_killed_mid_add_then_retried_leaks_and_duplicates_nothing() {
+    let host = Host::new(&["10.85.0.0/24"]);
+    let cs: Vec<Netns> = (0..10).map(|_| Netns::new("pk")).collect();
+    // Start every ADD and SIGKILL each plugin process right away, as a
+    // runtime that crashed (or timed out) would leave them.
+    for (i, c) in cs.iter().enumerate() {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &host.ns.name, BIN]).env_clear();
+        for (k, v) in cni_env("ADD", &format!("pk{i}"), Some(&c.path()), "eth0") {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        let _ = child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(host.conf("1.1.0").to_string().as_bytes());
+        if i % 2 == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    // The runtime retries every ADD: each succeeds, and the node ends with
+    // exactly one distinct address per attachment.
+    let ips: HashSet<String> = cs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| result_ip(&host.add(&format!("pk{i}"), c)))
+        .collect();
+    assert_eq!(ips.len(), 10);
+    let recorded: HashSet<String> = host.allocations().into_iter().collect();
+    assert_eq!(recorded, ips, "no leak, no duplicate");
+    assert_eq!(host.our_links().len(), 10);
+    for ip in &ips {
+        host.ns.probe(ip, "icmp").unwrap();
+    }
 }
