@@ -19,9 +19,104 @@ pub enum Command {
     Status(StatusArgs),
     /// Install this binary as the CNI plugin `muslin` (a symlink)
     InstallCni(InstallCniArgs),
+    /// Simulated multi-host clusters in network namespaces on this machine
+    #[command(subcommand)]
+    Lab(LabCommand),
     /// Connectivity probe: an echo server and a checker for tcp, udp, icmp and ip253
     #[command(subcommand)]
     Probe(ProbeCommand),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LabName {
+    /// The lab to act on [default: the only lab that is up]
+    #[arg(long, short = 'n')]
+    pub name: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LabCommand {
+    /// Build a lab, start an agent on every host, attach containers, check the matrix
+    Up {
+        /// Name of the lab; its namespaces are NAME-HOST and NAME-HOST-CONTAINER
+        #[arg(long, short = 'n', default_value = "demo")]
+        name: String,
+        /// Hosts in the default lab [default: 3]
+        #[arg(long)]
+        hosts: Option<usize>,
+        /// Data plane between hosts: auto, routed or vxlan
+        #[arg(long, default_value = "auto")]
+        backend: String,
+        /// Cluster state: gossip (embedded) or etcd
+        #[arg(long, default_value = "gossip")]
+        datastore: String,
+        /// Topology file (TOML); see examples/
+        #[arg(long, short = 'f')]
+        file: Option<PathBuf>,
+        /// Seconds to wait for the whole matrix to pass (0: do not check)
+        #[arg(long, default_value_t = 30)]
+        converge_timeout: u64,
+        /// Print a JSON report on stdout (progress stays on stderr)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Attach a new container on HOST through CNI; run CMD in it if given
+    Run {
+        #[command(flatten)]
+        lab: LabName,
+        host: String,
+        container: String,
+        #[arg(last = true)]
+        cmd: Vec<String>,
+    },
+    /// Detach a container through CNI and remove it
+    Rm {
+        #[command(flatten)]
+        lab: LabName,
+        host: String,
+        container: String,
+    },
+    /// Run CMD in a host, router or container (HOST or HOST/CONTAINER)
+    Exec {
+        #[command(flatten)]
+        lab: LabName,
+        target: String,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Show the lab's hosts, addresses, blocks, agents and containers
+    Status {
+        #[command(flatten)]
+        lab: LabName,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Probe every container to every container and host; non-zero exit if a pair fails
+    Check {
+        #[command(flatten)]
+        lab: LabName,
+        /// Comma-separated: tcp, udp, icmp, ip253
+        #[arg(long, default_value = "tcp,udp,icmp")]
+        proto: String,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the agent log of HOST
+    Logs {
+        #[command(flatten)]
+        lab: LabName,
+        host: String,
+    },
+    /// Remove a lab and everything it made (idempotent)
+    Down {
+        #[command(flatten)]
+        lab: LabName,
+        /// Remove every lab
+        #[arg(long, conflicts_with = "name")]
+        all: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -69,13 +164,13 @@ pub struct InstallCniArgs {
 pub enum ProbeCommand {
     /// Serve tcp and udp echo on PORT and ip253 echo; prints `ready` when listening
     Serve {
-        #[arg(long, default_value_t = crate::probe::DEFAULT_PORT)]
+        #[arg(long, default_value_t = muslin_lab::probe::DEFAULT_PORT)]
         port: u16,
     },
     /// Check that TARGET answers; exits non-zero if any protocol fails
     Check {
         target: IpAddr,
-        #[arg(long, default_value_t = crate::probe::DEFAULT_PORT)]
+        #[arg(long, default_value_t = muslin_lab::probe::DEFAULT_PORT)]
         port: u16,
         /// Comma-separated: tcp, udp, icmp, ip253
         #[arg(long, default_value = "tcp,udp,icmp")]

@@ -6,13 +6,14 @@ use muslin_model::agent_config::AgentConfig;
 use muslin_model::api::{Request, Response};
 
 use crate::cli::{AgentArgs, Cli, Command, InstallCniArgs, ProbeCommand, StatusArgs};
-use crate::probe;
+use muslin_lab::probe;
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Agent(a) => agent(a),
         Command::Status(a) => status(a),
         Command::InstallCni(a) => install_cni(a),
+        Command::Lab(l) => crate::lab::run(l),
         Command::Probe(p) => probe_cmd(p),
     }
 }
@@ -56,6 +57,7 @@ fn agent(a: AgentArgs) -> Result<ExitCode> {
             tracing_subscriber::EnvFilter::try_new(&config.log_level).context("log-level")?,
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // Two workers: the agent's work is short netlink round trips and fsyncs.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -138,7 +140,7 @@ fn install_cni(a: InstallCniArgs) -> Result<ExitCode> {
 fn probe_cmd(p: ProbeCommand) -> Result<ExitCode> {
     match p {
         ProbeCommand::Serve { port } => {
-            probe::serve(port)?;
+            probe::serve(port).with_context(|| format!("probe server on port {port}"))?;
             Ok(ExitCode::SUCCESS)
         }
         ProbeCommand::Check {
@@ -148,15 +150,14 @@ fn probe_cmd(p: ProbeCommand) -> Result<ExitCode> {
             timeout_ms,
         } => {
             let mut ok = true;
-            for name in proto.split(',').filter(|s| !s.is_empty()) {
-                let p = probe::Proto::parse(name)?;
+            for p in crate::lab::protos(&proto)? {
                 match probe::check(target, port, p, Duration::from_millis(timeout_ms)) {
                     Ok(rtt) => {
                         println!("{} {target} ok {:.3}ms", p.name(), rtt.as_secs_f64() * 1e3)
                     }
                     Err(e) => {
                         ok = false;
-                        println!("{} {target} FAIL {e:#}", p.name());
+                        println!("{} {target} FAIL {}", p.name(), e.reason);
                     }
                 }
             }

@@ -4,7 +4,7 @@
 
 mod cli;
 mod commands;
-mod probe;
+mod lab;
 
 use std::io::{Read, Write};
 use std::process::ExitCode;

@@ -1,0 +1,721 @@
+//! The lab's commands. Each takes the lab's lock while it changes the lab,
+//! records what it is about to create before creating it, and on failure
+//! removes what it made.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::build;
+use crate::check::{self, Endpoint, Matrix};
+use crate::names::invalid_name;
+use crate::plan::{resolve, LabPlan, NodePlan};
+use crate::probe::{Proto, DEFAULT_PORT};
+use crate::registry::{self, ContainerRecord, LabRecord, Locked};
+use crate::sys;
+use crate::topology::Topology;
+use crate::LabError;
+
+/// What every command needs: the `muslin` binary agents and plugins run
+/// as, and where progress lines go.
+pub struct Ctx {
+    pub bin: PathBuf,
+    pub progress: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+impl Ctx {
+    fn say(&self, line: &str) {
+        (self.progress)(line)
+    }
+}
+
+pub struct UpOptions {
+    pub name: String,
+    pub hosts: Option<usize>,
+    /// (path shown in errors, text) of a topology file.
+    pub topology: Option<(String, String)>,
+    pub backend: String,
+    pub datastore: String,
+    /// Seconds to wait for the full matrix to pass; 0 skips the check.
+    pub converge_timeout: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UpReport {
+    pub name: String,
+    pub hosts: usize,
+    pub containers: usize,
+    pub build_seconds: f64,
+    /// From the agents' start until the whole matrix passed.
+    pub converge_seconds: Option<f64>,
+    pub total_seconds: f64,
+    pub matrix: Option<Matrix>,
+}
+
+pub const BACKENDS: [&str; 3] = ["auto", "routed", "vxlan"];
+pub const DATASTORES: [&str; 2] = ["gossip", "etcd"];
+
+pub fn up(ctx: &Ctx, o: &UpOptions) -> Result<UpReport, LabError> {
+    let t0 = Instant::now();
+    if let Some(why) = invalid_name(&o.name) {
+        return Err(LabError::Usage(format!("--name: {why}")));
+    }
+    if !BACKENDS.contains(&o.backend.as_str()) {
+        return Err(LabError::Usage(format!(
+            "--backend: {:?} is not one of {}",
+            o.backend,
+            BACKENDS.join(", ")
+        )));
+    }
+    if !DATASTORES.contains(&o.datastore.as_str()) {
+        return Err(LabError::Usage(format!(
+            "--datastore: {:?} is not one of {}",
+            o.datastore,
+            DATASTORES.join(", ")
+        )));
+    }
+    if o.datastore != "gossip" {
+        return Err(LabError::Usage(format!(
+            "--datastore {}: not available yet; only gossip",
+            o.datastore
+        )));
+    }
+    let topology = match (&o.topology, o.hosts) {
+        (Some(_), Some(_)) => {
+            return Err(LabError::Usage(
+                "--hosts applies to the default lab; set `count` in the topology file instead"
+                    .into(),
+            ))
+        }
+        (Some((path, text)), None) => {
+            Topology::parse(text).map_err(|e| LabError::Usage(format!("{path}: {e}")))?
+        }
+        (None, n) => {
+            let n = n.unwrap_or(3);
+            if !(1..=250).contains(&n) {
+                return Err(LabError::Usage(format!(
+                    "--hosts: {n} is out of range 1..250"
+                )));
+            }
+            Topology::parse(&Topology::default_text(n))?
+        }
+    };
+    let plan = resolve(&o.name, &topology, &[])?;
+    if registry::list().contains(&o.name) || sys::netns_exists(&plan.switch_ns) {
+        return Err(LabError::Exists(o.name.clone()));
+    }
+    let lock = registry::lock(&o.name)?;
+    let mut rec = LabRecord {
+        plan,
+        containers: vec![],
+        backend: o.backend.clone(),
+        datastore: o.datastore.clone(),
+    };
+    lock.save(&rec)?;
+    match build_all(ctx, &lock, &mut rec, o, t0) {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            ctx.say(&format!(
+                "up failed: removing what was made of lab {}",
+                o.name
+            ));
+            drop(lock);
+            if let Err(d) = down(&o.name) {
+                ctx.say(&format!("clean-up also failed: {d}"));
+            }
+            Err(e)
+        }
+    }
+}
+
+fn build_all(
+    ctx: &Ctx,
+    lock: &Locked,
+    rec: &mut LabRecord,
+    o: &UpOptions,
+    t0: Instant,
+) -> Result<UpReport, LabError> {
+    let plan = rec.plan.clone();
+    let hosts: Vec<&NodePlan> = plan.nodes.iter().filter(|n| !n.router).collect();
+    ctx.say(&format!(
+        "[1/4] underlay: {} hosts, {} routers, {} segments, {} blocked pairs",
+        hosts.len(),
+        plan.nodes.len() - hosts.len(),
+        plan.bridges.len(),
+        plan.blocked.len()
+    ));
+    build::underlay(&plan)?;
+    let build_seconds = t0.elapsed().as_secs_f64();
+
+    ctx.say(&format!(
+        "[2/4] agents: starting {} `muslin agent` processes",
+        hosts.len()
+    ));
+    let agents_started = Instant::now();
+    start_agents(ctx, &plan, &hosts)?;
+
+    let wanted: Vec<(String, String)> = hosts
+        .iter()
+        .flat_map(|h| h.containers.iter().map(|c| (h.name.clone(), c.clone())))
+        .collect();
+    ctx.say(&format!(
+        "[3/4] containers: attaching {} through CNI",
+        wanted.len()
+    ));
+    attach_many(ctx, lock, rec, &wanted)?;
+
+    let mut report = UpReport {
+        name: plan.name.clone(),
+        hosts: hosts.len(),
+        containers: rec.containers.len(),
+        build_seconds,
+        converge_seconds: None,
+        total_seconds: 0.0,
+        matrix: None,
+    };
+    if o.converge_timeout > 0 && !rec.containers.is_empty() {
+        ctx.say("[4/4] check: waiting until every container reaches every container and host");
+        let deadline = Duration::from_secs(o.converge_timeout);
+        loop {
+            let m = matrix(
+                rec,
+                &[Proto::Tcp, Proto::Udp, Proto::Icmp],
+                Duration::from_millis(400),
+            );
+            let done = m.ok();
+            report.matrix = Some(m);
+            if done {
+                report.converge_seconds = Some(agents_started.elapsed().as_secs_f64());
+                break;
+            }
+            if agents_started.elapsed() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    report.total_seconds = t0.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn start_agents(ctx: &Ctx, plan: &LabPlan, hosts: &[&NodePlan]) -> Result<(), LabError> {
+    let bin = ctx.bin.display().to_string();
+    let mut children = Vec::new();
+    for h in hosts {
+        let dir = registry::host_dir(&plan.name, &h.name);
+        std::fs::create_dir_all(&dir)
+            .map_err(LabError::io(format!("creating {}", dir.display())))?;
+        let mut args = vec![
+            bin.clone(),
+            "agent".into(),
+            "--node-name".into(),
+            h.name.clone(),
+            "--socket".into(),
+            registry::socket(&plan.name, &h.name).display().to_string(),
+            "--state-dir".into(),
+            dir.join("state").display().to_string(),
+        ];
+        if let Some(b) = h.block {
+            args.extend(["--block".into(), b.to_string()]);
+        }
+        args.extend(h.agent_args.iter().cloned());
+        let child = sys::spawn_detached(&h.ns, &args, &registry::log_file(&plan.name, &h.name))?;
+        sys::spawn_detached(
+            &h.ns,
+            &[bin.clone(), "probe".into(), "serve".into()],
+            &dir.join("probe.log"),
+        )?;
+        children.push((h.name.clone(), child));
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for (host, mut child) in children {
+        let sock = registry::socket(&plan.name, &host);
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            let fail = |reason: String| LabError::AgentFailed {
+                host: host.clone(),
+                reason,
+                log: tail(&registry::log_file(&plan.name, &host), 15),
+            };
+            if let Ok(Some(st)) = child.try_wait() {
+                return Err(fail(format!("it exited with {st}")));
+            }
+            if Instant::now() > deadline {
+                return Err(fail("its socket did not appear within 15 s".into()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    Ok(())
+}
+
+fn tail(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let v: Vec<&str> = text.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Attaches containers (in parallel), recording each before it exists.
+fn attach_many(
+    ctx: &Ctx,
+    lock: &Locked,
+    rec: &mut LabRecord,
+    wanted: &[(String, String)],
+) -> Result<(), LabError> {
+    let lab = rec.plan.name.clone();
+    for (h, c) in wanted {
+        let host = rec
+            .plan
+            .nodes
+            .iter()
+            .find(|n| &n.name == h)
+            .expect("caller checked");
+        rec.containers.push(ContainerRecord {
+            host: h.clone(),
+            name: c.clone(),
+            ns: host.container_ns(&lab, c),
+            address: None,
+        });
+    }
+    lock.save(rec)?;
+    let adds: Vec<String> = wanted
+        .iter()
+        .map(|(h, c)| format!("netns add {}", crate::names::container_ns(&lab, h, c)))
+        .collect();
+    sys::ip_batch(None, &adds)?;
+    let results: Vec<Result<IpAddr, LabError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = wanted
+            .iter()
+            .map(|(h, c)| {
+                let plan = &rec.plan;
+                s.spawn(move || attach_one(ctx, plan, h, c))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("attach does not panic"))
+            .collect()
+    });
+    let mut first_err = None;
+    for ((h, c), r) in wanted.iter().zip(results) {
+        match r {
+            Ok(a) => {
+                if let Some(cr) = rec
+                    .containers
+                    .iter_mut()
+                    .find(|x| &x.host == h && &x.name == c)
+                {
+                    cr.address = Some(a);
+                }
+            }
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    lock.save(rec)?;
+    first_err.map_or(Ok(()), Err)
+}
+
+fn cni_conf(lab: &str, host: &str) -> String {
+    json!({"cniVersion": "1.1.0", "name": "muslin", "type": "muslin", "socket": registry::socket(lab, host)}).to_string()
+}
+
+fn container_id(lab: &str, host: &str, c: &str) -> String {
+    format!("{lab}-{host}-{c}")
+}
+
+/// Runs the plugin in the host's namespace, exactly as a runtime would.
+fn cni(
+    ctx: &Ctx,
+    plan: &LabPlan,
+    host: &NodePlan,
+    c: &str,
+    cmd: &str,
+) -> Result<serde_json::Value, String> {
+    let ns = host.container_ns(&plan.name, c);
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &host.ns])
+        .arg(&ctx.bin)
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", container_id(&plan.name, &host.name, c))
+        .env("CNI_NETNS", format!("/var/run/netns/{ns}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .env(
+            "CNI_ARGS",
+            format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={c}",
+                host.name
+            ),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running the plugin: {e}"))?;
+    let conf = cni_conf(&plan.name, &host.name);
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(conf.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "{} {}",
+            text.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    if text.trim().is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_str(&text).map_err(|e| format!("unreadable result ({e}): {text}"))
+}
+
+fn attach_one(ctx: &Ctx, plan: &LabPlan, host: &str, c: &str) -> Result<IpAddr, LabError> {
+    let h = plan
+        .nodes
+        .iter()
+        .find(|n| n.name == host)
+        .expect("caller checked");
+    let ns = h.container_ns(&plan.name, c);
+    let fail = |error: String| LabError::Attach {
+        host: host.into(),
+        container: c.into(),
+        error,
+    };
+    sys::ip_batch(Some(&ns), &["link set lo up".to_string()])?;
+    let result = cni(ctx, plan, h, c, "ADD").map_err(fail)?;
+    let addr = result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next()?.parse().ok())
+        .ok_or_else(|| fail(format!("no address in the result: {result}")))?;
+    let log = registry::host_dir(&plan.name, host).join(format!("probe-{c}.log"));
+    sys::spawn_detached(
+        &ns,
+        &[
+            ctx.bin.display().to_string(),
+            "probe".into(),
+            "serve".into(),
+        ],
+        &log,
+    )?;
+    Ok(addr)
+}
+
+/// `lab run`: attaches a new container on a host; runs `cmd` in it if given.
+pub fn run(
+    ctx: &Ctx,
+    name: Option<&str>,
+    host: &str,
+    container: &str,
+    cmd: &[String],
+) -> Result<i32, LabError> {
+    let lab = registry::pick(name)?;
+    if let Some(why) = invalid_name(container) {
+        return Err(LabError::Usage(format!("container name: {why}")));
+    }
+    {
+        let lock = registry::lock(&lab)?;
+        let mut rec = lock.load()?;
+        if !rec.plan.nodes.iter().any(|n| n.name == host && !n.router) {
+            return Err(LabError::NotFound {
+                lab,
+                what: "host",
+                name: host.into(),
+            });
+        }
+        if rec
+            .containers
+            .iter()
+            .any(|c| c.host == host && c.name == container)
+        {
+            return Err(LabError::Usage(format!(
+                "{host}/{container} already exists"
+            )));
+        }
+        ctx.say(&format!("attaching {host}/{container} through CNI"));
+        let res = attach_many(
+            ctx,
+            &lock,
+            &mut rec,
+            &[(host.to_string(), container.to_string())],
+        );
+        if let Err(e) = res {
+            // Leave nothing of a failed attachment.
+            let _ = remove(&lock, &mut rec, host, container, ctx);
+            return Err(e);
+        }
+    }
+    if cmd.is_empty() {
+        return Ok(0);
+    }
+    let ns = crate::names::container_ns(&lab, host, container);
+    let st = Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .args(cmd)
+        .status()
+        .map_err(LabError::io(format!("running {}", cmd.join(" "))))?;
+    Ok(st.code().unwrap_or(1))
+}
+
+/// `lab rm`: detaches a container through CNI and removes its namespace.
+pub fn rm(ctx: &Ctx, name: Option<&str>, host: &str, container: &str) -> Result<(), LabError> {
+    let lab = registry::pick(name)?;
+    let lock = registry::lock(&lab)?;
+    let mut rec = lock.load()?;
+    if !rec
+        .containers
+        .iter()
+        .any(|c| c.host == host && c.name == container)
+    {
+        return Err(LabError::NotFound {
+            lab,
+            what: "container",
+            name: format!("{host}/{container}"),
+        });
+    }
+    remove(&lock, &mut rec, host, container, ctx)
+}
+
+fn remove(
+    lock: &Locked,
+    rec: &mut LabRecord,
+    host: &str,
+    container: &str,
+    ctx: &Ctx,
+) -> Result<(), LabError> {
+    let h = rec
+        .plan
+        .nodes
+        .iter()
+        .find(|n| n.name == host)
+        .expect("recorded")
+        .clone();
+    let ns = h.container_ns(&rec.plan.name, container);
+    if let Err(e) = cni(ctx, &rec.plan, &h, container, "DEL") {
+        ctx.say(&format!(
+            "CNI DEL of {host}/{container} failed ({e}); removing the namespace anyway"
+        ));
+    }
+    sys::kill_all_in(std::slice::from_ref(&ns), Duration::from_millis(500));
+    sys::delete_ns(&[ns])?;
+    rec.containers
+        .retain(|c| !(c.host == host && c.name == container));
+    lock.save(rec)
+}
+
+/// `lab exec HOST[/CONTAINER] -- CMD`: replaces this process.
+pub fn exec(name: Option<&str>, target: &str, cmd: &[String]) -> Result<(), LabError> {
+    let lab = registry::pick(name)?;
+    let rec = registry::lock(&lab)?.load()?;
+    let ns = resolve_target(&rec, target)?;
+    if cmd.is_empty() {
+        return Err(LabError::Usage(
+            "nothing to run: `muslin lab exec HOST[/CONTAINER] -- CMD...`".into(),
+        ));
+    }
+    let err = Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .args(cmd)
+        .exec();
+    Err(LabError::Io {
+        what: format!("running {}", cmd.join(" ")),
+        source: err,
+    })
+}
+
+fn resolve_target(rec: &LabRecord, target: &str) -> Result<String, LabError> {
+    let lab = rec.plan.name.clone();
+    match target.split_once('/') {
+        Some((h, c)) => rec
+            .containers
+            .iter()
+            .find(|x| x.host == h && x.name == c)
+            .map(|x| x.ns.clone())
+            .ok_or(LabError::NotFound {
+                lab,
+                what: "container",
+                name: target.into(),
+            }),
+        None => rec
+            .plan
+            .nodes
+            .iter()
+            .find(|n| n.name == target)
+            .map(|n| n.ns.clone())
+            .ok_or(LabError::NotFound {
+                lab,
+                what: "host or router",
+                name: target.into(),
+            }),
+    }
+}
+
+fn matrix(rec: &LabRecord, protos: &[Proto], timeout: Duration) -> Matrix {
+    let containers: Vec<Endpoint> = rec
+        .containers
+        .iter()
+        .filter_map(|c| {
+            Some(Endpoint {
+                label: format!("{}/{}", c.host, c.name),
+                ns: c.ns.clone(),
+                address: c.address?,
+            })
+        })
+        .collect();
+    let hosts: Vec<Endpoint> = rec
+        .plan
+        .nodes
+        .iter()
+        .filter(|n| !n.router)
+        .filter_map(|n| {
+            Some(Endpoint {
+                label: n.name.clone(),
+                ns: n.ns.clone(),
+                address: n.address()?,
+            })
+        })
+        .collect();
+    let targets: Vec<Endpoint> = containers.iter().chain(&hosts).cloned().collect();
+    check::run(&containers, &targets, protos, DEFAULT_PORT, timeout)
+}
+
+/// `lab check`: the full matrix.
+pub fn check(name: Option<&str>, protos: &[Proto], timeout: Duration) -> Result<Matrix, LabError> {
+    let lab = registry::pick(name)?;
+    let rec = registry::lock(&lab)?.load()?;
+    Ok(matrix(&rec, protos, timeout))
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub name: String,
+    pub backend: String,
+    pub datastore: String,
+    pub nodes: Vec<NodeStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub namespace: String,
+    pub role: &'static str,
+    pub addresses: Vec<String>,
+    pub block: Option<String>,
+    pub agent_up: Option<bool>,
+    pub containers: Vec<ContainerRecord>,
+}
+
+pub fn status(name: Option<&str>) -> Result<Status, LabError> {
+    let lab = registry::pick(name)?;
+    let rec = registry::lock(&lab)?.load()?;
+    let nodes = rec
+        .plan
+        .nodes
+        .iter()
+        .map(|n| NodeStatus {
+            name: n.name.clone(),
+            namespace: n.ns.clone(),
+            role: if n.router { "router" } else { "host" },
+            addresses: n
+                .nics
+                .iter()
+                .map(|x| format!("{} {} ({})", x.ifname, x.address, x.segment))
+                .collect(),
+            block: n.block.map(|b| b.to_string()),
+            agent_up: (!n.router).then(|| {
+                std::os::unix::net::UnixStream::connect(registry::socket(&lab, &n.name)).is_ok()
+            }),
+            containers: rec
+                .containers
+                .iter()
+                .filter(|c| c.host == n.name)
+                .cloned()
+                .collect(),
+        })
+        .collect();
+    Ok(Status {
+        name: lab,
+        backend: rec.backend,
+        datastore: rec.datastore,
+        nodes,
+    })
+}
+
+impl Status {
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "lab {}  (backend {}, datastore {})\n",
+            self.name, self.backend, self.datastore
+        );
+        for n in &self.nodes {
+            let agent = match n.agent_up {
+                Some(true) => "agent up",
+                Some(false) => "agent DOWN",
+                None => "",
+            };
+            out.push_str(&format!(
+                "{:<8} {:<7} {:<16} {}\n",
+                n.name, n.role, n.namespace, agent
+            ));
+            for a in &n.addresses {
+                out.push_str(&format!("           {a}\n"));
+            }
+            if let Some(b) = &n.block {
+                out.push_str(&format!("           pod block {b}\n"));
+            }
+            for c in &n.containers {
+                let a = c
+                    .address
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "-".into());
+                out.push_str(&format!(
+                    "           container {:<6} {:<15} ns {}\n",
+                    c.name, a, c.ns
+                ));
+            }
+        }
+        out
+    }
+}
+
+pub fn logs(name: Option<&str>, host: &str) -> Result<String, LabError> {
+    let lab = registry::pick(name)?;
+    let p = registry::log_file(&lab, host);
+    std::fs::read_to_string(&p).map_err(|_| LabError::NotFound {
+        lab,
+        what: "host with an agent log",
+        name: host.into(),
+    })
+}
+
+/// `lab down`: removes every namespace, process and file of the lab, even
+/// of a half-finished `up`. Idempotent: a lab that is not there is fine.
+pub fn down(name: &str) -> Result<bool, LabError> {
+    let dir = registry::lab_dir(name);
+    if !dir.exists() {
+        return Ok(false);
+    }
+    let lock = registry::lock(name)?;
+    if let Ok(rec) = lock.load() {
+        let mut all = build::namespaces(&rec.plan);
+        all.extend(rec.containers.iter().map(|c| c.ns.clone()));
+        // Containers first: their processes and veths go before the hosts'.
+        all.reverse();
+        sys::kill_all_in(&all, Duration::from_millis(1500));
+        sys::delete_ns(&all)?;
+    }
+    std::fs::remove_dir_all(&dir).map_err(LabError::io(format!("removing {}", dir.display())))?;
+    drop(lock);
+    Ok(true)
+}

@@ -1,0 +1,391 @@
+//! The connectivity probe: a tiny echo server and a client that checks one
+//! protocol at a time. It exists so tests and `muslin lab check` need no
+//! outside tools and can test protocols beyond TCP, UDP and ICMP: raw IP
+//! protocol 253 (reserved for experiments, RFC 3692) shows that every IP
+//! protocol is carried, not only the ones a proxy or NAT understands.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::mem::MaybeUninit;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use std::os::fd::AsRawFd;
+
+use nix::sys::socket::{
+    recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockaddrIn,
+};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+pub const DEFAULT_PORT: u16 = 7777;
+/// RFC 3692 experimental protocol number.
+pub const RAW_PROTO: i32 = 253;
+
+/// Why a probe failed: which protocol, to whom, and what happened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{proto} to {target}: {reason}")]
+pub struct ProbeError {
+    pub proto: &'static str,
+    pub target: IpAddr,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+    Raw,
+}
+
+impl Proto {
+    pub const ALL: [Proto; 4] = [Proto::Tcp, Proto::Udp, Proto::Icmp, Proto::Raw];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "tcp" => Proto::Tcp,
+            "udp" => Proto::Udp,
+            "icmp" => Proto::Icmp,
+            "ip253" | "raw" => Proto::Raw,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Icmp => "icmp",
+            Proto::Raw => "ip253",
+        }
+    }
+}
+
+fn nonce() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (t.as_nanos() as u64) ^ (u64::from(std::process::id()) << 32)
+}
+
+fn query(n: u64) -> Vec<u8> {
+    format!("MSLQ{n:016x}\n").into_bytes()
+}
+
+fn reply_for(q: &[u8]) -> Option<Vec<u8>> {
+    let mut r = q.strip_prefix(b"MSLQ")?.to_vec();
+    r.splice(0..0, *b"MSLR");
+    Some(r)
+}
+
+/// Serves TCP and UDP echo on `port` and raw protocol 253 echo, until killed.
+/// ICMP echo is answered by the kernel. Prints `ready` once listening.
+pub fn serve(port: u16) -> io::Result<()> {
+    let any = SocketAddr::from(([0, 0, 0, 0], port));
+    let tcp = TcpListener::bind(any)?;
+    let udp = UdpSocket::bind(any)?;
+    let raw = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(RAW_PROTO)))?;
+    std::thread::spawn(move || {
+        for stream in tcp.incoming().flatten() {
+            std::thread::spawn(move || echo_tcp(stream));
+        }
+    });
+    setsockopt(&udp, sockopt::Ipv4PacketInfo, &true)?;
+    std::thread::spawn(move || echo_udp(&udp));
+    println!("ready");
+    io::stdout().flush()?;
+    let mut buf = [0u8; 2048];
+    loop {
+        let (n, _) = recv_from(&raw, &mut buf)?;
+        let pkt = &buf[..n];
+        // Answer from the address the query was sent to (see echo_udp).
+        if let (Some(r), Some(IpAddr::V4(src)), Some(dst)) = (
+            ipv4_payload(pkt).and_then(reply_for),
+            source_of(pkt),
+            pkt.get(16..20),
+        ) {
+            let to = SockaddrIn::from(std::net::SocketAddrV4::new(src, 0));
+            let local = libc::in_addr {
+                s_addr: u32::from_ne_bytes(dst.try_into().expect("4 bytes")),
+            };
+            send_from(raw.as_raw_fd(), &r, &to, Some(local));
+        }
+    }
+}
+
+fn echo_tcp(stream: TcpStream) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let Ok(mut w) = stream.try_clone() else {
+        return;
+    };
+    for line in BufReader::new(stream).split(b'\n').map_while(Result::ok) {
+        let mut l = line;
+        l.push(b'\n');
+        match reply_for(&l) {
+            Some(r) if w.write_all(&r).is_ok() => {}
+            _ => break,
+        }
+    }
+}
+
+/// Answers each datagram from the address it was sent to: on a host with
+/// several addresses the kernel would otherwise pick the source by route,
+/// and the client's connected socket would drop the answer.
+fn echo_udp(udp: &UdpSocket) {
+    let fd = udp.as_raw_fd();
+    let mut buf = [0u8; 2048];
+    loop {
+        let mut cmsg = nix::cmsg_space!(libc::in_pktinfo);
+        let mut iov = [io::IoSliceMut::new(&mut buf)];
+        let Ok(msg) = recvmsg::<SockaddrIn>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty())
+        else {
+            return;
+        };
+        let (n, from) = (msg.bytes, msg.address);
+        let local = msg.cmsgs().ok().and_then(|mut c| {
+            c.find_map(|m| match m {
+                ControlMessageOwned::Ipv4PacketInfo(i) => Some(i.ipi_addr),
+                _ => None,
+            })
+        });
+        let (Some(from), Some(r)) = (from, reply_for(&buf[..n])) else {
+            continue;
+        };
+        send_from(fd, &r, &from, local);
+    }
+}
+
+/// Sends `payload` to `to` with `local` as the source address when known.
+fn send_from(fd: i32, payload: &[u8], to: &SockaddrIn, local: Option<libc::in_addr>) {
+    let info = libc::in_pktinfo {
+        ipi_ifindex: 0,
+        ipi_spec_dst: local.unwrap_or(libc::in_addr { s_addr: 0 }),
+        ipi_addr: libc::in_addr { s_addr: 0 },
+    };
+    let cm = [ControlMessage::Ipv4PacketInfo(&info)];
+    let cmsgs: &[ControlMessage] = if local.is_some() { &cm } else { &[] };
+    let _ = sendmsg(
+        fd,
+        &[io::IoSlice::new(payload)],
+        cmsgs,
+        MsgFlags::empty(),
+        Some(to),
+    );
+}
+
+/// Raw IPv4 sockets deliver the IP header too.
+fn ipv4_payload(pkt: &[u8]) -> Option<&[u8]> {
+    let ihl = usize::from(*pkt.first()? & 0x0f) * 4;
+    pkt.get(ihl..)
+}
+
+fn source_of(pkt: &[u8]) -> Option<IpAddr> {
+    let b: [u8; 4] = pkt.get(12..16)?.try_into().ok()?;
+    Some(IpAddr::from(b))
+}
+
+/// Checks one protocol against `target`; returns the round-trip time.
+pub fn check(
+    target: IpAddr,
+    port: u16,
+    proto: Proto,
+    timeout: Duration,
+) -> Result<Duration, ProbeError> {
+    let start = Instant::now();
+    let res = match proto {
+        Proto::Tcp => check_tcp(target, port, timeout),
+        Proto::Udp => check_udp(target, port, timeout),
+        Proto::Raw => check_raw(target, timeout),
+        Proto::Icmp => check_icmp(target, timeout),
+    };
+    res.map(|_| start.elapsed()).map_err(|reason| ProbeError {
+        proto: proto.name(),
+        target,
+        reason,
+    })
+}
+
+fn io(what: &str) -> impl Fn(io::Error) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+fn check_tcp(target: IpAddr, port: u16, timeout: Duration) -> Result<(), String> {
+    let n = nonce();
+    let mut s = TcpStream::connect_timeout(&SocketAddr::new(target, port), timeout)
+        .map_err(io("connect"))?;
+    s.set_read_timeout(Some(timeout)).map_err(io("socket"))?;
+    s.write_all(&query(n)).map_err(io("send"))?;
+    let mut line = Vec::new();
+    BufReader::new(&s)
+        .read_until(b'\n', &mut line)
+        .map_err(io("read"))?;
+    if Some(line) != reply_for(&query(n)) {
+        return Err("wrong echo".into());
+    }
+    Ok(())
+}
+
+fn check_udp(target: IpAddr, port: u16, timeout: Duration) -> Result<(), String> {
+    let n = nonce();
+    let s = UdpSocket::bind(SocketAddr::new(unspecified(target), 0)).map_err(io("bind"))?;
+    s.connect(SocketAddr::new(target, port))
+        .map_err(io("connect"))?;
+    s.set_read_timeout(Some(RESEND)).map_err(io("socket"))?;
+    let want = reply_for(&query(n));
+    exchange(
+        timeout,
+        || s.send(&query(n)).map(|_| ()),
+        |buf| {
+            let k = s.recv(buf)?;
+            Ok(Some(buf[..k].to_vec()) == want)
+        },
+    )
+}
+
+fn check_raw(target: IpAddr, timeout: Duration) -> Result<(), String> {
+    let n = nonce();
+    let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(RAW_PROTO)))
+        .map_err(io("raw socket"))?;
+    s.set_read_timeout(Some(RESEND)).map_err(io("socket"))?;
+    let to = SockAddr::from(SocketAddr::new(target, 0));
+    let want = reply_for(&query(n));
+    exchange(
+        timeout,
+        || s.send_to(&query(n), &to).map(|_| ()),
+        |buf| {
+            let k = recv_from(&s, buf)?.0;
+            let pkt = &buf[..k];
+            Ok(source_of(pkt) == Some(target) && ipv4_payload(pkt).map(<[u8]>::to_vec) == want)
+        },
+    )
+}
+
+fn check_icmp(target: IpAddr, timeout: Duration) -> Result<(), String> {
+    let n = nonce();
+    let s =
+        Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).map_err(io("icmp socket"))?;
+    s.set_read_timeout(Some(RESEND)).map_err(io("socket"))?;
+    let id = (n & 0xffff) as u16;
+    let req = icmp_echo(id, 1, &n.to_be_bytes());
+    let to = SockAddr::from(SocketAddr::new(target, 0));
+    exchange(
+        timeout,
+        || s.send_to(&req, &to).map(|_| ()),
+        |buf| {
+            let k = recv_from(&s, buf)?.0;
+            let pkt = &buf[..k];
+            let ok = source_of(pkt) == Some(target)
+                && ipv4_payload(pkt).is_some_and(|icmp| {
+                    icmp.len() >= 16
+                        && icmp[0] == 0
+                        && icmp[4..6] == id.to_be_bytes()
+                        && icmp[8..16] == n.to_be_bytes()
+                });
+            Ok(ok)
+        },
+    )
+}
+
+fn unspecified(t: IpAddr) -> IpAddr {
+    match t {
+        IpAddr::V4(_) => IpAddr::from([0, 0, 0, 0]),
+        IpAddr::V6(_) => IpAddr::from([0u16; 8]),
+    }
+}
+
+fn recv_from(s: &Socket, buf: &mut [u8]) -> io::Result<(usize, SockAddr)> {
+    // SAFETY: MaybeUninit<u8> has u8's layout, and recv_from only writes.
+    let b = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
+    s.recv_from(b)
+}
+
+/// How long a datagram probe waits before sending again: the first packet
+/// to a new neighbour may wait on ARP.
+const RESEND: Duration = Duration::from_millis(250);
+
+/// Sends, then reads until an answer matches or the deadline passes,
+/// resending every [`RESEND`].
+fn exchange(
+    timeout: Duration,
+    send: impl Fn() -> io::Result<()>,
+    mut matches: impl FnMut(&mut [u8]) -> io::Result<bool>,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline {
+        send().map_err(io("send"))?;
+        let resend_at = (Instant::now() + RESEND).min(deadline);
+        while Instant::now() < resend_at {
+            match matches(&mut buf) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    return Err("port unreachable".into())
+                }
+                Err(e) => return Err(format!("receive: {e}")),
+            }
+        }
+    }
+    Err(format!("no answer within {} ms", timeout.as_millis()))
+}
+
+fn icmp_echo(id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![8u8, 0, 0, 0];
+    p.extend_from_slice(&id.to_be_bytes());
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(payload);
+    let sum = inet_checksum(&p);
+    p[2..4].copy_from_slice(&sum.to_be_bytes());
+    p
+}
+
+fn inet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_framing() {
+        let q = query(0xabc);
+        assert_eq!(reply_for(&q).unwrap(), b"MSLR0000000000000abc\n".to_vec());
+        assert!(
+            reply_for(b"MSLR0000").is_none(),
+            "replies are never echoed again"
+        );
+    }
+
+    #[test]
+    fn checksum_of_known_packet() {
+        // Echo request id=1 seq=1 with no payload: 08 00 ?? ?? 00 01 00 01.
+        let p = icmp_echo(1, 1, &[]);
+        assert_eq!(&p[2..4], &[0xf7, 0xfd]);
+        assert_eq!(inet_checksum(&p), 0);
+    }
+
+    #[test]
+    fn ipv4_header_is_skipped() {
+        let mut pkt = vec![0x45u8; 20];
+        pkt[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        pkt.extend_from_slice(b"hi");
+        assert_eq!(ipv4_payload(&pkt).unwrap(), b"hi");
+        assert_eq!(source_of(&pkt).unwrap().to_string(), "10.0.0.1");
+    }
+}

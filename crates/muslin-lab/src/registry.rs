@@ -1,0 +1,136 @@
+//! Where labs are recorded: `/run/muslin/lab/NAME/` holds `lab.json` (the
+//! plan and what was started), the agents' sockets, state and logs. The
+//! record is written before anything is created, so `down` can remove a lab
+//! whose `up` crashed half-way.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::plan::LabPlan;
+use crate::LabError;
+
+pub const ROOT: &str = "/run/muslin/lab";
+
+/// The root can be moved (tests use their own) with `MUSLIN_LAB_ROOT`.
+pub fn root() -> PathBuf {
+    std::env::var_os("MUSLIN_LAB_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(ROOT))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabRecord {
+    pub plan: LabPlan,
+    /// Containers attached so far: (host, container, address).
+    pub containers: Vec<ContainerRecord>,
+    pub backend: String,
+    pub datastore: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub host: String,
+    pub name: String,
+    pub ns: String,
+    pub address: Option<std::net::IpAddr>,
+}
+
+pub fn lab_dir(name: &str) -> PathBuf {
+    root().join(name)
+}
+
+pub fn host_dir(lab: &str, host: &str) -> PathBuf {
+    lab_dir(lab).join(host)
+}
+
+pub fn socket(lab: &str, host: &str) -> PathBuf {
+    host_dir(lab, host).join("agent.sock")
+}
+
+pub fn log_file(lab: &str, host: &str) -> PathBuf {
+    host_dir(lab, host).join("agent.log")
+}
+
+/// Labs that have a record.
+pub fn list() -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(root())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("lab.json").exists())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The lab a command acts on: the named one, or the only one.
+pub fn pick(name: Option<&str>) -> Result<String, LabError> {
+    if let Some(n) = name {
+        return if lab_dir(n).join("lab.json").exists() {
+            Ok(n.to_string())
+        } else {
+            Err(LabError::NoSuchLab {
+                name: n.to_string(),
+                labs: list(),
+            })
+        };
+    }
+    match list().as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(LabError::NoLab),
+        many => Err(LabError::WhichLab(many.to_vec())),
+    }
+}
+
+/// An exclusive hold on a lab's record while a command changes the lab.
+pub struct Locked {
+    pub dir: PathBuf,
+    _lock: Flock<File>,
+}
+
+pub fn lock(name: &str) -> Result<Locked, LabError> {
+    let dir = lab_dir(name);
+    fs::create_dir_all(&dir).map_err(LabError::io(format!("creating {}", dir.display())))?;
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(dir.join(".lock"))
+        .map_err(LabError::io("opening the lab lock"))?;
+    let lock = Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| LabError::Io {
+        what: "locking the lab".into(),
+        source: e.into(),
+    })?;
+    Ok(Locked { dir, _lock: lock })
+}
+
+impl Locked {
+    pub fn load(&self) -> Result<LabRecord, LabError> {
+        let p = self.dir.join("lab.json");
+        let bytes = fs::read(&p).map_err(LabError::io(format!("reading {}", p.display())))?;
+        serde_json::from_slice(&bytes).map_err(|e| LabError::Corrupt(p, e.to_string()))
+    }
+
+    pub fn save(&self, rec: &LabRecord) -> Result<(), LabError> {
+        write_atomic(
+            &self.dir.join("lab.json"),
+            &serde_json::to_vec_pretty(rec).expect("record serializes"),
+        )
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LabError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(LabError::io(format!("writing {}", tmp.display())))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(LabError::io(format!("writing {}", tmp.display())))?;
+    fs::rename(&tmp, path).map_err(LabError::io(format!("renaming to {}", path.display())))
+}

@@ -1,0 +1,142 @@
+//! The lab's side effects on the host: `ip` batches, detached processes,
+//! namespace clean-up. Only namespaces the lab recorded are ever touched.
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::LabError;
+
+fn run(cmd: &mut Command, input: Option<&str>) -> Result<String, LabError> {
+    let shown = format!("{cmd:?}").replace('"', "");
+    let mut child = cmd
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(LabError::io(format!("running {shown}")))?;
+    if let Some(text) = input {
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(text.as_bytes())
+            .map_err(LabError::io(format!("feeding {shown}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(LabError::io(format!("running {shown}")))?;
+    if !out.status.success() {
+        return Err(LabError::Command {
+            cmd: shown,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `ip [-n NS] -batch -` with one command per line: one process for
+/// many changes.
+pub fn ip_batch(ns: Option<&str>, lines: &[String]) -> Result<(), LabError> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let mut c = Command::new("ip");
+    if let Some(ns) = ns {
+        c.args(["-n", ns]);
+    }
+    c.args(["-batch", "-"]);
+    run(&mut c, Some(&(lines.join("\n") + "\n"))).map(|_| ())
+}
+
+pub fn in_ns(ns: &str, args: &[&str]) -> Result<String, LabError> {
+    run(
+        Command::new("ip").args(["netns", "exec", ns]).args(args),
+        None,
+    )
+}
+
+pub fn in_ns_input(ns: &str, args: &[&str], input: &str) -> Result<String, LabError> {
+    run(
+        Command::new("ip").args(["netns", "exec", ns]).args(args),
+        Some(input),
+    )
+}
+
+pub fn netns_exists(ns: &str) -> bool {
+    Path::new("/var/run/netns").join(ns).exists()
+}
+
+/// Starts `args` inside `ns` in its own process group (so a Ctrl-C at the
+/// terminal that ran `lab up` does not reach it), logging to `log`.
+pub fn spawn_detached(ns: &str, args: &[String], log: &Path) -> Result<Child, LabError> {
+    let f =
+        std::fs::File::create(log).map_err(LabError::io(format!("creating {}", log.display())))?;
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(f.try_clone().map_err(LabError::io("log file"))?)
+        .stderr(f)
+        .process_group(0)
+        .spawn()
+        .map_err(LabError::io(format!("starting {} in {ns}", args.join(" "))))
+}
+
+/// Kills every process inside `ns` (TERM, then KILL after a grace period).
+pub fn kill_all_in(ns: &[String], grace: Duration) {
+    let pids = |ns: &str| -> Vec<i32> {
+        run(Command::new("ip").args(["netns", "pids", ns]), None)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    };
+    let all: Vec<i32> = ns
+        .iter()
+        .filter(|n| netns_exists(n))
+        .flat_map(|n| pids(n))
+        .collect();
+    for p in &all {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*p),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && all.iter().any(|p| alive(*p)) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for p in &all {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Running, not a zombie: orphans of `lab up` may never be reaped here.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+pub fn delete_ns(ns: &[String]) -> Result<(), LabError> {
+    let lines: Vec<String> = ns
+        .iter()
+        .filter(|n| netns_exists(n))
+        .map(|n| format!("netns del {n}"))
+        .collect();
+    ip_batch(None, &lines)
+}
