@@ -1,10 +1,14 @@
 //! The per-host agent. It owns the node's endpoint table and is the only
 //! writer of its kernel state; the CNI plugin and the CLI are its clients.
 
+mod blocks;
+mod cluster;
 mod key_locks;
+mod leases;
 mod node;
 mod server;
 mod state_store;
+mod underlay_select;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,6 +30,10 @@ pub enum AgentError {
     Bind(#[from] BindError),
     #[error(transparent)]
     Kernel(#[from] muslin_kernel::KernelError),
+    #[error("underlay: {0}")]
+    Underlay(String),
+    #[error("cannot join the cluster: {0}")]
+    Join(String),
 }
 
 fn host_name() -> String {
@@ -55,10 +63,46 @@ pub async fn run(
         tracing::info!("enabled net.ipv4.ip_forward");
     }
     let netlink = muslin_kernel::Netlink::current()?;
+    let cluster = cluster::join(&config, &node_name, &netlink).await?;
+    let mtu = config.mtu.unwrap_or_else(|| match &cluster {
+        Some(c) => muslin_model::dataplane::pod_mtu(c.backend, c.underlay.mtu),
+        None => 1500,
+    });
+    if let Some(c) = &cluster {
+        tracing::info!(pod_mtu = mtu, underlay_mtu = c.underlay.mtu, backend = ?c.backend, "pod MTU");
+        for b in config
+            .blocks
+            .iter()
+            .filter(|b| !config.pod_cidr.contains(*b))
+        {
+            tracing::warn!(block = %b, pod_cidr = %config.pod_cidr, "a fixed block lies outside pod-cidr; its traffic is not masqueraded");
+        }
+        if let Err(e) = muslin_kernel::cluster::apply_masquerade(config.pod_cidr, config.masquerade)
+        {
+            tracing::warn!(cause = %e, "masquerade not configured");
+        }
+    }
+    let blocks = Arc::new(blocks::BlockSource::new(
+        config.blocks.clone(),
+        config.blocks.is_empty() && cluster.is_some(),
+    ));
     let listener = server::bind(&config.socket).await?;
     let socket = config.socket.clone();
     let interval = Duration::from_secs(config.reconcile_interval);
-    let node = Arc::new(Node::new(config, node_name, netlink, store, table));
+    let mut node = Node::new(
+        config,
+        node_name,
+        netlink.clone(),
+        store,
+        table,
+        mtu,
+        blocks.clone(),
+    );
+    let cluster_task = cluster.map(|c| {
+        node.cluster = Some(c.status.clone());
+        tokio::spawn(c.run(netlink.clone(), blocks.clone()))
+    });
+    let node = Arc::new(node);
     node.reconcile().await;
 
     let reconciler = {
@@ -78,6 +122,9 @@ pub async fn run(
         _ = shutdown => tracing::info!("shutting down; kernel state is left in place"),
     }
     reconciler.abort();
+    if let Some(t) = cluster_task {
+        t.abort();
+    }
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

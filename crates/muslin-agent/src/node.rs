@@ -7,21 +7,27 @@ use std::sync::Arc;
 use muslin_kernel::{KernelError, Netlink};
 use muslin_model::agent_config::AgentConfig;
 use muslin_model::api::{
-    AddRequest, Added, BlockStatus, CheckRequest, DelRequest, EndpointStatus, GcRequest, NodeStatus,
+    AddRequest, Added, BlockStatus, CheckRequest, ClusterStatus, DelRequest, EndpointStatus,
+    GcRequest, NodeStatus,
 };
 use muslin_model::cni::{CniError, ErrorCode};
-use muslin_model::ipam::{capacity, AttachmentKey, Endpoint, EndpointTable};
+use muslin_model::ipam::{capacity, AttachmentKey, Endpoint, EndpointTable, IpamError};
 use muslin_model::naming::{format_mac, host_ifname};
 use muslin_model::plumbing::{plan, AttachmentPlan};
 use muslin_model::IFACE_PREFIX;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, RwLock};
 
+use crate::blocks::BlockSource;
 use crate::key_locks::KeyLocks;
 use crate::state_store::StateStore;
 
 pub struct Node {
     pub config: AgentConfig,
     pub node_name: String,
+    /// MTU of pod interfaces: configured, or derived from the underlay.
+    pub mtu: u32,
+    pub blocks: Arc<BlockSource>,
+    pub cluster: Option<Arc<RwLock<ClusterStatus>>>,
     netlink: Netlink,
     table: Mutex<Versioned>,
     writer: Mutex<u64>,
@@ -61,10 +67,15 @@ impl Node {
         netlink: Netlink,
         store: StateStore,
         table: EndpointTable,
+        mtu: u32,
+        blocks: Arc<BlockSource>,
     ) -> Self {
         Node {
             config,
             node_name,
+            mtu,
+            blocks,
+            cluster: None,
             netlink,
             table: Mutex::new(Versioned {
                 table,
@@ -105,28 +116,8 @@ impl Node {
     pub async fn add(&self, req: AddRequest) -> Result<Added, CniError> {
         let ns = muslin_kernel::open_netns(&req.netns).map_err(kernel_error)?;
         let _guard = self.locks.lock(&req.key).await;
-        let mtu = req.mtu.unwrap_or(self.config.mtu);
-        let blocks = self.config.blocks.clone();
-        let (allocated, gen) = self
-            .mutate(|t| {
-                t.allocate(req.key.clone(), &blocks, |address| Endpoint {
-                    address,
-                    netns: Some(req.netns.clone()),
-                    host_ifname: host_ifname(&req.key.container_id, &req.key.ifname),
-                    mtu,
-                    pod: req.pod.clone(),
-                })
-                .map(|(e, _)| e.address)
-            })
-            .await;
-        let address =
-            allocated.map_err(|e| CniError::new(ErrorCode::AddressesExhausted, e.to_string()))?;
-        // The allocation is durable before any interface exists, so a crash
-        // from here on leaves a record that DEL or GC can find.
-        if let Err(e) = self.persist(gen).await {
-            self.release(&req.key).await;
-            return Err(e);
-        }
+        let mtu = req.mtu.unwrap_or(self.mtu);
+        let address = self.allocate(&req, mtu).await?;
         let p = plan(&req.key, address, mtu);
         if let Err(e) = muslin_kernel::attach(&self.netlink, &p, &ns).await {
             tracing::warn!(container = %req.key.container_id, cause = %e, "ADD failed; rolled back");
@@ -135,6 +126,58 @@ impl Node {
         }
         tracing::info!(container = %req.key.container_id, ifname = %req.key.ifname, %address, host_if = %p.host_ifname, "attached");
         Ok(added(&p))
+    }
+
+    /// Records the attachment with an address, waiting for a first block
+    /// (a lease still settling) or for one more block when all are full.
+    async fn allocate(&self, req: &AddRequest, mtu: u32) -> Result<std::net::IpAddr, CniError> {
+        const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+        let mut blocks = self.blocks.current();
+        if blocks.is_empty() {
+            blocks = self.blocks.more_than(0, WAIT).await;
+            if blocks.is_empty() {
+                return Err(CniError::new(
+                    ErrorCode::TryAgainLater,
+                    "this node holds no address block yet (its lease is still settling)",
+                ));
+            }
+        }
+        let mut asked_more = false;
+        loop {
+            let (allocated, gen) = self
+                .mutate(|t| {
+                    t.allocate(req.key.clone(), &blocks, |address| Endpoint {
+                        address,
+                        netns: Some(req.netns.clone()),
+                        host_ifname: host_ifname(&req.key.container_id, &req.key.ifname),
+                        mtu,
+                        pod: req.pod.clone(),
+                    })
+                    .map(|(e, _)| e.address)
+                })
+                .await;
+            match allocated {
+                Ok(a) => {
+                    // The allocation is durable before any interface exists,
+                    // so a crash from here on leaves a record that DEL or GC
+                    // can find.
+                    if let Err(e) = self.persist(gen).await {
+                        self.release(&req.key).await;
+                        return Err(e);
+                    }
+                    return Ok(a);
+                }
+                Err(IpamError::Exhausted { .. }) if self.blocks.leased && !asked_more => {
+                    asked_more = true;
+                    tracing::info!(
+                        blocks = blocks.len(),
+                        "every block is full; claiming another"
+                    );
+                    blocks = self.blocks.more_than(blocks.len(), WAIT).await;
+                }
+                Err(e) => return Err(CniError::new(ErrorCode::AddressesExhausted, e.to_string())),
+            }
+        }
     }
 
     /// Best-effort removal of a record during rollback.
@@ -246,8 +289,8 @@ impl Node {
     pub async fn status(&self) -> NodeStatus {
         let v = self.table.lock().await;
         let blocks = self
-            .config
             .blocks
+            .current()
             .iter()
             .map(|b| BlockStatus {
                 cidr: *b,
@@ -274,9 +317,13 @@ impl Node {
         NodeStatus {
             node_name: self.node_name.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            mtu: self.config.mtu,
+            mtu: self.mtu,
             blocks,
             endpoints,
+            cluster: match &self.cluster {
+                Some(c) => Some(c.read().await.clone()),
+                None => None,
+            },
         }
     }
 

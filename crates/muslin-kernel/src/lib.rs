@@ -3,9 +3,11 @@
 //! finds; it decides nothing on its own.
 
 mod attach;
+pub mod cluster;
 mod error;
 mod netlink;
 mod netns;
+pub mod probe;
 mod sysctl;
 
 pub use attach::{attach, check, detach, ensure_host_route, CheckProblem};

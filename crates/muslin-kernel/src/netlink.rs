@@ -27,6 +27,9 @@ pub struct RouteInfo {
     pub gateway: Option<IpAddr>,
     pub oif: Option<u32>,
     pub protocol: u8,
+    pub mtu: Option<u32>,
+    pub onlink: bool,
+    pub table: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +38,11 @@ pub struct LinkInfo {
     pub name: String,
     pub up: bool,
     pub mtu: Option<u32>,
+    /// `veth`, `bridge`, `vxlan`, ...
+    pub kind: Option<String>,
+    pub mac: Option<Vec<u8>>,
+    /// VXLAN devices: (VNI, UDP port, local address, underlay index).
+    pub vxlan: Option<(u32, u16, Option<std::net::Ipv4Addr>, Option<u32>)>,
 }
 
 impl Netlink {
@@ -174,21 +182,46 @@ fn neighbour_ip(d: &rtnetlink::packet_route::neighbour::NeighbourAddress) -> Opt
 }
 
 fn link_info(m: &LinkMessage) -> LinkInfo {
-    let mut name = String::new();
-    let mut mtu = None;
+    use rtnetlink::packet_route::link::{InfoData, InfoVxlan, LinkInfo as Li};
+    let mut l = LinkInfo {
+        index: m.header.index,
+        name: String::new(),
+        up: m.header.flags.contains(LinkFlags::Up),
+        mtu: None,
+        kind: None,
+        mac: None,
+        vxlan: None,
+    };
     for a in &m.attributes {
         match a {
-            LinkAttribute::IfName(n) => name = n.clone(),
-            LinkAttribute::Mtu(v) => mtu = Some(*v),
+            LinkAttribute::IfName(n) => l.name = n.clone(),
+            LinkAttribute::Mtu(v) => l.mtu = Some(*v),
+            LinkAttribute::Address(mac) => l.mac = Some(mac.clone()),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    match i {
+                        Li::Kind(k) => l.kind = Some(k.to_string()),
+                        Li::Data(InfoData::Vxlan(v)) => {
+                            let (mut id, mut port, mut local, mut link) = (0, 0, None, None);
+                            for x in v {
+                                match x {
+                                    InfoVxlan::Id(i) => id = *i,
+                                    InfoVxlan::Port(p) => port = *p,
+                                    InfoVxlan::Local(a) => local = Some(*a),
+                                    InfoVxlan::Link(i) => link = Some(*i),
+                                    _ => {}
+                                }
+                            }
+                            l.vxlan = Some((id, port, local, link));
+                        }
+                        _ => {}
+                    }
+                }
+            }
             _ => {}
         }
     }
-    LinkInfo {
-        index: m.header.index,
-        name,
-        up: m.header.flags.contains(LinkFlags::Up),
-        mtu,
-    }
+    l
 }
 
 fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
@@ -208,11 +241,21 @@ fn route_info(m: &RouteMessage) -> Option<RouteInfo> {
     };
     let mut gateway = None;
     let mut oif = None;
+    let mut mtu = None;
+    let mut table = m.header.table;
     for a in &m.attributes {
         match a {
             RouteAttribute::Destination(d) => dst = route_ip(d)?,
             RouteAttribute::Gateway(g) => gateway = route_ip(g),
             RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Table(t) => table = (*t).min(255) as u8,
+            RouteAttribute::Metrics(ms) => {
+                for x in ms {
+                    if let rtnetlink::packet_route::route::RouteMetric::Mtu(v) = x {
+                        mtu = Some(*v);
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -221,6 +264,12 @@ fn route_info(m: &RouteMessage) -> Option<RouteInfo> {
         gateway,
         oif,
         protocol: u8::from(m.header.protocol),
+        mtu,
+        onlink: m
+            .header
+            .flags
+            .contains(rtnetlink::packet_route::route::RouteFlags::Onlink),
+        table,
     })
 }
 

@@ -8,7 +8,7 @@ pub mod check;
 pub mod names;
 pub mod ops;
 pub mod plan;
-pub mod probe;
+pub use muslin_kernel::probe;
 pub mod registry;
 pub mod topology;
 

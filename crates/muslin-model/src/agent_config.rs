@@ -12,6 +12,7 @@ pub const MTU_MAX: u32 = 65535;
 
 pub const DEFAULT_SOCKET: &str = "/run/muslin/agent.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/muslin";
+pub const DEFAULT_GOSSIP_PORT: u16 = 7331;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -22,11 +23,33 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     /// Where the endpoint table is persisted.
     pub state_dir: PathBuf,
-    /// MTU of container interfaces.
-    pub mtu: u32,
-    /// The node's pod address blocks. Until cluster leases exist they come
-    /// from here.
+    /// MTU of container interfaces; detected from the underlay when unset.
+    pub mtu: Option<u32>,
+    /// Fixed pod address blocks of this node. When empty (the default) the
+    /// node leases blocks of `pod-cidr` from the cluster.
     pub blocks: Vec<IpNet>,
+    /// Peers to join (`ADDR` or `ADDR:PORT`); the first node has none.
+    pub join: Vec<String>,
+    pub gossip_port: u16,
+    pub gossip_interval_ms: u64,
+    /// File holding the cluster secret that seals gossip.
+    pub cluster_secret_file: Option<PathBuf>,
+    /// The cluster's pod network, split into per-node blocks.
+    pub pod_cidr: IpNet,
+    /// Prefix length of each node's blocks (/20 to /28 for IPv4).
+    pub block_size: u8,
+    /// Seconds a silent node keeps its blocks before others may claim them.
+    pub block_ttl: u64,
+    /// `auto`, `routed` or `vxlan`.
+    pub backend: String,
+    pub vxlan_vni: u32,
+    pub vxlan_port: u16,
+    /// How the underlay address is chosen: `reachability` (default),
+    /// `first-found`, `interface=REGEX`, `skip-interface=REGEX`,
+    /// `cidr=CIDR`, `can-reach=ADDR` or `address=ADDR`.
+    pub underlay: String,
+    /// Masquerade pod traffic that leaves the pod network.
+    pub masquerade: bool,
     /// Seconds between full reconciliations of the node's attachments.
     pub reconcile_interval: u64,
     /// `tracing` filter, such as `info` or `muslin=debug`.
@@ -39,8 +62,20 @@ impl Default for AgentConfig {
             node_name: None,
             socket: DEFAULT_SOCKET.into(),
             state_dir: DEFAULT_STATE_DIR.into(),
-            mtu: 1500,
+            mtu: None,
             blocks: Vec::new(),
+            join: Vec::new(),
+            gossip_port: DEFAULT_GOSSIP_PORT,
+            gossip_interval_ms: 200,
+            cluster_secret_file: None,
+            pod_cidr: "10.244.0.0/16".parse().expect("literal"),
+            block_size: 24,
+            block_ttl: 3600,
+            backend: "auto".into(),
+            vxlan_vni: 4242,
+            vxlan_port: 4789,
+            underlay: "reachability".into(),
+            masquerade: true,
             reconcile_interval: 30,
             log_level: "info".into(),
         }
@@ -63,6 +98,16 @@ fn err(field: &str, msg: impl Into<String>) -> ConfigError {
 }
 
 impl AgentConfig {
+    /// A join peer as a socket address (the gossip port when none is given).
+    pub fn join_addr(&self, j: &str) -> Result<std::net::SocketAddr, String> {
+        if let Ok(a) = j.parse::<std::net::SocketAddr>() {
+            return Ok(a);
+        }
+        j.parse::<std::net::IpAddr>()
+            .map(|ip| std::net::SocketAddr::new(ip, self.gossip_port))
+            .map_err(|_| format!("{j:?} is not an address or address:port"))
+    }
+
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let de = toml::Deserializer::new(text);
         serde_path_to_error::deserialize(de).map_err(|e| {
@@ -108,18 +153,64 @@ impl AgentConfig {
                 format!("{:?} must be an absolute path", self.state_dir),
             ));
         }
-        if !(MTU_MIN..=MTU_MAX).contains(&self.mtu) {
+        if let Some(mtu) = self.mtu {
+            if !(MTU_MIN..=MTU_MAX).contains(&mtu) {
+                return Err(err(
+                    "mtu",
+                    format!("{mtu} is out of range {MTU_MIN}..={MTU_MAX}"),
+                ));
+            }
+        }
+        for j in &self.join {
+            self.join_addr(j).map_err(|m| err("join", m))?;
+        }
+        if self.gossip_port == 0 {
+            return Err(err("gossip-port", "must not be 0"));
+        }
+        if !(10..=10_000).contains(&self.gossip_interval_ms) {
             return Err(err(
-                "mtu",
-                format!("{} is out of range {MTU_MIN}..={MTU_MAX}", self.mtu),
+                "gossip-interval-ms",
+                format!("{} is out of range 10..=10000", self.gossip_interval_ms),
             ));
         }
-        if self.blocks.is_empty() {
+        if self.pod_cidr.trunc() != self.pod_cidr {
             return Err(err(
-                "blocks",
-                "at least one pod address block is required, such as \"10.244.1.0/24\"",
+                "pod-cidr",
+                format!("{} has host bits set", self.pod_cidr),
             ));
         }
+        let (lo, hi) = if self.pod_cidr.addr().is_ipv4() {
+            (20, 28)
+        } else {
+            (64, 122)
+        };
+        if !(lo..=hi).contains(&self.block_size) || self.block_size < self.pod_cidr.prefix_len() {
+            return Err(err(
+                "block-size",
+                format!(
+                    "/{} must be between /{lo} and /{hi} and inside pod-cidr {}",
+                    self.block_size, self.pod_cidr
+                ),
+            ));
+        }
+        if self.block_ttl == 0 {
+            return Err(err("block-ttl", "must be at least 1 second"));
+        }
+        self.backend
+            .parse::<crate::dataplane::Backend>()
+            .map_err(|m| err("backend", m))?;
+        if !(1..=16_777_215).contains(&self.vxlan_vni) {
+            return Err(err(
+                "vxlan-vni",
+                format!("{} is out of range 1..=16777215", self.vxlan_vni),
+            ));
+        }
+        if self.vxlan_port == 0 {
+            return Err(err("vxlan-port", "must not be 0"));
+        }
+        self.underlay
+            .parse::<crate::underlay::Method>()
+            .map_err(|m| err("underlay", m))?;
         for b in &self.blocks {
             if b.trunc() != *b {
                 return Err(err(
@@ -168,7 +259,7 @@ blocks = ["10.244.1.0/24"]
     fn good_config_parses_and_validates() {
         let c = AgentConfig::from_toml(GOOD).unwrap();
         c.validate().unwrap();
-        assert_eq!(c.mtu, 1450);
+        assert_eq!(c.mtu, Some(1450));
         assert_eq!(c.blocks[0].to_string(), "10.244.1.0/24");
         assert_eq!(c.reconcile_interval, 30);
     }
@@ -194,8 +285,18 @@ blocks = ["10.244.1.0/24"]
         let base = AgentConfig::from_toml(GOOD).unwrap();
         type Mutation = Box<dyn Fn(&mut AgentConfig)>;
         let cases: Vec<(Mutation, &str)> = vec![
-            (Box::new(|c| c.mtu = 100), "mtu"),
-            (Box::new(|c| c.blocks.clear()), "blocks"),
+            (Box::new(|c| c.mtu = Some(100)), "mtu"),
+            (Box::new(|c| c.join = vec!["nowhere".into()]), "join"),
+            (Box::new(|c| c.block_size = 16), "block-size"),
+            (Box::new(|c| c.block_size = 29), "block-size"),
+            (Box::new(|c| c.backend = "bgp".into()), "backend"),
+            (Box::new(|c| c.underlay = "interface=(".into()), "underlay"),
+            (Box::new(|c| c.vxlan_vni = 0), "vxlan-vni"),
+            (
+                Box::new(|c| c.pod_cidr = "10.244.1.0/16".parse().unwrap()),
+                "pod-cidr",
+            ),
+            (Box::new(|c| c.block_ttl = 0), "block-ttl"),
             (
                 Box::new(|c| c.blocks = vec!["10.0.0.1/24".parse().unwrap()]),
                 "blocks",

@@ -79,6 +79,36 @@ pub struct NodeStatus {
     pub mtu: u32,
     pub blocks: Vec<BlockStatus>,
     pub endpoints: Vec<EndpointStatus>,
+    /// Absent when the node runs alone (no underlay, no cluster).
+    #[serde(default)]
+    pub cluster: Option<ClusterStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub underlay_if: String,
+    pub underlay_address: Option<IpAddr>,
+    /// Why that address: the method and what it verified.
+    pub underlay_reason: String,
+    pub underlay_mtu: u32,
+    pub backend: String,
+    /// Whether the view is complete enough to delete routes by.
+    pub synced: bool,
+    pub nodes: Vec<PeerStatus>,
+    /// Things an operator should fix (duplicate addresses, refused secret).
+    pub warnings: Vec<String>,
+    pub gossip_bytes_sent: u64,
+    pub gossip_bytes_received: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub name: String,
+    pub address: Option<IpAddr>,
+    pub blocks: Vec<IpNet>,
+    /// `self`, `routed`, `vxlan`, or `unreachable: why`.
+    pub path: String,
+    pub alive: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

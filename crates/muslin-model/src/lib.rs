@@ -4,10 +4,13 @@
 
 pub mod agent_config;
 pub mod api;
+pub mod cluster;
 pub mod cni;
+pub mod dataplane;
 pub mod ipam;
 pub mod naming;
 pub mod plumbing;
+pub mod underlay;
 
 /// Route protocol number stamped on every route Muslin installs, so that it
 /// only ever removes routes it owns (see `/etc/iproute2/rt_protos`; unused by

@@ -28,23 +28,39 @@ fn agent_config(a: &AgentArgs) -> Result<AgentConfig> {
         }
         None => AgentConfig::default(),
     };
-    if a.node_name.is_some() {
-        c.node_name = a.node_name.clone();
+    macro_rules! set {
+        ($($field:ident),*) => {$(
+            if let Some(v) = &a.$field {
+                c.$field = v.clone().into();
+            }
+        )*};
     }
-    if let Some(s) = &a.socket {
-        c.socket = s.clone();
-    }
-    if let Some(d) = &a.state_dir {
-        c.state_dir = d.clone();
-    }
+    set!(
+        node_name,
+        socket,
+        state_dir,
+        mtu,
+        gossip_port,
+        gossip_interval_ms,
+        cluster_secret_file,
+        pod_cidr
+    );
+    set!(
+        block_size,
+        block_ttl,
+        backend,
+        vxlan_vni,
+        vxlan_port,
+        underlay,
+        masquerade,
+        reconcile_interval,
+        log_level
+    );
     if !a.blocks.is_empty() {
         c.blocks = a.blocks.clone();
     }
-    if let Some(m) = a.mtu {
-        c.mtu = m;
-    }
-    if let Some(l) = &a.log_level {
-        c.log_level = l.clone();
+    if !a.join.is_empty() {
+        c.join = a.join.clone();
     }
     c.validate().context("invalid agent configuration")?;
     Ok(c)

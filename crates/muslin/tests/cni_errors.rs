@@ -185,40 +185,52 @@ fn agent_down_fails_at_once_with_try_again_later() {
 #[test]
 fn agent_rejects_bad_config_naming_the_field() {
     let dir = TempDir::new("badconf");
-    let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["--block".into(), "10.0.0.1/24".into()], "blocks"),
-        (vec![], "blocks"),
+    // Even an agent that should refuse to start runs in a throwaway
+    // namespace: if it wrongly started, it must not touch this host.
+    let ns = Netns::new("badconf");
+    let cases: &[(&[&str], &str)] = &[
+        (&["--block", "10.0.0.1/24"], "blocks"),
+        (&["--mtu", "99"], "mtu"),
+        (&["--socket", "relative.sock"], "socket"),
+        (&["--join", "not-an-address"], "join"),
+        (&["--block-size", "30"], "block-size"),
+        (&["--backend", "bgp"], "backend"),
+        (&["--underlay", "interface=("], "underlay"),
         (
-            vec![
-                "--block".into(),
-                "10.0.0.0/24".into(),
-                "--mtu".into(),
-                "99".into(),
-            ],
-            "mtu",
+            &["--underlay", "interface=wlan9", "--join", "192.0.2.1"],
+            "wlan9",
         ),
         (
-            vec![
-                "--block".into(),
-                "10.0.0.0/24".into(),
-                "--socket".into(),
-                "relative.sock".into(),
+            &[
+                "--cluster-secret-file",
+                "/nonexistent/secret",
+                "--underlay",
+                "address=127.0.0.1",
             ],
-            "socket",
+            "cluster-secret-file",
         ),
     ];
+    let state = dir.0.join("s").display().to_string();
     for (args, field) in cases {
         let mut full = vec![
-            "agent".to_string(),
-            "--state-dir".into(),
-            dir.0.join("s").display().to_string(),
+            BIN,
+            "agent",
+            "--state-dir",
+            &state,
+            "--socket",
+            "/tmp/muslin-badconf-never.sock",
         ];
-        full.extend(args.clone());
-        let o = std::process::Command::new(BIN)
-            .args(&full)
-            .output()
-            .unwrap();
+        full.extend_from_slice(args);
+        let mut cmd = std::process::Command::new("timeout");
+        cmd.args(["20", "ip", "netns", "exec", &ns.name])
+            .args(&full);
+        let o = cmd.output().unwrap();
         assert!(!o.status.success(), "{args:?} must be refused");
+        assert_ne!(
+            o.status.code(),
+            Some(124),
+            "{args:?}: the agent started instead of refusing"
+        );
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(field), "{args:?}: {err}");
     }

@@ -196,7 +196,7 @@ pub fn check(
         Proto::Tcp => check_tcp(target, port, timeout),
         Proto::Udp => check_udp(target, port, timeout),
         Proto::Raw => check_raw(target, timeout),
-        Proto::Icmp => check_icmp(target, timeout),
+        Proto::Icmp => check_icmp(None, target, timeout),
     };
     res.map(|_| start.elapsed()).map_err(|reason| ProbeError {
         proto: proto.name(),
@@ -260,10 +260,27 @@ fn check_raw(target: IpAddr, timeout: Duration) -> Result<(), String> {
     )
 }
 
-fn check_icmp(target: IpAddr, timeout: Duration) -> Result<(), String> {
+/// An ICMP echo from a chosen source address: verifies that `src` really
+/// reaches `target`, which a route lookup alone does not.
+pub fn ping_from(src: IpAddr, target: IpAddr, timeout: Duration) -> Result<Duration, ProbeError> {
+    let start = Instant::now();
+    check_icmp(Some(src), target, timeout)
+        .map(|_| start.elapsed())
+        .map_err(|reason| ProbeError {
+            proto: "icmp",
+            target,
+            reason,
+        })
+}
+
+fn check_icmp(src: Option<IpAddr>, target: IpAddr, timeout: Duration) -> Result<(), String> {
     let n = nonce();
     let s =
         Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).map_err(io("icmp socket"))?;
+    if let Some(src) = src {
+        s.bind(&SockAddr::from(SocketAddr::new(src, 0)))
+            .map_err(io("bind"))?;
+    }
     s.set_read_timeout(Some(RESEND)).map_err(io("socket"))?;
     let id = (n & 0xffff) as u16;
     let req = icmp_echo(id, 1, &n.to_be_bytes());

@@ -1,0 +1,300 @@
+//! The node in its cluster: underlay choice, gossip, leases and the data
+//! plane loop. Level-triggered: every round recomputes the desired data
+//! plane from the whole view and converges the kernel to it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use muslin_kernel::Netlink;
+use muslin_model::agent_config::AgentConfig;
+use muslin_model::api::{ClusterStatus, PeerStatus};
+use muslin_model::cluster::{vtep_mac, BlockClaim, ClusterView, NodeRecord};
+use muslin_model::dataplane::{desired, Backend, Desired, Path, Underlay, VxlanSettings};
+use muslin_model::naming::format_mac;
+use muslin_model::underlay::{Choice, Method};
+use muslin_store::{ClusterStore, Gossip, GossipConfig};
+use tokio::sync::RwLock;
+
+use crate::blocks::BlockSource;
+use crate::leases::Leases;
+use crate::AgentError;
+
+/// Everything the loop needs, decided at start.
+pub struct Cluster {
+    pub me: String,
+    pub store: Gossip,
+    pub underlay: Underlay,
+    pub reason: String,
+    pub backend: Backend,
+    pub vx: VxlanSettings,
+    pub status: Arc<RwLock<ClusterStatus>>,
+    leases: Option<Leases>,
+    interval: Duration,
+}
+
+/// Chooses the underlay, joins the cluster and publishes this node.
+/// `Ok(None)`: no usable underlay and no peers, so the node runs alone.
+pub async fn join(
+    config: &AgentConfig,
+    me: &str,
+    host: &Netlink,
+) -> Result<Option<Cluster>, AgentError> {
+    let peers: Vec<SocketAddr> = config
+        .join
+        .iter()
+        .filter_map(|j| config.join_addr(j).ok())
+        .collect();
+    let method: Method = config
+        .underlay
+        .parse()
+        .map_err(|m| AgentError::Underlay(format!("underlay: {m}")))?;
+    let Some(choice) = crate::underlay_select::choose(host, &method, &peers)
+        .await
+        .map_err(AgentError::Underlay)?
+    else {
+        tracing::warn!("no usable underlay interface and no join peers: running as a single node");
+        return Ok(None);
+    };
+    let Choice {
+        ifname,
+        address,
+        mtu,
+        reason,
+    } = choice;
+    tracing::info!(address = %address.addr(), interface = %ifname, mtu, %reason, "chose the underlay address");
+    let backend: Backend = config
+        .backend
+        .parse()
+        .map_err(|m| AgentError::Underlay(format!("backend: {m}")))?;
+    let secret = match &config.cluster_secret_file {
+        Some(p) => Some(muslin_store::load_secret(p).map_err(|e| AgentError::Join(e.to_string()))?),
+        None => None,
+    };
+    if secret.is_none() {
+        tracing::warn!("no cluster secret: gossip is neither authenticated nor encrypted (set cluster-secret-file)");
+    }
+    let interval = Duration::from_millis(config.gossip_interval_ms);
+    let ttl = Duration::from_secs(config.block_ttl);
+    let underlay = Underlay {
+        ifname,
+        address: address.addr(),
+        prefix: address.trunc(),
+        mtu,
+    };
+    let gcfg = GossipConfig {
+        node_name: me.to_string(),
+        listen: SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), config.gossip_port),
+        advertise: SocketAddr::new(underlay.address, config.gossip_port),
+        seeds: peers.clone(),
+        interval,
+        ttl,
+        secret,
+    };
+    let store = Gossip::start(gcfg, vec![])
+        .await
+        .map_err(|e| AgentError::Join(e.to_string()))?;
+    let record = NodeRecord {
+        name: me.to_string(),
+        address: underlay.address,
+        underlay_prefix: underlay.prefix,
+        vtep_mac: format_mac(&vtep_mac(me)),
+        mtu: underlay.mtu,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        address_reason: reason.clone(),
+        capabilities: vec!["routed".into(), "vxlan".into()],
+    };
+    store.publish_record(&record).await;
+    // Static blocks always win: claimed at the beginning of time.
+    for b in &config.blocks {
+        store.claim_block(*b, BlockClaim { claimed_at_ms: 0 }).await;
+    }
+    if !peers.is_empty() {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !store.synced() && Instant::now() < deadline {
+            if let Some(problem) = store.auth_problem() {
+                return Err(AgentError::Join(problem));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if store.synced() {
+            tracing::info!("joined the cluster");
+        } else {
+            tracing::warn!(peers = ?peers, "no join peer answered yet; going on and retrying in the background");
+        }
+    }
+    let leases = config.blocks.is_empty().then(|| {
+        // Settling waits out a few gossip rounds, so a competing claim made
+        // at the same moment has reached us before we hand out addresses.
+        let settle = (interval * 5).max(Duration::from_millis(500));
+        Leases::load(
+            &config.state_dir,
+            me,
+            config.pod_cidr,
+            config.block_size,
+            settle,
+            ttl,
+        )
+    });
+    Ok(Some(Cluster {
+        me: me.to_string(),
+        store,
+        underlay,
+        reason,
+        backend,
+        vx: VxlanSettings {
+            vni: config.vxlan_vni,
+            port: config.vxlan_port,
+        },
+        status: Arc::new(RwLock::new(ClusterStatus::default())),
+        leases,
+        interval,
+    }))
+}
+
+impl Cluster {
+    /// Runs until dropped: leases, then the data plane, every gossip round.
+    pub async fn run(mut self, host: Netlink, blocks: Arc<BlockSource>) {
+        if let Some(l) = &self.leases {
+            for (b, at) in &l.claims {
+                self.store
+                    .claim_block(*b, BlockClaim { claimed_at_ms: *at })
+                    .await;
+            }
+        }
+        let started = Instant::now();
+        let mut last: Option<Desired> = None;
+        let mut last_full = Instant::now() - Duration::from_secs(3600);
+        let mut more = false;
+        loop {
+            let view = self.store.view().await;
+            if let Some(l) = self.leases.as_mut() {
+                let step = l.step(&view, more);
+                more = false;
+                for b in &step.release {
+                    self.store.release_block(*b).await;
+                }
+                if let Some((b, c)) = step.claim {
+                    self.store.claim_block(b, c).await;
+                }
+                blocks.set(step.settled);
+            }
+            let d = desired(
+                &view,
+                &self.me,
+                self.backend,
+                &self.underlay,
+                self.vx,
+                vtep_mac(&self.me),
+            );
+            // Deleting needs a complete view: not before we heard from the
+            // cluster, and not in the first rounds after a restart.
+            let allow_deletes = self.store.synced() && started.elapsed() > self.interval * 10;
+            let full = last_full.elapsed() > Duration::from_secs(5);
+            if full || last.as_ref() != Some(&d) {
+                if let Err(e) = self
+                    .converge(&host, &d, last.as_ref(), full, allow_deletes)
+                    .await
+                {
+                    tracing::warn!(cause = %e, "data plane not converged; retrying");
+                } else {
+                    last = Some(d.clone());
+                    if full {
+                        last_full = Instant::now();
+                    }
+                }
+            }
+            self.publish_status(&view, &d).await;
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = blocks.wanted() => more = true,
+            }
+        }
+    }
+
+    async fn converge(
+        &self,
+        host: &Netlink,
+        d: &Desired,
+        last: Option<&Desired>,
+        full: bool,
+        allow_deletes: bool,
+    ) -> Result<(), muslin_kernel::KernelError> {
+        if let Some(vx) = &d.vxlan {
+            if full || last.and_then(|l| l.vxlan.as_ref()) != Some(vx) {
+                muslin_kernel::cluster::ensure_vxlan(host, vx).await?;
+            }
+        }
+        let applied = muslin_kernel::cluster::apply(host, d, allow_deletes).await?;
+        if applied.changed() {
+            tracing::info!(
+                added = applied.added,
+                removed = applied.removed,
+                routes = d.routes.len(),
+                "data plane converged"
+            );
+        }
+        Ok(())
+    }
+
+    async fn publish_status(&self, view: &ClusterView, d: &Desired) {
+        let owners = view.block_owners();
+        let mut warnings = Vec::new();
+        for (addr, names) in view.duplicate_addresses() {
+            warnings.push(format!(
+                "nodes {} all claim underlay address {addr}: choose the address by reachability or pin it per node",
+                names.join(", ")
+            ));
+        }
+        if let Some(p) = self.store.auth_problem() {
+            warnings.push(p);
+        }
+        for (name, path) in &d.paths {
+            if let Path::Unreachable(why) = path {
+                warnings.push(format!("{name}: {why}"));
+            }
+        }
+        let nodes = view
+            .nodes
+            .iter()
+            .map(|(name, p)| PeerStatus {
+                name: name.clone(),
+                address: p.record.as_ref().map(|r| r.address),
+                blocks: owners
+                    .iter()
+                    .filter(|(_, o)| *o == name)
+                    .map(|(b, _)| *b)
+                    .collect(),
+                path: if *name == self.me {
+                    "self".into()
+                } else {
+                    match d.paths.get(name) {
+                        Some(Path::Routed) => "routed".into(),
+                        Some(Path::Vxlan) => "vxlan".into(),
+                        Some(Path::Unreachable(why)) => format!("unreachable: {why}"),
+                        None => "unknown".into(),
+                    }
+                },
+                alive: p.alive,
+            })
+            .collect();
+        let stats = self.store.stats();
+        let mut s = self.status.write().await;
+        let was_warned = s.warnings.clone();
+        *s = ClusterStatus {
+            underlay_if: self.underlay.ifname.clone(),
+            underlay_address: Some(self.underlay.address),
+            underlay_reason: self.reason.clone(),
+            underlay_mtu: self.underlay.mtu,
+            backend: format!("{:?}", self.backend).to_lowercase(),
+            synced: self.store.synced(),
+            nodes,
+            warnings,
+            gossip_bytes_sent: stats.bytes_sent,
+            gossip_bytes_received: stats.bytes_received,
+        };
+        for w in s.warnings.iter().filter(|w| !was_warned.contains(w)) {
+            tracing::warn!("{w}");
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! This node's block leases: claim, settle, lose, persist. The rules are
+//! in `muslin_model::cluster`; see docs/block-leases.md.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ipnet::IpNet;
+use muslin_model::cluster::{choose_free_block, BlockClaim, ClusterView};
+use serde::{Deserialize, Serialize};
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Persisted {
+    blocks: BTreeMap<IpNet, u64>,
+    alive_at_ms: u64,
+}
+
+pub struct Leases {
+    me: String,
+    pod_cidr: IpNet,
+    size: u8,
+    settle: Duration,
+    file: PathBuf,
+    /// Our claims and when we made them.
+    pub claims: BTreeMap<IpNet, u64>,
+    saved_alive: u64,
+}
+
+/// What a step decided, for the caller to publish.
+#[derive(Debug, Default)]
+pub struct Step {
+    pub claim: Option<(IpNet, BlockClaim)>,
+    pub release: Vec<IpNet>,
+    /// Blocks IPAM may use: held and settled, oldest first.
+    pub settled: Vec<IpNet>,
+}
+
+impl Leases {
+    /// Loads the leases of a previous run. A node gone for longer than the
+    /// TTL has lost them: others may hold them now.
+    pub fn load(
+        dir: &Path,
+        me: &str,
+        pod_cidr: IpNet,
+        size: u8,
+        settle: Duration,
+        ttl: Duration,
+    ) -> Leases {
+        let file = dir.join("leases.json");
+        let p: Persisted = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let gone = Duration::from_millis(now_ms().saturating_sub(p.alive_at_ms));
+        let claims = if p.blocks.is_empty() {
+            BTreeMap::new()
+        } else if gone > ttl {
+            tracing::error!(
+                blocks = ?p.blocks.keys().collect::<Vec<_>>(),
+                gone_s = gone.as_secs(),
+                ttl_s = ttl.as_secs(),
+                "THIS NODE WAS GONE LONGER THAN THE BLOCK TTL: its blocks may belong to other nodes now; \
+                 it claims a new block, and containers still holding old addresses must be restarted"
+            );
+            BTreeMap::new()
+        } else {
+            let kept: BTreeMap<IpNet, u64> = p
+                .blocks
+                .into_iter()
+                .filter(|(b, _)| pod_cidr.contains(b))
+                .collect();
+            tracing::info!(blocks = ?kept.keys().collect::<Vec<_>>(), "keeping the blocks of the previous run");
+            kept
+        };
+        Leases {
+            me: me.to_string(),
+            pod_cidr,
+            size,
+            settle,
+            file,
+            claims,
+            saved_alive: 0,
+        }
+    }
+
+    /// One round: drop claims another node wins, claim a block when we
+    /// hold none (or `more` asks for another), report the settled ones.
+    pub fn step(&mut self, view: &ClusterView, more: bool) -> Step {
+        let mut s = Step::default();
+        for (b, winner) in view.lost_claims(&self.me) {
+            if self.claims.remove(&b).is_some() {
+                tracing::warn!(block = %b, %winner, "lost a block claim to an earlier claim; choosing another block");
+                s.release.push(b);
+            }
+        }
+        let owners = view.block_owners();
+        let now = now_ms();
+        let mut settled: Vec<(u64, IpNet)> = self
+            .claims
+            .iter()
+            .filter(|(b, at)| {
+                owners.get(*b).map(String::as_str) == Some(self.me.as_str())
+                    && now.saturating_sub(**at) >= self.settle.as_millis() as u64
+            })
+            .map(|(b, at)| (*at, *b))
+            .collect();
+        settled.sort();
+        s.settled = settled.into_iter().map(|(_, b)| b).collect();
+        let pending = self.claims.len() > s.settled.len();
+        if (self.claims.is_empty() || (more && !pending)) && s.claim.is_none() {
+            let avoid: Vec<IpNet> = self.claims.keys().copied().collect();
+            match choose_free_block(view, self.pod_cidr, self.size, &self.me, &avoid) {
+                Some(b) => {
+                    tracing::info!(block = %b, "claiming a block");
+                    self.claims.insert(b, now);
+                    s.claim = Some((b, BlockClaim { claimed_at_ms: now }));
+                }
+                None => {
+                    tracing::error!(pod_cidr = %self.pod_cidr, "no free block left in the pod network")
+                }
+            }
+        }
+        if s.claim.is_some()
+            || !s.release.is_empty()
+            || now.saturating_sub(self.saved_alive) > 10_000
+        {
+            self.save(now);
+        }
+        s
+    }
+
+    fn save(&mut self, now: u64) {
+        let p = Persisted {
+            blocks: self.claims.clone(),
+            alive_at_ms: now,
+        };
+        let tmp = self.file.with_extension("tmp");
+        let ok = std::fs::write(&tmp, serde_json::to_vec(&p).expect("serializes"))
+            .and_then(|_| std::fs::rename(&tmp, &self.file));
+        match ok {
+            Ok(()) => self.saved_alive = now,
+            Err(e) => tracing::warn!(file = ?self.file, cause = %e, "could not save leases"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use muslin_model::cluster::PeerView;
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("muslin-leases-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn view_with(l: &Leases, others: &[(&str, &str, u64)]) -> ClusterView {
+        let mut v = ClusterView::default();
+        let me = v
+            .nodes
+            .entry(l.me.clone())
+            .or_insert_with(PeerView::default);
+        for (b, at) in &l.claims {
+            me.claims.insert(*b, BlockClaim { claimed_at_ms: *at });
+        }
+        for (n, b, at) in others {
+            v.nodes
+                .entry(n.to_string())
+                .or_default()
+                .claims
+                .insert(b.parse().unwrap(), BlockClaim { claimed_at_ms: *at });
+        }
+        v
+    }
+
+    #[test]
+    fn claims_settles_loses_and_persists() {
+        let d = dir("a");
+        let pod: IpNet = "10.244.0.0/16".parse().unwrap();
+        let mut l = Leases::load(&d, "n1", pod, 24, Duration::ZERO, Duration::from_secs(60));
+        let s = l.step(&ClusterView::default(), false);
+        let (b, _) = s.claim.unwrap();
+        // Settle time zero: settled as soon as the view shows it ours.
+        let s = l.step(&view_with(&l, &[]), false);
+        assert_eq!(s.settled, vec![b]);
+        assert!(s.claim.is_none());
+        // More was asked for: a second block, while the first stays.
+        let s = l.step(&view_with(&l, &[]), true);
+        let (b2, _) = s.claim.unwrap();
+        assert_ne!(b, b2);
+        // Someone claimed b2 earlier: we give it up.
+        let s = l.step(&view_with(&l, &[("n0", &b2.to_string(), 1)]), false);
+        assert_eq!(s.release, vec![b2]);
+        assert!(!l.claims.contains_key(&b2));
+        // A restart within the TTL keeps the blocks.
+        let l2 = Leases::load(&d, "n1", pod, 24, Duration::ZERO, Duration::from_secs(60));
+        assert_eq!(l2.claims.keys().copied().collect::<Vec<_>>(), vec![b]);
+        // Past the TTL it does not.
+        std::thread::sleep(Duration::from_millis(5));
+        let l3 = Leases::load(&d, "n1", pod, 24, Duration::ZERO, Duration::from_millis(1));
+        assert!(l3.claims.is_empty());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

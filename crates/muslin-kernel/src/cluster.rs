@@ -1,0 +1,432 @@
+//! The cluster data plane on the host: the VXLAN device, routes to peers'
+//! blocks, and the VXLAN neighbour and FDB entries. `apply` makes the host
+//! match a computed [`Desired`], touching only objects Muslin owns: routes
+//! with our protocol number that do not lead to a local pod, and entries on
+//! our VXLAN device.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use muslin_model::dataplane::{ClusterRoute, Desired, VxlanDevice, VXLAN_DEV};
+use muslin_model::underlay::Candidate;
+use muslin_model::ROUTE_PROTOCOL;
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::route::{RouteFlags, RouteMetric};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{LinkUnspec, LinkVxlan, RouteMessageBuilder};
+
+use crate::error::errno;
+use crate::netlink::protocol;
+use crate::{KernelError, Netlink};
+
+/// What `apply` changed, for logs and metrics.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub added: usize,
+    pub removed: usize,
+}
+
+impl Applied {
+    pub fn changed(&self) -> bool {
+        self.added + self.removed > 0
+    }
+}
+
+/// A veth of a local attachment (`msl` + 12 hex digits).
+pub fn is_pod_veth(name: &str) -> bool {
+    name.len() == 15 && name.starts_with("msl") && name[3..].chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// Every interface with its addresses: the candidates for the underlay.
+pub async fn candidates(host: &Netlink) -> Result<Vec<Candidate>, KernelError> {
+    let links = host.links().await?;
+    let mut out = Vec::new();
+    for l in links {
+        let addresses = host.addresses(l.index).await?;
+        out.push(Candidate {
+            ifname: l.name,
+            kind: l.kind,
+            up: l.up,
+            mtu: l.mtu.unwrap_or(1500),
+            addresses,
+        });
+    }
+    Ok(out)
+}
+
+/// The source address the kernel would use towards `peer` (a UDP connect
+/// sends nothing; it only resolves the route).
+pub fn source_towards(peer: IpAddr) -> std::io::Result<IpAddr> {
+    let bind: SocketAddr = if peer.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let s = UdpSocket::bind(bind)?;
+    s.connect(SocketAddr::new(peer, 9))?;
+    Ok(s.local_addr()?.ip())
+}
+
+/// Creates or corrects the VXLAN device; returns its index. Learning is off:
+/// the agent programs every neighbour and FDB entry itself.
+pub async fn ensure_vxlan(host: &Netlink, dev: &VxlanDevice) -> Result<u32, KernelError> {
+    let underlay = host
+        .link(&dev.underlay_if)
+        .await?
+        .ok_or_else(|| KernelError::Io {
+            what: format!("underlay interface {} is gone", dev.underlay_if),
+            source: std::io::ErrorKind::NotFound.into(),
+        })?;
+    let local = match dev.local {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(_) => {
+            return Err(KernelError::Io {
+                what: "VXLAN over an IPv6 underlay is not supported yet".into(),
+                source: std::io::ErrorKind::Unsupported.into(),
+            })
+        }
+    };
+    let want = (dev.vni, dev.port, Some(local), Some(underlay.index));
+    let existing = host.link(VXLAN_DEV).await?;
+    if let Some(l) = &existing {
+        if l.vxlan != Some(want) {
+            tracing::info!(was = ?l.vxlan, now = ?want, "recreating the VXLAN device with new parameters");
+            host.delete_link(VXLAN_DEV).await?;
+        }
+    }
+    let idx = match host.link(VXLAN_DEV).await? {
+        Some(l) => l.index,
+        None => {
+            let msg = LinkVxlan::new(VXLAN_DEV, dev.vni)
+                .dev(underlay.index)
+                .port(dev.port)
+                .local(local)
+                .learning(false)
+                .mtu(dev.mtu)
+                .address(dev.mac.to_vec())
+                .build();
+            host.handle
+                .link()
+                .add(msg)
+                .execute()
+                .await
+                .map_err(KernelError::netlink(format!("creating {VXLAN_DEV}")))?;
+            tracing::info!(vni = dev.vni, port = dev.port, %local, underlay = %dev.underlay_if, mtu = dev.mtu, "created the VXLAN device");
+            host.link(VXLAN_DEV)
+                .await?
+                .map(|l| l.index)
+                .ok_or_else(|| KernelError::Io {
+                    what: format!("{VXLAN_DEV} vanished"),
+                    source: std::io::ErrorKind::NotFound.into(),
+                })?
+        }
+    };
+    host.handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(idx)
+                .mtu(dev.mtu)
+                .address(dev.mac.to_vec())
+                .up()
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(KernelError::netlink(format!("configuring {VXLAN_DEV}")))?;
+    // Exactly one address: the VTEP address.
+    let want_addr = IpNet::from(dev.address);
+    for a in host.addresses(idx).await? {
+        if a != want_addr
+            && !matches!(a.addr(), IpAddr::V6(v) if (v.segments()[0] & 0xffc0) == 0xfe80)
+        {
+            let mut req = host
+                .handle
+                .address()
+                .get()
+                .set_link_index_filter(idx)
+                .set_address_filter(a.addr())
+                .execute();
+            while let Ok(Some(m)) = req.try_next().await {
+                let _ = host.handle.address().del(m).execute().await;
+            }
+        }
+    }
+    match host
+        .handle
+        .address()
+        .add(idx, want_addr.addr(), want_addr.prefix_len())
+        .execute()
+        .await
+    {
+        Ok(()) => {}
+        Err(e) if errno(&e) == Some(libc::EEXIST) => {}
+        Err(e) => {
+            return Err(KernelError::netlink(format!(
+                "adding {want_addr} to {VXLAN_DEV}"
+            ))(e))
+        }
+    }
+    Ok(idx)
+}
+
+fn route_msg(r: &ClusterRoute, oif: u32) -> rtnetlink::packet_route::route::RouteMessage {
+    let mut b = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(r.dst.addr(), r.dst.prefix_len())
+        .expect("prefix of a valid net")
+        .gateway(r.via)
+        .expect("same family")
+        .output_interface(oif)
+        .protocol(protocol(ROUTE_PROTOCOL));
+    if r.onlink {
+        b = b.onlink();
+    }
+    let mut m = b.build();
+    if let Some(mtu) = r.mtu {
+        m.attributes
+            .push(rtnetlink::packet_route::route::RouteAttribute::Metrics(
+                vec![RouteMetric::Mtu(mtu)],
+            ));
+    }
+    m
+}
+
+/// Converges routes, neighbours and FDB entries to `d`. Deletions happen
+/// only when `allow_deletes` (a view that may be incomplete, right after a
+/// restart, must not remove routes that are still wanted).
+pub async fn apply(
+    host: &Netlink,
+    d: &Desired,
+    allow_deletes: bool,
+) -> Result<Applied, KernelError> {
+    let mut applied = Applied::default();
+    let links = host.links().await?;
+    let index: BTreeMap<String, u32> = links.iter().map(|l| (l.name.clone(), l.index)).collect();
+    let name_of: BTreeMap<u32, String> = links.iter().map(|l| (l.index, l.name.clone())).collect();
+
+    // Routes.
+    let current: Vec<_> = host
+        .routes(false)
+        .await?
+        .into_iter()
+        .filter(|r| r.protocol == ROUTE_PROTOCOL && r.table == 254)
+        .filter(|r| {
+            r.oif
+                .and_then(|i| name_of.get(&i))
+                .is_some_and(|n| !is_pod_veth(n))
+        })
+        .collect();
+    let same = |r: &crate::RouteInfo, w: &ClusterRoute| {
+        r.dst == w.dst
+            && r.gateway == Some(w.via)
+            && r.oif == index.get(&w.dev).copied()
+            && r.mtu == w.mtu
+    };
+    for w in &d.routes {
+        if current.iter().any(|r| same(r, w)) {
+            continue;
+        }
+        let Some(oif) = index.get(&w.dev) else {
+            tracing::warn!(dev = %w.dev, dst = %w.dst, "route device missing; skipped");
+            continue;
+        };
+        host.handle
+            .route()
+            .add(route_msg(w, *oif))
+            .replace()
+            .execute()
+            .await
+            .map_err(KernelError::netlink(format!(
+                "adding route {} via {} dev {}",
+                w.dst, w.via, w.dev
+            )))?;
+        applied.added += 1;
+    }
+    if allow_deletes {
+        for r in current
+            .iter()
+            .filter(|r| !d.routes.iter().any(|w| same(r, w)))
+        {
+            // A replaced route (same destination, new next hop) is already gone.
+            if d.routes.iter().any(|w| w.dst == r.dst) {
+                continue;
+            }
+            let Some(gw) = r.gateway else { continue };
+            let w = ClusterRoute {
+                dst: r.dst,
+                via: gw,
+                dev: String::new(),
+                onlink: false,
+                mtu: None,
+            };
+            let mut m = route_msg(&w, r.oif.unwrap_or(0));
+            if r.onlink {
+                m.header.flags |= RouteFlags::Onlink;
+            }
+            match host.handle.route().del(m).execute().await {
+                Ok(()) => applied.removed += 1,
+                Err(e) if errno(&e) == Some(libc::ESRCH) => {}
+                Err(e) => return Err(KernelError::netlink(format!("removing route {}", r.dst))(e)),
+            }
+        }
+    }
+
+    // Neighbours and FDB entries of the VXLAN device.
+    if let Some(&vx) = index.get(VXLAN_DEV) {
+        let have: BTreeSet<(IpAddr, Vec<u8>)> =
+            host.permanent_neighbours(vx).await?.into_iter().collect();
+        let want: BTreeSet<(IpAddr, Vec<u8>)> = d
+            .neighbours
+            .iter()
+            .map(|(ip, mac)| (*ip, mac.to_vec()))
+            .collect();
+        for (ip, mac) in want.difference(&have) {
+            host.handle
+                .neighbours()
+                .add(vx, *ip)
+                .link_layer_address(mac)
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await
+                .map_err(KernelError::netlink(format!(
+                    "adding neighbour {ip} on {VXLAN_DEV}"
+                )))?;
+            applied.added += 1;
+        }
+        let fdb_have = fdb(host, vx).await?;
+        let fdb_want: BTreeSet<(Vec<u8>, IpAddr)> =
+            d.fdb.iter().map(|(mac, ip)| (mac.to_vec(), *ip)).collect();
+        for (mac, ip) in fdb_want
+            .iter()
+            .filter(|w| !fdb_have.iter().any(|(k, _)| k == *w))
+        {
+            host.handle
+                .neighbours()
+                .add_bridge(vx, mac)
+                .destination(*ip)
+                .flags(NeighbourFlags::Own)
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await
+                .map_err(KernelError::netlink(format!(
+                    "adding FDB entry to {ip} on {VXLAN_DEV}"
+                )))?;
+            applied.added += 1;
+        }
+        if allow_deletes {
+            for (ip, mac) in have.difference(&want) {
+                let mut m = NeighbourMessage::default();
+                m.header.family = if ip.is_ipv4() {
+                    AddressFamily::Inet
+                } else {
+                    AddressFamily::Inet6
+                };
+                m.header.ifindex = vx;
+                m.attributes.push(NeighbourAttribute::Destination(match ip {
+                    IpAddr::V4(a) => NeighbourAddress::Inet(*a),
+                    IpAddr::V6(a) => NeighbourAddress::Inet6(*a),
+                }));
+                m.attributes
+                    .push(NeighbourAttribute::LinkLayerAddress(mac.clone()));
+                if host.handle.neighbours().del(m).execute().await.is_ok() {
+                    applied.removed += 1;
+                }
+            }
+            for (key, msg) in fdb_have {
+                if !fdb_want.contains(&key)
+                    && host.handle.neighbours().del(msg).execute().await.is_ok()
+                {
+                    applied.removed += 1;
+                }
+            }
+        }
+    }
+    Ok(applied)
+}
+
+/// FDB entries of `vx` that point at a remote VTEP.
+async fn fdb(
+    host: &Netlink,
+    vx: u32,
+) -> Result<Vec<((Vec<u8>, IpAddr), NeighbourMessage)>, KernelError> {
+    let msgs: Vec<NeighbourMessage> = host
+        .handle
+        .neighbours()
+        .get()
+        .set_address_family(AddressFamily::Bridge)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(KernelError::netlink("listing FDB entries"))?;
+    Ok(msgs
+        .into_iter()
+        .filter(|m| m.header.ifindex == vx)
+        .filter_map(|m| {
+            let mut mac = None;
+            let mut dst = None;
+            for a in &m.attributes {
+                match a {
+                    NeighbourAttribute::LinkLayerAddress(l) => mac = Some(l.clone()),
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => {
+                        dst = Some(IpAddr::V4(*d))
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(d)) => {
+                        dst = Some(IpAddr::V6(*d))
+                    }
+                    _ => {}
+                }
+            }
+            Some(((mac?, dst?), m))
+        })
+        .collect())
+}
+
+/// Our own nftables table: masquerade pod traffic leaving the pod network,
+/// never pod-to-pod. Replaced atomically in one transaction.
+pub fn apply_masquerade(pod_cidr: IpNet, enabled: bool) -> Result<(), KernelError> {
+    let fam = if pod_cidr.addr().is_ipv4() {
+        "ip"
+    } else {
+        "ip6"
+    };
+    let mut script = format!("table {fam} muslin {{}}\ndelete table {fam} muslin\n");
+    if enabled {
+        script.push_str(&format!(
+            "table {fam} muslin {{\n chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  \
+             {fam} saddr {pod_cidr} {fam} daddr != {pod_cidr} masquerade fully-random\n }}\n}}\n"
+        ));
+    }
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(KernelError::io(
+            "running nft (is the nftables package installed?)",
+        ))?;
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(script.as_bytes())
+        .map_err(KernelError::io("feeding nft"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(KernelError::io("running nft"))?;
+    if !out.status.success() {
+        return Err(KernelError::Io {
+            what: format!(
+                "nft refused the muslin table: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            source: std::io::ErrorKind::InvalidInput.into(),
+        });
+    }
+    Ok(())
+}

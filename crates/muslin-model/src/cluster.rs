@@ -1,0 +1,283 @@
+//! The cluster as a node sees it, and the block lease rules every node
+//! applies to it identically. See docs/block-leases.md for the protocol.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Gossip key of a node's record.
+pub const NODE_KEY: &str = "node";
+/// Gossip key prefix of a node's block claims: `block/10.244.3.0/24`.
+pub const BLOCK_KEY_PREFIX: &str = "block/";
+
+/// What a node publishes about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    /// The underlay address peers reach this node at.
+    pub address: IpAddr,
+    /// The underlay subnet of that address: peers inside it share our L2
+    /// segment and are reached routed by `auto`.
+    pub underlay_prefix: IpNet,
+    /// MAC of this node's VXLAN device.
+    pub vtep_mac: String,
+    /// MTU of the underlay interface.
+    pub mtu: u32,
+    pub version: String,
+    /// How the address was chosen, for `status` and `doctor`.
+    pub address_reason: String,
+    pub capabilities: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockClaim {
+    /// Wall-clock time of the claim (ms since the epoch); the earliest
+    /// claim of a block wins.
+    pub claimed_at_ms: u64,
+}
+
+/// One node in the view: the latest generation of a node name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PeerView {
+    pub record: Option<NodeRecord>,
+    pub claims: BTreeMap<IpNet, BlockClaim>,
+    /// The failure detector's verdict.
+    pub alive: bool,
+}
+
+/// Every node known (alive, or dead but within the block TTL), by name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterView {
+    pub nodes: BTreeMap<String, PeerView>,
+}
+
+impl ClusterView {
+    /// Who holds each claimed block: the earliest claim, ties broken by the
+    /// smaller node name. Every node computes the same answer from the same
+    /// view, so a conflict resolves without a coordinator.
+    pub fn block_owners(&self) -> BTreeMap<IpNet, String> {
+        let mut best: BTreeMap<IpNet, (u64, &str)> = BTreeMap::new();
+        for (name, n) in &self.nodes {
+            for (block, c) in &n.claims {
+                let cand = (c.claimed_at_ms, name.as_str());
+                best.entry(*block)
+                    .and_modify(|b| *b = (*b).min(cand))
+                    .or_insert(cand);
+            }
+        }
+        best.into_iter()
+            .map(|(b, (_, n))| (b, n.to_string()))
+            .collect()
+    }
+
+    /// Blocks `node` holds (it claimed them and wins them).
+    pub fn blocks_of(&self, node: &str) -> Vec<IpNet> {
+        self.block_owners()
+            .into_iter()
+            .filter(|(_, o)| o == node)
+            .map(|(b, _)| b)
+            .collect()
+    }
+
+    /// Claims of `node` that another node wins.
+    pub fn lost_claims(&self, node: &str) -> Vec<(IpNet, String)> {
+        let owners = self.block_owners();
+        self.nodes
+            .get(node)
+            .map(|n| {
+                n.claims
+                    .keys()
+                    .filter_map(|b| {
+                        owners
+                            .get(b)
+                            .filter(|o| *o != node)
+                            .map(|o| (*b, o.clone()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Nodes whose record claims `address`: more than one is a
+    /// misconfiguration (every host claiming 10.0.2.15, say).
+    pub fn duplicate_addresses(&self) -> Vec<(IpAddr, Vec<String>)> {
+        let mut by: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
+        for (name, n) in &self.nodes {
+            if let Some(r) = &n.record {
+                by.entry(r.address).or_default().push(name.clone());
+            }
+        }
+        by.into_iter().filter(|(_, v)| v.len() > 1).collect()
+    }
+}
+
+/// A block of `pod_cidr` that nobody claims, or `None` when it is full.
+/// The search starts at a point derived from the node's name, so nodes that
+/// start together mostly pick different blocks and rarely need the
+/// conflict rule.
+pub fn choose_free_block(
+    view: &ClusterView,
+    pod_cidr: IpNet,
+    prefix: u8,
+    me: &str,
+    avoid: &[IpNet],
+) -> Option<IpNet> {
+    let claimed: Vec<IpNet> = view
+        .nodes
+        .values()
+        .flat_map(|n| n.claims.keys().copied())
+        .chain(avoid.iter().copied())
+        .collect();
+    let total = 1u128 << u32::from(prefix.checked_sub(pod_cidr.prefix_len())?).min(127);
+    let start = {
+        let d = Sha256::digest(me.as_bytes());
+        u128::from(u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))) % total
+    };
+    let nth = |i: u128| -> Option<IpNet> {
+        let base = match pod_cidr.network() {
+            IpAddr::V4(a) => u128::from(u32::from(a)),
+            IpAddr::V6(a) => u128::from(a),
+        };
+        let step = 1u128 << (u32::from(pod_cidr.max_prefix_len() - prefix));
+        let addr = base + i * step;
+        let ip: IpAddr = match pod_cidr {
+            IpNet::V4(_) => IpAddr::V4(std::net::Ipv4Addr::from(u32::try_from(addr).ok()?)),
+            IpNet::V6(_) => IpAddr::V6(std::net::Ipv6Addr::from(addr)),
+        };
+        IpNet::new(ip, prefix).ok()
+    };
+    let free = |b: &IpNet| !claimed.iter().any(|c| c.contains(b) || b.contains(c));
+    (0..total.min(1 << 20))
+        .map(|k| (start + k) % total)
+        .filter_map(nth)
+        .find(free)
+}
+
+/// Deterministic VTEP MAC for a node name (locally administered unicast).
+pub fn vtep_mac(node: &str) -> [u8; 6] {
+    let d = Sha256::digest(format!("vtep:{node}").as_bytes());
+    let mut m = [0u8; 6];
+    m.copy_from_slice(&d[..6]);
+    m[0] = (m[0] & 0xfc) | 0x02;
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(ms: u64) -> BlockClaim {
+        BlockClaim { claimed_at_ms: ms }
+    }
+
+    fn view(entries: &[(&str, &[(&str, u64)])]) -> ClusterView {
+        let mut v = ClusterView::default();
+        for (n, claims) in entries {
+            let p = v.nodes.entry(n.to_string()).or_default();
+            p.alive = true;
+            for (b, t) in *claims {
+                p.claims.insert(b.parse().unwrap(), claim(*t));
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn earliest_claim_wins_then_smaller_name() {
+        let v = view(&[
+            ("b", &[("10.244.1.0/24", 5)]),
+            ("a", &[("10.244.1.0/24", 7)]),
+            ("c", &[("10.244.2.0/24", 1)]),
+        ]);
+        assert_eq!(
+            v.block_owners()[&"10.244.1.0/24".parse::<IpNet>().unwrap()],
+            "b"
+        );
+        assert_eq!(
+            v.lost_claims("a"),
+            vec![("10.244.1.0/24".parse().unwrap(), "b".to_string())]
+        );
+        assert!(v.lost_claims("b").is_empty());
+        let tie = view(&[
+            ("b", &[("10.244.1.0/24", 5)]),
+            ("a", &[("10.244.1.0/24", 5)]),
+        ]);
+        assert_eq!(
+            tie.blocks_of("a"),
+            vec!["10.244.1.0/24".parse::<IpNet>().unwrap()]
+        );
+        assert!(tie.blocks_of("b").is_empty());
+    }
+
+    #[test]
+    fn free_block_avoids_claims_and_is_spread_by_name() {
+        let pod: IpNet = "10.244.0.0/16".parse().unwrap();
+        let v = view(&[("a", &[("10.244.0.0/20", 1)])]);
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..50 {
+            let b = choose_free_block(&v, pod, 24, &format!("node{i}"), &[]).unwrap();
+            assert!(pod.contains(&b) && b.prefix_len() == 24);
+            assert!(
+                !"10.244.0.0/20".parse::<IpNet>().unwrap().contains(&b),
+                "{b} overlaps a claim"
+            );
+            seen.insert(b);
+        }
+        assert!(
+            seen.len() > 40,
+            "names spread over the space: {}",
+            seen.len()
+        );
+        // Full: every block claimed.
+        let tiny: IpNet = "10.0.0.0/30".parse().unwrap();
+        let full = view(&[("x", &[("10.0.0.0/31", 1), ("10.0.0.2/31", 1)])]);
+        assert!(choose_free_block(&full, tiny, 31, "me", &[]).is_none());
+        assert!(choose_free_block(
+            &view(&[]),
+            tiny,
+            31,
+            "me",
+            &["10.0.0.0/31".parse().unwrap()]
+        )
+        .is_some());
+    }
+
+    #[test]
+    fn duplicate_addresses_are_reported() {
+        let rec = |n: &str, a: &str| NodeRecord {
+            name: n.into(),
+            address: a.parse().unwrap(),
+            underlay_prefix: "10.0.2.0/24".parse().unwrap(),
+            vtep_mac: String::new(),
+            mtu: 1500,
+            version: String::new(),
+            address_reason: String::new(),
+            capabilities: vec![],
+        };
+        let mut v = ClusterView::default();
+        for (n, a) in [
+            ("h1", "10.0.2.15"),
+            ("h2", "10.0.2.15"),
+            ("h3", "10.0.2.16"),
+        ] {
+            v.nodes.entry(n.into()).or_default().record = Some(rec(n, a));
+        }
+        assert_eq!(
+            v.duplicate_addresses(),
+            vec![(
+                "10.0.2.15".parse().unwrap(),
+                vec!["h1".to_string(), "h2".to_string()]
+            )]
+        );
+    }
+
+    #[test]
+    fn vtep_macs_are_stable_local_unicast() {
+        assert_eq!(vtep_mac("h1"), vtep_mac("h1"));
+        assert_ne!(vtep_mac("h1"), vtep_mac("h2"));
+        assert_eq!(vtep_mac("h1")[0] & 0x03, 0x02);
+    }
+}

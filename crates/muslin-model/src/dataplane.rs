@@ -1,0 +1,345 @@
+//! The cluster data plane a node should have, computed from the cluster
+//! view: routes to every peer's blocks, and for peers reached over VXLAN the
+//! neighbour and FDB entries of our VXLAN device. The kernel module makes
+//! the host match it; `status` shows the per-peer paths it chose.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::{ClusterView, NodeRecord};
+
+/// Name of the node's VXLAN device (our prefix, never a veth name).
+pub const VXLAN_DEV: &str = "msl-vxlan";
+/// Outer IPv4 + UDP + VXLAN + inner Ethernet headers.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Routed,
+    Vxlan,
+    Auto,
+}
+
+impl FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "routed" => Ok(Backend::Routed),
+            "vxlan" => Ok(Backend::Vxlan),
+            "auto" => Ok(Backend::Auto),
+            o => Err(format!("{o:?} is not one of routed, vxlan, auto")),
+        }
+    }
+}
+
+/// How a peer is reached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "path", content = "why")]
+pub enum Path {
+    Routed,
+    Vxlan,
+    /// No path: the backend cannot reach this peer (routed across a router).
+    Unreachable(String),
+}
+
+/// Our end of the underlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Underlay {
+    pub ifname: String,
+    pub address: IpAddr,
+    pub prefix: IpNet,
+    pub mtu: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VxlanSettings {
+    pub vni: u32,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VxlanDevice {
+    pub vni: u32,
+    pub port: u16,
+    pub local: IpAddr,
+    pub underlay_if: String,
+    pub mtu: u32,
+    pub mac: [u8; 6],
+    /// Our VTEP address: the network address of our first block.
+    pub address: IpAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ClusterRoute {
+    pub dst: IpNet,
+    pub via: IpAddr,
+    pub dev: String,
+    pub onlink: bool,
+    /// Path MTU pinned on the route, so a pod's oversized packet gets an
+    /// ICMP "fragmentation needed" from its own host at once.
+    pub mtu: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Desired {
+    pub vxlan: Option<VxlanDevice>,
+    pub routes: Vec<ClusterRoute>,
+    /// VTEP address -> VTEP MAC, on the VXLAN device.
+    pub neighbours: Vec<(IpAddr, [u8; 6])>,
+    /// VTEP MAC -> peer underlay address, on the VXLAN device.
+    pub fdb: Vec<([u8; 6], IpAddr)>,
+    pub paths: BTreeMap<String, Path>,
+}
+
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16).ok())
+        .collect::<Option<_>>()?;
+    v.try_into().ok()
+}
+
+pub fn path_to(backend: Backend, local: &Underlay, peer: &NodeRecord) -> Path {
+    let same_l2 = local.prefix.contains(&peer.address);
+    match backend {
+        Backend::Vxlan => Path::Vxlan,
+        Backend::Auto if same_l2 => Path::Routed,
+        Backend::Auto => Path::Vxlan,
+        Backend::Routed if same_l2 => Path::Routed,
+        Backend::Routed => Path::Unreachable(format!(
+            "{} is outside our underlay subnet {}: the routed backend needs a shared L2 segment (use vxlan or auto)",
+            peer.address, local.prefix
+        )),
+    }
+}
+
+/// MTU of pod interfaces. `auto` gives pods the full underlay MTU and pins
+/// the smaller VXLAN MTU on the routes that use it.
+pub fn pod_mtu(backend: Backend, underlay_mtu: u32) -> u32 {
+    match backend {
+        Backend::Vxlan => underlay_mtu - VXLAN_OVERHEAD,
+        Backend::Routed | Backend::Auto => underlay_mtu,
+    }
+}
+
+pub fn desired(
+    view: &ClusterView,
+    me: &str,
+    backend: Backend,
+    local: &Underlay,
+    vx: VxlanSettings,
+    vtep_mac: [u8; 6],
+) -> Desired {
+    let owners = view.block_owners();
+    let blocks_of = |n: &str| -> Vec<IpNet> {
+        owners
+            .iter()
+            .filter(|(_, o)| o.as_str() == n)
+            .map(|(b, _)| *b)
+            .collect()
+    };
+    let mut d = Desired::default();
+    let mine = blocks_of(me);
+    let vx_mtu = local.mtu - VXLAN_OVERHEAD;
+    d.vxlan = mine.first().map(|b| VxlanDevice {
+        vni: vx.vni,
+        port: vx.port,
+        local: local.address,
+        underlay_if: local.ifname.clone(),
+        mtu: vx_mtu,
+        mac: vtep_mac,
+        address: b.network(),
+    });
+    for (name, peer) in &view.nodes {
+        if name == me {
+            continue;
+        }
+        let Some(rec) = &peer.record else { continue };
+        let blocks = blocks_of(name);
+        let path = path_to(backend, local, rec);
+        match &path {
+            Path::Routed => {
+                for b in &blocks {
+                    d.routes.push(ClusterRoute {
+                        dst: *b,
+                        via: rec.address,
+                        dev: local.ifname.clone(),
+                        onlink: false,
+                        mtu: None,
+                    });
+                }
+            }
+            Path::Vxlan => {
+                let (Some(first), Some(mac), Some(_)) =
+                    (blocks.first(), parse_mac(&rec.vtep_mac), &d.vxlan)
+                else {
+                    d.paths.insert(name.clone(), path);
+                    continue;
+                };
+                let vtep = first.network();
+                let pin = (backend == Backend::Auto).then_some(vx_mtu);
+                for b in &blocks {
+                    d.routes.push(ClusterRoute {
+                        dst: *b,
+                        via: vtep,
+                        dev: VXLAN_DEV.into(),
+                        onlink: true,
+                        mtu: pin,
+                    });
+                }
+                d.neighbours.push((vtep, mac));
+                d.fdb.push((mac, rec.address));
+            }
+            Path::Unreachable(_) => {}
+        }
+        d.paths.insert(name.clone(), path);
+    }
+    d.routes.sort();
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{BlockClaim, PeerView};
+
+    fn rec(name: &str, addr: &str, prefix: &str) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            address: addr.parse().unwrap(),
+            underlay_prefix: prefix.parse().unwrap(),
+            vtep_mac: crate::naming::format_mac(&crate::cluster::vtep_mac(name)),
+            mtu: 1500,
+            version: "0".into(),
+            address_reason: String::new(),
+            capabilities: vec![],
+        }
+    }
+
+    fn view() -> ClusterView {
+        let mut v = ClusterView::default();
+        for (n, a, p, b) in [
+            ("h1", "192.168.10.11", "192.168.10.0/24", "10.244.1.0/24"),
+            ("h2", "192.168.10.12", "192.168.10.0/24", "10.244.2.0/24"),
+            ("h3", "192.168.20.11", "192.168.20.0/24", "10.244.3.0/24"),
+        ] {
+            let mut pv = PeerView {
+                record: Some(rec(n, a, p)),
+                alive: true,
+                ..Default::default()
+            };
+            pv.claims
+                .insert(b.parse().unwrap(), BlockClaim { claimed_at_ms: 1 });
+            v.nodes.insert(n.into(), pv);
+        }
+        v
+    }
+
+    fn local() -> Underlay {
+        Underlay {
+            ifname: "eth1".into(),
+            address: "192.168.10.11".parse().unwrap(),
+            prefix: "192.168.10.0/24".parse().unwrap(),
+            mtu: 1500,
+        }
+    }
+
+    const VX: VxlanSettings = VxlanSettings {
+        vni: 4242,
+        port: 4789,
+    };
+
+    #[test]
+    fn auto_routes_same_segment_and_tunnels_the_rest() {
+        let d = desired(
+            &view(),
+            "h1",
+            Backend::Auto,
+            &local(),
+            VX,
+            crate::cluster::vtep_mac("h1"),
+        );
+        assert_eq!(d.paths["h2"], Path::Routed);
+        assert_eq!(d.paths["h3"], Path::Vxlan);
+        assert_eq!(d.routes.len(), 2);
+        let r2 = d
+            .routes
+            .iter()
+            .find(|r| r.dst.to_string() == "10.244.2.0/24")
+            .unwrap();
+        assert_eq!(
+            (
+                r2.via.to_string().as_str(),
+                r2.dev.as_str(),
+                r2.onlink,
+                r2.mtu
+            ),
+            ("192.168.10.12", "eth1", false, None)
+        );
+        let r3 = d
+            .routes
+            .iter()
+            .find(|r| r.dst.to_string() == "10.244.3.0/24")
+            .unwrap();
+        assert_eq!(
+            (
+                r3.via.to_string().as_str(),
+                r3.dev.as_str(),
+                r3.onlink,
+                r3.mtu
+            ),
+            ("10.244.3.0", VXLAN_DEV, true, Some(1450))
+        );
+        assert_eq!(
+            d.neighbours,
+            vec![(
+                "10.244.3.0".parse().unwrap(),
+                crate::cluster::vtep_mac("h3")
+            )]
+        );
+        assert_eq!(
+            d.fdb,
+            vec![(
+                crate::cluster::vtep_mac("h3"),
+                "192.168.20.11".parse().unwrap()
+            )]
+        );
+        let vx = d.vxlan.unwrap();
+        assert_eq!(
+            (vx.address.to_string().as_str(), vx.mtu, vx.vni),
+            ("10.244.1.0", 1450, 4242)
+        );
+    }
+
+    #[test]
+    fn routed_refuses_peers_across_a_router_and_vxlan_tunnels_everyone() {
+        let d = desired(&view(), "h1", Backend::Routed, &local(), VX, [2; 6]);
+        assert!(matches!(&d.paths["h3"], Path::Unreachable(why) if why.contains("shared L2")));
+        assert_eq!(d.routes.len(), 1);
+        let d = desired(&view(), "h1", Backend::Vxlan, &local(), VX, [2; 6]);
+        assert!(d.paths.values().all(|p| *p == Path::Vxlan));
+        assert!(d
+            .routes
+            .iter()
+            .all(|r| r.dev == VXLAN_DEV && r.mtu.is_none()));
+        assert_eq!(d.fdb.len(), 2);
+    }
+
+    #[test]
+    fn no_block_no_vxlan_device_and_mtus() {
+        let mut v = view();
+        v.nodes.get_mut("h1").unwrap().claims.clear();
+        let d = desired(&v, "h1", Backend::Vxlan, &local(), VX, [2; 6]);
+        assert!(d.vxlan.is_none());
+        assert_eq!(pod_mtu(Backend::Vxlan, 1500), 1450);
+        assert_eq!(pod_mtu(Backend::Auto, 9000), 9000);
+        assert_eq!(parse_mac("02:00:00:00:00:0a"), Some([2, 0, 0, 0, 0, 10]));
+        assert_eq!("auto".parse::<Backend>(), Ok(Backend::Auto));
+        assert!("bgp".parse::<Backend>().is_err());
+    }
+}

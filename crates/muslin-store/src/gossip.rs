@@ -1,0 +1,267 @@
+//! The embedded store: chitchat's scuttlebutt gossip and phi-accrual
+//! failure detector, over the sealed transport. Each node writes only its
+//! own keys (`node`, `block/CIDR`); a node silent for longer than the block
+//! TTL is forgotten by chitchat, and with it its claims and routes.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
+use ipnet::IpNet;
+use muslin_model::cluster::{
+    BlockClaim, ClusterView, NodeRecord, PeerView, BLOCK_KEY_PREFIX, NODE_KEY,
+};
+
+use crate::sealed::{AuthState, SealedUdp};
+use crate::{ClusterStore, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct GossipConfig {
+    pub node_name: String,
+    pub listen: SocketAddr,
+    pub advertise: SocketAddr,
+    pub seeds: Vec<SocketAddr>,
+    pub interval: Duration,
+    /// How long a silent node's state (and so its blocks) is kept.
+    pub ttl: Duration,
+    pub secret: Option<Vec<u8>>,
+}
+
+pub struct Gossip {
+    handle: ChitchatHandle,
+    auth: Arc<AuthState>,
+    me: String,
+    alone: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct GossipStats {
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Gossip {
+    pub async fn start(
+        cfg: GossipConfig,
+        initial: Vec<(String, String)>,
+    ) -> Result<Gossip, StoreError> {
+        let id = ChitchatId::new(cfg.node_name.clone(), now_ms(), cfg.advertise);
+        let config = ChitchatConfig {
+            chitchat_id: id,
+            cluster_id: "muslin".into(),
+            gossip_interval: cfg.interval,
+            listen_addr: cfg.listen,
+            seed_nodes: cfg.seeds.iter().map(|s| s.to_string()).collect(),
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: 8.0,
+                sampling_window_size: 1000,
+                max_interval: Duration::from_secs(10),
+                initial_interval: cfg.interval * 2,
+                dead_node_grace_period: cfg.ttl,
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+        };
+        let auth = Arc::new(AuthState::default());
+        let transport = SealedUdp {
+            secret: cfg.secret.clone(),
+            auth: auth.clone(),
+        };
+        let handle = spawn_chitchat(config, initial, &transport)
+            .await
+            .map_err(|e| StoreError::Gossip(format!("{e:#}")))?;
+        Ok(Gossip {
+            handle,
+            auth,
+            me: cfg.node_name,
+            alone: cfg.seeds.is_empty(),
+        })
+    }
+
+    /// Why peers refuse us, if they do (no or wrong cluster secret).
+    pub fn auth_problem(&self) -> Option<String> {
+        self.auth.problem.lock().expect("auth lock").clone()
+    }
+
+    pub fn stats(&self) -> GossipStats {
+        GossipStats {
+            bytes_sent: self.auth.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: self.auth.bytes_received.load(Ordering::Relaxed),
+        }
+    }
+
+    async fn set(&self, key: String, value: String) {
+        self.handle
+            .with_chitchat(|c| c.self_node_state().set(key.clone(), value.clone()))
+            .await;
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.handle.shutdown().await;
+    }
+}
+
+impl ClusterStore for Gossip {
+    async fn publish_record(&self, rec: &NodeRecord) {
+        self.set(
+            NODE_KEY.into(),
+            serde_json::to_string(rec).expect("record serializes"),
+        )
+        .await;
+    }
+
+    async fn claim_block(&self, block: IpNet, claim: BlockClaim) {
+        self.set(
+            format!("{BLOCK_KEY_PREFIX}{block}"),
+            serde_json::to_string(&claim).expect("claim serializes"),
+        )
+        .await;
+    }
+
+    async fn release_block(&self, block: IpNet) {
+        let key = format!("{BLOCK_KEY_PREFIX}{block}");
+        self.handle
+            .with_chitchat(|c| c.self_node_state().delete(&key))
+            .await;
+    }
+
+    async fn view(&self) -> ClusterView {
+        let chitchat = self.handle.chitchat();
+        let c = chitchat.lock().await;
+        let live: std::collections::HashSet<ChitchatId> = c.live_nodes().cloned().collect();
+        // The newest generation of each node name stands for the node.
+        let mut newest: BTreeMap<String, &ChitchatId> = BTreeMap::new();
+        for id in c.node_states().keys() {
+            let e = newest.entry(id.node_id.to_string()).or_insert(id);
+            if id.generation_id > e.generation_id {
+                *e = id;
+            }
+        }
+        let mut view = ClusterView::default();
+        for (name, id) in newest {
+            let Some(state) = c.node_state(id) else {
+                continue;
+            };
+            let mut pv = PeerView {
+                alive: live.contains(id) || name == self.me,
+                ..Default::default()
+            };
+            for (k, v) in state.key_values() {
+                if k == NODE_KEY {
+                    pv.record = serde_json::from_str(v).ok();
+                } else if let Some(b) = k.strip_prefix(BLOCK_KEY_PREFIX) {
+                    if let (Ok(b), Ok(claim)) =
+                        (b.parse::<IpNet>(), serde_json::from_str::<BlockClaim>(v))
+                    {
+                        pv.claims.insert(b, claim);
+                    }
+                }
+            }
+            view.nodes.insert(name, pv);
+        }
+        view
+    }
+
+    fn synced(&self) -> bool {
+        self.alone || self.auth.heard.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn free_port() -> u16 {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    fn cfg(name: &str, port: u16, seeds: &[u16], secret: Option<&str>) -> GossipConfig {
+        let a = SocketAddr::from(([127, 0, 0, 1], port));
+        GossipConfig {
+            node_name: name.into(),
+            listen: a,
+            advertise: a,
+            seeds: seeds
+                .iter()
+                .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
+                .collect(),
+            interval: Duration::from_millis(50),
+            ttl: Duration::from_secs(60),
+            secret: secret.map(|s| s.as_bytes().to_vec()),
+        }
+    }
+
+    async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !f().await {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn sealed_gossip_spreads_claims_and_keeps_strangers_out() {
+        const SECRET: &str = "0123456789abcdef-cluster";
+        let (pa, pb, pc, pd) = (free_port(), free_port(), free_port(), free_port());
+        let a = Gossip::start(cfg("a", pa, &[], Some(SECRET)), vec![])
+            .await
+            .unwrap();
+        let b = Gossip::start(cfg("b", pb, &[pa], Some(SECRET)), vec![])
+            .await
+            .unwrap();
+        let block: IpNet = "10.244.7.0/24".parse().unwrap();
+        a.claim_block(block, BlockClaim { claimed_at_ms: 42 }).await;
+        until("b sees a's claim", async || {
+            b.view().await.blocks_of("a") == vec![block]
+        })
+        .await;
+        assert!(b.synced());
+
+        // No secret: refused, and told why.
+        let c = Gossip::start(cfg("c", pc, &[pa], None), vec![])
+            .await
+            .unwrap();
+        until("c learns it needs the secret", async || {
+            c.auth_problem().is_some()
+        })
+        .await;
+        assert!(c.auth_problem().unwrap().contains("cluster secret"));
+        assert!(!c.view().await.nodes.contains_key("a"), "c reads nothing");
+        // A wrong secret: likewise, and nothing it says reaches the cluster.
+        let d = Gossip::start(cfg("d", pd, &[pa], Some("another-secret-of-16+")), vec![])
+            .await
+            .unwrap();
+        d.claim_block(block, BlockClaim { claimed_at_ms: 1 }).await;
+        until("d is told its secret is wrong", async || {
+            d.auth_problem().is_some()
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let v = a.view().await;
+        assert!(
+            !v.nodes.contains_key("c") && !v.nodes.contains_key("d"),
+            "strangers joined: {:?}",
+            v.nodes.keys()
+        );
+        assert_eq!(
+            v.blocks_of("a"),
+            vec![block],
+            "d's earlier claim was not injected"
+        );
+    }
+}
