@@ -31,6 +31,8 @@ pub struct Cluster {
     pub status: Arc<RwLock<ClusterStatus>>,
     leases: Option<Leases>,
     interval: Duration,
+    pod_cidr: ipnet::IpNet,
+    masquerade: bool,
 }
 
 /// Chooses the underlay, joins the cluster and publishes this node.
@@ -149,6 +151,8 @@ pub async fn join(
         status: Arc::new(RwLock::new(ClusterStatus::default())),
         leases,
         interval,
+        pod_cidr: config.pod_cidr,
+        masquerade: config.masquerade,
     }))
 }
 
@@ -166,8 +170,24 @@ impl Cluster {
         let mut last: Option<Desired> = None;
         let mut last_full = Instant::now() - Duration::from_secs(3600);
         let mut more = false;
+        let mut masq_nodes: Option<Vec<std::net::IpAddr>> = None;
         loop {
             let view = self.store.view().await;
+            let nodes: Vec<std::net::IpAddr> = view
+                .nodes
+                .values()
+                .filter_map(|n| n.record.as_ref().map(|r| r.address))
+                .collect();
+            if masq_nodes.as_ref() != Some(&nodes) {
+                match muslin_kernel::cluster::apply_masquerade(
+                    self.pod_cidr,
+                    self.masquerade,
+                    &nodes,
+                ) {
+                    Ok(()) => masq_nodes = Some(nodes),
+                    Err(e) => tracing::warn!(cause = %e, "masquerade not configured; retrying"),
+                }
+            }
             if let Some(l) = self.leases.as_mut() {
                 let step = l.step(&view, more);
                 more = false;

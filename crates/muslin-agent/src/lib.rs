@@ -77,10 +77,6 @@ pub async fn run(
         {
             tracing::warn!(block = %b, pod_cidr = %config.pod_cidr, "a fixed block lies outside pod-cidr; its traffic is not masqueraded");
         }
-        if let Err(e) = muslin_kernel::cluster::apply_masquerade(config.pod_cidr, config.masquerade)
-        {
-            tracing::warn!(cause = %e, "masquerade not configured");
-        }
     }
     let blocks = Arc::new(blocks::BlockSource::new(
         config.blocks.clone(),

@@ -386,19 +386,43 @@ async fn fdb(
         .collect())
 }
 
-/// Our own nftables table: masquerade pod traffic leaving the pod network,
-/// never pod-to-pod. Replaced atomically in one transaction.
-pub fn apply_masquerade(pod_cidr: IpNet, enabled: bool) -> Result<(), KernelError> {
+/// Our own nftables table: masquerade pod traffic leaving the cluster.
+/// Pod-to-pod and pod-to-node traffic is never masqueraded (a protocol
+/// without ports cannot share one node address between pods). Replaced
+/// atomically in one transaction.
+pub fn apply_masquerade(
+    pod_cidr: IpNet,
+    enabled: bool,
+    nodes: &[IpAddr],
+) -> Result<(), KernelError> {
     let fam = if pod_cidr.addr().is_ipv4() {
         "ip"
     } else {
         "ip6"
     };
+    let ty = if pod_cidr.addr().is_ipv4() {
+        "ipv4_addr"
+    } else {
+        "ipv6_addr"
+    };
     let mut script = format!("table {fam} muslin {{}}\ndelete table {fam} muslin\n");
     if enabled {
+        let elems: Vec<String> = nodes
+            .iter()
+            .filter(|a| a.is_ipv4() == pod_cidr.addr().is_ipv4())
+            .map(|a| a.to_string())
+            .collect();
+        let set = if elems.is_empty() {
+            String::new()
+        } else {
+            format!("  elements = {{ {} }}\n", elems.join(", "))
+        };
         script.push_str(&format!(
-            "table {fam} muslin {{\n chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  \
-             {fam} saddr {pod_cidr} {fam} daddr != {pod_cidr} masquerade fully-random\n }}\n}}\n"
+            "table {fam} muslin {{\n set nodes {{\n  type {ty}\n{set} }}\n chain postrouting {{\n  \
+             type nat hook postrouting priority srcnat; policy accept;\n  \
+             {fam} saddr {pod_cidr} {fam} daddr {pod_cidr} return\n  \
+             {fam} saddr {pod_cidr} {fam} daddr @nodes return\n  \
+             {fam} saddr {pod_cidr} masquerade fully-random\n }}\n}}\n"
         ));
     }
     let mut child = std::process::Command::new("nft")

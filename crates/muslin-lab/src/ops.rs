@@ -158,7 +158,7 @@ fn build_all(
         hosts.len()
     ));
     let agents_started = Instant::now();
-    start_agents(ctx, &plan, &hosts)?;
+    start_agents(ctx, &plan, &hosts, &o.backend)?;
 
     let wanted: Vec<(String, String)> = hosts
         .iter()
@@ -204,8 +204,68 @@ fn build_all(
     Ok(report)
 }
 
-fn start_agents(ctx: &Ctx, plan: &LabPlan, hosts: &[&NodePlan]) -> Result<(), LabError> {
+/// The flags a lab gives every agent, unless the topology sets them: the
+/// pod network, the other hosts to join, the backend and the lab's secret.
+fn lab_agent_flags(
+    plan: &LabPlan,
+    h: &NodePlan,
+    backend: &str,
+    secret: &std::path::Path,
+) -> Vec<String> {
+    let join: Vec<String> = plan
+        .nodes
+        .iter()
+        .filter(|n| !n.router && n.name != h.name)
+        .filter_map(|n| n.address().map(|a| a.to_string()))
+        .collect();
+    let mut defaults: Vec<(&str, String)> = vec![
+        ("--pod-cidr", plan.pod_cidr.to_string()),
+        ("--block-size", plan.block_prefix.to_string()),
+        ("--backend", backend.to_string()),
+        ("--cluster-secret-file", secret.display().to_string()),
+        ("--gossip-interval-ms", "100".into()),
+    ];
+    if !join.is_empty() {
+        defaults.push(("--join", join.join(",")));
+    }
+    let mut out = Vec::new();
+    for (flag, value) in defaults {
+        if !h.agent_args.iter().any(|a| a == flag) {
+            out.extend([flag.to_string(), value]);
+        }
+    }
+    out.extend(h.agent_args.iter().cloned());
+    out
+}
+
+/// A fresh random secret for the lab's gossip, readable by root only.
+fn write_secret(path: &std::path::Path) -> Result<(), LabError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut raw = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .map_err(LabError::io("reading /dev/urandom"))?;
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, hex.as_bytes()))
+        .map_err(LabError::io(format!("writing {}", path.display())))
+}
+
+fn start_agents(
+    ctx: &Ctx,
+    plan: &LabPlan,
+    hosts: &[&NodePlan],
+    backend: &str,
+) -> Result<(), LabError> {
     let bin = ctx.bin.display().to_string();
+    let secret = registry::lab_dir(&plan.name).join("cluster.secret");
+    write_secret(&secret)?;
     let mut children = Vec::new();
     for h in hosts {
         let dir = registry::host_dir(&plan.name, &h.name);
@@ -221,10 +281,7 @@ fn start_agents(ctx: &Ctx, plan: &LabPlan, hosts: &[&NodePlan]) -> Result<(), La
             "--state-dir".into(),
             dir.join("state").display().to_string(),
         ];
-        if let Some(b) = h.block {
-            args.extend(["--block".into(), b.to_string()]);
-        }
-        args.extend(h.agent_args.iter().cloned());
+        args.extend(lab_agent_flags(plan, h, backend, &secret));
         let child = sys::spawn_detached(&h.ns, &args, &registry::log_file(&plan.name, &h.name))?;
         sys::spawn_detached(
             &h.ns,
@@ -632,7 +689,7 @@ pub fn status(name: Option<&str>) -> Result<Status, LabError> {
                 .iter()
                 .map(|x| format!("{} {} ({})", x.ifname, x.address, x.segment))
                 .collect(),
-            block: n.block.map(|b| b.to_string()),
+            block: (!n.router).then(|| agent_blocks(&lab, &n.name)).flatten(),
             agent_up: (!n.router).then(|| {
                 std::os::unix::net::UnixStream::connect(registry::socket(&lab, &n.name)).is_ok()
             }),
@@ -686,6 +743,23 @@ impl Status {
             }
         }
         out
+    }
+}
+
+/// The blocks a host's agent holds, asked from the agent itself.
+fn agent_blocks(lab: &str, host: &str) -> Option<String> {
+    match muslin_cni::call(
+        &registry::socket(lab, host),
+        &muslin_model::api::Request::Status,
+    ) {
+        Ok(muslin_model::api::Response::Status(s)) => Some(
+            s.blocks
+                .iter()
+                .map(|b| b.cidr.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        _ => None,
     }
 }
 

@@ -15,6 +15,7 @@ use crate::topology::{Nic, Topology, TopologyError};
 pub struct LabPlan {
     pub name: String,
     pub pod_cidr: IpNet,
+    pub block_prefix: u8,
     pub switch_ns: String,
     pub bridges: Vec<Bridge>,
     pub nodes: Vec<NodePlan>,
@@ -38,8 +39,7 @@ pub struct NodePlan {
     pub routes: Vec<RoutePlan>,
     /// (gateway, interface) of the default route.
     pub default_route: Option<(IpAddr, String)>,
-    /// Hosts only: the pod block, the containers made at `up`, agent flags.
-    pub block: Option<IpNet>,
+    /// Hosts only: the containers made at `up` and agent flags.
     pub containers: Vec<String>,
     pub agent_args: Vec<String>,
 }
@@ -219,20 +219,10 @@ pub fn resolve(
             nics,
             routes: vec![],
             default_route: None,
-            block: None,
             containers: vec![],
             agent_args: vec![],
         });
     }
-    let blocks = t
-        .pod_cidr
-        .subnets(t.block_prefix)
-        .map_err(|e| TopologyError {
-            line: None,
-            field: "block-prefix".into(),
-            msg: e.to_string(),
-        })?;
-    let mut blocks = blocks.skip(1);
     for h in &t.hosts {
         for name in t.expand(h) {
             let idx = nodes.len();
@@ -240,14 +230,6 @@ pub fn resolve(
             let mut args = flags(&t.agent);
             args.extend(flags(&h.agent));
             args.extend(extra_agent_args.iter().cloned());
-            let block = blocks.next().ok_or_else(|| TopologyError {
-                line: None,
-                field: "pod-cidr".into(),
-                msg: format!(
-                    "{} has too few /{} blocks for every host",
-                    t.pod_cidr, t.block_prefix
-                ),
-            })?;
             nodes.push(NodePlan {
                 ns: node_ns(lab, &name),
                 name,
@@ -255,7 +237,6 @@ pub fn resolve(
                 nics,
                 routes: vec![],
                 default_route: None,
-                block: Some(block),
                 containers: (1..=h.containers).map(|i| format!("c{i}")).collect(),
                 agent_args: args,
             });
@@ -334,6 +315,7 @@ pub fn resolve(
     Ok(LabPlan {
         name: lab.to_string(),
         pod_cidr: t.pod_cidr,
+        block_prefix: t.block_prefix,
         switch_ns: switch_ns(lab),
         bridges,
         nodes,
@@ -398,10 +380,6 @@ mod tests {
             assert_eq!(
                 h.address().unwrap().to_string(),
                 format!("192.168.56.{}", 11 + i)
-            );
-            assert_eq!(
-                h.block.unwrap().to_string(),
-                format!("10.244.{}.0/24", i + 1)
             );
             assert_eq!(h.containers, ["c1", "c2"]);
         }

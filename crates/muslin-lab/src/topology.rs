@@ -181,17 +181,20 @@ segment = "cluster"
             field: field.to_string(),
             msg,
         };
-        let max = self.pod_cidr.max_prefix_len();
-        if self.block_prefix < self.pod_cidr.prefix_len() || self.block_prefix > max - 2 {
+        // The agent's limits: /20 to /28 blocks for IPv4.
+        let (lo, hi) = if self.pod_cidr.addr().is_ipv4() {
+            (20, 28)
+        } else {
+            (64, 122)
+        };
+        let lo = lo.max(self.pod_cidr.prefix_len());
+        if !(lo..=hi).contains(&self.block_prefix) {
             return Err(err(
                 None,
                 "block-prefix",
                 format!(
-                    "/{} does not fit in pod-cidr {} (between /{} and /{})",
-                    self.block_prefix,
-                    self.pod_cidr,
-                    self.pod_cidr.prefix_len(),
-                    max - 2
+                    "/{} must be between /{lo} and /{hi} for pod-cidr {}",
+                    self.block_prefix, self.pod_cidr
                 ),
             ));
         }

@@ -70,10 +70,12 @@ impl FromStr for Method {
                 v.parse()
                     .map_err(|e| format!("address: bad address {v:?}: {e}"))?,
             ),
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "unknown method {other:?}; expected reachability, first-found, interface=REGEX, \
                      skip-interface=REGEX, cidr=CIDR, can-reach=ADDR or address=ADDR"
-            )),
+            ))
+            }
         })
     }
 }
