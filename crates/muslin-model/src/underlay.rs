@@ -165,10 +165,10 @@ pub fn describe(cands: &[Candidate]) -> String {
     }
 }
 
-fn pick<'a>(
-    cands: &'a [Candidate],
+fn pick(
+    cands: &[Candidate],
     filter: impl Fn(&Candidate, &IpNet) -> bool,
-) -> Option<(&'a Candidate, IpNet)> {
+) -> Option<(&Candidate, IpNet)> {
     cands
         .iter()
         .filter(|c| eligible(c))
