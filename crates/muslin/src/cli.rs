@@ -14,7 +14,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the per-host agent (IPAM, endpoints, local API for the CNI plugin)
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Show this node's blocks and attachments, as the agent sees them
     Status(StatusArgs),
     /// Install this binary as the CNI plugin `muslin` (a symlink)

@@ -10,7 +10,7 @@ use muslin_lab::probe;
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Agent(a) => agent(a),
+        Command::Agent(a) => agent(*a),
         Command::Status(a) => status(a),
         Command::InstallCni(a) => install_cni(a),
         Command::Lab(l) => crate::lab::run(l),
