@@ -93,9 +93,19 @@ pub async fn join(
         ttl,
         secret,
     };
-    let store = Gossip::start(gcfg, vec![])
-        .await
-        .map_err(|e| AgentError::Join(e.to_string()))?;
+    let leases = config.blocks.is_empty().then(|| {
+        // Settling waits out a few gossip rounds, so a competing claim made
+        // at the same moment has reached us before we hand out addresses.
+        let settle = (interval * 5).max(Duration::from_millis(500));
+        Leases::load(
+            &config.state_dir,
+            me,
+            config.pod_cidr,
+            config.block_size,
+            settle,
+            ttl,
+        )
+    });
     let record = NodeRecord {
         name: me.to_string(),
         address: underlay.address,
@@ -106,11 +116,26 @@ pub async fn join(
         address_reason: reason.clone(),
         capabilities: vec!["routed".into(), "vxlan".into()],
     };
-    store.publish_record(&record).await;
-    // Static blocks always win: claimed at the beginning of time.
-    for b in &config.blocks {
-        store.claim_block(*b, BlockClaim { claimed_at_ms: 0 }).await;
+    // The record and every claim go out in the first gossip message, so
+    // peers never see this generation without them. Static blocks always
+    // win: claimed at the beginning of time.
+    let claim = |b: &ipnet::IpNet, at: u64| {
+        (
+            format!("{}{b}", muslin_model::cluster::BLOCK_KEY_PREFIX),
+            serde_json::to_string(&BlockClaim { claimed_at_ms: at }).expect("serializes"),
+        )
+    };
+    let mut initial = vec![(
+        muslin_model::cluster::NODE_KEY.to_string(),
+        serde_json::to_string(&record).expect("serializes"),
+    )];
+    initial.extend(config.blocks.iter().map(|b| claim(b, 0)));
+    if let Some(l) = &leases {
+        initial.extend(l.claims.iter().map(|(b, at)| claim(b, *at)));
     }
+    let store = Gossip::start(gcfg, initial)
+        .await
+        .map_err(|e| AgentError::Join(e.to_string()))?;
     if !peers.is_empty() {
         let deadline = Instant::now() + Duration::from_secs(5);
         while !store.synced() && Instant::now() < deadline {
@@ -125,19 +150,6 @@ pub async fn join(
             tracing::warn!(peers = ?peers, "no join peer answered yet; going on and retrying in the background");
         }
     }
-    let leases = config.blocks.is_empty().then(|| {
-        // Settling waits out a few gossip rounds, so a competing claim made
-        // at the same moment has reached us before we hand out addresses.
-        let settle = (interval * 5).max(Duration::from_millis(500));
-        Leases::load(
-            &config.state_dir,
-            me,
-            config.pod_cidr,
-            config.block_size,
-            settle,
-            ttl,
-        )
-    });
     Ok(Some(Cluster {
         me: me.to_string(),
         store,
@@ -159,13 +171,6 @@ pub async fn join(
 impl Cluster {
     /// Runs until dropped: leases, then the data plane, every gossip round.
     pub async fn run(mut self, host: Netlink, blocks: Arc<BlockSource>) {
-        if let Some(l) = &self.leases {
-            for (b, at) in &l.claims {
-                self.store
-                    .claim_block(*b, BlockClaim { claimed_at_ms: *at })
-                    .await;
-            }
-        }
         let started = Instant::now();
         let mut last: Option<Desired> = None;
         let mut last_full = Instant::now() - Duration::from_secs(3600);

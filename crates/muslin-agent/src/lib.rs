@@ -34,6 +34,8 @@ pub enum AgentError {
     Underlay(String),
     #[error("cannot join the cluster: {0}")]
     Join(String),
+    #[error("another muslin agent already runs in this network namespace; two would fight over its interfaces and routes")]
+    AlreadyRunning,
 }
 
 fn host_name() -> String {
@@ -51,6 +53,15 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     config.validate()?;
     let node_name = config.node_name.clone().unwrap_or_else(host_name);
+    // Abstract Unix sockets belong to a network namespace: holding this
+    // name proves no other agent manages this namespace's interfaces.
+    let _netns_guard = {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(b"muslin-agent")
+            .map_err(|e| AgentError::Join(e.to_string()))?;
+        std::os::unix::net::UnixListener::bind_addr(&addr)
+            .map_err(|_| AgentError::AlreadyRunning)?
+    };
     let store = StateStore::open(&config.state_dir)?;
     let table = store.load()?;
     for (k, e) in &table.endpoints {

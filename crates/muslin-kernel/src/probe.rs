@@ -113,19 +113,149 @@ pub fn serve(port: u16) -> io::Result<()> {
     }
 }
 
+/// Echoes query lines; `MSLD<n>` asks for n bytes, `MSLU<n>` announces n
+/// bytes that are then read and acknowledged with `MSLK<n>` (bulk transfers
+/// prove that large packets cross the path, not only pings).
 fn echo_tcp(stream: TcpStream) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let Ok(mut w) = stream.try_clone() else {
         return;
     };
-    for line in BufReader::new(stream).split(b'\n').map_while(Result::ok) {
-        let mut l = line;
-        l.push(b'\n');
-        match reply_for(&l) {
-            Some(r) if w.write_all(&r).is_ok() => {}
-            _ => break,
+    let mut r = BufReader::new(stream);
+    let mut line = Vec::new();
+    while matches!(r.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+        let text = String::from_utf8_lossy(&line).trim().to_string();
+        let bulk = |p: &str| text.strip_prefix(p).and_then(|n| n.parse::<u64>().ok());
+        if let Some(n) = bulk("MSLD") {
+            let chunk = [0x5au8; 64 * 1024];
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(chunk.len() as u64) as usize;
+                if w.write_all(&chunk[..k]).is_err() {
+                    return;
+                }
+                left -= k as u64;
+            }
+            return;
+        }
+        if let Some(n) = bulk("MSLU") {
+            let got = io::copy(&mut io::Read::take(&mut r, n), &mut io::sink()).unwrap_or(0);
+            let _ = w.write_all(format!("MSLK{got}\n").as_bytes());
+            return;
+        }
+        match reply_for(&line) {
+            Some(rep) if w.write_all(&rep).is_ok() => {}
+            _ => return,
+        }
+        line.clear();
+    }
+}
+
+/// Moves `bytes` to the target (`upload`) or from it over one TCP
+/// connection; returns how long it took.
+pub fn transfer(
+    target: IpAddr,
+    port: u16,
+    bytes: u64,
+    upload: bool,
+    timeout: Duration,
+) -> Result<Duration, ProbeError> {
+    let start = Instant::now();
+    let fail = |reason: String| ProbeError {
+        proto: "tcp",
+        target,
+        reason,
+    };
+    let mut s = TcpStream::connect_timeout(&SocketAddr::new(target, port), timeout)
+        .map_err(|e| fail(format!("connect: {e}")))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| fail(e.to_string()))?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| fail(e.to_string()))?;
+    if upload {
+        s.write_all(format!("MSLU{bytes}\n").as_bytes())
+            .map_err(|e| fail(format!("send: {e}")))?;
+        let chunk = [0xa5u8; 64 * 1024];
+        let mut left = bytes;
+        while left > 0 {
+            let k = left.min(chunk.len() as u64) as usize;
+            s.write_all(&chunk[..k])
+                .map_err(|e| fail(format!("upload after {} bytes: {e}", bytes - left)))?;
+            left -= k as u64;
+        }
+        let mut ack = String::new();
+        BufReader::new(&s)
+            .read_line(&mut ack)
+            .map_err(|e| fail(format!("ack: {e}")))?;
+        if ack.trim() != format!("MSLK{bytes}") {
+            return Err(fail(format!(
+                "server acknowledged {:?} of {bytes} bytes",
+                ack.trim()
+            )));
+        }
+    } else {
+        s.write_all(format!("MSLD{bytes}\n").as_bytes())
+            .map_err(|e| fail(format!("send: {e}")))?;
+        let got = io::copy(&mut s, &mut io::sink()).map_err(|e| fail(format!("download: {e}")))?;
+        if got != bytes {
+            return Err(fail(format!("received {got} of {bytes} bytes")));
         }
     }
+    Ok(start.elapsed())
+}
+
+/// Sends `count` ICMP echoes, one every `interval`, and counts the answers
+/// (each may arrive up to a second late): loss during an event shows here.
+pub fn ping_series(
+    target: IpAddr,
+    count: u16,
+    interval: Duration,
+) -> Result<(u16, u16), ProbeError> {
+    let fail = |reason: String| ProbeError {
+        proto: "icmp",
+        target,
+        reason,
+    };
+    let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))
+        .map_err(|e| fail(e.to_string()))?;
+    let id = (nonce() & 0xffff) as u16;
+    let to = SockAddr::from(SocketAddr::new(target, 0));
+    let mut seen = std::collections::HashSet::new();
+    let start = Instant::now();
+    let mut buf = [0u8; 2048];
+    let mut sent = 0u16;
+    let end = |sent: u16| start + interval * u32::from(sent.max(1)) + Duration::from_secs(1);
+    while sent < count || Instant::now() < end(sent) {
+        if sent < count && Instant::now() >= start + interval * u32::from(sent) {
+            s.send_to(&icmp_echo(id, sent, b"muslin"), &to)
+                .map_err(|e| fail(format!("send: {e}")))?;
+            sent += 1;
+            continue;
+        }
+        let next = if sent < count {
+            start + interval * u32::from(sent)
+        } else {
+            end(sent)
+        };
+        let wait = next
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_micros(100));
+        s.set_read_timeout(Some(wait))
+            .map_err(|e| fail(e.to_string()))?;
+        if let Ok((k, _)) = recv_from(&s, &mut buf) {
+            let pkt = &buf[..k];
+            if let (Some(src), Some(icmp)) = (source_of(pkt), ipv4_payload(pkt)) {
+                if src == target
+                    && icmp.len() >= 8
+                    && icmp[0] == 0
+                    && icmp[4..6] == id.to_be_bytes()
+                {
+                    seen.insert(u16::from_be_bytes([icmp[6], icmp[7]]));
+                }
+            }
+        }
+    }
+    Ok((sent, seen.len() as u16))
 }
 
 /// Answers each datagram from the address it was sent to: on a host with

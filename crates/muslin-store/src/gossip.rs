@@ -140,21 +140,29 @@ impl ClusterStore for Gossip {
         let chitchat = self.handle.chitchat();
         let c = chitchat.lock().await;
         let live: std::collections::HashSet<ChitchatId> = c.live_nodes().cloned().collect();
-        // The newest generation of each node name stands for the node.
+        // The newest generation of each node name that has published its
+        // record stands for the node: a restarted agent's fresh generation
+        // must not hide the previous one's claims (and so drop routes to
+        // it) before its own state has spread.
         let mut newest: BTreeMap<String, &ChitchatId> = BTreeMap::new();
-        for id in c.node_states().keys() {
+        for (id, st) in c.node_states() {
+            if st.get(NODE_KEY).is_none() && id.node_id.as_ref() != self.me {
+                continue;
+            }
             let e = newest.entry(id.node_id.to_string()).or_insert(id);
             if id.generation_id > e.generation_id {
                 *e = id;
             }
         }
+        let any_live: std::collections::HashSet<String> =
+            live.iter().map(|id| id.node_id.to_string()).collect();
         let mut view = ClusterView::default();
         for (name, id) in newest {
             let Some(state) = c.node_state(id) else {
                 continue;
             };
             let mut pv = PeerView {
-                alive: live.contains(id) || name == self.me,
+                alive: live.contains(id) || any_live.contains(&name) || name == self.me,
                 ..Default::default()
             };
             for (k, v) in state.key_values() {

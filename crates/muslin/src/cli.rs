@@ -209,6 +209,22 @@ pub enum ProbeCommand {
         #[arg(long, default_value_t = muslin_lab::probe::DEFAULT_PORT)]
         port: u16,
     },
+    /// ICMP echo every INTERVAL; prints sent, received, lost; non-zero exit on loss
+    Ping {
+        target: IpAddr,
+        #[arg(long, default_value_t = 100)]
+        count: u16,
+        #[arg(long, default_value_t = 10)]
+        interval_ms: u64,
+    },
+    /// Move BYTES to and from TARGET's probe server over TCP; prints both rates
+    Transfer {
+        target: IpAddr,
+        #[arg(long, default_value_t = muslin_lab::probe::DEFAULT_PORT)]
+        port: u16,
+        #[arg(long, default_value_t = 8_000_000)]
+        bytes: u64,
+    },
     /// Check that TARGET answers; exits non-zero if any protocol fails
     Check {
         target: IpAddr,

@@ -159,6 +159,36 @@ fn probe_cmd(p: ProbeCommand) -> Result<ExitCode> {
             probe::serve(port).with_context(|| format!("probe server on port {port}"))?;
             Ok(ExitCode::SUCCESS)
         }
+        ProbeCommand::Ping {
+            target,
+            count,
+            interval_ms,
+        } => {
+            let (sent, got) = probe::ping_series(target, count, Duration::from_millis(interval_ms))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{target}: sent {sent} received {got} lost {}", sent - got);
+            Ok(if got == sent {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        ProbeCommand::Transfer {
+            target,
+            port,
+            bytes,
+        } => {
+            for (upload, dir) in [(true, "upload"), (false, "download")] {
+                let t = probe::transfer(target, port, bytes, upload, Duration::from_secs(30))
+                    .map_err(|e| anyhow::anyhow!("{dir}: {e}"))?;
+                let mbps = bytes as f64 * 8.0 / t.as_secs_f64() / 1e6;
+                println!(
+                    "{dir} {bytes} bytes to {target} in {:.3} s ({mbps:.0} Mbit/s)",
+                    t.as_secs_f64()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         ProbeCommand::Check {
             target,
             port,

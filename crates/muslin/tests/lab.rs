@@ -2,117 +2,11 @@
 
 mod common;
 
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::process::Command;
 
-use common::{TempDir, BIN};
+use common::lab::{file, Lab};
+use common::BIN;
 use serde_json::Value;
-
-static N: AtomicU32 = AtomicU32::new(0);
-
-/// A lab with a unique name and its own registry root, removed on drop.
-struct Lab {
-    name: String,
-    root: Arc<TempDir>,
-}
-
-impl Lab {
-    fn new() -> Lab {
-        Lab::in_root(Arc::new(TempDir::new("labroot")))
-    }
-
-    fn in_root(root: Arc<TempDir>) -> Lab {
-        let name = format!(
-            "t{}x{}",
-            std::process::id() % 100_000,
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        Lab { name, root }
-    }
-
-    /// JSON on stdout, whatever the exit code.
-    fn json(&self, args: &[&str]) -> Value {
-        let o = self.cmd(args);
-        serde_json::from_slice(&o.stdout)
-            .unwrap_or_else(|e| panic!("lab {args:?}: {e}: {}", String::from_utf8_lossy(&o.stderr)))
-    }
-
-    fn cmd(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .env("MUSLIN_LAB_ROOT", &self.root.0)
-            .arg("lab")
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.cmd(args);
-        assert!(
-            o.status.success(),
-            "lab {args:?}: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    fn up(&self, extra: &[&str]) -> Value {
-        let mut args = vec![
-            "up",
-            "--name",
-            &self.name,
-            "--json",
-            "--converge-timeout",
-            "0",
-        ];
-        args.extend_from_slice(extra);
-        serde_json::from_str(&self.ok(&args)).unwrap()
-    }
-
-    fn status(&self) -> Value {
-        serde_json::from_str(&self.ok(&["status", "--name", &self.name, "--json"])).unwrap()
-    }
-
-    /// Namespaces of this lab that exist now.
-    fn namespaces(&self) -> Vec<String> {
-        let out = String::from_utf8_lossy(
-            &Command::new("ip")
-                .args(["netns", "list"])
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .into_owned();
-        let prefix = format!("{}-", self.name);
-        out.lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .filter(|n| n.starts_with(&prefix))
-            .map(String::from)
-            .collect()
-    }
-
-    fn exec(&self, target: &str, cmd: &[&str]) -> Output {
-        let mut args = vec!["exec", "--name", &self.name, target, "--"];
-        args.extend_from_slice(cmd);
-        self.cmd(&args)
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = self.cmd(&["down", "--name", &self.name]);
-    }
-}
-
-fn file(text: &str) -> (TempDir, String) {
-    let d = TempDir::new("topo");
-    let p = d.0.join("topology.toml");
-    std::fs::write(&p, text).unwrap();
-    let s = p.display().to_string();
-    (d, s)
-}
 
 #[test]
 fn default_lab_has_the_multi_nic_trap_and_down_leaves_nothing() {
@@ -190,7 +84,10 @@ fn default_lab_has_the_multi_nic_trap_and_down_leaves_nothing() {
 
     // exec, run, rm work by name.
     let o = lab.exec("h2/c1", &["ip", "-br", "addr", "show", "eth0"]);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("10.244.2."));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("10.244."),
+        "a pod address"
+    );
     lab.ok(&["run", "--name", &lab.name, "h2", "web"]);
     assert!(lab.namespaces().contains(&format!("{}-h2-web", lab.name)));
     lab.ok(&["rm", "--name", &lab.name, "h2", "web"]);
@@ -347,10 +244,22 @@ fn two_labs_coexist_without_interfering() {
         "lists the labs"
     );
     // Both use the same addresses inside, yet each works.
+    let peer = |lab: &Lab| -> String {
+        lab.status()["nodes"][1]["containers"][0]["address"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let block = |a: String| a.rsplit_once('.').unwrap().0.to_string();
+    assert_eq!(
+        block(peer(&a)),
+        block(peer(&b)),
+        "the same pod blocks in both labs"
+    );
     for lab in [&a, &b] {
         let o = lab.exec(
             "h1/c1",
-            &[BIN, "probe", "check", "10.244.1.2", "--proto", "tcp,icmp"],
+            &[BIN, "probe", "check", &peer(lab), "--proto", "tcp,icmp"],
         );
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
     }

@@ -9,6 +9,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod lab;
+
 use serde_json::{json, Value};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_muslin");
