@@ -275,7 +275,7 @@ fn two_labs_coexist_without_interfering() {
     );
     let o = b.exec(
         "h1/c1",
-        &[BIN, "probe", "check", "10.244.1.2", "--proto", "tcp"],
+        &[BIN, "probe", "check", &peer(&b), "--proto", "tcp"],
     );
     assert!(o.status.success(), "b still works after a is gone");
 }
