@@ -116,6 +116,45 @@ fn status(a: StatusArgs) -> Result<ExitCode> {
             b.capacity
         );
     }
+    if let Some(c) = &s.cluster {
+        let addr = c
+            .underlay_address
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "underlay {addr} on {} (mtu {}): {}",
+            c.underlay_if, c.underlay_mtu, c.underlay_reason
+        );
+        println!(
+            "cluster  backend {}, {} nodes, {}, gossip {} B sent / {} B received",
+            c.backend,
+            c.nodes.len(),
+            if c.synced { "synced" } else { "not synced yet" },
+            c.gossip_bytes_sent,
+            c.gossip_bytes_received
+        );
+        println!(
+            "\n{:<12} {:<16} {:<20} {:<8} PATH",
+            "NODE", "ADDRESS", "BLOCKS", "HEALTH"
+        );
+        for n in &c.nodes {
+            let blocks: Vec<String> = n.blocks.iter().map(|b| b.to_string()).collect();
+            println!(
+                "{:<12} {:<16} {:<20} {:<8} {}",
+                n.name,
+                n.address
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                blocks.join(","),
+                if n.alive { "alive" } else { "DOWN" },
+                n.path
+            );
+        }
+        for w in &c.warnings {
+            println!("WARNING  {w}");
+        }
+        println!();
+    }
     if s.endpoints.is_empty() {
         println!("no attachments");
     } else {

@@ -431,3 +431,44 @@ fn mixed_mtus_carry_multi_megabyte_transfers_both_ways() {
         );
     }
 }
+
+#[test]
+fn a_node_that_fills_its_block_claims_another() {
+    // /28 blocks hold 14 pods; the fifteenth needs a second block.
+    let lab = Lab::new();
+    let (_d, path) = file(
+        &ONE_SEGMENT
+            .replace("count = 3", "count = 2")
+            .replace("containers = 1", "containers = 8")
+            .replace("[[segment]]", "block-prefix = 28\n[[segment]]"),
+    );
+    lab.up(&["-f", &path, "--converge-timeout", "30"]);
+    for i in 0..7 {
+        lab.ok(&["run", "--name", &lab.name, "h1", &format!("x{i}")]);
+    }
+    let st = lab.agent_status("h1");
+    let blocks = st["blocks"].as_array().unwrap();
+    assert_eq!(blocks.len(), 2, "{blocks:?}");
+    // The newest pod, in the second block, is reachable from the other host.
+    let last = lab.status()["nodes"][0]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "x6")
+        .unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let o = lab.exec(
+        "h2/c1",
+        &[BIN, "probe", "check", &last, "--proto", "tcp,icmp"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    // Hosts reach remote pods too.
+    let o = lab.exec("h2", &[BIN, "probe", "check", &last, "--proto", "tcp,icmp"]);
+    assert!(
+        o.status.success(),
+        "host -> remote pod: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
