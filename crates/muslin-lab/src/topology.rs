@@ -420,6 +420,17 @@ mod tests {
     }
 
     #[test]
+    fn readme_example_parses() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("### Topology files").expect("section");
+        let body = &readme[start..];
+        let toml_start = body.find("```toml\n").expect("example") + 8;
+        let text = &body[toml_start..toml_start + body[toml_start..].find("```").expect("end")];
+        let t = Topology::parse(text).unwrap_or_else(|e| panic!("README example: {e}"));
+        assert_eq!(t.expand(&t.hosts[0]), ["h1", "h2"]);
+    }
+
+    #[test]
     fn shipped_examples_parse() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
         let mut n = 0;
