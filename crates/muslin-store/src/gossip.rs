@@ -233,6 +233,18 @@ mod tests {
             .await
             .unwrap();
         let block: IpNet = "10.244.7.0/24".parse().unwrap();
+        // Peers count a node once its record is out.
+        let record = |name: &str| NodeRecord {
+            name: name.into(),
+            address: "127.0.0.1".parse().unwrap(),
+            underlay_prefix: "127.0.0.0/8".parse().unwrap(),
+            vtep_mac: "02:00:00:00:00:01".into(),
+            mtu: 1500,
+            version: "test".into(),
+            address_reason: "test".into(),
+            capabilities: vec![],
+        };
+        a.publish_record(&record("a")).await;
         a.claim_block(block, BlockClaim { claimed_at_ms: 42 }).await;
         until("b sees a's claim", async || {
             b.view().await.blocks_of("a") == vec![block]
@@ -254,6 +266,7 @@ mod tests {
         let d = Gossip::start(cfg("d", pd, &[pa], Some("another-secret-of-16+")), vec![])
             .await
             .unwrap();
+        d.publish_record(&record("d")).await;
         d.claim_block(block, BlockClaim { claimed_at_ms: 1 }).await;
         until("d is told its secret is wrong", async || {
             d.auth_problem().is_some()

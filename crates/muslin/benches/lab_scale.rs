@@ -19,7 +19,10 @@ use serde_json::{json, Value};
 const BIN: &str = env!("CARGO_BIN_EXE_muslin");
 
 fn ctx() -> Ctx {
-    Ctx { bin: PathBuf::from(BIN), progress: Box::new(|_| {}) }
+    Ctx {
+        bin: PathBuf::from(BIN),
+        progress: Box::new(|_| {}),
+    }
 }
 
 fn up(name: &str, hosts: usize, converge: u64) -> ops::UpReport {
@@ -42,10 +45,18 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 fn agent_pids(lab: &str, hosts: usize) -> Vec<u32> {
     (1..=hosts)
         .filter_map(|i| {
-            let o = std::process::Command::new("ip").args(["netns", "pids", &format!("{lab}-h{i}")]).output().ok()?;
-            String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse::<u32>().ok()).find(|p| {
-                std::fs::read(format!("/proc/{p}/cmdline")).map(|c| c.split(|b| *b == 0).nth(1) == Some(b"agent")).unwrap_or(false)
-            })
+            let o = std::process::Command::new("ip")
+                .args(["netns", "pids", &format!("{lab}-h{i}")])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+                .find(|p| {
+                    std::fs::read(format!("/proc/{p}/cmdline"))
+                        .map(|c| c.split(|b| *b == 0).nth(1) == Some(b"agent"))
+                        .unwrap_or(false)
+                })
         })
         .collect()
 }
@@ -60,8 +71,13 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn gossip_sent(lab: &str, host: &str) -> u64 {
-    match muslin_cni::call(&registry::socket(lab, host), &muslin_model::api::Request::Status) {
-        Ok(muslin_model::api::Response::Status(s)) => s.cluster.map(|c| c.gossip_bytes_sent).unwrap_or(0),
+    match muslin_cni::call(
+        &registry::socket(lab, host),
+        &muslin_model::api::Request::Status,
+    ) {
+        Ok(muslin_model::api::Response::Status(s)) => {
+            s.cluster.map(|c| c.gossip_bytes_sent).unwrap_or(0)
+        }
         _ => 0,
     }
 }
@@ -72,7 +88,14 @@ fn reach_from(ns: &str, target: std::net::IpAddr, deadline: Duration) -> Option<
     nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
     let t = Instant::now();
     while t.elapsed() < deadline {
-        if probe::check(target, probe::DEFAULT_PORT, Proto::Icmp, Duration::from_millis(50)).is_ok() {
+        if probe::check(
+            target,
+            probe::DEFAULT_PORT,
+            Proto::Icmp,
+            Duration::from_millis(50),
+        )
+        .is_ok()
+        {
             return Some(t.elapsed());
         }
     }
@@ -83,7 +106,12 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
     let hosts = env("BENCH_HOSTS", 20);
     let attach = env("BENCH_ATTACH", 50);
     let rounds = env("BENCH_ROUNDS", 5);
@@ -95,13 +123,21 @@ fn main() {
     for r in 0..rounds {
         let name = format!("bd{r}");
         let rep = up(&name, 3, 30);
-        assert!(rep.converge_seconds.is_some(), "default lab did not converge");
+        assert!(
+            rep.converge_seconds.is_some(),
+            "default lab did not converge"
+        );
         ups.push(rep.total_seconds);
         converge3.push(rep.converge_seconds.unwrap());
         let t = Instant::now();
         ops::down(&name).unwrap();
         downs.push(t.elapsed().as_secs_f64());
-        eprintln!("  default lab round {}/{rounds}: up {:.2} s, down {:.2} s", r + 1, rep.total_seconds, downs[r]);
+        eprintln!(
+            "  default lab round {}/{rounds}: up {:.2} s, down {:.2} s",
+            r + 1,
+            rep.total_seconds,
+            downs[r]
+        );
     }
 
     // A large lab: cold start, memory, gossip, convergence.
@@ -112,11 +148,17 @@ fn main() {
     let cold_converged = rep.converge_seconds;
     let pids = agent_pids(big, hosts);
     let rss: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
-    let g0: Vec<u64> = (1..=hosts).map(|i| gossip_sent(big, &format!("h{i}"))).collect();
+    let g0: Vec<u64> = (1..=hosts)
+        .map(|i| gossip_sent(big, &format!("h{i}")))
+        .collect();
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(5));
-    let g1: Vec<u64> = (1..=hosts).map(|i| gossip_sent(big, &format!("h{i}"))).collect();
-    let gossip_bps = g1.iter().zip(&g0).map(|(a, b)| (a - b) as f64).sum::<f64>() / hosts as f64 / t0.elapsed().as_secs_f64();
+    let g1: Vec<u64> = (1..=hosts)
+        .map(|i| gossip_sent(big, &format!("h{i}")))
+        .collect();
+    let gossip_bps = g1.iter().zip(&g0).map(|(a, b)| (a - b) as f64).sum::<f64>()
+        / hosts as f64
+        / t0.elapsed().as_secs_f64();
 
     eprintln!("  {hosts}-host lab: {attach} attachments, each probed from every other host");
     let mut conv = vec![];
@@ -127,17 +169,42 @@ fn main() {
         ops::run(&ctx(), Some(big), &h, &c, &[]).expect("attach");
         let attached = Instant::now();
         let st = ops::status(Some(big)).unwrap();
-        let addr = st.nodes.iter().find(|n| n.name == h).unwrap().containers.iter().find(|x| x.name == c).unwrap().address.unwrap();
-        let others: Vec<String> = (1..=hosts).map(|i| format!("h{i}")).filter(|x| *x != h).collect();
+        let addr = st
+            .nodes
+            .iter()
+            .find(|n| n.name == h)
+            .unwrap()
+            .containers
+            .iter()
+            .find(|x| x.name == c)
+            .unwrap()
+            .address
+            .unwrap();
+        let others: Vec<String> = (1..=hosts)
+            .map(|i| format!("h{i}"))
+            .filter(|x| *x != h)
+            .collect();
         let times: Vec<Option<Duration>> = std::thread::scope(|s| {
-            let hs: Vec<_> = others.iter().map(|o| s.spawn(move || reach_from(&format!("{big}-{o}"), addr, Duration::from_secs(10)))).collect();
+            let hs: Vec<_> = others
+                .iter()
+                .map(|o| {
+                    s.spawn(move || {
+                        reach_from(&format!("{big}-{o}"), addr, Duration::from_secs(10))
+                    })
+                })
+                .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
         let _ = attached;
         if times.iter().any(Option::is_none) {
             unreached += 1;
         }
-        let worst = times.iter().flatten().max().copied().unwrap_or(Duration::from_secs(10));
+        let worst = times
+            .iter()
+            .flatten()
+            .max()
+            .copied()
+            .unwrap_or(Duration::from_secs(10));
         conv.push(worst.as_secs_f64() * 1e3);
     }
     let t = Instant::now();
@@ -151,10 +218,20 @@ fn main() {
     let rss_max = rss.iter().max().copied().unwrap_or(0);
     println!("lab benchmark (medians of {rounds} rounds where repeated)");
     println!("  default lab (3 hosts, 6 containers) up to a passing matrix: {:.2} s (min {:.2}, max {:.2})", median(&mut ups.clone()), ups.iter().cloned().fold(f64::MAX, f64::min), ups.iter().cloned().fold(0.0, f64::max));
-    println!("  default lab converged after agents started:                {:.2} s", median(&mut converge3));
-    println!("  default lab down:                                          {:.3} s", median(&mut downs.clone()));
+    println!(
+        "  default lab converged after agents started:                {:.2} s",
+        median(&mut converge3)
+    );
+    println!(
+        "  default lab down:                                          {:.3} s",
+        median(&mut downs.clone())
+    );
     println!("  {hosts}-host lab cold start to a passing matrix:              {cold:.2} s (converged: {})", cold_converged.map(|c| format!("{c:.2} s after agents started")).unwrap_or_else(|| "NO".into()));
-    println!("  {hosts}-host lab agents RSS: total {:.1} MiB, max {:.1} MiB per agent", rss_total as f64 / 1024.0, rss_max as f64 / 1024.0);
+    println!(
+        "  {hosts}-host lab agents RSS: total {:.1} MiB, max {:.1} MiB per agent",
+        rss_total as f64 / 1024.0,
+        rss_max as f64 / 1024.0
+    );
     println!("  gossip sent per node, idle: {gossip_bps:.0} B/s");
     println!("  convergence over {attach} attachments (attached -> reachable from all {} other hosts): p50 {c50:.1} ms, p99 {c99:.1} ms, never reached: {unreached}", hosts - 1);
     println!("  {hosts}-host lab down: {big_down:.2} s");
