@@ -12,9 +12,8 @@ use muslin_model::api::{
 };
 use muslin_model::cni::{CniError, ErrorCode};
 use muslin_model::ipam::{capacity, AttachmentKey, Endpoint, EndpointTable, IpamError};
-use muslin_model::naming::{format_mac, host_ifname};
+use muslin_model::naming::{format_mac, host_ifname, is_pod_veth};
 use muslin_model::plumbing::{plan, AttachmentPlan};
-use muslin_model::IFACE_PREFIX;
 use tokio::sync::{Mutex, RwLock};
 
 use crate::blocks::BlockSource;
@@ -350,7 +349,7 @@ impl Node {
         let mut errors = Vec::new();
         for l in links
             .iter()
-            .filter(|l| is_ours(&l.name) && !known.contains(&l.name))
+            .filter(|l| is_pod_veth(&l.name) && !known.contains(&l.name))
         {
             match self.netlink.delete_link(&l.name).await {
                 Ok(_) => tracing::info!(link = %l.name, "removed an orphaned veth"),
@@ -389,14 +388,6 @@ impl Node {
             tracing::warn!(cause = %e, "could not remove an orphaned veth");
         }
     }
-}
-
-fn is_ours(name: &str) -> bool {
-    name.len() == muslin_model::naming::MAX_IFNAME_LEN
-        && name.starts_with(IFACE_PREFIX)
-        && name[IFACE_PREFIX.len()..]
-            .chars()
-            .all(|c| c.is_ascii_hexdigit())
 }
 
 fn added(p: &AttachmentPlan) -> Added {

@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use muslin_model::dataplane::{ClusterRoute, Desired, VxlanDevice, VXLAN_DEV};
+use muslin_model::naming::is_pod_veth;
 use muslin_model::underlay::Candidate;
 use muslin_model::ROUTE_PROTOCOL;
 use rtnetlink::packet_route::neighbour::{
@@ -34,11 +35,6 @@ impl Applied {
     pub fn changed(&self) -> bool {
         self.added + self.removed > 0
     }
-}
-
-/// A veth of a local attachment (`msl` + 12 hex digits).
-pub fn is_pod_veth(name: &str) -> bool {
-    name.len() == 15 && name.starts_with("msl") && name[3..].chars().all(|c| c.is_ascii_hexdigit())
 }
 
 /// Every interface with its addresses: the candidates for the underlay.

@@ -47,6 +47,16 @@ pub fn container_mac(container_id: &str, ifname: &str) -> [u8; 6] {
     mac
 }
 
+/// Whether `name` is a pod veth's host end (our prefix and 12 hex digits),
+/// as [`host_ifname`] makes them.
+pub fn is_pod_veth(name: &str) -> bool {
+    name.len() == MAX_IFNAME_LEN
+        && name.starts_with(IFACE_PREFIX)
+        && name[IFACE_PREFIX.len()..]
+            .chars()
+            .all(|c| c.is_ascii_hexdigit())
+}
+
 /// Formats a MAC the way `ip link` and CNI results do.
 pub fn format_mac(mac: &[u8]) -> String {
     mac.iter()
@@ -85,6 +95,10 @@ mod tests {
         assert_eq!(a, host_ifname("abcdef0123456789", "eth0"));
         assert_ne!(a, host_ifname("abcdef0123456789", "net1"));
         assert_ne!(a, host_ifname("abcdef012345678", "9eth0"));
+        assert!(is_pod_veth(&a));
+        assert!(
+            !is_pod_veth("msl-vxlan") && !is_pod_veth("mslnothexnames") && !is_pod_veth("eth0")
+        );
     }
 
     #[test]

@@ -125,10 +125,22 @@ fn routed_vxlan_and_auto_on_one_segment() {
 
 #[test]
 fn auto_and_vxlan_cross_a_router_and_routed_says_why_it_cannot() {
-    let (_lab, st, m) = backend_lab(TWO_SUBNETS, "auto");
+    let (lab, st, m) = backend_lab(TWO_SUBNETS, "auto");
     assert!(failures(&m).is_empty(), "auto: {:#?}", failures(&m));
     assert_eq!(path(&st, "h2"), "routed", "same segment");
     assert_eq!(path(&st, "h3"), "vxlan", "across the router");
+    // The router is outside the cluster and has no route to pods: pods
+    // reach it only because their traffic is masqueraded.
+    let o = lab.exec(
+        "h1/c1",
+        &[BIN, "probe", "check", "192.168.10.1", "--proto", "icmp"],
+    );
+    assert!(
+        o.status.success(),
+        "pod -> outside host (masqueraded): {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    drop(lab);
 
     let (_lab, st, m) = backend_lab(TWO_SUBNETS, "vxlan");
     assert!(failures(&m).is_empty(), "vxlan: {:#?}", failures(&m));
