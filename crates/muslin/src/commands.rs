@@ -8,7 +8,20 @@ use muslin_model::api::{Request, Response};
 use crate::cli::{AgentArgs, Cli, Command, InstallCniArgs, ProbeCommand, StatusArgs};
 use muslin_lab::probe;
 
+/// Commands that only print die quietly when their reader goes away
+/// (`muslin status | head`), as Unix tools do. Servers keep Rust's default
+/// (SIGPIPE ignored) so a vanished client costs them nothing.
+fn quiet_on_broken_pipe() {
+    // SAFETY: restoring a signal's default disposition has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    if matches!(cli.command, Command::Status(_) | Command::Lab(_) | Command::InstallCni(_)) {
+        quiet_on_broken_pipe();
+    }
     match cli.command {
         Command::Agent(a) => agent(*a),
         Command::Status(a) => status(a),
