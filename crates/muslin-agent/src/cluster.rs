@@ -13,7 +13,7 @@ use muslin_model::cluster::{vtep_mac, BlockClaim, ClusterView, NodeRecord};
 use muslin_model::dataplane::{desired, Backend, Desired, Path, Underlay, VxlanSettings};
 use muslin_model::naming::format_mac;
 use muslin_model::underlay::{Choice, Method};
-use muslin_store::{ClusterStore, Gossip, GossipConfig};
+use muslin_store::{AnyStore, ClusterStore, Etcd, EtcdConfig, Gossip, GossipConfig};
 use tokio::sync::RwLock;
 
 use crate::blocks::BlockSource;
@@ -23,7 +23,7 @@ use crate::AgentError;
 /// Everything the loop needs, decided at start.
 pub struct Cluster {
     pub me: String,
-    pub store: Gossip,
+    pub store: AnyStore,
     pub underlay: Underlay,
     pub reason: String,
     pub backend: Backend,
@@ -47,11 +47,23 @@ pub async fn join(
         .iter()
         .filter_map(|j| config.join_addr(j).ok())
         .collect();
+    let etcd = config.datastore == "etcd";
+    // On etcd the nodes need not know each other: the underlay must reach
+    // etcd, so its members are what reachability verifies.
+    let reach: Vec<SocketAddr> = if peers.is_empty() && etcd {
+        config
+            .etcd_endpoints
+            .iter()
+            .filter_map(|e| e.split("://").nth(1)?.trim_end_matches('/').parse::<SocketAddr>().ok())
+            .collect()
+    } else {
+        peers.clone()
+    };
     let method: Method = config
         .underlay
         .parse()
         .map_err(|m| AgentError::Underlay(format!("underlay: {m}")))?;
-    let Some(choice) = crate::underlay_select::choose(host, &method, &peers)
+    let Some(choice) = crate::underlay_select::choose(host, &method, &reach)
         .await
         .map_err(AgentError::Underlay)?
     else {
@@ -73,7 +85,7 @@ pub async fn join(
         Some(p) => Some(muslin_store::load_secret(p).map_err(|e| AgentError::Join(e.to_string()))?),
         None => None,
     };
-    if secret.is_none() {
+    if secret.is_none() && !etcd {
         tracing::warn!("no cluster secret: gossip is neither authenticated nor encrypted (set cluster-secret-file)");
     }
     let interval = Duration::from_millis(config.gossip_interval_ms);
@@ -133,10 +145,35 @@ pub async fn join(
     if let Some(l) = &leases {
         initial.extend(l.claims.iter().map(|(b, at)| claim(b, *at)));
     }
-    let store = Gossip::start(gcfg, initial)
+    let store = if etcd {
+        let s = Etcd::start(EtcdConfig {
+            endpoints: config.etcd_endpoints.clone(),
+            prefix: config.etcd_prefix.clone(),
+            node_name: me.to_string(),
+            ca_file: config.etcd_ca_file.clone(),
+            cert_file: config.etcd_cert_file.clone(),
+            key_file: config.etcd_key_file.clone(),
+            ttl,
+            alive_ttl: (interval * 20).max(Duration::from_secs(3)),
+        })
         .await
         .map_err(|e| AgentError::Join(e.to_string()))?;
-    if !peers.is_empty() {
+        let s = AnyStore::Etcd(s);
+        s.publish_record(&record).await;
+        for b in &config.blocks {
+            s.claim_block(*b, BlockClaim { claimed_at_ms: 0 }).await;
+        }
+        if let Some(l) = &leases {
+            for (b, at) in &l.claims {
+                s.claim_block(*b, BlockClaim { claimed_at_ms: *at }).await;
+            }
+        }
+        tracing::info!(endpoints = ?config.etcd_endpoints, prefix = %config.etcd_prefix, "cluster state in etcd");
+        s
+    } else {
+        AnyStore::Gossip(Gossip::start(gcfg, initial).await.map_err(|e| AgentError::Join(e.to_string()))?)
+    };
+    if !peers.is_empty() && !etcd {
         let deadline = Instant::now() + Duration::from_secs(5);
         while !store.synced() && Instant::now() < deadline {
             if let Some(problem) = store.auth_problem() {
@@ -303,7 +340,7 @@ impl Cluster {
                 alive: p.alive,
             })
             .collect();
-        let stats = self.store.stats();
+        let (sent, received, requests) = self.store.traffic();
         let mut s = self.status.write().await;
         let was_warned = s.warnings.clone();
         *s = ClusterStatus {
@@ -315,8 +352,10 @@ impl Cluster {
             synced: self.store.synced(),
             nodes,
             warnings,
-            gossip_bytes_sent: stats.bytes_sent,
-            gossip_bytes_received: stats.bytes_received,
+            datastore: self.store.name().into(),
+            gossip_bytes_sent: sent,
+            gossip_bytes_received: received,
+            etcd_requests: requests,
         };
         for w in s.warnings.iter().filter(|w| !was_warned.contains(w)) {
             tracing::warn!("{w}");

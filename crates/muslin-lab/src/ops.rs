@@ -42,6 +42,8 @@ pub struct UpOptions {
     pub topology: Option<(String, String)>,
     pub backend: String,
     pub datastore: String,
+    /// etcd members with `--datastore etcd`: 1 or 3.
+    pub etcd_members: usize,
     /// Seconds to wait for the full matrix to pass; 0 skips the check.
     pub converge_timeout: u64,
 }
@@ -80,13 +82,10 @@ pub fn up(ctx: &Ctx, o: &UpOptions) -> Result<UpReport, LabError> {
             DATASTORES.join(", ")
         )));
     }
-    if o.datastore != "gossip" {
-        return Err(LabError::Usage(format!(
-            "--datastore {}: not available yet; only gossip",
-            o.datastore
-        )));
+    if !(o.etcd_members == 1 || o.etcd_members == 3) {
+        return Err(LabError::Usage(format!("--etcd-members: {} must be 1 or 3", o.etcd_members)));
     }
-    let topology = match (&o.topology, o.hosts) {
+    let text = match (&o.topology, o.hosts) {
         (Some(_), Some(_)) => {
             return Err(LabError::Usage(
                 "--hosts applies to the default lab; set `count` in the topology file instead"
@@ -94,7 +93,8 @@ pub fn up(ctx: &Ctx, o: &UpOptions) -> Result<UpReport, LabError> {
             ))
         }
         (Some((path, text)), None) => {
-            Topology::parse(text).map_err(|e| LabError::Usage(format!("{path}: {e}")))?
+            Topology::parse(text).map_err(|e| LabError::Usage(format!("{path}: {e}")))?;
+            text.clone()
         }
         (None, n) => {
             let n = n.unwrap_or(3);
@@ -103,9 +103,28 @@ pub fn up(ctx: &Ctx, o: &UpOptions) -> Result<UpReport, LabError> {
                     "--hosts: {n} is out of range 1..250"
                 )));
             }
-            Topology::parse(&Topology::default_text(n))?
+            Topology::default_text(n)
         }
     };
+    let mut topology = Topology::parse(&text)?;
+    let mut etcd = vec![];
+    if o.datastore == "etcd" {
+        // etcd members are hosts of their own on the first shared segment,
+        // reachable over the underlay like any host.
+        let seg = topology
+            .hosts
+            .iter()
+            .flat_map(|h| &h.nics)
+            .map(|n| n.segment.get_ref().clone())
+            .find(|s| topology.segments.iter().any(|x| x.name.get_ref() == s && !x.per_host))
+            .ok_or_else(|| LabError::Usage("--datastore etcd needs a segment shared by the hosts".into()))?;
+        let mut more = text.clone();
+        for i in 1..=o.etcd_members {
+            etcd.push(format!("etcd{i}"));
+            more.push_str(&format!("\n[[host]]\nname = \"etcd{i}\"\ncontainers = 0\n[[host.nic]]\nsegment = \"{seg}\"\n"));
+        }
+        topology = Topology::parse(&more)?;
+    }
     let plan = resolve(&o.name, &topology, &[])?;
     if registry::list().contains(&o.name) || sys::netns_exists(&plan.switch_ns) {
         return Err(LabError::Exists(o.name.clone()));
@@ -116,6 +135,7 @@ pub fn up(ctx: &Ctx, o: &UpOptions) -> Result<UpReport, LabError> {
         containers: vec![],
         backend: o.backend.clone(),
         datastore: o.datastore.clone(),
+        etcd,
     };
     lock.save(&rec)?;
     match build_all(ctx, &lock, &mut rec, o, t0) {
@@ -142,23 +162,26 @@ fn build_all(
     t0: Instant,
 ) -> Result<UpReport, LabError> {
     let plan = rec.plan.clone();
-    let hosts: Vec<&NodePlan> = plan.nodes.iter().filter(|n| !n.router).collect();
+    let hosts: Vec<&NodePlan> = rec.agent_hosts().collect();
+    let hosts: Vec<&NodePlan> = plan.nodes.iter().filter(|n| hosts.iter().any(|h| h.name == n.name)).collect();
     ctx.say(&format!(
-        "[1/4] underlay: {} hosts, {} routers, {} segments, {} blocked pairs",
+        "[1/4] underlay: {} hosts, {} routers, {} etcd members, {} segments, {} blocked pairs",
         hosts.len(),
-        plan.nodes.len() - hosts.len(),
+        plan.nodes.iter().filter(|n| n.router).count(),
+        rec.etcd.len(),
         plan.bridges.len(),
         plan.blocked.len()
     ));
     build::underlay(&plan)?;
     let build_seconds = t0.elapsed().as_secs_f64();
+    let endpoints = start_etcd(ctx, &plan, &rec.etcd)?;
 
     ctx.say(&format!(
         "[2/4] agents: starting {} `muslin agent` processes",
         hosts.len()
     ));
     let agents_started = Instant::now();
-    start_agents(ctx, &plan, &hosts, &o.backend)?;
+    start_agents(ctx, &plan, &hosts, &o.backend, &endpoints)?;
 
     let wanted: Vec<(String, String)> = hosts
         .iter()
@@ -208,25 +231,31 @@ fn build_all(
 /// pod network, the other hosts to join, the backend and the lab's secret.
 fn lab_agent_flags(
     plan: &LabPlan,
+    hosts: &[&NodePlan],
     h: &NodePlan,
     backend: &str,
     secret: &std::path::Path,
+    etcd: &[String],
 ) -> Vec<String> {
-    let join: Vec<String> = plan
-        .nodes
+    let join: Vec<String> = hosts
         .iter()
-        .filter(|n| !n.router && n.name != h.name)
+        .filter(|n| n.name != h.name)
         .filter_map(|n| n.address().map(|a| a.to_string()))
         .collect();
     let mut defaults: Vec<(&str, String)> = vec![
         ("--pod-cidr", plan.pod_cidr.to_string()),
         ("--block-size", plan.block_prefix.to_string()),
         ("--backend", backend.to_string()),
-        ("--cluster-secret-file", secret.display().to_string()),
         ("--gossip-interval-ms", "100".into()),
     ];
-    if !join.is_empty() {
-        defaults.push(("--join", join.join(",")));
+    if etcd.is_empty() {
+        defaults.push(("--cluster-secret-file", secret.display().to_string()));
+        if !join.is_empty() {
+            defaults.push(("--join", join.join(",")));
+        }
+    } else {
+        defaults.push(("--datastore", "etcd".into()));
+        defaults.push(("--etcd-endpoints", etcd.join(",")));
     }
     let mut out = Vec::new();
     for (flag, value) in defaults {
@@ -257,11 +286,65 @@ fn write_secret(path: &std::path::Path) -> Result<(), LabError> {
         .map_err(LabError::io(format!("writing {}", path.display())))
 }
 
+/// Starts the etcd members (each in its own host namespace) and waits
+/// until each serves clients; returns their client URLs.
+fn start_etcd(ctx: &Ctx, plan: &LabPlan, members: &[String]) -> Result<Vec<String>, LabError> {
+    if members.is_empty() {
+        return Ok(vec![]);
+    }
+    ctx.say(&format!("[1/4] etcd: starting {} member(s)", members.len()));
+    let nodes: Vec<&NodePlan> = members.iter().filter_map(|m| plan.nodes.iter().find(|n| &n.name == m)).collect();
+    let addr = |n: &NodePlan| n.address().expect("etcd member has an address");
+    let cluster: Vec<String> = nodes.iter().map(|n| format!("{}=http://{}:2380", n.name, addr(n))).collect();
+    for n in &nodes {
+        let dir = registry::host_dir(&plan.name, &n.name);
+        std::fs::create_dir_all(&dir).map_err(LabError::io(format!("creating {}", dir.display())))?;
+        let a = addr(n);
+        let args: Vec<String> = [
+            "etcd",
+            "--name",
+            &n.name,
+            "--data-dir",
+            &dir.join("data").display().to_string(),
+            "--listen-client-urls",
+            &format!("http://{a}:2379"),
+            "--advertise-client-urls",
+            &format!("http://{a}:2379"),
+            "--listen-peer-urls",
+            &format!("http://{a}:2380"),
+            "--initial-advertise-peer-urls",
+            &format!("http://{a}:2380"),
+            "--initial-cluster",
+            &cluster.join(","),
+            "--initial-cluster-token",
+            &plan.name,
+            "--initial-cluster-state",
+            "new",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        sys::spawn_detached(&n.ns, &args, &dir.join("etcd.log"))?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for n in &nodes {
+        let log = registry::host_dir(&plan.name, &n.name).join("etcd.log");
+        while !std::fs::read_to_string(&log).unwrap_or_default().contains("ready to serve client requests") {
+            if Instant::now() > deadline {
+                return Err(LabError::AgentFailed { host: n.name.clone(), reason: "etcd did not become ready within 30 s".into(), log: tail(&log, 15) });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(nodes.iter().map(|n| format!("http://{}:2379", addr(n))).collect())
+}
+
 fn start_agents(
     ctx: &Ctx,
     plan: &LabPlan,
     hosts: &[&NodePlan],
     backend: &str,
+    etcd: &[String],
 ) -> Result<(), LabError> {
     let bin = ctx.bin.display().to_string();
     let secret = registry::lab_dir(&plan.name).join("cluster.secret");
@@ -281,7 +364,7 @@ fn start_agents(
             "--state-dir".into(),
             dir.join("state").display().to_string(),
         ];
-        args.extend(lab_agent_flags(plan, h, backend, &secret));
+        args.extend(lab_agent_flags(plan, hosts, h, backend, &secret, etcd));
         let child = sys::spawn_detached(&h.ns, &args, &registry::log_file(&plan.name, &h.name))?;
         sys::spawn_detached(
             &h.ns,
@@ -484,7 +567,7 @@ pub fn run(
     {
         let lock = registry::lock(&lab)?;
         let mut rec = lock.load()?;
-        if !rec.plan.nodes.iter().any(|n| n.name == host && !n.router) {
+        if !rec.agent_hosts().any(|n| n.name == host) {
             return Err(LabError::NotFound {
                 lab,
                 what: "host",
@@ -631,10 +714,7 @@ fn matrix(rec: &LabRecord, protos: &[Proto], timeout: Duration) -> Matrix {
         })
         .collect();
     let hosts: Vec<Endpoint> = rec
-        .plan
-        .nodes
-        .iter()
-        .filter(|n| !n.router)
+        .agent_hosts()
         .filter_map(|n| {
             Some(Endpoint {
                 label: n.name.clone(),
@@ -683,14 +763,20 @@ pub fn status(name: Option<&str>) -> Result<Status, LabError> {
         .map(|n| NodeStatus {
             name: n.name.clone(),
             namespace: n.ns.clone(),
-            role: if n.router { "router" } else { "host" },
+            role: if n.router {
+                "router"
+            } else if rec.etcd.contains(&n.name) {
+                "etcd"
+            } else {
+                "host"
+            },
             addresses: n
                 .nics
                 .iter()
                 .map(|x| format!("{} {} ({})", x.ifname, x.address, x.segment))
                 .collect(),
-            block: (!n.router).then(|| agent_blocks(&lab, &n.name)).flatten(),
-            agent_up: (!n.router).then(|| {
+            block: (!n.router && !rec.etcd.contains(&n.name)).then(|| agent_blocks(&lab, &n.name)).flatten(),
+            agent_up: (!n.router && !rec.etcd.contains(&n.name)).then(|| {
                 std::os::unix::net::UnixStream::connect(registry::socket(&lab, &n.name)).is_ok()
             }),
             containers: rec

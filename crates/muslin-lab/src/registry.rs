@@ -30,6 +30,16 @@ pub struct LabRecord {
     pub containers: Vec<ContainerRecord>,
     pub backend: String,
     pub datastore: String,
+    /// Hosts of the plan that run etcd instead of an agent.
+    #[serde(default)]
+    pub etcd: Vec<String>,
+}
+
+impl LabRecord {
+    /// Hosts that run an agent (not routers, not etcd members).
+    pub fn agent_hosts(&self) -> impl Iterator<Item = &crate::plan::NodePlan> {
+        self.plan.nodes.iter().filter(|n| !n.router && !self.etcd.contains(&n.name))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

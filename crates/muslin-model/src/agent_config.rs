@@ -50,6 +50,15 @@ pub struct AgentConfig {
     pub underlay: String,
     /// Masquerade pod traffic that leaves the pod network.
     pub masquerade: bool,
+    /// Where cluster state lives: `gossip` (embedded) or `etcd`.
+    pub datastore: String,
+    /// etcd client URLs (`http://` or `https://`).
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix of Muslin's state in etcd.
+    pub etcd_prefix: String,
+    pub etcd_ca_file: Option<PathBuf>,
+    pub etcd_cert_file: Option<PathBuf>,
+    pub etcd_key_file: Option<PathBuf>,
     /// Seconds between full reconciliations of the node's attachments.
     pub reconcile_interval: u64,
     /// `tracing` filter, such as `info` or `muslin=debug`.
@@ -76,6 +85,12 @@ impl Default for AgentConfig {
             vxlan_port: 4789,
             underlay: "reachability".into(),
             masquerade: true,
+            datastore: "gossip".into(),
+            etcd_endpoints: Vec::new(),
+            etcd_prefix: "/muslin/".into(),
+            etcd_ca_file: None,
+            etcd_cert_file: None,
+            etcd_key_file: None,
             reconcile_interval: 30,
             log_level: "info".into(),
         }
@@ -297,6 +312,10 @@ blocks = ["10.244.1.0/24"]
                 "pod-cidr",
             ),
             (Box::new(|c| c.block_ttl = 0), "block-ttl"),
+            (Box::new(|c| c.datastore = "consul".into()), "datastore"),
+            (Box::new(|c| c.datastore = "etcd".into()), "etcd-endpoints"),
+            (Box::new(|c| { c.datastore = "etcd".into(); c.etcd_endpoints = vec!["localhost:2379".into()]; }), "etcd-endpoints"),
+            (Box::new(|c| { c.datastore = "etcd".into(); c.etcd_endpoints = vec!["http://e:2379".into()]; c.etcd_prefix = "muslin".into(); }), "etcd-prefix"),
             (
                 Box::new(|c| c.blocks = vec!["10.0.0.1/24".parse().unwrap()]),
                 "blocks",

@@ -97,8 +97,14 @@ pub struct ClusterStatus {
     pub nodes: Vec<PeerStatus>,
     /// Things an operator should fix (duplicate addresses, refused secret).
     pub warnings: Vec<String>,
+    /// `gossip` or `etcd`.
+    #[serde(default)]
+    pub datastore: String,
     pub gossip_bytes_sent: u64,
     pub gossip_bytes_received: u64,
+    /// Requests this agent made to etcd since it started.
+    #[serde(default)]
+    pub etcd_requests: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

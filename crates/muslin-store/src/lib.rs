@@ -3,6 +3,7 @@
 //! holds them. Gossip (chitchat, embedded, no external store) is the
 //! default; etcd comes as a second implementation of the same trait.
 
+mod etcd;
 mod gossip;
 mod sealed;
 
@@ -11,6 +12,7 @@ use std::future::Future;
 use ipnet::IpNet;
 use muslin_model::cluster::{BlockClaim, ClusterView, NodeRecord};
 
+pub use etcd::{Etcd, EtcdConfig};
 pub use gossip::{Gossip, GossipConfig, GossipStats};
 pub use sealed::{load_secret, SecretError};
 
@@ -18,6 +20,8 @@ pub use sealed::{load_secret, SecretError};
 pub enum StoreError {
     #[error("gossip: {0}")]
     Gossip(String),
+    #[error("{0}")]
+    Etcd(String),
 }
 
 /// What the agent needs of cluster state.
@@ -30,4 +34,71 @@ pub trait ClusterStore: Send + Sync + 'static {
     /// Whether the view can be trusted to be complete (we heard from a
     /// peer, or there is nobody to hear from): deletions wait for it.
     fn synced(&self) -> bool;
+}
+
+/// The store the agent runs on, chosen by one setting.
+pub enum AnyStore {
+    Gossip(Gossip),
+    Etcd(Etcd),
+}
+
+impl AnyStore {
+    /// Why peers refuse us (gossip's cluster secret), if they do.
+    pub fn auth_problem(&self) -> Option<String> {
+        match self {
+            AnyStore::Gossip(g) => g.auth_problem(),
+            AnyStore::Etcd(_) => None,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            AnyStore::Gossip(_) => "gossip",
+            AnyStore::Etcd(_) => "etcd",
+        }
+    }
+
+    /// Gossip bytes sent and received, and requests made to etcd.
+    pub fn traffic(&self) -> (u64, u64, u64) {
+        match self {
+            AnyStore::Gossip(g) => {
+                let s = g.stats();
+                (s.bytes_sent, s.bytes_received, 0)
+            }
+            AnyStore::Etcd(e) => (0, 0, e.requests.load(std::sync::atomic::Ordering::Relaxed)),
+        }
+    }
+}
+
+impl ClusterStore for AnyStore {
+    async fn publish_record(&self, rec: &NodeRecord) {
+        match self {
+            AnyStore::Gossip(s) => s.publish_record(rec).await,
+            AnyStore::Etcd(s) => s.publish_record(rec).await,
+        }
+    }
+    async fn claim_block(&self, block: IpNet, claim: BlockClaim) {
+        match self {
+            AnyStore::Gossip(s) => s.claim_block(block, claim).await,
+            AnyStore::Etcd(s) => s.claim_block(block, claim).await,
+        }
+    }
+    async fn release_block(&self, block: IpNet) {
+        match self {
+            AnyStore::Gossip(s) => s.release_block(block).await,
+            AnyStore::Etcd(s) => s.release_block(block).await,
+        }
+    }
+    async fn view(&self) -> ClusterView {
+        match self {
+            AnyStore::Gossip(s) => s.view().await,
+            AnyStore::Etcd(s) => s.view().await,
+        }
+    }
+    fn synced(&self) -> bool {
+        match self {
+            AnyStore::Gossip(s) => s.synced(),
+            AnyStore::Etcd(s) => s.synced(),
+        }
+    }
 }

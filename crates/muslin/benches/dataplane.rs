@@ -178,6 +178,7 @@ fn lab(name: &str, backend: &str) -> (Vec<Path>, Vec<std::process::Child>) {
         topology: Some(("dataplane".into(), TOPOLOGY.into())),
         backend: backend.into(),
         datastore: "gossip".into(),
+        etcd_members: 1,
         converge_timeout: 30,
     };
     let r = ops::up(&ctx, &o).expect("lab up");

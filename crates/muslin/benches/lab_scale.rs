@@ -32,6 +32,7 @@ fn up(name: &str, hosts: usize, converge: u64) -> ops::UpReport {
         topology: None,
         backend: "auto".into(),
         datastore: "gossip".into(),
+        etcd_members: 1,
         converge_timeout: converge,
     };
     ops::up(&ctx(), &o).expect("lab up")

@@ -47,9 +47,12 @@ pub enum LabCommand {
         /// Data plane between hosts: auto, routed or vxlan
         #[arg(long, default_value = "auto")]
         backend: String,
-        /// Cluster state: gossip (embedded) or etcd
+        /// Cluster state: gossip (embedded) or etcd (started in the lab)
         #[arg(long, default_value = "gossip")]
         datastore: String,
+        /// etcd members with --datastore etcd: 1 or 3
+        #[arg(long, default_value_t = 1)]
+        etcd_members: usize,
         /// Topology file (TOML); see examples/
         #[arg(long, short = 'f')]
         file: Option<PathBuf>,
@@ -178,6 +181,24 @@ pub struct AgentArgs {
     /// Masquerade pod traffic leaving the pod network [default: true]
     #[arg(long)]
     pub masquerade: Option<bool>,
+    /// Where cluster state lives: gossip (embedded) or etcd [default: gossip]
+    #[arg(long)]
+    pub datastore: Option<String>,
+    /// etcd client URLs, comma-separated (with --datastore etcd)
+    #[arg(long, value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix of Muslin's state in etcd [default: /muslin/]
+    #[arg(long)]
+    pub etcd_prefix: Option<String>,
+    /// CA certificate (PEM) to verify etcd with
+    #[arg(long)]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd
+    #[arg(long)]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// Client key (PEM) for etcd
+    #[arg(long)]
+    pub etcd_key_file: Option<PathBuf>,
     /// Seconds between full reconciliations [default: 30]
     #[arg(long)]
     pub reconcile_interval: Option<u64>,

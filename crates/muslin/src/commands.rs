@@ -69,6 +69,10 @@ fn agent_config(a: &AgentArgs) -> Result<AgentConfig> {
         reconcile_interval,
         log_level
     );
+    set!(datastore, etcd_prefix, etcd_ca_file, etcd_cert_file, etcd_key_file);
+    if !a.etcd_endpoints.is_empty() {
+        c.etcd_endpoints = a.etcd_endpoints.clone();
+    }
     if !a.blocks.is_empty() {
         c.blocks = a.blocks.clone();
     }
@@ -138,13 +142,16 @@ fn status(a: StatusArgs) -> Result<ExitCode> {
             "underlay {addr} on {} (mtu {}): {}",
             c.underlay_if, c.underlay_mtu, c.underlay_reason
         );
+        let store = if c.datastore == "etcd" {
+            format!("etcd, {} requests", c.etcd_requests)
+        } else {
+            format!("gossip, {} B sent / {} B received", c.gossip_bytes_sent, c.gossip_bytes_received)
+        };
         println!(
-            "cluster  backend {}, {} nodes, {}, gossip {} B sent / {} B received",
+            "cluster  backend {}, {} nodes, {}, {store}",
             c.backend,
             c.nodes.len(),
             if c.synced { "synced" } else { "not synced yet" },
-            c.gossip_bytes_sent,
-            c.gossip_bytes_received
         );
         println!(
             "\n{:<12} {:<16} {:<20} {:<8} PATH",

@@ -47,6 +47,7 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
             hosts,
             backend,
             datastore,
+            etcd_members,
             file,
             converge_timeout,
             json,
@@ -65,6 +66,7 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
                 topology,
                 backend,
                 datastore,
+                etcd_members,
                 converge_timeout,
             };
             let r = ops::up(&ctx()?, &o)?;
