@@ -54,7 +54,13 @@ pub async fn join(
         config
             .etcd_endpoints
             .iter()
-            .filter_map(|e| e.split("://").nth(1)?.trim_end_matches('/').parse::<SocketAddr>().ok())
+            .filter_map(|e| {
+                e.split("://")
+                    .nth(1)?
+                    .trim_end_matches('/')
+                    .parse::<SocketAddr>()
+                    .ok()
+            })
             .collect()
     } else {
         peers.clone()
@@ -171,7 +177,11 @@ pub async fn join(
         tracing::info!(endpoints = ?config.etcd_endpoints, prefix = %config.etcd_prefix, "cluster state in etcd");
         s
     } else {
-        AnyStore::Gossip(Gossip::start(gcfg, initial).await.map_err(|e| AgentError::Join(e.to_string()))?)
+        AnyStore::Gossip(
+            Gossip::start(gcfg, initial)
+                .await
+                .map_err(|e| AgentError::Join(e.to_string()))?,
+        )
     };
     if !peers.is_empty() && !etcd {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -235,6 +245,9 @@ impl Cluster {
                 more = false;
                 for b in &step.release {
                     self.store.release_block(*b).await;
+                }
+                for (b, c) in step.reclaim {
+                    self.store.claim_block(b, c).await;
                 }
                 if let Some((b, c)) = step.claim {
                     self.store.claim_block(b, c).await;

@@ -37,6 +37,8 @@ pub struct Leases {
 #[derive(Debug, Default)]
 pub struct Step {
     pub claim: Option<(IpNet, BlockClaim)>,
+    /// Claims to send again: they never showed up in the store.
+    pub reclaim: Vec<(IpNet, BlockClaim)>,
     pub release: Vec<IpNet>,
     /// Blocks IPAM may use: held and settled, oldest first.
     pub settled: Vec<IpNet>,
@@ -94,14 +96,35 @@ impl Leases {
     /// hold none (or `more` asks for another), report the settled ones.
     pub fn step(&mut self, view: &ClusterView, more: bool) -> Step {
         let mut s = Step::default();
-        for (b, winner) in view.lost_claims(&self.me) {
-            if self.claims.remove(&b).is_some() {
-                tracing::warn!(block = %b, %winner, "lost a block claim to an earlier claim; choosing another block");
-                s.release.push(b);
-            }
-        }
         let owners = view.block_owners();
         let now = now_ms();
+        // A claim of ours that another node holds is lost, whether our claim
+        // reached the store and lost the rule (gossip) or never got in
+        // because the block was taken (etcd's compare-and-create).
+        let lost: Vec<(IpNet, String)> = self
+            .claims
+            .keys()
+            .filter_map(|b| {
+                owners
+                    .get(b)
+                    .filter(|o| **o != self.me)
+                    .map(|o| (*b, o.clone()))
+            })
+            .collect();
+        for (b, winner) in lost {
+            self.claims.remove(&b);
+            tracing::warn!(block = %b, %winner, "lost a block claim to another node; choosing another block");
+            s.release.push(b);
+        }
+        // A claim nobody shows after a while never reached the store (a
+        // failed request): make it again.
+        let retry_after = (self.settle.as_millis() as u64).max(500) * 4;
+        s.reclaim = self
+            .claims
+            .iter()
+            .filter(|(b, at)| !owners.contains_key(*b) && now.saturating_sub(**at) > retry_after)
+            .map(|(b, at)| (*b, BlockClaim { claimed_at_ms: *at }))
+            .collect();
         let mut settled: Vec<(u64, IpNet)> = self
             .claims
             .iter()

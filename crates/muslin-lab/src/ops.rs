@@ -83,7 +83,10 @@ pub fn up(ctx: &Ctx, o: &UpOptions) -> Result<UpReport, LabError> {
         )));
     }
     if !(o.etcd_members == 1 || o.etcd_members == 3) {
-        return Err(LabError::Usage(format!("--etcd-members: {} must be 1 or 3", o.etcd_members)));
+        return Err(LabError::Usage(format!(
+            "--etcd-members: {} must be 1 or 3",
+            o.etcd_members
+        )));
     }
     let text = match (&o.topology, o.hosts) {
         (Some(_), Some(_)) => {
@@ -116,8 +119,15 @@ pub fn up(ctx: &Ctx, o: &UpOptions) -> Result<UpReport, LabError> {
             .iter()
             .flat_map(|h| &h.nics)
             .map(|n| n.segment.get_ref().clone())
-            .find(|s| topology.segments.iter().any(|x| x.name.get_ref() == s && !x.per_host))
-            .ok_or_else(|| LabError::Usage("--datastore etcd needs a segment shared by the hosts".into()))?;
+            .find(|s| {
+                topology
+                    .segments
+                    .iter()
+                    .any(|x| x.name.get_ref() == s && !x.per_host)
+            })
+            .ok_or_else(|| {
+                LabError::Usage("--datastore etcd needs a segment shared by the hosts".into())
+            })?;
         let mut more = text.clone();
         for i in 1..=o.etcd_members {
             etcd.push(format!("etcd{i}"));
@@ -163,7 +173,11 @@ fn build_all(
 ) -> Result<UpReport, LabError> {
     let plan = rec.plan.clone();
     let hosts: Vec<&NodePlan> = rec.agent_hosts().collect();
-    let hosts: Vec<&NodePlan> = plan.nodes.iter().filter(|n| hosts.iter().any(|h| h.name == n.name)).collect();
+    let hosts: Vec<&NodePlan> = plan
+        .nodes
+        .iter()
+        .filter(|n| hosts.iter().any(|h| h.name == n.name))
+        .collect();
     ctx.say(&format!(
         "[1/4] underlay: {} hosts, {} routers, {} etcd members, {} segments, {} blocked pairs",
         hosts.len(),
@@ -293,12 +307,19 @@ fn start_etcd(ctx: &Ctx, plan: &LabPlan, members: &[String]) -> Result<Vec<Strin
         return Ok(vec![]);
     }
     ctx.say(&format!("[1/4] etcd: starting {} member(s)", members.len()));
-    let nodes: Vec<&NodePlan> = members.iter().filter_map(|m| plan.nodes.iter().find(|n| &n.name == m)).collect();
+    let nodes: Vec<&NodePlan> = members
+        .iter()
+        .filter_map(|m| plan.nodes.iter().find(|n| &n.name == m))
+        .collect();
     let addr = |n: &NodePlan| n.address().expect("etcd member has an address");
-    let cluster: Vec<String> = nodes.iter().map(|n| format!("{}=http://{}:2380", n.name, addr(n))).collect();
+    let cluster: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("{}=http://{}:2380", n.name, addr(n)))
+        .collect();
     for n in &nodes {
         let dir = registry::host_dir(&plan.name, &n.name);
-        std::fs::create_dir_all(&dir).map_err(LabError::io(format!("creating {}", dir.display())))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(LabError::io(format!("creating {}", dir.display())))?;
         let a = addr(n);
         let args: Vec<String> = [
             "etcd",
@@ -329,14 +350,24 @@ fn start_etcd(ctx: &Ctx, plan: &LabPlan, members: &[String]) -> Result<Vec<Strin
     let deadline = Instant::now() + Duration::from_secs(30);
     for n in &nodes {
         let log = registry::host_dir(&plan.name, &n.name).join("etcd.log");
-        while !std::fs::read_to_string(&log).unwrap_or_default().contains("ready to serve client requests") {
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("ready to serve client requests")
+        {
             if Instant::now() > deadline {
-                return Err(LabError::AgentFailed { host: n.name.clone(), reason: "etcd did not become ready within 30 s".into(), log: tail(&log, 15) });
+                return Err(LabError::AgentFailed {
+                    host: n.name.clone(),
+                    reason: "etcd did not become ready within 30 s".into(),
+                    log: tail(&log, 15),
+                });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    Ok(nodes.iter().map(|n| format!("http://{}:2379", addr(n))).collect())
+    Ok(nodes
+        .iter()
+        .map(|n| format!("http://{}:2379", addr(n)))
+        .collect())
 }
 
 fn start_agents(
@@ -775,7 +806,9 @@ pub fn status(name: Option<&str>) -> Result<Status, LabError> {
                 .iter()
                 .map(|x| format!("{} {} ({})", x.ifname, x.address, x.segment))
                 .collect(),
-            block: (!n.router && !rec.etcd.contains(&n.name)).then(|| agent_blocks(&lab, &n.name)).flatten(),
+            block: (!n.router && !rec.etcd.contains(&n.name))
+                .then(|| agent_blocks(&lab, &n.name))
+                .flatten(),
             agent_up: (!n.router && !rec.etcd.contains(&n.name)).then(|| {
                 std::os::unix::net::UnixStream::connect(registry::socket(&lab, &n.name)).is_ok()
             }),

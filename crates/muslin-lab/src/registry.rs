@@ -38,7 +38,10 @@ pub struct LabRecord {
 impl LabRecord {
     /// Hosts that run an agent (not routers, not etcd members).
     pub fn agent_hosts(&self) -> impl Iterator<Item = &crate::plan::NodePlan> {
-        self.plan.nodes.iter().filter(|n| !n.router && !self.etcd.contains(&n.name))
+        self.plan
+            .nodes
+            .iter()
+            .filter(|n| !n.router && !self.etcd.contains(&n.name))
     }
 }
 

@@ -314,8 +314,21 @@ blocks = ["10.244.1.0/24"]
             (Box::new(|c| c.block_ttl = 0), "block-ttl"),
             (Box::new(|c| c.datastore = "consul".into()), "datastore"),
             (Box::new(|c| c.datastore = "etcd".into()), "etcd-endpoints"),
-            (Box::new(|c| { c.datastore = "etcd".into(); c.etcd_endpoints = vec!["localhost:2379".into()]; }), "etcd-endpoints"),
-            (Box::new(|c| { c.datastore = "etcd".into(); c.etcd_endpoints = vec!["http://e:2379".into()]; c.etcd_prefix = "muslin".into(); }), "etcd-prefix"),
+            (
+                Box::new(|c| {
+                    c.datastore = "etcd".into();
+                    c.etcd_endpoints = vec!["localhost:2379".into()];
+                }),
+                "etcd-endpoints",
+            ),
+            (
+                Box::new(|c| {
+                    c.datastore = "etcd".into();
+                    c.etcd_endpoints = vec!["http://e:2379".into()];
+                    c.etcd_prefix = "muslin".into();
+                }),
+                "etcd-prefix",
+            ),
             (
                 Box::new(|c| c.blocks = vec!["10.0.0.1/24".parse().unwrap()]),
                 "blocks",

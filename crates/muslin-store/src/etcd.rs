@@ -17,7 +17,10 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
 use ipnet::IpNet;
 use muslin_model::cluster::{BlockClaim, ClusterView, NodeRecord, PeerView};
 use serde::{Deserialize, Serialize};
@@ -69,19 +72,28 @@ struct Outage {
 
 impl Outage {
     fn new() -> Self {
-        Outage { since: None, logged: None }
+        Outage {
+            since: None,
+            logged: None,
+        }
     }
     fn failed(&mut self, what: &str, e: &dyn std::fmt::Display) {
         let now = Instant::now();
         let since = *self.since.get_or_insert(now);
-        if self.logged.is_none_or(|l| now.duration_since(l) > Duration::from_secs(10)) {
+        if self
+            .logged
+            .is_none_or(|l| now.duration_since(l) > Duration::from_secs(10))
+        {
             tracing::warn!(down_for_s = now.duration_since(since).as_secs(), cause = %e, "etcd unreachable ({what}); the data plane keeps its last state, retrying");
             self.logged = Some(now);
         }
     }
     fn ok(&mut self) {
         if let Some(since) = self.since.take() {
-            tracing::info!(down_for_s = since.elapsed().as_secs(), "etcd is back; resynchronising");
+            tracing::info!(
+                down_for_s = since.elapsed().as_secs(),
+                "etcd is back; resynchronising"
+            );
         }
         self.logged = None;
     }
@@ -92,22 +104,36 @@ impl Etcd {
     /// starts the watch and the lease keepers.
     pub async fn start(cfg: EtcdConfig) -> Result<Etcd, StoreError> {
         if cfg.endpoints.is_empty() {
-            return Err(err("etcd-endpoints", "at least one endpoint is required with datastore = \"etcd\""));
+            return Err(err(
+                "etcd-endpoints",
+                "at least one endpoint is required with datastore = \"etcd\"",
+            ));
         }
         for e in &cfg.endpoints {
-            let ok = (e.starts_with("http://") || e.starts_with("https://")) && e.split("://").nth(1).is_some_and(|h| !h.is_empty());
+            let ok = (e.starts_with("http://") || e.starts_with("https://"))
+                && e.split("://").nth(1).is_some_and(|h| !h.is_empty());
             if !ok {
-                return Err(err("etcd-endpoints", format!("{e:?} is not an http:// or https:// URL")));
+                return Err(err(
+                    "etcd-endpoints",
+                    format!("{e:?} is not an http:// or https:// URL"),
+                ));
             }
         }
-        let mut opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(3)).with_timeout(Duration::from_secs(5));
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(5));
         if cfg.ca_file.is_some() || cfg.cert_file.is_some() || cfg.key_file.is_some() {
-            let read = |setting: &str, p: &PathBuf| std::fs::read(p).map_err(|e| err(setting, format!("{}: {e}", p.display())));
+            let read = |setting: &str, p: &PathBuf| {
+                std::fs::read(p).map_err(|e| err(setting, format!("{}: {e}", p.display())))
+            };
             let mut tls = etcd_client::TlsOptions::new();
             if let Some(ca) = &cfg.ca_file {
                 let pem = read("etcd-ca-file", ca)?;
                 if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-                    return Err(err("etcd-ca-file", format!("{} holds no PEM certificate", ca.display())));
+                    return Err(err(
+                        "etcd-ca-file",
+                        format!("{} holds no PEM certificate", ca.display()),
+                    ));
                 }
                 tls = tls.ca_certificate(etcd_client::Certificate::from_pem(pem));
             }
@@ -116,22 +142,37 @@ impl Etcd {
                     let cert = read("etcd-cert-file", c)?;
                     let key = read("etcd-key-file", k)?;
                     if !String::from_utf8_lossy(&cert).contains("-----BEGIN CERTIFICATE-----") {
-                        return Err(err("etcd-cert-file", format!("{} holds no PEM certificate", c.display())));
+                        return Err(err(
+                            "etcd-cert-file",
+                            format!("{} holds no PEM certificate", c.display()),
+                        ));
                     }
                     if !String::from_utf8_lossy(&key).contains("PRIVATE KEY-----") {
-                        return Err(err("etcd-key-file", format!("{} holds no PEM private key", k.display())));
+                        return Err(err(
+                            "etcd-key-file",
+                            format!("{} holds no PEM private key", k.display()),
+                        ));
                     }
                     tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
                 }
-                (Some(_), None) => return Err(err("etcd-key-file", "required with etcd-cert-file")),
-                (None, Some(_)) => return Err(err("etcd-cert-file", "required with etcd-key-file")),
+                (Some(_), None) => {
+                    return Err(err("etcd-key-file", "required with etcd-cert-file"))
+                }
+                (None, Some(_)) => {
+                    return Err(err("etcd-cert-file", "required with etcd-key-file"))
+                }
                 (None, None) => {}
             }
             opts = opts.with_tls(tls);
         }
         let client = Client::connect(&cfg.endpoints, Some(opts))
             .await
-            .map_err(|e| err("etcd-endpoints", format!("cannot connect to {}: {e}", cfg.endpoints.join(","))))?;
+            .map_err(|e| {
+                err(
+                    "etcd-endpoints",
+                    format!("cannot connect to {}: {e}", cfg.endpoints.join(",")),
+                )
+            })?;
         let mut s = Etcd {
             client,
             cfg,
@@ -148,26 +189,57 @@ impl Etcd {
         loop {
             match s.resync().await {
                 Ok(_) => break,
-                Err(e) if Instant::now() > deadline => return Err(err("etcd-endpoints", format!("cannot read from {}: {e}", s.cfg.endpoints.join(",")))),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(err(
+                        "etcd-endpoints",
+                        format!("cannot read from {}: {e}", s.cfg.endpoints.join(",")),
+                    ))
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
             }
         }
-        s.grant_leases().await.map_err(|e| err("etcd-endpoints", e))?;
-        s.tasks.push(tokio::spawn(watch_loop(s.client.clone(), s.cfg.prefix.clone(), s.cache.clone(), s.synced.clone(), s.requests.clone())));
-        s.tasks.push(tokio::spawn(keep_leases(s.client.clone(), s.cfg.clone(), s.block_lease.clone(), s.alive_lease.clone(), s.own.clone(), s.requests.clone())));
+        s.grant_leases()
+            .await
+            .map_err(|e| err("etcd-endpoints", e))?;
+        s.tasks.push(tokio::spawn(watch_loop(
+            s.client.clone(),
+            s.cfg.prefix.clone(),
+            s.cache.clone(),
+            s.synced.clone(),
+            s.requests.clone(),
+        )));
+        s.tasks.push(tokio::spawn(keep_leases(
+            s.client.clone(),
+            s.cfg.clone(),
+            s.block_lease.clone(),
+            s.alive_lease.clone(),
+            s.own.clone(),
+            s.requests.clone(),
+        )));
         let alive = format!("{}alive/{}", s.cfg.prefix, s.cfg.node_name);
         s.own_put(alive, "1".into()).await;
         Ok(s)
     }
 
     async fn resync(&self) -> Result<i64, etcd_client::Error> {
-        resync(&self.client, &self.cfg.prefix, &self.cache, &self.synced, &self.requests).await
+        resync(
+            &self.client,
+            &self.cfg.prefix,
+            &self.cache,
+            &self.synced,
+            &self.requests,
+        )
+        .await
     }
 
     async fn grant_leases(&self) -> Result<(), etcd_client::Error> {
         let mut c = self.client.clone();
-        let b = c.lease_grant(self.cfg.ttl.as_secs().max(1) as i64, None).await?;
-        let a = c.lease_grant(self.cfg.alive_ttl.as_secs().max(1) as i64, None).await?;
+        let b = c
+            .lease_grant(self.cfg.ttl.as_secs().max(1) as i64, None)
+            .await?;
+        let a = c
+            .lease_grant(self.cfg.alive_ttl.as_secs().max(1) as i64, None)
+            .await?;
         self.block_lease.store(b.id(), Ordering::Relaxed);
         self.alive_lease.store(a.id(), Ordering::Relaxed);
         self.requests.fetch_add(2, Ordering::Relaxed);
@@ -177,11 +249,17 @@ impl Etcd {
     /// Records a key this node owns and writes it (the keeper re-writes it
     /// after an outage).
     async fn own_put(&self, key: String, value: String) {
-        self.own.lock().expect("own").insert(key.clone(), value.clone());
+        self.own
+            .lock()
+            .expect("own")
+            .insert(key.clone(), value.clone());
         let lease = lease_for(&self.cfg, &key, &self.block_lease, &self.alive_lease);
         let mut c = self.client.clone();
         self.requests.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = c.put(key, value, Some(PutOptions::new().with_lease(lease))).await {
+        if let Err(e) = c
+            .put(key, value, Some(PutOptions::new().with_lease(lease)))
+            .await
+        {
             tracing::debug!(cause = %e, "etcd put failed; will retry");
         }
     }
@@ -201,14 +279,25 @@ fn lease_for(cfg: &EtcdConfig, key: &str, block: &AtomicI64, alive: &AtomicI64) 
     }
 }
 
-async fn resync(client: &Client, prefix: &str, cache: &RwLock<BTreeMap<String, String>>, synced: &AtomicBool, requests: &AtomicU64) -> Result<i64, etcd_client::Error> {
+async fn resync(
+    client: &Client,
+    prefix: &str,
+    cache: &RwLock<BTreeMap<String, String>>,
+    synced: &AtomicBool,
+    requests: &AtomicU64,
+) -> Result<i64, etcd_client::Error> {
     let mut c = client.clone();
     requests.fetch_add(1, Ordering::Relaxed);
     let r = c.get(prefix, Some(GetOptions::new().with_prefix())).await?;
     let map: BTreeMap<String, String> = r
         .kvs()
         .iter()
-        .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), String::from_utf8_lossy(kv.value()).into_owned()))
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                String::from_utf8_lossy(kv.value()).into_owned(),
+            )
+        })
         .collect();
     *cache.write().expect("cache") = map;
     synced.store(true, Ordering::Relaxed);
@@ -217,7 +306,13 @@ async fn resync(client: &Client, prefix: &str, cache: &RwLock<BTreeMap<String, S
 
 /// Read everything once, then follow the watch from the next revision;
 /// start over on any cut (compaction, etcd restart, network).
-async fn watch_loop(client: Client, prefix: String, cache: Arc<RwLock<BTreeMap<String, String>>>, synced: Arc<AtomicBool>, requests: Arc<AtomicU64>) {
+async fn watch_loop(
+    client: Client,
+    prefix: String,
+    cache: Arc<RwLock<BTreeMap<String, String>>>,
+    synced: Arc<AtomicBool>,
+    requests: Arc<AtomicU64>,
+) {
     let mut outage = Outage::new();
     let mut backoff = Duration::from_millis(200);
     let mut from: Option<i64> = None;
@@ -236,7 +331,13 @@ async fn watch_loop(client: Client, prefix: String, cache: Arc<RwLock<BTreeMap<S
         };
         let mut c = client.clone();
         requests.fetch_add(1, Ordering::Relaxed);
-        let mut stream = match c.watch(prefix.clone(), Some(WatchOptions::new().with_prefix().with_start_revision(rev))).await {
+        let mut stream = match c
+            .watch(
+                prefix.clone(),
+                Some(WatchOptions::new().with_prefix().with_start_revision(rev)),
+            )
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 outage.failed("watch", &e);
@@ -253,7 +354,10 @@ async fn watch_loop(client: Client, prefix: String, cache: Arc<RwLock<BTreeMap<S
             match stream.message().await {
                 Ok(Some(resp)) => {
                     if resp.canceled() || resp.compact_revision() > 0 {
-                        tracing::info!(compacted_at = resp.compact_revision(), "etcd watch cancelled; re-reading all state");
+                        tracing::info!(
+                            compacted_at = resp.compact_revision(),
+                            "etcd watch cancelled; re-reading all state"
+                        );
                         break None;
                     }
                     let mut map = cache.write().expect("cache");
@@ -286,7 +390,14 @@ async fn watch_loop(client: Client, prefix: String, cache: Arc<RwLock<BTreeMap<S
 
 /// Keeps both leases alive; after an outage long enough for a lease to
 /// expire, grants a new one and writes every owned key again.
-async fn keep_leases(client: Client, cfg: EtcdConfig, block: Arc<AtomicI64>, alive: Arc<AtomicI64>, own: Arc<Mutex<BTreeMap<String, String>>>, requests: Arc<AtomicU64>) {
+async fn keep_leases(
+    client: Client,
+    cfg: EtcdConfig,
+    block: Arc<AtomicI64>,
+    alive: Arc<AtomicI64>,
+    own: Arc<Mutex<BTreeMap<String, String>>>,
+    requests: Arc<AtomicU64>,
+) {
     let mut outage = Outage::new();
     let period = (cfg.alive_ttl / 3).max(Duration::from_millis(500));
     let mut c = client.clone();
@@ -319,7 +430,12 @@ async fn keep_leases(client: Client, cfg: EtcdConfig, block: Arc<AtomicI64>, ali
         }
         if lost {
             outage.ok();
-            let keys: Vec<(String, String)> = own.lock().expect("own").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let keys: Vec<(String, String)> = own
+                .lock()
+                .expect("own")
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             for (k, v) in keys {
                 let lease = lease_for(&cfg, &k, &block, &alive);
                 requests.fetch_add(1, Ordering::Relaxed);
@@ -333,19 +449,28 @@ async fn keep_leases(client: Client, cfg: EtcdConfig, block: Arc<AtomicI64>, ali
 impl ClusterStore for Etcd {
     async fn publish_record(&self, rec: &NodeRecord) {
         let key = format!("{}nodes/{}", self.cfg.prefix, self.cfg.node_name);
-        self.own_put(key, serde_json::to_string(rec).expect("record serializes")).await;
+        self.own_put(key, serde_json::to_string(rec).expect("record serializes"))
+            .await;
     }
 
     async fn claim_block(&self, block: IpNet, claim: BlockClaim) {
         let key = format!("{}blocks/{block}", self.cfg.prefix);
-        let value = serde_json::to_string(&Claim { node: self.cfg.node_name.clone(), claimed_at_ms: claim.claimed_at_ms }).expect("serializes");
+        let value = serde_json::to_string(&Claim {
+            node: self.cfg.node_name.clone(),
+            claimed_at_ms: claim.claimed_at_ms,
+        })
+        .expect("serializes");
         let lease = self.block_lease.load(Ordering::Relaxed);
         let mut c = self.client.clone();
         self.requests.fetch_add(1, Ordering::Relaxed);
         // Create only if nobody holds it: the whole point of using etcd.
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key.clone(), value.clone(), Some(PutOptions::new().with_lease(lease)))]);
+            .and_then([TxnOp::put(
+                key.clone(),
+                value.clone(),
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
         match c.txn(txn).await {
             Ok(r) if r.succeeded() => {
                 self.own.lock().expect("own").insert(key, value);
@@ -369,11 +494,15 @@ impl ClusterStore for Etcd {
 
     async fn release_block(&self, block: IpNet) {
         let key = format!("{}blocks/{block}", self.cfg.prefix);
-        let Some(value) = self.own.lock().expect("own").remove(&key) else { return };
+        let Some(value) = self.own.lock().expect("own").remove(&key) else {
+            return;
+        };
         let mut c = self.client.clone();
         self.requests.fetch_add(1, Ordering::Relaxed);
         // Delete only our own claim, never another node's.
-        let txn = Txn::new().when([Compare::value(key.clone(), CompareOp::Equal, value)]).and_then([TxnOp::delete(key, None)]);
+        let txn = Txn::new()
+            .when([Compare::value(key.clone(), CompareOp::Equal, value)])
+            .and_then([TxnOp::delete(key, None)]);
         let _ = c.txn(txn).await;
     }
 
@@ -382,19 +511,30 @@ impl ClusterStore for Etcd {
         let p = &self.cfg.prefix;
         let mut view = ClusterView::default();
         for (k, v) in cache.iter() {
-            let Some(rest) = k.strip_prefix(p.as_str()) else { continue };
+            let Some(rest) = k.strip_prefix(p.as_str()) else {
+                continue;
+            };
             if let Some(name) = rest.strip_prefix("nodes/") {
                 if let Ok(r) = serde_json::from_str::<NodeRecord>(v) {
-                    view.nodes.entry(name.to_string()).or_insert_with(PeerView::default).record = Some(r);
+                    view.nodes
+                        .entry(name.to_string())
+                        .or_insert_with(PeerView::default)
+                        .record = Some(r);
                 }
             } else if let Some(b) = rest.strip_prefix("blocks/") {
                 if let (Ok(b), Ok(c)) = (b.parse::<IpNet>(), serde_json::from_str::<Claim>(v)) {
-                    view.nodes.entry(c.node).or_default().claims.insert(b, BlockClaim { claimed_at_ms: c.claimed_at_ms });
+                    view.nodes.entry(c.node).or_default().claims.insert(
+                        b,
+                        BlockClaim {
+                            claimed_at_ms: c.claimed_at_ms,
+                        },
+                    );
                 }
             }
         }
         for (name, pv) in view.nodes.iter_mut() {
-            pv.alive = name == &self.cfg.node_name || cache.contains_key(&format!("{p}alive/{name}"));
+            pv.alive =
+                name == &self.cfg.node_name || cache.contains_key(&format!("{p}alive/{name}"));
         }
         view
     }

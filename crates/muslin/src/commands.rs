@@ -19,7 +19,10 @@ fn quiet_on_broken_pipe() {
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    if matches!(cli.command, Command::Status(_) | Command::Lab(_) | Command::InstallCni(_)) {
+    if matches!(
+        cli.command,
+        Command::Status(_) | Command::Lab(_) | Command::InstallCni(_)
+    ) {
         quiet_on_broken_pipe();
     }
     match cli.command {
@@ -69,7 +72,13 @@ fn agent_config(a: &AgentArgs) -> Result<AgentConfig> {
         reconcile_interval,
         log_level
     );
-    set!(datastore, etcd_prefix, etcd_ca_file, etcd_cert_file, etcd_key_file);
+    set!(
+        datastore,
+        etcd_prefix,
+        etcd_ca_file,
+        etcd_cert_file,
+        etcd_key_file
+    );
     if !a.etcd_endpoints.is_empty() {
         c.etcd_endpoints = a.etcd_endpoints.clone();
     }
@@ -145,7 +154,10 @@ fn status(a: StatusArgs) -> Result<ExitCode> {
         let store = if c.datastore == "etcd" {
             format!("etcd, {} requests", c.etcd_requests)
         } else {
-            format!("gossip, {} B sent / {} B received", c.gossip_bytes_sent, c.gossip_bytes_received)
+            format!(
+                "gossip, {} B sent / {} B received",
+                c.gossip_bytes_sent, c.gossip_bytes_received
+            )
         };
         println!(
             "cluster  backend {}, {} nodes, {}, {store}",

@@ -30,9 +30,8 @@ fn path(st: &Value, peer: &str) -> String {
         .unwrap_or_default()
 }
 
-#[test]
-fn default_lab_passes_the_full_matrix_with_no_interface_setting() {
-    let lab = Lab::new();
+fn default_lab_passes_the_full_matrix_with_no_interface_setting(ds: &str) {
+    let lab = Lab::on(ds);
     let r = lab.up(&["--converge-timeout", "30"]);
     assert!(
         r["converge_seconds"].is_number(),
@@ -95,8 +94,8 @@ segment = "right"
 default-route = true
 "#;
 
-fn backend_lab(topology: &str, backend: &str) -> (Lab, Value, Value) {
-    let lab = Lab::new();
+fn backend_lab(ds: &str, topology: &str, backend: &str) -> (Lab, Value, Value) {
+    let lab = Lab::on(ds);
     let (_d, path) = file(topology);
     lab.up(&["-f", &path, "--backend", backend]);
     // Let every agent learn every peer before judging.
@@ -113,19 +112,17 @@ fn backend_lab(topology: &str, backend: &str) -> (Lab, Value, Value) {
     (lab, st, m)
 }
 
-#[test]
-fn routed_vxlan_and_auto_on_one_segment() {
+fn routed_vxlan_and_auto_on_one_segment(ds: &str) {
     for (backend, want) in [("routed", "routed"), ("vxlan", "vxlan"), ("auto", "routed")] {
-        let (_lab, st, m) = backend_lab(ONE_SEGMENT, backend);
+        let (_lab, st, m) = backend_lab(ds, ONE_SEGMENT, backend);
         assert!(failures(&m).is_empty(), "{backend}: {:#?}", failures(&m));
         assert_eq!(path(&st, "h2"), want, "{backend}");
         assert_eq!(path(&st, "h3"), want, "{backend}");
     }
 }
 
-#[test]
-fn auto_and_vxlan_cross_a_router_and_routed_says_why_it_cannot() {
-    let (lab, st, m) = backend_lab(TWO_SUBNETS, "auto");
+fn auto_and_vxlan_cross_a_router_and_routed_says_why_it_cannot(ds: &str) {
+    let (lab, st, m) = backend_lab(ds, TWO_SUBNETS, "auto");
     assert!(failures(&m).is_empty(), "auto: {:#?}", failures(&m));
     assert_eq!(path(&st, "h2"), "routed", "same segment");
     assert_eq!(path(&st, "h3"), "vxlan", "across the router");
@@ -142,11 +139,11 @@ fn auto_and_vxlan_cross_a_router_and_routed_says_why_it_cannot() {
     );
     drop(lab);
 
-    let (_lab, st, m) = backend_lab(TWO_SUBNETS, "vxlan");
+    let (_lab, st, m) = backend_lab(ds, TWO_SUBNETS, "vxlan");
     assert!(failures(&m).is_empty(), "vxlan: {:#?}", failures(&m));
     assert_eq!(path(&st, "h3"), "vxlan");
 
-    let (_lab, st, m) = backend_lab(TWO_SUBNETS, "routed");
+    let (_lab, st, m) = backend_lab(ds, TWO_SUBNETS, "routed");
     let failed = failures(&m);
     assert!(!failed.is_empty(), "routed cannot cross a router");
     assert!(
@@ -165,11 +162,10 @@ fn auto_and_vxlan_cross_a_router_and_routed_says_why_it_cannot() {
     );
 }
 
-#[test]
-fn eight_agents_started_at_once_hold_eight_distinct_blocks() {
+fn eight_agents_started_at_once_hold_eight_distinct_blocks(ds: &str) {
     // Eight /24 blocks for eight nodes: every node must end up with a
     // different one, which is only possible if conflicts resolve.
-    let lab = Lab::new();
+    let lab = Lab::on(ds);
     let (_d, path) = file(
         r#"
 pod-cidr = "10.250.0.0/21"
@@ -207,9 +203,8 @@ default-route = true
     assert_eq!(blocks.len(), 8);
 }
 
-#[test]
-fn a_node_gone_past_its_ttl_loses_its_block_and_its_routes() {
-    let lab = Lab::new();
+fn a_node_gone_past_its_ttl_loses_its_block_and_its_routes(ds: &str) {
+    let lab = Lab::on(ds);
     let (_d, path) =
         file(&ONE_SEGMENT.replace("[[segment]]", "agent = { block-ttl = 3 }\n[[segment]]"));
     lab.up(&["-f", &path, "--converge-timeout", "30"]);
@@ -269,9 +264,8 @@ fn restart(lab: &Lab, host: &str) -> std::process::Child {
     child
 }
 
-#[test]
-fn agents_killed_and_restarted_lose_no_ping_replies() {
-    let lab = Lab::new();
+fn agents_killed_and_restarted_lose_no_ping_replies(ds: &str) {
+    let lab = Lab::on(ds);
     let (_d, path) = file(&ONE_SEGMENT.replace("count = 3", "count = 2"));
     lab.up(&["-f", &path, "--converge-timeout", "30"]);
     let target = lab.status()["nodes"]
@@ -402,9 +396,8 @@ fn a_host_without_the_cluster_secret_cannot_join() {
     );
 }
 
-#[test]
-fn mixed_mtus_carry_multi_megabyte_transfers_both_ways() {
-    let lab = Lab::new();
+fn mixed_mtus_carry_multi_megabyte_transfers_both_ways(ds: &str) {
+    let lab = Lab::on(ds);
     let (_d, path) = file(include_str!("../../../examples/jumbo.toml"));
     lab.up(&["-f", &path, "--converge-timeout", "30"]);
     let st = lab.status();
@@ -444,10 +437,9 @@ fn mixed_mtus_carry_multi_megabyte_transfers_both_ways() {
     }
 }
 
-#[test]
-fn a_node_that_fills_its_block_claims_another() {
+fn a_node_that_fills_its_block_claims_another(ds: &str) {
     // /28 blocks hold 14 pods; the fifteenth needs a second block.
-    let lab = Lab::new();
+    let lab = Lab::on(ds);
     let (_d, path) = file(
         &ONE_SEGMENT
             .replace("count = 3", "count = 2")
@@ -484,3 +476,27 @@ fn a_node_that_fills_its_block_claims_another() {
         String::from_utf8_lossy(&o.stdout)
     );
 }
+
+/// The multi-host suite runs on both datastores: the same tests, once with
+/// embedded gossip and once with a real etcd started in the lab.
+macro_rules! on_both_datastores {
+    ($($name:ident),* $(,)?) => {
+        mod gossip {
+            $(#[test] fn $name() { super::$name("gossip") })*
+        }
+        mod etcd {
+            $(#[test] fn $name() { super::$name("etcd") })*
+        }
+    };
+}
+
+on_both_datastores!(
+    default_lab_passes_the_full_matrix_with_no_interface_setting,
+    routed_vxlan_and_auto_on_one_segment,
+    auto_and_vxlan_cross_a_router_and_routed_says_why_it_cannot,
+    eight_agents_started_at_once_hold_eight_distinct_blocks,
+    a_node_gone_past_its_ttl_loses_its_block_and_its_routes,
+    agents_killed_and_restarted_lose_no_ping_replies,
+    mixed_mtus_carry_multi_megabyte_transfers_both_ways,
+    a_node_that_fills_its_block_claims_another,
+);

@@ -16,11 +16,20 @@ static N: AtomicU32 = AtomicU32::new(0);
 pub struct Lab {
     pub name: String,
     pub root: Arc<TempDir>,
+    /// `gossip` or `etcd`: what `up` runs the agents on.
+    pub datastore: String,
 }
 
 impl Lab {
     pub fn new() -> Lab {
         Lab::in_root(Arc::new(TempDir::new("labroot")))
+    }
+
+    /// A lab whose agents keep cluster state in `datastore`.
+    pub fn on(datastore: &str) -> Lab {
+        let mut lab = Lab::new();
+        lab.datastore = datastore.to_string();
+        lab
     }
 
     pub fn in_root(root: Arc<TempDir>) -> Lab {
@@ -29,7 +38,11 @@ impl Lab {
             std::process::id() % 100_000,
             N.fetch_add(1, Ordering::Relaxed)
         );
-        Lab { name, root }
+        Lab {
+            name,
+            root,
+            datastore: "gossip".into(),
+        }
     }
 
     /// JSON on stdout, whatever the exit code.
@@ -65,6 +78,9 @@ impl Lab {
             args.extend_from_slice(&["--converge-timeout", "0"]);
         }
         args.extend_from_slice(extra);
+        if self.datastore != "gossip" {
+            args.extend_from_slice(&["--datastore", &self.datastore]);
+        }
         serde_json::from_str(&self.ok(&args)).unwrap()
     }
 
