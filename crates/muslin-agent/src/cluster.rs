@@ -160,11 +160,11 @@ pub async fn join(
             cert_file: config.etcd_cert_file.clone(),
             key_file: config.etcd_key_file.clone(),
             ttl,
-            alive_ttl: (interval * 20).max(Duration::from_secs(3)),
+            alive_ttl: (interval * 30).max(Duration::from_secs(6)),
         })
         .await
         .map_err(|e| AgentError::Join(e.to_string()))?;
-        let s = AnyStore::Etcd(s);
+        let s = AnyStore::Etcd(Box::new(s));
         s.publish_record(&record).await;
         for b in &config.blocks {
             s.claim_block(*b, BlockClaim { claimed_at_ms: 0 }).await;

@@ -226,6 +226,37 @@ impl AgentConfig {
         self.underlay
             .parse::<crate::underlay::Method>()
             .map_err(|m| err("underlay", m))?;
+        match self.datastore.as_str() {
+            "gossip" => {}
+            "etcd" => {
+                if self.etcd_endpoints.is_empty() {
+                    return Err(err("etcd-endpoints", "required with datastore = \"etcd\""));
+                }
+                for e in &self.etcd_endpoints {
+                    let host = e
+                        .strip_prefix("http://")
+                        .or_else(|| e.strip_prefix("https://"));
+                    if host.is_none_or(str::is_empty) {
+                        return Err(err(
+                            "etcd-endpoints",
+                            format!("{e:?} is not an http:// or https:// URL"),
+                        ));
+                    }
+                }
+                if !self.etcd_prefix.starts_with('/') || !self.etcd_prefix.ends_with('/') {
+                    return Err(err(
+                        "etcd-prefix",
+                        format!("{:?} must start and end with '/'", self.etcd_prefix),
+                    ));
+                }
+            }
+            other => {
+                return Err(err(
+                    "datastore",
+                    format!("{other:?} is not one of gossip, etcd"),
+                ))
+            }
+        }
         for b in &self.blocks {
             if b.trunc() != *b {
                 return Err(err(

@@ -388,8 +388,9 @@ async fn watch_loop(
     }
 }
 
-/// Keeps both leases alive; after an outage long enough for a lease to
-/// expire, grants a new one and writes every owned key again.
+/// Keeps both leases alive, each on its own schedule (a third of its
+/// TTL) over one long-lived keep-alive stream; after an outage long enough
+/// for a lease to expire, grants a new one and writes every owned key again.
 async fn keep_leases(
     client: Client,
     cfg: EtcdConfig,
@@ -398,25 +399,43 @@ async fn keep_leases(
     own: Arc<Mutex<BTreeMap<String, String>>>,
     requests: Arc<AtomicU64>,
 ) {
+    type Stream = (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream);
     let mut outage = Outage::new();
-    let period = (cfg.alive_ttl / 3).max(Duration::from_millis(500));
     let mut c = client.clone();
+    let leases = [(&alive, cfg.alive_ttl), (&block, cfg.ttl)];
+    let mut streams: [Option<Stream>; 2] = [None, None];
+    let mut due = [Instant::now(); 2];
     loop {
-        tokio::time::sleep(period).await;
+        let next = *due.iter().min().expect("two leases");
+        tokio::time::sleep_until(next.into()).await;
         let mut lost = false;
-        for (lease, ttl) in [(&alive, cfg.alive_ttl), (&block, cfg.ttl)] {
+        for (k, (lease, ttl)) in leases.iter().enumerate() {
+            if Instant::now() < due[k] {
+                continue;
+            }
+            due[k] = Instant::now() + (*ttl / 3).max(Duration::from_millis(500));
             let id = lease.load(Ordering::Relaxed);
             requests.fetch_add(1, Ordering::Relaxed);
-            let r = async {
-                let (mut keeper, mut stream) = c.lease_keep_alive(id).await?;
+            // A stopped etcd answers nothing: bound the wait, then report.
+            let exchange = async {
+                if streams[k].is_none() {
+                    streams[k] = Some(c.lease_keep_alive(id).await?);
+                }
+                let (keeper, stream) = streams[k].as_mut().expect("just opened");
                 keeper.keep_alive().await?;
                 stream.message().await
-            }
-            .await;
+            };
+            let r = match tokio::time::timeout(Duration::from_secs(3), exchange).await {
+                Ok(r) => r,
+                Err(_) => Err(etcd_client::Error::InvalidArgs(
+                    "no keep-alive answer within 3 s".into(),
+                )),
+            };
             match r {
                 Ok(Some(resp)) if resp.ttl() > 0 => outage.ok(),
                 Ok(_) => {
                     // Expired while we were cut off: a new lease, and our keys again.
+                    streams[k] = None;
                     match c.lease_grant(ttl.as_secs().max(1) as i64, None).await {
                         Ok(g) => {
                             lease.store(g.id(), Ordering::Relaxed);
@@ -425,7 +444,11 @@ async fn keep_leases(
                         Err(e) => outage.failed("lease grant", &e),
                     }
                 }
-                Err(e) => outage.failed("lease keep-alive", &e),
+                Err(e) => {
+                    streams[k] = None;
+                    due[k] = Instant::now() + Duration::from_secs(1);
+                    outage.failed("lease keep-alive", &e);
+                }
             }
         }
         if lost {

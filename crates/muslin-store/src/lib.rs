@@ -39,7 +39,7 @@ pub trait ClusterStore: Send + Sync + 'static {
 /// The store the agent runs on, chosen by one setting.
 pub enum AnyStore {
     Gossip(Gossip),
-    Etcd(Etcd),
+    Etcd(Box<Etcd>),
 }
 
 impl AnyStore {

@@ -25,13 +25,17 @@ fn ctx() -> Ctx {
     }
 }
 
+fn datastore() -> String {
+    std::env::var("BENCH_DATASTORE").unwrap_or_else(|_| "gossip".into())
+}
+
 fn up(name: &str, hosts: usize, converge: u64) -> ops::UpReport {
     let o = UpOptions {
         name: name.into(),
         hosts: Some(hosts),
         topology: None,
         backend: "auto".into(),
-        datastore: "gossip".into(),
+        datastore: datastore(),
         etcd_members: 1,
         converge_timeout: converge,
     };
@@ -71,14 +75,16 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn gossip_sent(lab: &str, host: &str) -> u64 {
+/// Gossip bytes sent, or etcd requests made, by a host's agent so far.
+fn store_traffic(lab: &str, host: &str) -> u64 {
     match muslin_cni::call(
         &registry::socket(lab, host),
         &muslin_model::api::Request::Status,
     ) {
-        Ok(muslin_model::api::Response::Status(s)) => {
-            s.cluster.map(|c| c.gossip_bytes_sent).unwrap_or(0)
-        }
+        Ok(muslin_model::api::Response::Status(s)) => s
+            .cluster
+            .map(|c| c.gossip_bytes_sent + c.etcd_requests)
+            .unwrap_or(0),
         _ => 0,
     }
 }
@@ -150,12 +156,12 @@ fn main() {
     let pids = agent_pids(big, hosts);
     let rss: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
     let g0: Vec<u64> = (1..=hosts)
-        .map(|i| gossip_sent(big, &format!("h{i}")))
+        .map(|i| store_traffic(big, &format!("h{i}")))
         .collect();
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(5));
     let g1: Vec<u64> = (1..=hosts)
-        .map(|i| gossip_sent(big, &format!("h{i}")))
+        .map(|i| store_traffic(big, &format!("h{i}")))
         .collect();
     let gossip_bps = g1.iter().zip(&g0).map(|(a, b)| (a - b) as f64).sum::<f64>()
         / hosts as f64
@@ -217,7 +223,10 @@ fn main() {
     let (c50, c99) = (pct(&mut conv.clone(), 0.5), pct(&mut conv, 0.99));
     let rss_total: u64 = rss.iter().sum();
     let rss_max = rss.iter().max().copied().unwrap_or(0);
-    println!("lab benchmark (medians of {rounds} rounds where repeated)");
+    println!(
+        "lab benchmark on {} (medians of {rounds} rounds where repeated)",
+        datastore()
+    );
     println!("  default lab (3 hosts, 6 containers) up to a passing matrix: {:.2} s (min {:.2}, max {:.2})", median(&mut ups.clone()), ups.iter().cloned().fold(f64::MAX, f64::min), ups.iter().cloned().fold(0.0, f64::max));
     println!(
         "  default lab converged after agents started:                {:.2} s",
@@ -233,7 +242,11 @@ fn main() {
         rss_total as f64 / 1024.0,
         rss_max as f64 / 1024.0
     );
-    println!("  gossip sent per node, idle: {gossip_bps:.0} B/s");
+    if datastore() == "etcd" {
+        println!("  etcd requests per node, idle: {gossip_bps:.2} /s");
+    } else {
+        println!("  gossip sent per node, idle: {gossip_bps:.0} B/s");
+    }
     println!("  convergence over {attach} attachments (attached -> reachable from all {} other hosts): p50 {c50:.1} ms, p99 {c99:.1} ms, never reached: {unreached}", hosts - 1);
     println!("  {hosts}-host lab down: {big_down:.2} s");
     if let Ok(path) = std::env::var("BENCH_JSON") {

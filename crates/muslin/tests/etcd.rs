@@ -1,0 +1,276 @@
+//! The etcd datastore beyond the shared multi-host suite: outages, a
+//! member lost from a 3-member cluster, and bad settings.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::lab::{file, Lab};
+use common::{Netns, TempDir, BIN};
+
+const TWO_HOSTS: &str = r#"
+[[segment]]
+name = "lan"
+cidr = "192.168.70.0/24"
+[[host]]
+name = "h"
+count = 2
+containers = 1
+[[host.nic]]
+segment = "lan"
+default-route = true
+"#;
+
+/// The pid and command line of the etcd process in a member's namespace.
+fn etcd_process(lab: &Lab, member: &str) -> (i32, Vec<String>) {
+    let o = Command::new("ip")
+        .args(["netns", "pids", &lab.ns(member)])
+        .output()
+        .unwrap();
+    for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.first().is_some_and(|a| a.ends_with("etcd")) {
+            return (pid.parse().unwrap(), args);
+        }
+    }
+    panic!("no etcd in {member}");
+}
+
+fn container_addr(lab: &Lab, host: &str, name: &str) -> String {
+    let st = lab.status();
+    st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == host)
+        .unwrap()["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn thirty_seconds_without_etcd_lose_no_traffic_and_allow_adds() {
+    let lab = Lab::on("etcd");
+    let (_d, path) = file(TWO_HOSTS);
+    lab.up(&["-f", &path, "--converge-timeout", "30"]);
+    let target = container_addr(&lab, "h2", "c1");
+    let ping = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("h1-c1"),
+            BIN,
+            "probe",
+            "ping",
+            &target,
+            "--count",
+            "3300",
+            "--interval-ms",
+            "10",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (pid, args) = etcd_process(&lab, "etcd1");
+    Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()
+        .unwrap();
+    let stopped = Instant::now();
+    // An ADD that needs no new block still succeeds while etcd is away.
+    std::thread::sleep(Duration::from_secs(2));
+    lab.ok(&["run", "--name", &lab.name, "h1", "during"]);
+    let during = container_addr(&lab, "h1", "during");
+    let o = lab.exec(
+        "h2/c1",
+        &[BIN, "probe", "check", &during, "--proto", "icmp"],
+    );
+    assert!(
+        o.status.success(),
+        "new pod reachable during the outage: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(stopped.elapsed()));
+    Command::new("kill")
+        .args(["-CONT", &pid.to_string()])
+        .status()
+        .unwrap();
+    let out = ping.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("lost 0"), "{text}");
+    // After etcd returns, a new container on one host is reachable from the other.
+    lab.ok(&["run", "--name", &lab.name, "h2", "after"]);
+    let after = container_addr(&lab, "h2", "after");
+    let o = lab.exec(
+        "h1/c1",
+        &[BIN, "probe", "check", &after, "--proto", "tcp,icmp"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    // The outage was logged, and not once per attempt.
+    let log =
+        std::fs::read_to_string(lab.root.0.join(&lab.name).join("h1").join("agent.log")).unwrap();
+    let n = log.matches("etcd unreachable").count();
+    assert!((1..=12).contains(&n), "outage logged {n} times");
+    let _ = args;
+}
+
+#[test]
+fn a_three_member_etcd_survives_losing_one() {
+    let lab = Lab::on("etcd");
+    let (_d, path) = file(TWO_HOSTS);
+    lab.up(&[
+        "-f",
+        &path,
+        "--etcd-members",
+        "3",
+        "--converge-timeout",
+        "30",
+    ]);
+    let (pid, _) = etcd_process(&lab, "etcd2");
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    // New containers on both hosts, each reachable from the other host.
+    lab.ok(&["run", "--name", &lab.name, "h1", "x1"]);
+    lab.ok(&["run", "--name", &lab.name, "h2", "x2"]);
+    let o = lab.exec(
+        "h2/c1",
+        &[
+            BIN,
+            "probe",
+            "check",
+            &container_addr(&lab, "h1", "x1"),
+            "--proto",
+            "tcp,icmp",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let o = lab.exec(
+        "h1/c1",
+        &[
+            BIN,
+            "probe",
+            "check",
+            &container_addr(&lab, "h2", "x2"),
+            "--proto",
+            "tcp,icmp",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    // The cluster state is still one view: both nodes, both alive.
+    let st = lab.agent_status("h1");
+    let nodes = st["cluster"]["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2);
+    assert!(nodes.iter().all(|n| n["alive"] == true), "{nodes:?}");
+}
+
+#[test]
+fn bad_etcd_settings_are_refused_at_start_naming_the_setting() {
+    let ns = Netns::new("etcdbad");
+    let dir = TempDir::new("etcdbad");
+    let notpem = dir.0.join("ca.pem");
+    std::fs::write(&notpem, "not a certificate").unwrap();
+    let notpem = notpem.to_str().unwrap().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--datastore", "etcd"], "etcd-endpoints"),
+        (
+            vec!["--datastore", "etcd", "--etcd-endpoints", "localhost:2379"],
+            "etcd-endpoints",
+        ),
+        (
+            vec![
+                "--datastore",
+                "etcd",
+                "--etcd-endpoints",
+                "http://127.0.0.1:1",
+            ],
+            "etcd-endpoints",
+        ),
+        (
+            vec![
+                "--datastore",
+                "etcd",
+                "--etcd-endpoints",
+                "https://127.0.0.1:1",
+                "--etcd-ca-file",
+                "/nonexistent/ca.pem",
+            ],
+            "etcd-ca-file",
+        ),
+        (
+            vec![
+                "--datastore",
+                "etcd",
+                "--etcd-endpoints",
+                "https://127.0.0.1:1",
+                "--etcd-ca-file",
+                &notpem,
+            ],
+            "etcd-ca-file",
+        ),
+        (
+            vec![
+                "--datastore",
+                "etcd",
+                "--etcd-endpoints",
+                "https://127.0.0.1:1",
+                "--etcd-cert-file",
+                &notpem,
+            ],
+            "etcd-key-file",
+        ),
+        (
+            vec![
+                "--datastore",
+                "etcd",
+                "--etcd-endpoints",
+                "http://e:2379",
+                "--etcd-prefix",
+                "nope",
+            ],
+            "etcd-prefix",
+        ),
+    ];
+    let state = dir.0.join("s").display().to_string();
+    for (args, setting) in cases {
+        let mut full = vec![
+            "30",
+            "ip",
+            "netns",
+            "exec",
+            &ns.name,
+            BIN,
+            "agent",
+            "--state-dir",
+            &state,
+            "--socket",
+            "/tmp/muslin-etcdbad-never.sock",
+            "--underlay",
+            "address=127.0.0.1",
+        ];
+        full.extend(args.iter().copied());
+        let o = Command::new("timeout").args(&full).output().unwrap();
+        assert!(!o.status.success(), "{args:?} must be refused");
+        assert_ne!(
+            o.status.code(),
+            Some(124),
+            "{args:?}: hung instead of refusing"
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(setting), "{args:?}: {err}");
+    }
+}
