@@ -14,3 +14,5 @@ scripts/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+# The benchmark's smoke test: every scenario must produce a number.
+target/debug/muslin bench --quick --report target/bench-quick

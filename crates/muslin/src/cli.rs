@@ -22,9 +22,24 @@ pub enum Command {
     /// Simulated multi-host clusters in network namespaces on this machine
     #[command(subcommand)]
     Lab(LabCommand),
+    /// Benchmark Muslin against the underlay, hand-built twins and the reference plugins
+    Bench(BenchArgs),
     /// Connectivity probe: an echo server and a checker for tcp, udp, icmp and ip253
     #[command(subcommand)]
     Probe(ProbeCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Fewer, shorter repetitions (under two minutes): a smoke test
+    #[arg(long)]
+    pub quick: bool,
+    /// Write the figures as JSON to FILE
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write a report folder: summary.md, results.json and SVG charts
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use muslin_model::agent_config::AgentConfig;
 use muslin_model::api::{Request, Response};
 
-use crate::cli::{AgentArgs, Cli, Command, InstallCniArgs, ProbeCommand, StatusArgs};
+use crate::cli::{AgentArgs, BenchArgs, Cli, Command, InstallCniArgs, ProbeCommand, StatusArgs};
 use muslin_lab::probe;
 
 /// Commands that only print die quietly when their reader goes away
@@ -30,6 +30,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status(a) => status(a),
         Command::InstallCni(a) => install_cni(a),
         Command::Lab(l) => crate::lab::run(l),
+        Command::Bench(b) => bench(b),
         Command::Probe(p) => probe_cmd(p),
     }
 }
@@ -205,6 +206,33 @@ fn status(a: StatusArgs) -> Result<ExitCode> {
                 e.key.container_id
             );
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench(b: BenchArgs) -> Result<ExitCode> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark builds labs in network namespaces: run it as root");
+    }
+    let o = muslin_bench::Options {
+        bin: std::env::current_exe().context("locating the muslin binary")?,
+        quick: b.quick,
+        progress: Box::new(|l| eprintln!("{l}")),
+    };
+    let r = muslin_bench::run(&o)?;
+    print!("{}", r.table());
+    if let Some(p) = &b.json {
+        std::fs::write(p, serde_json::to_string_pretty(&r)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(d) = &b.report {
+        r.write_dir(d)?;
+        eprintln!("report written to {}", d.display());
+    }
+    let missing = r.missing();
+    if !missing.is_empty() {
+        bail!("these scenarios produced no number: {}", missing.join("; "));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,111 @@
+//! `muslin bench`: Muslin's numbers beside the baselines that matter, all
+//! measured in one run on one machine: the underlay (the physical limit),
+//! the same paths built by hand as the peers program them, and Debian's
+//! reference CNI plugins. Every figure is a median of several repetitions
+//! with its spread; data-plane figures also appear as a ratio to the
+//! underlay measured in the same run.
+
+mod chart;
+mod cni;
+mod dataplane;
+mod report;
+mod scale;
+mod stats;
+mod sys;
+
+use std::path::PathBuf;
+
+pub use report::{Figure, Report};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{stage}: {msg}")]
+    Stage { stage: &'static str, msg: String },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+pub(crate) fn fail(stage: &'static str) -> impl Fn(String) -> BenchError {
+    move |msg| BenchError::Stage { stage, msg }
+}
+
+pub struct Options {
+    /// The `muslin` binary agents and plugins run as.
+    pub bin: PathBuf,
+    /// Fewer and shorter repetitions: a smoke test under two minutes.
+    pub quick: bool,
+    pub progress: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+/// How much of everything a run does.
+pub(crate) struct Plan {
+    pub rounds: usize,
+    pub iperf_seconds: u32,
+    pub rr_messages: usize,
+    pub cni_attachments: usize,
+    pub cni_rounds: usize,
+    pub concurrent_attachments: usize,
+    pub scale_hosts: usize,
+    pub scale_attachments: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                rounds: 1,
+                iperf_seconds: 1,
+                rr_messages: 300,
+                cni_attachments: 20,
+                cni_rounds: 1,
+                concurrent_attachments: 16,
+                scale_hosts: 5,
+                scale_attachments: 10,
+            }
+        } else {
+            Plan {
+                rounds: 5,
+                iperf_seconds: 3,
+                rr_messages: 2000,
+                cni_attachments: 200,
+                cni_rounds: 3,
+                concurrent_attachments: 200,
+                scale_hosts: 20,
+                scale_attachments: 50,
+            }
+        }
+    }
+}
+
+/// Runs every stage and returns the figures.
+pub fn run(o: &Options) -> Result<Report, BenchError> {
+    let plan = Plan::new(o.quick);
+    let started = std::time::Instant::now();
+    let root = std::env::temp_dir().join("muslin-bench");
+    // A previous run that died leaves its labs behind; remove them first.
+    std::env::set_var("MUSLIN_LAB_ROOT", &root);
+    sys::cleanup(&root);
+    let mut report = Report::new(o.quick);
+    (o.progress)(
+        "[1/3] data plane: underlay, pods on one host, Muslin routed/vxlan/auto, hand-built twins",
+    );
+    let dp = dataplane::run(o, &plan, &mut report);
+    sys::cleanup(&root);
+    dp?;
+    (o.progress)(
+        "[2/3] control plane: CNI ADD/DEL against bridge+host-local, concurrent attachments",
+    );
+    cni::run(o, &plan, &mut report)?;
+    (o.progress)(&format!(
+        "[3/3] scale: {}-host lab cold start, convergence, agent memory and CPU, gossip",
+        plan.scale_hosts
+    ));
+    let sc = scale::run(o, &plan, &mut report);
+    sys::cleanup(&root);
+    sc?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}

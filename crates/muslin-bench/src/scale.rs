@@ -1,0 +1,223 @@
+//! A large lab: cold start, convergence (a container attached on one host,
+//! until every other host reaches it), agent memory and CPU idle and under
+//! churn, and gossip traffic.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use muslin_lab::ops::{self, Ctx, UpOptions};
+use muslin_lab::probe::{self, Proto};
+use muslin_lab::registry;
+
+use crate::report::Report;
+use crate::stats::Series;
+use crate::sys::{agent_pid, cpu_seconds, enter, rss_kib};
+use crate::{fail, BenchError, Options, Plan};
+
+const LAB: &str = "mbs";
+
+fn gossip_sent(host: &str) -> u64 {
+    match muslin_cni::call(
+        &registry::socket(LAB, host),
+        &muslin_model::api::Request::Status,
+    ) {
+        Ok(muslin_model::api::Response::Status(s)) => {
+            s.cluster.map(|c| c.gossip_bytes_sent).unwrap_or(0)
+        }
+        _ => 0,
+    }
+}
+
+fn reach_from(ns: &str, target: IpAddr, deadline: Duration) -> Option<Duration> {
+    enter(ns).ok()?;
+    let t = Instant::now();
+    while t.elapsed() < deadline {
+        if probe::check(
+            target,
+            probe::DEFAULT_PORT,
+            Proto::Icmp,
+            Duration::from_millis(50),
+        )
+        .is_ok()
+        {
+            return Some(t.elapsed());
+        }
+    }
+    None
+}
+
+pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchError> {
+    let f = fail("scale");
+    let hosts = plan.scale_hosts;
+    let ctx = Ctx {
+        bin: o.bin.clone(),
+        progress: Box::new(|_| {}),
+    };
+    let up = UpOptions {
+        name: LAB.into(),
+        hosts: Some(hosts),
+        topology: None,
+        backend: "auto".into(),
+        datastore: "gossip".into(),
+        etcd_members: 1,
+        converge_timeout: 120,
+    };
+    let r = ops::up(&ctx, &up).map_err(|e| f(e.to_string()))?;
+    let names: Vec<String> = (1..=hosts).map(|i| format!("h{i}")).collect();
+    let one = |v: f64| Series(vec![v]);
+    let label = format!("{hosts}-host lab");
+    report.add(
+        "scale",
+        &label,
+        "cold start to a passing matrix",
+        "s",
+        &one(r.total_seconds),
+        None,
+    );
+    let converged = r
+        .converge_seconds
+        .ok_or_else(|| f(format!("{label} did not converge")))?;
+    report.add(
+        "scale",
+        &label,
+        "converged after the agents started",
+        "s",
+        &one(converged),
+        None,
+    );
+    let pids: Vec<u32> = names.iter().filter_map(|h| agent_pid(LAB, h)).collect();
+
+    // Idle: five seconds of nothing.
+    let (c0, g0): (Vec<f64>, Vec<u64>) = (
+        pids.iter().map(|p| cpu_seconds(*p)).collect(),
+        names.iter().map(|h| gossip_sent(h)).collect(),
+    );
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+    let secs = t.elapsed().as_secs_f64();
+    let cpu_idle = Series(
+        pids.iter()
+            .zip(&c0)
+            .map(|(p, c)| (cpu_seconds(*p) - c) / secs * 100.0)
+            .collect(),
+    );
+    let gossip = Series(
+        names
+            .iter()
+            .zip(&g0)
+            .map(|(h, g)| (gossip_sent(h) - g) as f64 / secs)
+            .collect(),
+    );
+    let rss_idle = Series(pids.iter().map(|p| rss_kib(*p) as f64 / 1024.0).collect());
+    report.add(
+        "scale",
+        &label,
+        "agent RSS, idle (per agent)",
+        "MiB",
+        &rss_idle,
+        None,
+    );
+    report.add(
+        "scale",
+        &label,
+        "agent CPU, idle (per agent)",
+        "%",
+        &cpu_idle,
+        None,
+    );
+    report.add(
+        "scale",
+        &label,
+        "gossip sent per node, idle",
+        "B/s",
+        &gossip,
+        None,
+    );
+
+    // Churn: attachments one after another, each probed from every other host.
+    let c1: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
+    let t = Instant::now();
+    let mut conv = Series::default();
+    for k in 0..plan.scale_attachments {
+        let h = &names[k % hosts];
+        let c = format!("v{k}");
+        ops::run(&ctx, Some(LAB), h, &c, &[]).map_err(|e| f(e.to_string()))?;
+        let st = ops::status(Some(LAB)).map_err(|e| f(e.to_string()))?;
+        let addr = st
+            .nodes
+            .iter()
+            .find(|n| &n.name == h)
+            .and_then(|n| n.containers.iter().find(|x| x.name == c))
+            .and_then(|x| x.address)
+            .ok_or_else(|| f(format!("no address for {h}/{c}")))?;
+        let others: Vec<String> = names
+            .iter()
+            .filter(|x| *x != h)
+            .map(|x| format!("{LAB}-{x}"))
+            .collect();
+        let times: Vec<Option<Duration>> = std::thread::scope(|s| {
+            let hs: Vec<_> = others
+                .iter()
+                .map(|o| s.spawn(move || reach_from(o, addr, Duration::from_secs(10))))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap_or(None)).collect()
+        });
+        let worst = times
+            .iter()
+            .map(|t| t.unwrap_or(Duration::from_secs(10)))
+            .max()
+            .unwrap_or_default();
+        conv.push(worst.as_secs_f64() * 1e3);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let cpu_churn = Series(
+        pids.iter()
+            .zip(&c1)
+            .map(|(p, c)| (cpu_seconds(*p) - c) / secs * 100.0)
+            .collect(),
+    );
+    let rss_churn = Series(pids.iter().map(|p| rss_kib(*p) as f64 / 1024.0).collect());
+    report.add(
+        "scale",
+        &label,
+        "agent CPU, under churn (per agent)",
+        "%",
+        &cpu_churn,
+        None,
+    );
+    report.add(
+        "scale",
+        &label,
+        "agent RSS, after churn (per agent)",
+        "MiB",
+        &rss_churn,
+        None,
+    );
+    report.add(
+        "scale",
+        &label,
+        "convergence p50 (attached -> reached from every host)",
+        "ms",
+        &one(conv.median()),
+        None,
+    );
+    report.add(
+        "scale",
+        &label,
+        "convergence p99",
+        "ms",
+        &one(conv.pct(0.99)),
+        None,
+    );
+    let t = Instant::now();
+    ops::down(LAB).map_err(|e| f(e.to_string()))?;
+    report.add(
+        "scale",
+        &label,
+        "down",
+        "s",
+        &one(t.elapsed().as_secs_f64()),
+        None,
+    );
+    Ok(())
+}
