@@ -37,6 +37,8 @@ pub struct Options {
     pub bin: PathBuf,
     /// Fewer and shorter repetitions: a smoke test under two minutes.
     pub quick: bool,
+    /// Cluster state of the scale stage: `gossip` or `etcd`.
+    pub datastore: String,
     pub progress: Box<dyn Fn(&str) + Send + Sync>,
 }
 

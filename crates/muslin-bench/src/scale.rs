@@ -16,14 +16,16 @@ use crate::{fail, BenchError, Options, Plan};
 
 const LAB: &str = "mbs";
 
-fn gossip_sent(host: &str) -> u64 {
+/// Gossip bytes sent, or requests made to etcd, by a host's agent so far.
+fn store_traffic(host: &str) -> u64 {
     match muslin_cni::call(
         &registry::socket(LAB, host),
         &muslin_model::api::Request::Status,
     ) {
-        Ok(muslin_model::api::Response::Status(s)) => {
-            s.cluster.map(|c| c.gossip_bytes_sent).unwrap_or(0)
-        }
+        Ok(muslin_model::api::Response::Status(s)) => s
+            .cluster
+            .map(|c| c.gossip_bytes_sent + c.etcd_requests)
+            .unwrap_or(0),
         _ => 0,
     }
 }
@@ -58,14 +60,14 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
         hosts: Some(hosts),
         topology: None,
         backend: "auto".into(),
-        datastore: "gossip".into(),
+        datastore: o.datastore.clone(),
         etcd_members: 1,
         converge_timeout: 120,
     };
     let r = ops::up(&ctx, &up).map_err(|e| f(e.to_string()))?;
     let names: Vec<String> = (1..=hosts).map(|i| format!("h{i}")).collect();
     let one = |v: f64| Series(vec![v]);
-    let label = format!("{hosts}-host lab");
+    let label = format!("{hosts}-host lab on {}", o.datastore);
     report.add(
         "scale",
         &label,
@@ -90,7 +92,7 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
     // Idle: five seconds of nothing.
     let (c0, g0): (Vec<f64>, Vec<u64>) = (
         pids.iter().map(|p| cpu_seconds(*p)).collect(),
-        names.iter().map(|h| gossip_sent(h)).collect(),
+        names.iter().map(|h| store_traffic(h)).collect(),
     );
     let t = Instant::now();
     std::thread::sleep(Duration::from_secs(5));
@@ -105,7 +107,7 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
         names
             .iter()
             .zip(&g0)
-            .map(|(h, g)| (gossip_sent(h) - g) as f64 / secs)
+            .map(|(h, g)| (store_traffic(h) - g) as f64 / secs)
             .collect(),
     );
     let rss_idle = Series(pids.iter().map(|p| rss_kib(*p) as f64 / 1024.0).collect());
@@ -125,14 +127,12 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
         &cpu_idle,
         None,
     );
-    report.add(
-        "scale",
-        &label,
-        "gossip sent per node, idle",
-        "B/s",
-        &gossip,
-        None,
-    );
+    let (metric, unit) = if o.datastore == "etcd" {
+        ("etcd requests per node, idle", "1/s")
+    } else {
+        ("gossip sent per node, idle", "B/s")
+    };
+    report.add("scale", &label, metric, unit, &gossip, None);
 
     // Churn: attachments one after another, each probed from every other host.
     let c1: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();

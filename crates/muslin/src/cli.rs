@@ -34,6 +34,9 @@ pub struct BenchArgs {
     /// Fewer, shorter repetitions (under two minutes): a smoke test
     #[arg(long)]
     pub quick: bool,
+    /// Cluster state of the scale stage: gossip or etcd
+    #[arg(long, default_value = "gossip")]
+    pub datastore: String,
     /// Write the figures as JSON to FILE
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,

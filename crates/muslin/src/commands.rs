@@ -218,6 +218,7 @@ fn bench(b: BenchArgs) -> Result<ExitCode> {
     let o = muslin_bench::Options {
         bin: std::env::current_exe().context("locating the muslin binary")?,
         quick: b.quick,
+        datastore: b.datastore.clone(),
         progress: Box::new(|l| eprintln!("{l}")),
     };
     let r = muslin_bench::run(&o)?;
