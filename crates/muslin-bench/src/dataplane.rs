@@ -316,18 +316,15 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
         let _ = s.wait();
     }
     result.map_err(&f)?;
-    let base = [
-        series[0][0].median(),
-        series[0][1].median(),
-        series[0][2].median(),
-    ];
+    // Every figure also relative to the underlay (for latency, > 1 is slower).
+    let base: Vec<f64> = series[0].iter().map(Series::median).collect();
     for (p, s) in paths.iter().zip(&series) {
         let metrics = [
             ("TCP throughput, 1 stream", "Gbit/s", Some(base[0])),
             ("TCP throughput, 4 streams", "Gbit/s", Some(base[1])),
             ("UDP 64-byte rate", "kpps", Some(base[2])),
-            ("TCP request/response p50", "µs", None),
-            ("TCP request/response p99", "µs", None),
+            ("TCP request/response p50", "µs", Some(base[3])),
+            ("TCP request/response p99", "µs", Some(base[4])),
         ];
         for ((metric, unit, b), v) in metrics.into_iter().zip(s.iter()) {
             report.add("data plane", p.name, metric, unit, v, b);
