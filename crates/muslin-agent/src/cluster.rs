@@ -111,19 +111,24 @@ pub async fn join(
         ttl,
         secret,
     };
-    let leases = config.blocks.is_empty().then(|| {
+    let leases = if config.blocks.is_empty() {
         // Settling waits out a few gossip rounds, so a competing claim made
         // at the same moment has reached us before we hand out addresses.
         let settle = (interval * 5).max(Duration::from_millis(500));
-        Leases::load(
-            &config.state_dir,
-            me,
-            config.pod_cidr,
-            config.block_size,
-            settle,
-            ttl,
+        Some(
+            Leases::load(
+                &config.state_dir,
+                me,
+                config.pod_cidr,
+                config.block_size,
+                settle,
+                ttl,
+            )
+            .map_err(AgentError::Join)?,
         )
-    });
+    } else {
+        None
+    };
     let record = NodeRecord {
         name: me.to_string(),
         address: underlay.address,
@@ -261,6 +266,7 @@ impl Cluster {
                 &self.underlay,
                 self.vx,
                 vtep_mac(&self.me),
+                self.pod_cidr,
             );
             // Deleting needs a complete view: not before we heard from the
             // cluster, and not in the first rounds after a restart.

@@ -54,12 +54,16 @@ impl Leases {
         size: u8,
         settle: Duration,
         ttl: Duration,
-    ) -> Leases {
+    ) -> Result<Leases, String> {
         let file = dir.join("leases.json");
-        let p: Persisted = std::fs::read(&file)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        // A missing file is a first start; an unreadable one must not pass
+        // for "no blocks", or pods of a block we still hold would collide
+        // with whoever claims it next.
+        let p: Persisted = match std::fs::read(&file) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("lease file {file:?} is corrupt ({e}); move it away only if this node's pods are gone"))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
+            Err(e) => return Err(format!("reading {file:?}: {e}")),
+        };
         let gone = Duration::from_millis(now_ms().saturating_sub(p.alive_at_ms));
         let claims = if p.blocks.is_empty() {
             BTreeMap::new()
@@ -81,7 +85,7 @@ impl Leases {
             tracing::info!(blocks = ?kept.keys().collect::<Vec<_>>(), "keeping the blocks of the previous run");
             kept
         };
-        Leases {
+        Ok(Leases {
             me: me.to_string(),
             pod_cidr,
             size,
@@ -89,7 +93,7 @@ impl Leases {
             file,
             claims,
             saved_alive: 0,
-        }
+        })
     }
 
     /// One round: drop claims another node wins, claim a block when we
@@ -165,8 +169,17 @@ impl Leases {
             alive_at_ms: now,
         };
         let tmp = self.file.with_extension("tmp");
-        let ok = std::fs::write(&tmp, serde_json::to_vec(&p).expect("serializes"))
-            .and_then(|_| std::fs::rename(&tmp, &self.file));
+        // Durable like the endpoint table: write, fsync, rename, fsync dir.
+        let ok = (|| -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, &serde_json::to_vec(&p).expect("serializes"))?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.file)?;
+            if let Some(dir) = self.file.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        })();
         match ok {
             Ok(()) => self.saved_alive = now,
             Err(e) => tracing::warn!(file = ?self.file, cause = %e, "could not save leases"),
@@ -209,7 +222,8 @@ mod tests {
     fn claims_settles_loses_and_persists() {
         let d = dir("a");
         let pod: IpNet = "10.244.0.0/16".parse().unwrap();
-        let mut l = Leases::load(&d, "n1", pod, 24, Duration::ZERO, Duration::from_secs(60));
+        let mut l =
+            Leases::load(&d, "n1", pod, 24, Duration::ZERO, Duration::from_secs(60)).unwrap();
         let s = l.step(&ClusterView::default(), false);
         let (b, _) = s.claim.unwrap();
         // Settle time zero: settled as soon as the view shows it ours.
@@ -225,11 +239,11 @@ mod tests {
         assert_eq!(s.release, vec![b2]);
         assert!(!l.claims.contains_key(&b2));
         // A restart within the TTL keeps the blocks.
-        let l2 = Leases::load(&d, "n1", pod, 24, Duration::ZERO, Duration::from_secs(60));
+        let l2 = Leases::load(&d, "n1", pod, 24, Duration::ZERO, Duration::from_secs(60)).unwrap();
         assert_eq!(l2.claims.keys().copied().collect::<Vec<_>>(), vec![b]);
         // Past the TTL it does not.
         std::thread::sleep(Duration::from_millis(5));
-        let l3 = Leases::load(&d, "n1", pod, 24, Duration::ZERO, Duration::from_millis(1));
+        let l3 = Leases::load(&d, "n1", pod, 24, Duration::ZERO, Duration::from_millis(1)).unwrap();
         assert!(l3.claims.is_empty());
         std::fs::remove_dir_all(&d).unwrap();
     }

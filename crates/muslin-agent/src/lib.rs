@@ -81,12 +81,11 @@ pub async fn run(
     });
     if let Some(c) = &cluster {
         tracing::info!(pod_mtu = mtu, underlay_mtu = c.underlay.mtu, backend = ?c.backend, "pod MTU");
-        for b in config
-            .blocks
-            .iter()
-            .filter(|b| !config.pod_cidr.contains(*b))
-        {
-            tracing::warn!(block = %b, pod_cidr = %config.pod_cidr, "a fixed block lies outside pod-cidr; its traffic is not masqueraded");
+        if let Some(b) = config.blocks.iter().find(|b| !config.pod_cidr.contains(*b)) {
+            return Err(AgentError::Config(muslin_model::agent_config::ConfigError {
+                field: "blocks".into(),
+                msg: format!("{b} lies outside pod-cidr {}: peers route only blocks inside the pod network", config.pod_cidr),
+            }));
         }
     }
     let blocks = Arc::new(blocks::BlockSource::new(

@@ -116,8 +116,15 @@ impl Node {
         let ns = muslin_kernel::open_netns(&req.netns).map_err(kernel_error)?;
         let _guard = self.locks.lock(&req.key).await;
         let mtu = req.mtu.unwrap_or(self.mtu);
-        let address = self.allocate(&req, mtu).await?;
+        let (address, fresh) = self.allocate(&req, mtu).await?;
         let p = plan(&req.key, address, mtu);
+        // A retried ADD (the runtime timed out, the plugin was killed) of an
+        // attachment that is complete gets its result, not a rebuilt veth.
+        if !fresh
+            && matches!(muslin_kernel::check(&self.netlink, &p, &ns).await, Ok(problems) if problems.is_empty())
+        {
+            return Ok(added(&p));
+        }
         if let Err(e) = muslin_kernel::attach(&self.netlink, &p, &ns).await {
             tracing::warn!(container = %req.key.container_id, cause = %e, "ADD failed; rolled back");
             self.release(&req.key).await;
@@ -129,7 +136,11 @@ impl Node {
 
     /// Records the attachment with an address, waiting for a first block
     /// (a lease still settling) or for one more block when all are full.
-    async fn allocate(&self, req: &AddRequest, mtu: u32) -> Result<std::net::IpAddr, CniError> {
+    async fn allocate(
+        &self,
+        req: &AddRequest,
+        mtu: u32,
+    ) -> Result<(std::net::IpAddr, bool), CniError> {
         const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
         let mut blocks = self.blocks.current();
         if blocks.is_empty() {
@@ -152,7 +163,7 @@ impl Node {
                         mtu,
                         pod: req.pod.clone(),
                     })
-                    .map(|(e, _)| e.address)
+                    .map(|(e, fresh)| (e.address, fresh))
                 })
                 .await;
             match allocated {
@@ -319,6 +330,7 @@ impl Node {
             mtu: self.mtu,
             blocks,
             endpoints,
+            can_claim_more: self.blocks.leased,
             cluster: match &self.cluster {
                 Some(c) => Some(c.read().await.clone()),
                 None => None,
@@ -347,11 +359,10 @@ impl Node {
             .map(|e| e.host_ifname.clone())
             .collect();
         let mut errors = Vec::new();
-        for l in links
-            .iter()
-            .filter(|l| is_pod_veth(&l.name) && !known.contains(&l.name))
-        {
-            match self.netlink.delete_link(&l.name).await {
+        for l in links.iter().filter(|l| {
+            is_pod_veth(&l.name) && l.kind.as_deref() == Some("veth") && !known.contains(&l.name)
+        }) {
+            match self.netlink.delete_index(l.index).await {
                 Ok(_) => tracing::info!(link = %l.name, "removed an orphaned veth"),
                 Err(e) => errors.push(e.to_string()),
             }
@@ -373,6 +384,12 @@ impl Node {
             .map(|(k, e)| (k.clone(), e.clone()))
             .collect();
         for (key, ep) in entries {
+            // Under the attachment's lock, and only if the record is still
+            // the one we read: a DEL and a re-ADD may have moved the address.
+            let _guard = self.locks.lock(&key).await;
+            if self.table.lock().await.table.endpoints.get(&key) != Some(&ep) {
+                continue;
+            }
             let p = plan(&key, ep.address, ep.mtu);
             match muslin_kernel::ensure_host_route(&self.netlink, &p).await {
                 Ok(true) => {}

@@ -132,7 +132,8 @@ fn invoke(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<String, 
             require_1_1(version, "STATUS")?;
             match agent(&socket, &Request::Status, ErrorCode::NotAvailable)? {
                 Response::Status(s) => {
-                    if s.blocks.iter().all(|b| b.used >= b.capacity) {
+                    // Full blocks are no obstacle to a node that can lease another.
+                    if !s.can_claim_more && s.blocks.iter().all(|b| b.used >= b.capacity) {
                         Err(CniError::new(
                             ErrorCode::NotAvailable,
                             format!("node {} has no free pod address", s.node_name),

@@ -204,9 +204,14 @@ pub async fn apply(
     let name_of: BTreeMap<u32, String> = links.iter().map(|l| (l.index, l.name.clone())).collect();
 
     // Routes.
-    let current: Vec<_> = host
-        .routes(false)
-        .await?
+    let all = host.routes(false).await?;
+    // Destinations someone else routes in the main table: never replaced.
+    let foreign: BTreeSet<IpNet> = all
+        .iter()
+        .filter(|r| r.table == 254 && r.protocol != ROUTE_PROTOCOL)
+        .map(|r| r.dst)
+        .collect();
+    let current: Vec<_> = all
         .into_iter()
         .filter(|r| r.protocol == ROUTE_PROTOCOL && r.table == 254)
         .filter(|r| {
@@ -223,6 +228,10 @@ pub async fn apply(
     };
     for w in &d.routes {
         if current.iter().any(|r| same(r, w)) {
+            continue;
+        }
+        if foreign.contains(&w.dst) {
+            tracing::warn!(dst = %w.dst, "a route Muslin does not own already covers this block; left alone");
             continue;
         }
         let Some(oif) = index.get(&w.dev) else {

@@ -102,6 +102,17 @@ impl Netlink {
         }
     }
 
+    /// Deletes the link with this index, whatever its name is now; a link
+    /// already gone is not an error. Unlike by-name deletion, a new link that
+    /// took the name in between is never hit.
+    pub async fn delete_index(&self, index: u32) -> Result<bool, KernelError> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(false),
+            Err(e) => Err(KernelError::netlink(format!("deleting link {index}"))(e)),
+        }
+    }
+
     pub async fn addresses(&self, index: u32) -> Result<Vec<IpNet>, KernelError> {
         let msgs: Vec<_> = self
             .handle

@@ -139,6 +139,17 @@ pub fn up(ctx: &Ctx, o: &UpOptions) -> Result<UpReport, LabError> {
     if registry::list().contains(&o.name) || sys::netns_exists(&plan.switch_ns) {
         return Err(LabError::Exists(o.name.clone()));
     }
+    // Only namespaces the lab creates may be recorded: `down` kills what
+    // runs in recorded namespaces.
+    let mut wanted = build::namespaces(&plan);
+    wanted.extend(
+        plan.nodes
+            .iter()
+            .flat_map(|n| n.containers.iter().map(|c| n.container_ns(&o.name, c))),
+    );
+    if let Some(taken) = wanted.iter().find(|n| sys::netns_exists(n)) {
+        return Err(LabError::Usage(format!("namespace {taken} already exists and is not this lab's; remove it or choose another --name")));
+    }
     let lock = registry::lock(&o.name)?;
     let mut rec = LabRecord {
         plan,
@@ -439,6 +450,15 @@ fn attach_many(
     wanted: &[(String, String)],
 ) -> Result<(), LabError> {
     let lab = rec.plan.name.clone();
+    if let Some((h, c)) = wanted
+        .iter()
+        .find(|(h, c)| sys::netns_exists(&crate::names::container_ns(&lab, h, c)))
+    {
+        return Err(LabError::Usage(format!(
+            "namespace {} already exists and is not this lab's",
+            crate::names::container_ns(&lab, h, c)
+        )));
+    }
     for (h, c) in wanted {
         let host = rec
             .plan
@@ -612,6 +632,12 @@ pub fn run(
         {
             return Err(LabError::Usage(format!(
                 "{host}/{container} already exists"
+            )));
+        }
+        let ns = crate::names::container_ns(&lab, host, container);
+        if sys::netns_exists(&ns) {
+            return Err(LabError::Usage(format!(
+                "namespace {ns} already exists and is not this lab's"
             )));
         }
         ctx.say(&format!("attaching {host}/{container} through CNI"));
@@ -895,6 +921,7 @@ pub fn logs(name: Option<&str>, host: &str) -> Result<String, LabError> {
 /// `lab down`: removes every namespace, process and file of the lab, even
 /// of a half-finished `up`. Idempotent: a lab that is not there is fine.
 pub fn down(name: &str) -> Result<bool, LabError> {
+    registry::check_name(name)?;
     let dir = registry::lab_dir(name);
     if !dir.exists() {
         return Ok(false);

@@ -82,9 +82,18 @@ pub fn list() -> Vec<String> {
     v
 }
 
+/// A lab name is a plain name: never a path that escapes the registry.
+pub fn check_name(name: &str) -> Result<(), LabError> {
+    match crate::names::invalid_name(name) {
+        Some(why) => Err(LabError::Usage(format!("lab name: {why}"))),
+        None => Ok(()),
+    }
+}
+
 /// The lab a command acts on: the named one, or the only one.
 pub fn pick(name: Option<&str>) -> Result<String, LabError> {
     if let Some(n) = name {
+        check_name(n)?;
         return if lab_dir(n).join("lab.json").exists() {
             Ok(n.to_string())
         } else {
@@ -108,6 +117,7 @@ pub struct Locked {
 }
 
 pub fn lock(name: &str) -> Result<Locked, LabError> {
+    check_name(name)?;
     let dir = lab_dir(name);
     fs::create_dir_all(&dir).map_err(LabError::io(format!("creating {}", dir.display())))?;
     let f = OpenOptions::new()

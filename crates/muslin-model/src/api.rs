@@ -79,6 +79,9 @@ pub struct NodeStatus {
     pub mtu: u32,
     pub blocks: Vec<BlockStatus>,
     pub endpoints: Vec<EndpointStatus>,
+    /// Whether the node leases blocks and so can claim another when full.
+    #[serde(default)]
+    pub can_claim_more: bool,
     /// Absent when the node runs alone (no underlay, no cluster).
     #[serde(default)]
     pub cluster: Option<ClusterStatus>,

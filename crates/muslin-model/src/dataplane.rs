@@ -127,6 +127,15 @@ pub fn pod_mtu(backend: Backend, underlay_mtu: u32) -> u32 {
     }
 }
 
+/// A peer's block is routed only if it lies in the pod network and clear of
+/// our underlay: a bad or hostile claim (`0.0.0.0/0`, the underlay subnet)
+/// must never become a route on every host.
+fn routable(b: &IpNet, pod_cidr: &IpNet, local: &Underlay) -> bool {
+    pod_cidr.contains(b)
+        && !b.contains(&local.prefix.network())
+        && !local.prefix.contains(&b.network())
+}
+
 pub fn desired(
     view: &ClusterView,
     me: &str,
@@ -134,12 +143,13 @@ pub fn desired(
     local: &Underlay,
     vx: VxlanSettings,
     vtep_mac: [u8; 6],
+    pod_cidr: IpNet,
 ) -> Desired {
     let owners = view.block_owners();
     let blocks_of = |n: &str| -> Vec<IpNet> {
         owners
             .iter()
-            .filter(|(_, o)| o.as_str() == n)
+            .filter(|(b, o)| o.as_str() == n && (n == me || routable(b, &pod_cidr, local)))
             .map(|(b, _)| *b)
             .collect()
     };
@@ -249,6 +259,31 @@ mod tests {
         }
     }
 
+    const POD: IpNet = IpNet::V4(ipnet::Ipv4Net::new_assert(
+        std::net::Ipv4Addr::new(10, 244, 0, 0),
+        16,
+    ));
+
+    #[test]
+    fn claims_outside_the_pod_network_or_over_the_underlay_are_not_routed() {
+        let mut v = view();
+        for bad in [
+            "0.0.0.0/0",
+            "192.168.10.0/24",
+            "192.168.0.0/16",
+            "10.99.0.0/24",
+        ] {
+            v.nodes
+                .get_mut("h2")
+                .unwrap()
+                .claims
+                .insert(bad.parse().unwrap(), BlockClaim { claimed_at_ms: 0 });
+        }
+        let d = desired(&v, "h1", Backend::Auto, &local(), VX, [2; 6], POD);
+        let dsts: Vec<String> = d.routes.iter().map(|r| r.dst.to_string()).collect();
+        assert_eq!(dsts, ["10.244.2.0/24", "10.244.3.0/24"]);
+    }
+
     const VX: VxlanSettings = VxlanSettings {
         vni: 4242,
         port: 4789,
@@ -263,6 +298,7 @@ mod tests {
             &local(),
             VX,
             crate::cluster::vtep_mac("h1"),
+            POD,
         );
         assert_eq!(d.paths["h2"], Path::Routed);
         assert_eq!(d.paths["h3"], Path::Vxlan);
@@ -318,10 +354,10 @@ mod tests {
 
     #[test]
     fn routed_refuses_peers_across_a_router_and_vxlan_tunnels_everyone() {
-        let d = desired(&view(), "h1", Backend::Routed, &local(), VX, [2; 6]);
+        let d = desired(&view(), "h1", Backend::Routed, &local(), VX, [2; 6], POD);
         assert!(matches!(&d.paths["h3"], Path::Unreachable(why) if why.contains("shared L2")));
         assert_eq!(d.routes.len(), 1);
-        let d = desired(&view(), "h1", Backend::Vxlan, &local(), VX, [2; 6]);
+        let d = desired(&view(), "h1", Backend::Vxlan, &local(), VX, [2; 6], POD);
         assert!(d.paths.values().all(|p| *p == Path::Vxlan));
         assert!(d
             .routes
@@ -334,7 +370,7 @@ mod tests {
     fn no_block_no_vxlan_device_and_mtus() {
         let mut v = view();
         v.nodes.get_mut("h1").unwrap().claims.clear();
-        let d = desired(&v, "h1", Backend::Vxlan, &local(), VX, [2; 6]);
+        let d = desired(&v, "h1", Backend::Vxlan, &local(), VX, [2; 6], POD);
         assert!(d.vxlan.is_none());
         assert_eq!(pod_mtu(Backend::Vxlan, 1500), 1450);
         assert_eq!(pod_mtu(Backend::Auto, 9000), 9000);

@@ -461,12 +461,37 @@ async fn keep_leases(
                 .collect();
             for (k, v) in keys {
                 let lease = lease_for(&cfg, &k, &block, &alive);
-                requests.fetch_add(1, Ordering::Relaxed);
-                let _ = c.put(k, v, Some(PutOptions::new().with_lease(lease))).await;
+                requests.fetch_add(2, Ordering::Relaxed);
+                if k.starts_with(&format!("{}blocks/", cfg.prefix)) {
+                    // A claim is never overwritten: another node may have
+                    // taken the block while ours had expired.
+                    if !reassert_claim(&mut c, &k, &v, lease).await {
+                        own.lock().expect("own").remove(&k);
+                        tracing::warn!(key = %k, "our block claim expired during the outage and another node holds it now");
+                    }
+                } else {
+                    let _ = c.put(k, v, Some(PutOptions::new().with_lease(lease))).await;
+                }
             }
             tracing::info!("etcd leases renewed and owned keys re-written");
         }
     }
+}
+
+/// Puts our claim on `lease` only if the key holds exactly our claim or
+/// nobody's: never over another node's. Returns whether we hold it.
+async fn reassert_claim(c: &mut Client, key: &str, value: &str, lease: i64) -> bool {
+    let put = || TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)));
+    let ours = Txn::new()
+        .when([Compare::value(key, CompareOp::Equal, value)])
+        .and_then([put()]);
+    if matches!(c.txn(ours).await, Ok(r) if r.succeeded()) {
+        return true;
+    }
+    let free = Txn::new()
+        .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+        .and_then([put()]);
+    matches!(c.txn(free).await, Ok(r) if r.succeeded())
 }
 
 impl ClusterStore for Etcd {
@@ -499,16 +524,11 @@ impl ClusterStore for Etcd {
                 self.own.lock().expect("own").insert(key, value);
             }
             Ok(_) => {
-                // Ours already (a restart)? Then move it onto our new lease.
-                let mine = self
-                    .cache
-                    .read()
-                    .expect("cache")
-                    .get(&key)
-                    .and_then(|v| serde_json::from_str::<Claim>(v).ok())
-                    .is_some_and(|c| c.node == self.cfg.node_name);
-                if mine {
-                    self.own_put(key, value).await;
+                // Ours already, exactly (a restart re-claims with the same
+                // time)? Then move it onto our new lease, atomically.
+                self.requests.fetch_add(1, Ordering::Relaxed);
+                if reassert_claim(&mut c, &key, &value, lease).await {
+                    self.own.lock().expect("own").insert(key, value);
                 }
             }
             Err(e) => tracing::debug!(cause = %e, block = %block, "claim failed; will retry"),

@@ -77,6 +77,7 @@ impl Gossip {
         let transport = SealedUdp {
             secret: cfg.secret.clone(),
             auth: auth.clone(),
+            seeds: cfg.seeds.clone(),
         };
         let handle = spawn_chitchat(config, initial, &transport)
             .await

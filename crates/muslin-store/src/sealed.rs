@@ -71,6 +71,9 @@ pub struct AuthState {
 pub struct SealedUdp {
     pub secret: Option<Vec<u8>>,
     pub auth: Arc<AuthState>,
+    /// Notices are unauthenticated: only the configured seeds' count, so a
+    /// stray datagram cannot stop an agent from joining.
+    pub seeds: Vec<SocketAddr>,
 }
 
 #[async_trait]
@@ -83,6 +86,7 @@ impl Transport for SealedUdp {
             sock,
             cipher: self.secret.as_deref().map(cipher),
             auth: self.auth.clone(),
+            seeds: self.seeds.clone(),
             buf: vec![0; MAX_DATAGRAM],
             noticed: HashMap::new(),
         }))
@@ -90,6 +94,7 @@ impl Transport for SealedUdp {
 }
 
 struct SealedSocket {
+    seeds: Vec<SocketAddr>,
     sock: tokio::net::UdpSocket,
     cipher: Option<ChaCha20Poly1305>,
     auth: Arc<AuthState>,
@@ -117,7 +122,11 @@ impl SealedSocket {
         let _ = self.sock.send_to(&[kind], to).await;
     }
 
-    fn problem(&self, msg: String) {
+    fn problem(&self, from: SocketAddr, msg: String) {
+        if !self.seeds.contains(&from) {
+            tracing::debug!(peer = %from, "ignored an authentication notice from a host that is not a seed");
+            return;
+        }
         let mut p = self.auth.problem.lock().expect("auth lock");
         if p.as_deref() != Some(msg.as_str()) {
             tracing::error!("{msg}");
@@ -207,23 +216,26 @@ impl Socket for SealedSocket {
                     }
                 }
                 (SEALED, None) => {
-                    self.problem(format!(
+                    self.problem(from, format!(
                         "peer {from} gossips with a cluster secret and this agent has none: it cannot join; \
                          start it with --cluster-secret-file"
                     ));
                     continue;
                 }
                 (NEEDS_SECRET, None) => {
-                    self.problem(format!(
+                    self.problem(from, format!(
                         "peer {from} refuses gossip without the cluster secret: this agent cannot join; \
                          start it with --cluster-secret-file"
                     ));
                     continue;
                 }
                 (BAD_SECRET, Some(_)) => {
-                    self.problem(format!(
-                        "peer {from} rejects our cluster secret: check --cluster-secret-file"
-                    ));
+                    self.problem(
+                        from,
+                        format!(
+                            "peer {from} rejects our cluster secret: check --cluster-secret-file"
+                        ),
+                    );
                     continue;
                 }
                 _ => continue,
@@ -231,6 +243,9 @@ impl Socket for SealedSocket {
             match ChitchatMessage::deserialize(&mut &plain[..]) {
                 Ok(msg) => {
                     self.auth.heard.store(true, Ordering::Relaxed);
+                    if kind == SEALED || self.cipher.is_none() {
+                        self.auth.problem.lock().expect("auth lock").take();
+                    }
                     return Ok((from, msg));
                 }
                 Err(e) => tracing::debug!(peer = %from, cause = %e, "undecodable gossip frame"),

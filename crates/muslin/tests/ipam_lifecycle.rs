@@ -96,58 +96,73 @@ fn gc_after_a_runtime_crash_frees_exactly_the_stale_attachments() {
 #[test]
 fn agent_killed_mid_add_leaves_no_duplicate_and_no_unreclaimable_leak() {
     let mut host = Host::new(&["10.83.0.0/24"]);
-    let cs: Vec<Netns> = (0..24).map(|_| Netns::new("crash")).collect();
-    // Fire ADDs and SIGKILL the agent while they are in flight.
-    let done = AtomicUsize::new(0);
-    let outcomes: Vec<(String, i32)> = std::thread::scope(|s| {
-        let hs: Vec<_> = cs
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let (host, done) = (&host, &done);
-                s.spawn(move || {
-                    let id = format!("crash{i}");
-                    let (v, code) = host.cni(
-                        "muslin",
-                        "ADD",
-                        &id,
-                        Some(&c.path()),
-                        "eth0",
-                        &host.conf("1.1.0"),
-                    );
-                    done.fetch_add(1, Ordering::SeqCst);
-                    if code == 0 {
-                        (result_ip(&v), 0)
-                    } else {
-                        (v["code"].to_string(), code)
-                    }
+    // The kill must land while ADDs are in flight; on a fast machine it may
+    // land after all of them, so try again with fresh containers.
+    let mut attempt = 0;
+    let (cs, outcomes, prefix) = loop {
+        let prefix = format!("crash{attempt}x");
+        let cs: Vec<Netns> = (0..32).map(|_| Netns::new("crash")).collect();
+        let done = AtomicUsize::new(0);
+        let outcomes: Vec<(String, i32)> = std::thread::scope(|s| {
+            let hs: Vec<_> = cs
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let (host, done, prefix) = (&host, &done, &prefix);
+                    s.spawn(move || {
+                        let (v, code) = host.cni(
+                            "muslin",
+                            "ADD",
+                            &format!("{prefix}{i}"),
+                            Some(&c.path()),
+                            "eth0",
+                            &host.conf("1.1.0"),
+                        );
+                        done.fetch_add(1, Ordering::SeqCst);
+                        if code == 0 {
+                            (result_ip(&v), 0)
+                        } else {
+                            (v["code"].to_string(), code)
+                        }
+                    })
                 })
-            })
-            .collect();
-        // Kill once some ADDs have finished, so that others are caught
-        // between allocation and plumbing.
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while done.load(Ordering::SeqCst) < 4 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
+                .collect();
+            // Kill as soon as one ADD finished: others are between
+            // allocation and plumbing.
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while done.load(Ordering::SeqCst) < 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let pid = host.agent.as_ref().unwrap().id();
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        host.kill_agent();
+        host.start_agent();
+        let failed = outcomes.iter().filter(|o| o.1 != 0).count();
+        eprintln!(
+            "attempt {attempt}: {} of {} ADDs succeeded before the kill",
+            outcomes.len() - failed,
+            outcomes.len()
+        );
+        attempt += 1;
+        if failed > 0 || attempt == 4 {
+            break (cs, outcomes, prefix);
         }
-        let pid = host.agent.as_ref().unwrap().id();
-        let _ = std::process::Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    host.kill_agent();
-    host.start_agent();
-
+        // A clean slate for the next attempt.
+        for (i, c) in cs.iter().enumerate() {
+            host.del(&format!("{prefix}{i}"), Some(c));
+        }
+        eventually("the attempt's veths are gone", || {
+            host.our_links().is_empty()
+        });
+    };
     let succeeded: Vec<usize> = (0..cs.len()).filter(|i| outcomes[*i].1 == 0).collect();
-    eprintln!(
-        "{} of {} ADDs succeeded before the kill",
-        succeeded.len(),
-        cs.len()
-    );
     assert!(
         succeeded.len() < cs.len(),
-        "the kill landed after every ADD; the test proved nothing"
+        "the kill landed after every ADD in {attempt} attempts; the test proved nothing"
     );
     // No address was given twice, and every success is still recorded.
     let ok_ips: Vec<&String> = succeeded.iter().map(|i| &outcomes[*i].0).collect();
@@ -165,7 +180,7 @@ fn agent_killed_mid_add_leaves_no_duplicate_and_no_unreclaimable_leak() {
     // crash left half-made is reclaimed, nothing else.
     let valid: Vec<_> = succeeded
         .iter()
-        .map(|i| json!({"containerID": format!("crash{i}"), "ifname": "eth0"}))
+        .map(|i| json!({"containerID": format!("{prefix}{i}"), "ifname": "eth0"}))
         .collect();
     let mut conf = host.conf("1.1.0");
     conf["cni.dev/valid-attachments"] = json!(valid);
@@ -177,7 +192,7 @@ fn agent_killed_mid_add_leaves_no_duplicate_and_no_unreclaimable_leak() {
     assert_eq!(host.our_links().len(), succeeded.len(), "no orphaned veth");
     // A failed attachment retried after the restart works.
     for i in (0..cs.len()).filter(|i| outcomes[*i].1 != 0).take(3) {
-        let r = host.add(&format!("crash{i}"), &cs[i]);
+        let r = host.add(&format!("{prefix}{i}"), &cs[i]);
         assert!(!want.contains(&result_ip(&r)));
     }
 }
