@@ -121,7 +121,11 @@ impl Etcd {
         }
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
-            .with_timeout(Duration::from_secs(5));
+            .with_timeout(Duration::from_secs(5))
+            // HTTP/2 pings: a silent partition (no RST) ends the watch
+            // stream instead of leaving the cache quietly stale.
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
+            .with_keep_alive_while_idle(true);
         if cfg.ca_file.is_some() || cfg.cert_file.is_some() || cfg.key_file.is_some() {
             let read = |setting: &str, p: &PathBuf| {
                 std::fs::read(p).map_err(|e| err(setting, format!("{}: {e}", p.display())))
