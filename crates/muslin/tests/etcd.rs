@@ -24,22 +24,7 @@ default-route = true
 
 /// The pid and command line of the etcd process in a member's namespace.
 fn etcd_process(lab: &Lab, member: &str) -> (i32, Vec<String>) {
-    let o = Command::new("ip")
-        .args(["netns", "pids", &lab.ns(member)])
-        .output()
-        .unwrap();
-    for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let args: Vec<String> = cmd
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.first().is_some_and(|a| a.ends_with("etcd")) {
-            return (pid.parse().unwrap(), args);
-        }
-    }
-    panic!("no etcd in {member}");
+    lab.process(member, |a| a.first().is_some_and(|x| x.ends_with("etcd")))
 }
 
 fn container_addr(lab: &Lab, host: &str, name: &str) -> String {

@@ -133,10 +133,11 @@ impl Lab {
         format!("{}-{node}", self.name)
     }
 
-    /// The agent process of a host (pid, command line).
-    pub fn agent_process(&self, host: &str) -> (i32, Vec<String>) {
+    /// The first process in a node's namespace whose command line
+    /// matches (pid, command line).
+    pub fn process(&self, node: &str, matches: impl Fn(&[String]) -> bool) -> (i32, Vec<String>) {
         let o = Command::new("ip")
-            .args(["netns", "pids", &self.ns(host)])
+            .args(["netns", "pids", &self.ns(node)])
             .output()
             .unwrap();
         for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
@@ -146,11 +147,16 @@ impl Lab {
                 .filter(|a| !a.is_empty())
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
-            if args.get(1).map(String::as_str) == Some("agent") {
+            if matches(&args) {
                 return (pid.parse().unwrap(), args);
             }
         }
-        panic!("no agent in {host}");
+        panic!("no such process in {node}");
+    }
+
+    /// The agent process of a host.
+    pub fn agent_process(&self, host: &str) -> (i32, Vec<String>) {
+        self.process(host, |a| a.get(1).map(String::as_str) == Some("agent"))
     }
 
     /// Routes Muslin installed on a host (protocol 77), as `ip -j route`.
