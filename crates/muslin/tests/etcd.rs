@@ -6,21 +6,8 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::lab::{file, Lab};
+use common::lab::{file, one_segment, Lab};
 use common::{Netns, TempDir, BIN};
-
-const TWO_HOSTS: &str = r#"
-[[segment]]
-name = "lan"
-cidr = "192.168.70.0/24"
-[[host]]
-name = "h"
-count = 2
-containers = 1
-[[host.nic]]
-segment = "lan"
-default-route = true
-"#;
 
 /// The pid and command line of the etcd process in a member's namespace.
 fn etcd_process(lab: &Lab, member: &str) -> (i32, Vec<String>) {
@@ -48,7 +35,7 @@ fn container_addr(lab: &Lab, host: &str, name: &str) -> String {
 #[test]
 fn thirty_seconds_without_etcd_lose_no_traffic_and_allow_adds() {
     let lab = Lab::on("etcd");
-    let (_d, path) = file(TWO_HOSTS);
+    let (_d, path) = file(&one_segment(2, 1, ""));
     lab.up(&["-f", &path, "--converge-timeout", "30"]);
     let target = container_addr(&lab, "h2", "c1");
     let ping = Command::new("ip")
@@ -114,7 +101,7 @@ fn thirty_seconds_without_etcd_lose_no_traffic_and_allow_adds() {
 #[test]
 fn a_three_member_etcd_survives_losing_one() {
     let lab = Lab::on("etcd");
-    let (_d, path) = file(TWO_HOSTS);
+    let (_d, path) = file(&one_segment(2, 1, ""));
     lab.up(&[
         "-f",
         &path,

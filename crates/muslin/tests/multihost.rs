@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::lab::{failures, file, Lab};
+use common::lab::{failures, file, one_segment, Lab};
 use common::BIN;
 use serde_json::Value;
 
@@ -52,19 +52,6 @@ fn default_lab_passes_the_full_matrix_with_no_interface_setting(ds: &str) {
     assert_eq!(path(&st, "h2"), "routed");
     assert_eq!(st["cluster"]["nodes"].as_array().unwrap().len(), 3);
 }
-
-const ONE_SEGMENT: &str = r#"
-[[segment]]
-name = "lan"
-cidr = "192.168.40.0/24"
-[[host]]
-name = "h"
-count = 3
-containers = 1
-[[host.nic]]
-segment = "lan"
-default-route = true
-"#;
 
 const TWO_SUBNETS: &str = r#"
 [[segment]]
@@ -114,7 +101,7 @@ fn backend_lab(ds: &str, topology: &str, backend: &str) -> (Lab, Value, Value) {
 
 fn routed_vxlan_and_auto_on_one_segment(ds: &str) {
     for (backend, want) in [("routed", "routed"), ("vxlan", "vxlan"), ("auto", "routed")] {
-        let (_lab, st, m) = backend_lab(ds, ONE_SEGMENT, backend);
+        let (_lab, st, m) = backend_lab(ds, &one_segment(3, 1, ""), backend);
         assert!(failures(&m).is_empty(), "{backend}: {:#?}", failures(&m));
         assert_eq!(path(&st, "h2"), want, "{backend}");
         assert_eq!(path(&st, "h3"), want, "{backend}");
@@ -205,8 +192,7 @@ default-route = true
 
 fn a_node_gone_past_its_ttl_loses_its_block_and_its_routes(ds: &str) {
     let lab = Lab::on(ds);
-    let (_d, path) =
-        file(&ONE_SEGMENT.replace("[[segment]]", "agent = { block-ttl = 3 }\n[[segment]]"));
+    let (_d, path) = file(&one_segment(3, 1, "agent = { block-ttl = 3 }"));
     lab.up(&["-f", &path, "--converge-timeout", "30"]);
     let b3 = lab.agent_status("h3")["blocks"][0]["cidr"]
         .as_str()
@@ -266,7 +252,7 @@ fn restart(lab: &Lab, host: &str) -> std::process::Child {
 
 fn agents_killed_and_restarted_lose_no_ping_replies(ds: &str) {
     let lab = Lab::on(ds);
-    let (_d, path) = file(&ONE_SEGMENT.replace("count = 3", "count = 2"));
+    let (_d, path) = file(&one_segment(2, 1, ""));
     lab.up(&["-f", &path, "--converge-timeout", "30"]);
     let target = lab.status()["nodes"]
         .as_array()
@@ -321,7 +307,7 @@ fn agents_killed_and_restarted_lose_no_ping_replies(ds: &str) {
 #[test]
 fn a_host_without_the_cluster_secret_cannot_join() {
     let lab = Lab::new();
-    let (_d, path) = file(&ONE_SEGMENT.replace("count = 3", "count = 2"));
+    let (_d, path) = file(&one_segment(2, 1, ""));
     lab.up(&["-f", &path]);
     // A stranger plugged into the lab's segment (bridge s0 of its switch).
     let stranger = common::Netns::new("stranger");
@@ -440,12 +426,7 @@ fn mixed_mtus_carry_multi_megabyte_transfers_both_ways(ds: &str) {
 fn a_node_that_fills_its_block_claims_another(ds: &str) {
     // /28 blocks hold 14 pods; the fifteenth needs a second block.
     let lab = Lab::on(ds);
-    let (_d, path) = file(
-        &ONE_SEGMENT
-            .replace("count = 3", "count = 2")
-            .replace("containers = 1", "containers = 8")
-            .replace("[[segment]]", "block-prefix = 28\n[[segment]]"),
-    );
+    let (_d, path) = file(&one_segment(2, 8, "block-prefix = 28"));
     lab.up(&["-f", &path, "--converge-timeout", "30"]);
     for i in 0..7 {
         lab.ok(&["run", "--name", &lab.name, "h1", &format!("x{i}")]);

@@ -204,6 +204,17 @@ impl Drop for Lab {
     }
 }
 
+/// `hosts` hosts h1..hN with `containers` each on one segment
+/// 192.168.40.0/24 (so h1 is 192.168.40.11); `head` goes before it
+/// (top-level settings such as `block-prefix` or `agent = {...}`).
+pub fn one_segment(hosts: u32, containers: u32, head: &str) -> String {
+    format!(
+        "{head}\n[[segment]]\nname = \"lan\"\ncidr = \"192.168.40.0/24\"\n\
+         [[host]]\nname = \"h\"\ncount = {hosts}\ncontainers = {containers}\n\
+         [[host.nic]]\nsegment = \"lan\"\ndefault-route = true\n"
+    )
+}
+
 pub fn file(text: &str) -> (TempDir, String) {
     let d = TempDir::new("topo");
     let p = d.0.join("topology.toml");
