@@ -2,23 +2,66 @@
 //! plane loop. Level-triggered: every round recomputes the desired data
 //! plane from the whole view and converges the kernel to it.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use muslin_kernel::cluster::candidates;
 use muslin_kernel::Netlink;
-use muslin_model::agent_config::AgentConfig;
+use muslin_model::agent_config::{AgentConfig, ConfigError};
 use muslin_model::api::{ClusterStatus, PeerStatus};
-use muslin_model::cluster::{vtep_mac, BlockClaim, ClusterView, NodeRecord};
-use muslin_model::dataplane::{desired, Backend, Desired, Path, Underlay, VxlanSettings};
+use muslin_model::cluster::{reserved_in, vtep_mac, BlockClaim, ClusterView, NodeRecord};
+use muslin_model::dataplane::{desired, Backend, Desired, Params, Path, Underlay, VxlanSettings};
+use muslin_model::health::{PeerPlan, Tracker};
 use muslin_model::naming::format_mac;
-use muslin_model::underlay::{Choice, Method};
+use muslin_model::underlay::{
+    range_conflict, reconsider, usable_addresses, Candidate, Choice, Method,
+};
 use muslin_store::{AnyStore, ClusterStore, Etcd, EtcdConfig, Gossip, GossipConfig};
-use tokio::sync::RwLock;
+use tokio::sync::{watch, RwLock};
 
 use crate::blocks::BlockSource;
 use crate::leases::Leases;
+use crate::prober::{addresses_of, Plan};
 use crate::AgentError;
+
+/// How often the host's interfaces and routes are read again.
+const HOST_REFRESH: Duration = Duration::from_secs(10);
+
+/// Refuses ranges that would hand pods the host's own neighbours'
+/// addresses (pitfall 12): the pod network when this node uses it, and
+/// fixed blocks always, against every address and connected subnet, and
+/// fixed blocks against the host's other routes too.
+fn refuse_conflicts(config: &AgentConfig, etcd: bool, facts: &HostFacts) -> Result<(), AgentError> {
+    let conflict = |field: &str, msg: String| {
+        AgentError::Config(ConfigError {
+            field: field.into(),
+            msg,
+        })
+    };
+    let uses_pod_cidr = config.blocks.is_empty() || !config.join.is_empty() || etcd;
+    if uses_pod_cidr {
+        if let Some(m) = range_conflict("pod-cidr", config.pod_cidr, &facts.cands) {
+            return Err(conflict("pod-cidr", m));
+        }
+    }
+    for b in &config.blocks {
+        if let Some(m) = range_conflict("block", *b, &facts.cands) {
+            return Err(conflict("blocks", m));
+        }
+        if let Some(r) = facts
+            .reserved
+            .iter()
+            .find(|r| r.contains(b) || b.contains(*r))
+        {
+            return Err(conflict(
+                "blocks",
+                format!("block {b} overlaps the host's route to {r}: pods would hijack that route's addresses"),
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// Everything the loop needs, decided at start.
 pub struct Cluster {
@@ -33,6 +76,63 @@ pub struct Cluster {
     interval: Duration,
     pod_cidr: ipnet::IpNet,
     masquerade: bool,
+    /// What peers see of us; re-published whenever it changes.
+    record: NodeRecord,
+    /// Only an address chosen by reachability moves when peers cannot
+    /// reach it; one the operator pinned stays, with a warning.
+    movable: bool,
+    host: HostFacts,
+    gossip_port: u16,
+    tracker: Arc<Mutex<Tracker>>,
+    plan: watch::Sender<Plan>,
+    _prober: Option<tokio::task::JoinHandle<()>>,
+    _responder: Option<tokio::task::JoinHandle<()>>,
+    /// Why the address would move if the operator had not pinned it.
+    pinned_hint: Option<String>,
+}
+
+/// What the host looks like, refreshed now and then (addresses come and go).
+struct HostFacts {
+    cands: Vec<Candidate>,
+    /// Every address of every interface: a peer advertising one of them
+    /// would be a route to ourselves.
+    addresses: Vec<IpAddr>,
+    reserved: Vec<ipnet::IpNet>,
+    at: Instant,
+}
+
+impl HostFacts {
+    async fn read(
+        host: &Netlink,
+        pod_cidr: ipnet::IpNet,
+    ) -> Result<HostFacts, muslin_kernel::KernelError> {
+        let cands = candidates(host).await?;
+        let addresses = cands
+            .iter()
+            .flat_map(|c| c.addresses.iter().map(|a| a.addr()))
+            .collect();
+        let reserved = reserved_in(
+            pod_cidr,
+            &muslin_kernel::cluster::foreign_routes(host).await?,
+        );
+        Ok(HostFacts {
+            cands,
+            addresses,
+            reserved,
+            at: Instant::now(),
+        })
+    }
+
+    fn usable(&self, first: IpAddr) -> Vec<IpAddr> {
+        let mut v = vec![first];
+        v.extend(
+            usable_addresses(&self.cands)
+                .into_iter()
+                .map(|(_, a, _)| a.addr())
+                .filter(|a| *a != first),
+        );
+        v
+    }
 }
 
 /// Chooses the underlay, joins the cluster and publishes this node.
@@ -42,12 +142,17 @@ pub async fn join(
     me: &str,
     host: &Netlink,
 ) -> Result<Option<Cluster>, AgentError> {
+    let etcd = config.datastore == "etcd";
+    let facts = HostFacts::read(host, config.pod_cidr).await?;
+    refuse_conflicts(config, etcd, &facts)?;
+    // Our own address in the join list (one list for every host) is
+    // simply not a peer.
     let peers: Vec<SocketAddr> = config
         .join
         .iter()
         .filter_map(|j| config.join_addr(j).ok())
+        .filter(|a| !facts.addresses.contains(&a.ip()))
         .collect();
-    let etcd = config.datastore == "etcd";
     // On etcd the nodes need not know each other: the underlay must reach
     // etcd, so its members are what reachability verifies.
     let reach: Vec<SocketAddr> = if peers.is_empty() && etcd {
@@ -69,7 +174,8 @@ pub async fn join(
         .underlay
         .parse()
         .map_err(|m| AgentError::Underlay(format!("underlay: {m}")))?;
-    let Some(choice) = crate::underlay_select::choose(host, &method, &reach)
+    let movable = matches!(method, Method::Reachability);
+    let Some(choice) = crate::underlay_select::choose(&facts.cands, &method, &reach)
         .await
         .map_err(AgentError::Underlay)?
     else {
@@ -102,6 +208,7 @@ pub async fn join(
         prefix: address.trunc(),
         mtu,
     };
+    let probes = || muslin_store::probe_wire::ProbeWire::new(secret.as_deref(), me);
     let gcfg = GossipConfig {
         node_name: me.to_string(),
         listen: SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), config.gossip_port),
@@ -109,7 +216,7 @@ pub async fn join(
         seeds: peers.clone(),
         interval,
         ttl,
-        secret,
+        secret: secret.clone(),
     };
     let leases = if config.blocks.is_empty() {
         // Settling waits out a few gossip rounds, so a competing claim made
@@ -138,7 +245,14 @@ pub async fn join(
         version: env!("CARGO_PKG_VERSION").to_string(),
         address_reason: reason.clone(),
         capabilities: vec!["routed".into(), "vxlan".into()],
+        addresses: facts.usable(underlay.address),
+        reach: Default::default(),
+        health: Default::default(),
+        reserved: facts.reserved.clone(),
     };
+    if !facts.reserved.is_empty() {
+        tracing::info!(ranges = ?facts.reserved, "routes of this host lie inside the pod network: no node will lease blocks overlapping them");
+    }
     // The record and every claim go out in the first gossip message, so
     // peers never see this generation without them. Static blocks always
     // win: claimed at the beginning of time.
@@ -182,14 +296,15 @@ pub async fn join(
         tracing::info!(endpoints = ?config.etcd_endpoints, prefix = %config.etcd_prefix, "cluster state in etcd");
         s
     } else {
-        AnyStore::Gossip(
+        AnyStore::Gossip(Box::new(
             Gossip::start(gcfg, initial)
                 .await
                 .map_err(|e| AgentError::Join(e.to_string()))?,
-        )
+        ))
     };
     if !peers.is_empty() && !etcd {
         let deadline = Instant::now() + Duration::from_secs(5);
+        tracing::info!(peers = ?peers, "joining");
         while !store.synced() && Instant::now() < deadline {
             if let Some(problem) = store.auth_problem() {
                 return Err(AgentError::Join(problem));
@@ -202,9 +317,42 @@ pub async fn join(
             tracing::warn!(peers = ?peers, "no join peer answered yet; going on and retrying in the background");
         }
     }
+    // Probes travel to the gossip port; on etcd nothing else listens there.
+    let responder = if etcd {
+        let sock = tokio::net::UdpSocket::bind(SocketAddr::new(
+            std::net::Ipv4Addr::UNSPECIFIED.into(),
+            config.gossip_port,
+        ))
+        .await
+        .map_err(|e| {
+            AgentError::Join(format!(
+                "binding the probe port {}: {e}",
+                config.gossip_port
+            ))
+        })?;
+        Some(tokio::spawn(muslin_store::probe_wire::serve(
+            sock,
+            probes(),
+        )))
+    } else {
+        None
+    };
+    let tracker = Arc::new(Mutex::new(Tracker::default()));
+    let (plan, plan_rx) = watch::channel(Plan::default());
+    let prober = crate::prober::spawn(probes(), config.gossip_port, plan_rx, tracker.clone())
+        .map_err(|e| AgentError::Join(format!("opening the probe socket: {e}")))?;
     Ok(Some(Cluster {
         me: me.to_string(),
         store,
+        record,
+        movable,
+        host: facts,
+        gossip_port: config.gossip_port,
+        tracker,
+        plan,
+        _prober: Some(prober),
+        _responder: responder,
+        pinned_hint: None,
         underlay,
         reason,
         backend,
@@ -229,6 +377,12 @@ impl Cluster {
         let mut more = false;
         let mut masq_nodes: Option<Vec<std::net::IpAddr>> = None;
         loop {
+            if self.host.at.elapsed() > HOST_REFRESH {
+                match HostFacts::read(&host, self.pod_cidr).await {
+                    Ok(f) => self.host = f,
+                    Err(e) => tracing::warn!(cause = %e, "could not read the host's interfaces"),
+                }
+            }
             let view = self.store.view().await;
             let nodes: Vec<std::net::IpAddr> = view
                 .nodes
@@ -259,14 +413,20 @@ impl Cluster {
                 }
                 blocks.set(step.settled);
             }
+            self.reconsider_underlay(&view).await;
+            let path_mtu = self.tracker.lock().expect("tracker lock").path_mtu();
             let d = desired(
                 &view,
-                &self.me,
-                self.backend,
-                &self.underlay,
-                self.vx,
-                vtep_mac(&self.me),
-                self.pod_cidr,
+                &Params {
+                    me: &self.me,
+                    backend: self.backend,
+                    local: &self.underlay,
+                    vx: self.vx,
+                    vtep_mac: vtep_mac(&self.me),
+                    pod_cidr: self.pod_cidr,
+                    local_addresses: &self.host.addresses,
+                    path_mtu: &path_mtu,
+                },
             );
             // Deleting needs a complete view: not before we heard from the
             // cluster, and not in the first rounds after a restart.
@@ -285,11 +445,125 @@ impl Cluster {
                     }
                 }
             }
-            self.publish_status(&view, &d).await;
+            let plan = self.plan_probes(&view, &d);
+            self.refresh_record(&plan).await;
+            self.publish_status(&view, &d, &path_mtu).await;
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
                 _ = blocks.wanted() => more = true,
             }
+        }
+    }
+
+    /// Moves off an advertised address that no peer reaches when they reach
+    /// another of ours (the first host's first-found guess, a NIC gone bad).
+    async fn reconsider_underlay(&mut self, view: &ClusterView) {
+        let reports: Vec<(&str, &Vec<IpAddr>)> = view
+            .nodes
+            .iter()
+            .filter(|(n, p)| **n != self.me && p.alive)
+            .filter_map(|(n, p)| Some((n.as_str(), p.record.as_ref()?.reach.get(&self.me)?)))
+            .collect();
+        let lists: Vec<Vec<IpAddr>> = reports.iter().map(|(_, r)| (*r).clone()).collect();
+        let old = self.underlay.address;
+        let Some(new) = reconsider(old, &self.record.addresses, &lists) else {
+            self.pinned_hint = None;
+            return;
+        };
+        let who: Vec<&str> = reports
+            .iter()
+            .filter(|(_, r)| r.contains(&new))
+            .map(|(n, _)| *n)
+            .collect();
+        let Some((ifname, net, mtu)) = usable_addresses(&self.host.cands)
+            .into_iter()
+            .find(|(_, a, _)| a.addr() == new)
+        else {
+            return;
+        };
+        if !self.movable {
+            self.pinned_hint = Some(format!(
+                "peers {} reach {new} ({ifname}) but none reaches the advertised {old}: the underlay setting pins it",
+                who.join(", ")
+            ));
+            return;
+        }
+        self.reason = format!(
+            "moved from {old} ({}): peers {} reach {new}, none reached {old}",
+            self.underlay.ifname,
+            who.join(", ")
+        );
+        tracing::warn!(from = %old, to = %new, interface = %ifname, "underlay address changed: {}", self.reason);
+        self.underlay = Underlay {
+            ifname,
+            address: new,
+            prefix: net.trunc(),
+            mtu,
+        };
+        self.record.address = new;
+        self.record.underlay_prefix = net.trunc();
+        self.record.mtu = mtu;
+        self.record.address_reason = self.reason.clone();
+        self.record.addresses = self.host.usable(new);
+        self.store.publish_record(&self.record).await;
+        if let Err(e) = self
+            .store
+            .readvertise(SocketAddr::new(new, self.gossip_port))
+            .await
+        {
+            tracing::error!(cause = %e, "could not move gossip to the new address");
+        }
+    }
+
+    /// Tells the prober whom to probe: every live peer at each of its
+    /// addresses, and at its VTEP address when a data path to it exists.
+    fn plan_probes(&self, view: &ClusterView, d: &Desired) -> Plan {
+        let owners = view.block_owners();
+        let peers = view
+            .nodes
+            .iter()
+            .filter(|(n, p)| **n != self.me && p.alive)
+            .filter_map(|(n, p)| {
+                let rec = p.record.as_ref()?;
+                let first = owners.iter().find(|(_, o)| *o == n).map(|(b, _)| *b);
+                let data = match (d.paths.get(n), first) {
+                    (Some(path @ (Path::Routed | Path::Vxlan)), Some(b))
+                        if d.routes.iter().any(|r| r.dst == b) =>
+                    {
+                        Some((b.network(), path.clone()))
+                    }
+                    _ => None,
+                };
+                Some(PeerPlan {
+                    name: n.clone(),
+                    addresses: addresses_of(rec),
+                    data,
+                })
+            })
+            .collect();
+        let plan = Plan {
+            peers,
+            local_mtu: self.underlay.mtu,
+        };
+        self.plan.send_replace(plan.clone());
+        plan
+    }
+
+    /// Publishes our record again when what probes found, our addresses or
+    /// our reserved ranges changed.
+    async fn refresh_record(&mut self, plan: &Plan) {
+        let now = Instant::now();
+        let mut rec = self.record.clone();
+        {
+            let t = self.tracker.lock().expect("tracker lock");
+            rec.reach = t.reach(now);
+            rec.health = t.health(&plan.peers, self.vx.port, now);
+        }
+        rec.reserved = self.host.reserved.clone();
+        rec.addresses = self.host.usable(self.underlay.address);
+        if rec != self.record {
+            self.store.publish_record(&rec).await;
+            self.record = rec;
         }
     }
 
@@ -318,9 +592,36 @@ impl Cluster {
         Ok(())
     }
 
-    async fn publish_status(&self, view: &ClusterView, d: &Desired) {
+    async fn publish_status(
+        &self,
+        view: &ClusterView,
+        d: &Desired,
+        path_mtu: &std::collections::BTreeMap<String, u32>,
+    ) {
         let owners = view.block_owners();
         let mut warnings = Vec::new();
+        warnings.extend(self.pinned_hint.clone());
+        // A block that became conflicting after we leased it: loud, since
+        // pods in it shadow a network some host routes elsewhere.
+        for (b, _) in owners.iter().filter(|(_, o)| **o == self.me) {
+            for (n, p) in &view.nodes {
+                let Some(r) = p.record.as_ref() else { continue };
+                for x in r
+                    .reserved
+                    .iter()
+                    .filter(|x| x.contains(b) || b.contains(*x))
+                {
+                    warnings.push(format!(
+                        "our block {b} overlaps {x}, which node {n} routes outside the cluster: its pods there are unreachable from {n}; move them off this block"
+                    ));
+                }
+            }
+        }
+        for (name, h) in &self.record.health {
+            if let Some(c) = h.cause.as_ref().filter(|_| !h.ok) {
+                warnings.push(format!("{name}: data path failing: {c}"));
+            }
+        }
         for (addr, names) in view.duplicate_addresses() {
             warnings.push(format!(
                 "nodes {} all claim underlay address {addr}: choose the address by reachability or pin it per node",
@@ -357,6 +658,12 @@ impl Cluster {
                     }
                 },
                 alive: p.alive,
+                data_path: match self.record.health.get(name) {
+                    Some(h) if h.ok => "ok".into(),
+                    Some(h) => format!("failing: {}", h.cause.as_deref().unwrap_or("no answer")),
+                    None => "-".into(),
+                },
+                path_mtu: path_mtu.get(name).copied(),
             })
             .collect();
         let (sent, received, requests) = self.store.traffic();
@@ -375,6 +682,9 @@ impl Cluster {
             gossip_bytes_sent: sent,
             gossip_bytes_received: received,
             etcd_requests: requests,
+            underlay_addresses: self.record.addresses.clone(),
+            reserved: view.reserved(),
+            kernel_writes: muslin_kernel::kernel_writes(),
         };
         for w in s.warnings.iter().filter(|w| !was_warned.contains(w)) {
             tracing::warn!("{w}");

@@ -142,7 +142,8 @@ impl Leases {
         s.settled = settled.into_iter().map(|(_, b)| b).collect();
         let pending = self.claims.len() > s.settled.len();
         if (self.claims.is_empty() || (more && !pending)) && s.claim.is_none() {
-            let avoid: Vec<IpNet> = self.claims.keys().copied().collect();
+            // Ranges some host routes elsewhere are never leased.
+            let avoid: Vec<IpNet> = self.claims.keys().copied().chain(view.reserved()).collect();
             match choose_free_block(view, self.pod_cidr, self.size, &self.me, &avoid) {
                 Some(b) => {
                     tracing::info!(block = %b, "claiming a block");

@@ -6,6 +6,7 @@ mod cluster;
 mod key_locks;
 mod leases;
 mod node;
+mod prober;
 mod server;
 mod state_store;
 mod underlay_select;
@@ -65,7 +66,8 @@ pub async fn run(
     let store = StateStore::open(&config.state_dir)?;
     let table = store.load()?;
     for (k, e) in &table.endpoints {
-        if !config.blocks.iter().any(|b| b.contains(&e.address)) {
+        // Leased blocks are not known yet; only fixed ones can be judged.
+        if !config.blocks.is_empty() && !config.blocks.iter().any(|b| b.contains(&e.address)) {
             tracing::warn!(container = %k.container_id, address = %e.address, "recorded address is outside the configured blocks; it stays until DEL");
         }
     }

@@ -332,7 +332,7 @@ impl Node {
             endpoints,
             can_claim_more: self.blocks.leased,
             cluster: match &self.cluster {
-                Some(c) => Some(c.read().await.clone()),
+                Some(c) => Some(Box::new(c.read().await.clone())),
                 None => None,
             },
         }
@@ -383,6 +383,13 @@ impl Node {
             .iter()
             .map(|(k, e)| (k.clone(), e.clone()))
             .collect();
+        let present = match muslin_kernel::host_routes(&self.netlink).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(cause = %e, "reconcile could not list routes");
+                return;
+            }
+        };
         for (key, ep) in entries {
             // Under the attachment's lock, and only if the record is still
             // the one we read: a DEL and a re-ADD may have moved the address.
@@ -391,7 +398,7 @@ impl Node {
                 continue;
             }
             let p = plan(&key, ep.address, ep.mtu);
-            match muslin_kernel::ensure_host_route(&self.netlink, &p).await {
+            match muslin_kernel::ensure_host_route(&self.netlink, &p, &present).await {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::debug!(container = %key.container_id, "veth absent; waiting for DEL or GC")

@@ -5,27 +5,25 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use muslin_kernel::cluster::{candidates, source_towards};
+use muslin_kernel::cluster::source_towards;
 use muslin_kernel::probe::ping_from;
-use muslin_kernel::Netlink;
 use muslin_model::underlay::{describe, eligible, select, Candidate, Choice, Method};
 
-/// How long to keep trying peers that do not answer yet (a host still
-/// booting).
-const VERIFY_FOR: Duration = Duration::from_secs(10);
 const PING: Duration = Duration::from_millis(700);
+/// Longest pause between rounds of probing join peers that do not answer.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 pub async fn choose(
-    host: &Netlink,
+    cands: &[Candidate],
     method: &Method,
     peers: &[SocketAddr],
 ) -> Result<Option<Choice>, String> {
-    let cands = candidates(host).await.map_err(|e| e.to_string())?;
+    let cands = cands.to_vec();
     match method {
         Method::Reachability if peers.is_empty() => match select(&Method::FirstFound, &cands) {
             Ok(mut c) => {
                 c.reason = format!(
-                    "first node (no join peers): first-found picked {} on {}",
+                    "first node (no join peers): first-found picked {} on {}; moves if joining peers reach another address but not this one",
                     c.address.addr(),
                     c.ifname
                 );
@@ -58,45 +56,60 @@ pub async fn choose(
 
 /// The address the kernel routes towards a peer from, if an ICMP echo from
 /// it is answered; otherwise any other usable address that is. Never the
-/// default-route interface merely because it has the default route.
+/// default-route interface merely because it has the default route. Peers
+/// that do not answer yet (hosts still booting, every host started at
+/// once) are tried again with backoff, for as long as it takes.
 fn verify(cands: &[Candidate], peers: &[IpAddr]) -> Result<Choice, String> {
-    let deadline = Instant::now() + VERIFY_FOR;
-    let by_addr = |a: IpAddr| select(&Method::Address(a), cands).ok();
+    let started = Instant::now();
+    let mut backoff = Duration::from_secs(1);
     loop {
-        for p in peers {
-            if let Ok(src) = source_towards(*p) {
-                if let (Some(c), Ok(rtt)) = (by_addr(src), ping_from(src, *p, PING)) {
-                    return Ok(Choice {
+        if let Some(c) = try_once(cands, peers) {
+            return Ok(c);
+        }
+        let list: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
+        tracing::warn!(
+            waited_s = started.elapsed().as_secs(),
+            retry_in_s = backoff.as_secs(),
+            "no local address reaches the join peers {} yet (route lookup and ICMP echo); candidates: {}; still trying",
+            list.join(", "),
+            describe(cands)
+        );
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn try_once(cands: &[Candidate], peers: &[IpAddr]) -> Option<Choice> {
+    let by_addr = |a: IpAddr| select(&Method::Address(a), cands).ok();
+    for p in peers {
+        if let Ok(src) = source_towards(*p) {
+            if let (Some(c), Ok(rtt)) = (by_addr(src), ping_from(src, *p, PING)) {
+                return Some(Choice {
+                    reason: format!(
+                        "reaches join peer {p} (route lookup, then ICMP echo in {:.1} ms)",
+                        rtt.as_secs_f64() * 1e3
+                    ),
+                    ..c
+                });
+            }
+        }
+    }
+    for c in cands.iter().filter(|c| eligible(c)) {
+        for a in c.addresses.iter().filter(|a| a.addr().is_ipv4()) {
+            for p in peers {
+                if let Ok(rtt) = ping_from(a.addr(), *p, PING) {
+                    return Some(Choice {
+                        ifname: c.ifname.clone(),
+                        address: *a,
+                        mtu: c.mtu,
                         reason: format!(
-                            "reaches join peer {p} (route lookup, then ICMP echo in {:.1} ms)",
+                            "reaches join peer {p} by ICMP echo in {:.1} ms (the routed source did not)",
                             rtt.as_secs_f64() * 1e3
                         ),
-                        ..c
                     });
                 }
             }
         }
-        for c in cands.iter().filter(|c| eligible(c)) {
-            for a in c.addresses.iter().filter(|a| a.addr().is_ipv4()) {
-                for p in peers {
-                    if let Ok(rtt) = ping_from(a.addr(), *p, PING) {
-                        return Ok(Choice {
-                            ifname: c.ifname.clone(),
-                            address: *a,
-                            mtu: c.mtu,
-                            reason: format!("reaches join peer {p} by ICMP echo in {:.1} ms (the routed source did not)", rtt.as_secs_f64() * 1e3),
-                        });
-                    }
-                }
-            }
-        }
-        if Instant::now() > deadline {
-            let list: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
-            return Err(format!(
-                "no local address reaches the join peers {} (route lookup and ICMP echo); candidates: {}",
-                list.join(", "),
-                describe(cands)
-            ));
-        }
     }
+    None
 }

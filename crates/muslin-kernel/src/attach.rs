@@ -2,8 +2,11 @@
 //! container's host-prefix address and a default route via a link-local
 //! gateway that the host end stands for.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::net::IpAddr;
+
+use ipnet::IpNet;
 use std::os::fd::AsRawFd;
 
 use muslin_model::plumbing::{default_route, AttachmentPlan};
@@ -170,12 +173,32 @@ pub async fn detach(host: &Netlink, host_ifname: &str) -> Result<bool, KernelErr
     host.delete_link(host_ifname).await
 }
 
+/// Our host routes as (destination, interface index): read once per
+/// reconciliation, so that routes in place cost no write.
+pub async fn host_routes(host: &Netlink) -> Result<HashSet<(IpNet, u32)>, KernelError> {
+    let mut v = host.routes(false).await?;
+    v.extend(host.routes(true).await?);
+    Ok(v.into_iter()
+        .filter(|r| r.protocol == ROUTE_PROTOCOL && r.gateway.is_none())
+        .filter_map(|r| Some((r.dst, r.oif?)))
+        .collect())
+}
+
 /// Restores the host route of an attachment whose veth exists (drift repair
-/// after someone deleted it). Returns false when the veth itself is gone.
-pub async fn ensure_host_route(host: &Netlink, plan: &AttachmentPlan) -> Result<bool, KernelError> {
+/// after someone deleted it) unless `present` (from [`host_routes`]) shows
+/// it in place. Returns false when the veth itself is gone.
+pub async fn ensure_host_route(
+    host: &Netlink,
+    plan: &AttachmentPlan,
+    present: &HashSet<(IpNet, u32)>,
+) -> Result<bool, KernelError> {
     let Some(link) = host.link(&plan.host_ifname).await? else {
         return Ok(false);
     };
+    if present.contains(&(plan.address, link.index)) {
+        return Ok(true);
+    }
+    crate::writes::wrote();
     host.handle
         .route()
         .add(host_route(plan, link.index))

@@ -9,19 +9,24 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
-use muslin_model::dataplane::{ClusterRoute, Desired, VxlanDevice, VXLAN_DEV};
+use muslin_model::dataplane::{
+    ClusterRoute, Desired, VxlanDevice, MAIN_TABLE, POD_RULE_PRIORITY, POD_TABLE, VXLAN_DEV,
+};
 use muslin_model::naming::is_pod_veth;
 use muslin_model::underlay::Candidate;
 use muslin_model::ROUTE_PROTOCOL;
+use rtnetlink::packet_route::link::VxlanDf;
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::route::{RouteFlags, RouteMetric};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 use crate::error::errno;
 use crate::netlink::protocol;
+use crate::writes::wrote;
 use crate::{KernelError, Netlink};
 
 /// What `apply` changed, for logs and metrics.
@@ -68,7 +73,9 @@ pub fn source_towards(peer: IpAddr) -> std::io::Result<IpAddr> {
 }
 
 /// Creates or corrects the VXLAN device; returns its index. Learning is off:
-/// the agent programs every neighbour and FDB entry itself.
+/// the agent programs every neighbour and FDB entry itself. Only what
+/// differs is written: setting the MAC, even to the same value, makes the
+/// kernel flush the device's neighbours.
 pub async fn ensure_vxlan(host: &Netlink, dev: &VxlanDevice) -> Result<u32, KernelError> {
     let underlay = host
         .link(&dev.underlay_if)
@@ -86,87 +93,123 @@ pub async fn ensure_vxlan(host: &Netlink, dev: &VxlanDevice) -> Result<u32, Kern
             })
         }
     };
-    let want = (dev.vni, dev.port, Some(local), Some(underlay.index));
-    let existing = host.link(VXLAN_DEV).await?;
+    let mut existing = host.link(VXLAN_DEV).await?;
     if let Some(l) = &existing {
-        if l.vxlan != Some(want) {
-            tracing::info!(was = ?l.vxlan, now = ?want, "recreating the VXLAN device with new parameters");
+        let have = l.vxlan;
+        let same = have.is_some_and(|v| {
+            (v.vni, v.port, v.local, v.underlay)
+                == (dev.vni, dev.port, Some(local), Some(underlay.index))
+                // A kernel that does not report DF cannot set it either.
+                && v.df != Some(false)
+        });
+        if !same {
+            tracing::info!(was = ?have, vni = dev.vni, port = dev.port, %local, underlay = %dev.underlay_if, "recreating the VXLAN device with new parameters");
             host.delete_link(VXLAN_DEV).await?;
+            wrote();
+            existing = None;
         }
     }
-    let idx = match host.link(VXLAN_DEV).await? {
-        Some(l) => l.index,
-        None => {
-            let msg = LinkVxlan::new(VXLAN_DEV, dev.vni)
-                .dev(underlay.index)
-                .port(dev.port)
-                .local(local)
-                .learning(false)
-                .mtu(dev.mtu)
-                .address(dev.mac.to_vec())
-                .build();
-            host.handle
-                .link()
-                .add(msg)
-                .execute()
-                .await
-                .map_err(KernelError::netlink(format!("creating {VXLAN_DEV}")))?;
-            tracing::info!(vni = dev.vni, port = dev.port, %local, underlay = %dev.underlay_if, mtu = dev.mtu, "created the VXLAN device");
-            host.link(VXLAN_DEV)
-                .await?
-                .map(|l| l.index)
-                .ok_or_else(|| KernelError::Io {
-                    what: format!("{VXLAN_DEV} vanished"),
-                    source: std::io::ErrorKind::NotFound.into(),
-                })?
-        }
+    let l = match existing {
+        Some(l) => l,
+        None => create_vxlan(host, dev, local, underlay.index).await?,
     };
-    host.handle
-        .link()
-        .set(
-            LinkUnspec::new_with_index(idx)
-                .mtu(dev.mtu)
-                .address(dev.mac.to_vec())
-                .up()
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(KernelError::netlink(format!("configuring {VXLAN_DEV}")))?;
+    let mut set = LinkUnspec::new_with_index(l.index);
+    let mut changed = false;
+    if l.mtu != Some(dev.mtu) {
+        set = set.mtu(dev.mtu);
+        changed = true;
+    }
+    if l.mac.as_deref() != Some(&dev.mac[..]) {
+        set = set.address(dev.mac.to_vec());
+        changed = true;
+    }
+    if !l.up {
+        set = set.up();
+        changed = true;
+    }
+    if changed {
+        host.handle
+            .link()
+            .set(set.build())
+            .execute()
+            .await
+            .map_err(KernelError::netlink(format!("configuring {VXLAN_DEV}")))?;
+        wrote();
+    }
     // Exactly one address: the VTEP address.
     let want_addr = IpNet::from(dev.address);
-    for a in host.addresses(idx).await? {
-        if a != want_addr
+    let have = host.addresses(l.index).await?;
+    for a in &have {
+        if *a != want_addr
             && !matches!(a.addr(), IpAddr::V6(v) if (v.segments()[0] & 0xffc0) == 0xfe80)
         {
             let mut req = host
                 .handle
                 .address()
                 .get()
-                .set_link_index_filter(idx)
+                .set_link_index_filter(l.index)
                 .set_address_filter(a.addr())
                 .execute();
             while let Ok(Some(m)) = req.try_next().await {
                 let _ = host.handle.address().del(m).execute().await;
+                wrote();
             }
         }
     }
-    match host
-        .handle
-        .address()
-        .add(idx, want_addr.addr(), want_addr.prefix_len())
-        .execute()
-        .await
-    {
-        Ok(()) => {}
-        Err(e) if errno(&e) == Some(libc::EEXIST) => {}
-        Err(e) => {
-            return Err(KernelError::netlink(format!(
-                "adding {want_addr} to {VXLAN_DEV}"
-            ))(e))
+    if !have.contains(&want_addr) {
+        match host
+            .handle
+            .address()
+            .add(l.index, want_addr.addr(), want_addr.prefix_len())
+            .execute()
+            .await
+        {
+            Ok(()) => wrote(),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => {}
+            Err(e) => {
+                return Err(KernelError::netlink(format!(
+                    "adding {want_addr} to {VXLAN_DEV}"
+                ))(e))
+            }
         }
     }
-    Ok(idx)
+    Ok(l.index)
+}
+
+/// Creates the device with DF on outer packets, so that a path with a
+/// smaller MTU is found by probes rather than by silent fragmentation; a
+/// kernel without the setting (before 5.0) gets the device without it.
+async fn create_vxlan(
+    host: &Netlink,
+    dev: &VxlanDevice,
+    local: std::net::Ipv4Addr,
+    underlay: u32,
+) -> Result<crate::LinkInfo, KernelError> {
+    let build = |df: bool| {
+        let mut b = LinkVxlan::new(VXLAN_DEV, dev.vni)
+            .dev(underlay)
+            .port(dev.port)
+            .local(local)
+            .learning(false)
+            .mtu(dev.mtu)
+            .address(dev.mac.to_vec());
+        if df {
+            b = b.df(VxlanDf::Set);
+        }
+        b.up().build()
+    };
+    let mut res = host.handle.link().add(build(true)).execute().await;
+    if matches!(&res, Err(e) if matches!(errno(e), Some(libc::EINVAL) | Some(libc::EOPNOTSUPP))) {
+        tracing::warn!("this kernel cannot set DF on VXLAN packets: a path with a smaller MTU relies on the pinned route MTUs alone");
+        res = host.handle.link().add(build(false)).execute().await;
+    }
+    res.map_err(KernelError::netlink(format!("creating {VXLAN_DEV}")))?;
+    wrote();
+    tracing::info!(vni = dev.vni, port = dev.port, %local, underlay = %dev.underlay_if, mtu = dev.mtu, "created the VXLAN device");
+    host.link(VXLAN_DEV).await?.ok_or_else(|| KernelError::Io {
+        what: format!("{VXLAN_DEV} vanished"),
+        source: std::io::ErrorKind::NotFound.into(),
+    })
 }
 
 fn route_msg(r: &ClusterRoute, oif: u32) -> rtnetlink::packet_route::route::RouteMessage {
@@ -176,6 +219,7 @@ fn route_msg(r: &ClusterRoute, oif: u32) -> rtnetlink::packet_route::route::Rout
         .gateway(r.via)
         .expect("same family")
         .output_interface(oif)
+        .table_id(r.table)
         .protocol(protocol(ROUTE_PROTOCOL));
     if r.onlink {
         b = b.onlink();
@@ -190,9 +234,30 @@ fn route_msg(r: &ClusterRoute, oif: u32) -> rtnetlink::packet_route::route::Rout
     m
 }
 
-/// Converges routes, neighbours and FDB entries to `d`. Deletions happen
-/// only when `allow_deletes` (a view that may be incomplete, right after a
-/// restart, must not remove routes that are still wanted).
+/// Destinations of routes in the main table that Muslin does not own and
+/// that do not lead to our own devices: ranges the node must not lease.
+pub async fn foreign_routes(host: &Netlink) -> Result<Vec<IpNet>, KernelError> {
+    let ours: BTreeSet<u32> = host
+        .links()
+        .await?
+        .into_iter()
+        .filter(|l| l.name.starts_with(muslin_model::IFACE_PREFIX))
+        .map(|l| l.index)
+        .collect();
+    Ok(host
+        .routes(false)
+        .await?
+        .into_iter()
+        .filter(|r| r.table == MAIN_TABLE && r.protocol != ROUTE_PROTOCOL)
+        .filter(|r| !r.oif.is_some_and(|i| ours.contains(&i)))
+        .map(|r| r.dst)
+        .collect())
+}
+
+/// Converges routes, the pod rule, neighbours and FDB entries to `d`.
+/// Deletions happen only when `allow_deletes` (a view that may be
+/// incomplete, right after a restart, must not remove routes that are still
+/// wanted).
 pub async fn apply(
     host: &Netlink,
     d: &Desired,
@@ -208,12 +273,12 @@ pub async fn apply(
     // Destinations someone else routes in the main table: never replaced.
     let foreign: BTreeSet<IpNet> = all
         .iter()
-        .filter(|r| r.table == 254 && r.protocol != ROUTE_PROTOCOL)
+        .filter(|r| r.table == MAIN_TABLE && r.protocol != ROUTE_PROTOCOL)
         .map(|r| r.dst)
         .collect();
     let current: Vec<_> = all
         .into_iter()
-        .filter(|r| r.protocol == ROUTE_PROTOCOL && r.table == 254)
+        .filter(|r| r.protocol == ROUTE_PROTOCOL && (r.table == MAIN_TABLE || r.table == POD_TABLE))
         .filter(|r| {
             r.oif
                 .and_then(|i| name_of.get(&i))
@@ -222,6 +287,7 @@ pub async fn apply(
         .collect();
     let same = |r: &crate::RouteInfo, w: &ClusterRoute| {
         r.dst == w.dst
+            && r.table == w.table
             && r.gateway == Some(w.via)
             && r.oif == index.get(&w.dev).copied()
             && r.mtu == w.mtu
@@ -230,7 +296,7 @@ pub async fn apply(
         if current.iter().any(|r| same(r, w)) {
             continue;
         }
-        if foreign.contains(&w.dst) {
+        if w.table == MAIN_TABLE && foreign.contains(&w.dst) {
             tracing::warn!(dst = %w.dst, "a route Muslin does not own already covers this block; left alone");
             continue;
         }
@@ -245,9 +311,10 @@ pub async fn apply(
             .execute()
             .await
             .map_err(KernelError::netlink(format!(
-                "adding route {} via {} dev {}",
-                w.dst, w.via, w.dev
+                "adding route {} via {} dev {} table {}",
+                w.dst, w.via, w.dev, w.table
             )))?;
+        wrote();
         applied.added += 1;
     }
     if allow_deletes {
@@ -256,7 +323,10 @@ pub async fn apply(
             .filter(|r| !d.routes.iter().any(|w| same(r, w)))
         {
             // A replaced route (same destination, new next hop) is already gone.
-            if d.routes.iter().any(|w| w.dst == r.dst) {
+            if d.routes
+                .iter()
+                .any(|w| w.dst == r.dst && w.table == r.table)
+            {
                 continue;
             }
             let Some(gw) = r.gateway else { continue };
@@ -266,18 +336,23 @@ pub async fn apply(
                 dev: String::new(),
                 onlink: false,
                 mtu: None,
+                table: r.table,
             };
             let mut m = route_msg(&w, r.oif.unwrap_or(0));
             if r.onlink {
                 m.header.flags |= RouteFlags::Onlink;
             }
             match host.handle.route().del(m).execute().await {
-                Ok(()) => applied.removed += 1,
+                Ok(()) => {
+                    wrote();
+                    applied.removed += 1
+                }
                 Err(e) if errno(&e) == Some(libc::ESRCH) => {}
                 Err(e) => return Err(KernelError::netlink(format!("removing route {}", r.dst))(e)),
             }
         }
     }
+    apply_pod_rule(host, d.pod_rule, allow_deletes, &mut applied).await?;
 
     // Neighbours and FDB entries of the VXLAN device.
     if let Some(&vx) = index.get(VXLAN_DEV) {
@@ -300,6 +375,7 @@ pub async fn apply(
                 .map_err(KernelError::netlink(format!(
                     "adding neighbour {ip} on {VXLAN_DEV}"
                 )))?;
+            wrote();
             applied.added += 1;
         }
         let fdb_have = fdb(host, vx).await?;
@@ -321,6 +397,7 @@ pub async fn apply(
                 .map_err(KernelError::netlink(format!(
                     "adding FDB entry to {ip} on {VXLAN_DEV}"
                 )))?;
+            wrote();
             applied.added += 1;
         }
         if allow_deletes {
@@ -339,6 +416,7 @@ pub async fn apply(
                 m.attributes
                     .push(NeighbourAttribute::LinkLayerAddress(mac.clone()));
                 if host.handle.neighbours().del(m).execute().await.is_ok() {
+                    wrote();
                     applied.removed += 1;
                 }
             }
@@ -346,12 +424,83 @@ pub async fn apply(
                 if !fdb_want.contains(&key)
                     && host.handle.neighbours().del(msg).execute().await.is_ok()
                 {
+                    wrote();
                     applied.removed += 1;
                 }
             }
         }
     }
     Ok(applied)
+}
+
+/// Our rule (`from POD_CIDR lookup POD_TABLE`), known by its priority and
+/// table; any other rule is someone else's.
+async fn apply_pod_rule(
+    host: &Netlink,
+    want: Option<IpNet>,
+    allow_deletes: bool,
+    applied: &mut Applied,
+) -> Result<(), KernelError> {
+    let rules: Vec<RuleMessage> = host
+        .handle
+        .rule()
+        .get(rtnetlink::IpVersion::V4)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(KernelError::netlink("listing rules"))?;
+    let ours: Vec<(Option<IpNet>, RuleMessage)> = rules
+        .into_iter()
+        .filter(|m| {
+            let prio = m.attributes.iter().find_map(|a| match a {
+                RuleAttribute::Priority(p) => Some(*p),
+                _ => None,
+            });
+            let table = m
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RuleAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(m.header.table));
+            prio == Some(POD_RULE_PRIORITY) && table == POD_TABLE
+        })
+        .map(|m| {
+            let src = m.attributes.iter().find_map(|a| match a {
+                RuleAttribute::Source(ip) => IpNet::new(*ip, m.header.src_len).ok(),
+                _ => None,
+            });
+            (src, m)
+        })
+        .collect();
+    let present = want.is_some_and(|w| ours.iter().any(|(s, _)| *s == Some(w)));
+    if let (Some(IpNet::V4(w)), false) = (want, present) {
+        host.handle
+            .rule()
+            .add()
+            .v4()
+            .source_prefix(w.addr(), w.prefix_len())
+            .table_id(POD_TABLE)
+            .priority(POD_RULE_PRIORITY)
+            .action(RuleAction::ToTable)
+            .execute()
+            .await
+            .map_err(KernelError::netlink(format!(
+                "adding rule from {w} lookup {POD_TABLE}"
+            )))?;
+        wrote();
+        applied.added += 1;
+    }
+    if allow_deletes {
+        for (src, m) in ours {
+            if src != want && host.handle.rule().del(m).execute().await.is_ok() {
+                wrote();
+                applied.removed += 1;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// FDB entries of `vx` that point at a remote VTEP.
@@ -382,6 +531,14 @@ async fn fdb(
                     }
                     NeighbourAttribute::Destination(NeighbourAddress::Inet6(d)) => {
                         dst = Some(IpAddr::V6(*d))
+                    }
+                    // Bridge-family messages carry the address as raw bytes.
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                        dst = match b.len() {
+                            4 => <[u8; 4]>::try_from(&b[..]).ok().map(IpAddr::from),
+                            16 => <[u8; 16]>::try_from(&b[..]).ok().map(IpAddr::from),
+                            _ => None,
+                        }
                     }
                     _ => {}
                 }
@@ -448,6 +605,7 @@ pub fn apply_masquerade(
     let out = child
         .wait_with_output()
         .map_err(KernelError::io("running nft"))?;
+    wrote();
     if !out.status.success() {
         return Err(KernelError::Io {
             what: format!(

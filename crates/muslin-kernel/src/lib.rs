@@ -9,9 +9,11 @@ mod netlink;
 mod netns;
 pub mod probe;
 mod sysctl;
+mod writes;
 
-pub use attach::{attach, check, detach, ensure_host_route, CheckProblem};
+pub use attach::{attach, check, detach, ensure_host_route, host_routes, CheckProblem};
 pub use error::KernelError;
-pub use netlink::{LinkInfo, Netlink, RouteInfo};
+pub use netlink::{LinkInfo, Netlink, RouteInfo, VxlanInfo};
 pub use netns::open_netns;
 pub use sysctl::enable_ipv4_forwarding;
+pub use writes::kernel_writes;

@@ -29,7 +29,7 @@ pub struct RouteInfo {
     pub protocol: u8,
     pub mtu: Option<u32>,
     pub onlink: bool,
-    pub table: u8,
+    pub table: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,8 +41,18 @@ pub struct LinkInfo {
     /// `veth`, `bridge`, `vxlan`, ...
     pub kind: Option<String>,
     pub mac: Option<Vec<u8>>,
-    /// VXLAN devices: (VNI, UDP port, local address, underlay index).
-    pub vxlan: Option<(u32, u16, Option<std::net::Ipv4Addr>, Option<u32>)>,
+    pub vxlan: Option<VxlanInfo>,
+}
+
+/// The parameters of a VXLAN device that only a new device can change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanInfo {
+    pub vni: u32,
+    pub port: u16,
+    pub local: Option<std::net::Ipv4Addr>,
+    pub underlay: Option<u32>,
+    /// Whether outer packets carry DF; `None` on kernels that do not say.
+    pub df: Option<bool>,
 }
 
 impl Netlink {
@@ -213,17 +223,27 @@ fn link_info(m: &LinkMessage) -> LinkInfo {
                     match i {
                         Li::Kind(k) => l.kind = Some(k.to_string()),
                         Li::Data(InfoData::Vxlan(v)) => {
-                            let (mut id, mut port, mut local, mut link) = (0, 0, None, None);
-                            for x in v {
-                                match x {
-                                    InfoVxlan::Id(i) => id = *i,
-                                    InfoVxlan::Port(p) => port = *p,
-                                    InfoVxlan::Local(a) => local = Some(*a),
-                                    InfoVxlan::Link(i) => link = Some(*i),
+                            let mut x = VxlanInfo {
+                                vni: 0,
+                                port: 0,
+                                local: None,
+                                underlay: None,
+                                df: None,
+                            };
+                            for a in v {
+                                match a {
+                                    InfoVxlan::Id(i) => x.vni = *i,
+                                    InfoVxlan::Port(p) => x.port = *p,
+                                    InfoVxlan::Local(a) => x.local = Some(*a),
+                                    InfoVxlan::Link(i) => x.underlay = Some(*i),
+                                    InfoVxlan::Df(d) => {
+                                        x.df =
+                                            Some(*d == rtnetlink::packet_route::link::VxlanDf::Set)
+                                    }
                                     _ => {}
                                 }
                             }
-                            l.vxlan = Some((id, port, local, link));
+                            l.vxlan = Some(x);
                         }
                         _ => {}
                     }
@@ -253,13 +273,13 @@ fn route_info(m: &RouteMessage) -> Option<RouteInfo> {
     let mut gateway = None;
     let mut oif = None;
     let mut mtu = None;
-    let mut table = m.header.table;
+    let mut table = u32::from(m.header.table);
     for a in &m.attributes {
         match a {
             RouteAttribute::Destination(d) => dst = route_ip(d)?,
             RouteAttribute::Gateway(g) => gateway = route_ip(g),
             RouteAttribute::Oif(i) => oif = Some(*i),
-            RouteAttribute::Table(t) => table = (*t).min(255) as u8,
+            RouteAttribute::Table(t) => table = *t,
             RouteAttribute::Metrics(ms) => {
                 for x in ms {
                     if let rtnetlink::packet_route::route::RouteMetric::Mtu(v) = x {

@@ -84,7 +84,7 @@ pub struct NodeStatus {
     pub can_claim_more: bool,
     /// Absent when the node runs alone (no underlay, no cluster).
     #[serde(default)]
-    pub cluster: Option<ClusterStatus>,
+    pub cluster: Option<Box<ClusterStatus>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +108,16 @@ pub struct ClusterStatus {
     /// Requests this agent made to etcd since it started.
     #[serde(default)]
     pub etcd_requests: u64,
+    /// Every usable underlay address of this node, the advertised first.
+    #[serde(default)]
+    pub underlay_addresses: Vec<IpAddr>,
+    /// Ranges of the pod network some node cannot use (its own routes).
+    #[serde(default)]
+    pub reserved: Vec<IpNet>,
+    /// Changes this agent made to the kernel since it started: constant
+    /// while the cluster is quiet.
+    #[serde(default)]
+    pub kernel_writes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,7 +127,15 @@ pub struct PeerStatus {
     pub blocks: Vec<IpNet>,
     /// `self`, `routed`, `vxlan`, or `unreachable: why`.
     pub path: String,
+    /// Gossip's verdict (the failure detector).
     pub alive: bool,
+    /// The data path's verdict: `ok`, `failing: why`, or `-` (no data path
+    /// or not probed long enough).
+    #[serde(default)]
+    pub data_path: String,
+    /// Largest IP packet that crossed the underlay to the peer with DF.
+    #[serde(default)]
+    pub path_mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -30,6 +30,35 @@ pub struct NodeRecord {
     /// How the address was chosen, for `status` and `doctor`.
     pub address_reason: String,
     pub capabilities: Vec<String>,
+    /// Every usable underlay address of the node, the advertised one
+    /// first: peers probe them all, so a node advertising an address they
+    /// cannot reach learns which of its others they can.
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
+    /// For each peer, which of its addresses this node reached with an
+    /// authenticated probe lately (see `underlay::reconsider`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reach: BTreeMap<String, Vec<IpAddr>>,
+    /// Health of the data path this node uses towards each peer, separate
+    /// from gossip liveness.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub health: BTreeMap<String, PathHealth>,
+    /// Ranges inside the pod network this node cannot use (its routes that
+    /// Muslin does not own): no node leases a block overlapping them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reserved: Vec<IpNet>,
+}
+
+/// What probes over the data path to one peer found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathHealth {
+    pub ok: bool,
+    /// Why it fails, in an operator's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    /// Largest IP packet that crossed the underlay to the peer with DF set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +130,19 @@ impl ClusterView {
             .unwrap_or_default()
     }
 
+    /// Every range some node reported it cannot use.
+    pub fn reserved(&self) -> Vec<IpNet> {
+        let mut v: Vec<IpNet> = self
+            .nodes
+            .values()
+            .filter_map(|n| n.record.as_ref())
+            .flat_map(|r| r.reserved.iter().copied())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     /// Nodes whose record claims `address`: more than one is a
     /// misconfiguration (every host claiming 10.0.2.15, say).
     pub fn duplicate_addresses(&self) -> Vec<(IpAddr, Vec<String>)> {
@@ -112,6 +154,20 @@ impl ClusterView {
         }
         by.into_iter().filter(|(_, v)| v.len() > 1).collect()
     }
+}
+
+/// The part of a host's routes a node must report as unusable: routes
+/// strictly inside the pod network (a route covering all of it, such as the
+/// default route, is less specific than any block and shadows nothing).
+pub fn reserved_in(pod_cidr: IpNet, routes: &[IpNet]) -> Vec<IpNet> {
+    let mut v: Vec<IpNet> = routes
+        .iter()
+        .filter(|r| pod_cidr.contains(*r) && r.prefix_len() > pod_cidr.prefix_len())
+        .copied()
+        .collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 /// A block of `pod_cidr` that nobody claims, or `None` when it is full.
@@ -246,6 +302,23 @@ mod tests {
     }
 
     #[test]
+    fn only_routes_inside_the_pod_network_are_reserved() {
+        let n = |s: &str| -> IpNet { s.parse().unwrap() };
+        let routes = [
+            n("0.0.0.0/0"),
+            n("10.0.0.0/8"),
+            n("10.244.0.0/16"),
+            n("10.244.5.0/24"),
+            n("10.244.5.0/24"),
+            n("192.168.56.0/24"),
+        ];
+        assert_eq!(
+            reserved_in(n("10.244.0.0/16"), &routes),
+            vec![n("10.244.5.0/24")]
+        );
+    }
+
+    #[test]
     fn duplicate_addresses_are_reported() {
         let rec = |n: &str, a: &str| NodeRecord {
             name: n.into(),
@@ -256,6 +329,10 @@ mod tests {
             version: String::new(),
             address_reason: String::new(),
             capabilities: vec![],
+            addresses: vec![],
+            reach: BTreeMap::new(),
+            health: BTreeMap::new(),
+            reserved: vec![],
         };
         let mut v = ClusterView::default();
         for (n, a) in [

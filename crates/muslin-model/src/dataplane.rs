@@ -16,6 +16,13 @@ use crate::cluster::{ClusterView, NodeRecord};
 pub const VXLAN_DEV: &str = "msl-vxlan";
 /// Outer IPv4 + UDP + VXLAN + inner Ethernet headers.
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// Main routing table.
+pub const MAIN_TABLE: u32 = 254;
+/// Our routing table: routes that only pod-sourced traffic may take (to
+/// peers' node addresses through the tunnel), looked up by one rule.
+pub const POD_TABLE: u32 = 77;
+/// Priority of that rule: after `local` (0), before `main` (32766).
+pub const POD_RULE_PRIORITY: u32 = 1077;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -83,6 +90,7 @@ pub struct ClusterRoute {
     /// Path MTU pinned on the route, so a pod's oversized packet gets an
     /// ICMP "fragmentation needed" from its own host at once.
     pub mtu: Option<u32>,
+    pub table: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +102,24 @@ pub struct Desired {
     /// VTEP MAC -> peer underlay address, on the VXLAN device.
     pub fdb: Vec<([u8; 6], IpAddr)>,
     pub paths: BTreeMap<String, Path>,
+    /// Source range whose traffic looks up [`POD_TABLE`] first.
+    pub pod_rule: Option<IpNet>,
+}
+
+/// Everything besides the cluster view that the data plane depends on.
+#[derive(Debug, Clone)]
+pub struct Params<'a> {
+    pub me: &'a str,
+    pub backend: Backend,
+    pub local: &'a Underlay,
+    pub vx: VxlanSettings,
+    pub vtep_mac: [u8; 6],
+    pub pod_cidr: IpNet,
+    /// Every address of this host: a peer advertising one of them chose a
+    /// wrong interface and must not become a route to ourselves.
+    pub local_addresses: &'a [IpAddr],
+    /// Measured path MTU to each peer (IP packet size over the underlay).
+    pub path_mtu: &'a BTreeMap<String, u32>,
 }
 
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -136,15 +162,8 @@ fn routable(b: &IpNet, pod_cidr: &IpNet, local: &Underlay) -> bool {
         && !local.prefix.contains(&b.network())
 }
 
-pub fn desired(
-    view: &ClusterView,
-    me: &str,
-    backend: Backend,
-    local: &Underlay,
-    vx: VxlanSettings,
-    vtep_mac: [u8; 6],
-    pod_cidr: IpNet,
-) -> Desired {
+pub fn desired(view: &ClusterView, p: &Params) -> Desired {
+    let (me, local, pod_cidr) = (p.me, p.local, p.pod_cidr);
     let owners = view.block_owners();
     let blocks_of = |n: &str| -> Vec<IpNet> {
         owners
@@ -153,34 +172,56 @@ pub fn desired(
             .map(|(b, _)| *b)
             .collect()
     };
+    let shared: BTreeMap<IpAddr, Vec<String>> = view.duplicate_addresses().into_iter().collect();
     let mut d = Desired::default();
     let mine = blocks_of(me);
     let vx_mtu = local.mtu - VXLAN_OVERHEAD;
     d.vxlan = mine.first().map(|b| VxlanDevice {
-        vni: vx.vni,
-        port: vx.port,
+        vni: p.vx.vni,
+        port: p.vx.port,
         local: local.address,
         underlay_if: local.ifname.clone(),
         mtu: vx_mtu,
-        mac: vtep_mac,
+        mac: p.vtep_mac,
         address: b.network(),
     });
+    d.pod_rule = d.vxlan.as_ref().map(|_| pod_cidr);
     for (name, peer) in &view.nodes {
         if name == me {
             continue;
         }
         let Some(rec) = &peer.record else { continue };
+        let path = match (p.local_addresses.contains(&rec.address), shared.get(&rec.address)) {
+            (true, _) => Path::Unreachable(format!(
+                "advertises {}, an address of this host too: it chose the wrong interface (its own status says why)",
+                rec.address
+            )),
+            (_, Some(names)) => Path::Unreachable(format!(
+                "{} is claimed by nodes {}: none of them is programmed until each advertises its own address",
+                rec.address,
+                names.join(", ")
+            )),
+            _ => path_to(p.backend, local, rec),
+        };
         let blocks = blocks_of(name);
-        let path = path_to(backend, local, rec);
+        // Until a probe measured it, the smaller of the two interfaces.
+        let pmtu = p
+            .path_mtu
+            .get(name)
+            .copied()
+            .unwrap_or(local.mtu.min(rec.mtu))
+            .min(local.mtu);
         match &path {
             Path::Routed => {
+                let pin = (pmtu < local.mtu).then_some(pmtu);
                 for b in &blocks {
                     d.routes.push(ClusterRoute {
                         dst: *b,
                         via: rec.address,
                         dev: local.ifname.clone(),
                         onlink: false,
-                        mtu: None,
+                        mtu: pin,
+                        table: MAIN_TABLE,
                     });
                 }
             }
@@ -192,16 +233,24 @@ pub fn desired(
                     continue;
                 };
                 let vtep = first.network();
-                let pin = (backend == Backend::Auto).then_some(vx_mtu);
+                let inner = pmtu.saturating_sub(VXLAN_OVERHEAD).max(576);
+                let pin = (p.backend == Backend::Auto || inner < vx_mtu).then_some(inner);
+                let via_tunnel = |dst: IpNet, table: u32| ClusterRoute {
+                    dst,
+                    via: vtep,
+                    dev: VXLAN_DEV.into(),
+                    onlink: true,
+                    mtu: pin,
+                    table,
+                };
                 for b in &blocks {
-                    d.routes.push(ClusterRoute {
-                        dst: *b,
-                        via: vtep,
-                        dev: VXLAN_DEV.into(),
-                        onlink: true,
-                        mtu: pin,
-                    });
+                    d.routes.push(via_tunnel(*b, MAIN_TABLE));
                 }
+                // A pod's packet to the peer node itself goes through the
+                // tunnel too, so it arrives where the node's route back to
+                // the pod points: strict rp_filter there accepts it.
+                d.routes
+                    .push(via_tunnel(IpNet::from(rec.address), POD_TABLE));
                 d.neighbours.push((vtep, mac));
                 d.fdb.push((mac, rec.address));
             }
@@ -228,6 +277,10 @@ mod tests {
             version: "0".into(),
             address_reason: String::new(),
             capabilities: vec![],
+            addresses: vec![],
+            reach: BTreeMap::new(),
+            health: BTreeMap::new(),
+            reserved: vec![],
         }
     }
 
@@ -259,6 +312,32 @@ mod tests {
         }
     }
 
+    fn run(v: &ClusterView, backend: Backend, mac: [u8; 6]) -> Desired {
+        run_with(v, backend, mac, &[], &BTreeMap::new())
+    }
+
+    fn run_with(
+        v: &ClusterView,
+        backend: Backend,
+        mac: [u8; 6],
+        local_addresses: &[IpAddr],
+        path_mtu: &BTreeMap<String, u32>,
+    ) -> Desired {
+        desired(
+            v,
+            &Params {
+                me: "h1",
+                backend,
+                local: &local(),
+                vx: VX,
+                vtep_mac: mac,
+                pod_cidr: POD,
+                local_addresses,
+                path_mtu,
+            },
+        )
+    }
+
     const POD: IpNet = IpNet::V4(ipnet::Ipv4Net::new_assert(
         std::net::Ipv4Addr::new(10, 244, 0, 0),
         16,
@@ -279,8 +358,13 @@ mod tests {
                 .claims
                 .insert(bad.parse().unwrap(), BlockClaim { claimed_at_ms: 0 });
         }
-        let d = desired(&v, "h1", Backend::Auto, &local(), VX, [2; 6], POD);
-        let dsts: Vec<String> = d.routes.iter().map(|r| r.dst.to_string()).collect();
+        let d = run(&v, Backend::Auto, [2; 6]);
+        let dsts: Vec<String> = d
+            .routes
+            .iter()
+            .filter(|r| r.table == MAIN_TABLE)
+            .map(|r| r.dst.to_string())
+            .collect();
         assert_eq!(dsts, ["10.244.2.0/24", "10.244.3.0/24"]);
     }
 
@@ -291,18 +375,21 @@ mod tests {
 
     #[test]
     fn auto_routes_same_segment_and_tunnels_the_rest() {
-        let d = desired(
-            &view(),
-            "h1",
-            Backend::Auto,
-            &local(),
-            VX,
-            crate::cluster::vtep_mac("h1"),
-            POD,
-        );
+        let d = run(&view(), Backend::Auto, crate::cluster::vtep_mac("h1"));
         assert_eq!(d.paths["h2"], Path::Routed);
         assert_eq!(d.paths["h3"], Path::Vxlan);
-        assert_eq!(d.routes.len(), 2);
+        assert_eq!(d.routes.len(), 3);
+        // h3's node address, for pod-sourced traffic only, via the tunnel.
+        let n3 = d.routes.iter().find(|r| r.table == POD_TABLE).unwrap();
+        assert_eq!(
+            (
+                n3.dst.to_string().as_str(),
+                n3.via.to_string().as_str(),
+                n3.dev.as_str()
+            ),
+            ("192.168.20.11/32", "10.244.3.0", VXLAN_DEV)
+        );
+        assert_eq!(d.pod_rule, Some(POD));
         let r2 = d
             .routes
             .iter()
@@ -354,10 +441,10 @@ mod tests {
 
     #[test]
     fn routed_refuses_peers_across_a_router_and_vxlan_tunnels_everyone() {
-        let d = desired(&view(), "h1", Backend::Routed, &local(), VX, [2; 6], POD);
+        let d = run(&view(), Backend::Routed, [2; 6]);
         assert!(matches!(&d.paths["h3"], Path::Unreachable(why) if why.contains("shared L2")));
         assert_eq!(d.routes.len(), 1);
-        let d = desired(&view(), "h1", Backend::Vxlan, &local(), VX, [2; 6], POD);
+        let d = run(&view(), Backend::Vxlan, [2; 6]);
         assert!(d.paths.values().all(|p| *p == Path::Vxlan));
         assert!(d
             .routes
@@ -370,12 +457,73 @@ mod tests {
     fn no_block_no_vxlan_device_and_mtus() {
         let mut v = view();
         v.nodes.get_mut("h1").unwrap().claims.clear();
-        let d = desired(&v, "h1", Backend::Vxlan, &local(), VX, [2; 6], POD);
+        let d = run(&v, Backend::Vxlan, [2; 6]);
         assert!(d.vxlan.is_none());
+        assert!(d.pod_rule.is_none());
         assert_eq!(pod_mtu(Backend::Vxlan, 1500), 1450);
         assert_eq!(pod_mtu(Backend::Auto, 9000), 9000);
         assert_eq!(parse_mac("02:00:00:00:00:0a"), Some([2, 0, 0, 0, 0, 10]));
         assert_eq!("auto".parse::<Backend>(), Ok(Backend::Auto));
         assert!("bgp".parse::<Backend>().is_err());
+    }
+
+    #[test]
+    fn peers_advertising_our_address_or_a_shared_one_are_never_routes() {
+        let mut v = view();
+        // h2 advertises the NAT address every host has; so does h4.
+        v.nodes
+            .get_mut("h2")
+            .unwrap()
+            .record
+            .as_mut()
+            .unwrap()
+            .address = "10.0.2.15".parse().unwrap();
+        let mine: Vec<IpAddr> = vec![
+            "10.0.2.15".parse().unwrap(),
+            "192.168.10.11".parse().unwrap(),
+        ];
+        let d = run_with(&v, Backend::Auto, [2; 6], &mine, &BTreeMap::new());
+        assert!(
+            matches!(&d.paths["h2"], Path::Unreachable(w) if w.contains("address of this host"))
+        );
+        assert!(d.routes.iter().all(|r| r.via.to_string() != "10.0.2.15"));
+        assert!(!d
+            .routes
+            .iter()
+            .any(|r| r.dst.to_string() == "10.244.2.0/24"));
+        let mut h4 = v.nodes["h3"].clone();
+        h4.record.as_mut().unwrap().address = "10.0.2.15".parse().unwrap();
+        h4.claims.clear();
+        v.nodes.insert("h4".into(), h4);
+        let d = run_with(&v, Backend::Auto, [2; 6], &[], &BTreeMap::new());
+        assert!(matches!(&d.paths["h2"], Path::Unreachable(w) if w.contains("h2, h4")));
+        assert!(matches!(&d.paths["h4"], Path::Unreachable(_)));
+        assert_eq!(d.paths["h3"], Path::Vxlan);
+    }
+
+    #[test]
+    fn measured_path_mtu_is_pinned_on_the_peer_routes() {
+        let pmtu: BTreeMap<String, u32> =
+            [("h2".to_string(), 1400), ("h3".to_string(), 1400)].into();
+        let d = run_with(&view(), Backend::Auto, [2; 6], &[], &pmtu);
+        let mtu_of = |dst: &str| {
+            d.routes
+                .iter()
+                .find(|r| r.dst.to_string() == dst)
+                .unwrap()
+                .mtu
+        };
+        assert_eq!(mtu_of("10.244.2.0/24"), Some(1400), "routed: the path MTU");
+        assert_eq!(
+            mtu_of("10.244.3.0/24"),
+            Some(1350),
+            "vxlan: path MTU less the overhead"
+        );
+        assert_eq!(mtu_of("192.168.20.11/32"), Some(1350));
+        // The full MTU measured: nothing pinned on routed, the tunnel's on VXLAN.
+        let pmtu: BTreeMap<String, u32> =
+            [("h2".to_string(), 1500), ("h3".to_string(), 1500)].into();
+        let d = run_with(&view(), Backend::Vxlan, [2; 6], &[], &pmtu);
+        assert!(d.routes.iter().all(|r| r.mtu.is_none()));
     }
 }

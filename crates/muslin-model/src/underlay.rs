@@ -252,6 +252,59 @@ pub fn select(method: &Method, cands: &[Candidate]) -> Result<Choice, String> {
     }
 }
 
+/// Every address first-found could choose, with its interface and MTU, in
+/// interface order: what a node advertises as its alternatives.
+pub fn usable_addresses(cands: &[Candidate]) -> Vec<(String, IpNet, u32)> {
+    cands
+        .iter()
+        .filter(|c| eligible(c))
+        .flat_map(|c| global_v4(c).map(move |a| (c.ifname.clone(), a, c.mtu)))
+        .collect()
+}
+
+/// Whether a node should move off its advertised address: when the peers
+/// that probed it reach none of them at `advertised` but some reach another
+/// of its addresses, the one most peers reach (ties: the earlier in
+/// `mine`). `reports` holds, per peer that reported on us, the addresses of
+/// ours it reached. No reports, or any peer reaching `advertised`, means
+/// stay: a partial partition is the relay's business, not a reason to move.
+pub fn reconsider(advertised: IpAddr, mine: &[IpAddr], reports: &[Vec<IpAddr>]) -> Option<IpAddr> {
+    if reports.is_empty() || reports.iter().any(|r| r.contains(&advertised)) {
+        return None;
+    }
+    let count = |a: &IpAddr| reports.iter().filter(|r| r.contains(a)).count();
+    mine.iter()
+        .filter(|a| **a != advertised)
+        .map(|a| (count(a), *a))
+        .filter(|(n, _)| *n > 0)
+        // max_by_key keeps the last maximum; reversing keeps the first.
+        .rev()
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, a)| a)
+}
+
+/// Why `range` (the pod network or a fixed block) cannot be used on this
+/// host: it overlaps an address or connected subnet of an interface that
+/// is not Muslin's own. Pods would shadow the host's own neighbours.
+pub fn range_conflict(field: &str, range: IpNet, cands: &[Candidate]) -> Option<String> {
+    let overlaps = |a: &IpNet, b: &IpNet| a.contains(&b.network()) || b.contains(&a.network());
+    cands
+        .iter()
+        .filter(|c| !c.ifname.starts_with(crate::IFACE_PREFIX))
+        .flat_map(|c| c.addresses.iter().map(move |a| (c, a)))
+        .filter(|(_, a)| a.addr().is_ipv4() == range.addr().is_ipv4())
+        .filter(|(_, a)| !matches!(a.addr(), IpAddr::V6(v) if (v.segments()[0] & 0xffc0) == 0xfe80))
+        .find(|(_, a)| overlaps(&range, &a.trunc()))
+        .map(|(c, a)| {
+            format!(
+                "{field} {range} overlaps {} on {} (address {}): pods would take addresses of the host's own network; choose a range clear of it",
+                a.trunc(),
+                c.ifname,
+                a.addr()
+            )
+        })
+}
+
 fn pattern(res: &[Regex]) -> String {
     res.iter()
         .map(|r| {
@@ -337,6 +390,48 @@ mod tests {
             "".parse::<Method>().unwrap(),
             Method::Reachability
         ));
+    }
+
+    #[test]
+    fn reconsider_moves_only_when_no_peer_reaches_the_advertised_address() {
+        let a = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let mine = [a("10.0.2.15"), a("192.168.10.11"), a("192.168.56.11")];
+        // Nobody reported yet: stay.
+        assert_eq!(reconsider(mine[0], &mine, &[]), None);
+        // Every peer reaches the cluster NIC, none the NAT address.
+        let r = vec![vec![mine[2]], vec![mine[1], mine[2]]];
+        assert_eq!(reconsider(mine[0], &mine, &r), Some(mine[2]));
+        // One peer still reaches the advertised address: a partial
+        // partition, not a wrong address.
+        let r = vec![vec![mine[0]], vec![mine[2]]];
+        assert_eq!(reconsider(mine[0], &mine, &r), None);
+        // Reports that reach nothing of ours: nowhere better to go.
+        assert_eq!(reconsider(mine[0], &mine, &[vec![]]), None);
+        // A tie goes to the earlier address.
+        let r = vec![vec![mine[1]], vec![mine[2]]];
+        assert_eq!(reconsider(mine[0], &mine, &r), Some(mine[1]));
+    }
+
+    #[test]
+    fn ranges_overlapping_host_networks_are_named() {
+        let net = |s: &str| -> IpNet { s.parse().unwrap() };
+        let e = range_conflict("pod-cidr", net("192.168.0.0/16"), &host()).unwrap();
+        assert!(
+            e.contains("192.168.0.0/16") && e.contains("192.168.56.0/24") && e.contains("eth1"),
+            "{e}"
+        );
+        let e = range_conflict("pod-cidr", net("10.0.2.128/25"), &host()).unwrap();
+        assert!(e.contains("10.0.2.0/24") && e.contains("eth0"), "{e}");
+        assert!(range_conflict("pod-cidr", net("10.244.0.0/16"), &host()).is_none());
+        // Our own VXLAN device's address lies inside the pod network.
+        let mut h = host();
+        h.push(cand("msl-vxlan", &["10.244.1.0/32"], Some("vxlan")));
+        assert!(range_conflict("pod-cidr", net("10.244.0.0/16"), &h).is_none());
+        let addrs: Vec<String> = usable_addresses(&host())
+            .iter()
+            .map(|(i, a, _)| format!("{i} {a}"))
+            .collect();
+        assert_eq!(addrs, ["eth0 10.0.2.15/24", "eth1 192.168.56.11/24"]);
     }
 
     #[test]

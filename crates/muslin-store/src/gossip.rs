@@ -31,7 +31,9 @@ pub struct GossipConfig {
 }
 
 pub struct Gossip {
-    handle: ChitchatHandle,
+    /// `None` only while `readvertise` swaps it.
+    handle: Option<ChitchatHandle>,
+    cfg: GossipConfig,
     auth: Arc<AuthState>,
     me: String,
     alone: bool,
@@ -50,44 +52,91 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+fn chitchat_config(cfg: &GossipConfig) -> ChitchatConfig {
+    let id = ChitchatId::new(cfg.node_name.clone(), now_ms(), cfg.advertise);
+    ChitchatConfig {
+        chitchat_id: id,
+        cluster_id: "muslin".into(),
+        gossip_interval: cfg.interval,
+        listen_addr: cfg.listen,
+        seed_nodes: cfg.seeds.iter().map(|s| s.to_string()).collect(),
+        failure_detector_config: FailureDetectorConfig {
+            phi_threshold: 8.0,
+            sampling_window_size: 1000,
+            max_interval: Duration::from_secs(10),
+            initial_interval: cfg.interval * 2,
+            dead_node_grace_period: cfg.ttl,
+        },
+        marked_for_deletion_grace_period: Duration::from_secs(3600),
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+    }
+}
+
 impl Gossip {
     pub async fn start(
         cfg: GossipConfig,
         initial: Vec<(String, String)>,
     ) -> Result<Gossip, StoreError> {
-        let id = ChitchatId::new(cfg.node_name.clone(), now_ms(), cfg.advertise);
-        let config = ChitchatConfig {
-            chitchat_id: id,
-            cluster_id: "muslin".into(),
-            gossip_interval: cfg.interval,
-            listen_addr: cfg.listen,
-            seed_nodes: cfg.seeds.iter().map(|s| s.to_string()).collect(),
-            failure_detector_config: FailureDetectorConfig {
-                phi_threshold: 8.0,
-                sampling_window_size: 1000,
-                max_interval: Duration::from_secs(10),
-                initial_interval: cfg.interval * 2,
-                dead_node_grace_period: cfg.ttl,
-            },
-            marked_for_deletion_grace_period: Duration::from_secs(3600),
-            catchup_callback: None,
-            extra_liveness_predicate: None,
-        };
+        let config = chitchat_config(&cfg);
         let auth = Arc::new(AuthState::default());
+        Self::spawn(cfg, config, auth, initial).await
+    }
+
+    async fn spawn(
+        cfg: GossipConfig,
+        config: ChitchatConfig,
+        auth: Arc<AuthState>,
+        initial: Vec<(String, String)>,
+    ) -> Result<Gossip, StoreError> {
         let transport = SealedUdp {
             secret: cfg.secret.clone(),
             auth: auth.clone(),
             seeds: cfg.seeds.clone(),
+            probes: Arc::new(crate::probe_wire::ProbeWire::new(
+                cfg.secret.as_deref(),
+                &cfg.node_name,
+            )),
         };
         let handle = spawn_chitchat(config, initial, &transport)
             .await
             .map_err(|e| StoreError::Gossip(format!("{e:#}")))?;
         Ok(Gossip {
-            handle,
-            auth,
-            me: cfg.node_name,
+            handle: Some(handle),
+            me: cfg.node_name.clone(),
             alone: cfg.seeds.is_empty(),
+            cfg,
+            auth,
         })
+    }
+
+    fn handle(&self) -> &ChitchatHandle {
+        self.handle.as_ref().expect("gossip is running")
+    }
+
+    /// Restarts gossip under a new advertised address (the node moved to
+    /// another underlay address), as a new generation carrying the same
+    /// keys, so peers gossip to an address that reaches us. The old
+    /// generation's state stands until the new one arrives (see `view`).
+    pub async fn readvertise(&mut self, advertise: SocketAddr) -> Result<(), StoreError> {
+        let kvs: Vec<(String, String)> = self
+            .handle()
+            .with_chitchat(|c| {
+                c.self_node_state()
+                    .key_values()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            })
+            .await;
+        if let Some(h) = self.handle.take() {
+            let _ = h.shutdown().await;
+        }
+        let mut cfg = self.cfg.clone();
+        cfg.advertise = advertise;
+        let config = chitchat_config(&cfg);
+        let auth = self.auth.clone();
+        *self = Self::spawn(cfg, config, auth, kvs).await?;
+        Ok(())
     }
 
     /// Why peers refuse us, if they do (no or wrong cluster secret).
@@ -103,13 +152,15 @@ impl Gossip {
     }
 
     async fn set(&self, key: String, value: String) {
-        self.handle
+        self.handle()
             .with_chitchat(|c| c.self_node_state().set(key.clone(), value.clone()))
             .await;
     }
 
-    pub async fn shutdown(self) {
-        let _ = self.handle.shutdown().await;
+    pub async fn shutdown(mut self) {
+        if let Some(h) = self.handle.take() {
+            let _ = h.shutdown().await;
+        }
     }
 }
 
@@ -132,13 +183,13 @@ impl ClusterStore for Gossip {
 
     async fn release_block(&self, block: IpNet) {
         let key = format!("{BLOCK_KEY_PREFIX}{block}");
-        self.handle
+        self.handle()
             .with_chitchat(|c| c.self_node_state().delete(&key))
             .await;
     }
 
     async fn view(&self) -> ClusterView {
-        let chitchat = self.handle.chitchat();
+        let chitchat = self.handle().chitchat();
         let c = chitchat.lock().await;
         let live: std::collections::HashSet<ChitchatId> = c.live_nodes().cloned().collect();
         // The newest generation of each node name that has published its
@@ -244,6 +295,10 @@ mod tests {
             version: "test".into(),
             address_reason: "test".into(),
             capabilities: vec![],
+            addresses: vec![],
+            reach: Default::default(),
+            health: Default::default(),
+            reserved: vec![],
         };
         a.publish_record(&record("a")).await;
         a.claim_block(block, BlockClaim { claimed_at_ms: 42 }).await;

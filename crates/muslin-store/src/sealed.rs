@@ -49,7 +49,7 @@ pub fn load_secret(path: &std::path::Path) -> Result<Vec<u8>, SecretError> {
     Ok(s)
 }
 
-fn cipher(secret: &[u8]) -> ChaCha20Poly1305 {
+pub(crate) fn cipher(secret: &[u8]) -> ChaCha20Poly1305 {
     let mut h = Sha256::new();
     h.update(b"muslin gossip v1\0");
     h.update(secret);
@@ -74,6 +74,8 @@ pub struct SealedUdp {
     /// Notices are unauthenticated: only the configured seeds' count, so a
     /// stray datagram cannot stop an agent from joining.
     pub seeds: Vec<SocketAddr>,
+    /// Health probes share the gossip port; this answers them.
+    pub probes: Arc<crate::probe_wire::ProbeWire>,
 }
 
 #[async_trait]
@@ -87,6 +89,7 @@ impl Transport for SealedUdp {
             cipher: self.secret.as_deref().map(cipher),
             auth: self.auth.clone(),
             seeds: self.seeds.clone(),
+            probes: self.probes.clone(),
             buf: vec![0; MAX_DATAGRAM],
             noticed: HashMap::new(),
         }))
@@ -95,6 +98,7 @@ impl Transport for SealedUdp {
 
 struct SealedSocket {
     seeds: Vec<SocketAddr>,
+    probes: Arc<crate::probe_wire::ProbeWire>,
     sock: tokio::net::UdpSocket,
     cipher: Option<ChaCha20Poly1305>,
     auth: Arc<AuthState>,
@@ -188,6 +192,12 @@ impl Socket for SealedSocket {
                 .bytes_received
                 .fetch_add(n as u64, Ordering::Relaxed);
             if n == 0 {
+                continue;
+            }
+            if crate::probe_wire::is_request(&self.buf[..n]) {
+                if let Some(a) = self.probes.answer(&self.buf[..n]) {
+                    let _ = self.sock.send_to(&a, from).await;
+                }
                 continue;
             }
             let kind = self.buf[0];
