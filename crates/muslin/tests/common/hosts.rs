@@ -1,0 +1,224 @@
+//! Hosts built by hand, the way an operator's machines look: network
+//! namespaces wired with veth pairs to bridges in a switch namespace,
+//! routers that are namespaces with forwarding on, and `muslin agent`
+//! started with its own flags exactly as README's Install section says
+//! (the first host without `--join`). Nothing here uses `muslin lab`, whose
+//! convenience of joining every host to all the others once hid the
+//! founding pitfall.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::{cni_env, must, sh, Netns, TempDir, BIN};
+
+static WIRE: AtomicU32 = AtomicU32::new(0);
+
+/// The switch (one bridge per segment) and the cluster secret.
+pub struct Net {
+    pub switch: Netns,
+    pub dir: TempDir,
+}
+
+impl Default for Net {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Net {
+    pub fn new() -> Net {
+        let dir = TempDir::new("net");
+        std::fs::write(dir.0.join("secret"), "a-test-cluster-secret-0123456789\n").unwrap();
+        Net {
+            switch: Netns::new("sw"),
+            dir,
+        }
+    }
+
+    pub fn secret(&self) -> PathBuf {
+        self.dir.0.join("secret")
+    }
+
+    /// A new segment (a bridge in the switch); returns its name.
+    pub fn segment(&self, mtu: u32) -> String {
+        let name = format!("b{}", WIRE.fetch_add(1, Ordering::Relaxed));
+        self.switch
+            .ip(&["link", "add", &name, "mtu", &mtu.to_string(), "type", "bridge"]);
+        self.switch.ip(&["link", "set", &name, "up"]);
+        name
+    }
+
+    /// A NIC `ifname` of `ns` on `segment`, with `addr` (CIDR) and `mtu`.
+    pub fn wire(&self, ns: &Netns, ifname: &str, segment: &str, addr: &str, mtu: u32) {
+        let port = format!("p{}", WIRE.fetch_add(1, Ordering::Relaxed));
+        let m = mtu.to_string();
+        self.switch.ip(&[
+            "link", "add", &port, "mtu", &m, "type", "veth", "peer", "name", ifname, "mtu", &m,
+            "netns", &ns.name,
+        ]);
+        self.switch.ip(&["link", "set", &port, "master", segment, "up"]);
+        ns.ip(&["addr", "add", addr, "dev", ifname]);
+        ns.ip(&["link", "set", ifname, "up"]);
+    }
+
+    /// A namespace that forwards between its NICs.
+    pub fn router(&self) -> Netns {
+        let r = Netns::new("rt");
+        must(&["ip", "netns", "exec", &r.name, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        r
+    }
+}
+
+/// Runs an nftables script inside `ns`.
+pub fn nft(ns: &Netns, script: &str) {
+    let mut c = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    c.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success(), "nft: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A `muslin agent` on a host namespace, killed on drop.
+pub struct Agent {
+    pub child: Option<Child>,
+    pub dir: TempDir,
+    pub socket: PathBuf,
+    pub name: String,
+    pub ns_name: String,
+    args: Vec<String>,
+}
+
+impl Agent {
+    /// Starts `muslin agent --cluster-secret-file SECRET ARGS...` in `ns`
+    /// (plus the socket, state and node name a shared machine needs) and
+    /// waits until it serves its socket.
+    pub fn start(ns: &Netns, name: &str, secret: &Path, args: &[&str]) -> Agent {
+        let dir = TempDir::new("agent");
+        let mut a = Agent {
+            child: None,
+            socket: dir.0.join("agent.sock"),
+            dir,
+            name: name.to_string(),
+            ns_name: ns.name.clone(),
+            args: [&["--cluster-secret-file", secret.to_str().unwrap()][..], args]
+                .concat()
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        };
+        a.spawn();
+        a.wait_ready(Duration::from_secs(60));
+        a
+    }
+
+    /// Starts the agent without waiting for it.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.0.join("agent.log"))
+            .unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns_name, BIN, "agent"])
+            .args(["--socket", self.socket.to_str().unwrap()])
+            .args(["--state-dir", self.dir.0.join("state").to_str().unwrap()])
+            .args(["--node-name", &self.name])
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn wait_ready(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("agent {} exited with {st}: {}", self.name, self.log());
+            }
+            assert!(Instant::now() < deadline, "agent {} did not start: {}", self.name, self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn status(&self) -> Value {
+        let o = sh(&[BIN, "status", "--json", "--socket", self.socket.to_str().unwrap()]);
+        serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
+    }
+
+    /// This agent's view of `peer`: path, alive, data_path, path_mtu.
+    pub fn peer(&self, peer: &str) -> Value {
+        self.status()["cluster"]["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["name"] == peer).cloned())
+            .unwrap_or(Value::Null)
+    }
+
+    pub fn kernel_writes(&self) -> u64 {
+        self.status()["cluster"]["kernel_writes"].as_u64().unwrap()
+    }
+
+    /// Attaches container namespace `c` through the CNI plugin; returns its
+    /// address.
+    pub fn add(&self, id: &str, c: &Netns) -> String {
+        let conf = json!({"cniVersion": "1.1.0", "name": "muslin", "type": "muslin", "socket": self.socket});
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns_name, BIN]);
+        for (k, v) in cni_env("ADD", id, Some(&c.path()), "eth0") {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+        let o = child.wait_with_output().unwrap();
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        assert!(o.status.success(), "ADD {id} on {}: {v}\n{}", self.name, self.log());
+        super::result_ip(&v)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Waits until `f` holds, at most `secs`.
+pub fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out after {secs} s waiting until {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs a command in `ns` and returns whether it succeeded and its output.
+pub fn run_in(ns: &Netns, args: &[&str]) -> (bool, String) {
+    let o = ns.exec(args);
+    (
+        o.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+    )
+}
