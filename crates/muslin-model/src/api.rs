@@ -1,6 +1,10 @@
-//! The agent's local API: one JSON request line in, one JSON response line
-//! out, over the agent's Unix socket. Shared by the agent, the CNI plugin and
-//! the CLI so the three cannot drift apart.
+//! The agent's local API over the agent's Unix socket: one JSON request
+//! line in; out, an [`Accepted`] line as soon as the request is read and
+//! parsed, then one [`Response`] line. The acknowledgement lets a client
+//! tell a wedged socket (no acknowledgement within seconds) from a slow
+//! operation. A request refused before it is parsed gets its error
+//! [`Response`] directly. Shared by the agent, the CNI plugin and the CLI so
+//! the three cannot drift apart.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -59,6 +63,13 @@ pub enum Response {
     Collected { released: Vec<AttachmentKey> },
     Status(NodeStatus),
     Error(CniError),
+}
+
+/// The first line of every answer to a parsed request: `{"kind":"accepted"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Accepted {
+    Accepted,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,5 +167,13 @@ mod tests {
         ));
         let back: Response = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn acknowledgement_is_distinct_from_every_response() {
+        let ack = serde_json::to_string(&Accepted::Accepted).unwrap();
+        assert_eq!(ack, r#"{"kind":"accepted"}"#);
+        assert!(serde_json::from_str::<Response>(&ack).is_err());
+        assert!(serde_json::from_str::<Accepted>(r#"{"kind":"done"}"#).is_err());
     }
 }
