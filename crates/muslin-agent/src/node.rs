@@ -20,6 +20,8 @@ use crate::blocks::BlockSource;
 use crate::key_locks::KeyLocks;
 use crate::state_store::StateStore;
 
+mod reap;
+
 pub struct Node {
     pub config: AgentConfig,
     pub node_name: String,

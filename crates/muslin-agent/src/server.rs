@@ -129,6 +129,10 @@ async fn dispatch(node: &Node, req: Request) -> Response {
             .await
             .map(|released| Response::Collected { released }),
         Request::Status => Ok(Response::Status(node.status().await)),
+        Request::Reap { apply } => node
+            .reap(apply)
+            .await
+            .map(|stale| Response::Reaped { stale }),
     };
     res.unwrap_or_else(Response::Error)
 }

@@ -23,6 +23,11 @@ pub enum Request {
     Check(CheckRequest),
     Gc(GcRequest),
     Status,
+    /// Operators' GC (`muslin gc`): attachments whose container is gone
+    /// though no DEL came. Released only with `apply`.
+    Reap {
+        apply: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +67,7 @@ pub enum Response {
     Done,
     Collected { released: Vec<AttachmentKey> },
     Status(NodeStatus),
+    Reaped { stale: Vec<StaleAttachment> },
     Error(CniError),
 }
 
@@ -70,6 +76,22 @@ pub enum Response {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Accepted {
     Accepted,
+}
+
+/// An attachment recorded by the agent whose container is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaleAttachment {
+    pub key: AttachmentKey,
+    pub address: IpAddr,
+    pub host_ifname: String,
+    pub netns: Option<PathBuf>,
+    /// What was found missing: the namespace, the host veth, or both.
+    pub why: String,
+    /// Whether it was released (only ever with `apply`).
+    pub released: bool,
+    /// Why releasing it failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,6 +189,8 @@ mod tests {
         ));
         let back: Response = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
         assert_eq!(back, e);
+        let reap = serde_json::to_string(&Request::Reap { apply: true }).unwrap();
+        assert_eq!(reap, r#"{"op":"reap","apply":true}"#);
     }
 
     #[test]
