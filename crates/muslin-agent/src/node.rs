@@ -20,6 +20,8 @@ use crate::blocks::BlockSource;
 use crate::key_locks::KeyLocks;
 use crate::state_store::StateStore;
 
+mod reap;
+
 pub struct Node {
     pub config: AgentConfig,
     pub node_name: String,
@@ -44,9 +46,17 @@ struct Versioned {
 pub fn kernel_error(e: KernelError) -> CniError {
     match &e {
         KernelError::NetnsMissing(_) => CniError::new(ErrorCode::UnknownContainer, e.to_string()),
-        KernelError::NotNetns(p) => CniError::new(
+        KernelError::NotNetns { path, what } => CniError::new(
             ErrorCode::InvalidEnvironment,
-            format!("CNI_NETNS {p:?} is not a network namespace"),
+            format!("CNI_NETNS {path:?} is not a network namespace: it is {what}"),
+        ),
+        KernelError::OwnNetns(p) => CniError::new(
+            ErrorCode::InvalidEnvironment,
+            format!(
+                "CNI_NETNS {p:?} is the host's own network namespace (the agent's): \
+                 attaching there would give the host the container's address and \
+                 default route; pass the container's namespace"
+            ),
         ),
         KernelError::InterfaceExists(_) => CniError::new(ErrorCode::InterfaceExists, e.to_string()),
         KernelError::Netlink { .. } | KernelError::Io { .. } => {

@@ -1,13 +1,15 @@
-//! The local API server: one request line, one response line, per
-//! connection, on a Unix socket only root can reach.
+//! The local API server: one request line in, an acknowledgement line and
+//! one response line out, per connection, on a Unix socket only root can
+//! reach.
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use muslin_model::api::{Request, Response};
+use muslin_model::api::{Accepted, Request, Response};
 use muslin_model::cni::{CniError, ErrorCode};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::node::Node;
@@ -71,27 +73,50 @@ pub async fn serve(listener: UnixListener, node: Arc<Node>) {
     }
 }
 
+/// Reads the request, acknowledges it at once (so a client can bound its
+/// wait for a live agent to seconds), then answers. A request refused
+/// before it is parsed gets its error without an acknowledgement.
 async fn handle(stream: UnixStream, node: Arc<Node>) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
-    let mut line = String::new();
-    let n = BufReader::new(r.take(MAX_REQUEST as u64))
-        .read_line(&mut line)
-        .await?;
-    let resp = if n == 0 {
-        return Ok(());
-    } else {
-        match serde_json::from_str::<Request>(&line) {
-            Ok(req) => dispatch(&node, req).await,
-            Err(e) => Response::Error(CniError::new(
-                ErrorCode::AgentProtocol,
-                format!("bad request: {e}"),
-            )),
+    let req = match read_request(r).await? {
+        None => return Ok(()),
+        Some(Ok(req)) => req,
+        Some(Err(refusal)) => {
+            write_line(&mut w, &Response::Error(refusal)).await?;
+            return w.shutdown().await;
         }
     };
-    let mut out = serde_json::to_vec(&resp).expect("response serializes");
-    out.push(b'\n');
-    w.write_all(&out).await?;
+    // A client that is gone by now gets nothing done on its behalf.
+    write_line(&mut w, &Accepted::Accepted).await?;
+    let resp = dispatch(&node, req).await;
+    write_line(&mut w, &resp).await?;
     w.shutdown().await
+}
+
+/// One request line; `None` when the client left without sending one.
+async fn read_request(r: OwnedReadHalf) -> std::io::Result<Option<Result<Request, CniError>>> {
+    let mut line = Vec::new();
+    let n = BufReader::new(r.take(MAX_REQUEST as u64 + 1))
+        .read_until(b'\n', &mut line)
+        .await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if line.len() > MAX_REQUEST {
+        return Ok(Some(Err(CniError::new(
+            ErrorCode::InvalidConfig,
+            format!("the request is too large: the agent accepts at most {MAX_REQUEST} bytes"),
+        ))));
+    }
+    Ok(Some(serde_json::from_slice::<Request>(&line).map_err(
+        |e| CniError::new(ErrorCode::AgentProtocol, format!("bad request: {e}")),
+    )))
+}
+
+async fn write_line(w: &mut OwnedWriteHalf, v: &impl serde::Serialize) -> std::io::Result<()> {
+    let mut out = serde_json::to_vec(v).expect("reply serializes");
+    out.push(b'\n');
+    w.write_all(&out).await
 }
 
 async fn dispatch(node: &Node, req: Request) -> Response {
@@ -104,6 +129,10 @@ async fn dispatch(node: &Node, req: Request) -> Response {
             .await
             .map(|released| Response::Collected { released }),
         Request::Status => Ok(Response::Status(node.status().await)),
+        Request::Reap { apply } => node
+            .reap(apply)
+            .await
+            .map(|stale| Response::Reaped { stale }),
     };
     res.unwrap_or_else(Response::Error)
 }

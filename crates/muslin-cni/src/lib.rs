@@ -7,4 +7,4 @@ mod client;
 mod plugin;
 
 pub use client::{call, ClientError};
-pub use plugin::{run, Outcome};
+pub use plugin::{read_config, run, Outcome};

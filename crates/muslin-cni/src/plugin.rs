@@ -1,3 +1,4 @@
+use std::io::Read;
 use std::path::PathBuf;
 
 use muslin_model::agent_config::DEFAULT_SOCKET;
@@ -6,7 +7,7 @@ use muslin_model::api::{
 };
 use muslin_model::cni::{
     cni_version_hint, version_reply, CniError, CniVersion, Command, Dns, Env, ErrorCode, Interface,
-    IpConfig, NetConf, Route, SuccessResult,
+    IpConfig, NetConf, Route, SuccessResult, MAX_CONFIG_BYTES,
 };
 use muslin_model::ipam::AttachmentKey;
 use muslin_model::plumbing::default_route;
@@ -20,6 +21,16 @@ pub struct Outcome {
     pub exit_code: i32,
 }
 
+/// Reads the network configuration from `r`, at most one byte past
+/// [`MAX_CONFIG_BYTES`]: enough to tell that it is too large without
+/// holding a runaway input in memory. The rest is left unread; runtimes
+/// ignore the broken pipe when a plugin exits before reading all of it.
+pub fn read_config(r: impl Read) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    r.take(MAX_CONFIG_BYTES as u64 + 1).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
 /// Runs one invocation. `get` reads the environment.
 pub fn run(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
     match invoke(get, stdin) {
@@ -28,10 +39,18 @@ pub fn run(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
             exit_code: 0,
         },
         Err(e) => Outcome {
-            stdout: e.to_json(&cni_version_hint(stdin)),
+            stdout: e.to_json(&version_hint(stdin)),
             exit_code: 1,
         },
     }
+}
+
+/// The version to answer in; an over-size input is not worth parsing.
+fn version_hint(stdin: &[u8]) -> String {
+    if stdin.len() > MAX_CONFIG_BYTES {
+        return CniVersion::LATEST.as_str().to_string();
+    }
+    cni_version_hint(stdin)
 }
 
 fn invoke(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<String, CniError> {
@@ -272,6 +291,31 @@ mod tests {
         let status = CONF.replace("1.0.0", "1.1.0");
         let (v, _) = run_with(&[("CNI_COMMAND", "STATUS")], &status);
         assert_eq!(v["code"], 50);
+    }
+
+    #[test]
+    fn over_long_input_fails_before_the_agent_is_asked() {
+        // CONF's socket does not exist: asking the agent would give 11.
+        let huge = CONF.replace(r#""n""#, &format!("{:?}", "n".repeat(MAX_CONFIG_BYTES)));
+        let (v, _) = run_with(&ADD, &huge);
+        assert_eq!(v["code"], 7, "{v}");
+        assert!(v["msg"].as_str().unwrap().contains("1048576"), "{v}");
+        let long_name = CONF.replace(r#""n""#, &format!("{:?}", "n".repeat(300)));
+        let (v, _) = run_with(&ADD, &long_name);
+        assert_eq!(v["code"], 7, "{v}");
+        assert!(v["msg"].as_str().unwrap().starts_with("name:"), "{v}");
+        let long_path = format!("/run/netns/{}", "x".repeat(5000));
+        let env = [ADD[0], ADD[1], ("CNI_NETNS", &long_path), ADD[3]];
+        let (v, _) = run_with(&env, CONF);
+        assert_eq!(v["code"], 4, "{v}");
+        assert!(v["msg"].as_str().unwrap().contains("CNI_NETNS"), "{v}");
+    }
+
+    #[test]
+    fn read_config_stops_one_byte_past_the_limit() {
+        let input = vec![b' '; 3 * MAX_CONFIG_BYTES];
+        let got = read_config(&input[..]).unwrap();
+        assert_eq!(got.len(), MAX_CONFIG_BYTES + 1);
     }
 
     #[test]

@@ -4,8 +4,10 @@ use std::path::PathBuf;
 pub enum KernelError {
     #[error("network namespace {0:?} does not exist")]
     NetnsMissing(PathBuf),
-    #[error("{0:?} is not a network namespace")]
-    NotNetns(PathBuf),
+    #[error("{path:?} is not a network namespace: it is {what}")]
+    NotNetns { path: PathBuf, what: String },
+    #[error("{0:?} is the agent's own network namespace (the host's), not a container's")]
+    OwnNetns(PathBuf),
     #[error("interface {0:?} already exists in the container")]
     InterfaceExists(String),
     #[error("{what}: {source}")]

@@ -1,6 +1,10 @@
-//! The agent's local API: one JSON request line in, one JSON response line
-//! out, over the agent's Unix socket. Shared by the agent, the CNI plugin and
-//! the CLI so the three cannot drift apart.
+//! The agent's local API over the agent's Unix socket: one JSON request
+//! line in; out, an [`Accepted`] line as soon as the request is read and
+//! parsed, then one [`Response`] line. The acknowledgement lets a client
+//! tell a wedged socket (no acknowledgement within seconds) from a slow
+//! operation. A request refused before it is parsed gets its error
+//! [`Response`] directly. Shared by the agent, the CNI plugin and the CLI so
+//! the three cannot drift apart.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -19,6 +23,11 @@ pub enum Request {
     Check(CheckRequest),
     Gc(GcRequest),
     Status,
+    /// Operators' GC (`muslin gc`): attachments whose container is gone
+    /// though no DEL came. Released only with `apply`.
+    Reap {
+        apply: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,7 +67,31 @@ pub enum Response {
     Done,
     Collected { released: Vec<AttachmentKey> },
     Status(NodeStatus),
+    Reaped { stale: Vec<StaleAttachment> },
     Error(CniError),
+}
+
+/// The first line of every answer to a parsed request: `{"kind":"accepted"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Accepted {
+    Accepted,
+}
+
+/// An attachment recorded by the agent whose container is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaleAttachment {
+    pub key: AttachmentKey,
+    pub address: IpAddr,
+    pub host_ifname: String,
+    pub netns: Option<PathBuf>,
+    /// What was found missing: the namespace, the host veth, or both.
+    pub why: String,
+    /// Whether it was released (only ever with `apply`).
+    pub released: bool,
+    /// Why releasing it failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,5 +207,15 @@ mod tests {
         ));
         let back: Response = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
         assert_eq!(back, e);
+        let reap = serde_json::to_string(&Request::Reap { apply: true }).unwrap();
+        assert_eq!(reap, r#"{"op":"reap","apply":true}"#);
+    }
+
+    #[test]
+    fn acknowledgement_is_distinct_from_every_response() {
+        let ack = serde_json::to_string(&Accepted::Accepted).unwrap();
+        assert_eq!(ack, r#"{"kind":"accepted"}"#);
+        assert!(serde_json::from_str::<Response>(&ack).is_err());
+        assert!(serde_json::from_str::<Accepted>(r#"{"kind":"done"}"#).is_err());
     }
 }

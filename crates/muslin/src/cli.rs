@@ -17,6 +17,8 @@ pub enum Command {
     Agent(Box<AgentArgs>),
     /// Show this node's blocks and attachments, as the agent sees them
     Status(StatusArgs),
+    /// List attachments whose container is gone without a DEL; --apply releases them
+    Gc(GcArgs),
     /// Install this binary as the CNI plugin `muslin` (a symlink)
     InstallCni(InstallCniArgs),
     /// Simulated multi-host clusters in network namespaces on this machine
@@ -229,6 +231,21 @@ pub struct AgentArgs {
 pub struct StatusArgs {
     #[arg(long, default_value = muslin_model::agent_config::DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    #[arg(long, default_value = muslin_model::agent_config::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Release the stale attachments (veth, route, address)
+    #[arg(long, conflicts_with = "dry_run")]
+    pub apply: bool,
+    /// Only list what would be released (the default)
+    #[arg(long)]
+    pub dry_run: bool,
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,

@@ -5,7 +5,9 @@ use anyhow::{bail, Context, Result};
 use muslin_model::agent_config::AgentConfig;
 use muslin_model::api::{Request, Response};
 
-use crate::cli::{AgentArgs, BenchArgs, Cli, Command, InstallCniArgs, ProbeCommand, StatusArgs};
+use crate::cli::{
+    AgentArgs, BenchArgs, Cli, Command, GcArgs, InstallCniArgs, ProbeCommand, StatusArgs,
+};
 use muslin_lab::probe;
 
 /// Commands that only print die quietly when their reader goes away
@@ -21,13 +23,14 @@ fn quiet_on_broken_pipe() {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     if matches!(
         cli.command,
-        Command::Status(_) | Command::Lab(_) | Command::InstallCni(_)
+        Command::Status(_) | Command::Gc(_) | Command::Lab(_) | Command::InstallCni(_)
     ) {
         quiet_on_broken_pipe();
     }
     match cli.command {
         Command::Agent(a) => agent(*a),
         Command::Status(a) => status(a),
+        Command::Gc(a) => gc(a),
         Command::InstallCni(a) => install_cni(a),
         Command::Lab(l) => crate::lab::run(l),
         Command::Bench(b) => bench(b),
@@ -208,6 +211,60 @@ fn status(a: StatusArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Operators' GC: a dry run unless `--apply`. Fails if anything stale
+/// could not be released.
+fn gc(a: GcArgs) -> Result<ExitCode> {
+    let req = Request::Reap { apply: a.apply };
+    let resp = muslin_cni::call(&a.socket, &req).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let stale = match resp {
+        Response::Reaped { stale } => stale,
+        Response::Error(e) => bail!("{e}"),
+        other => bail!("unexpected reply from the agent: {other:?}"),
+    };
+    if a.json {
+        let out = serde_json::json!({ "applied": a.apply, "stale": stale });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print_stale(&stale, a.apply);
+    }
+    Ok(if stale.iter().any(|s| s.error.is_some()) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print_stale(stale: &[muslin_model::api::StaleAttachment], applied: bool) {
+    if stale.is_empty() {
+        println!("no stale attachments");
+        return;
+    }
+    for s in stale {
+        let verb = match (&s.error, s.released) {
+            (Some(_), _) => "NOT released",
+            (None, true) => "released",
+            (None, false) => "would release",
+        };
+        println!(
+            "{verb:<13} {:<16} {}/{}/{}  ({})",
+            s.address.to_string(),
+            s.key.network,
+            s.key.container_id,
+            s.key.ifname,
+            s.why
+        );
+        if let Some(e) = &s.error {
+            println!("{:<13} {e}", "");
+        }
+    }
+    if !applied {
+        println!(
+            "{} stale; nothing released (dry run): run `muslin gc --apply` to release",
+            stale.len()
+        );
+    }
 }
 
 fn bench(b: BenchArgs) -> Result<ExitCode> {

@@ -6,7 +6,7 @@ mod cli;
 mod commands;
 mod lab;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -27,10 +27,10 @@ fn main() -> ExitCode {
 
 /// The plugin speaks only JSON on stdout; diagnostics, if any, go to stderr.
 fn cni_main() -> ExitCode {
-    let mut stdin = Vec::new();
-    if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
+    let stdin = muslin_cni::read_config(std::io::stdin().lock()).unwrap_or_else(|e| {
         eprintln!("muslin: reading stdin: {e}");
-    }
+        Vec::new()
+    });
     let out = muslin_cni::run(|k| std::env::var(k).ok(), &stdin);
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(out.stdout.as_bytes());

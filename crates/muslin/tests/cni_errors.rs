@@ -3,6 +3,11 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
 use common::*;
 use serde_json::json;
 
@@ -22,7 +27,9 @@ fn assert_untouched(host: &Host, c: &Netns) {
     assert_eq!(c.links(), vec!["lo"], "container interfaces left");
 }
 
-fn expect_error(got: (serde_json::Value, i32), code: u64, mentions: &str) {
+/// Asserts the error's code and that its message mentions `mentions`;
+/// returns the message for further checks.
+fn expect_error(got: (serde_json::Value, i32), code: u64, mentions: &str) -> String {
     let (v, exit) = got;
     assert_ne!(exit, 0, "must fail: {v}");
     assert_eq!(v["code"], code, "{v}");
@@ -35,6 +42,7 @@ fn expect_error(got: (serde_json::Value, i32), code: u64, mentions: &str) {
         msg.contains(mentions),
         "message {msg:?} should mention {mentions:?}"
     );
+    msg.to_string()
 }
 
 #[test]
@@ -243,4 +251,140 @@ fn agent_rejects_bad_config_naming_the_field() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("mtuu") && err.contains("line 2"), "{err}");
+}
+
+#[test]
+fn the_hosts_own_namespace_or_a_non_network_one_is_refused_and_nothing_is_made() {
+    let host = Host::new(&["10.93.0.0/24"]);
+    let c = Netns::new("own");
+    let conf = host.conf("1.1.0");
+    // The agent runs in host.ns: its path and its /proc/self/ns/net are the
+    // host's own namespace; /proc/self/ns/uts is a namespace, but not a
+    // network one (nsfs alike).
+    let cases = [
+        (host.ns.path(), "host's own network namespace"),
+        (
+            PathBuf::from("/proc/self/ns/net"),
+            "host's own network namespace",
+        ),
+        (PathBuf::from("/proc/self/ns/uts"), "uts namespace"),
+    ];
+    for (path, mentions) in &cases {
+        let got = host.cni("muslin", "ADD", "own", Some(path), "eth0", &conf);
+        expect_error(got, 4, mentions);
+    }
+    // Without the check, ADD put the address and a default route (proto 77)
+    // in the host's main table and the container end among its links.
+    let defaults = host
+        .ns
+        .ip_json(&["route", "show", "default", "proto", "77"]);
+    assert_eq!(defaults, json!([]), "a default route was installed");
+    assert_eq!(host.ns.links(), vec!["lo"], "links made in the host");
+    assert_untouched(&host, &c);
+    // The same agent still attaches a real container.
+    host.add("own", &c);
+}
+
+#[test]
+fn over_long_input_is_refused_at_once_naming_the_field_and_its_limit() {
+    let host = Host::new(&["10.92.0.0/24"]);
+    let c = Netns::new("long");
+    let env = cni_env("ADD", "long", Some(&c.path()), "eth0");
+
+    // Was code 11 (try again later): runtimes retried it for ever.
+    let mut conf = host.conf("1.1.0");
+    conf["name"] = json!("n".repeat(10 << 20));
+    let t = Instant::now();
+    let got = host.cni_raw("muslin", &env, conf.to_string().as_bytes());
+    expect_error(got, 7, "1048576");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+
+    conf["name"] = json!("n".repeat(100_000));
+    let msg = expect_error(
+        host.cni_raw("muslin", &env, conf.to_string().as_bytes()),
+        7,
+        "name:",
+    );
+    assert!(msg.contains("255") && msg.len() < 300, "{msg}");
+
+    // Below the kernel's 128 KiB bound on one environment string.
+    let long = "a".repeat(100_000);
+    let conf = host.conf("1.1.0").to_string();
+    for (var, value) in [
+        ("CNI_CONTAINERID", long.clone()),
+        ("CNI_NETNS", format!("/{long}")),
+        ("CNI_IFNAME", long.clone()),
+        ("CNI_ARGS", format!("K8S_POD_NAME={long}")),
+    ] {
+        let mut env = env.clone();
+        env.retain(|(k, _)| k != var);
+        env.push((var.to_string(), value));
+        let msg = expect_error(host.cni_raw("muslin", &env, conf.as_bytes()), 4, var);
+        assert!(msg.len() < 300, "the value is not echoed: {msg}");
+    }
+    assert_untouched(&host, &c);
+}
+
+#[test]
+fn a_socket_that_accepts_and_never_answers_fails_within_seconds_naming_it() {
+    let host = Host::new(&["10.91.0.0/24"]);
+    let dir = TempDir::new("mute");
+    let path = dir.0.join("mute.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    // Accepts, reads nothing, answers nothing; keeps every connection open.
+    std::thread::spawn(move || {
+        let held: Vec<UnixStream> = listener.incoming().map_while(Result::ok).collect();
+        drop(held);
+    });
+    let c = Netns::new("mute");
+    let mut conf = host.conf("1.1.0");
+    conf["socket"] = json!(path);
+    let t = Instant::now();
+    let got = host.cni("muslin", "ADD", "mute", Some(&c.path()), "eth0", &conf);
+    let elapsed = t.elapsed();
+    let msg = expect_error(got, 11, path.to_str().unwrap());
+    assert!(msg.contains("acknowledge"), "{msg}");
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+    assert_eq!(c.links(), vec!["lo"]);
+
+    // `muslin status` uses the same client: bounded too.
+    let t = Instant::now();
+    let o = sh(&[BIN, "status", "--socket", path.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("acknowledge"));
+}
+
+/// Reads one JSON line from the agent.
+fn reply_line(r: &mut impl BufRead) -> serde_json::Value {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+}
+
+fn connect(socket: &Path) -> UnixStream {
+    let s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+#[test]
+fn agent_acknowledges_then_answers_and_refuses_an_over_size_request_with_an_error() {
+    let host = Host::new(&["10.90.0.0/24"]);
+    let mut s = connect(&host.socket);
+    s.write_all(b"{\"op\":\"status\"}\n").unwrap();
+    let mut r = BufReader::new(&s);
+    assert_eq!(reply_line(&mut r), json!({"kind": "accepted"}));
+    assert_eq!(reply_line(&mut r)["kind"], "status");
+
+    // Past the agent's 1 MiB: an answer, not a closed connection. The agent
+    // stops reading at its limit, so the rest of the write may fail.
+    let mut s = connect(&host.socket);
+    let _ = s.write_all(&vec![b' '; 2 << 20]);
+    let v = reply_line(&mut BufReader::new(&s));
+    assert_eq!(v["kind"], "error", "{v}");
+    assert_eq!(v["code"], 7, "{v}");
+    assert!(v["msg"].as_str().unwrap().contains("too large"), "{v}");
+    // And it goes on serving.
+    assert!(host.allocations().is_empty());
 }

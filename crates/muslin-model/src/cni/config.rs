@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::env::{CONTAINER_ID_MAX, IFNAME_INPUT_MAX};
 use super::{CniError, CniVersion, Dns, ErrorCode};
 use crate::agent_config::{MTU_MAX, MTU_MIN};
 
@@ -80,6 +81,53 @@ fn invalid(msg: String) -> CniError {
     CniError::new(ErrorCode::InvalidConfig, msg)
 }
 
+/// The largest network configuration read from stdin. Real ones are a few
+/// hundred bytes (a GC's list of attachments, some kilobytes); past this the
+/// input is a bug upstream, refused before anything parses or forwards it.
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
+
+/// A Unix socket address holds at most 107 bytes of path (`sun_path`).
+const SOCKET_PATH_MAX: usize = 107;
+
+fn check_len(field: &str, value: &str, limit: usize) -> Result<(), CniError> {
+    if value.len() > limit {
+        return Err(invalid(format!(
+            "{field}: {} bytes long; at most {limit} are accepted",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Upper bounds of the string fields Muslin uses, checked before any check
+/// that might quote a value: past them a field is an invalid configuration
+/// (7), named with its limit and never echoed whole.
+fn check_lengths(conf: &NetConf) -> Result<(), CniError> {
+    // A key of the agent's records, so kept to a file name's length (NAME_MAX).
+    check_len("name", &conf.name, 255)?;
+    check_len("cniVersion", &conf.cni_version, 32)?;
+    check_len("type", &conf.plugin_type, 255)?;
+    if let Some(sock) = &conf.socket {
+        if sock.as_os_str().len() > SOCKET_PATH_MAX {
+            return Err(invalid(format!(
+                "socket: {} bytes long; a Unix socket path holds at most {SOCKET_PATH_MAX}",
+                sock.as_os_str().len()
+            )));
+        }
+    }
+    // GC's entries stand for CNI_CONTAINERID and CNI_IFNAME: the same bounds.
+    for (i, a) in conf.valid_attachments.iter().flatten().enumerate() {
+        let at = format!("cni.dev/valid-attachments[{i}]");
+        check_len(
+            &format!("{at}.containerID"),
+            &a.container_id,
+            CONTAINER_ID_MAX,
+        )?;
+        check_len(&format!("{at}.ifname"), &a.ifname, IFNAME_INPUT_MAX)?;
+    }
+    Ok(())
+}
+
 /// Network names follow the spec's grammar, so they are safe as keys and
 /// in file names.
 fn check_name(name: &str) -> Result<(), CniError> {
@@ -101,6 +149,12 @@ impl NetConf {
     /// well-formed JSON with a bad field is an invalid config (7) whose
     /// message starts with the field's path.
     pub fn parse(stdin: &[u8]) -> Result<(NetConf, CniVersion), CniError> {
+        if stdin.len() > MAX_CONFIG_BYTES {
+            return Err(invalid(format!(
+                "network configuration: more than {MAX_CONFIG_BYTES} bytes (1 MiB) on stdin; \
+                 at most that much is accepted"
+            )));
+        }
         let de = &mut serde_json::Deserializer::from_slice(stdin);
         let conf: NetConf = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
@@ -116,6 +170,7 @@ impl NetConf {
             };
             CniError::new(code, msg)
         })?;
+        check_lengths(&conf)?;
         let version = CniVersion::parse(&conf.cni_version)?;
         check_name(&conf.name)?;
         if conf.plugin_type.is_empty() {
@@ -260,6 +315,41 @@ mod tests {
                 e.msg
             );
         }
+    }
+
+    #[test]
+    fn over_long_input_is_invalid_config_naming_field_and_limit() {
+        let conf =
+            |name: &str| format!(r#"{{"cniVersion":"1.1.0","name":"{name}","type":"muslin"}}"#);
+        let e = parse(&conf(&"n".repeat(256))).unwrap_err();
+        assert_eq!(e.code, 7);
+        assert!(e.msg.starts_with("name:") && e.msg.contains("255"), "{e}");
+        assert!(e.msg.len() < 200, "the value is not echoed: {e}");
+        parse(&conf(&"n".repeat(255))).unwrap();
+
+        let e = parse(&conf(&"n".repeat(MAX_CONFIG_BYTES))).unwrap_err();
+        assert_eq!(e.code, 7);
+        assert!(e.msg.contains(&MAX_CONFIG_BYTES.to_string()), "{e}");
+
+        let sock = format!("/{}", "s".repeat(107));
+        let e = parse(&GOOD.replace("}", &format!(r#","socket":"{sock}"}}"#))).unwrap_err();
+        assert!(e.msg.starts_with("socket:") && e.msg.contains("107"), "{e}");
+        let e = parse(&GOOD.replace("1.1.0", &"1".repeat(33))).unwrap_err();
+        assert!(e.msg.starts_with("cniVersion:"), "{e}");
+
+        let long_id = "c".repeat(1025);
+        let gc = GOOD.replace(
+            "}",
+            &format!(
+                r#","cni.dev/valid-attachments":[{{"containerID":"{long_id}","ifname":"eth0"}}]}}"#
+            ),
+        );
+        let e = parse(&gc).unwrap_err();
+        assert!(
+            e.msg
+                .starts_with("cni.dev/valid-attachments[0].containerID:"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -42,6 +42,35 @@ fn invalid(msg: String) -> CniError {
     CniError::new(ErrorCode::InvalidEnvironment, msg)
 }
 
+/// Upper bounds on the variables a runtime hands over, checked before
+/// anything else reads them: no sane runtime comes near them, and a value
+/// beyond them is a bug upstream that must fail as invalid input (code 4),
+/// not travel to the agent or be echoed in full in an error message.
+pub const ENV_LIMITS: [(&str, usize); 4] = [
+    ("CNI_CONTAINERID", CONTAINER_ID_MAX),
+    // PATH_MAX.
+    ("CNI_NETNS", 4096),
+    ("CNI_IFNAME", IFNAME_INPUT_MAX),
+    ("CNI_ARGS", 64 * 1024),
+];
+
+/// Runtimes use 64 hex digits; the spec sets no limit, so leave room.
+pub(super) const CONTAINER_ID_MAX: usize = 1024;
+/// Generous: the kernel's 15-byte limit is checked where the name is used,
+/// and commands that ignore the name (VERSION) must not fail on it.
+pub(super) const IFNAME_INPUT_MAX: usize = 255;
+
+fn check_sizes(get: &impl Fn(&str) -> Option<String>) -> Result<(), CniError> {
+    for (var, limit) in ENV_LIMITS {
+        if let Some(len) = get(var).map(|v| v.len()).filter(|n| *n > limit) {
+            return Err(invalid(format!(
+                "{var} is {len} bytes long; at most {limit} are accepted"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The spec's container ID grammar: an alphanumeric, then alphanumerics,
 /// `_`, `.` or `-`.
 fn check_container_id(id: &str) -> Result<(), CniError> {
@@ -62,6 +91,7 @@ impl Env {
     /// Reads and validates the environment through `get` (so tests need not
     /// touch the process environment).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Env, CniError> {
+        check_sizes(&get)?;
         let nonempty = |k: &str| get(k).filter(|v| !v.is_empty());
         let raw =
             nonempty("CNI_COMMAND").ok_or_else(|| invalid("CNI_COMMAND is not set".into()))?;
@@ -176,6 +206,29 @@ mod tests {
         let mut pairs = ADD.to_vec();
         pairs[1] = ("CNI_CONTAINERID", "-bad");
         assert!(env(&pairs).unwrap_err().msg.contains("CNI_CONTAINERID"));
+    }
+
+    #[test]
+    fn over_long_values_are_refused_naming_the_variable_and_limit() {
+        for (var, limit) in ENV_LIMITS {
+            let long = "a".repeat(limit + 1);
+            let mut pairs = ADD.to_vec();
+            pairs.retain(|(k, _)| *k != var);
+            pairs.push((var, &long));
+            let e = env(&pairs).unwrap_err();
+            assert_eq!(e.code, 4, "{var}");
+            assert!(
+                e.msg.contains(var) && e.msg.contains(&limit.to_string()),
+                "{}",
+                e.msg
+            );
+            assert!(e.msg.len() < 200, "the value is not echoed: {}", e.msg);
+        }
+        // At the limit is fine (the container ID grammar allows all 'a's).
+        let id = "a".repeat(1024);
+        let mut pairs = ADD.to_vec();
+        pairs[1] = ("CNI_CONTAINERID", &id);
+        env(&pairs).unwrap();
     }
 
     #[test]

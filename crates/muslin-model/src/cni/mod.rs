@@ -10,8 +10,8 @@ mod result;
 mod version;
 
 pub use args::parse_cni_args;
-pub use config::{cni_version_hint, GcAttachment, NetConf, PrevResult};
-pub use env::{Command, Env};
+pub use config::{cni_version_hint, GcAttachment, NetConf, PrevResult, MAX_CONFIG_BYTES};
+pub use env::{Command, Env, ENV_LIMITS};
 pub use error::{CniError, ErrorCode};
 pub use result::{Dns, Interface, IpConfig, Route, SuccessResult};
 pub use version::{version_reply, CniVersion, SUPPORTED_VERSIONS};

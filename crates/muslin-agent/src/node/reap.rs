@@ -1,0 +1,127 @@
+//! Operators' GC (`muslin gc`): attachments whose container is gone though
+//! the runtime never sent DEL (containerd's `ctr task kill` and
+//! `ctr containers rm` do that), which would otherwise hold their address
+//! for ever. CNI GC cannot help there: it needs the runtime's list.
+
+use muslin_kernel::KernelError;
+use muslin_model::api::StaleAttachment;
+use muslin_model::cni::CniError;
+use muslin_model::ipam::{AttachmentKey, Endpoint};
+
+use super::{kernel_error, Node};
+
+/// What an attachment's namespace path opens as, now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum NetnsNow {
+    /// A network namespace other than the agent's: the container may live.
+    Alive,
+    /// Gone, or no longer a container's network namespace; the string says which.
+    Gone(String),
+    /// Not recorded (older state), or not checkable: only the veth decides.
+    Unknown,
+}
+
+/// Why the attachment is stale, if it is. A veth pair dies with its
+/// namespace, so a missing host veth alone means the container is gone; a
+/// namespace that no longer opens alone means the runtime removed it.
+fn stale_reason(netns: &NetnsNow, veth: &str, veth_exists: bool) -> Option<String> {
+    let mut why = Vec::new();
+    if let NetnsNow::Gone(w) = netns {
+        why.push(w.clone());
+    }
+    if !veth_exists {
+        why.push(format!("host veth {veth} no longer exists"));
+    }
+    (!why.is_empty()).then(|| why.join("; "))
+}
+
+fn netns_now(ep: &Endpoint) -> NetnsNow {
+    let Some(path) = &ep.netns else {
+        return NetnsNow::Unknown;
+    };
+    match muslin_kernel::open_netns(path) {
+        Ok(_) => NetnsNow::Alive,
+        Err(KernelError::NetnsMissing(_)) => NetnsNow::Gone(format!(
+            "network namespace {} no longer exists",
+            path.display()
+        )),
+        // A /proc/PID/ns/net path whose PID now belongs to a host process.
+        Err(e @ (KernelError::NotNetns { .. } | KernelError::OwnNetns(_))) => {
+            NetnsNow::Gone(e.to_string())
+        }
+        Err(e) => {
+            tracing::warn!(netns = ?path, cause = %e, "cannot check a recorded namespace; judging by the veth alone");
+            NetnsNow::Unknown
+        }
+    }
+}
+
+impl Node {
+    /// Lists the stale attachments and, with `apply`, releases them (veth,
+    /// host route, address). Each is judged and released under its lock,
+    /// against the record as it is then: an ADD in flight has its record
+    /// but not yet its veth, and a DEL in flight is about to remove both.
+    pub async fn reap(&self, apply: bool) -> Result<Vec<StaleAttachment>, CniError> {
+        let keys: Vec<AttachmentKey> = self
+            .table
+            .lock()
+            .await
+            .table
+            .endpoints
+            .keys()
+            .cloned()
+            .collect();
+        let mut stale = Vec::new();
+        for key in keys {
+            let _guard = self.locks.lock(&key).await;
+            let ep = self.table.lock().await.table.endpoints.get(&key).cloned();
+            let Some(ep) = ep else { continue };
+            let veth_exists = self
+                .netlink
+                .link(&ep.host_ifname)
+                .await
+                .map_err(kernel_error)?
+                .is_some();
+            let Some(why) = stale_reason(&netns_now(&ep), &ep.host_ifname, veth_exists) else {
+                continue;
+            };
+            let mut s = StaleAttachment {
+                key: key.clone(),
+                address: ep.address,
+                host_ifname: ep.host_ifname.clone(),
+                netns: ep.netns.clone(),
+                why,
+                released: false,
+                error: None,
+            };
+            if apply {
+                match self.teardown(&key).await {
+                    Ok(()) => s.released = true,
+                    Err(e) => s.error = Some(e.msg),
+                }
+            }
+            stale.push(s);
+        }
+        let released = stale.iter().filter(|s| s.released).count();
+        tracing::info!(stale = stale.len(), released, "operator GC");
+        Ok(stale)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_when_either_the_namespace_or_the_veth_is_gone() {
+        let gone = NetnsNow::Gone("network namespace /run/netns/x no longer exists".into());
+        assert_eq!(stale_reason(&NetnsNow::Alive, "msl1", true), None);
+        assert_eq!(stale_reason(&NetnsNow::Unknown, "msl1", true), None);
+        let w = stale_reason(&gone, "msl1", true).unwrap();
+        assert!(w.contains("/run/netns/x"), "{w}");
+        let w = stale_reason(&NetnsNow::Alive, "msl1", false).unwrap();
+        assert!(w.contains("msl1"), "{w}");
+        let w = stale_reason(&gone, "msl1", false).unwrap();
+        assert!(w.contains("/run/netns/x") && w.contains("msl1"), "{w}");
+    }
+}
