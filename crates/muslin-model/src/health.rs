@@ -48,6 +48,8 @@ struct PeerState {
     data_since: Option<Instant>,
     data_answered: Option<Instant>,
     pmtu: Option<u32>,
+    /// The address the MTU was measured to: a new one starts over.
+    mtu_target: Option<IpAddr>,
     mtu_due: Option<Instant>,
     /// Sizes of the MTU probes in flight and when the burst went out.
     mtu_burst: Option<(Instant, BTreeSet<u32>, BTreeSet<u32>)>,
@@ -100,6 +102,12 @@ impl Tracker {
             let Some(adv) = p.addresses.first() else {
                 continue;
             };
+            if st.mtu_target != Some(*adv) {
+                st.mtu_target = Some(*adv);
+                st.pmtu = None;
+                st.mtu_due = None;
+                st.mtu_burst = None;
+            }
             if let Some((at, sent, acked)) = &st.mtu_burst {
                 if now.duration_since(*at) < FAST {
                     continue;
@@ -108,6 +116,10 @@ impl Tracker {
                     // A confirmation went unanswered: climb the ladder now.
                     st.pmtu = None;
                     st.mtu_due = None;
+                } else if acked.is_empty() {
+                    // Nothing answered at all: the peer, not the size, is
+                    // the problem; ask again soon.
+                    st.mtu_due = Some(now + SLOW);
                 } else {
                     st.pmtu = acked.last().copied().or(st.pmtu);
                 }

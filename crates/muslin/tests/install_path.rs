@@ -1,0 +1,184 @@
+//! The pitfalls on the install path (issue 9), on hosts built by hand with
+//! several NICs and agents started as README's Install section says: the
+//! first host with no `--join`, the others joining it.
+
+mod common;
+
+use common::hosts::{nft, run_in, until, Agent, Net};
+use common::{Netns, ProbeServer, BIN};
+
+/// Three hosts with three NICs each:
+/// - eth0 carries the default route: either behind a router that drops
+///   host-to-host traffic, or (Vagrant) the same NAT address 10.0.2.15 on
+///   every host;
+/// - eth1 reaches the other hosts through two routers whose link has MTU
+///   1400 and drops fragments (h1 on 192.168.10.0/24, h2 and h3 on
+///   192.168.20.0/24);
+/// - eth2 is a clean shared segment, 192.168.56.0/24.
+struct World {
+    hosts: Vec<Netns>,
+    agents: Vec<Agent>,
+    containers: Vec<(Netns, String, ProbeServer)>,
+    _routers: Vec<Netns>,
+    net: Net,
+}
+
+fn world(vagrant: bool, agent_args: &[&str]) -> World {
+    let net = Net::new();
+    let hosts: Vec<Netns> = (1..=3).map(|i| Netns::new(&format!("h{i}"))).collect();
+    let mut routers = Vec::new();
+    // eth0 and the default route.
+    let r0 = net.router();
+    for (i, h) in hosts.iter().enumerate() {
+        let seg = net.segment(1500);
+        if vagrant {
+            net.wire(h, "eth0", &seg, "10.0.2.15/24", 1500);
+            h.ip(&["route", "add", "default", "via", "10.0.2.2"]);
+        } else {
+            let n = i + 1;
+            net.wire(h, "eth0", &seg, &format!("10.0.{n}.11/24"), 1500);
+            net.wire(&r0, &format!("m{n}"), &seg, &format!("10.0.{n}.1/24"), 1500);
+            h.ip(&["route", "add", "default", "via", &format!("10.0.{n}.1")]);
+        }
+    }
+    if !vagrant {
+        nft(
+            &r0,
+            "table inet hostile {\n chain forward {\n  type filter hook forward priority 0; policy drop;\n }\n}\n",
+        );
+    }
+    routers.push(r0);
+    // eth1: a routed path with a 1400-byte link that drops fragments.
+    let (sa, sl, sb) = (net.segment(1500), net.segment(1400), net.segment(1500));
+    let (r1, r2) = (net.router(), net.router());
+    net.wire(&r1, "ra", &sa, "192.168.10.1/24", 1500);
+    net.wire(&r1, "rl", &sl, "10.99.0.1/30", 1400);
+    net.wire(&r2, "rl", &sl, "10.99.0.2/30", 1400);
+    net.wire(&r2, "rb", &sb, "192.168.20.1/24", 1500);
+    r1.ip(&["route", "add", "192.168.20.0/24", "via", "10.99.0.2"]);
+    r2.ip(&["route", "add", "192.168.10.0/24", "via", "10.99.0.1"]);
+    // Fragments that cross the small link are lost, as behind many
+    // clouds' and firewalls' filters.
+    for r in [&r1, &r2] {
+        nft(
+            r,
+            "table ip nofrag {\n chain forward {\n  type filter hook forward priority 0;\n  \
+             iifname \"rl\" ip frag-off & 0x3fff != 0 counter drop\n }\n}\n",
+        );
+    }
+    routers.push(r1);
+    routers.push(r2);
+    net.wire(&hosts[0], "eth1", &sa, "192.168.10.11/24", 1500);
+    hosts[0].ip(&["route", "add", "192.168.20.0/24", "via", "192.168.10.1"]);
+    for (i, h) in hosts.iter().enumerate().skip(1) {
+        net.wire(h, "eth1", &sb, &format!("192.168.20.1{}/24", i + 1), 1500);
+        h.ip(&["route", "add", "192.168.10.0/24", "via", "192.168.20.1"]);
+    }
+    // eth2: clean.
+    let sc = net.segment(1500);
+    for (i, h) in hosts.iter().enumerate() {
+        net.wire(h, "eth2", &sc, &format!("192.168.56.1{}/24", i + 1), 1500);
+    }
+    // README's Install section: the first host without --join, the others
+    // joining it.
+    let secret = net.secret();
+    let mut agents = vec![Agent::start(&hosts[0], "h1", &secret, agent_args)];
+    for (i, h) in hosts.iter().enumerate().skip(1) {
+        let args = [&["--join", "192.168.10.11"][..], agent_args].concat();
+        agents.push(Agent::start(h, &format!("h{}", i + 1), &secret, &args));
+    }
+    let containers = hosts
+        .iter()
+        .zip(&agents)
+        .map(|(h, a)| {
+            let c = Netns::new("c");
+            let ip = a.add(&format!("{}-c1", a.name), &c);
+            let p = ProbeServer::start(&c, 7777);
+            let _ = h;
+            (c, ip, p)
+        })
+        .collect();
+    World {
+        hosts,
+        agents,
+        containers,
+        _routers: routers,
+        net,
+    }
+}
+
+impl World {
+    fn underlay(&self, i: usize) -> String {
+        self.agents[i].status()["cluster"]["underlay_address"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    fn all_pairs_pass(&self) -> bool {
+        self.containers.iter().all(|(c, _, _)| {
+            self.containers
+                .iter()
+                .all(|(_, ip, _)| c.probe(ip, "tcp,icmp").is_ok())
+        })
+    }
+
+    fn dump(&self) -> String {
+        self.agents
+            .iter()
+            .map(|a| format!("== {}\n{}\n{}", a.name, a.status(), a.log()))
+            .collect()
+    }
+}
+
+fn three_nic_hosts_move_16_mb_between_every_pair(vagrant: bool) {
+    let w = world(vagrant, &[]);
+    // The first host guessed its default-route NIC; its peers reach it on
+    // another address and never on that one, so it moves.
+    until("h1 moves off its default-route NIC", 30, || {
+        w.underlay(0) == "192.168.10.11"
+    });
+    let st = w.agents[0].status();
+    assert!(
+        st["cluster"]["underlay_reason"]
+            .as_str()
+            .unwrap()
+            .contains("moved from"),
+        "{st}"
+    );
+    until("every container reaches every container", 30, || {
+        w.all_pairs_pass()
+    });
+    // No host ever routes through an address that is its own, or through
+    // the default-route NIC that cannot carry host-to-host traffic.
+    for h in &w.hosts {
+        let routes = h.ip(&["route", "show", "proto", "77"]);
+        assert!(!routes.contains("via 10.0."), "{routes}");
+    }
+    // Path MTU: the 1400-byte link is measured and pinned, less VXLAN's 50.
+    until("h2 measured the path to h1", 20, || {
+        w.agents[1].peer("h1")["path_mtu"] == 1400
+    });
+    let r = w.hosts[1].ip(&["route", "show", "proto", "77", "dev", "msl-vxlan"]);
+    assert!(r.contains("mtu 1350"), "{r}");
+    for (i, (c, _, _)) in w.containers.iter().enumerate() {
+        for (j, (_, ip, _)) in w.containers.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let (ok, out) = run_in(c, &[BIN, "probe", "transfer", ip, "--bytes", "16000000"]);
+            assert!(ok, "h{} -> h{}: {out}\n{}", i + 1, j + 1, w.dump());
+        }
+    }
+    let _ = &w.net;
+}
+
+#[test]
+fn three_nic_hosts_default_route_behind_a_router_that_drops_host_to_host() {
+    three_nic_hosts_move_16_mb_between_every_pair(false);
+}
+
+#[test]
+fn three_nic_hosts_with_the_same_nat_address_on_every_host() {
+    three_nic_hosts_move_16_mb_between_every_pair(true);
+}
