@@ -447,6 +447,7 @@ impl Cluster {
             }
             let plan = self.plan_probes(&view, &d);
             self.refresh_record(&plan).await;
+            self.redirect_gossip(&plan);
             self.publish_status(&view, &d, &path_mtu).await;
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
@@ -547,6 +548,31 @@ impl Cluster {
         };
         self.plan.send_replace(plan.clone());
         plan
+    }
+
+    /// Gossip for a peer whose advertised address does not answer goes to
+    /// one of its addresses that does, so that a node whose address broke
+    /// still hears the reports that make it move.
+    fn redirect_gossip(&self, plan: &Plan) {
+        let now = Instant::now();
+        let t = self.tracker.lock().expect("tracker lock");
+        let reach = t.reach(now);
+        let map = plan
+            .peers
+            .iter()
+            .filter_map(|p| {
+                let adv = *p.addresses.first()?;
+                if t.answers(&p.name, adv, now) {
+                    return None;
+                }
+                let alt = reach.get(&p.name)?.iter().find(|a| **a != adv)?;
+                Some((
+                    SocketAddr::new(adv, self.gossip_port),
+                    SocketAddr::new(*alt, self.gossip_port),
+                ))
+            })
+            .collect();
+        self.store.redirect(map);
     }
 
     /// Publishes our record again when what probes found, our addresses or

@@ -15,7 +15,7 @@ use muslin_model::cluster::{
     BlockClaim, ClusterView, NodeRecord, PeerView, BLOCK_KEY_PREFIX, NODE_KEY,
 };
 
-use crate::sealed::{AuthState, SealedUdp};
+use crate::sealed::{AuthState, Redirects, SealedUdp};
 use crate::{ClusterStore, StoreError};
 
 #[derive(Debug, Clone)]
@@ -35,6 +35,7 @@ pub struct Gossip {
     handle: Option<ChitchatHandle>,
     cfg: GossipConfig,
     auth: Arc<AuthState>,
+    redirects: Redirects,
     me: String,
     alone: bool,
 }
@@ -80,13 +81,22 @@ impl Gossip {
     ) -> Result<Gossip, StoreError> {
         let config = chitchat_config(&cfg);
         let auth = Arc::new(AuthState::default());
-        Self::spawn(cfg, config, auth, initial).await
+        Self::spawn(cfg, config, auth, Redirects::default(), initial).await
+    }
+
+    /// Replaces where gossip to unanswering advertised addresses goes.
+    pub fn redirect(&self, map: std::collections::HashMap<SocketAddr, SocketAddr>) {
+        let mut r = self.redirects.write().expect("redirects lock");
+        if *r != map {
+            *r = map;
+        }
     }
 
     async fn spawn(
         cfg: GossipConfig,
         config: ChitchatConfig,
         auth: Arc<AuthState>,
+        redirects: Redirects,
         initial: Vec<(String, String)>,
     ) -> Result<Gossip, StoreError> {
         let transport = SealedUdp {
@@ -97,6 +107,7 @@ impl Gossip {
                 cfg.secret.as_deref(),
                 &cfg.node_name,
             )),
+            redirects: redirects.clone(),
         };
         let handle = spawn_chitchat(config, initial, &transport)
             .await
@@ -107,6 +118,7 @@ impl Gossip {
             alone: cfg.seeds.is_empty(),
             cfg,
             auth,
+            redirects,
         })
     }
 
@@ -135,7 +147,8 @@ impl Gossip {
         cfg.advertise = advertise;
         let config = chitchat_config(&cfg);
         let auth = self.auth.clone();
-        *self = Self::spawn(cfg, config, auth, kvs).await?;
+        let redirects = self.redirects.clone();
+        *self = Self::spawn(cfg, config, auth, redirects, kvs).await?;
         Ok(())
     }
 

@@ -60,6 +60,17 @@ impl AnyStore {
         }
     }
 
+    /// Sends gossip for an advertised address that does not answer to one
+    /// of the same node's addresses that does; etcd needs no such help.
+    pub fn redirect(
+        &self,
+        map: std::collections::HashMap<std::net::SocketAddr, std::net::SocketAddr>,
+    ) {
+        if let AnyStore::Gossip(g) = self {
+            g.redirect(map);
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             AnyStore::Gossip(_) => "gossip",

@@ -76,7 +76,14 @@ pub struct SealedUdp {
     pub seeds: Vec<SocketAddr>,
     /// Health probes share the gossip port; this answers them.
     pub probes: Arc<crate::probe_wire::ProbeWire>,
+    pub redirects: Redirects,
 }
+
+/// Where to send gossip meant for a peer's advertised address that does
+/// not answer while another of its addresses does (probes find out).
+/// Without it, a node whose advertised address broke could never hear
+/// the reports that tell it to move.
+pub type Redirects = Arc<std::sync::RwLock<HashMap<SocketAddr, SocketAddr>>>;
 
 #[async_trait]
 impl Transport for SealedUdp {
@@ -90,6 +97,7 @@ impl Transport for SealedUdp {
             auth: self.auth.clone(),
             seeds: self.seeds.clone(),
             probes: self.probes.clone(),
+            redirects: self.redirects.clone(),
             buf: vec![0; MAX_DATAGRAM],
             noticed: HashMap::new(),
         }))
@@ -99,6 +107,7 @@ impl Transport for SealedUdp {
 struct SealedSocket {
     seeds: Vec<SocketAddr>,
     probes: Arc<crate::probe_wire::ProbeWire>,
+    redirects: Redirects,
     sock: tokio::net::UdpSocket,
     cipher: Option<ChaCha20Poly1305>,
     auth: Arc<AuthState>,
@@ -162,6 +171,13 @@ impl Socket for SealedSocket {
         if frame.len() > MAX_DATAGRAM {
             anyhow::bail!("gossip frame of {} bytes exceeds a datagram", frame.len());
         }
+        let to = self
+            .redirects
+            .read()
+            .expect("redirects lock")
+            .get(&to)
+            .copied()
+            .unwrap_or(to);
         let n = match self.sock.send_to(&frame, to).await {
             Ok(n) => n,
             // An unreachable peer is not a broken transport.

@@ -47,8 +47,15 @@ impl Net {
     /// A new segment (a bridge in the switch); returns its name.
     pub fn segment(&self, mtu: u32) -> String {
         let name = format!("b{}", WIRE.fetch_add(1, Ordering::Relaxed));
-        self.switch
-            .ip(&["link", "add", &name, "mtu", &mtu.to_string(), "type", "bridge"]);
+        self.switch.ip(&[
+            "link",
+            "add",
+            &name,
+            "mtu",
+            &mtu.to_string(),
+            "type",
+            "bridge",
+        ]);
         self.switch.ip(&["link", "set", &name, "up"]);
         name
     }
@@ -61,7 +68,8 @@ impl Net {
             "link", "add", &port, "mtu", &m, "type", "veth", "peer", "name", ifname, "mtu", &m,
             "netns", &ns.name,
         ]);
-        self.switch.ip(&["link", "set", &port, "master", segment, "up"]);
+        self.switch
+            .ip(&["link", "set", &port, "master", segment, "up"]);
         ns.ip(&["addr", "add", addr, "dev", ifname]);
         ns.ip(&["link", "set", ifname, "up"]);
     }
@@ -69,7 +77,15 @@ impl Net {
     /// A namespace that forwards between its NICs.
     pub fn router(&self) -> Netns {
         let r = Netns::new("rt");
-        must(&["ip", "netns", "exec", &r.name, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        must(&[
+            "ip",
+            "netns",
+            "exec",
+            &r.name,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
         r
     }
 }
@@ -83,9 +99,17 @@ pub fn nft(ns: &Netns, script: &str) {
         .spawn()
         .unwrap();
     use std::io::Write;
-    c.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
     let o = c.wait_with_output().unwrap();
-    assert!(o.status.success(), "nft: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// A `muslin agent` on a host namespace, killed on drop.
@@ -110,11 +134,14 @@ impl Agent {
             dir,
             name: name.to_string(),
             ns_name: ns.name.clone(),
-            args: [&["--cluster-secret-file", secret.to_str().unwrap()][..], args]
-                .concat()
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            args: [
+                &["--cluster-secret-file", secret.to_str().unwrap()][..],
+                args,
+            ]
+            .concat()
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         };
         a.spawn();
         a.wait_ready(Duration::from_secs(60));
@@ -147,7 +174,12 @@ impl Agent {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("agent {} exited with {st}: {}", self.name, self.log());
             }
-            assert!(Instant::now() < deadline, "agent {} did not start: {}", self.name, self.log());
+            assert!(
+                Instant::now() < deadline,
+                "agent {} did not start: {}",
+                self.name,
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -157,7 +189,13 @@ impl Agent {
     }
 
     pub fn status(&self) -> Value {
-        let o = sh(&[BIN, "status", "--json", "--socket", self.socket.to_str().unwrap()]);
+        let o = sh(&[
+            BIN,
+            "status",
+            "--json",
+            "--socket",
+            self.socket.to_str().unwrap(),
+        ]);
         serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
     }
 
@@ -188,10 +226,20 @@ impl Agent {
             .spawn()
             .unwrap();
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes())
+            .unwrap();
         let o = child.wait_with_output().unwrap();
         let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
-        assert!(o.status.success(), "ADD {id} on {}: {v}\n{}", self.name, self.log());
+        assert!(
+            o.status.success(),
+            "ADD {id} on {}: {v}\n{}",
+            self.name,
+            self.log()
+        );
         super::result_ip(&v)
     }
 }
@@ -209,7 +257,10 @@ impl Drop for Agent {
 pub fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {
-        assert!(Instant::now() < deadline, "timed out after {secs} s waiting until {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting until {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -219,6 +270,10 @@ pub fn run_in(ns: &Netns, args: &[&str]) -> (bool, String) {
     let o = ns.exec(args);
     (
         o.status.success(),
-        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
     )
 }
