@@ -7,6 +7,7 @@ pub mod api;
 pub mod cluster;
 pub mod cni;
 pub mod dataplane;
+pub mod host_firewall;
 pub mod ipam;
 pub mod naming;
 pub mod plumbing;
