@@ -3,6 +3,7 @@
 
 mod blocks;
 mod cluster;
+mod host_firewall;
 mod key_locks;
 mod leases;
 mod node;
@@ -111,6 +112,7 @@ pub async fn run(
         tokio::spawn(c.run(netlink.clone(), blocks.clone()))
     });
     let node = Arc::new(node);
+    let firewall = host_firewall::spawn(host_firewall::pod_cidrs(&node.config));
     node.reconcile().await;
 
     let reconciler = {
@@ -130,6 +132,7 @@ pub async fn run(
         _ = shutdown => tracing::info!("shutting down; kernel state is left in place"),
     }
     reconciler.abort();
+    firewall.abort();
     if let Some(t) = cluster_task {
         t.abort();
     }

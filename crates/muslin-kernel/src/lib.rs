@@ -5,6 +5,7 @@
 mod attach;
 pub mod cluster;
 mod error;
+pub mod host_firewall;
 mod netlink;
 mod netns;
 pub mod probe;

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod cni;
 pub mod dataplane;
 pub mod health;
+pub mod host_firewall;
 pub mod ipam;
 pub mod naming;
 pub mod plumbing;

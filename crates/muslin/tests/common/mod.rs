@@ -162,8 +162,15 @@ impl Host {
     }
 
     pub fn with_args(blocks: &[&str], extra: &[&str]) -> Host {
+        Host::with_setup(blocks, extra, |_| {})
+    }
+
+    /// A host whose namespace `setup` prepares before the agent starts,
+    /// as a host's own firewall is there before Muslin is installed.
+    pub fn with_setup(blocks: &[&str], extra: &[&str], setup: impl FnOnce(&Netns)) -> Host {
         let ns = Netns::new("host");
         ns.ip(&["addr", "add", &format!("{HOST_ADDR}/32"), "dev", "lo"]);
+        setup(&ns);
         let dir = TempDir::new("agent");
         let socket = dir.0.join("run/agent.sock");
         let mut h = Host {
