@@ -459,10 +459,18 @@ impl Cluster {
     /// Moves off an advertised address that no peer reaches when they reach
     /// another of ours (the first host's first-found guess, a NIC gone bad).
     async fn reconsider_underlay(&mut self, view: &ClusterView) {
+        // A peer is heard when gossip says it lives or our own probes reach
+        // it: right after an address broke, gossip may still call it dead.
+        let probed = self
+            .tracker
+            .lock()
+            .expect("tracker lock")
+            .reach(Instant::now());
+        let heard = |n: &String| probed.get(n).is_some_and(|r| !r.is_empty());
         let reports: Vec<(&str, &Vec<IpAddr>)> = view
             .nodes
             .iter()
-            .filter(|(n, p)| **n != self.me && p.alive)
+            .filter(|(n, p)| **n != self.me && (p.alive || heard(n)))
             .filter_map(|(n, p)| Some((n.as_str(), p.record.as_ref()?.reach.get(&self.me)?)))
             .collect();
         let lists: Vec<Vec<IpAddr>> = reports.iter().map(|(_, r)| (*r).clone()).collect();
@@ -516,14 +524,16 @@ impl Cluster {
         }
     }
 
-    /// Tells the prober whom to probe: every live peer at each of its
-    /// addresses, and at its VTEP address when a data path to it exists.
+    /// Tells the prober whom to probe: every peer in the view at each of
+    /// its addresses, and at its VTEP address when a data path to it
+    /// exists. Peers gossip calls dead too: gossip to them may only need
+    /// another of their addresses (see `redirect_gossip`).
     fn plan_probes(&self, view: &ClusterView, d: &Desired) -> Plan {
         let owners = view.block_owners();
         let peers = view
             .nodes
             .iter()
-            .filter(|(n, p)| **n != self.me && p.alive)
+            .filter(|(n, _)| **n != self.me)
             .filter_map(|(n, p)| {
                 let rec = p.record.as_ref()?;
                 let first = owners.iter().find(|(_, o)| *o == n).map(|(b, _)| *b);
@@ -572,6 +582,7 @@ impl Cluster {
                 ))
             })
             .collect();
+        tracing::debug!(?map, "gossip redirects");
         self.store.redirect(map);
     }
 
@@ -588,6 +599,7 @@ impl Cluster {
         rec.reserved = self.host.reserved.clone();
         rec.addresses = self.host.usable(self.underlay.address);
         if rec != self.record {
+            tracing::debug!(reach = ?rec.reach, "record changed");
             self.store.publish_record(&rec).await;
             self.record = rec;
         }
@@ -690,6 +702,7 @@ impl Cluster {
                     None => "-".into(),
                 },
                 path_mtu: path_mtu.get(name).copied(),
+                reached: self.record.reach.get(name).cloned().unwrap_or_default(),
             })
             .collect();
         let (sent, received, requests) = self.store.traffic();

@@ -169,6 +169,9 @@ pub struct PeerStatus {
     /// Largest IP packet that crossed the underlay to the peer with DF.
     #[serde(default)]
     pub path_mtu: Option<u32>,
+    /// Which of the peer's addresses answer this node's probes.
+    #[serde(default)]
+    pub reached: Vec<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -45,6 +45,8 @@ pub enum Purpose {
 struct PeerState {
     first_probe: Option<Instant>,
     answered: BTreeMap<IpAddr, Instant>,
+    /// How often each address is probed: its answers age accordingly.
+    period: BTreeMap<IpAddr, Duration>,
     data_since: Option<Instant>,
     data_answered: Option<Instant>,
     pmtu: Option<u32>,
@@ -83,7 +85,9 @@ impl Tracker {
         for (i, p) in plan.iter().enumerate() {
             let st = self.peers.entry(p.name.clone()).or_default();
             st.first_probe.get_or_insert(now);
+            st.period.retain(|a, _| p.addresses.contains(a));
             for (k, a) in p.addresses.iter().enumerate() {
+                st.period.insert(*a, if k == 0 { FAST } else { SLOW });
                 // Spread the slow probes of different peers over rounds.
                 if k == 0 || (round + i as u64).is_multiple_of(slow) {
                     out.push((p.name.clone(), *a, Purpose::Address(*a)));
@@ -103,7 +107,10 @@ impl Tracker {
                 continue;
             };
             if st.mtu_target != Some(*adv) {
+                // The peer moved: judge its new address afresh.
                 st.mtu_target = Some(*adv);
+                st.data_since = p.data.as_ref().map(|_| now);
+                st.data_answered = None;
                 st.pmtu = None;
                 st.mtu_due = None;
                 st.mtu_burst = None;
@@ -180,15 +187,19 @@ impl Tracker {
     pub fn reach(&self, now: Instant) -> BTreeMap<String, Vec<IpAddr>> {
         self.peers
             .iter()
+            // Every address has been probed at least once by then.
             .filter(|(_, st)| {
                 st.first_probe
-                    .is_some_and(|f| now.duration_since(f) >= window(SLOW))
+                    .is_some_and(|f| now.duration_since(f) >= SLOW + window(FAST))
             })
             .map(|(n, st)| {
                 let r = st
                     .answered
                     .iter()
-                    .filter(|(_, t)| now.duration_since(**t) < window(SLOW))
+                    .filter(|(a, t)| {
+                        let period = st.period.get(*a).copied().unwrap_or(SLOW);
+                        now.duration_since(**t) < window(period)
+                    })
                     .map(|(a, _)| *a)
                     .collect();
                 (n.clone(), r)
@@ -283,7 +294,7 @@ mod tests {
         assert!(due.contains(&("h2".into(), ip("10.244.2.0"), Purpose::Data)));
         t.answered("h2", &Purpose::Address(ip("192.168.20.12")), t0);
         assert!(t.reach(t0).is_empty(), "too early to judge");
-        let later = t0 + window(SLOW);
+        let later = t0 + SLOW + window(FAST);
         t.due(&plan(), 1500, 1, later);
         t.answered("h2", &Purpose::Address(ip("192.168.20.12")), later);
         assert_eq!(t.reach(later)["h2"], vec![ip("192.168.20.12")]);

@@ -182,3 +182,181 @@ fn three_nic_hosts_default_route_behind_a_router_that_drops_host_to_host() {
 fn three_nic_hosts_with_the_same_nat_address_on_every_host() {
     three_nic_hosts_move_16_mb_between_every_pair(true);
 }
+
+/// Two hosts in two racks joined by a router (eth1), and a second shared
+/// segment (eth2). Strict reverse-path filtering everywhere, as hardened
+/// hosts have it. h2 joins h1 over the router, so their data path is VXLAN.
+struct Pair {
+    hosts: Vec<Netns>,
+    agents: Vec<Agent>,
+    containers: Vec<(Netns, String, ProbeServer)>,
+    router: Netns,
+    _net: Net,
+}
+
+fn pair() -> Pair {
+    let net = Net::new();
+    let hosts: Vec<Netns> = (1..=2).map(|i| Netns::new(&format!("h{i}"))).collect();
+    let router = net.router();
+    let sc = net.segment(1500);
+    for (i, h) in hosts.iter().enumerate() {
+        let n = i + 1;
+        for k in ["all", "default"] {
+            h.exec(&["sysctl", "-qw", &format!("net.ipv4.conf.{k}.rp_filter=1")]);
+        }
+        let seg = net.segment(1500);
+        net.wire(h, "eth1", &seg, &format!("192.168.{n}0.1{n}/24"), 1500);
+        net.wire(
+            &router,
+            &format!("r{n}"),
+            &seg,
+            &format!("192.168.{n}0.1/24"),
+            1500,
+        );
+        h.ip(&["route", "add", "default", "via", &format!("192.168.{n}0.1")]);
+        net.wire(h, "eth2", &sc, &format!("192.168.56.1{n}/24"), 1500);
+    }
+    let secret = net.secret();
+    let agents = vec![
+        Agent::start(&hosts[0], "h1", &secret, &[]),
+        Agent::start(&hosts[1], "h2", &secret, &["--join", "192.168.10.11"]),
+    ];
+    let containers = agents
+        .iter()
+        .map(|a| {
+            let c = Netns::new("c");
+            let ip = a.add(&format!("{}-c1", a.name), &c);
+            let p = ProbeServer::start(&c, 7777);
+            (c, ip, p)
+        })
+        .collect();
+    let p = Pair {
+        hosts,
+        agents,
+        containers,
+        router,
+        _net: net,
+    };
+    until("pods reach each other", 30, || {
+        p.containers[0]
+            .0
+            .probe(&p.containers[1].1, "tcp,icmp")
+            .is_ok()
+    });
+    p
+}
+
+#[test]
+fn a_blocked_vxlan_port_is_shown_per_peer_while_gossip_is_fine() {
+    let p = pair();
+    until("the data path to h2 is probed", 10, || {
+        p.agents[0].peer("h2")["data_path"] == "ok"
+    });
+    assert_eq!(p.agents[0].peer("h2")["path"], "vxlan");
+    nft(
+        &p.router,
+        "table inet hostile {\n chain forward {\n  type filter hook forward priority 0;\n  udp dport 4789 drop\n }\n}\n",
+    );
+    let started = std::time::Instant::now();
+    until("h1 names the blocked port", 15, || {
+        p.agents[0].peer("h2")["data_path"]
+            == "failing: UDP 4789 to 192.168.20.12 unanswered, gossip fine"
+    });
+    eprintln!(
+        "blocked port shown after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let peer = p.agents[0].peer("h2");
+    assert_eq!(peer["alive"], true, "gossip still works: {peer}");
+    assert!(p.agents[0].status()["cluster"]["warnings"]
+        .to_string()
+        .contains("UDP 4789 to 192.168.20.12 unanswered"));
+    p.router
+        .exec(&["nft", "delete", "table", "inet", "hostile"]);
+    until("the data path recovers", 15, || {
+        p.agents[0].peer("h2")["data_path"] == "ok"
+    });
+}
+
+#[test]
+fn a_pod_reaches_a_remote_node_under_strict_rp_filter() {
+    let p = pair();
+    let filtered = |h: &Netns| -> u64 {
+        let o = h.exec(&["cat", "/proc/net/netstat"]);
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+        let names: Vec<&str> = lines[0].split_whitespace().collect();
+        let vals: Vec<&str> = lines[1].split_whitespace().collect();
+        let i = names
+            .iter()
+            .position(|n| *n == "IPReversePathFilter")
+            .unwrap();
+        vals[i].parse().unwrap()
+    };
+    let _server = ProbeServer::start(&p.hosts[1], 7777);
+    let before = filtered(&p.hosts[1]);
+    // A pod on h1 to h2 the node: the request crosses the underlay
+    // unmasqueraded with the pod's source address.
+    let r = p.containers[0].0.probe("192.168.20.12", "tcp,udp,icmp");
+    assert!(r.is_ok(), "{r:?}\n{}", p.agents[1].log());
+    assert_eq!(
+        filtered(&p.hosts[1]),
+        before,
+        "h2 dropped packets by reverse path"
+    );
+    // And the other way round.
+    let _server1 = ProbeServer::start(&p.hosts[0], 7777);
+    let r = p.containers[1].0.probe("192.168.10.11", "tcp,udp,icmp");
+    assert!(r.is_ok(), "{r:?}");
+    // The host's own setting is untouched.
+    let o = p.hosts[1].exec(&["sysctl", "-n", "net.ipv4.conf.all.rp_filter"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "1");
+}
+
+#[test]
+fn a_node_whose_advertised_address_breaks_moves_to_one_peers_reach() {
+    let p = pair();
+    assert_eq!(
+        p.agents[1].status()["cluster"]["underlay_address"],
+        "192.168.20.12"
+    );
+    until("each host reaches both addresses of the other", 20, || {
+        p.agents[0].peer("h2")["reached"]
+            .as_array()
+            .is_some_and(|r| r.len() == 2)
+            && p.agents[1].peer("h1")["reached"]
+                .as_array()
+                .is_some_and(|r| r.len() == 2)
+    });
+    // The rack router dies: each host still reaches the other on eth2.
+    p.router.exec(&["ip", "link", "set", "r2", "down"]);
+    p.router.exec(&["ip", "link", "set", "r1", "down"]);
+    let started = std::time::Instant::now();
+    let moved = || {
+        p.agents[1].status()["cluster"]["underlay_address"] == "192.168.56.12"
+            && p.agents[0].status()["cluster"]["underlay_address"] == "192.168.56.11"
+    };
+    while !moved() && started.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        moved(),
+        "both hosts move to the segment they share:\n{}\n{}\n{}\n{}",
+        p.agents[0].status(),
+        p.agents[1].status(),
+        p.agents[0].log(),
+        p.agents[1].log()
+    );
+    eprintln!("moved after {:.1} s", started.elapsed().as_secs_f64());
+    until("pods reach each other again", 20, || {
+        p.containers[0]
+            .0
+            .probe(&p.containers[1].1, "tcp,icmp")
+            .is_ok()
+            && p.containers[1]
+                .0
+                .probe(&p.containers[0].1, "tcp,icmp")
+                .is_ok()
+    });
+    assert_eq!(p.agents[0].peer("h2")["path"], "routed");
+}
