@@ -11,7 +11,7 @@ use muslin_model::underlay::{describe, eligible, select, Candidate, Choice, Meth
 
 const PING: Duration = Duration::from_millis(700);
 /// Longest pause between rounds of probing join peers that do not answer.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
 
 pub async fn choose(
     cands: &[Candidate],

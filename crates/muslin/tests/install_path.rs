@@ -360,3 +360,202 @@ fn a_node_whose_advertised_address_breaks_moves_to_one_peers_reach() {
     });
     assert_eq!(p.agents[0].peer("h2")["path"], "routed");
 }
+
+/// Hosts h1..hN on one segment, 192.168.56.0/24, with `setup` run on each
+/// before its agent starts; h1 first, the others joining it.
+fn one_segment(
+    n: usize,
+    setup: impl Fn(usize, &Netns),
+    args: &[&str],
+) -> (Net, Vec<Netns>, Vec<Agent>) {
+    let net = Net::new();
+    let seg = net.segment(1500);
+    let hosts: Vec<Netns> = (1..=n).map(|i| Netns::new(&format!("h{i}"))).collect();
+    for (i, h) in hosts.iter().enumerate() {
+        net.wire(h, "eth0", &seg, &format!("192.168.56.1{}/24", i + 1), 1500);
+        setup(i, h);
+    }
+    let mut agents = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let join: &[&str] = if i == 0 {
+            &[]
+        } else {
+            &["--join", "192.168.56.11"]
+        };
+        agents.push(Agent::start(
+            h,
+            &format!("h{}", i + 1),
+            &net.secret(),
+            &[join, args].concat(),
+        ));
+    }
+    (net, hosts, agents)
+}
+
+fn blocks_of(a: &Agent) -> Vec<String> {
+    a.status()["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["cidr"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_pod_network_over_the_hosts_network_is_refused_naming_both() {
+    let net = Net::new();
+    let h = Netns::new("h");
+    let seg = net.segment(1500);
+    net.wire(&h, "eth0", &seg, "192.168.56.11/24", 1500);
+    let e = Agent::refused(&h, &net.secret(), &["--pod-cidr", "192.168.0.0/16"]);
+    assert!(
+        e.contains("pod-cidr") && e.contains("192.168.0.0/16") && e.contains("192.168.56.0/24"),
+        "{e}"
+    );
+    // A fixed block over a route the host has to elsewhere.
+    h.ip(&["route", "add", "10.244.5.0/24", "via", "192.168.56.254"]);
+    let e = Agent::refused(&h, &net.secret(), &["--block", "10.244.5.0/25"]);
+    assert!(
+        e.contains("10.244.5.0/25") && e.contains("10.244.5.0/24"),
+        "{e}"
+    );
+    assert!(
+        h.links().iter().all(|l| !l.starts_with("msl")),
+        "nothing was made"
+    );
+}
+
+#[test]
+fn no_node_leases_a_block_over_a_route_some_host_has() {
+    // h1 routes 10.244.5.0/24 to a corporate network; the pod network has
+    // four blocks, one of them that range.
+    let (_net, hosts, agents) = one_segment(
+        3,
+        |i, h| {
+            if i == 0 {
+                h.ip(&["route", "add", "10.244.5.0/24", "via", "192.168.56.254"]);
+            }
+        },
+        &["--pod-cidr", "10.244.4.0/22"],
+    );
+    let c = Netns::new("c");
+    for (i, a) in agents.iter().enumerate() {
+        a.add(&format!("c{i}"), &c_for(&c, i));
+    }
+    let all: Vec<String> = agents.iter().flat_map(blocks_of).collect();
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert!(!all.contains(&"10.244.5.0/24".to_string()), "{all:?}");
+    assert_eq!(
+        agents[1].status()["cluster"]["reserved"],
+        serde_json::json!(["10.244.5.0/24"])
+    );
+    // Later, h3 gets a route over h2's block: h2 says so, loudly.
+    let b2 = blocks_of(&agents[1])[0].clone();
+    hosts[2].ip(&["route", "replace", &b2, "via", "192.168.56.254"]);
+    until("h2 warns that its block conflicts", 30, || {
+        agents[1].status()["cluster"]["warnings"]
+            .to_string()
+            .contains(&format!(
+                "our block {b2} overlaps {b2}, which node h3 routes"
+            ))
+    });
+    until("the warning is in h2's log", 5, || {
+        agents[1].log().contains("which node h3 routes")
+    });
+}
+
+/// A container namespace per host for tests that need one each.
+fn c_for(_shared: &Netns, _i: usize) -> Netns {
+    Netns::new("c")
+}
+
+#[test]
+fn an_idle_cluster_makes_no_kernel_writes() {
+    let p = pair();
+    until("probes settle", 15, || {
+        p.agents[0].peer("h2")["data_path"] == "ok" && p.agents[1].peer("h1")["data_path"] == "ok"
+    });
+    // Converged: now nothing may change for three full resyncs.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let before: Vec<u64> = p.agents.iter().map(|a| a.kernel_writes()).collect();
+    let logs: Vec<usize> = p.agents.iter().map(|a| a.log().lines().count()).collect();
+    let neigh = p.hosts[0].ip(&["neigh", "show", "dev", "msl-vxlan"]);
+    std::thread::sleep(std::time::Duration::from_secs(16));
+    let after: Vec<u64> = p.agents.iter().map(|a| a.kernel_writes()).collect();
+    assert_eq!(before, after, "kernel writes while idle");
+    for (a, n) in p.agents.iter().zip(logs) {
+        let new: Vec<String> = a.log().lines().skip(n).map(String::from).collect();
+        assert!(new.is_empty(), "{} logged while idle: {new:?}", a.name);
+    }
+    assert_eq!(neigh, p.hosts[0].ip(&["neigh", "show", "dev", "msl-vxlan"]));
+}
+
+#[test]
+fn joining_waits_for_a_peer_that_is_not_up_yet_and_skips_our_own_address() {
+    let net = Net::new();
+    let seg = net.segment(1500);
+    let (h1, h2) = (Netns::new("h1"), Netns::new("h2"));
+    net.wire(&h1, "eth0", &seg, "192.168.56.11/24", 1500);
+    net.wire(&h2, "eth0", &seg, "192.168.56.12/24", 1500);
+    // Config management starts every host at once with one join list;
+    // h1's network is not up yet.
+    h1.ip(&["link", "set", "eth0", "down"]);
+    let join = ["--join", "192.168.56.11,192.168.56.12"];
+    let mut a2 = Agent::start_detached(&h2, "h2", &net.secret(), &join);
+    std::thread::sleep(std::time::Duration::from_secs(14));
+    assert!(
+        a2.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "h2 gave up: {}",
+        a2.log()
+    );
+    assert!(a2.log().contains("still trying"), "{}", a2.log());
+    h1.ip(&["link", "set", "eth0", "up"]);
+    // h1's list has its own address too: not a peer, silently.
+    let a1 = Agent::start(&h1, "h1", &net.secret(), &join);
+    assert!(
+        a1.log().contains("joining peers=[192.168.56.12:7331]"),
+        "{}",
+        a1.log()
+    );
+    a2.wait_ready(std::time::Duration::from_secs(40));
+    until("h2 and h1 know each other", 20, || {
+        a1.peer("h2")["alive"] == true && a2.peer("h1")["alive"] == true
+    });
+    // A host whose list holds only itself is the first host, at once.
+    let h3 = Netns::new("h3");
+    net.wire(&h3, "eth0", &seg, "192.168.56.13/24", 1500);
+    let started = std::time::Instant::now();
+    let a3 = Agent::start(&h3, "h3", &net.secret(), &["--join", "192.168.56.13"]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    assert!(!a3.log().contains("WARN"), "{}", a3.log());
+}
+
+#[test]
+fn pods_cross_hosts_whose_forward_policy_is_drop() {
+    let (_net, hosts, agents) = one_segment(
+        2,
+        |_, h| {
+            h.exec(&["iptables-nft", "-P", "FORWARD", "DROP"]);
+        },
+        &[],
+    );
+    let cs: Vec<(Netns, String, ProbeServer)> = agents
+        .iter()
+        .map(|a| {
+            let c = Netns::new("c");
+            let ip = a.add(&format!("{}-c", a.name), &c);
+            let s = ProbeServer::start(&c, 7777);
+            (c, ip, s)
+        })
+        .collect();
+    until("pods reach each other across hosts", 30, || {
+        cs[0].0.probe(&cs[1].1, "tcp,udp,icmp").is_ok()
+            && cs[1].0.probe(&cs[0].1, "tcp,udp,icmp").is_ok()
+    });
+    let rules = hosts[0].exec(&["iptables-nft", "-S", "FORWARD"]);
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(
+        rules.contains("-P FORWARD DROP") && rules.contains("muslin"),
+        "{rules}"
+    );
+}

@@ -148,6 +148,28 @@ impl Agent {
         a
     }
 
+    /// Like `start`, without waiting until it serves.
+    pub fn start_detached(ns: &Netns, name: &str, secret: &Path, args: &[&str]) -> Agent {
+        let dir = TempDir::new("agent");
+        let mut a = Agent {
+            child: None,
+            socket: dir.0.join("agent.sock"),
+            dir,
+            name: name.to_string(),
+            ns_name: ns.name.clone(),
+            args: [
+                &["--cluster-secret-file", secret.to_str().unwrap()][..],
+                args,
+            ]
+            .concat()
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        };
+        a.spawn();
+        a
+    }
+
     /// Starts the agent without waiting for it.
     pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
@@ -166,6 +188,22 @@ impl Agent {
             .spawn()
             .unwrap();
         self.child = Some(child);
+    }
+
+    /// Starts an agent that must refuse to run; returns what it said.
+    pub fn refused(ns: &Netns, secret: &Path, args: &[&str]) -> String {
+        let dir = TempDir::new("agent");
+        let o = Command::new("ip")
+            .args(["netns", "exec", &ns.name, BIN, "agent"])
+            .args(["--socket", dir.0.join("agent.sock").to_str().unwrap()])
+            .args(["--state-dir", dir.0.join("state").to_str().unwrap()])
+            .args(["--node-name", "refused"])
+            .args(["--cluster-secret-file", secret.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "the agent started");
+        String::from_utf8_lossy(&o.stderr).into_owned()
     }
 
     pub fn wait_ready(&mut self, limit: Duration) {
