@@ -724,6 +724,9 @@ impl Cluster {
             underlay_addresses: self.record.addresses.clone(),
             reserved: view.reserved(),
             kernel_writes: muslin_kernel::kernel_writes(),
+            probe_bytes_sent: crate::prober::SENT.load(std::sync::atomic::Ordering::Relaxed),
+            probe_bytes_received: crate::prober::RECEIVED
+                .load(std::sync::atomic::Ordering::Relaxed),
         };
         for w in s.warnings.iter().filter(|w| !was_warned.contains(w)) {
             tracing::warn!("{w}");

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,11 @@ use tokio::sync::watch;
 
 /// IPv4 + UDP headers: a probe of IP size S carries S - 28 bytes.
 const IP_UDP: u32 = 28;
+
+/// Bytes of probes sent and of answers received (IP packets, headers
+/// included), for `status`: what probing costs.
+pub static SENT: AtomicU64 = AtomicU64::new(0);
+pub static RECEIVED: AtomicU64 = AtomicU64::new(0);
 
 /// What the cluster loop hands the prober each round.
 #[derive(Debug, Clone, Default)]
@@ -89,6 +95,7 @@ async fn run(
                     // EMSGSIZE (larger than our own interface) and an
                     // unreachable network both mean: no answer.
                     if sock.send_to(&frame, SocketAddr::new(addr, port)).await.is_ok() {
+                        SENT.fetch_add(frame.len() as u64 + u64::from(IP_UDP), Ordering::Relaxed);
                         pending.insert(next_id, (peer, purpose, now));
                     }
                 }
@@ -96,6 +103,7 @@ async fn run(
             }
             r = sock.recv_from(&mut buf) => {
                 let Ok((n, _)) = r else { continue };
+                RECEIVED.fetch_add(n as u64 + u64::from(IP_UDP), Ordering::Relaxed);
                 let Some(ack) = wire.ack(&buf[..n]) else { continue };
                 let Some((peer, purpose, _)) = pending.remove(&ack.id) else { continue };
                 // Only the peer itself counts: a probe that landed on

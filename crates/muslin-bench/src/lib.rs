@@ -52,6 +52,9 @@ pub(crate) struct Plan {
     pub concurrent_attachments: usize,
     pub scale_hosts: usize,
     pub scale_attachments: usize,
+    /// How long probe traffic and kernel writes of an idle cluster are
+    /// counted (a path MTU confirmation falls every 30 s per peer).
+    pub probe_window: std::time::Duration,
 }
 
 impl Plan {
@@ -66,6 +69,7 @@ impl Plan {
                 concurrent_attachments: 16,
                 scale_hosts: 5,
                 scale_attachments: 10,
+                probe_window: std::time::Duration::from_secs(10),
             }
         } else {
             Plan {
@@ -77,6 +81,7 @@ impl Plan {
                 concurrent_attachments: 200,
                 scale_hosts: 20,
                 scale_attachments: 50,
+                probe_window: std::time::Duration::from_secs(60),
             }
         }
     }

@@ -30,6 +30,20 @@ fn store_traffic(host: &str) -> u64 {
     }
 }
 
+/// Probe bytes (sent and answered) and kernel writes of a host's agent.
+fn probes_and_writes(host: &str) -> (u64, u64) {
+    match muslin_cni::call(
+        &registry::socket(LAB, host),
+        &muslin_model::api::Request::Status,
+    ) {
+        Ok(muslin_model::api::Response::Status(s)) => s
+            .cluster
+            .map(|c| (c.probe_bytes_sent + c.probe_bytes_received, c.kernel_writes))
+            .unwrap_or_default(),
+        _ => (0, 0),
+    }
+}
+
 fn reach_from(ns: &str, target: IpAddr, deadline: Duration) -> Option<Duration> {
     enter(ns).ok()?;
     let t = Instant::now();
@@ -142,6 +156,46 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
         ("gossip sent per node, idle", "B/s")
     };
     report.add("scale", &label, metric, unit, &gossip, None);
+
+    // Probing and kernel writes in the steady state: past the first path
+    // MTU measurement, which every new peer gets once.
+    std::thread::sleep(Duration::from_secs(5));
+    let pw0: Vec<(u64, u64)> = names.iter().map(|h| probes_and_writes(h)).collect();
+    let t = Instant::now();
+    std::thread::sleep(plan.probe_window);
+    let secs = t.elapsed().as_secs_f64();
+    let pw1: Vec<(u64, u64)> = names.iter().map(|h| probes_and_writes(h)).collect();
+    // A pair's cost is both nodes' probes and answers: twice one node's
+    // share per peer.
+    let peers = (hosts.max(2) - 1) as f64;
+    let probe_pair = Series(
+        pw0.iter()
+            .zip(&pw1)
+            .map(|(a, b)| 2.0 * (b.0 - a.0) as f64 / secs / peers)
+            .collect(),
+    );
+    let writes = Series(
+        pw0.iter()
+            .zip(&pw1)
+            .map(|(a, b)| (b.1 - a.1) as f64 * 60.0 / secs)
+            .collect(),
+    );
+    report.add(
+        "scale",
+        &label,
+        "health probes per peer pair, idle",
+        "B/s",
+        &probe_pair,
+        None,
+    );
+    report.add(
+        "scale",
+        &label,
+        "kernel writes per agent, idle",
+        "writes/min",
+        &writes,
+        None,
+    );
 
     // Churn: attachments one after another, each probed from every other host.
     let c1: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();

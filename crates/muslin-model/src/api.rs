@@ -151,6 +151,12 @@ pub struct ClusterStatus {
     /// while the cluster is quiet.
     #[serde(default)]
     pub kernel_writes: u64,
+    /// Bytes of health probes this node sent and of answers it received
+    /// (IP packets), since it started.
+    #[serde(default)]
+    pub probe_bytes_sent: u64,
+    #[serde(default)]
+    pub probe_bytes_received: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -169,22 +169,51 @@ fn status(a: StatusArgs) -> Result<ExitCode> {
             c.nodes.len(),
             if c.synced { "synced" } else { "not synced yet" },
         );
+        if c.underlay_addresses.len() > 1 {
+            let all: Vec<String> = c.underlay_addresses.iter().map(|a| a.to_string()).collect();
+            println!(
+                "         other addresses peers may use: {}",
+                all[1..].join(", ")
+            );
+        }
+        if !c.reserved.is_empty() {
+            let r: Vec<String> = c.reserved.iter().map(|a| a.to_string()).collect();
+            println!(
+                "reserved {} (routed elsewhere by some host; never leased)",
+                r.join(", ")
+            );
+        }
         println!(
-            "\n{:<12} {:<16} {:<20} {:<8} PATH",
-            "NODE", "ADDRESS", "BLOCKS", "HEALTH"
+            "\n{:<12} {:<16} {:<20} {:<7} {:<8} {:<6} DATA PATH",
+            "NODE", "ADDRESS", "BLOCKS", "GOSSIP", "PATH", "MTU"
         );
         for n in &c.nodes {
             let blocks: Vec<String> = n.blocks.iter().map(|b| b.to_string()).collect();
+            let (path, why) = match n.path.split_once(": ") {
+                Some((p, why)) => (p.to_string(), Some(why)),
+                None => (n.path.clone(), None),
+            };
             println!(
-                "{:<12} {:<16} {:<20} {:<8} {}",
+                "{:<12} {:<16} {:<20} {:<7} {:<8} {:<6} {}",
                 n.name,
                 n.address
                     .map(|a| a.to_string())
                     .unwrap_or_else(|| "-".into()),
                 blocks.join(","),
                 if n.alive { "alive" } else { "DOWN" },
-                n.path
+                path,
+                n.path_mtu
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                if n.data_path.is_empty() {
+                    "-"
+                } else {
+                    &n.data_path
+                },
             );
+            if let Some(why) = why {
+                println!("{:<12} {why}", "");
+            }
         }
         for w in &c.warnings {
             println!("WARNING  {w}");
