@@ -617,3 +617,35 @@ pub fn apply_masquerade(
     }
     Ok(())
 }
+
+/// Removes everything of the cluster data plane Muslin made on this host:
+/// the VXLAN device (and with it the routes through it), its other routes
+/// to peers, the pod rule and its table, and the masquerade table. Pod
+/// veths stay: they belong to containers that may still run. Returns what
+/// it removed.
+pub async fn uninstall(host: &Netlink) -> Result<Vec<String>, KernelError> {
+    let mut done = Vec::new();
+    if host.delete_link(VXLAN_DEV).await? {
+        wrote();
+        done.push(format!("link {VXLAN_DEV}"));
+    }
+    let empty = Desired::default();
+    let applied = apply(host, &empty, true).await?;
+    if applied.removed > 0 {
+        done.push(format!(
+            "{} routes and rules to peers (protocol {ROUTE_PROTOCOL}, table {POD_TABLE})",
+            applied.removed
+        ));
+    }
+    for fam in ["ip", "ip6"] {
+        let out = std::process::Command::new("nft")
+            .args(["delete", "table", fam, "muslin"])
+            .output()
+            .map_err(KernelError::io("running nft"))?;
+        if out.status.success() {
+            wrote();
+            done.push(format!("nftables table {fam} muslin"));
+        }
+    }
+    Ok(done)
+}

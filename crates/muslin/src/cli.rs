@@ -21,6 +21,8 @@ pub enum Command {
     Gc(GcArgs),
     /// Install this binary as the CNI plugin `muslin` (a symlink)
     InstallCni(InstallCniArgs),
+    /// Remove what Muslin added to this host (stop the agent first)
+    Uninstall(UninstallArgs),
     /// Simulated multi-host clusters in network namespaces on this machine
     #[command(subcommand)]
     Lab(LabCommand),
@@ -249,6 +251,13 @@ pub struct GcArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct UninstallArgs {
+    /// Socket of the local agent: uninstall refuses while it answers
+    #[arg(long, default_value = muslin_model::agent_config::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
 }
 
 #[derive(Args, Debug)]

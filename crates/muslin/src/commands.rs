@@ -7,6 +7,7 @@ use muslin_model::api::{Request, Response};
 
 use crate::cli::{
     AgentArgs, BenchArgs, Cli, Command, GcArgs, InstallCniArgs, ProbeCommand, StatusArgs,
+    UninstallArgs,
 };
 use muslin_lab::probe;
 
@@ -32,6 +33,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status(a) => status(a),
         Command::Gc(a) => gc(a),
         Command::InstallCni(a) => install_cni(a),
+        Command::Uninstall(a) => uninstall(a),
         Command::Lab(l) => crate::lab::run(l),
         Command::Bench(b) => bench(b),
         Command::Probe(p) => probe_cmd(p),
@@ -336,6 +338,37 @@ fn install_cni(a: InstallCniArgs) -> Result<ExitCode> {
     // rename replaces atomically: a runtime never finds the plugin missing.
     std::fs::rename(&tmp, &link).with_context(|| format!("installing {}", link.display()))?;
     println!("{} -> {}", link.display(), exe.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Removes the host firewall accept rules, the cluster data plane and our
+/// nftables table. A running agent would put them back at once, so it must
+/// be stopped first.
+fn uninstall(a: UninstallArgs) -> Result<ExitCode> {
+    if std::os::unix::net::UnixStream::connect(&a.socket).is_ok() {
+        bail!(
+            "an agent answers at {}: stop it first, or it puts everything back",
+            a.socket.display()
+        );
+    }
+    let mut done: Vec<String> = muslin_kernel::host_firewall::remove_all()
+        .map_err(|e| anyhow::anyhow!("host firewall: {e}"))?
+        .iter()
+        .map(|x| format!("our accept rule from {}", x.chain()))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    done.extend(rt.block_on(async {
+        let host = muslin_kernel::Netlink::current()?;
+        muslin_kernel::cluster::uninstall(&host).await
+    })?);
+    if done.is_empty() {
+        println!("nothing of Muslin's was left on this host");
+    }
+    for d in done {
+        println!("removed {d}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
