@@ -249,6 +249,8 @@ pub async fn join(
         reach: Default::default(),
         health: Default::default(),
         reserved: facts.reserved.clone(),
+        gossip_port: config.gossip_port,
+        gossip_address: Some(underlay.address),
     };
     if !facts.reserved.is_empty() {
         tracing::info!(ranges = ?facts.reserved, "routes of this host lie inside the pod network: no node will lease blocks overlapping them");
@@ -296,11 +298,11 @@ pub async fn join(
         tracing::info!(endpoints = ?config.etcd_endpoints, prefix = %config.etcd_prefix, "cluster state in etcd");
         s
     } else {
-        AnyStore::Gossip(Box::new(
+        AnyStore::Gossip(
             Gossip::start(gcfg, initial)
                 .await
                 .map_err(|e| AgentError::Join(e.to_string()))?,
-        ))
+        )
     };
     if !peers.is_empty() && !etcd {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -318,22 +320,19 @@ pub async fn join(
         }
     }
     // Probes travel to the gossip port; on etcd nothing else listens there.
+    // Without it peers cannot judge our data path, but we still serve pods.
     let responder = if etcd {
-        let sock = tokio::net::UdpSocket::bind(SocketAddr::new(
-            std::net::Ipv4Addr::UNSPECIFIED.into(),
-            config.gossip_port,
-        ))
-        .await
-        .map_err(|e| {
-            AgentError::Join(format!(
-                "binding the probe port {}: {e}",
-                config.gossip_port
-            ))
-        })?;
-        Some(tokio::spawn(muslin_store::probe_wire::serve(
-            sock,
-            probes(),
-        )))
+        let at = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), config.gossip_port);
+        match tokio::net::UdpSocket::bind(at).await {
+            Ok(sock) => Some(tokio::spawn(muslin_store::probe_wire::serve(
+                sock,
+                probes(),
+            ))),
+            Err(e) => {
+                tracing::warn!(port = config.gossip_port, cause = %e, "cannot answer health probes: peers will show this node's data path as failing");
+                None
+            }
+        }
     } else {
         None
     };
@@ -447,7 +446,7 @@ impl Cluster {
             }
             let plan = self.plan_probes(&view, &d);
             self.refresh_record(&plan).await;
-            self.redirect_gossip(&plan);
+            self.redirect_gossip(&view, &plan);
             self.publish_status(&view, &d, &path_mtu).await;
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
@@ -514,14 +513,10 @@ impl Cluster {
         self.record.mtu = mtu;
         self.record.address_reason = self.reason.clone();
         self.record.addresses = self.host.usable(new);
+        // Gossip keeps its first advertised address: peers send to one of
+        // ours that answers instead (see `redirect_gossip`), and nothing of
+        // the view is lost, as restarting gossip under a new address would.
         self.store.publish_record(&self.record).await;
-        if let Err(e) = self
-            .store
-            .readvertise(SocketAddr::new(new, self.gossip_port))
-            .await
-        {
-            tracing::error!(cause = %e, "could not move gossip to the new address");
-        }
     }
 
     /// Tells the prober whom to probe: every peer in the view at each of
@@ -548,6 +543,10 @@ impl Cluster {
                 Some(PeerPlan {
                     name: n.clone(),
                     addresses: addresses_of(rec),
+                    port: match rec.gossip_port {
+                        0 => self.gossip_port,
+                        p => p,
+                    },
                     data,
                 })
             })
@@ -563,7 +562,7 @@ impl Cluster {
     /// Gossip for a peer whose advertised address does not answer goes to
     /// one of its addresses that does, so that a node whose address broke
     /// still hears the reports that make it move.
-    fn redirect_gossip(&self, plan: &Plan) {
+    fn redirect_gossip(&self, view: &ClusterView, plan: &Plan) {
         let now = Instant::now();
         let t = self.tracker.lock().expect("tracker lock");
         let reach = t.reach(now);
@@ -572,13 +571,21 @@ impl Cluster {
             .iter()
             .filter_map(|p| {
                 let adv = *p.addresses.first()?;
-                if t.answers(&p.name, adv, now) {
+                // Gossip goes where the peer's gossip first advertised
+                // itself, which outlives a move of its address.
+                let rec = view.nodes.get(&p.name)?.record.as_ref()?;
+                let gossips_at = rec.gossip_address.unwrap_or(adv);
+                if t.answers(&p.name, gossips_at, now) {
                     return None;
                 }
-                let alt = reach.get(&p.name)?.iter().find(|a| **a != adv)?;
+                let alt = if gossips_at != adv && t.answers(&p.name, adv, now) {
+                    adv
+                } else {
+                    *reach.get(&p.name)?.iter().find(|a| **a != gossips_at)?
+                };
                 Some((
-                    SocketAddr::new(adv, self.gossip_port),
-                    SocketAddr::new(*alt, self.gossip_port),
+                    SocketAddr::new(gossips_at, p.port),
+                    SocketAddr::new(alt, p.port),
                 ))
             })
             .collect();

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use muslin_model::health::{PeerPlan, Purpose, Tracker, FAST};
-use muslin_store::probe_wire::ProbeWire;
+use muslin_store::probe_wire::{name_tag, ProbeWire};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
@@ -85,7 +85,10 @@ async fn run(
                     .expect("tracker lock")
                     .due(&p.peers, p.local_mtu, round, now);
                 round += 1;
+                let ports: HashMap<&str, u16> =
+                    p.peers.iter().map(|x| (x.name.as_str(), x.port)).collect();
                 for (peer, addr, purpose) in due {
+                    let to = SocketAddr::new(addr, ports.get(peer.as_str()).copied().unwrap_or(port));
                     next_id = next_id.wrapping_add(1);
                     let size = match purpose {
                         Purpose::Mtu(s) => s.saturating_sub(IP_UDP) as usize,
@@ -94,7 +97,7 @@ async fn run(
                     let frame = wire.request(next_id, size);
                     // EMSGSIZE (larger than our own interface) and an
                     // unreachable network both mean: no answer.
-                    if sock.send_to(&frame, SocketAddr::new(addr, port)).await.is_ok() {
+                    if sock.send_to(&frame, to).await.is_ok() {
                         SENT.fetch_add(frame.len() as u64 + u64::from(IP_UDP), Ordering::Relaxed);
                         pending.insert(next_id, (peer, purpose, now));
                     }
@@ -108,7 +111,7 @@ async fn run(
                 let Some((peer, purpose, _)) = pending.remove(&ack.id) else { continue };
                 // Only the peer itself counts: a probe that landed on
                 // another host (or on us) proves nothing about the peer.
-                if ack.from == peer {
+                if ack.from == name_tag(&peer) {
                     tracker
                         .lock()
                         .expect("tracker lock")

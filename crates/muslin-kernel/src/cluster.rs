@@ -45,9 +45,14 @@ impl Applied {
 /// Every interface with its addresses: the candidates for the underlay.
 pub async fn candidates(host: &Netlink) -> Result<Vec<Candidate>, KernelError> {
     let links = host.links().await?;
+    let all = host.all_addresses().await?;
     let mut out = Vec::new();
     for l in links {
-        let addresses = host.addresses(l.index).await?;
+        let addresses = all
+            .iter()
+            .filter(|(i, _)| *i == l.index)
+            .map(|(_, a)| *a)
+            .collect();
         out.push(Candidate {
             ifname: l.name,
             kind: l.kind,

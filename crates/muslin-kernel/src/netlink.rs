@@ -144,6 +144,30 @@ impl Netlink {
             .collect())
     }
 
+    /// Every address of every link, as (link index, address): one dump,
+    /// however many links (pod veths) the host has.
+    pub async fn all_addresses(&self) -> Result<Vec<(u32, IpNet)>, KernelError> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(KernelError::netlink("listing addresses"))?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => IpNet::new(*ip, m.header.prefix_len)
+                        .ok()
+                        .map(|n| (m.header.index, n)),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
     pub async fn routes(&self, v6: bool) -> Result<Vec<RouteInfo>, KernelError> {
         let filter = if v6 {
             rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()

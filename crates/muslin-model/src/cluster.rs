@@ -47,6 +47,14 @@ pub struct NodeRecord {
     /// Muslin does not own): no node leases a block overlapping them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reserved: Vec<IpNet>,
+    /// UDP port of gossip and probes (0 in records of older versions: the
+    /// reader's own port).
+    #[serde(default)]
+    pub gossip_port: u16,
+    /// The address gossip advertises for this node: its first underlay
+    /// address, kept when the node moves (peers redirect to a working one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gossip_address: Option<IpAddr>,
 }
 
 /// What probes over the data path to one peer found.
@@ -143,11 +151,12 @@ impl ClusterView {
         v
     }
 
-    /// Nodes whose record claims `address`: more than one is a
-    /// misconfiguration (every host claiming 10.0.2.15, say).
+    /// Live nodes whose record claims `address`: more than one is a
+    /// misconfiguration (every host claiming 10.0.2.15, say). A dead node's
+    /// record (a host reinstalled under a new name) does not count.
     pub fn duplicate_addresses(&self) -> Vec<(IpAddr, Vec<String>)> {
         let mut by: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
-        for (name, n) in &self.nodes {
+        for (name, n) in self.nodes.iter().filter(|(_, n)| n.alive) {
             if let Some(r) = &n.record {
                 by.entry(r.address).or_default().push(name.clone());
             }
@@ -333,6 +342,8 @@ mod tests {
             reach: BTreeMap::new(),
             health: BTreeMap::new(),
             reserved: vec![],
+            gossip_port: 0,
+            gossip_address: None,
         };
         let mut v = ClusterView::default();
         for (n, a) in [
@@ -340,8 +351,14 @@ mod tests {
             ("h2", "10.0.2.15"),
             ("h3", "10.0.2.16"),
         ] {
-            v.nodes.entry(n.into()).or_default().record = Some(rec(n, a));
+            let p = v.nodes.entry(n.into()).or_default();
+            p.record = Some(rec(n, a));
+            p.alive = true;
         }
+        // A dead node's old record shares h3's address: no conflict.
+        let mut gone = v.nodes["h3"].clone();
+        gone.alive = false;
+        v.nodes.insert("h0".into(), gone);
         assert_eq!(
             v.duplicate_addresses(),
             vec![(

@@ -281,6 +281,8 @@ mod tests {
             reach: BTreeMap::new(),
             health: BTreeMap::new(),
             reserved: vec![],
+            gossip_port: 0,
+            gossip_address: None,
         }
     }
 

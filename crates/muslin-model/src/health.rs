@@ -16,6 +16,9 @@ pub const FAST: Duration = Duration::from_secs(1);
 pub const SLOW: Duration = Duration::from_secs(4);
 /// How often the path MTU is confirmed.
 pub const MTU_EVERY: Duration = Duration::from_secs(30);
+/// A peer silent this long is probed only every [`QUIET_EVERY`] rounds.
+const QUIET: Duration = Duration::from_secs(30);
+const QUIET_EVERY: u64 = 10;
 /// A target counts as answering while its last answer is younger than two
 /// probe periods and a half: one lost datagram is not an outage.
 fn window(period: Duration) -> Duration {
@@ -28,6 +31,8 @@ pub struct PeerPlan {
     pub name: String,
     /// Its addresses, the advertised one first.
     pub addresses: Vec<IpAddr>,
+    /// Its gossip port, where probes go.
+    pub port: u16,
     /// Its VTEP address when a data path to it is programmed, and how.
     pub data: Option<(IpAddr, Path)>,
 }
@@ -53,8 +58,80 @@ struct PeerState {
     /// The address the MTU was measured to: a new one starts over.
     mtu_target: Option<IpAddr>,
     mtu_due: Option<Instant>,
-    /// Sizes of the MTU probes in flight and when the burst went out.
-    mtu_burst: Option<(Instant, BTreeSet<u32>, BTreeSet<u32>)>,
+    /// The MTU probes in flight: when, which sizes, which answered.
+    mtu_burst: Option<Burst>,
+    /// Confirmations in a row that nothing answered.
+    mtu_misses: u32,
+    /// The next measurement climbs the whole ladder.
+    mtu_ladder: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Burst {
+    at: Instant,
+    acked: BTreeSet<u32>,
+    ladder: bool,
+}
+
+impl PeerState {
+    /// Settles the burst in flight and returns the sizes to probe now, if
+    /// a measurement is due. The interface's MTU (and what was measured
+    /// before, and the next step up) is confirmed; the whole ladder is sent
+    /// only when that fails. A measured value stands until a new one
+    /// replaces it: one lost datagram must not re-pin every route.
+    fn mtu_round(&mut self, adv: IpAddr, local_mtu: u32, now: Instant) -> Option<BTreeSet<u32>> {
+        if let Some(b) = &self.mtu_burst {
+            if now.duration_since(b.at) < FAST {
+                return None;
+            }
+            match b.acked.last() {
+                Some(m) => {
+                    self.pmtu = Some(*m);
+                    self.mtu_misses = 0;
+                    self.mtu_ladder = false;
+                }
+                None if b.ladder => self.mtu_due = Some(now + SLOW),
+                None => {
+                    self.mtu_misses += 1;
+                    // The first measurement climbs at once; a known value
+                    // needs three silent confirmations.
+                    self.mtu_ladder = self.pmtu.is_none() || self.mtu_misses >= 3;
+                    self.mtu_due = Some(if self.mtu_ladder { now } else { now + SLOW });
+                }
+            }
+            self.mtu_burst = None;
+        }
+        // Only towards an address that answers: sizes mean nothing when
+        // nothing does.
+        let answers = self
+            .answered
+            .get(&adv)
+            .is_some_and(|t| now.duration_since(*t) < window(FAST));
+        if !answers || self.mtu_due.is_some_and(|d| now < d) {
+            return None;
+        }
+        let mut below = MTU_STEPS.iter().copied().filter(|s| *s < local_mtu);
+        let sizes: BTreeSet<u32> = if self.mtu_ladder {
+            below.chain([local_mtu]).collect()
+        } else {
+            let mut v: BTreeSet<u32> = [local_mtu].into();
+            if let Some(m) = self.pmtu.filter(|m| *m < local_mtu) {
+                v.insert(m);
+                // The next step up, in case the last ladder lost a probe.
+                // MTU_STEPS descends: the last larger one is the next up.
+                v.extend(below.rfind(|s| *s > m));
+            }
+            v
+        };
+        self.mtu_burst = Some(Burst {
+            at: now,
+            acked: BTreeSet::new(),
+            ladder: self.mtu_ladder,
+        });
+        // Jumbo frames are confirmed less often: the probe is as large.
+        self.mtu_due = Some(now + MTU_EVERY * (local_mtu / 1500).max(1));
+        Some(sizes)
+    }
 }
 
 /// The prober's memory of every peer.
@@ -85,11 +162,26 @@ impl Tracker {
         for (i, p) in plan.iter().enumerate() {
             let st = self.peers.entry(p.name.clone()).or_default();
             st.first_probe.get_or_insert(now);
+            // A peer that answered nothing for a while (gone, or its probe
+            // port closed) is asked far less often.
+            let last = st.answered.values().max().copied().or(st.first_probe);
+            let quiet = last.is_some_and(|t| now.duration_since(t) > QUIET);
+            if quiet && !(round + i as u64).is_multiple_of(QUIET_EVERY) {
+                continue;
+            }
             st.period.retain(|a, _| p.addresses.contains(a));
+            // While the advertised address is silent, the others are asked
+            // every round: whether they answer decides whether the peer
+            // is down or only that address is.
+            let silent = p.addresses.first().is_some_and(|a| {
+                st.answered
+                    .get(a)
+                    .is_none_or(|t| now.duration_since(*t) >= window(FAST))
+            });
             for (k, a) in p.addresses.iter().enumerate() {
                 st.period.insert(*a, if k == 0 { FAST } else { SLOW });
                 // Spread the slow probes of different peers over rounds.
-                if k == 0 || (round + i as u64).is_multiple_of(slow) {
+                if k == 0 || silent || (round + i as u64).is_multiple_of(slow) {
                     out.push((p.name.clone(), *a, Purpose::Address(*a)));
                 }
             }
@@ -114,44 +206,16 @@ impl Tracker {
                 st.pmtu = None;
                 st.mtu_due = None;
                 st.mtu_burst = None;
+                st.mtu_misses = 0;
+                st.mtu_ladder = false;
             }
-            if let Some((at, sent, acked)) = &st.mtu_burst {
-                if now.duration_since(*at) < FAST {
-                    continue;
-                }
-                if acked.is_empty() && sent.len() <= 2 {
-                    // A confirmation went unanswered: climb the ladder now.
-                    st.pmtu = None;
-                    st.mtu_due = None;
-                } else if acked.is_empty() {
-                    // Nothing answered at all: the peer, not the size, is
-                    // the problem; ask again soon.
-                    st.mtu_due = Some(now + SLOW);
-                } else {
-                    st.pmtu = acked.last().copied().or(st.pmtu);
-                }
-                st.mtu_burst = None;
+            if let Some(sizes) = st.mtu_round(*adv, local_mtu, now) {
+                out.extend(
+                    sizes
+                        .into_iter()
+                        .map(|s| (p.name.clone(), *adv, Purpose::Mtu(s))),
+                );
             }
-            if st.mtu_due.is_some_and(|d| now < d) {
-                continue;
-            }
-            // Confirm what we know and try the interface's full size; only
-            // when neither answers is the whole ladder sent.
-            let sizes: BTreeSet<u32> = match st.pmtu {
-                Some(m) if m < local_mtu => [m, local_mtu].into(),
-                Some(_) => [local_mtu].into(),
-                None => MTU_STEPS
-                    .iter()
-                    .copied()
-                    .filter(|s| *s < local_mtu)
-                    .chain([local_mtu])
-                    .collect(),
-            };
-            for s in &sizes {
-                out.push((p.name.clone(), *adv, Purpose::Mtu(*s)));
-            }
-            st.mtu_burst = Some((now, sizes, BTreeSet::new()));
-            st.mtu_due = Some(now + MTU_EVERY);
         }
         out
     }
@@ -167,16 +231,8 @@ impl Tracker {
             }
             Purpose::Data => st.data_answered = Some(now),
             Purpose::Mtu(s) => {
-                if let Some((_, sent, acked)) = &mut st.mtu_burst {
-                    acked.insert(*s);
-                    // The largest size answered: done early, and a later
-                    // confirmation that failed falls back to the ladder.
-                    if acked.last() == sent.last() {
-                        st.pmtu = Some(*s);
-                        st.mtu_burst = None;
-                    }
-                } else {
-                    st.pmtu = Some(st.pmtu.map_or(*s, |m| m.max(*s)));
+                if let Some(b) = &mut st.mtu_burst {
+                    b.acked.insert(*s);
                 }
             }
         }
@@ -198,7 +254,19 @@ impl Tracker {
                     .iter()
                     .filter(|(a, t)| {
                         let period = st.period.get(*a).copied().unwrap_or(SLOW);
-                        now.duration_since(**t) < window(period)
+                        if now.duration_since(**t) < window(period) {
+                            return true;
+                        }
+                        // The advertised address went silent: it counts as
+                        // unreached only once another address answered
+                        // after it did, so a peer that was merely down
+                        // (restarting) is never reported as "reached
+                        // elsewhere" and never made to move.
+                        Some(**a) == st.mtu_target
+                            && !st
+                                .answered
+                                .iter()
+                                .any(|(b, tb)| b != *a && *tb > **t + FAST)
                     })
                     .map(|(a, _)| *a)
                     .collect();
@@ -277,6 +345,7 @@ mod tests {
         vec![PeerPlan {
             name: "h2".into(),
             addresses: vec![ip("192.168.20.12"), ip("10.0.2.15")],
+            port: 7331,
             data: Some((ip("10.244.2.0"), Path::Vxlan)),
         }]
     }
@@ -326,36 +395,85 @@ mod tests {
             .contains("underlay either"));
     }
 
-    #[test]
-    fn path_mtu_comes_from_the_largest_answered_probe() {
-        let mut t = Tracker::default();
-        let t0 = Instant::now();
-        let due = t.due(&plan(), 1500, 0, t0);
-        let sizes: Vec<u32> = due
-            .iter()
+    fn mtu_sizes(due: &[(String, IpAddr, Purpose)]) -> Vec<u32> {
+        due.iter()
             .filter_map(|(_, _, p)| match p {
                 Purpose::Mtu(s) => Some(*s),
                 _ => None,
             })
-            .collect();
-        assert!(sizes.contains(&1500) && sizes.contains(&1400) && sizes.iter().all(|s| *s <= 1500));
-        // The small link passes 1400 and below.
-        for s in [1280, 1350, 1400] {
-            t.answered("h2", &Purpose::Mtu(s), t0);
-        }
-        assert!(t.path_mtu().is_empty(), "the burst is still out");
+            .collect()
+    }
+
+    #[test]
+    fn path_mtu_confirms_first_climbs_the_ladder_only_when_needed() {
+        let adv = Purpose::Address(ip("192.168.20.12"));
+        let mut t = Tracker::default();
+        let t0 = Instant::now();
+        assert!(
+            mtu_sizes(&t.due(&plan(), 1500, 0, t0)).is_empty(),
+            "nothing answered yet"
+        );
+        t.answered("h2", &adv, t0);
         let t1 = t0 + FAST;
-        t.due(&plan(), 1500, 1, t1);
+        assert_eq!(
+            mtu_sizes(&t.due(&plan(), 1500, 1, t1)),
+            [1500],
+            "the interface's MTU first"
+        );
+        // Lost behind the 1400-byte link: the whole ladder next.
+        let t2 = t1 + FAST;
+        t.answered("h2", &adv, t2);
+        let ladder = mtu_sizes(&t.due(&plan(), 1500, 2, t2));
+        assert!(ladder.len() > 5 && ladder.contains(&1400) && ladder.iter().all(|s| *s <= 1500));
+        for s in [1280, 1350, 1400] {
+            t.answered("h2", &Purpose::Mtu(s), t2);
+        }
+        let t3 = t2 + FAST;
+        t.answered("h2", &adv, t3);
+        t.due(&plan(), 1500, 3, t3);
         assert_eq!(t.path_mtu()["h2"], 1400);
-        // Later confirmations send two probes only.
-        let t2 = t1 + MTU_EVERY;
+        // Confirmations: what we know, the next step up, the full size.
+        let t4 = t3 + MTU_EVERY;
+        t.answered("h2", &adv, t4);
+        assert_eq!(mtu_sizes(&t.due(&plan(), 1500, 4, t4)), [1400, 1420, 1500]);
+        // One lost confirmation changes nothing.
+        let t5 = t4 + FAST;
+        t.answered("h2", &adv, t5);
+        t.due(&plan(), 1500, 5, t5);
+        assert_eq!(t.path_mtu()["h2"], 1400);
+        // The path grew.
+        let t6 = t5 + SLOW;
+        t.answered("h2", &adv, t6);
+        assert!(mtu_sizes(&t.due(&plan(), 1500, 6, t6)).contains(&1500));
+        t.answered("h2", &Purpose::Mtu(1500), t6);
+        let t7 = t6 + FAST;
+        t.answered("h2", &adv, t7);
+        t.due(&plan(), 1500, 7, t7);
+        assert_eq!(t.path_mtu()["h2"], 1500);
+    }
+
+    #[test]
+    fn a_peer_that_was_down_is_not_reported_as_reached_elsewhere() {
+        let (a, b) = (ip("192.168.20.12"), ip("10.0.2.15"));
+        let mut t = Tracker::default();
+        let t0 = Instant::now();
+        t.due(&plan(), 1500, 0, t0);
+        t.answered("h2", &Purpose::Address(a), t0);
+        t.answered("h2", &Purpose::Address(b), t0);
+        // Both silent (the peer restarts): the advertised address still
+        // counts, so nobody tells it to move.
+        let t1 = t0 + SLOW + window(FAST);
+        t.due(&plan(), 1500, 1, t1);
+        assert!(t.reach(t1)["h2"].contains(&a), "{:?}", t.reach(t1));
+        // Only the other address answers again: now the advertised one is
+        // reported unreached, and it is probed every round meanwhile.
+        let t2 = t1 + FAST;
         let due = t.due(&plan(), 1500, 2, t2);
-        let n = due
-            .iter()
-            .filter(|(_, _, p)| matches!(p, Purpose::Mtu(_)))
-            .count();
-        assert_eq!(n, 2);
-        t.answered("h2", &Purpose::Mtu(1500), t2);
-        assert_eq!(t.path_mtu()["h2"], 1500, "the path grew");
+        assert!(
+            due.iter().any(|(_, x, _)| *x == b),
+            "the others are asked every round"
+        );
+        t.answered("h2", &Purpose::Address(b), t2);
+        assert_eq!(t.reach(t2)["h2"], vec![b]);
     }
 }

@@ -31,9 +31,7 @@ pub struct GossipConfig {
 }
 
 pub struct Gossip {
-    /// `None` only while `readvertise` swaps it.
-    handle: Option<ChitchatHandle>,
-    cfg: GossipConfig,
+    handle: ChitchatHandle,
     auth: Arc<AuthState>,
     redirects: Redirects,
     me: String,
@@ -53,52 +51,31 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn chitchat_config(cfg: &GossipConfig) -> ChitchatConfig {
-    let id = ChitchatId::new(cfg.node_name.clone(), now_ms(), cfg.advertise);
-    ChitchatConfig {
-        chitchat_id: id,
-        cluster_id: "muslin".into(),
-        gossip_interval: cfg.interval,
-        listen_addr: cfg.listen,
-        seed_nodes: cfg.seeds.iter().map(|s| s.to_string()).collect(),
-        failure_detector_config: FailureDetectorConfig {
-            phi_threshold: 8.0,
-            sampling_window_size: 1000,
-            max_interval: Duration::from_secs(10),
-            initial_interval: cfg.interval * 2,
-            dead_node_grace_period: cfg.ttl,
-        },
-        marked_for_deletion_grace_period: Duration::from_secs(3600),
-        catchup_callback: None,
-        extra_liveness_predicate: None,
-    }
-}
-
 impl Gossip {
     pub async fn start(
         cfg: GossipConfig,
         initial: Vec<(String, String)>,
     ) -> Result<Gossip, StoreError> {
-        let config = chitchat_config(&cfg);
+        let id = ChitchatId::new(cfg.node_name.clone(), now_ms(), cfg.advertise);
+        let config = ChitchatConfig {
+            chitchat_id: id,
+            cluster_id: "muslin".into(),
+            gossip_interval: cfg.interval,
+            listen_addr: cfg.listen,
+            seed_nodes: cfg.seeds.iter().map(|s| s.to_string()).collect(),
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: 8.0,
+                sampling_window_size: 1000,
+                max_interval: Duration::from_secs(10),
+                initial_interval: cfg.interval * 2,
+                dead_node_grace_period: cfg.ttl,
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+        };
         let auth = Arc::new(AuthState::default());
-        Self::spawn(cfg, config, auth, Redirects::default(), initial).await
-    }
-
-    /// Replaces where gossip to unanswering advertised addresses goes.
-    pub fn redirect(&self, map: std::collections::HashMap<SocketAddr, SocketAddr>) {
-        let mut r = self.redirects.write().expect("redirects lock");
-        if *r != map {
-            *r = map;
-        }
-    }
-
-    async fn spawn(
-        cfg: GossipConfig,
-        config: ChitchatConfig,
-        auth: Arc<AuthState>,
-        redirects: Redirects,
-        initial: Vec<(String, String)>,
-    ) -> Result<Gossip, StoreError> {
+        let redirects = Redirects::default();
         let transport = SealedUdp {
             secret: cfg.secret.clone(),
             auth: auth.clone(),
@@ -113,48 +90,25 @@ impl Gossip {
             .await
             .map_err(|e| StoreError::Gossip(format!("{e:#}")))?;
         Ok(Gossip {
-            handle: Some(handle),
-            me: cfg.node_name.clone(),
-            alone: cfg.seeds.is_empty(),
-            cfg,
+            handle,
             auth,
             redirects,
+            me: cfg.node_name,
+            alone: cfg.seeds.is_empty(),
         })
-    }
-
-    fn handle(&self) -> &ChitchatHandle {
-        self.handle.as_ref().expect("gossip is running")
-    }
-
-    /// Restarts gossip under a new advertised address (the node moved to
-    /// another underlay address), as a new generation carrying the same
-    /// keys, so peers gossip to an address that reaches us. The old
-    /// generation's state stands until the new one arrives (see `view`).
-    pub async fn readvertise(&mut self, advertise: SocketAddr) -> Result<(), StoreError> {
-        let kvs: Vec<(String, String)> = self
-            .handle()
-            .with_chitchat(|c| {
-                c.self_node_state()
-                    .key_values()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect()
-            })
-            .await;
-        if let Some(h) = self.handle.take() {
-            let _ = h.shutdown().await;
-        }
-        let mut cfg = self.cfg.clone();
-        cfg.advertise = advertise;
-        let config = chitchat_config(&cfg);
-        let auth = self.auth.clone();
-        let redirects = self.redirects.clone();
-        *self = Self::spawn(cfg, config, auth, redirects, kvs).await?;
-        Ok(())
     }
 
     /// Why peers refuse us, if they do (no or wrong cluster secret).
     pub fn auth_problem(&self) -> Option<String> {
         self.auth.problem.lock().expect("auth lock").clone()
+    }
+
+    /// Replaces where gossip to unanswering advertised addresses goes.
+    pub fn redirect(&self, map: std::collections::HashMap<SocketAddr, SocketAddr>) {
+        let mut r = self.redirects.write().expect("redirects lock");
+        if *r != map {
+            *r = map;
+        }
     }
 
     pub fn stats(&self) -> GossipStats {
@@ -165,15 +119,13 @@ impl Gossip {
     }
 
     async fn set(&self, key: String, value: String) {
-        self.handle()
+        self.handle
             .with_chitchat(|c| c.self_node_state().set(key.clone(), value.clone()))
             .await;
     }
 
-    pub async fn shutdown(mut self) {
-        if let Some(h) = self.handle.take() {
-            let _ = h.shutdown().await;
-        }
+    pub async fn shutdown(self) {
+        let _ = self.handle.shutdown().await;
     }
 }
 
@@ -196,13 +148,13 @@ impl ClusterStore for Gossip {
 
     async fn release_block(&self, block: IpNet) {
         let key = format!("{BLOCK_KEY_PREFIX}{block}");
-        self.handle()
+        self.handle
             .with_chitchat(|c| c.self_node_state().delete(&key))
             .await;
     }
 
     async fn view(&self) -> ClusterView {
-        let chitchat = self.handle().chitchat();
+        let chitchat = self.handle.chitchat();
         let c = chitchat.lock().await;
         let live: std::collections::HashSet<ChitchatId> = c.live_nodes().cloned().collect();
         // The newest generation of each node name that has published its
@@ -312,6 +264,8 @@ mod tests {
             reach: Default::default(),
             health: Default::default(),
             reserved: vec![],
+            gossip_port: 0,
+            gossip_address: None,
         };
         a.publish_record(&record("a")).await;
         a.claim_block(block, BlockClaim { claimed_at_ms: 42 }).await;

@@ -39,7 +39,7 @@ pub trait ClusterStore: Send + Sync + 'static {
 
 /// The store the agent runs on, chosen by one setting.
 pub enum AnyStore {
-    Gossip(Box<Gossip>),
+    Gossip(Gossip),
     Etcd(Box<Etcd>),
 }
 
@@ -49,14 +49,6 @@ impl AnyStore {
         match self {
             AnyStore::Gossip(g) => g.auth_problem(),
             AnyStore::Etcd(_) => None,
-        }
-    }
-
-    /// Moves gossip to a new advertised address; etcd has none to move.
-    pub async fn readvertise(&mut self, advertise: std::net::SocketAddr) -> Result<(), StoreError> {
-        match self {
-            AnyStore::Gossip(g) => g.readvertise(advertise).await,
-            AnyStore::Etcd(_) => Ok(()),
         }
     }
 

@@ -211,7 +211,7 @@ impl Socket for SealedSocket {
                 continue;
             }
             if crate::probe_wire::is_request(&self.buf[..n]) {
-                if let Some(a) = self.probes.answer(&self.buf[..n]) {
+                if let Some(a) = self.probes.answer(&self.buf[..n], from.ip()) {
                     let _ = self.sock.send_to(&a, from).await;
                 }
                 continue;

@@ -39,6 +39,11 @@ fn gc_lists_then_releases_exactly_the_attachment_whose_namespace_is_gone() {
     let gone_ip = result_ip(&host.add("gone", &gone));
     let kept_ip = result_ip(&host.add("kept", &kept));
     drop(gone); // `ip netns del`, and no DEL
+                // The kernel dismantles the namespace, and its veth pair, shortly after.
+    common::eventually(
+        "the gone container's veth is removed with its namespace",
+        || host.our_links().len() == 1,
+    );
 
     // The default is a dry run: listed, nothing released.
     let v = gc_json(&host, &[]);

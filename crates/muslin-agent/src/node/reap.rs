@@ -22,17 +22,20 @@ enum NetnsNow {
 }
 
 /// Why the attachment is stale, if it is. A veth pair dies with its
-/// namespace, so a missing host veth alone means the container is gone; a
-/// namespace that no longer opens alone means the runtime removed it.
+/// namespace, so a missing host veth is what proves the container gone; a
+/// namespace path that no longer opens only adds to the reason. A path
+/// that does not open while the veth lives (the agent runs where the
+/// runtime's mounts are not visible, or a /proc/PID path now names another
+/// process) must not cost a running container its address.
 fn stale_reason(netns: &NetnsNow, veth: &str, veth_exists: bool) -> Option<String> {
-    let mut why = Vec::new();
+    if veth_exists {
+        return None;
+    }
+    let mut why = vec![format!("host veth {veth} no longer exists")];
     if let NetnsNow::Gone(w) = netns {
         why.push(w.clone());
     }
-    if !veth_exists {
-        why.push(format!("host veth {veth} no longer exists"));
-    }
-    (!why.is_empty()).then(|| why.join("; "))
+    Some(why.join("; "))
 }
 
 fn netns_now(ep: &Endpoint) -> NetnsNow {
@@ -113,12 +116,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stale_when_either_the_namespace_or_the_veth_is_gone() {
+    fn stale_only_when_the_veth_is_gone() {
         let gone = NetnsNow::Gone("network namespace /run/netns/x no longer exists".into());
         assert_eq!(stale_reason(&NetnsNow::Alive, "msl1", true), None);
         assert_eq!(stale_reason(&NetnsNow::Unknown, "msl1", true), None);
-        let w = stale_reason(&gone, "msl1", true).unwrap();
-        assert!(w.contains("/run/netns/x"), "{w}");
+        assert_eq!(
+            stale_reason(&gone, "msl1", true),
+            None,
+            "the veth lives: so may the container"
+        );
         let w = stale_reason(&NetnsNow::Alive, "msl1", false).unwrap();
         assert!(w.contains("msl1"), "{w}");
         let w = stale_reason(&gone, "msl1", false).unwrap();
