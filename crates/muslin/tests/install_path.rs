@@ -133,11 +133,16 @@ impl World {
 
 fn three_nic_hosts_move_16_mb_between_every_pair(vagrant: bool) {
     let w = world(vagrant, &[]);
+    let started = std::time::Instant::now();
     // The first host guessed its default-route NIC; its peers reach it on
     // another address and never on that one, so it moves.
     until("h1 moves off its default-route NIC", 30, || {
         w.underlay(0) == "192.168.10.11"
     });
+    eprintln!(
+        "first host moved {:.1} s after its peers and containers were up",
+        started.elapsed().as_secs_f64()
+    );
     let st = w.agents[0].status();
     assert!(
         st["cluster"]["underlay_reason"]
