@@ -307,16 +307,17 @@ pub async fn join(
     if !peers.is_empty() && !etcd {
         let deadline = Instant::now() + Duration::from_secs(5);
         tracing::info!(peers = ?peers, "joining");
+        // A notice that our secret is wrong is unauthenticated (anyone can
+        // forge one from a seed's address): it is a hint to report, never
+        // a reason to stop joining.
         while !store.synced() && Instant::now() < deadline {
-            if let Some(problem) = store.auth_problem() {
-                return Err(AgentError::Join(problem));
-            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if store.synced() {
             tracing::info!("joined the cluster");
         } else {
-            tracing::warn!(peers = ?peers, "no join peer answered yet; going on and retrying in the background");
+            let hint = store.auth_problem().unwrap_or_default();
+            tracing::warn!(peers = ?peers, %hint, "no join peer answered yet; going on and retrying in the background");
         }
     }
     // Probes travel to the gossip port; on etcd nothing else listens there.
@@ -731,6 +732,7 @@ impl Cluster {
             underlay_addresses: self.record.addresses.clone(),
             reserved: view.reserved(),
             kernel_writes: muslin_kernel::kernel_writes(),
+            gossip_dropped: self.store.dropped(),
             probe_bytes_sent: crate::prober::SENT.load(std::sync::atomic::Ordering::Relaxed),
             probe_bytes_received: crate::prober::RECEIVED
                 .load(std::sync::atomic::Ordering::Relaxed),

@@ -151,6 +151,10 @@ pub struct ClusterStatus {
     /// while the cluster is quiet.
     #[serde(default)]
     pub kernel_writes: u64,
+    /// Gossip datagrams refused: unauthenticated, sealed with another
+    /// secret, stale or replayed.
+    #[serde(default)]
+    pub gossip_dropped: u64,
     /// Bytes of health probes this node sent and of answers it received
     /// (IP packets), since it started.
     #[serde(default)]

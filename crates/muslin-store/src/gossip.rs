@@ -100,7 +100,12 @@ impl Gossip {
 
     /// Why peers refuse us, if they do (no or wrong cluster secret).
     pub fn auth_problem(&self) -> Option<String> {
-        self.auth.problem.lock().expect("auth lock").clone()
+        self.auth.problem()
+    }
+
+    /// Datagrams the transport refused.
+    pub fn dropped(&self) -> u64 {
+        self.auth.dropped.load(Ordering::Relaxed)
     }
 
     /// Replaces where gossip to unanswering advertised addresses goes.

@@ -4,6 +4,7 @@
 //! default; etcd comes as a second implementation of the same trait.
 
 mod etcd;
+pub mod freshness;
 mod gossip;
 pub mod probe_wire;
 mod sealed;
@@ -60,6 +61,14 @@ impl AnyStore {
     ) {
         if let AnyStore::Gossip(g) = self {
             g.redirect(map);
+        }
+    }
+
+    /// Datagrams the gossip transport refused (forged, stale, replayed).
+    pub fn dropped(&self) -> u64 {
+        match self {
+            AnyStore::Gossip(g) => g.dropped(),
+            AnyStore::Etcd(_) => 0,
         }
     }
 

@@ -1,8 +1,11 @@
 //! Gossip over UDP, sealed with the cluster secret (ChaCha20-Poly1305 with
 //! a key derived from it): a host without the secret can neither read nor
-//! inject state. Frames start with a kind byte; a secured node answers a
-//! plaintext or unreadable frame with a short notice, so a node without
-//! (or with the wrong) secret can say clearly why it cannot join.
+//! inject state, and a captured frame replayed later is refused (the
+//! sealed payload starts with its send time; see `freshness`). Frames
+//! start with a kind byte; a secured node answers a plaintext or unreadable
+//! frame with a short notice, so a node without (or with the wrong) secret
+//! can be told why it cannot join. Notices are unauthenticated: they are
+//! hints for the log and status, never a reason to stop.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,6 +19,8 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use chitchat::transport::{Socket, Transport};
 use chitchat::{ChitchatMessage, Deserializable, Serializable};
 use sha2::{Digest, Sha256};
+
+use crate::freshness::{now_ms, DropLog, Refused, ReplayGuard};
 
 const PLAIN: u8 = 0;
 const SEALED: u8 = 1;
@@ -62,10 +67,37 @@ pub struct AuthState {
     /// Set once an authenticated (or, without a secret, any valid) frame
     /// arrived from a peer.
     pub heard: std::sync::atomic::AtomicBool,
-    /// Why peers refuse us, if they do.
-    pub problem: Mutex<Option<String>>,
+    /// When the last such frame arrived (ms since the epoch).
+    pub heard_at_ms: AtomicU64,
+    /// What an unauthenticated notice said, and when it was last logged.
+    pub problem: Mutex<Option<(String, Instant)>>,
     pub bytes_sent: AtomicU64,
     pub bytes_received: AtomicU64,
+    /// Datagrams refused (unauthenticated, wrong secret, stale, replayed).
+    pub dropped: AtomicU64,
+}
+
+/// While authenticated gossip arrives, notices (which anyone can forge)
+/// are ignored.
+const HEARD_RECENTLY_MS: u64 = 10_000;
+
+impl AuthState {
+    fn heard_recently(&self) -> bool {
+        now_ms().saturating_sub(self.heard_at_ms.load(Ordering::Relaxed)) < HEARD_RECENTLY_MS
+    }
+
+    /// The latest hint of a secret problem, unless authenticated gossip is
+    /// flowing (then it was forged, or is over).
+    pub fn problem(&self) -> Option<String> {
+        if self.heard_recently() {
+            return None;
+        }
+        self.problem
+            .lock()
+            .expect("auth lock")
+            .as_ref()
+            .map(|(m, _)| m.clone())
+    }
 }
 
 pub struct SealedUdp {
@@ -100,6 +132,8 @@ impl Transport for SealedUdp {
             redirects: self.redirects.clone(),
             buf: vec![0; MAX_DATAGRAM],
             noticed: HashMap::new(),
+            guard: ReplayGuard::default(),
+            drops: DropLog::new(Duration::from_secs(10)),
         }))
     }
 }
@@ -113,6 +147,8 @@ struct SealedSocket {
     auth: Arc<AuthState>,
     buf: Vec<u8>,
     noticed: HashMap<SocketAddr, Instant>,
+    guard: ReplayGuard,
+    drops: DropLog,
 }
 
 impl SealedSocket {
@@ -135,15 +171,30 @@ impl SealedSocket {
         let _ = self.sock.send_to(&[kind], to).await;
     }
 
+    /// A hint from an unauthenticated notice: kept for status and logged
+    /// at most once a minute, and ignored while authenticated gossip
+    /// flows or when it does not come from a seed.
     fn problem(&self, from: SocketAddr, msg: String) {
-        if !self.seeds.contains(&from) {
-            tracing::debug!(peer = %from, "ignored an authentication notice from a host that is not a seed");
+        if !self.seeds.contains(&from) || self.auth.heard_recently() {
+            tracing::debug!(peer = %from, "ignored an unauthenticated notice");
             return;
         }
+        let now = Instant::now();
         let mut p = self.auth.problem.lock().expect("auth lock");
-        if p.as_deref() != Some(msg.as_str()) {
-            tracing::error!("{msg}");
-            *p = Some(msg);
+        let due = match p.as_ref() {
+            Some((m, at)) => m != &msg || now.duration_since(*at) > Duration::from_secs(60),
+            None => true,
+        };
+        if due {
+            tracing::warn!("{msg} (an unauthenticated hint; gossip keeps trying)");
+            *p = Some((msg, now));
+        }
+    }
+
+    fn dropped(&mut self, from: SocketAddr, why: Refused) {
+        self.auth.dropped.fetch_add(1, Ordering::Relaxed);
+        if let Some(line) = self.drops.dropped(from.ip(), why, Instant::now()) {
+            tracing::warn!("{line}");
         }
     }
 }
@@ -156,11 +207,12 @@ impl Socket for SealedSocket {
             None => [&[PLAIN][..], &plain].concat(),
             Some(c) => {
                 let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
+                let stamped = [&now_ms().to_be_bytes()[..], &plain].concat();
                 let sealed = c
                     .encrypt(
                         &nonce,
                         Payload {
-                            msg: &plain,
+                            msg: &stamped,
                             aad: &[SEALED],
                         },
                     )
@@ -220,7 +272,7 @@ impl Socket for SealedSocket {
             let plain: Vec<u8> = match (kind, &self.cipher) {
                 (PLAIN, None) => self.buf[1..n].to_vec(),
                 (PLAIN, Some(_)) => {
-                    tracing::warn!(peer = %from, "dropped unauthenticated gossip: this cluster needs the cluster secret");
+                    self.dropped(from, Refused::Unauthenticated);
                     self.notice(from, NEEDS_SECRET).await;
                     continue;
                 }
@@ -233,9 +285,18 @@ impl Socket for SealedSocket {
                             aad: &[SEALED],
                         },
                     ) {
-                        Ok(p) => p,
-                        Err(_) => {
-                            tracing::warn!(peer = %from, "dropped gossip sealed with another secret");
+                        Ok(p) if p.len() >= 8 => {
+                            let sent = u64::from_be_bytes(p[..8].try_into().expect("8 bytes"));
+                            let nonce: [u8; NONCE] =
+                                self.buf[1..1 + NONCE].try_into().expect("nonce");
+                            if let Err(why) = self.guard.accept(nonce, sent, now_ms()) {
+                                self.dropped(from, why);
+                                continue;
+                            }
+                            p[8..].to_vec()
+                        }
+                        Ok(_) | Err(_) => {
+                            self.dropped(from, Refused::BadSeal);
                             self.notice(from, BAD_SECRET).await;
                             continue;
                         }
@@ -269,13 +330,90 @@ impl Socket for SealedSocket {
             match ChitchatMessage::deserialize(&mut &plain[..]) {
                 Ok(msg) => {
                     self.auth.heard.store(true, Ordering::Relaxed);
-                    if kind == SEALED || self.cipher.is_none() {
-                        self.auth.problem.lock().expect("auth lock").take();
-                    }
+                    self.auth.heard_at_ms.store(now_ms(), Ordering::Relaxed);
                     return Ok((from, msg));
                 }
                 Err(e) => tracing::debug!(peer = %from, cause = %e, "undecodable gossip frame"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef-replay";
+
+    fn transport() -> SealedUdp {
+        SealedUdp {
+            secret: Some(SECRET.to_vec()),
+            auth: Arc::new(AuthState::default()),
+            seeds: vec![],
+            probes: Arc::new(crate::probe_wire::ProbeWire::new(Some(SECRET), "t")),
+            redirects: Redirects::default(),
+        }
+    }
+
+    async fn nothing_within(s: &mut Box<dyn Socket>, ms: u64) -> bool {
+        tokio::time::timeout(Duration::from_millis(ms), s.recv())
+            .await
+            .is_err()
+    }
+
+    #[tokio::test]
+    async fn replayed_and_stale_frames_are_refused_and_counted() {
+        let (ta, tb) = (transport(), transport());
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut a = ta.open(any).await.unwrap();
+        let tap = std::net::UdpSocket::bind(any).unwrap();
+        tap.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        // Capture a real frame on its way.
+        a.send(tap.local_addr().unwrap(), ChitchatMessage::BadCluster)
+            .await
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        let (n, _) = tap.recv_from(&mut buf).unwrap();
+        let frame = buf[..n].to_vec();
+
+        let b_sock = std::net::UdpSocket::bind(any).unwrap();
+        let b_addr = b_sock.local_addr().unwrap();
+        drop(b_sock);
+        let mut b = tb.open(b_addr).await.unwrap();
+        tap.send_to(&frame, b_addr).unwrap();
+        let (_, msg) = tokio::time::timeout(Duration::from_secs(2), b.recv())
+            .await
+            .expect("the first copy arrives")
+            .unwrap();
+        assert_eq!(msg, ChitchatMessage::BadCluster);
+        assert!(tb.auth.heard.load(Ordering::Relaxed));
+        tb.auth.heard.store(false, Ordering::Relaxed);
+        // The same frame again: refused, counted, no sign of life.
+        tap.send_to(&frame, b_addr).unwrap();
+        assert!(nothing_within(&mut b, 300).await);
+        assert_eq!(tb.auth.dropped.load(Ordering::Relaxed), 1);
+        assert!(!tb.auth.heard.load(Ordering::Relaxed));
+        // A frame sealed a minute ago (captured then, replayed now).
+        let c = cipher(SECRET);
+        let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let old = [
+            &(now_ms() - 60_000).to_be_bytes()[..],
+            &ChitchatMessage::BadCluster.serialize_to_vec(),
+        ]
+        .concat();
+        let sealed = c
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: &old,
+                    aad: &[SEALED],
+                },
+            )
+            .unwrap();
+        let stale = [&[SEALED][..], nonce.as_slice(), &sealed].concat();
+        tap.send_to(&stale, b_addr).unwrap();
+        assert!(nothing_within(&mut b, 300).await);
+        assert_eq!(tb.auth.dropped.load(Ordering::Relaxed), 2);
+        assert!(!tb.auth.heard.load(Ordering::Relaxed));
     }
 }

@@ -343,10 +343,11 @@ fn a_host_without_the_cluster_secret_cannot_join() {
     let dir = common::TempDir::new("stranger");
     let sock = dir.0.join("agent.sock");
     let state = dir.0.join("state");
-    let o = Command::new("timeout")
+    // It is told why, by its peers' notices; since anyone can forge a
+    // notice, it keeps trying rather than stopping.
+    let log = dir.0.join("agent.log");
+    let mut child = Command::new("ip")
         .args([
-            "30",
-            "ip",
             "netns",
             "exec",
             &stranger.name,
@@ -363,17 +364,28 @@ fn a_host_without_the_cluster_secret_cannot_join() {
             "--state-dir",
             state.to_str().unwrap(),
         ])
-        .output()
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
         .unwrap();
+    let told = || {
+        let l = std::fs::read_to_string(&log).unwrap_or_default();
+        l.contains("cluster secret") && l.contains("--cluster-secret-file")
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !told() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let still_running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
     assert!(
-        !o.status.success(),
-        "an agent without the secret must not start"
+        told(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
-    assert_ne!(o.status.code(), Some(124), "it must fail, not hang");
-    let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("cluster secret") && err.contains("--cluster-secret-file"),
-        "{err}"
+        still_running,
+        "an unauthenticated notice must not stop an agent"
     );
     let st = lab.agent_status("h1");
     assert!(
