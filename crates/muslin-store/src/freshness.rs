@@ -71,7 +71,7 @@ impl ReplayGuard {
         if self.seen.insert(nonce, sent_ms).is_some() {
             return Err(Refused::Replayed);
         }
-        if self.seen.len() % 4096 == 0 {
+        if self.seen.len().is_multiple_of(4096) {
             self.seen
                 .retain(|_, t| now_ms.saturating_sub(*t) <= 2 * WINDOW_MS);
         }
