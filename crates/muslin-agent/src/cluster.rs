@@ -89,6 +89,7 @@ pub struct Cluster {
     _responder: Option<tokio::task::JoinHandle<()>>,
     /// Why the address would move if the operator had not pinned it.
     pinned_hint: Option<String>,
+    state_dir: std::path::PathBuf,
 }
 
 /// What the host looks like, refreshed now and then (addresses come and go).
@@ -175,12 +176,29 @@ pub async fn join(
         .parse()
         .map_err(|m| AgentError::Underlay(format!("underlay: {m}")))?;
     let movable = matches!(method, Method::Reachability);
-    let Some(choice) = crate::underlay_select::choose(&facts.cands, &method, &reach)
-        .await
-        .map_err(AgentError::Underlay)?
-    else {
-        tracing::warn!("no usable underlay interface and no join peers: running as a single node");
-        return Ok(None);
+    // A restart keeps what the last run chose (peers' probes keep it true)
+    // rather than wait for join peers that may be unreachable right now.
+    let kept = if matches!(method, Method::Reachability | Method::CanReach(_)) {
+        crate::underlay_state::load(&config.state_dir, &facts.cands)
+    } else {
+        None
+    };
+    let restart = kept.is_some();
+    let choice = match kept {
+        Some(c) => c,
+        None => {
+            let Some(c) = crate::underlay_select::choose(&facts.cands, &method, &reach)
+                .await
+                .map_err(AgentError::Underlay)?
+            else {
+                tracing::warn!(
+                    "no usable underlay interface and no join peers: running as a single node"
+                );
+                return Ok(None);
+            };
+            crate::underlay_state::save(&config.state_dir, &c);
+            c
+        }
     };
     let Choice {
         ifname,
@@ -304,7 +322,9 @@ pub async fn join(
                 .map_err(|e| AgentError::Join(e.to_string()))?,
         )
     };
-    if !peers.is_empty() && !etcd {
+    // A first start waits briefly to hear the cluster before claiming; a
+    // restart holds its blocks already and serves at once.
+    if !peers.is_empty() && !etcd && !restart {
         let deadline = Instant::now() + Duration::from_secs(5);
         tracing::info!(peers = ?peers, "joining");
         // A notice that our secret is wrong is unauthenticated (anyone can
@@ -353,6 +373,7 @@ pub async fn join(
         _prober: Some(prober),
         _responder: responder,
         pinned_hint: None,
+        state_dir: config.state_dir.clone(),
         underlay,
         reason,
         backend,
@@ -503,6 +524,15 @@ impl Cluster {
             who.join(", ")
         );
         tracing::warn!(from = %old, to = %new, interface = %ifname, "underlay address changed: {}", self.reason);
+        crate::underlay_state::save(
+            &self.state_dir,
+            &Choice {
+                ifname: ifname.clone(),
+                address: net,
+                mtu,
+                reason: self.reason.clone(),
+            },
+        );
         self.underlay = Underlay {
             ifname,
             address: new,

@@ -11,6 +11,7 @@ mod prober;
 mod server;
 mod state_store;
 mod underlay_select;
+mod underlay_state;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -128,7 +128,7 @@ pub fn eligible(c: &Candidate) -> bool {
 }
 
 /// An address chosen and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Choice {
     pub ifname: String,
     pub address: IpNet,

@@ -1,0 +1,95 @@
+//! The underlay choice of the previous run, kept in the state directory: a
+//! restart (an upgrade, a crash, a reboot during a partition) must not wait
+//! for join peers that may be unreachable before it serves its pods. The
+//! kept choice is used when it is still an address of the same interface;
+//! peers' probes then confirm it or move it, as for any choice.
+
+use std::path::Path;
+
+use muslin_model::underlay::{Candidate, Choice};
+
+const FILE: &str = "underlay.json";
+
+/// The kept choice, if it still names an address on that interface.
+pub fn load(dir: &Path, cands: &[Candidate]) -> Option<Choice> {
+    let bytes = std::fs::read(dir.join(FILE)).ok()?;
+    let kept: Choice = match serde_json::from_slice(&bytes) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(cause = %e, "ignoring an unreadable {FILE}; choosing the underlay afresh");
+            return None;
+        }
+    };
+    let c = cands.iter().find(|c| c.ifname == kept.ifname && c.up)?;
+    c.addresses.contains(&kept.address).then(|| Choice {
+        mtu: c.mtu,
+        reason: format!("kept from the previous run ({})", kept.reason),
+        ..kept
+    })
+}
+
+/// Keeps `choice` for the next run: written to a temporary file, synced,
+/// renamed, so a crash leaves the old or the new one, never half of one.
+pub fn save(dir: &Path, choice: &Choice) {
+    let res = (|| -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!("{FILE}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, &serde_json::to_vec(choice).expect("serializes"))?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(FILE))?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if let Err(e) = res {
+        tracing::warn!(cause = %e, "could not keep the underlay choice; a restart chooses afresh");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_choice_is_used_only_while_its_address_is_there() {
+        let dir = std::env::temp_dir().join(format!("muslin-underlay-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let eth1 = |addr: &str| Candidate {
+            ifname: "eth1".into(),
+            kind: None,
+            up: true,
+            mtu: 1400,
+            addresses: vec![addr.parse().unwrap()],
+        };
+        assert!(
+            load(&dir, &[eth1("192.168.56.11/24")]).is_none(),
+            "nothing kept yet"
+        );
+        save(
+            &dir,
+            &Choice {
+                ifname: "eth1".into(),
+                address: "192.168.56.11/24".parse().unwrap(),
+                mtu: 1500,
+                reason: "reaches join peer 192.168.56.12".into(),
+            },
+        );
+        let c = load(&dir, &[eth1("192.168.56.11/24")]).unwrap();
+        assert_eq!(
+            (c.ifname.as_str(), c.mtu),
+            ("eth1", 1400),
+            "the MTU is read afresh"
+        );
+        assert!(
+            c.reason.contains("kept from the previous run"),
+            "{}",
+            c.reason
+        );
+        assert!(
+            load(&dir, &[eth1("192.168.56.99/24")]).is_none(),
+            "renumbered"
+        );
+        std::fs::write(dir.join(FILE), b"{not json").unwrap();
+        assert!(load(&dir, &[eth1("192.168.56.11/24")]).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
