@@ -90,6 +90,9 @@ pub struct Cluster {
     /// Why the address would move if the operator had not pinned it.
     pinned_hint: Option<String>,
     state_dir: std::path::PathBuf,
+    /// Peers seen, kept until their TTL passes since last seen.
+    memory: crate::remembered_state::Memory,
+    ttl: Duration,
 }
 
 /// What the host looks like, refreshed now and then (addresses come and go).
@@ -374,6 +377,8 @@ pub async fn join(
         _responder: responder,
         pinned_hint: None,
         state_dir: config.state_dir.clone(),
+        memory: crate::remembered_state::Memory::load(&config.state_dir),
+        ttl,
         underlay,
         reason,
         backend,
@@ -404,7 +409,18 @@ impl Cluster {
                     Err(e) => tracing::warn!(cause = %e, "could not read the host's interfaces"),
                 }
             }
-            let view = self.store.view().await;
+            // What the store shows now, completed with the peers we saw and
+            // the cluster has not forgotten: a restart, or a store that
+            // hears only part of the cluster, drops no route before a
+            // peer's TTL.
+            let live = self.store.view().await;
+            let view = self.memory.peers.complete(
+                &live,
+                &self.me,
+                crate::leases::now_ms(),
+                self.ttl.as_millis() as u64,
+            );
+            self.memory.save_if_due();
             let nodes: Vec<std::net::IpAddr> = view
                 .nodes
                 .values()

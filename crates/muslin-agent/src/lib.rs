@@ -8,6 +8,7 @@ mod key_locks;
 mod leases;
 mod node;
 mod prober;
+mod remembered_state;
 mod server;
 mod state_store;
 mod underlay_select;

@@ -77,7 +77,7 @@ pub struct BlockClaim {
 }
 
 /// One node in the view: the latest generation of a node name.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PeerView {
     pub record: Option<NodeRecord>,
     pub claims: BTreeMap<IpNet, BlockClaim>,
@@ -177,6 +177,54 @@ pub fn reserved_in(pod_cidr: IpNet, routes: &[IpNet]) -> Vec<IpNet> {
     v.sort();
     v.dedup();
     v
+}
+
+/// Peers this node has seen, with when it last saw each alive (ms since
+/// the epoch): what it knows of the cluster beyond what the store shows
+/// right now. A restarted agent, or one that hears only part of the
+/// cluster (paused peers, a new node that knows nobody yet), must not
+/// drop routes to peers the cluster has not forgotten: a peer is forgotten
+/// only when its TTL has passed since it was last seen.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Remembered {
+    pub peers: BTreeMap<String, (PeerView, u64)>,
+}
+
+impl Remembered {
+    /// Learns from `view` (peers alive now are seen now), forgets peers
+    /// whose TTL passed, and returns `view` completed with the peers it
+    /// lacks but the cluster may still hold (marked not alive).
+    pub fn complete(
+        &mut self,
+        view: &ClusterView,
+        me: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> ClusterView {
+        for (name, p) in view.nodes.iter().filter(|(n, _)| n.as_str() != me) {
+            if p.record.is_none() {
+                continue;
+            }
+            // Alive: seen now. Dead: still the last time we saw it alive;
+            // one we never saw alive is the store's to keep or forget.
+            let seen = match (p.alive, self.peers.get(name)) {
+                (true, _) => now_ms,
+                (false, Some((_, t))) => *t,
+                (false, None) => continue,
+            };
+            self.peers.insert(name.clone(), (p.clone(), seen));
+        }
+        self.peers
+            .retain(|_, (_, t)| now_ms.saturating_sub(*t) < ttl_ms);
+        let mut out = view.clone();
+        for (name, (p, _)) in &self.peers {
+            out.nodes.entry(name.clone()).or_insert_with(|| PeerView {
+                alive: false,
+                ..p.clone()
+            });
+        }
+        out
+    }
 }
 
 /// A block of `pod_cidr` that nobody claims, or `None` when it is full.
@@ -325,6 +373,49 @@ mod tests {
             reserved_in(n("10.244.0.0/16"), &routes),
             vec![n("10.244.5.0/24")]
         );
+    }
+
+    #[test]
+    fn remembered_peers_stand_until_their_ttl() {
+        let mut r = Remembered::default();
+        let full = view(&[
+            ("me", &[]),
+            ("a", &[("10.244.1.0/24", 1)]),
+            ("b", &[("10.244.2.0/24", 1)]),
+        ]);
+        let mut full = full;
+        for p in full.nodes.values_mut() {
+            p.record = Some(NodeRecord {
+                name: String::new(),
+                address: "192.0.2.1".parse().unwrap(),
+                underlay_prefix: "192.0.2.0/24".parse().unwrap(),
+                vtep_mac: String::new(),
+                mtu: 1500,
+                version: String::new(),
+                address_reason: String::new(),
+                capabilities: vec![],
+                addresses: vec![],
+                reach: BTreeMap::new(),
+                health: BTreeMap::new(),
+                reserved: vec![],
+                gossip_port: 0,
+                gossip_address: None,
+            });
+        }
+        let t0 = 1_000_000;
+        assert_eq!(r.complete(&full, "me", t0, 60_000), full);
+        // After a restart the store knows only us: the others stand, not
+        // alive, with their blocks.
+        let alone = view(&[("me", &[])]);
+        let v = r.complete(&alone, "me", t0 + 1_000, 60_000);
+        assert_eq!(
+            v.blocks_of("a"),
+            vec!["10.244.1.0/24".parse::<IpNet>().unwrap()]
+        );
+        assert!(!v.nodes["a"].alive);
+        // Past their TTL since last seen, they are gone.
+        let v = r.complete(&alone, "me", t0 + 61_000, 60_000);
+        assert_eq!(v.nodes.len(), 1);
     }
 
     #[test]

@@ -245,3 +245,74 @@ fn notices_forged_from_a_seeds_address_never_stop_a_join() {
         a2.status()
     );
 }
+
+fn signal(a: &Agent, sig: &str) {
+    let pid = a.child.as_ref().unwrap().id().to_string();
+    common::must(&["kill", sig, &pid]);
+}
+
+#[test]
+fn a_restart_while_peers_are_paused_keeps_every_route_to_them() {
+    let mut c = cluster(3);
+    let routes = peer_routes(&c.hosts[0]);
+    assert_eq!(routes.len(), 2, "{routes:?}");
+    // h2 and h3 stop gossiping; their data planes keep working.
+    signal(&c.agents[1], "-STOP");
+    signal(&c.agents[2], "-STOP");
+    let targets = [c.pods[1].1.clone(), c.pods[2].1.clone()];
+    let pinger = |ip: String, ns: String| {
+        std::thread::spawn(move || {
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &ns, BIN, "probe", "ping", &ip])
+                .args(["--count", "1200", "--interval-ms", "10"])
+                .output()
+                .unwrap()
+        })
+    };
+    let pings: Vec<_> = targets
+        .iter()
+        .map(|ip| pinger(ip.clone(), c.pods[0].0.name.clone()))
+        .collect();
+    // h1 (the first host: it joins nobody) restarts...
+    let a1 = &mut c.agents[0];
+    if let Some(mut ch) = a1.child.take() {
+        let _ = ch.kill();
+        let _ = ch.wait();
+    }
+    a1.spawn();
+    a1.wait_ready(Duration::from_secs(30));
+    // ...and a new node joins it, knowing nothing of h2 and h3.
+    let h4 = Netns::new("h4");
+    let seg = c
+        .net
+        .switch
+        .ip(&["-j", "link", "show", "type", "bridge"])
+        .split("\"ifname\":\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    c.net.wire(&h4, "eth0", &seg, "192.168.56.14/24", 1500);
+    let a4 = Agent::start(&h4, "h4", &c.net.secret(), &["--join", "192.168.56.11"]);
+    until("h1 hears h4", 20, || {
+        c.agents[0].peer("h4")["alive"] == true
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        routes.iter().all(|r| peer_routes(&c.hosts[0]).contains(r)),
+        "routes to paused peers removed: {:?} -> {:?}\n{}",
+        routes,
+        peer_routes(&c.hosts[0]),
+        c.agents[0].log()
+    );
+    for p in pings {
+        let o = p.join().unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success() && out.contains("lost 0"), "{out}");
+    }
+    signal(&c.agents[1], "-CONT");
+    signal(&c.agents[2], "-CONT");
+    drop(a4);
+}

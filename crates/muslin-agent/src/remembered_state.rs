@@ -1,0 +1,73 @@
+//! The peers this node has seen, kept in the state directory (see
+//! `muslin_model::cluster::Remembered`): a restarted agent knows the
+//! cluster it belonged to before the store has told it anything, and keeps
+//! routes to peers it cannot hear (paused, partitioned) until their TTL.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use muslin_model::cluster::Remembered;
+
+const FILE: &str = "peers.json";
+/// How often the memory is written (it changes every round: last-seen times).
+const SAVE_EVERY: Duration = Duration::from_secs(10);
+
+pub struct Memory {
+    pub peers: Remembered,
+    file: PathBuf,
+    saved: Option<Instant>,
+    /// The peers (without their last-seen times) as last written.
+    written: Vec<(String, muslin_model::cluster::PeerView)>,
+}
+
+impl Memory {
+    pub fn load(dir: &Path) -> Memory {
+        let file = dir.join(FILE);
+        let peers = match std::fs::read(&file) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(cause = %e, file = ?file, "ignoring unreadable remembered peers");
+                Remembered::default()
+            }),
+            Err(_) => Remembered::default(),
+        };
+        if !peers.peers.is_empty() {
+            tracing::info!(peers = ?peers.peers.keys().collect::<Vec<_>>(), "remembering the peers of the previous run until the cluster speaks or their TTL passes");
+        }
+        Memory {
+            peers,
+            file,
+            saved: None,
+            written: Vec::new(),
+        }
+    }
+
+    /// Writes the memory when a peer came, went or changed, and otherwise
+    /// every [`SAVE_EVERY`] for the last-seen times: temporary file, sync,
+    /// rename.
+    pub fn save_if_due(&mut self) {
+        let now: Vec<(String, muslin_model::cluster::PeerView)> = self
+            .peers
+            .peers
+            .iter()
+            .map(|(n, (p, _))| (n.clone(), p.clone()))
+            .collect();
+        if now == self.written && self.saved.is_some_and(|t| t.elapsed() < SAVE_EVERY) {
+            return;
+        }
+        self.written = now;
+        self.saved = Some(Instant::now());
+        let tmp = self.file.with_extension("tmp");
+        let res = (|| -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(
+                &mut f,
+                &serde_json::to_vec(&self.peers).expect("serializes"),
+            )?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.file)
+        })();
+        if let Err(e) = res {
+            tracing::warn!(cause = %e, file = ?self.file, "could not keep the remembered peers");
+        }
+    }
+}
