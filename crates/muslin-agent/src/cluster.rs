@@ -92,6 +92,8 @@ pub struct Cluster {
     state_dir: std::path::PathBuf,
     /// Peers seen, kept until their TTL passes since last seen.
     memory: crate::remembered_state::Memory,
+    /// Blocks held from the previous run.
+    held: Vec<ipnet::IpNet>,
     ttl: Duration,
 }
 
@@ -378,6 +380,10 @@ pub async fn join(
         pinned_hint: None,
         state_dir: config.state_dir.clone(),
         memory: crate::remembered_state::Memory::load(&config.state_dir),
+        held: leases
+            .as_ref()
+            .map(|l| l.claims.keys().copied().collect())
+            .unwrap_or_default(),
         ttl,
         underlay,
         reason,
@@ -414,13 +420,27 @@ impl Cluster {
             // hears only part of the cluster, drops no route before a
             // peer's TTL.
             let live = self.store.view().await;
-            let view = self.memory.peers.complete(
+            let mut view = self.memory.peers.complete(
                 &live,
                 &self.me,
                 crate::leases::now_ms(),
                 self.ttl.as_millis() as u64,
             );
             self.memory.save_if_due();
+            // Until the store is heard, the blocks we hold (kept across the
+            // restart) are ours: nobody can contradict what we cannot hear,
+            // and pods must keep being served from them.
+            // A block claimed since needs the store's word first.
+            if !self.store.synced() {
+                if let Some(l) = &self.leases {
+                    let me = view.nodes.entry(self.me.clone()).or_default();
+                    for (b, at) in l.claims.iter().filter(|(b, _)| self.held.contains(b)) {
+                        me.claims
+                            .entry(*b)
+                            .or_insert(BlockClaim { claimed_at_ms: *at });
+                    }
+                }
+            }
             let nodes: Vec<std::net::IpAddr> = view
                 .nodes
                 .values()

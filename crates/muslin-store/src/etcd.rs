@@ -188,23 +188,23 @@ impl Etcd {
             requests: Arc::default(),
             tasks: vec![],
         };
-        // The first read proves the endpoints and credentials work.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match s.resync().await {
-                Ok(_) => break,
-                Err(e) if Instant::now() > deadline => {
-                    return Err(err(
-                        "etcd-endpoints",
-                        format!("cannot read from {}: {e}", s.cfg.endpoints.join(",")),
-                    ))
+        // The first read, briefly: a restart must serve its pods from what
+        // it holds even while etcd is away, so an unreachable etcd is not
+        // fatal. The watch keeps reading and the lease keeper grants leases
+        // (and writes our keys) once etcd answers.
+        match tokio::time::timeout(Duration::from_millis(500), s.resync()).await {
+            Ok(Ok(_)) => {
+                if let Err(e) = s.grant_leases().await {
+                    tracing::warn!(cause = %e, "etcd lease grant failed; retrying in the background");
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(endpoints = %s.cfg.endpoints.join(","), cause = %e, "etcd unreachable at start; serving from what this node holds and retrying in the background")
+            }
+            Err(_) => {
+                tracing::warn!(endpoints = %s.cfg.endpoints.join(","), "etcd does not answer at start; serving from what this node holds and retrying in the background")
             }
         }
-        s.grant_leases()
-            .await
-            .map_err(|e| err("etcd-endpoints", e))?;
         s.tasks.push(tokio::spawn(watch_loop(
             s.client.clone(),
             s.cfg.prefix.clone(),
@@ -258,6 +258,11 @@ impl Etcd {
             .expect("own")
             .insert(key.clone(), value.clone());
         let lease = lease_for(&self.cfg, &key, &self.block_lease, &self.alive_lease);
+        // Without a lease yet the keeper writes it once one is granted: a
+        // key without a lease would outlive this node.
+        if lease == 0 {
+            return;
+        }
         let mut c = self.client.clone();
         self.requests.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = c
@@ -420,6 +425,20 @@ async fn keep_leases(
             due[k] = Instant::now() + (*ttl / 3).max(Duration::from_millis(500));
             let id = lease.load(Ordering::Relaxed);
             requests.fetch_add(1, Ordering::Relaxed);
+            // Never granted (etcd was away at start): grant one now.
+            if id == 0 {
+                match c.lease_grant(ttl.as_secs().max(1) as i64, None).await {
+                    Ok(g) => {
+                        lease.store(g.id(), Ordering::Relaxed);
+                        lost = true;
+                    }
+                    Err(e) => {
+                        due[k] = Instant::now() + Duration::from_secs(1);
+                        outage.failed("lease grant", &e);
+                    }
+                }
+                continue;
+            }
             // A stopped etcd answers nothing: bound the wait, then report.
             let exchange = async {
                 if streams[k].is_none() {
@@ -513,6 +532,10 @@ impl ClusterStore for Etcd {
         })
         .expect("serializes");
         let lease = self.block_lease.load(Ordering::Relaxed);
+        if lease == 0 {
+            // No lease yet: the claim is made again once etcd answers.
+            return;
+        }
         let mut c = self.client.clone();
         self.requests.fetch_add(1, Ordering::Relaxed);
         // Create only if nobody holds it: the whole point of using etcd.
@@ -554,7 +577,12 @@ impl ClusterStore for Etcd {
     }
 
     async fn view(&self) -> ClusterView {
-        let cache = self.cache.read().expect("cache");
+        // What we wrote ourselves counts even before etcd shows it back
+        // (or while etcd is away): like gossip's own state.
+        let mut cache = self.cache.read().expect("cache").clone();
+        for (k, v) in self.own.lock().expect("own").iter() {
+            cache.entry(k.clone()).or_insert_with(|| v.clone());
+        }
         let p = &self.cfg.prefix;
         let mut view = ClusterView::default();
         for (k, v) in cache.iter() {
