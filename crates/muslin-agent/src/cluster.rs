@@ -713,6 +713,16 @@ impl Cluster {
         let owners = view.block_owners();
         let mut warnings = Vec::new();
         warnings.extend(self.pinned_hint.clone());
+        if !self.store.synced() {
+            warnings.push(format!(
+                "not in touch with the cluster yet ({}): serving pods from the blocks held, keeping every route, retrying",
+                if self.store.name() == "etcd" {
+                    "etcd does not answer"
+                } else {
+                    "no authenticated answer from the join peers"
+                }
+            ));
+        }
         // A block that became conflicting after we leased it: loud, since
         // pods in it shadow a network some host routes elsewhere.
         for (b, _) in owners.iter().filter(|(_, o)| **o == self.me) {

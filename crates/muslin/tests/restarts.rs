@@ -88,6 +88,11 @@ fn an_agent_restarted_while_its_join_peer_is_unreachable_serves_at_once() {
     let took = started.elapsed();
     eprintln!("restart to serving: {:.2} s", took.as_secs_f64());
     assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(
+        !c.agents[2].log().contains("outside the configured blocks"),
+        "false warnings about leased addresses: {}",
+        c.agents[2].log()
+    );
     // It serves ADD and DEL from the block it holds.
     let extra = Netns::new("c");
     let ip = c.agents[2].add("h3-extra", &extra);
@@ -100,6 +105,8 @@ fn an_agent_restarted_while_its_join_peer_is_unreachable_serves_at_once() {
         net.contains(&ip.parse::<std::net::IpAddr>().unwrap()),
         "{ip} outside {block}"
     );
+    c.agents[2].del("h3-extra", &extra);
+    assert!(!c.agents[2].status()["endpoints"].to_string().contains(&ip));
     // Its pods keep reaching the peer it can reach, and no route moved.
     assert!(c.pods[2].0.probe(&c.pods[1].1, "tcp,icmp").is_ok());
     std::thread::sleep(Duration::from_secs(3));

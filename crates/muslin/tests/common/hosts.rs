@@ -252,10 +252,20 @@ impl Agent {
     /// Attaches container namespace `c` through the CNI plugin; returns its
     /// address.
     pub fn add(&self, id: &str, c: &Netns) -> String {
+        let v = self.cni("ADD", id, c);
+        super::result_ip(&v)
+    }
+
+    /// Detaches it through the CNI plugin.
+    pub fn del(&self, id: &str, c: &Netns) {
+        self.cni("DEL", id, c);
+    }
+
+    fn cni(&self, command: &str, id: &str, c: &Netns) -> Value {
         let conf = json!({"cniVersion": "1.1.0", "name": "muslin", "type": "muslin", "socket": self.socket});
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns_name, BIN]);
-        for (k, v) in cni_env("ADD", id, Some(&c.path()), "eth0") {
+        for (k, v) in cni_env(command, id, Some(&c.path()), "eth0") {
             cmd.env(k, v);
         }
         let mut child = cmd
@@ -274,11 +284,11 @@ impl Agent {
         let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
         assert!(
             o.status.success(),
-            "ADD {id} on {}: {v}\n{}",
+            "{command} {id} on {}: {v}\n{}",
             self.name,
             self.log()
         );
-        super::result_ip(&v)
+        v
     }
 }
 
