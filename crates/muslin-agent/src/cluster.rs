@@ -90,6 +90,7 @@ pub struct Cluster {
     /// Why the address would move if the operator had not pinned it.
     pinned_hint: Option<String>,
     state_dir: std::path::PathBuf,
+    kept_basis: crate::underlay_state::Kept,
     /// Peers seen, kept until their TTL passes since last seen.
     memory: crate::remembered_state::Memory,
     /// Blocks held from the previous run.
@@ -183,8 +184,19 @@ pub async fn join(
     let movable = matches!(method, Method::Reachability);
     // A restart keeps what the last run chose (peers' probes keep it true)
     // rather than wait for join peers that may be unreachable right now.
+    let basis = crate::underlay_state::Kept {
+        node: me.to_string(),
+        method: config.underlay.clone(),
+        join: config.join.clone(),
+        choice: Choice {
+            ifname: String::new(),
+            address: ipnet::IpNet::default(),
+            mtu: 0,
+            reason: String::new(),
+        },
+    };
     let kept = if matches!(method, Method::Reachability | Method::CanReach(_)) {
-        crate::underlay_state::load(&config.state_dir, &facts.cands)
+        crate::underlay_state::load(&config.state_dir, &basis, &facts.cands)
     } else {
         None
     };
@@ -201,7 +213,7 @@ pub async fn join(
                 );
                 return Ok(None);
             };
-            crate::underlay_state::save(&config.state_dir, &c);
+            crate::underlay_state::save(&config.state_dir, &basis, &c);
             c
         }
     };
@@ -329,7 +341,10 @@ pub async fn join(
     };
     // A first start waits briefly to hear the cluster before claiming; a
     // restart holds its blocks already and serves at once.
-    if !peers.is_empty() && !etcd && !restart {
+    let holds_blocks =
+        !config.blocks.is_empty() || leases.as_ref().is_some_and(|l| !l.claims.is_empty());
+    let serving_already = restart && holds_blocks;
+    if !peers.is_empty() && !etcd && !serving_already {
         let deadline = Instant::now() + Duration::from_secs(5);
         tracing::info!(peers = ?peers, "joining");
         // A notice that our secret is wrong is unauthenticated (anyone can
@@ -379,7 +394,8 @@ pub async fn join(
         _responder: responder,
         pinned_hint: None,
         state_dir: config.state_dir.clone(),
-        memory: crate::remembered_state::Memory::load(&config.state_dir),
+        kept_basis: basis,
+        memory: crate::remembered_state::Memory::load(&config.state_dir, me),
         held: leases
             .as_ref()
             .map(|l| l.claims.keys().copied().collect())
@@ -420,25 +436,41 @@ impl Cluster {
             // hears only part of the cluster, drops no route before a
             // peer's TTL.
             let live = self.store.view().await;
-            let mut view = self.memory.peers.complete(
+            let completed = self.memory.peers.complete(
                 &live,
                 &self.me,
                 crate::leases::now_ms(),
                 self.ttl.as_millis() as u64,
             );
             self.memory.save_if_due();
+            // etcd, once read, is the whole truth: memory only bridges
+            // until then. Gossip may always hear only part of the cluster.
+            let mut view = if self.store.name() == "etcd" && self.store.synced() {
+                live
+            } else {
+                completed
+            };
             // Until the store is heard, the blocks we hold (kept across the
             // restart) are ours: nobody can contradict what we cannot hear,
             // and pods must keep being served from them.
-            // A block claimed since needs the store's word first.
-            if !self.store.synced() {
-                if let Some(l) = &self.leases {
-                    let me = view.nodes.entry(self.me.clone()).or_default();
-                    for (b, at) in l.claims.iter().filter(|(b, _)| self.held.contains(b)) {
-                        me.claims
-                            .entry(*b)
-                            .or_insert(BlockClaim { claimed_at_ms: *at });
-                    }
+            // A block claimed since needs the store's word first. Held ones
+            // stay ours until another node shows a claim on them (then the
+            // lease rules decide), also between etcd's return and our
+            // re-claim reaching it.
+            if let Some(l) = &self.leases {
+                let others: Vec<ipnet::IpNet> = view
+                    .nodes
+                    .iter()
+                    .filter(|(n, _)| **n != self.me)
+                    .flat_map(|(_, p)| p.claims.keys().copied())
+                    .collect();
+                let me = view.nodes.entry(self.me.clone()).or_default();
+                for (b, at) in l.claims.iter().filter(|(b, _)| {
+                    self.held.contains(b) && !others.iter().any(|o| o.contains(*b) || b.contains(o))
+                }) {
+                    me.claims
+                        .entry(*b)
+                        .or_insert(BlockClaim { claimed_at_ms: *at });
                 }
             }
             let nodes: Vec<std::net::IpAddr> = view
@@ -562,6 +594,7 @@ impl Cluster {
         tracing::warn!(from = %old, to = %new, interface = %ifname, "underlay address changed: {}", self.reason);
         crate::underlay_state::save(
             &self.state_dir,
+            &self.kept_basis,
             &Choice {
                 ifname: ifname.clone(),
                 address: net,

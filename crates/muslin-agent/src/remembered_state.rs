@@ -12,8 +12,16 @@ const FILE: &str = "peers.json";
 /// How often the memory is written (it changes every round: last-seen times).
 const SAVE_EVERY: Duration = Duration::from_secs(10);
 
+/// The file: whose memory it is, and the peers.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stored {
+    node: String,
+    peers: Remembered,
+}
+
 pub struct Memory {
     pub peers: Remembered,
+    me: String,
     file: PathBuf,
     saved: Option<Instant>,
     /// The peers (without their last-seen times) as last written.
@@ -21,13 +29,16 @@ pub struct Memory {
 }
 
 impl Memory {
-    pub fn load(dir: &Path) -> Memory {
+    pub fn load(dir: &Path, me: &str) -> Memory {
         let file = dir.join(FILE);
-        let peers = match std::fs::read(&file) {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+        let peers = match std::fs::read(&file).map(|b| serde_json::from_slice::<Stored>(&b)) {
+            // A renamed node starts afresh: its old name is a peer now.
+            Ok(Ok(s)) if s.node == me => s.peers,
+            Ok(Ok(_)) => Remembered::default(),
+            Ok(Err(e)) => {
                 tracing::warn!(cause = %e, file = ?file, "ignoring unreadable remembered peers");
                 Remembered::default()
-            }),
+            }
             Err(_) => Remembered::default(),
         };
         if !peers.peers.is_empty() {
@@ -35,6 +46,7 @@ impl Memory {
         }
         Memory {
             peers,
+            me: me.to_string(),
             file,
             saved: None,
             written: Vec::new(),
@@ -61,7 +73,11 @@ impl Memory {
             let mut f = std::fs::File::create(&tmp)?;
             std::io::Write::write_all(
                 &mut f,
-                &serde_json::to_vec(&self.peers).expect("serializes"),
+                &serde_json::to_vec(&Stored {
+                    node: self.me.clone(),
+                    peers: self.peers.clone(),
+                })
+                .expect("serializes"),
             )?;
             f.sync_all()?;
             std::fs::rename(&tmp, &self.file)

@@ -214,14 +214,31 @@ impl Remembered {
             };
             self.peers.insert(name.clone(), (p.clone(), seen));
         }
+        // A clock stepped back must not make a peer unforgettable.
+        for (_, t) in self.peers.values_mut() {
+            *t = (*t).min(now_ms);
+        }
         self.peers
             .retain(|_, (_, t)| now_ms.saturating_sub(*t) < ttl_ms);
+        // What the store shows wins: a remembered claim never stands
+        // against a block a node claims there now.
+        let live_claims: std::collections::BTreeSet<IpNet> = view
+            .nodes
+            .values()
+            .flat_map(|p| p.claims.keys().copied())
+            .collect();
         let mut out = view.clone();
         for (name, (p, _)) in &self.peers {
-            out.nodes.entry(name.clone()).or_insert_with(|| PeerView {
+            if out.nodes.contains_key(name) {
+                continue;
+            }
+            let mut p = PeerView {
                 alive: false,
                 ..p.clone()
-            });
+            };
+            p.claims
+                .retain(|b, _| !live_claims.iter().any(|c| c.contains(b) || b.contains(c)));
+            out.nodes.insert(name.clone(), p);
         }
         out
     }
@@ -413,6 +430,18 @@ mod tests {
             vec!["10.244.1.0/24".parse::<IpNet>().unwrap()]
         );
         assert!(!v.nodes["a"].alive);
+        // A block another node claims in the store now is not a's any more.
+        let mut taken = alone.clone();
+        taken.nodes.entry("c".into()).or_default().claims.insert(
+            "10.244.1.0/24".parse().unwrap(),
+            BlockClaim { claimed_at_ms: 9 },
+        );
+        let v = r.complete(&taken, "me", t0 + 2_000, 60_000);
+        assert!(v.nodes["a"].claims.is_empty());
+        assert_eq!(
+            v.block_owners()[&"10.244.1.0/24".parse::<IpNet>().unwrap()],
+            "c"
+        );
         // Past their TTL since last seen, they are gone.
         let v = r.complete(&alone, "me", t0 + 61_000, 60_000);
         assert_eq!(v.nodes.len(), 1);

@@ -484,6 +484,11 @@ async fn keep_leases(
                 .collect();
             for (k, v) in keys {
                 let lease = lease_for(&cfg, &k, &block, &alive);
+                // Not granted yet: written once it is (a key without a
+                // lease would outlive this node).
+                if lease == 0 {
+                    continue;
+                }
                 requests.fetch_add(2, Ordering::Relaxed);
                 if k.starts_with(&format!("{}blocks/", cfg.prefix)) {
                     // A claim is never overwritten: another node may have

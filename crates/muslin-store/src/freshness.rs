@@ -79,12 +79,21 @@ impl ReplayGuard {
     }
 }
 
-/// Rate-limited reports of dropped datagrams.
+/// Rate-limited reports of dropped datagrams: at most one line per source
+/// per interval, at most [`MAX_LINES`] lines per interval in all (a flood
+/// from spoofed sources), the rest summed up in one line.
 pub struct DropLog {
     every: Duration,
     sources: HashMap<IpAddr, Source>,
     pub total: u64,
+    window: Option<Instant>,
+    lines: u32,
+    /// Datagrams and new sources not reported in this window.
+    quiet: (u64, u64),
 }
+
+const MAX_LINES: u32 = 10;
+const MAX_SOURCES: usize = 4096;
 
 struct Source {
     reported: Instant,
@@ -97,51 +106,68 @@ impl DropLog {
             every,
             sources: HashMap::new(),
             total: 0,
+            window: None,
+            lines: 0,
+            quiet: (0, 0),
         }
     }
 
-    /// Counts a drop from `from`; returns the line to log, if one is due:
-    /// the first drop of a source, then at most one per interval, carrying
-    /// the count since the last line.
+    /// Counts a drop from `from`; returns the line to log, if one is due.
     pub fn dropped(&mut self, from: IpAddr, why: Refused, now: Instant) -> Option<String> {
         self.total += 1;
-        if self.sources.len() > 4096 {
-            let every = self.every;
+        let every = self.every;
+        let mut summary = None;
+        if self.window.is_none_or(|w| now.duration_since(w) >= every) {
+            let (n, m) = std::mem::take(&mut self.quiet);
+            if n > 0 {
+                summary = Some(format!(
+                    "dropped {n} more datagrams from {m} more sources in the last {} s (not itemized)",
+                    every.as_secs()
+                ));
+            }
+            self.window = Some(now);
+            self.lines = 0;
             self.sources
-                .retain(|_, s| now.duration_since(s.reported) < every);
+                .retain(|_, s| now.duration_since(s.reported) < every * 6);
         }
-        match self.sources.get_mut(&from) {
-            Some(s) if now.duration_since(s.reported) < self.every => {
+        let count = match self.sources.get_mut(&from) {
+            Some(s) if now.duration_since(s.reported) < every => {
                 s.since += 1;
-                None
+                return summary;
             }
-            Some(s) => {
-                let n = s.since + 1;
-                *s = Source {
-                    reported: now,
-                    since: 0,
-                };
-                Some(format!(
-                    "dropped {n} datagrams from {from} in the last {} s: {}",
-                    self.every.as_secs(),
-                    why.describe()
-                ))
-            }
-            None => {
-                self.sources.insert(
-                    from,
-                    Source {
-                        reported: now,
-                        since: 0,
-                    },
-                );
-                Some(format!(
-                    "dropped a datagram from {from}: {} (more from it are counted, reported every {} s)",
-                    why.describe(),
-                    self.every.as_secs()
-                ))
-            }
+            Some(s) => Some(s.since + 1),
+            None => None,
+        };
+        let known = count.is_some();
+        let text = match count {
+            Some(n) => format!(
+                "dropped {n} datagrams from {from} in the last {} s: {}",
+                every.as_secs(),
+                why.describe()
+            ),
+            None => format!(
+                "dropped a datagram from {from}: {} (more from it are counted, reported every {} s)",
+                why.describe(),
+                every.as_secs()
+            ),
+        };
+        if summary.is_some()
+            || self.lines >= MAX_LINES
+            || (!known && self.sources.len() >= MAX_SOURCES)
+        {
+            self.quiet.0 += 1;
+            self.quiet.1 += u64::from(!known);
+            return summary;
         }
+        self.lines += 1;
+        self.sources.insert(
+            from,
+            Source {
+                reported: now,
+                since: 0,
+            },
+        );
+        Some(text)
     }
 }
 
@@ -181,5 +207,30 @@ mod tests {
             next.starts_with("dropped 10000 datagrams from 192.0.2.1"),
             "{next}"
         );
+    }
+
+    #[test]
+    fn spoofed_sources_are_summed_up() {
+        let mut d = DropLog::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let lines = (0..10_000u32)
+            .filter_map(|i| {
+                let ip = IpAddr::from((0x0a00_0000u32 + i).to_be_bytes());
+                d.dropped(
+                    ip,
+                    Refused::BadSeal,
+                    t0 + Duration::from_micros(u64::from(i)),
+                )
+            })
+            .count();
+        assert!(lines <= 10, "{lines} lines");
+        let next = d
+            .dropped(
+                "192.0.2.9".parse().unwrap(),
+                Refused::BadSeal,
+                t0 + Duration::from_secs(11),
+            )
+            .unwrap();
+        assert!(next.contains("from 9990 more sources"), "{next}");
     }
 }

@@ -23,7 +23,12 @@ use sha2::{Digest, Sha256};
 use crate::freshness::{now_ms, DropLog, Refused, ReplayGuard};
 
 const PLAIN: u8 = 0;
+/// Sealed without a send time: what agents before replay protection
+/// send. Accepted (so a rolling upgrade keeps the cluster whole) but
+/// reported: replay protection holds once every agent is upgraded.
 const SEALED: u8 = 1;
+/// Sealed, the payload starting with its send time.
+const SEALED_TS: u8 = 6;
 const NEEDS_SECRET: u8 = 2;
 const BAD_SECRET: u8 = 3;
 const NONCE: usize = 12;
@@ -134,6 +139,7 @@ impl Transport for SealedUdp {
             noticed: HashMap::new(),
             guard: ReplayGuard::default(),
             drops: DropLog::new(Duration::from_secs(10)),
+            legacy_logged: None,
         }))
     }
 }
@@ -149,6 +155,7 @@ struct SealedSocket {
     noticed: HashMap<SocketAddr, Instant>,
     guard: ReplayGuard,
     drops: DropLog,
+    legacy_logged: Option<Instant>,
 }
 
 impl SealedSocket {
@@ -181,13 +188,27 @@ impl SealedSocket {
         }
         let now = Instant::now();
         let mut p = self.auth.problem.lock().expect("auth lock");
-        let due = match p.as_ref() {
-            Some((m, at)) => m != &msg || now.duration_since(*at) > Duration::from_secs(60),
-            None => true,
-        };
+        // Once a minute at most, whatever they say: alternating forged
+        // notices must not become one line each.
+        let due = p
+            .as_ref()
+            .is_none_or(|(_, at)| now.duration_since(*at) > Duration::from_secs(60));
         if due {
             tracing::warn!("{msg} (an unauthenticated hint; gossip keeps trying)");
             *p = Some((msg, now));
+        }
+    }
+
+    /// A frame of an agent from before replay protection (a rolling
+    /// upgrade): accepted, and reported at most once a minute.
+    fn legacy(&mut self, from: SocketAddr) {
+        let now = Instant::now();
+        if self
+            .legacy_logged
+            .is_none_or(|t| now.duration_since(t) > Duration::from_secs(60))
+        {
+            self.legacy_logged = Some(now);
+            tracing::warn!(peer = %from, "a peer runs an older Muslin whose gossip carries no send time: replay protection holds once every agent is upgraded");
         }
     }
 
@@ -213,11 +234,11 @@ impl Socket for SealedSocket {
                         &nonce,
                         Payload {
                             msg: &stamped,
-                            aad: &[SEALED],
+                            aad: &[SEALED_TS],
                         },
                     )
                     .map_err(|_| anyhow::anyhow!("sealing a gossip frame failed"))?;
-                [&[SEALED][..], nonce.as_slice(), &sealed].concat()
+                [&[SEALED_TS][..], nonce.as_slice(), &sealed].concat()
             }
         };
         if frame.len() > MAX_DATAGRAM {
@@ -276,15 +297,20 @@ impl Socket for SealedSocket {
                     self.notice(from, NEEDS_SECRET).await;
                     continue;
                 }
-                (SEALED, Some(c)) if n > 1 + NONCE => {
+                (SEALED_TS | SEALED, Some(c)) if n > 1 + NONCE => {
                     let nonce = Nonce::from_slice(&self.buf[1..1 + NONCE]);
-                    match c.decrypt(
+                    let opened = c.decrypt(
                         nonce,
                         Payload {
                             msg: &self.buf[1 + NONCE..n],
-                            aad: &[SEALED],
+                            aad: &[kind],
                         },
-                    ) {
+                    );
+                    match opened {
+                        Ok(p) if kind == SEALED => {
+                            self.legacy(from);
+                            p
+                        }
                         Ok(p) if p.len() >= 8 => {
                             let sent = u64::from_be_bytes(p[..8].try_into().expect("8 bytes"));
                             let nonce: [u8; NONCE] =
@@ -302,7 +328,7 @@ impl Socket for SealedSocket {
                         }
                     }
                 }
-                (SEALED, None) => {
+                (SEALED_TS | SEALED, None) => {
                     self.problem(from, format!(
                         "peer {from} gossips with a cluster secret and this agent has none: it cannot join; \
                          start it with --cluster-secret-file"
@@ -406,14 +432,34 @@ mod tests {
                 &nonce,
                 Payload {
                     msg: &old,
-                    aad: &[SEALED],
+                    aad: &[SEALED_TS],
                 },
             )
             .unwrap();
-        let stale = [&[SEALED][..], nonce.as_slice(), &sealed].concat();
+        let stale = [&[SEALED_TS][..], nonce.as_slice(), &sealed].concat();
         tap.send_to(&stale, b_addr).unwrap();
         assert!(nothing_within(&mut b, 300).await);
         assert_eq!(tb.auth.dropped.load(Ordering::Relaxed), 2);
         assert!(!tb.auth.heard.load(Ordering::Relaxed));
+        // An agent of the previous version (no send time) is still heard,
+        // so a rolling upgrade keeps the cluster whole.
+        let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let plain = ChitchatMessage::BadCluster.serialize_to_vec();
+        let sealed = c
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: &plain,
+                    aad: &[SEALED],
+                },
+            )
+            .unwrap();
+        let legacy = [&[SEALED][..], nonce.as_slice(), &sealed].concat();
+        tap.send_to(&legacy, b_addr).unwrap();
+        let (_, msg) = tokio::time::timeout(Duration::from_secs(2), b.recv())
+            .await
+            .expect("a previous version's frame arrives")
+            .unwrap();
+        assert_eq!(msg, ChitchatMessage::BadCluster);
     }
 }
