@@ -124,23 +124,12 @@ impl Netlink {
     }
 
     pub async fn addresses(&self, index: u32) -> Result<Vec<IpNet>, KernelError> {
-        let msgs: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(KernelError::netlink("listing addresses"))?;
-        Ok(msgs
-            .iter()
-            .filter_map(|m| {
-                m.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Address(ip) => IpNet::new(*ip, m.header.prefix_len).ok(),
-                    _ => None,
-                })
-            })
+        Ok(self
+            .all_addresses()
+            .await?
+            .into_iter()
+            .filter(|(i, _)| *i == index)
+            .map(|(_, a)| a)
             .collect())
     }
 

@@ -295,6 +295,27 @@ pub fn vtep_mac(node: &str) -> [u8; 6] {
     m
 }
 
+/// A record with only what tests vary: name, address and subnet.
+#[cfg(test)]
+pub(crate) fn test_record(name: &str, addr: &str, prefix: &str) -> NodeRecord {
+    NodeRecord {
+        name: name.into(),
+        address: addr.parse().unwrap(),
+        underlay_prefix: prefix.parse().unwrap(),
+        vtep_mac: crate::naming::format_mac(&vtep_mac(name)),
+        mtu: 1500,
+        version: "0".into(),
+        address_reason: String::new(),
+        capabilities: vec![],
+        addresses: vec![],
+        reach: BTreeMap::new(),
+        health: BTreeMap::new(),
+        reserved: vec![],
+        gossip_port: 0,
+        gossip_address: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,22 +423,7 @@ mod tests {
         ]);
         let mut full = full;
         for p in full.nodes.values_mut() {
-            p.record = Some(NodeRecord {
-                name: String::new(),
-                address: "192.0.2.1".parse().unwrap(),
-                underlay_prefix: "192.0.2.0/24".parse().unwrap(),
-                vtep_mac: String::new(),
-                mtu: 1500,
-                version: String::new(),
-                address_reason: String::new(),
-                capabilities: vec![],
-                addresses: vec![],
-                reach: BTreeMap::new(),
-                health: BTreeMap::new(),
-                reserved: vec![],
-                gossip_port: 0,
-                gossip_address: None,
-            });
+            p.record = Some(test_record("x", "192.0.2.1", "192.0.2.0/24"));
         }
         let t0 = 1_000_000;
         assert_eq!(r.complete(&full, "me", t0, 60_000), full);
@@ -449,22 +455,7 @@ mod tests {
 
     #[test]
     fn duplicate_addresses_are_reported() {
-        let rec = |n: &str, a: &str| NodeRecord {
-            name: n.into(),
-            address: a.parse().unwrap(),
-            underlay_prefix: "10.0.2.0/24".parse().unwrap(),
-            vtep_mac: String::new(),
-            mtu: 1500,
-            version: String::new(),
-            address_reason: String::new(),
-            capabilities: vec![],
-            addresses: vec![],
-            reach: BTreeMap::new(),
-            health: BTreeMap::new(),
-            reserved: vec![],
-            gossip_port: 0,
-            gossip_address: None,
-        };
+        let rec = |n: &str, a: &str| test_record(n, a, "10.0.2.0/24");
         let mut v = ClusterView::default();
         for (n, a) in [
             ("h1", "10.0.2.15"),

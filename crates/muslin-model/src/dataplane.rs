@@ -268,22 +268,7 @@ mod tests {
     use crate::cluster::{BlockClaim, PeerView};
 
     fn rec(name: &str, addr: &str, prefix: &str) -> NodeRecord {
-        NodeRecord {
-            name: name.into(),
-            address: addr.parse().unwrap(),
-            underlay_prefix: prefix.parse().unwrap(),
-            vtep_mac: crate::naming::format_mac(&crate::cluster::vtep_mac(name)),
-            mtu: 1500,
-            version: "0".into(),
-            address_reason: String::new(),
-            capabilities: vec![],
-            addresses: vec![],
-            reach: BTreeMap::new(),
-            health: BTreeMap::new(),
-            reserved: vec![],
-            gossip_port: 0,
-            gossip_address: None,
-        }
+        crate::cluster::test_record(name, addr, prefix)
     }
 
     fn view() -> ClusterView {

@@ -240,27 +240,12 @@ fn bad_etcd_settings_are_refused_at_start_naming_the_setting() {
     }
 }
 
-/// Peer routes (protocol 77, via a next hop) in a lab host.
-fn peer_routes(lab: &Lab, host: &str) -> Vec<String> {
-    let o = Command::new("ip")
-        .args(["-n", &lab.ns(host), "route", "show", "proto", "77"])
-        .output()
-        .unwrap();
-    let mut v: Vec<String> = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter(|l| l.contains(" via "))
-        .map(String::from)
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn an_agent_restarted_while_etcd_is_away_serves_at_once_and_rejoins() {
     let lab = Lab::on("etcd");
     let (_d, path) = file(&one_segment(2, 1, ""));
     lab.up(&["-f", &path, "--converge-timeout", "30"]);
-    let routes = peer_routes(&lab, "h1");
+    let routes = common::peer_routes(&lab.ns("h1"));
     assert_eq!(routes.len(), 1, "{routes:?}");
     let (etcd, _) = etcd_process(&lab, "etcd1");
     Command::new("kill")
@@ -311,7 +296,7 @@ fn an_agent_restarted_while_etcd_is_away_serves_at_once_and_rejoins() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
-        peer_routes(&lab, "h1"),
+        common::peer_routes(&lab.ns("h1")),
         routes,
         "routes changed while etcd was away"
     );
@@ -326,7 +311,7 @@ fn an_agent_restarted_while_etcd_is_away_serves_at_once_and_rejoins() {
     }
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
-        peer_routes(&lab, "h1"),
+        common::peer_routes(&lab.ns("h1")),
         routes,
         "routes flapped after etcd returned"
     );

@@ -55,22 +55,10 @@ fn cluster(n: usize) -> Cluster {
     c
 }
 
-/// Routes to peers' blocks (protocol 77, via a next hop).
-fn peer_routes(h: &Netns) -> Vec<String> {
-    let mut v: Vec<String> = h
-        .ip(&["route", "show", "proto", "77"])
-        .lines()
-        .filter(|l| l.contains(" via "))
-        .map(String::from)
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn an_agent_restarted_while_its_join_peer_is_unreachable_serves_at_once() {
     let mut c = cluster(3);
-    let routes = peer_routes(&c.hosts[2]);
+    let routes = common::peer_routes(&c.hosts[2].name);
     assert_eq!(routes.len(), 2, "{routes:?}");
     // h3 loses h1, its only join peer; h2 stays reachable.
     nft(
@@ -111,7 +99,7 @@ fn an_agent_restarted_while_its_join_peer_is_unreachable_serves_at_once() {
     assert!(c.pods[2].0.probe(&c.pods[1].1, "tcp,icmp").is_ok());
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
-        peer_routes(&c.hosts[2]),
+        common::peer_routes(&c.hosts[2].name),
         routes,
         "routes changed during the partition"
     );
@@ -120,7 +108,7 @@ fn an_agent_restarted_while_its_join_peer_is_unreachable_serves_at_once() {
     until("h3 hears h1 again", 30, || {
         c.agents[2].peer("h1")["alive"] == true
     });
-    assert_eq!(peer_routes(&c.hosts[2]), routes);
+    assert_eq!(common::peer_routes(&c.hosts[2].name), routes);
     assert!(c.pods[2].0.probe(&c.pods[0].1, "tcp,icmp").is_ok());
     let _ = &c.net;
 }
@@ -261,7 +249,7 @@ fn signal(a: &Agent, sig: &str) {
 #[test]
 fn a_restart_while_peers_are_paused_keeps_every_route_to_them() {
     let mut c = cluster(3);
-    let routes = peer_routes(&c.hosts[0]);
+    let routes = common::peer_routes(&c.hosts[0].name);
     assert_eq!(routes.len(), 2, "{routes:?}");
     // h2 and h3 stop gossiping; their data planes keep working.
     signal(&c.agents[1], "-STOP");
@@ -308,10 +296,12 @@ fn a_restart_while_peers_are_paused_keeps_every_route_to_them() {
     });
     std::thread::sleep(Duration::from_secs(4));
     assert!(
-        routes.iter().all(|r| peer_routes(&c.hosts[0]).contains(r)),
+        routes
+            .iter()
+            .all(|r| common::peer_routes(&c.hosts[0].name).contains(r)),
         "routes to paused peers removed: {:?} -> {:?}\n{}",
         routes,
-        peer_routes(&c.hosts[0]),
+        common::peer_routes(&c.hosts[0].name),
         c.agents[0].log()
     );
     for p in pings {

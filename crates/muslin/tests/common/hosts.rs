@@ -192,18 +192,18 @@ impl Agent {
 
     /// Starts an agent that must refuse to run; returns what it said.
     pub fn refused(ns: &Netns, secret: &Path, args: &[&str]) -> String {
-        let dir = TempDir::new("agent");
-        let o = Command::new("ip")
-            .args(["netns", "exec", &ns.name, BIN, "agent"])
-            .args(["--socket", dir.0.join("agent.sock").to_str().unwrap()])
-            .args(["--state-dir", dir.0.join("state").to_str().unwrap()])
-            .args(["--node-name", "refused"])
-            .args(["--cluster-secret-file", secret.to_str().unwrap()])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(!o.status.success(), "the agent started");
-        String::from_utf8_lossy(&o.stderr).into_owned()
+        let mut a = Agent::start_detached(ns, "refused", secret, args);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(st) = a.child.as_mut().unwrap().try_wait().unwrap() {
+                break st;
+            }
+            assert!(Instant::now() < deadline, "the agent started: {}", a.log());
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        a.child = None;
+        assert!(!status.success(), "the agent started: {}", a.log());
+        a.log()
     }
 
     pub fn wait_ready(&mut self, limit: Duration) {

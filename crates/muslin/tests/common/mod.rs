@@ -388,6 +388,18 @@ pub fn cni_env(cmd: &str, id: &str, netns: Option<&Path>, ifname: &str) -> Vec<(
     e
 }
 
+/// Routes to peers' blocks in namespace `ns` (protocol 77, via a next
+/// hop), sorted: what a restart or an outage must leave as it was.
+pub fn peer_routes(ns: &str) -> Vec<String> {
+    let mut v: Vec<String> = must(&["ip", "-n", ns, "route", "show", "proto", "77"])
+        .lines()
+        .filter(|l| l.contains(" via "))
+        .map(String::from)
+        .collect();
+    v.sort();
+    v
+}
+
 /// A probe echo server in a namespace, killed on drop.
 pub struct ProbeServer(Child);
 
