@@ -127,23 +127,7 @@ impl Agent {
     /// (plus the socket, state and node name a shared machine needs) and
     /// waits until it serves its socket.
     pub fn start(ns: &Netns, name: &str, secret: &Path, args: &[&str]) -> Agent {
-        let dir = TempDir::new("agent");
-        let mut a = Agent {
-            child: None,
-            socket: dir.0.join("agent.sock"),
-            dir,
-            name: name.to_string(),
-            ns_name: ns.name.clone(),
-            args: [
-                &["--cluster-secret-file", secret.to_str().unwrap()][..],
-                args,
-            ]
-            .concat()
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        };
-        a.spawn();
+        let mut a = Agent::start_detached(ns, name, secret, args);
         a.wait_ready(Duration::from_secs(60));
         a
     }
