@@ -31,7 +31,7 @@ impl HostFilter {
                 ns_must(ns, &[tool, "-A", "FORWARD", "-i", "eth9", "-j", "ACCEPT"]);
                 ns_must(ns, &[tool, "-P", "FORWARD", "DROP"]);
             }
-            HostFilter::Nftables => ns_nft(
+            HostFilter::Nftables => common::hosts::nft(
                 ns,
                 "table inet filter {\n chain forward {\n  \
                  type filter hook forward priority filter; policy drop;\n  \
@@ -123,21 +123,6 @@ fn ns_must(ns: &Netns, args: &[&str]) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn ns_nft(ns: &Netns, script: &str) {
-    use std::io::Write;
-    let mut c = std::process::Command::new("ip")
-        .args(["netns", "exec", &ns.name, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    c.stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    assert!(c.wait().unwrap().success(), "nft -f: {script}");
 }
 
 fn within(limit: Duration, what: &str, f: impl Fn() -> bool) {
