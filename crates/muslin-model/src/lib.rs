@@ -21,3 +21,7 @@ pub const ROUTE_PROTOCOL: u8 = 77;
 
 /// Prefix of every host-side interface Muslin creates.
 pub const IFACE_PREFIX: &str = "msl";
+
+/// Id of the network every attachment joins until networks can be created:
+/// today's pod network.
+pub const DEFAULT_NETWORK: &str = "default";

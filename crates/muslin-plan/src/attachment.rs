@@ -1,0 +1,223 @@
+//! One attachment in kernel objects: the steps that create it, the step
+//! that undoes a half-made one, and what CHECK compares against.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use ipnet::IpNet;
+use muslin_model::naming::format_mac;
+use muslin_model::plumbing::{default_route, AttachmentPlan};
+use muslin_model::ROUTE_PROTOCOL;
+
+use crate::change::{Change, Step};
+use crate::object::{Address, HostState, Link, LinkKind, Neighbour, Ns, Route, Scope, VethPeer};
+
+/// The container's addresses (one per family as families arrive).
+fn addresses(p: &AttachmentPlan) -> Vec<IpNet> {
+    vec![p.address]
+}
+
+fn host_prefix(ip: IpAddr) -> IpNet {
+    IpNet::from(ip)
+}
+
+/// The host's route to one of the container's addresses.
+pub fn host_route(p: &AttachmentPlan, address: IpNet) -> Route {
+    Route {
+        table: muslin_model::dataplane::MAIN_TABLE,
+        dst: address,
+        via: None,
+        dev: Some(p.host_ifname.clone()),
+        onlink: false,
+        mtu: None,
+        scope: Scope::Link,
+        protocol: ROUTE_PROTOCOL,
+    }
+}
+
+/// The container's side: its interface, addresses, the static neighbour
+/// that stands for the gateway, and its routes.
+pub fn container_state(p: &AttachmentPlan) -> HostState {
+    let cif = &p.container_ifname;
+    let mut s = HostState {
+        links: vec![Link {
+            name: cif.clone(),
+            kind: LinkKind::Veth(None),
+            mtu: Some(p.mtu),
+            mac: Some(p.container_mac),
+            up: true,
+        }],
+        ..Default::default()
+    };
+    for a in addresses(p) {
+        s.addresses.push(Address {
+            link: cif.clone(),
+            net: a,
+        });
+    }
+    s.neighbours.push(Neighbour {
+        link: cif.clone(),
+        ip: p.gateway,
+        mac: p.host_mac,
+    });
+    s.routes.push(Route {
+        table: muslin_model::dataplane::MAIN_TABLE,
+        dst: host_prefix(p.gateway),
+        via: None,
+        dev: Some(cif.clone()),
+        onlink: false,
+        mtu: None,
+        scope: Scope::Link,
+        protocol: ROUTE_PROTOCOL,
+    });
+    for a in addresses(p) {
+        s.routes.push(Route {
+            table: muslin_model::dataplane::MAIN_TABLE,
+            dst: default_route(a.addr()),
+            via: Some(p.gateway),
+            dev: Some(cif.clone()),
+            onlink: false,
+            mtu: None,
+            scope: Scope::Universe,
+            protocol: ROUTE_PROTOCOL,
+        });
+    }
+    s
+}
+
+/// The host's side: the veth end, up, and a route to each address.
+pub fn host_state(p: &AttachmentPlan) -> HostState {
+    HostState {
+        links: vec![Link {
+            name: p.host_ifname.clone(),
+            kind: LinkKind::Veth(None),
+            mtu: Some(p.mtu),
+            mac: Some(p.host_mac),
+            up: true,
+        }],
+        routes: addresses(p).into_iter().map(|a| host_route(p, a)).collect(),
+        ..Default::default()
+    }
+}
+
+/// Creating the attachment, in order. The first step removes a leftover
+/// of this same attachment from an ADD that crashed half-way: the name is
+/// derived from the attachment key, so it is ours.
+pub fn create(p: &AttachmentPlan, netns: &Path) -> Vec<Step> {
+    let c = Ns::Container(netns.to_path_buf());
+    let inside = |change| Step {
+        ns: c.clone(),
+        change,
+    };
+    let mut steps = vec![
+        Step::host(Change::DeleteLink(p.host_ifname.clone())),
+        Step::host(Change::CreateLink(Link {
+            name: p.host_ifname.clone(),
+            kind: LinkKind::Veth(Some(VethPeer {
+                name: p.container_ifname.clone(),
+                mac: p.container_mac,
+                mtu: p.mtu,
+                ns: c.clone(),
+            })),
+            mtu: Some(p.mtu),
+            mac: Some(p.host_mac),
+            up: false,
+        })),
+    ];
+    let cs = container_state(p);
+    for a in cs.addresses {
+        steps.push(inside(Change::AddAddress(a)));
+    }
+    steps.push(inside(Change::SetLink {
+        name: p.container_ifname.clone(),
+        mtu: None,
+        mac: None,
+        up: true,
+    }));
+    for n in cs.neighbours {
+        steps.push(inside(Change::ReplaceNeighbour(n)));
+    }
+    for r in cs.routes {
+        steps.push(inside(Change::ReplaceRoute(r)));
+    }
+    steps.push(Step::host(Change::SetLink {
+        name: p.host_ifname.clone(),
+        mtu: None,
+        mac: None,
+        up: true,
+    }));
+    for a in addresses(p) {
+        steps.push(Step::host(Change::ReplaceRoute(host_route(p, a))));
+    }
+    steps
+}
+
+/// Undoing a failed [`create`]: deleting the host end removes both ends
+/// and every route through them.
+pub fn rollback(p: &AttachmentPlan) -> Vec<Step> {
+    vec![Step::host(Change::DeleteLink(p.host_ifname.clone()))]
+}
+
+/// How the attachment differs from the plan, in an operator's words;
+/// empty when all is in place. `host` and `container` are observed.
+pub fn check(p: &AttachmentPlan, host: &HostState, container: &HostState) -> Vec<String> {
+    let mut problems = Vec::new();
+    match host.link(&p.host_ifname) {
+        None => problems.push(format!("host interface {} is missing", p.host_ifname)),
+        Some(l) => {
+            if !l.up {
+                problems.push(format!("host interface {} is down", l.name));
+            }
+            for a in addresses(p) {
+                let ok = host.routes.iter().any(|r| {
+                    r.dst == a
+                        && r.dev.as_deref() == Some(&p.host_ifname)
+                        && r.protocol == ROUTE_PROTOCOL
+                });
+                if !ok {
+                    problems.push(format!("host route to {a} via {} is missing", l.name));
+                }
+            }
+        }
+    }
+    let cif = &p.container_ifname;
+    let Some(l) = container.link(cif) else {
+        problems.push(format!("container interface {cif} is missing"));
+        return problems;
+    };
+    if !l.up {
+        problems.push(format!("container interface {cif} is down"));
+    }
+    for a in addresses(p) {
+        if !container
+            .addresses
+            .iter()
+            .any(|x| x.link == *cif && x.net == a)
+        {
+            problems.push(format!("address {a} is missing on {cif}"));
+        }
+        let default = default_route(a.addr());
+        if !container
+            .routes
+            .iter()
+            .any(|r| r.dst == default && r.via == Some(p.gateway) && r.dev.as_deref() == Some(cif))
+        {
+            problems.push(format!(
+                "default route via {} on {cif} is missing",
+                p.gateway
+            ));
+        }
+    }
+    if !container
+        .neighbours
+        .iter()
+        .any(|n| n.link == *cif && n.ip == p.gateway && n.mac == p.host_mac)
+    {
+        problems.push(format!(
+            "gateway neighbour {} ({}) on {cif} is missing",
+            p.gateway,
+            format_mac(&p.host_mac)
+        ));
+    }
+    problems
+}

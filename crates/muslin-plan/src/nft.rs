@@ -1,0 +1,363 @@
+//! Muslin's own nftables table (`ip muslin` / `ip6 muslin`): masquerade of
+//! pod traffic that leaves the cluster. Pod-to-pod and pod-to-node traffic
+//! is never masqueraded (a protocol without ports cannot share one node
+//! address between pods).
+//!
+//! The table is built with the `nftables` crate's typed JSON. Each rule
+//! carries a comment naming its version and parameters, so a comparison
+//! with what the kernel has needs no parsing of nft's expressions: when
+//! the rules differ the table is replaced in one transaction; when only
+//! the node set differs, its elements are added and removed.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use nftables::expr::{Expression, NamedExpression, Payload, PayloadField, Prefix};
+use nftables::schema::{
+    Chain, Element, NfCmd, NfListObject, NfObject, Nftables, Rule, Set, SetType, SetTypeValue,
+    Table,
+};
+use nftables::stmt::{Match, NATFlag, Operator, Return, Statement, NAT};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+
+pub const TABLE: &str = "muslin";
+const CHAIN: &str = "postrouting";
+const NODES: &str = "nodes";
+/// nft's `srcnat` priority.
+const SRCNAT: i32 = 100;
+/// Bumped whenever the rules' shape changes, so old tables get replaced.
+const RULES_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum NftFamily {
+    Ip,
+    Ip6,
+}
+
+impl NftFamily {
+    pub fn of(net: &IpNet) -> Self {
+        if net.addr().is_ipv4() {
+            NftFamily::Ip
+        } else {
+            NftFamily::Ip6
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NftFamily::Ip => "ip",
+            NftFamily::Ip6 => "ip6",
+        }
+    }
+
+    fn nf(self) -> NfFamily {
+        match self {
+            NftFamily::Ip => NfFamily::IP,
+            NftFamily::Ip6 => NfFamily::IP6,
+        }
+    }
+}
+
+/// What our table should be: masquerade of `pod_cidr` except towards the
+/// pod network itself and towards the cluster's `nodes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Masquerade {
+    pub pod_cidr: IpNet,
+    pub enabled: bool,
+    pub nodes: BTreeSet<IpAddr>,
+}
+
+/// Our table as the kernel has it: the tags of each chain's rules and the
+/// elements of each set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NftObserved {
+    pub exists: bool,
+    pub rules: BTreeMap<String, Vec<String>>,
+    pub sets: BTreeMap<String, BTreeSet<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NftChange {
+    /// Create or replace the whole table in one transaction.
+    Load(Masquerade),
+    AddNodes {
+        family: NftFamily,
+        nodes: Vec<IpAddr>,
+    },
+    DeleteNodes {
+        family: NftFamily,
+        nodes: Vec<IpAddr>,
+    },
+    DeleteTable(NftFamily),
+}
+
+impl fmt::Display for NftChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NftChange::Load(m) => write!(
+                f,
+                "load table {} {TABLE}: masquerade {} except to it and {} nodes",
+                NftFamily::of(&m.pod_cidr).name(),
+                m.pod_cidr,
+                m.nodes.len()
+            ),
+            NftChange::AddNodes { family, nodes } => {
+                write!(
+                    f,
+                    "add element {} {TABLE} {NODES} {}",
+                    family.name(),
+                    list(nodes)
+                )
+            }
+            NftChange::DeleteNodes { family, nodes } => write!(
+                f,
+                "delete element {} {TABLE} {NODES} {}",
+                family.name(),
+                list(nodes)
+            ),
+            NftChange::DeleteTable(fam) => write!(f, "delete table {} {TABLE}", fam.name()),
+        }
+    }
+}
+
+fn list(a: &[IpAddr]) -> String {
+    let v: Vec<String> = a.iter().map(ToString::to_string).collect();
+    format!("{{ {} }}", v.join(", "))
+}
+
+impl Masquerade {
+    fn family(&self) -> NftFamily {
+        NftFamily::of(&self.pod_cidr)
+    }
+
+    /// Nodes of the table's family (an IPv6 node address has no place in
+    /// an `ip` table's set).
+    fn set_nodes(&self) -> Vec<IpAddr> {
+        let v4 = self.pod_cidr.addr().is_ipv4();
+        self.nodes
+            .iter()
+            .filter(|a| a.is_ipv4() == v4)
+            .copied()
+            .collect()
+    }
+
+    /// The tags of the rules the chain should have, in order.
+    pub fn tags(&self) -> Vec<String> {
+        (0..3)
+            .map(|i| format!("muslin v{RULES_VERSION} masquerade {} #{i}", self.pod_cidr))
+            .collect()
+    }
+}
+
+/// The changes that bring `observed` to `want`.
+pub fn diff(observed: &NftObserved, want: &Masquerade) -> Vec<NftChange> {
+    if !want.enabled {
+        return if observed.exists {
+            vec![NftChange::DeleteTable(want.family())]
+        } else {
+            vec![]
+        };
+    }
+    let shape_ok = observed.exists
+        && observed.rules.get(CHAIN) == Some(&want.tags())
+        && observed.sets.contains_key(NODES);
+    if !shape_ok {
+        return vec![NftChange::Load(want.clone())];
+    }
+    let have = &observed.sets[NODES];
+    let wanted: BTreeSet<String> = want.set_nodes().iter().map(ToString::to_string).collect();
+    let family = want.family();
+    let mut out = Vec::new();
+    let add: Vec<IpAddr> = want
+        .set_nodes()
+        .into_iter()
+        .filter(|a| !have.contains(&a.to_string()))
+        .collect();
+    if !add.is_empty() {
+        out.push(NftChange::AddNodes { family, nodes: add });
+    }
+    let del: Vec<IpAddr> = have
+        .iter()
+        .filter(|e| !wanted.contains(*e))
+        .filter_map(|e| e.parse().ok())
+        .collect();
+    if !del.is_empty() {
+        out.push(NftChange::DeleteNodes { family, nodes: del });
+    }
+    out
+}
+
+fn field<'a>(fam: NftFamily, name: &'a str) -> Expression<'a> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: Cow::Borrowed(fam.name()),
+            field: Cow::Borrowed(name),
+        },
+    )))
+}
+
+fn is(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
+    Statement::Match(Match {
+        left,
+        right,
+        op: Operator::EQ,
+    })
+}
+
+fn prefix(net: IpNet) -> Expression<'static> {
+    Expression::Named(NamedExpression::Prefix(Prefix {
+        addr: Box::new(Expression::String(Cow::Owned(net.network().to_string()))),
+        len: u32::from(net.prefix_len()),
+    }))
+}
+
+fn elements(nodes: &[IpAddr]) -> Cow<'static, [Expression<'static>]> {
+    nodes
+        .iter()
+        .map(|a| Expression::String(Cow::Owned(a.to_string())))
+        .collect::<Vec<_>>()
+        .into()
+}
+
+fn table(fam: NftFamily) -> NfListObject<'static> {
+    NfListObject::Table(Table {
+        family: fam.nf(),
+        name: Cow::Borrowed(TABLE),
+        handle: None,
+    })
+}
+
+fn load(m: &Masquerade) -> Vec<NfObject<'static>> {
+    let fam = m.family();
+    let p = m.pod_cidr;
+    let saddr = || is(field(fam, "saddr"), prefix(p));
+    let add = |o| NfObject::CmdObject(NfCmd::Add(o));
+    let mut v = vec![
+        // Adding before deleting makes the delete valid on a first load.
+        add(table(fam)),
+        NfObject::CmdObject(NfCmd::Delete(table(fam))),
+        add(table(fam)),
+    ];
+    let nodes = m.set_nodes();
+    v.push(add(NfListObject::Set(Box::new(Set {
+        family: fam.nf(),
+        table: Cow::Borrowed(TABLE),
+        name: Cow::Borrowed(NODES),
+        set_type: SetTypeValue::Single(match fam {
+            NftFamily::Ip => SetType::Ipv4Addr,
+            NftFamily::Ip6 => SetType::Ipv6Addr,
+        }),
+        elem: (!nodes.is_empty()).then(|| elements(&nodes)),
+        ..Default::default()
+    }))));
+    v.push(add(NfListObject::Chain(Chain {
+        family: fam.nf(),
+        table: Cow::Borrowed(TABLE),
+        name: Cow::Borrowed(CHAIN),
+        _type: Some(NfChainType::NAT),
+        hook: Some(NfHook::Postrouting),
+        prio: Some(SRCNAT),
+        policy: Some(NfChainPolicy::Accept),
+        ..Default::default()
+    })));
+    let bodies: Vec<Vec<Statement<'static>>> = vec![
+        vec![
+            saddr(),
+            is(field(fam, "daddr"), prefix(p)),
+            Statement::Return(Some(Return {})),
+        ],
+        vec![
+            saddr(),
+            is(
+                field(fam, "daddr"),
+                Expression::String(Cow::Owned(format!("@{NODES}"))),
+            ),
+            Statement::Return(Some(Return {})),
+        ],
+        vec![
+            saddr(),
+            Statement::Masquerade(Some(NAT {
+                addr: None,
+                family: None,
+                port: None,
+                flags: Some(HashSet::from([NATFlag::FullyRandom])),
+            })),
+        ],
+    ];
+    for (expr, tag) in bodies.into_iter().zip(m.tags()) {
+        v.push(add(NfListObject::Rule(Rule {
+            family: fam.nf(),
+            table: Cow::Borrowed(TABLE),
+            chain: Cow::Borrowed(CHAIN),
+            expr: expr.into(),
+            comment: Some(Cow::Owned(tag)),
+            ..Default::default()
+        })));
+    }
+    v
+}
+
+impl NftChange {
+    /// The nft JSON document (for `nft -j -f -`) that carries it out.
+    pub fn to_json(&self) -> String {
+        let objects: Vec<NfObject<'static>> = match self {
+            NftChange::Load(m) => load(m),
+            NftChange::AddNodes { family, nodes } | NftChange::DeleteNodes { family, nodes } => {
+                let e = NfListObject::Element(Element {
+                    family: family.nf(),
+                    table: Cow::Borrowed(TABLE),
+                    name: Cow::Borrowed(NODES),
+                    elem: elements(nodes),
+                });
+                vec![NfObject::CmdObject(match self {
+                    NftChange::AddNodes { .. } => NfCmd::Add(e),
+                    _ => NfCmd::Delete(e),
+                })]
+            }
+            NftChange::DeleteTable(fam) => vec![NfObject::CmdObject(NfCmd::Delete(table(*fam)))],
+        };
+        serde_json::to_string(&Nftables {
+            objects: objects.into(),
+        })
+        .expect("nft JSON serializes")
+    }
+}
+
+/// Reads `nft -j list table FAMILY muslin` output.
+pub fn parse_observed(json: &str) -> Result<NftObserved, String> {
+    let doc: Nftables = serde_json::from_str(json).map_err(|e| format!("nft JSON: {e}"))?;
+    let mut o = NftObserved::default();
+    for obj in doc.objects.iter() {
+        let NfObject::ListObject(l) = obj else {
+            continue;
+        };
+        match l {
+            NfListObject::Table(t) if t.name == TABLE => o.exists = true,
+            NfListObject::Set(s) if s.table == TABLE => {
+                let elems = s
+                    .elem
+                    .iter()
+                    .flat_map(|e| e.iter())
+                    .filter_map(|e| match e {
+                        Expression::String(s) => Some(s.to_string()),
+                        _ => None,
+                    })
+                    .collect();
+                o.sets.insert(s.name.to_string(), elems);
+            }
+            NfListObject::Chain(c) if c.table == TABLE => {
+                o.rules.entry(c.name.to_string()).or_default();
+            }
+            NfListObject::Rule(r) if r.table == TABLE => o
+                .rules
+                .entry(r.chain.to_string())
+                .or_default()
+                .push(r.comment.as_deref().unwrap_or("").to_string()),
+            _ => {}
+        }
+    }
+    Ok(o)
+}
