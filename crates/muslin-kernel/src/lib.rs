@@ -1,20 +1,15 @@
-//! The only code in Muslin that changes the kernel: netlink, namespaces and
-//! sysctls. It applies plans computed by `muslin-model` and reports what it
-//! finds; it decides nothing on its own.
+//! The only code in Muslin that touches the kernel: the [`Executor`],
+//! which observes namespaces and carries out the changes `muslin-plan`
+//! computes, and the probe tool's sockets. It decides nothing on its own.
 
-mod attach;
-pub mod cluster;
 mod error;
-pub mod host_firewall;
+pub mod executor;
 mod netlink;
 mod netns;
 pub mod probe;
-mod sysctl;
-mod writes;
+mod route_lookup;
 
-pub use attach::{attach, check, detach, ensure_host_route, host_routes, CheckProblem};
 pub use error::KernelError;
-pub use netlink::{LinkInfo, Netlink, RouteInfo, VxlanInfo};
+pub use executor::{counters, Answer, Counters, Executor, Lane, OnFailure, Query, Report};
 pub use netns::open_netns;
-pub use sysctl::enable_ipv4_forwarding;
-pub use writes::kernel_writes;
+pub use route_lookup::source_towards;

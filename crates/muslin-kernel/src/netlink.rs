@@ -5,7 +5,6 @@ use futures::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use rtnetlink::packet_route::neighbour::{NeighbourAttribute, NeighbourState};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::Handle;
 
@@ -30,6 +29,7 @@ pub struct RouteInfo {
     pub mtu: Option<u32>,
     pub onlink: bool,
     pub table: u32,
+    pub scope_link: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,27 +112,6 @@ impl Netlink {
         }
     }
 
-    /// Deletes the link with this index, whatever its name is now; a link
-    /// already gone is not an error. Unlike by-name deletion, a new link that
-    /// took the name in between is never hit.
-    pub async fn delete_index(&self, index: u32) -> Result<bool, KernelError> {
-        match self.handle.link().del(index).execute().await {
-            Ok(()) => Ok(true),
-            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(false),
-            Err(e) => Err(KernelError::netlink(format!("deleting link {index}"))(e)),
-        }
-    }
-
-    pub async fn addresses(&self, index: u32) -> Result<Vec<IpNet>, KernelError> {
-        Ok(self
-            .all_addresses()
-            .await?
-            .into_iter()
-            .filter(|(i, _)| *i == index)
-            .map(|(_, a)| a)
-            .collect())
-    }
-
     /// Every address of every link, as (link index, address): one dump,
     /// however many links (pod veths) the host has.
     pub async fn all_addresses(&self) -> Result<Vec<(u32, IpNet)>, KernelError> {
@@ -172,46 +151,6 @@ impl Netlink {
             .await
             .map_err(KernelError::netlink("listing routes"))?;
         Ok(msgs.iter().filter_map(route_info).collect())
-    }
-
-    /// Permanent neighbours on link `index`, as (address, MAC).
-    pub async fn permanent_neighbours(
-        &self,
-        index: u32,
-    ) -> Result<Vec<(IpAddr, Vec<u8>)>, KernelError> {
-        let msgs: Vec<_> = self
-            .handle
-            .neighbours()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(KernelError::netlink("listing neighbours"))?;
-        Ok(msgs
-            .iter()
-            .filter(|m| m.header.ifindex == index && m.header.state == NeighbourState::Permanent)
-            .filter_map(|m| {
-                let mut dst = None;
-                let mut lla = None;
-                for a in &m.attributes {
-                    match a {
-                        NeighbourAttribute::Destination(d) => dst = neighbour_ip(d),
-                        NeighbourAttribute::LinkLayerAddress(l) => lla = Some(l.clone()),
-                        _ => {}
-                    }
-                }
-                Some((dst?, lla?))
-            })
-            .collect())
-    }
-}
-
-fn neighbour_ip(d: &rtnetlink::packet_route::neighbour::NeighbourAddress) -> Option<IpAddr> {
-    use rtnetlink::packet_route::neighbour::NeighbourAddress as N;
-    match d {
-        N::Inet(a) => Some((*a).into()),
-        N::Inet6(a) => Some((*a).into()),
-        _ => None,
     }
 }
 
@@ -314,6 +253,7 @@ fn route_info(m: &RouteMessage) -> Option<RouteInfo> {
             .flags
             .contains(rtnetlink::packet_route::route::RouteFlags::Onlink),
         table,
+        scope_link: m.header.scope == rtnetlink::packet_route::route::RouteScope::Link,
     })
 }
 

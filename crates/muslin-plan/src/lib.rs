@@ -8,9 +8,11 @@ pub mod attachment;
 pub mod change;
 pub mod data_plane;
 pub mod diff;
+pub mod facts;
 pub mod nft;
 pub mod object;
 pub mod repair;
+pub mod simulate;
 
 pub use change::{Change, Step};
 pub use diff::{diff, Diff, Ownership};

@@ -8,7 +8,6 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use ipnet::IpNet;
 use muslin_model::host_firewall::{
     self as model, Action, Backend, Family, IptablesForward, Observed, IPTABLES_CHAIN,
     XTABLES_LOCK_WAIT,
@@ -34,29 +33,38 @@ pub enum FirewallError {
     Several(Vec<FirewallError>),
 }
 
-/// Inserts the accept rules that are missing and returns them; empty when
-/// everything was in place, and then nothing was written.
-pub fn ensure(pod_cidrs: &[IpNet]) -> Result<Vec<Action>, FirewallError> {
-    let observed = observe()?;
-    let actions = model::missing_accepts(&observed, pod_cidrs).map_err(parse_error)?;
-    apply(&actions)?;
-    Ok(actions)
+fn kernel(e: FirewallError) -> crate::KernelError {
+    crate::KernelError::Io {
+        what: e.to_string(),
+        source: std::io::ErrorKind::Other.into(),
+    }
 }
 
-/// Deletes every rule tagged as ours from iptables-nft, iptables-legacy
-/// and nftables chains, and nothing else; returns what it deleted.
-pub fn remove_all() -> Result<Vec<Action>, FirewallError> {
-    let observed = observe()?;
-    let actions = model::removals(&observed).map_err(parse_error)?;
-    apply(&actions)?;
-    Ok(actions)
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, FirewallError> + Send + 'static,
+) -> Result<T, crate::KernelError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| crate::KernelError::Io {
+            what: "firewall task".into(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(kernel)
+}
+
+pub(super) async fn observe() -> Result<Observed, crate::KernelError> {
+    blocking(observe_now).await
+}
+
+pub(super) async fn apply_one(a: Action) -> Result<(), crate::KernelError> {
+    blocking(move || apply(std::slice::from_ref(&a))).await
 }
 
 /// The host's firewalls as the model reads them: the nft ruleset, and the
 /// FORWARD chain of every iptables variant in use. The legacy tables are
 /// read only when they already exist: running iptables-legacy would
 /// otherwise load the legacy kernel module and create them.
-pub fn observe() -> Result<Observed, FirewallError> {
+fn observe_now() -> Result<Observed, FirewallError> {
     let nft = nft_ruleset()?;
     let mut iptables = Vec::new();
     for family in model::iptables_nft_families(&nft).map_err(parse_error)? {
@@ -72,7 +80,7 @@ pub fn observe() -> Result<Observed, FirewallError> {
 
 /// Carries out `actions`: native nft changes in one transaction, iptables
 /// ones a command each. A failure does not stop the others.
-pub fn apply(actions: &[Action]) -> Result<(), FirewallError> {
+fn apply(actions: &[Action]) -> Result<(), FirewallError> {
     let mut failures = Vec::new();
     let nft: Vec<Value> = actions.iter().filter_map(Action::nft_command).collect();
     if !nft.is_empty() {
@@ -141,6 +149,10 @@ fn run(
 ) -> Result<String, FirewallError> {
     let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
     let command = format!("{program} {}", args.join(" "));
+    if program == "nft" {
+        super::counters::nft_run();
+    }
+    let writes = args.iter().any(|a| matches!(*a, "-f" | "-I" | "-D"));
     let mut child = Command::new(program)
         .args(&args)
         .stdin(if stdin.is_some() {
@@ -170,6 +182,9 @@ fn run(
             s => s.to_string(),
         };
         return Err(FirewallError::Command { command, detail });
+    }
+    if writes {
+        super::counters::tool_write();
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
