@@ -6,8 +6,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use muslin_kernel::cluster::candidates;
-use muslin_kernel::Netlink;
+use muslin_kernel::{Executor, Lane, OnFailure};
+use muslin_plan::data_plane::{self, NetworkTables};
+use muslin_plan::nft::{Masquerade, NftFamily};
+use muslin_plan::{Change, Step};
 use muslin_model::agent_config::{AgentConfig, ConfigError};
 use muslin_model::api::{ClusterStatus, PeerStatus};
 use muslin_model::cluster::{reserved_in, vtep_mac, BlockClaim, ClusterView, NodeRecord};
@@ -110,17 +112,18 @@ struct HostFacts {
 
 impl HostFacts {
     async fn read(
-        host: &Netlink,
+        host: &Executor,
         pod_cidr: ipnet::IpNet,
     ) -> Result<HostFacts, muslin_kernel::KernelError> {
-        let cands = candidates(host).await?;
+        let state = host.host().await?;
+        let cands = muslin_plan::facts::candidates(&state);
         let addresses = cands
             .iter()
             .flat_map(|c| c.addresses.iter().map(|a| a.addr()))
             .collect();
         let reserved = reserved_in(
             pod_cidr,
-            &muslin_kernel::cluster::foreign_routes(host).await?,
+            &muslin_plan::facts::foreign_routes(&state),
         );
         Ok(HostFacts {
             cands,
@@ -147,7 +150,7 @@ impl HostFacts {
 pub async fn join(
     config: &AgentConfig,
     me: &str,
-    host: &Netlink,
+    host: &Executor,
 ) -> Result<Option<Cluster>, AgentError> {
     let etcd = config.datastore == "etcd";
     let facts = HostFacts::read(host, config.pod_cidr).await?;
@@ -418,12 +421,12 @@ pub async fn join(
 
 impl Cluster {
     /// Runs until dropped: leases, then the data plane, every gossip round.
-    pub async fn run(mut self, host: Netlink, blocks: Arc<BlockSource>) {
+    pub async fn run(mut self, host: Executor, blocks: Arc<BlockSource>) {
         let started = Instant::now();
         let mut last: Option<Desired> = None;
         let mut last_full = Instant::now() - Duration::from_secs(3600);
         let mut more = false;
-        let mut masq_nodes: Option<Vec<std::net::IpAddr>> = None;
+        let mut masq = MasqueradeState::default();
         loop {
             if self.host.at.elapsed() > HOST_REFRESH {
                 match HostFacts::read(&host, self.pod_cidr).await {
@@ -478,16 +481,15 @@ impl Cluster {
                 .values()
                 .filter_map(|n| n.record.as_ref().map(|r| r.address))
                 .collect();
-            if masq_nodes.as_ref() != Some(&nodes) {
-                match muslin_kernel::cluster::apply_masquerade(
-                    self.pod_cidr,
-                    self.masquerade,
-                    &nodes,
-                ) {
-                    Ok(()) => masq_nodes = Some(nodes),
-                    Err(e) => tracing::warn!(cause = %e, "masquerade not configured; retrying"),
-                }
-            }
+            masq.converge(
+                &host,
+                Masquerade {
+                    pod_cidr: self.pod_cidr,
+                    enabled: self.masquerade,
+                    nodes: nodes.into_iter().collect(),
+                },
+            )
+            .await;
             if let Some(l) = self.leases.as_mut() {
                 let step = l.step(&view, more);
                 more = false;
@@ -522,9 +524,7 @@ impl Cluster {
             let allow_deletes = self.store.synced() && started.elapsed() > self.interval * 10;
             let full = last_full.elapsed() > Duration::from_secs(5);
             if full || last.as_ref() != Some(&d) {
-                if let Err(e) = self
-                    .converge(&host, &d, last.as_ref(), full, allow_deletes)
-                    .await
+                if let Err(e) = self.converge(&host, &d, allow_deletes).await
                 {
                     tracing::warn!(cause = %e, "data plane not converged; retrying");
                 } else {
@@ -712,29 +712,51 @@ impl Cluster {
         }
     }
 
+    /// Reads the host, computes the changes that make it match `d` and
+    /// has the executor carry them out. `last` and `full` only decide
+    /// whether to look at all: an unchanged plan is re-checked every few
+    /// seconds.
     async fn converge(
         &self,
-        host: &Netlink,
+        host: &Executor,
         d: &Desired,
-        last: Option<&Desired>,
-        full: bool,
         allow_deletes: bool,
     ) -> Result<(), muslin_kernel::KernelError> {
-        if let Some(vx) = &d.vxlan {
-            if full || last.and_then(|l| l.vxlan.as_ref()) != Some(vx) {
-                muslin_kernel::cluster::ensure_vxlan(host, vx).await?;
-            }
+        let observed = host.host().await?;
+        let want = data_plane::host_state(d);
+        let plan = muslin_plan::diff(
+            &observed,
+            &want,
+            &data_plane::ownership(&NetworkTables::default_network(), allow_deletes),
+        );
+        for why in &plan.skipped {
+            tracing::debug!("not programmed: {why}");
         }
-        let applied = muslin_kernel::cluster::apply(host, d, allow_deletes).await?;
-        if applied.changed() {
-            tracing::info!(
-                added = applied.added,
-                removed = applied.removed,
-                routes = d.routes.len(),
-                "data plane converged"
-            );
+        if plan.changes.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let n = plan.changes.len();
+        let report = host
+            .apply(
+                Lane::Cluster,
+                plan.changes.into_iter().map(Step::host).collect(),
+                OnFailure::Continue,
+            )
+            .await;
+        let errors = report.errors();
+        tracing::info!(
+            changes = n,
+            failed = errors.len(),
+            routes = d.routes.len(),
+            "data plane converged"
+        );
+        match errors.is_empty() {
+            true => Ok(()),
+            false => Err(muslin_kernel::KernelError::Io {
+                what: errors.join("; "),
+                source: std::io::ErrorKind::Other.into(),
+            }),
+        }
     }
 
     async fn publish_status(
@@ -840,7 +862,8 @@ impl Cluster {
             etcd_requests: requests,
             underlay_addresses: self.record.addresses.clone(),
             reserved: view.reserved(),
-            kernel_writes: muslin_kernel::kernel_writes(),
+            kernel_writes: muslin_kernel::counters().kernel_writes(),
+            nft_runs: muslin_kernel::counters().nft_runs,
             gossip_dropped: self.store.dropped(),
             probe_bytes_sent: crate::prober::SENT.load(std::sync::atomic::Ordering::Relaxed),
             probe_bytes_received: crate::prober::RECEIVED
@@ -849,5 +872,50 @@ impl Cluster {
         for w in s.warnings.iter().filter(|w| !was_warned.contains(w)) {
             tracing::warn!("{w}");
         }
+    }
+}
+
+/// What the masquerade table was last brought to, and the nftables
+/// generation then: the table is read again (an `nft` run) only when the
+/// wanted table changed or someone changed the ruleset.
+#[derive(Default)]
+struct MasqueradeState {
+    applied: Option<Masquerade>,
+    generation: Option<u32>,
+}
+
+impl MasqueradeState {
+    async fn converge(&mut self, host: &Executor, want: Masquerade) {
+        let generation = host.nft_generation().await.ok();
+        if self.applied.as_ref() == Some(&want) && generation.is_some() && generation == self.generation {
+            return;
+        }
+        let fam = NftFamily::of(&want.pod_cidr);
+        let observed = match host.masquerade(fam).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(cause = %e, "cannot read the masquerade table; retrying");
+                return;
+            }
+        };
+        let changes = muslin_plan::nft::diff(&observed, &want);
+        if !changes.is_empty() {
+            let report = host
+                .apply(
+                    Lane::Masquerade,
+                    changes
+                        .into_iter()
+                        .map(|c| Step::host(Change::Nft(c)))
+                        .collect(),
+                    OnFailure::Stop,
+                )
+                .await;
+            if let Err(e) = report.into_result() {
+                tracing::warn!(cause = %e, "masquerade not configured; retrying");
+                return;
+            }
+        }
+        self.applied = Some(want);
+        self.generation = host.nft_generation().await.ok();
     }
 }

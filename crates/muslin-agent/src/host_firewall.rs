@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use muslin_model::agent_config::AgentConfig;
-use muslin_model::host_firewall::Action;
+use muslin_kernel::{Executor, Lane, OnFailure};
+use muslin_model::host_firewall::{missing_accepts, removals, Action};
+use muslin_plan::{Change, Step};
 
 /// How soon a flushed rule comes back. Each round only reads when the
 /// rules are in place: a few `nft`/`iptables` listings.
@@ -25,30 +27,85 @@ pub fn pod_cidrs(config: &AgentConfig) -> Vec<IpNet> {
 }
 
 /// Ensures the rules now and every `INTERVAL` until the task is aborted.
-pub fn spawn(pod_cidrs: Vec<IpNet>) -> tokio::task::JoinHandle<()> {
+/// A round reads the firewalls only when nftables' ruleset generation
+/// moved since the last read (iptables-nft changes move it too), so an
+/// idle host costs one netlink query a round and no `nft` run. The
+/// legacy iptables tables, which the generation does not cover, are read
+/// again every `LEGACY_EVERY` rounds when they exist at all.
+pub fn spawn(executor: Executor, pod_cidrs: Vec<IpNet>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_error: Option<String> = None;
+        let mut seen: Option<u32> = None;
+        let mut rounds = 0u32;
         loop {
             tick.tick().await;
-            let cidrs = pod_cidrs.clone();
-            // nft and iptables are processes: keep them off the runtime.
-            let outcome =
-                tokio::task::spawn_blocking(move || muslin_kernel::host_firewall::ensure(&cidrs))
-                    .await;
-            match outcome {
-                Ok(Ok(inserted)) => {
+            rounds = rounds.wrapping_add(1);
+            let generation = executor.nft_generation().await.ok();
+            let legacy_due = rounds % LEGACY_EVERY == 0 && legacy_tables_exist();
+            if generation.is_some() && generation == seen && !legacy_due {
+                continue;
+            }
+            match ensure(&executor, &pod_cidrs).await {
+                Ok(inserted) => {
                     log_inserted(&inserted);
                     if last_error.take().is_some() {
                         tracing::info!("host firewall: pod traffic rules checked again");
                     }
+                    // Our own insertions moved the generation: read it
+                    // again so the next round does not redo this one.
+                    seen = if inserted.is_empty() {
+                        generation
+                    } else {
+                        executor.nft_generation().await.ok()
+                    };
                 }
-                Ok(Err(e)) => warn_on_change(&mut last_error, e.to_string()),
-                Err(e) => warn_on_change(&mut last_error, e.to_string()),
+                Err(e) => warn_on_change(&mut last_error, e),
             }
         }
     })
+}
+
+const LEGACY_EVERY: u32 = 6;
+
+/// Whether any legacy iptables filter table exists (read from /proc, which
+/// is cheap and loads no module).
+fn legacy_tables_exist() -> bool {
+    ["ip_tables_names", "ip6_tables_names"].iter().any(|f| {
+        std::fs::read_to_string(format!("/proc/self/net/{f}"))
+            .is_ok_and(|t| t.lines().any(|l| l.trim() == "filter"))
+    })
+}
+
+/// Reads the firewalls, inserts what is missing, returns what it inserted.
+pub async fn ensure(executor: &Executor, pod_cidrs: &[IpNet]) -> Result<Vec<Action>, String> {
+    let observed = executor.firewall().await.map_err(|e| e.to_string())?;
+    let actions = missing_accepts(&observed, pod_cidrs).map_err(|e| e.to_string())?;
+    apply(executor, &actions).await?;
+    Ok(actions)
+}
+
+/// Every rule of ours in anyone's chain, deleted; returns what it deleted.
+pub async fn remove_all(executor: &Executor) -> Result<Vec<Action>, String> {
+    let observed = executor.firewall().await.map_err(|e| e.to_string())?;
+    let actions = removals(&observed).map_err(|e| e.to_string())?;
+    apply(executor, &actions).await?;
+    Ok(actions)
+}
+
+async fn apply(executor: &Executor, actions: &[Action]) -> Result<(), String> {
+    let steps = actions
+        .iter()
+        .map(|a| Step::host(Change::Firewall(a.clone())))
+        .collect();
+    let report = executor
+        .apply(Lane::Firewall, steps, OnFailure::Continue)
+        .await;
+    match report.errors() {
+        e if e.is_empty() => Ok(()),
+        e => Err(e.join("; ")),
+    }
 }
 
 fn log_inserted(actions: &[Action]) {

@@ -13,6 +13,7 @@ mod server;
 mod state_store;
 mod underlay_select;
 mod underlay_state;
+mod uninstall;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use muslin_model::agent_config::AgentConfig;
 pub use node::Node;
 pub use server::BindError;
 pub use state_store::{StateStore, StoreError};
+pub use uninstall::uninstall;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -49,22 +51,53 @@ fn host_name() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+/// How long a stopping agent lets requests in flight finish.
+pub const DRAIN: Duration = Duration::from_secs(10);
+
+/// What the agent runs on, given from outside so that tests can run the
+/// node's logic in-process on a fake executor and a socket of their own.
+#[derive(Default)]
+pub struct Parts {
+    /// Carries out kernel changes; a real one on this host's kernel when
+    /// unset.
+    pub executor: Option<muslin_kernel::Executor>,
+}
+
 /// Runs the agent until `shutdown` resolves. Kernel state is left in place
 /// on exit: a restarting agent must not interrupt traffic.
 pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    run_with(config, Parts::default(), shutdown).await
+}
+
+/// [`run`] on the given parts. The supervisor: it owns the API server, the
+/// reconciler, the cluster loop, the host firewall task and the executor.
+/// On shutdown it stops accepting, lets requests in flight finish (at most
+/// [`DRAIN`]), then stops the background loops, which are level-triggered
+/// and pick up where they left off on the next start.
+pub async fn run_with(
+    config: AgentConfig,
+    parts: Parts,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
     config.validate()?;
     let node_name = config.node_name.clone().unwrap_or_else(host_name);
     // Abstract Unix sockets belong to a network namespace: holding this
-    // name proves no other agent manages this namespace's interfaces.
-    let _netns_guard = {
-        use std::os::linux::net::SocketAddrExt;
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(b"muslin-agent")
-            .map_err(|e| AgentError::Join(e.to_string()))?;
-        std::os::unix::net::UnixListener::bind_addr(&addr)
-            .map_err(|_| AgentError::AlreadyRunning)?
+    // name proves no other agent manages this namespace's interfaces. A
+    // fake executor manages no namespace.
+    let _netns_guard = match parts.executor {
+        Some(_) => None,
+        None => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(b"muslin-agent")
+                .map_err(|e| AgentError::Join(e.to_string()))?;
+            Some(
+                std::os::unix::net::UnixListener::bind_addr(&addr)
+                    .map_err(|_| AgentError::AlreadyRunning)?,
+            )
+        }
     };
     let store = StateStore::open(&config.state_dir)?;
     let table = store.load()?;
@@ -75,11 +108,22 @@ pub async fn run(
         }
     }
     tracing::info!(node = %node_name, endpoints = table.endpoints.len(), state = ?store.path(), "loaded state");
-    if muslin_kernel::enable_ipv4_forwarding()? {
-        tracing::info!("enabled net.ipv4.ip_forward");
-    }
-    let netlink = muslin_kernel::Netlink::current()?;
-    let cluster = cluster::join(&config, &node_name, &netlink).await?;
+    let executor = match parts.executor {
+        Some(e) => e,
+        None => muslin_kernel::Executor::spawn()?,
+    };
+    let forwarding = executor
+        .apply(
+            muslin_kernel::Lane::Host,
+            vec![muslin_plan::Step::host(muslin_plan::Change::Sysctl {
+                key: "net/ipv4/ip_forward".into(),
+                value: "1".into(),
+            })],
+            muslin_kernel::OnFailure::Stop,
+        )
+        .await;
+    forwarding.into_result()?;
+    let cluster = cluster::join(&config, &node_name, &executor).await?;
     let mtu = config.mtu.unwrap_or_else(|| match &cluster {
         Some(c) => muslin_model::dataplane::pod_mtu(c.backend, c.underlay.mtu),
         None => 1500,
@@ -103,41 +147,42 @@ pub async fn run(
     let mut node = Node::new(
         config,
         node_name,
-        netlink.clone(),
+        executor.clone(),
         store,
         table,
         mtu,
         blocks.clone(),
     );
-    let cluster_task = cluster.map(|c| {
+    let mut background = tokio::task::JoinSet::new();
+    if let Some(c) = cluster {
         node.cluster = Some(c.status.clone());
-        tokio::spawn(c.run(netlink.clone(), blocks.clone()))
-    });
+        background.spawn(c.run(executor.clone(), blocks.clone()));
+    }
     let node = Arc::new(node);
-    let firewall = host_firewall::spawn(host_firewall::pod_cidrs(&node.config));
+    let cidrs = host_firewall::pod_cidrs(&node.config);
+    let firewall = host_firewall::spawn(executor.clone(), cidrs);
     node.reconcile().await;
-
-    let reconciler = {
+    {
         let node = node.clone();
-        tokio::spawn(async move {
+        background.spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.tick().await;
             loop {
                 tick.tick().await;
                 node.reconcile().await;
             }
-        })
-    };
+        });
+    }
     tracing::info!(socket = ?socket, blocks = ?node.config.blocks, "agent ready");
-    tokio::select! {
-        _ = server::serve(listener, node.clone()) => {}
-        _ = shutdown => tracing::info!("shutting down; kernel state is left in place"),
-    }
-    reconciler.abort();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(server::serve(listener, node.clone(), stopped, DRAIN));
+    shutdown.await;
+    tracing::info!("shutting down: no new requests; letting those in flight finish; kernel state is left in place");
+    let _ = stop.send(true);
+    let _ = server.await;
+    background.shutdown().await;
     firewall.abort();
-    if let Some(t) = cluster_task {
-        t.abort();
-    }
     let _ = std::fs::remove_file(&socket);
+    tracing::info!("stopped");
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use muslin_kernel::{KernelError, Netlink};
+use muslin_kernel::{Executor, KernelError, Lane, OnFailure};
 use muslin_model::agent_config::AgentConfig;
 use muslin_model::api::{
     AddRequest, Added, BlockStatus, CheckRequest, ClusterStatus, DelRequest, EndpointStatus,
@@ -12,8 +12,10 @@ use muslin_model::api::{
 };
 use muslin_model::cni::{CniError, ErrorCode};
 use muslin_model::ipam::{capacity, AttachmentKey, Endpoint, EndpointTable, IpamError};
-use muslin_model::naming::{format_mac, host_ifname, is_pod_veth};
+use muslin_model::naming::{format_mac, host_ifname};
 use muslin_model::plumbing::{plan, AttachmentPlan};
+use muslin_plan::object::Ns;
+use muslin_plan::{attachment, repair, Change, Step};
 use tokio::sync::{Mutex, RwLock};
 
 use crate::blocks::BlockSource;
@@ -29,7 +31,7 @@ pub struct Node {
     pub mtu: u32,
     pub blocks: Arc<BlockSource>,
     pub cluster: Option<Arc<RwLock<ClusterStatus>>>,
-    netlink: Netlink,
+    executor: Executor,
     table: Mutex<Versioned>,
     writer: Mutex<u64>,
     store: Arc<StateStore>,
@@ -73,7 +75,7 @@ impl Node {
     pub fn new(
         config: AgentConfig,
         node_name: String,
-        netlink: Netlink,
+        executor: Executor,
         store: StateStore,
         table: EndpointTable,
         mtu: u32,
@@ -85,7 +87,7 @@ impl Node {
             mtu,
             blocks,
             cluster: None,
-            netlink,
+            executor,
             table: Mutex::new(Versioned {
                 table,
                 generation: 0,
@@ -123,19 +125,28 @@ impl Node {
     }
 
     pub async fn add(&self, req: AddRequest) -> Result<Added, CniError> {
-        let ns = muslin_kernel::open_netns(&req.netns).map_err(kernel_error)?;
+        self.executor
+            .check_netns(req.netns.clone())
+            .await
+            .map_err(kernel_error)?;
         let _guard = self.locks.lock(&req.key).await;
         let mtu = req.mtu.unwrap_or(self.mtu);
         let (address, fresh) = self.allocate(&req, mtu).await?;
         let p = plan(&req.key, address, mtu);
         // A retried ADD (the runtime timed out, the plugin was killed) of an
         // attachment that is complete gets its result, not a rebuilt veth.
-        if !fresh
-            && matches!(muslin_kernel::check(&self.netlink, &p, &ns).await, Ok(problems) if problems.is_empty())
-        {
+        if !fresh && matches!(self.problems(&p, &req.netns).await, Ok(v) if v.is_empty()) {
             return Ok(added(&p));
         }
-        if let Err(e) = muslin_kernel::attach(&self.netlink, &p, &ns).await {
+        let report = self
+            .executor
+            .apply(
+                Lane::Attachment(p.host_ifname.clone()),
+                attachment::create(&p, &req.netns),
+                OnFailure::Rollback(attachment::rollback(&p)),
+            )
+            .await;
+        if let Err(e) = report.into_result() {
             tracing::warn!(container = %req.key.container_id, cause = %e, "ADD failed; rolled back");
             self.release(&req.key).await;
             return Err(kernel_error(e));
@@ -217,10 +228,14 @@ impl Node {
     pub async fn del(&self, req: DelRequest) -> Result<(), CniError> {
         let guard = self.locks.lock(&req.key).await;
         self.forget(&req.key).await?;
-        let netlink = self.netlink.clone();
         let name = host_ifname(&req.key.container_id, &req.key.ifname);
+        let done = self.executor.apply(
+            Lane::Attachment(name.clone()),
+            vec![Step::host(Change::DeleteLink(name.clone()))],
+            OnFailure::Stop,
+        );
         tokio::spawn(async move {
-            if let Err(e) = muslin_kernel::detach(&netlink, &name).await {
+            if let Err(e) = done.await.into_result() {
                 tracing::warn!(link = %name, cause = %e, "could not remove veth; the reconciler will retry");
             }
             drop(guard);
@@ -242,8 +257,14 @@ impl Node {
     /// Idempotent, and works without a record (the name is derived).
     async fn teardown(&self, key: &AttachmentKey) -> Result<(), CniError> {
         let name = host_ifname(&key.container_id, &key.ifname);
-        muslin_kernel::detach(&self.netlink, &name)
+        self.executor
+            .apply(
+                Lane::Attachment(name.clone()),
+                vec![Step::host(Change::DeleteLink(name))],
+                OnFailure::Stop,
+            )
             .await
+            .into_result()
             .map_err(kernel_error)?;
         self.forget(key).await
     }
@@ -274,8 +295,8 @@ impl Node {
                 format!("prevResult has {bad} but the agent allocated {}", p.address),
             ));
         }
-        let ns = muslin_kernel::open_netns(&req.netns).map_err(kernel_error)?;
-        let problems = muslin_kernel::check(&self.netlink, &p, &ns)
+        let problems = self
+            .problems(&p, &req.netns)
             .await
             .map_err(kernel_error)?;
         if problems.is_empty() {
@@ -348,6 +369,32 @@ impl Node {
         }
     }
 
+    /// How the attachment in `netns` differs from its plan.
+    async fn problems(
+        &self,
+        p: &AttachmentPlan,
+        netns: &std::path::Path,
+    ) -> Result<Vec<String>, KernelError> {
+        let host = self.executor.host().await?;
+        let container = self
+            .executor
+            .namespace(Ns::Container(netns.to_path_buf()))
+            .await?;
+        Ok(attachment::check(p, &host, &container))
+    }
+
+    /// The plans of every recorded attachment.
+    async fn plans(&self) -> Vec<(AttachmentKey, Endpoint, AttachmentPlan)> {
+        self.table
+            .lock()
+            .await
+            .table
+            .endpoints
+            .iter()
+            .map(|(k, e)| (k.clone(), e.clone(), plan(k, e.address, e.mtu)))
+            .collect()
+    }
+
     /// Removes host veths of ours that no record names (left by a crash
     /// between releasing a record and removing its veth, or by a lost state
     /// file). Returns what it could not remove.
@@ -355,25 +402,36 @@ impl Node {
         // Links first, records second: ADD records before it creates a
         // link, so every link listed here that is still wanted has a record
         // in the table read afterwards.
-        let links = match self.netlink.links().await {
-            Ok(l) => l,
+        let host = match self.executor.host().await {
+            Ok(h) => h,
             Err(e) => return vec![e.to_string()],
         };
-        let known: HashSet<String> = self
-            .table
-            .lock()
-            .await
-            .table
-            .endpoints
-            .values()
-            .map(|e| e.host_ifname.clone())
-            .collect();
+        let pending = {
+            let v = self.table.lock().await;
+            let records: Vec<AttachmentPlan> = v
+                .table
+                .endpoints
+                .iter()
+                .map(|(k, e)| plan(k, e.address, e.mtu))
+                .collect();
+            // Queued while the table is locked: an ADD that records this
+            // name later queues its veth after our deletion, never before.
+            repair::orphans(&records, &host)
+                .into_iter()
+                .map(|name| {
+                    let done = self.executor.apply(
+                        Lane::Attachment(name.clone()),
+                        vec![Step::host(Change::DeleteLink(name.clone()))],
+                        OnFailure::Stop,
+                    );
+                    (name, done)
+                })
+                .collect::<Vec<_>>()
+        };
         let mut errors = Vec::new();
-        for l in links.iter().filter(|l| {
-            is_pod_veth(&l.name) && l.kind.as_deref() == Some("veth") && !known.contains(&l.name)
-        }) {
-            match self.netlink.delete_index(l.index).await {
-                Ok(_) => tracing::info!(link = %l.name, "removed an orphaned veth"),
+        for (name, done) in pending {
+            match done.await.into_result() {
+                Ok(_) => tracing::info!(link = %name, "removed an orphaned veth"),
                 Err(e) => errors.push(e.to_string()),
             }
         }
@@ -384,38 +442,36 @@ impl Node {
     /// gets its host route back if something removed it, and veths of ours
     /// that nothing records are removed.
     pub async fn reconcile(&self) {
-        let entries: Vec<(AttachmentKey, Endpoint)> = self
-            .table
-            .lock()
-            .await
-            .table
-            .endpoints
-            .iter()
-            .map(|(k, e)| (k.clone(), e.clone()))
-            .collect();
-        let present = match muslin_kernel::host_routes(&self.netlink).await {
-            Ok(p) => p,
+        let host = match self.executor.host().await {
+            Ok(h) => h,
             Err(e) => {
-                tracing::warn!(cause = %e, "reconcile could not list routes");
+                tracing::warn!(cause = %e, "reconcile could not read the host");
                 return;
             }
         };
-        for (key, ep) in entries {
+        for (key, ep, p) in self.plans().await {
+            let changes = repair::repair(std::slice::from_ref(&p), &host);
+            let restore: Vec<Step> = changes
+                .into_iter()
+                .filter(|c| matches!(c, Change::ReplaceRoute(_)))
+                .map(Step::host)
+                .collect();
+            if restore.is_empty() {
+                continue;
+            }
             // Under the attachment's lock, and only if the record is still
             // the one we read: a DEL and a re-ADD may have moved the address.
             let _guard = self.locks.lock(&key).await;
             if self.table.lock().await.table.endpoints.get(&key) != Some(&ep) {
                 continue;
             }
-            let p = plan(&key, ep.address, ep.mtu);
-            match muslin_kernel::ensure_host_route(&self.netlink, &p, &present).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::debug!(container = %key.container_id, "veth absent; waiting for DEL or GC")
-                }
-                Err(e) => {
-                    tracing::warn!(container = %key.container_id, cause = %e, "reconcile failed")
-                }
+            tracing::info!(container = %key.container_id, "restoring a removed host route");
+            let report = self
+                .executor
+                .apply(Lane::Attachment(p.host_ifname.clone()), restore, OnFailure::Continue)
+                .await;
+            for e in report.errors() {
+                tracing::warn!(container = %key.container_id, cause = %e, "reconcile failed");
             }
         }
         for e in self.sweep_orphans().await {

@@ -54,23 +54,58 @@ pub async fn bind(path: &Path) -> Result<UnixListener, BindError> {
     Ok(l)
 }
 
-pub async fn serve(listener: UnixListener, node: Arc<Node>) {
+/// Serves until `stop` turns true, then closes the socket and waits up to
+/// `drain` for the requests in flight: each ADD either completes (and is
+/// recorded) or fails with its rollback, never half-way.
+pub async fn serve(
+    listener: UnixListener,
+    node: Arc<Node>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    drain: std::time::Duration,
+) {
+    let mut inflight = tokio::task::JoinSet::new();
     loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let node = node.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = handle(stream, node).await {
-                        tracing::debug!(cause = %e, "client connection ended early");
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::warn!(cause = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
+        tokio::select! {
+            _ = stopping(&mut stop) => break,
+            Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let node = node.clone();
+                    inflight.spawn(async move {
+                        if let Err(e) = handle(stream, node).await {
+                            tracing::debug!(cause = %e, "client connection ended early");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(cause = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
         }
     }
+    drop(listener);
+    let n = inflight.len();
+    if n > 0 {
+        tracing::info!(requests = n, "waiting for requests in flight");
+    }
+    let finished = tokio::time::timeout(drain, async {
+        while inflight.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(
+            requests = inflight.len(),
+            "requests still running after {}s; stopping them",
+            drain.as_secs()
+        );
+        inflight.shutdown().await;
+    }
+}
+
+async fn stopping(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    // A dropped sender means the supervisor is gone: stop too.
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
 }
 
 /// Reads the request, acknowledges it at once (so a client can bound its

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use muslin_kernel::cluster::source_towards;
+use muslin_kernel::source_towards;
 use muslin_kernel::probe::ping_from;
 use muslin_model::underlay::{describe, eligible, select, Candidate, Choice, Method};
 

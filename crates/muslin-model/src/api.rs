@@ -151,6 +151,9 @@ pub struct ClusterStatus {
     /// while the cluster is quiet.
     #[serde(default)]
     pub kernel_writes: u64,
+    /// Runs of `nft` (reads included) since the agent started.
+    #[serde(default)]
+    pub nft_runs: u64,
     /// Gossip datagrams refused: unauthenticated, sealed with another
     /// secret, stale or replayed.
     #[serde(default)]

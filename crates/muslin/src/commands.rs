@@ -351,18 +351,10 @@ fn uninstall(a: UninstallArgs) -> Result<ExitCode> {
             a.socket.display()
         );
     }
-    let mut done: Vec<String> = muslin_kernel::host_firewall::remove_all()
-        .map_err(|e| anyhow::anyhow!("host firewall: {e}"))?
-        .iter()
-        .map(|x| format!("our accept rule from {}", x.chain()))
-        .collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    done.extend(rt.block_on(async {
-        let host = muslin_kernel::Netlink::current()?;
-        muslin_kernel::cluster::uninstall(&host).await
-    })?);
+    let done = rt.block_on(muslin_agent::uninstall())?;
     if done.is_empty() {
         println!("nothing of Muslin's was left on this host");
     }

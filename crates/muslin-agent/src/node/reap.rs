@@ -38,11 +38,11 @@ fn stale_reason(netns: &NetnsNow, veth: &str, veth_exists: bool) -> Option<Strin
     Some(why.join("; "))
 }
 
-fn netns_now(ep: &Endpoint) -> NetnsNow {
+async fn netns_now(executor: &muslin_kernel::Executor, ep: &Endpoint) -> NetnsNow {
     let Some(path) = &ep.netns else {
         return NetnsNow::Unknown;
     };
-    match muslin_kernel::open_netns(path) {
+    match executor.check_netns(path.clone()).await {
         Ok(_) => NetnsNow::Alive,
         Err(KernelError::NetnsMissing(_)) => NetnsNow::Gone(format!(
             "network namespace {} no longer exists",
@@ -75,17 +75,24 @@ impl Node {
             .cloned()
             .collect();
         let mut stale = Vec::new();
+        let host = self.executor.host().await.map_err(kernel_error)?;
         for key in keys {
             let _guard = self.locks.lock(&key).await;
             let ep = self.table.lock().await.table.endpoints.get(&key).cloned();
             let Some(ep) = ep else { continue };
-            let veth_exists = self
-                .netlink
-                .link(&ep.host_ifname)
-                .await
-                .map_err(kernel_error)?
-                .is_some();
-            let Some(why) = stale_reason(&netns_now(&ep), &ep.host_ifname, veth_exists) else {
+            // A veth seen before the lock was taken: an ADD under way then
+            // holds the lock until its veth exists, and only a veth that
+            // was absent and still has its record is judged.
+            let veth_exists = host.link(&ep.host_ifname).is_some()
+                || self
+                    .executor
+                    .host()
+                    .await
+                    .map_err(kernel_error)?
+                    .link(&ep.host_ifname)
+                    .is_some();
+            let netns = netns_now(&self.executor, &ep).await;
+            let Some(why) = stale_reason(&netns, &ep.host_ifname, veth_exists) else {
                 continue;
             };
             let mut s = StaleAttachment {

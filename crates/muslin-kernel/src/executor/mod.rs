@@ -163,6 +163,7 @@ impl Executor {
         Ok(Executor { tx })
     }
 
+    #[cfg_attr(not(feature = "fake"), allow(dead_code))]
     pub(crate) fn from_sender(tx: mpsc::UnboundedSender<Job>) -> Executor {
         Executor { tx }
     }

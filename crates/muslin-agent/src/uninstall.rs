@@ -1,0 +1,55 @@
+//! `muslin uninstall`: removes everything of the cluster data plane Muslin
+//! made on this host (the VXLAN device and with it the routes through it,
+//! its other routes to peers, the pod rule, the masquerade table, our
+//! accept rules in the host's firewalls). Pod veths stay: they belong to
+//! containers that may still run. Computed like everything else: observe,
+//! diff against an empty desired state, execute.
+
+use muslin_kernel::{Executor, KernelError, Lane, OnFailure};
+use muslin_model::dataplane::VXLAN_DEV;
+use muslin_plan::data_plane::{ownership, NetworkTables};
+use muslin_plan::nft::{NftChange, NftFamily};
+use muslin_plan::{diff, Change, HostState, Step};
+
+/// Removes what is there and says what it removed.
+pub async fn uninstall() -> Result<Vec<String>, KernelError> {
+    let ex = Executor::spawn()?;
+    let mut done: Vec<String> = crate::host_firewall::remove_all(&ex)
+        .await
+        .map_err(|what| KernelError::Io {
+            what: format!("host firewall: {what}"),
+            source: std::io::ErrorKind::Other.into(),
+        })?
+        .iter()
+        .map(|x| format!("our accept rule from {}", x.chain()))
+        .collect();
+    let observed = ex.host().await?;
+    let mut steps = Vec::new();
+    if observed.link(VXLAN_DEV).is_some() {
+        steps.push(Step::host(Change::DeleteLink(VXLAN_DEV.into())));
+    }
+    let d = diff(
+        &observed,
+        &HostState::default(),
+        &ownership(&NetworkTables::default_network(), true),
+    );
+    steps.extend(
+        d.changes
+            .into_iter()
+            .filter(|c| !matches!(c, Change::DeleteRoute(r) if r.dev.as_deref() == Some(VXLAN_DEV)))
+            .map(Step::host),
+    );
+    for fam in [NftFamily::Ip, NftFamily::Ip6] {
+        if ex.masquerade(fam).await?.exists {
+            steps.push(Step::host(Change::Nft(NftChange::DeleteTable(fam))));
+        }
+    }
+    let report = ex.apply(Lane::Host, steps, OnFailure::Continue).await;
+    for o in report.outcomes {
+        match o.result {
+            Ok(()) => done.push(o.step.change.to_string()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
