@@ -4,4 +4,6 @@
 //! (`tests/nft-roundtrip.sh` re-records it).
 
 
+mod common;
+mod data_plane;
 mod golden;
