@@ -4,6 +4,7 @@
 //! (`tests/nft-roundtrip.sh` re-records it).
 
 
+mod attachment;
 mod common;
 mod data_plane;
 mod golden;
