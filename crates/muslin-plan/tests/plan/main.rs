@@ -8,3 +8,4 @@ mod attachment;
 mod common;
 mod data_plane;
 mod golden;
+mod repair;
