@@ -3,9 +3,9 @@
 //! against the real `nft` is replayed from a recorded listing
 //! (`tests/nft-roundtrip.sh` re-records it).
 
-
 mod attachment;
 mod common;
 mod data_plane;
 mod golden;
+mod nft;
 mod repair;
