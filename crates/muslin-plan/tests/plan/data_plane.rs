@@ -301,3 +301,41 @@ fn ipv6_link_local_address_on_the_vxlan_device_is_left_alone() {
         ["addr del 10.244.7.0/32 dev msl-vxlan"]
     );
 }
+
+/// A tunnelled peer that comes back with another underlay address keeps
+/// its VTEP MAC: the kernel keys the FDB entry by MAC, so the replace
+/// moves it and no delete of the old destination follows.
+#[test]
+fn peer_moving_its_underlay_address_replaces_its_fdb_entry() {
+    let mut after = cluster();
+    join(
+        &mut after,
+        "h3",
+        "192.168.20.23",
+        "192.168.20.0/24",
+        &["10.244.3.0/24"],
+    );
+    let m = h3_mac();
+    assert_eq!(
+        transition(&cluster(), &after, Backend::Auto, true),
+        [
+            "route replace 192.168.20.23/32 via 10.244.3.0 dev msl-vxlan onlink mtu lock 1450 proto 77 table 77".to_string(),
+            format!("fdb replace {m} dev msl-vxlan dst 192.168.20.23 permanent"),
+            "route del 192.168.20.13/32 via 10.244.3.0 dev msl-vxlan onlink mtu lock 1450 proto 77 table 77".to_string(),
+        ]
+    );
+}
+
+#[test]
+fn neighbour_with_a_stale_mac_is_one_replace() {
+    let want = wanted(&cluster(), Backend::Auto);
+    let mut have = applied(&want);
+    have.neighbours[0].mac = [2, 0, 0, 0, 0, 1];
+    let m = h3_mac();
+    assert_eq!(
+        lines(&diff(&have, &want, &own(true))),
+        [format!(
+            "neigh replace 10.244.3.0 lladdr {m} dev msl-vxlan permanent"
+        )]
+    );
+}
