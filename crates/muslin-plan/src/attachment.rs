@@ -188,6 +188,18 @@ pub fn check(p: &AttachmentPlan, host: &HostState, container: &HostState) -> Vec
     if !l.up {
         problems.push(format!("container interface {cif} is down"));
     }
+    // The IPv4 gateway lies in no subnet of the container, so the default
+    // route can be put back only while this route is there.
+    let to_gateway = host_prefix(p.gateway);
+    if !container
+        .routes
+        .iter()
+        .any(|r| r.dst == to_gateway && r.dev.as_deref() == Some(cif))
+    {
+        problems.push(format!(
+            "route to the gateway {to_gateway} on {cif} is missing"
+        ));
+    }
     for a in addresses(p) {
         if !container
             .addresses

@@ -200,7 +200,14 @@ pub fn diff(observed: &HostState, desired: &HostState, own: &Ownership) -> Diff 
         }) {
             deletions.push(Change::DeleteNeighbour(n.clone()));
         }
-        for e in have_f.into_iter().filter(|e| !desired.fdb.contains(e)) {
+        // Likewise a VXLAN FDB entry is keyed by MAC: replacing it moved
+        // it to the new destination, and the old one is gone already.
+        for e in have_f.into_iter().filter(|e| {
+            !desired
+                .fdb
+                .iter()
+                .any(|w| w.link == e.link && w.mac == e.mac)
+        }) {
             deletions.push(Change::DeleteFdb(e.clone()));
         }
     }

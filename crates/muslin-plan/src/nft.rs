@@ -326,38 +326,61 @@ impl NftChange {
     }
 }
 
-/// Reads `nft -j list table FAMILY muslin` output.
+/// Reads `nft -j list table FAMILY muslin` output. Only names, comments
+/// and set elements are read, as plain JSON: the `nftables` crate's typed
+/// schema rejects some of what nft itself lists (nft 1.0 writes a single
+/// masquerade flag as `"flags": "fully-random"`, the crate wants an
+/// array), and a table of ours that cannot be read would never converge.
 pub fn parse_observed(json: &str) -> Result<NftObserved, String> {
-    let doc: Nftables = serde_json::from_str(json).map_err(|e| format!("nft JSON: {e}"))?;
+    use serde_json::Value;
+    let doc: Value = serde_json::from_str(json).map_err(|e| format!("nft JSON: {e}"))?;
+    let objects = doc
+        .get("nftables")
+        .and_then(Value::as_array)
+        .ok_or("nft JSON: no \"nftables\" array")?;
+    let str_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    let ours = |v: &Value| v.get("table").and_then(Value::as_str) == Some(TABLE);
     let mut o = NftObserved::default();
-    for obj in doc.objects.iter() {
-        let NfObject::ListObject(l) = obj else {
-            continue;
-        };
-        match l {
-            NfListObject::Table(t) if t.name == TABLE => o.exists = true,
-            NfListObject::Set(s) if s.table == TABLE => {
-                let elems = s
-                    .elem
-                    .iter()
-                    .flat_map(|e| e.iter())
-                    .filter_map(|e| match e {
-                        Expression::String(s) => Some(s.to_string()),
-                        _ => None,
-                    })
-                    .collect();
-                o.sets.insert(s.name.to_string(), elems);
+    for obj in objects {
+        if let Some(t) = obj.get("table") {
+            if t.get("name").and_then(Value::as_str) == Some(TABLE) {
+                o.exists = true;
             }
-            NfListObject::Chain(c) if c.table == TABLE => {
-                o.rules.entry(c.name.to_string()).or_default();
+        } else if let Some(s) = obj.get("set").filter(|s| ours(s)) {
+            let Some(name) = str_of(s, "name") else {
+                continue;
+            };
+            let elems = s
+                .get("elem")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(element)
+                .collect();
+            o.sets.insert(name, elems);
+        } else if let Some(c) = obj.get("chain").filter(|c| ours(c)) {
+            if let Some(name) = str_of(c, "name") {
+                o.rules.entry(name).or_default();
             }
-            NfListObject::Rule(r) if r.table == TABLE => o
-                .rules
-                .entry(r.chain.to_string())
-                .or_default()
-                .push(r.comment.as_deref().unwrap_or("").to_string()),
-            _ => {}
+        } else if let Some(r) = obj.get("rule").filter(|r| ours(r)) {
+            if let Some(chain) = str_of(r, "chain") {
+                o.rules
+                    .entry(chain)
+                    .or_default()
+                    .push(str_of(r, "comment").unwrap_or_default());
+            }
         }
     }
     Ok(o)
+}
+
+/// A set element as [`diff`] writes addresses. nft lists a plain element
+/// as a string and one with a timeout or comment as `{"elem": {"val": ..}}`.
+fn element(e: &serde_json::Value) -> Option<String> {
+    let v = e.as_str().or_else(|| e.get("elem")?.get("val")?.as_str())?;
+    Some(
+        v.parse::<IpAddr>()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| v.to_string()),
+    )
 }

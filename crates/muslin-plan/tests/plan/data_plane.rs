@@ -1,0 +1,341 @@
+//! The cluster data plane of `h1`: a golden file per backend for a first
+//! start, and the minimal diffs of the transitions a running node sees.
+
+use muslin_model::dataplane::{Backend, MAIN_TABLE, VXLAN_DEV};
+use muslin_model::ROUTE_PROTOCOL;
+use muslin_plan::diff;
+use muslin_plan::object::{Address, LinkKind, Route, Scope};
+use muslin_plan::{Change, HostState};
+
+use crate::common::*;
+use crate::golden;
+
+fn first_start(name: &str, backend: Backend) {
+    let v = cluster();
+    let d = desired(&v, backend);
+    let want = muslin_plan::data_plane::host_state(&d);
+    let first = diff(&fresh_host(), &want, &own(true));
+    let text = format!(
+        "# h1 with backend {backend:?}: underlay eth1 192.168.10.11/24 mtu 1500, pod network {POD_CIDR}\n\
+         paths:\n{}objects:\n{}first start (the host has only eth1):\n{}",
+        render_paths(&d),
+        render_state(&want),
+        render_diff(&first)
+    );
+    golden::check(name, &text);
+    // Once applied, the same plan asks for nothing more.
+    assert_eq!(diff(&applied(&want), &want, &own(true)), Default::default());
+}
+
+#[test]
+fn golden_routed() {
+    first_start("data-plane-routed", Backend::Routed);
+}
+
+#[test]
+fn golden_vxlan() {
+    first_start("data-plane-vxlan", Backend::Vxlan);
+}
+
+#[test]
+fn golden_auto() {
+    first_start("data-plane-auto", Backend::Auto);
+}
+
+/// The literal empty observed state: routes through the underlay wait for
+/// the device instead of failing the whole batch.
+#[test]
+fn routes_through_a_missing_device_are_skipped() {
+    let want = wanted(&cluster(), Backend::Routed);
+    let d = diff(&HostState::default(), &want, &own(true));
+    assert!(
+        !d.changes
+            .iter()
+            .any(|c| matches!(c, Change::ReplaceRoute(_))),
+        "{:?}",
+        d.changes
+    );
+    assert_eq!(
+        d.skipped,
+        [
+            "10.244.2.0/24: device eth1 is missing",
+            "10.244.12.0/24: device eth1 is missing"
+        ]
+    );
+}
+
+/// A host running the plan of `before`, and the diff towards `after`.
+fn transition(
+    before: &muslin_model::cluster::ClusterView,
+    after: &muslin_model::cluster::ClusterView,
+    backend: Backend,
+    allow_deletes: bool,
+) -> Vec<String> {
+    let have = applied(&wanted(before, backend));
+    lines(&diff(&have, &wanted(after, backend), &own(allow_deletes)))
+}
+
+const H3_ROUTE: &str = "route replace 10.244.3.0/24 via 10.244.3.0 dev msl-vxlan onlink mtu lock 1450 proto 77 table 254";
+const H3_NODE_ROUTE: &str = "route replace 192.168.20.13/32 via 10.244.3.0 dev msl-vxlan onlink mtu lock 1450 proto 77 table 77";
+
+fn h3_mac() -> String {
+    format_mac_of("h3")
+}
+
+fn format_mac_of(node: &str) -> String {
+    muslin_model::naming::format_mac(&muslin_model::cluster::vtep_mac(node))
+}
+
+#[test]
+fn peer_joins_adds_only_its_objects() {
+    let before = {
+        let mut v = cluster();
+        v.nodes.remove("h3");
+        v
+    };
+    let m = h3_mac();
+    assert_eq!(
+        transition(&before, &cluster(), Backend::Auto, true),
+        [
+            H3_ROUTE.to_string(),
+            H3_NODE_ROUTE.to_string(),
+            format!("neigh replace 10.244.3.0 lladdr {m} dev msl-vxlan permanent"),
+            format!("fdb replace {m} dev msl-vxlan dst 192.168.20.13 permanent"),
+        ]
+    );
+    // A routed peer joining is one route per block.
+    let before = {
+        let mut v = cluster();
+        v.nodes.remove("h2");
+        v
+    };
+    assert_eq!(
+        transition(&before, &cluster(), Backend::Auto, true),
+        [
+            "route replace 10.244.2.0/24 via 192.168.10.12 dev eth1 proto 77 table 254",
+            "route replace 10.244.12.0/24 via 192.168.10.12 dev eth1 proto 77 table 254",
+        ]
+    );
+}
+
+#[test]
+fn peer_leaves_removes_only_its_objects_and_only_when_allowed() {
+    let after = {
+        let mut v = cluster();
+        v.nodes.remove("h3");
+        v
+    };
+    let m = h3_mac();
+    let del = |s: &str| s.replacen("route replace", "route del", 1);
+    assert_eq!(
+        transition(&cluster(), &after, Backend::Auto, true),
+        [
+            del(H3_ROUTE),
+            del(H3_NODE_ROUTE),
+            format!("neigh del 10.244.3.0 lladdr {m} dev msl-vxlan permanent"),
+            format!("fdb del {m} dev msl-vxlan dst 192.168.20.13 permanent"),
+        ]
+    );
+    assert!(transition(&cluster(), &after, Backend::Auto, false).is_empty());
+    assert!(transition(&cluster(), &after, Backend::Vxlan, false).is_empty());
+}
+
+#[test]
+fn block_added_to_a_peer_is_one_route() {
+    let mut after = cluster();
+    join(
+        &mut after,
+        "h3",
+        "192.168.20.13",
+        "192.168.20.0/24",
+        &["10.244.3.0/24", "10.244.33.0/24"],
+    );
+    assert_eq!(
+        transition(&cluster(), &after, Backend::Auto, true),
+        ["route replace 10.244.33.0/24 via 10.244.3.0 dev msl-vxlan onlink mtu lock 1450 proto 77 table 254"]
+    );
+}
+
+fn route_mut<'a>(h: &'a mut HostState, dst: &str) -> &'a mut Route {
+    h.routes
+        .iter_mut()
+        .find(|r| r.dst == net(dst) && r.table == MAIN_TABLE)
+        .unwrap()
+}
+
+#[test]
+fn drifted_route_is_one_replace() {
+    let want = wanted(&cluster(), Backend::Auto);
+    let expect = ["route replace 10.244.2.0/24 via 192.168.10.12 dev eth1 proto 77 table 254"];
+    let mut have = applied(&want);
+    route_mut(&mut have, "10.244.2.0/24").via = Some(ip("192.168.10.99"));
+    assert_eq!(lines(&diff(&have, &want, &own(true))), expect);
+    let mut have = applied(&want);
+    route_mut(&mut have, "10.244.2.0/24").mtu = Some(1400);
+    assert_eq!(lines(&diff(&have, &want, &own(true))), expect);
+    let mut have = applied(&want);
+    route_mut(&mut have, "10.244.3.0/24").mtu = None;
+    assert_eq!(lines(&diff(&have, &want, &own(true))), [H3_ROUTE]);
+}
+
+#[test]
+fn foreign_route_over_a_peer_block_is_left_alone() {
+    let want = wanted(&cluster(), Backend::Auto);
+    let mut have = applied(&want);
+    let r = route_mut(&mut have, "10.244.2.0/24");
+    r.protocol = 4; // static: an operator's
+    r.via = Some(ip("192.168.10.1"));
+    let d = diff(&have, &want, &own(true));
+    assert!(d.changes.is_empty(), "{:?}", d.changes);
+    assert_eq!(
+        d.skipped,
+        ["10.244.2.0/24: a route Muslin does not own already covers it; left alone"]
+    );
+}
+
+#[test]
+fn routes_to_pod_veths_and_other_protocols_are_never_deleted() {
+    let want = wanted(&cluster(), Backend::Auto);
+    let mut have = applied(&want);
+    let extra = |dst: &str, dev: &str, protocol: u8| Route {
+        table: MAIN_TABLE,
+        dst: net(dst),
+        via: None,
+        dev: Some(dev.into()),
+        onlink: false,
+        mtu: None,
+        scope: Scope::Link,
+        protocol,
+    };
+    // An attachment's host route, and the kernel's connected route.
+    have.routes
+        .push(extra("10.244.1.5/32", "msl0123456789ab", ROUTE_PROTOCOL));
+    have.routes.push(extra("192.168.10.0/24", "eth1", 2));
+    assert_eq!(diff(&have, &want, &own(true)), Default::default());
+    // A route of ours to a peer block nobody holds any more does go.
+    have.routes.push(Route {
+        via: Some(ip("192.168.10.12")),
+        scope: Scope::Universe,
+        ..extra("10.244.9.0/24", "eth1", ROUTE_PROTOCOL)
+    });
+    assert_eq!(
+        lines(&diff(&have, &want, &own(true))),
+        ["route del 10.244.9.0/24 via 192.168.10.12 dev eth1 proto 77 table 254"]
+    );
+}
+
+fn vxlan_mut(h: &mut HostState) -> &mut muslin_plan::object::Link {
+    h.links.iter_mut().find(|l| l.name == VXLAN_DEV).unwrap()
+}
+
+#[test]
+fn vxlan_device_with_another_vni_is_recreated_with_what_hung_on_it() {
+    let want = wanted(&cluster(), Backend::Auto);
+    let mut have = applied(&want);
+    match &mut vxlan_mut(&mut have).kind {
+        LinkKind::Vxlan(v) => v.vni = 1,
+        k => panic!("{k:?}"),
+    }
+    let m = h3_mac();
+    let me = format_mac_of("h1");
+    assert_eq!(
+        lines(&diff(&have, &want, &own(true))),
+        [
+            "link del msl-vxlan".to_string(),
+            format!("link add msl-vxlan type vxlan id 4242 dstport 4789 local 192.168.10.11 dev eth1 df set nolearning address {me} mtu 1450 up"),
+            "addr add 10.244.1.0/32 dev msl-vxlan".to_string(),
+            H3_ROUTE.to_string(),
+            H3_NODE_ROUTE.to_string(),
+            format!("neigh replace 10.244.3.0 lladdr {m} dev msl-vxlan permanent"),
+            format!("fdb replace {m} dev msl-vxlan dst 192.168.20.13 permanent"),
+        ]
+    );
+}
+
+#[test]
+fn vxlan_mtu_change_sets_only_the_mtu() {
+    let want = wanted(&cluster(), Backend::Vxlan);
+    let mut have = applied(&want);
+    vxlan_mut(&mut have).mtu = Some(1400);
+    let d = diff(&have, &want, &own(true));
+    assert_eq!(
+        d.changes,
+        [Change::SetLink {
+            name: VXLAN_DEV.into(),
+            mtu: Some(1450),
+            mac: None,
+            up: false,
+        }]
+    );
+    assert_eq!(lines(&d), ["link set msl-vxlan mtu 1450"]);
+}
+
+#[test]
+fn identical_state_is_an_empty_diff() {
+    for backend in [Backend::Routed, Backend::Vxlan, Backend::Auto] {
+        let want = wanted(&cluster(), backend);
+        assert_eq!(
+            diff(&applied(&want), &want, &own(true)),
+            Default::default(),
+            "{backend:?}"
+        );
+    }
+}
+
+#[test]
+fn ipv6_link_local_address_on_the_vxlan_device_is_left_alone() {
+    let want = wanted(&cluster(), Backend::Vxlan);
+    let mut have = applied(&want);
+    have.addresses.push(Address {
+        link: VXLAN_DEV.into(),
+        net: net("fe80::1c2d:3eff:fe4f:5a6b/64"),
+    });
+    assert_eq!(diff(&have, &want, &own(true)), Default::default());
+    // Any other stray address on our device does go.
+    have.addresses.push(Address {
+        link: VXLAN_DEV.into(),
+        net: net("10.244.7.0/32"),
+    });
+    assert_eq!(
+        lines(&diff(&have, &want, &own(true))),
+        ["addr del 10.244.7.0/32 dev msl-vxlan"]
+    );
+}
+
+/// A tunnelled peer that comes back with another underlay address keeps
+/// its VTEP MAC: the kernel keys the FDB entry by MAC, so the replace
+/// moves it and no delete of the old destination follows.
+#[test]
+fn peer_moving_its_underlay_address_replaces_its_fdb_entry() {
+    let mut after = cluster();
+    join(
+        &mut after,
+        "h3",
+        "192.168.20.23",
+        "192.168.20.0/24",
+        &["10.244.3.0/24"],
+    );
+    let m = h3_mac();
+    assert_eq!(
+        transition(&cluster(), &after, Backend::Auto, true),
+        [
+            "route replace 192.168.20.23/32 via 10.244.3.0 dev msl-vxlan onlink mtu lock 1450 proto 77 table 77".to_string(),
+            format!("fdb replace {m} dev msl-vxlan dst 192.168.20.23 permanent"),
+            "route del 192.168.20.13/32 via 10.244.3.0 dev msl-vxlan onlink mtu lock 1450 proto 77 table 77".to_string(),
+        ]
+    );
+}
+
+#[test]
+fn neighbour_with_a_stale_mac_is_one_replace() {
+    let want = wanted(&cluster(), Backend::Auto);
+    let mut have = applied(&want);
+    have.neighbours[0].mac = [2, 0, 0, 0, 0, 1];
+    let m = h3_mac();
+    assert_eq!(
+        lines(&diff(&have, &want, &own(true))),
+        [format!(
+            "neigh replace 10.244.3.0 lladdr {m} dev msl-vxlan permanent"
+        )]
+    );
+}
