@@ -5,8 +5,8 @@ use muslin_plan::object::Address;
 
 use super::counters::netlink_write;
 use super::link::index;
-use crate::error::errno;
-use crate::netlink::Netlink;
+use super::error::errno;
+use super::netlink::Netlink;
 use crate::KernelError;
 
 /// An address already present is not an error.

@@ -6,7 +6,7 @@ use muslin_plan::object::Ns;
 use muslin_plan::{Change, Step};
 
 use super::{address, counters, firewall, link, neighbour, nft, route, rule, OnFailure, Outcome, Report};
-use crate::netlink::Netlink;
+use super::netlink::Netlink;
 use crate::KernelError;
 
 /// Netlink connections of the namespaces one job touches, opened once.
@@ -30,7 +30,7 @@ impl<'a> Namespaces<'a> {
                 if let Some(n) = self.others.get(p) {
                     return Ok(n.clone());
                 }
-                let f = crate::open_netns(p)?;
+                let f = super::open_netns(p)?;
                 let n = Netlink::in_netns(&f)?;
                 self.others.insert(p.clone(), n.clone());
                 Ok(n)

@@ -9,8 +9,8 @@ use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, VxlanDf};
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVxlan};
 
 use super::counters::netlink_write;
-use crate::error::errno;
-use crate::netlink::Netlink;
+use super::error::errno;
+use super::netlink::Netlink;
 use crate::KernelError;
 
 pub(super) async fn index(nl: &Netlink, name: &str) -> Result<u32, KernelError> {
@@ -41,7 +41,7 @@ async fn veth(nl: &Netlink, l: &Link, peer: &VethPeer) -> Result<(), KernelError
             source: std::io::ErrorKind::Unsupported.into(),
         });
     };
-    let ns = crate::open_netns(path)?;
+    let ns = super::open_netns(path)?;
     let p = LinkMessageBuilder::<LinkUnspec>::new()
         .name(peer.name.clone())
         .address(peer.mac.to_vec())

@@ -13,11 +13,14 @@
 mod address;
 mod apply;
 pub mod counters;
+mod error;
 #[cfg(feature = "fake")]
 pub mod fake;
 pub mod firewall;
 mod link;
 mod neighbour;
+mod netlink;
+mod netns;
 pub mod nft;
 mod observe;
 mod route;
@@ -33,10 +36,11 @@ use muslin_plan::nft::{NftFamily, NftObserved};
 use muslin_plan::{HostState, Step};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::netlink::Netlink;
-use crate::KernelError;
+use netlink::Netlink;
+pub(crate) use netns::open_netns;
 
 pub use counters::{counters, Counters};
+pub use error::KernelError;
 
 /// Jobs of one lane run in order; lanes run side by side.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -10,8 +10,8 @@ use rtnetlink::packet_route::AddressFamily;
 
 use super::counters::netlink_write;
 use super::link::index;
-use crate::error::errno;
-use crate::netlink::Netlink;
+use super::error::errno;
+use super::netlink::Netlink;
 use crate::KernelError;
 
 pub(super) async fn replace(nl: &Netlink, n: &Neighbour) -> Result<(), KernelError> {

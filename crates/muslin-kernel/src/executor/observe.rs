@@ -14,7 +14,7 @@ use rtnetlink::packet_route::rule::{RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::AddressFamily;
 
 use super::{counters, firewall, nft, Answer, Query};
-use crate::netlink::Netlink;
+use super::netlink::Netlink;
 use crate::KernelError;
 
 pub(super) async fn answer(host: &Netlink, q: Query) -> Result<Answer, KernelError> {
@@ -22,14 +22,14 @@ pub(super) async fn answer(host: &Netlink, q: Query) -> Result<Answer, KernelErr
     match q {
         Query::Namespace(Ns::Host) => Ok(Answer::Namespace(namespace(host).await?)),
         Query::Namespace(Ns::Container(p)) => {
-            let f = crate::open_netns(&p)?;
+            let f = super::open_netns(&p)?;
             let nl = Netlink::in_netns(&f)?;
             Ok(Answer::Namespace(namespace(&nl).await?))
         }
         Query::Masquerade(fam) => Ok(Answer::Masquerade(nft::observe(fam).await?)),
         Query::Firewall => Ok(Answer::Firewall(firewall::observe().await?)),
         Query::NftGeneration => Ok(Answer::NftGeneration(nft::generation().await?)),
-        Query::Netns(p) => crate::open_netns(&p).map(|_| Answer::Netns),
+        Query::Netns(p) => super::open_netns(&p).map(|_| Answer::Netns),
     }
 }
 

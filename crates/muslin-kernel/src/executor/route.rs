@@ -8,8 +8,8 @@ use rtnetlink::RouteMessageBuilder;
 
 use super::counters::netlink_write;
 use super::link::index;
-use crate::error::errno;
-use crate::netlink::{protocol, Netlink};
+use super::error::errno;
+use super::netlink::{protocol, Netlink};
 use crate::KernelError;
 
 async fn message(nl: &Netlink, r: &Route) -> Result<RouteMessage, KernelError> {

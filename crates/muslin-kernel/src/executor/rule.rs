@@ -6,8 +6,8 @@ use rtnetlink::packet_route::rule::{RuleAction, RuleMessage};
 
 use super::counters::netlink_write;
 use super::observe::rule_of;
-use crate::error::errno;
-use crate::netlink::Netlink;
+use super::error::errno;
+use super::netlink::Netlink;
 use crate::KernelError;
 
 pub(super) async fn add(nl: &Netlink, r: &Rule) -> Result<(), KernelError> {

@@ -8,8 +8,8 @@ use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::Handle;
 
-use crate::error::errno;
-use crate::netns::socket_in;
+use super::error::errno;
+use super::netns::socket_in;
 use crate::KernelError;
 
 /// A netlink connection bound to one namespace, with the few verbs Muslin
