@@ -15,6 +15,7 @@ use crate::{fail, BenchError, Options, Plan};
 
 const REF_PLUGINS: &str = "/usr/lib/cni";
 const HOST: &str = "mbcni-host";
+const BASE_HOST: &str = "mbcni-base";
 
 fn invoke(plugin: &str, cmd: &str, id: &str, netns: &str, conf: &str) -> Result<Duration, String> {
     let t = Instant::now();
@@ -81,81 +82,150 @@ impl Drop for Namespaces {
     }
 }
 
-pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchError> {
-    let f = fail("control plane");
-    let _ = sh(&["ip", "netns", "del", HOST]);
-    sh(&["ip", "netns", "add", HOST]).map_err(&f)?;
-    let bin = o.bin.clone();
-    let dir = std::env::temp_dir().join("muslin-bench-cni");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| f(e.to_string()))?;
-    let n = plan.cni_attachments;
-    let rounds = plan.cni_rounds;
-    let conc = plan.concurrent_attachments;
-    // Plugins inherit the namespace of the thread that starts them, so all
-    // of this stage runs on a thread that entered the host namespace.
-    let out = std::thread::spawn(move || -> Result<Vec<(String, Series)>, String> {
-        enter(HOST)?;
-        sh(&["ip", "link", "set", "lo", "up"])?;
+/// An agent of `bin` serving block `block` in namespace `ns`.
+struct AgentIn {
+    child: std::process::Child,
+    ns: String,
+}
+
+impl AgentIn {
+    fn start(bin: &std::path::Path, ns: &str, dir: &std::path::Path, block: &str) -> Result<AgentIn, String> {
+        let _ = sh(&["ip", "netns", "del", ns]);
+        sh(&["ip", "netns", "add", ns])?;
+        sh(&["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"])?;
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         let sock = dir.join("agent.sock");
-        let mut agent = Command::new(&bin)
-            .args(["agent", "--block", "10.60.0.0/22", "--log-level", "warn", "--socket"])
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(bin)
+            .args(["agent", "--block", block, "--log-level", "warn", "--socket"])
             .arg(&sock)
             .arg("--state-dir")
             .arg(dir.join("state"))
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| e.to_string())?;
+        let mut a = AgentIn {
+            child,
+            ns: ns.to_string(),
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::os::unix::net::UnixStream::connect(&sock).is_err() {
             if Instant::now() > deadline {
-                let _ = agent.kill();
-                return Err("the agent did not start".into());
+                let _ = a.child.kill();
+                return Err(format!("the agent {} did not start", bin.display()));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let muslin = json!({"cniVersion": "1.0.0", "name": "bench", "type": "muslin", "socket": sock}).to_string();
-        let bridge = json!({"cniVersion": "1.0.0", "name": "benchbr", "type": "bridge", "bridge": "mbbr0", "isGateway": true,
-            "ipam": {"type": "host-local", "subnet": "10.61.0.0/22", "dataDir": dir.join("host-local")}})
-        .to_string();
-        let bridge_bin = format!("{REF_PLUGINS}/bridge");
-        let bin_s = bin.display().to_string();
-        let sets = [("Muslin", bin_s.as_str(), muslin.as_str()), ("bridge + host-local", bridge_bin.as_str(), bridge.as_str())];
-        let mut results: Vec<(String, Series)> = vec![];
-        let mut s: Vec<[Series; 4]> = vec![Default::default(), Default::default()];
-        let mut run = || -> Result<(), String> {
-            for round in 0..rounds {
-                for k in 0..2 {
-                    // Alternate who goes first.
-                    let i = (k + round) % 2;
-                    let (_, plugin, conf) = sets[i];
-                    let ns = Namespaces::new(&format!("mbc{i}x"), n)?;
-                    let (mut add, mut del) = (Series::default(), Series::default());
-                    for (j, name) in ns.0.iter().enumerate() {
-                        add.push(invoke(plugin, "ADD", &format!("b{i}{j}"), &format!("/var/run/netns/{name}"), conf)?.as_secs_f64() * 1e3);
-                    }
-                    for (j, name) in ns.0.iter().enumerate() {
-                        del.push(invoke(plugin, "DEL", &format!("b{i}{j}"), &format!("/var/run/netns/{name}"), conf)?.as_secs_f64() * 1e3);
-                    }
-                    s[i][0].push(add.median());
-                    s[i][1].push(add.pct(0.99));
-                    s[i][2].push(del.median());
-                    s[i][3].push(del.pct(0.99));
-                }
+        Ok(a)
+    }
+}
+
+impl Drop for AgentIn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = sh(&["ip", "netns", "del", &self.ns]);
+    }
+}
+
+/// One plugin set: who, which binary, its network config, the namespace
+/// a runtime would invoke it in.
+struct Set {
+    name: String,
+    plugin: String,
+    conf: String,
+    ns: String,
+}
+
+/// Invokes ADD then DEL for `n` fresh containers, from a thread that
+/// entered the set's host namespace (plugins inherit the caller's).
+fn round(set: &Set, tag: &str, n: usize) -> Result<(Series, Series), String> {
+    std::thread::scope(|sc| {
+        sc.spawn(|| -> Result<(Series, Series), String> {
+            enter(&set.ns)?;
+            let ns = Namespaces::new(&format!("mbc{tag}x"), n)?;
+            let (mut add, mut del) = (Series::default(), Series::default());
+            for (j, name) in ns.0.iter().enumerate() {
+                add.push(invoke(&set.plugin, "ADD", &format!("b{tag}{j}"), &format!("/var/run/netns/{name}"), &set.conf)?.as_secs_f64() * 1e3);
             }
-            Ok(())
-        };
-        let r = run();
-        // Eight runtimes at once, Muslin only: attachments per second.
-        let mut rate = Series::default();
-        let conc_result = r.and_then(|_| {
+            for (j, name) in ns.0.iter().enumerate() {
+                del.push(invoke(&set.plugin, "DEL", &format!("b{tag}{j}"), &format!("/var/run/netns/{name}"), &set.conf)?.as_secs_f64() * 1e3);
+            }
+            Ok((add, del))
+        })
+        .join()
+        .map_err(|_| "a CNI round panicked".to_string())?
+    })
+}
+
+pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchError> {
+    let f = fail("control plane");
+    let dir = std::env::temp_dir().join("muslin-bench-cni");
+    let _ = std::fs::remove_dir_all(&dir);
+    let n = plan.cni_attachments;
+    let rounds = plan.cni_rounds;
+    let conc = plan.concurrent_attachments;
+    let agent = AgentIn::start(&o.bin, HOST, &dir.join("muslin"), "10.60.0.0/22").map_err(&f)?;
+    let conf = |sock: std::path::PathBuf| {
+        json!({"cniVersion": "1.0.0", "name": "bench", "type": "muslin", "socket": sock}).to_string()
+    };
+    let mut sets = vec![
+        Set {
+            name: "Muslin".into(),
+            plugin: o.bin.display().to_string(),
+            conf: conf(dir.join("muslin/agent.sock")),
+            ns: HOST.into(),
+        },
+        Set {
+            name: "bridge + host-local".into(),
+            plugin: format!("{REF_PLUGINS}/bridge"),
+            conf: json!({"cniVersion": "1.0.0", "name": "benchbr", "type": "bridge", "bridge": "mbbr0", "isGateway": true,
+                "ipam": {"type": "host-local", "subnet": "10.61.0.0/22", "dataDir": dir.join("host-local")}})
+            .to_string(),
+            ns: HOST.into(),
+        },
+    ];
+    // The previous build, measured in the same run and alternated with
+    // this one, so a noisy machine shows as noise in both.
+    let _baseline = match &o.baseline {
+        Some(b) => {
+            let a = AgentIn::start(b, BASE_HOST, &dir.join("baseline"), "10.62.0.0/22").map_err(&f)?;
+            sets.push(Set {
+                name: "Muslin baseline".into(),
+                plugin: b.display().to_string(),
+                conf: conf(dir.join("baseline/agent.sock")),
+                ns: BASE_HOST.into(),
+            });
+            Some(a)
+        }
+        None => None,
+    };
+    let mut s: Vec<[Series; 4]> = sets.iter().map(|_| Default::default()).collect();
+    for r in 0..rounds {
+        for k in 0..sets.len() {
+            // Rotate who goes first.
+            let i = (k + r) % sets.len();
+            let (add, del) = round(&sets[i], &i.to_string(), n).map_err(&f)?;
+            s[i][0].push(add.median());
+            s[i][1].push(add.pct(0.99));
+            s[i][2].push(del.median());
+            s[i][3].push(del.pct(0.99));
+        }
+    }
+    // Eight runtimes at once, Muslin only: attachments per second.
+    let mut rate = Series::default();
+    let (plugin, mconf) = (sets[0].plugin.clone(), sets[0].conf.clone());
+    std::thread::scope(|sc| -> Result<(), String> {
+        sc.spawn(|| -> Result<(), String> {
+            enter(HOST)?;
             let ns = Namespaces::new("mbcc", conc)?;
             let t = Instant::now();
             std::thread::scope(|sc| -> Result<(), String> {
                 let hs: Vec<_> = (0..8)
                     .map(|w| {
                         let names: Vec<&String> = ns.0.iter().skip(w).step_by(8).collect();
-                        let (plugin, conf) = (sets[0].1, sets[0].2);
+                        let (plugin, conf) = (&plugin, &mconf);
                         sc.spawn(move || -> Result<(), String> {
                             enter(HOST)?;
                             for name in names {
@@ -169,29 +239,18 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
             })?;
             rate.push(conc as f64 / t.elapsed().as_secs_f64());
             Ok(())
-        });
-        let _ = agent.kill();
-        let _ = agent.wait();
-        conc_result?;
-        for (i, (name, _, _)) in sets.iter().enumerate() {
-            for (metric, v) in ["ADD p50", "ADD p99", "DEL p50", "DEL p99"].iter().zip(s[i].iter()) {
-                results.push((format!("{name}|{metric}"), v.clone()));
-            }
-        }
-        results.push(("Muslin|attachments per second, 8 runtimes at once".into(), rate));
-        Ok(results)
+        })
+        .join()
+        .map_err(|_| "the concurrent stage panicked".to_string())?
     })
-    .join()
-    .map_err(|_| f("the CNI stage panicked".into()))?;
-    let _ = sh(&["ip", "netns", "del", HOST]);
-    for (key, v) in out.map_err(&f)? {
-        let (scenario, metric) = key.split_once('|').expect("scenario|metric");
-        let unit = if metric.starts_with("attachments") {
-            "1/s"
-        } else {
-            "ms"
-        };
-        report.add("control plane", scenario, metric, unit, &v, None);
+    .map_err(&f)?;
+    drop(agent);
+    for (i, set) in sets.iter().enumerate() {
+        for (metric, v) in ["ADD p50", "ADD p99", "DEL p50", "DEL p99"].iter().zip(s[i].iter()) {
+            report.add("control plane", &set.name, metric, "ms", v, None);
+        }
     }
+    report.add("control plane", "Muslin", "attachments per second, 8 runtimes at once", "1/s", &rate, None);
     Ok(())
 }
+

@@ -39,6 +39,10 @@ pub struct Options {
     pub quick: bool,
     /// Cluster state of the scale stage: `gossip` or `etcd`.
     pub datastore: String,
+    /// A previous build whose CNI latency is measured in the same run.
+    pub baseline: Option<PathBuf>,
+    /// Run only this stage: `dataplane`, `cni` or `scale`.
+    pub only: Option<String>,
     pub progress: Box<dyn Fn(&str) + Send + Sync>,
 }
 
@@ -99,20 +103,27 @@ pub fn run(o: &Options) -> Result<Report, BenchError> {
     (o.progress)(
         "[1/3] data plane: underlay, pods on one host, Muslin routed/vxlan/auto, hand-built twins",
     );
-    let dp = dataplane::run(o, &plan, &mut report);
-    sys::cleanup(&root);
-    dp?;
+    let want = |stage: &str| o.only.as_deref().is_none_or(|s| s == stage);
+    if want("dataplane") {
+        let dp = dataplane::run(o, &plan, &mut report);
+        sys::cleanup(&root);
+        dp?;
+    }
     (o.progress)(
         "[2/3] control plane: CNI ADD/DEL against bridge+host-local, concurrent attachments",
     );
-    cni::run(o, &plan, &mut report)?;
+    if want("cni") {
+        cni::run(o, &plan, &mut report)?;
+    }
     (o.progress)(&format!(
         "[3/3] scale: {}-host lab cold start, convergence, agent memory and CPU, gossip",
         plan.scale_hosts
     ));
-    let sc = scale::run(o, &plan, &mut report);
-    sys::cleanup(&root);
-    sc?;
+    if want("scale") {
+        let sc = scale::run(o, &plan, &mut report);
+        sys::cleanup(&root);
+        sc?;
+    }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }

@@ -47,6 +47,13 @@ pub struct BenchArgs {
     /// Write a report folder: summary.md, results.json and SVG charts
     #[arg(long, value_name = "DIR")]
     pub report: Option<PathBuf>,
+    /// Another muslin binary (a previous build) whose CNI ADD/DEL latency
+    /// is measured in the same run, alternating with this one
+    #[arg(long, value_name = "FILE")]
+    pub baseline: Option<PathBuf>,
+    /// Run only one stage
+    #[arg(long, value_parser = ["dataplane", "cni", "scale"])]
+    pub only: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -307,6 +307,8 @@ fn bench(b: BenchArgs) -> Result<ExitCode> {
         bin: std::env::current_exe().context("locating the muslin binary")?,
         quick: b.quick,
         datastore: b.datastore.clone(),
+        baseline: b.baseline.clone(),
+        only: b.only.clone(),
         progress: Box::new(|l| eprintln!("{l}")),
     };
     let r = muslin_bench::run(&o)?;
