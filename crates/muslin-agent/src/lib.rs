@@ -86,10 +86,11 @@ pub async fn run(
     });
     if let Some(c) = &cluster {
         tracing::info!(pod_mtu = mtu, underlay_mtu = c.underlay.mtu, backend = ?c.backend, "pod MTU");
-        if let Some(b) = config.blocks.iter().find(|b| !config.pod_cidr.contains(*b)) {
+        let pod_cidr = config.pod_cidr();
+        if let Some(b) = config.blocks.iter().find(|b| !pod_cidr.contains(*b)) {
             return Err(AgentError::Config(muslin_model::agent_config::ConfigError {
                 field: "blocks".into(),
-                msg: format!("{b} lies outside pod-cidr {}: peers route only blocks inside the pod network", config.pod_cidr),
+                msg: format!("{b} lies outside pod-cidr {pod_cidr}: peers route only blocks inside the pod network"),
             }));
         }
     }
