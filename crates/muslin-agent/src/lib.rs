@@ -26,8 +26,10 @@ pub use state_store::{StateStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    // Not `#[from]`, which would make the error its own source too and
+    // print it twice in a `{:#}` chain.
     #[error("invalid configuration: {0}")]
-    Config(#[from] muslin_model::agent_config::ConfigError),
+    Config(muslin_model::agent_config::ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -47,6 +49,12 @@ fn host_name() -> String {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".into())
+}
+
+impl From<muslin_model::agent_config::ConfigError> for AgentError {
+    fn from(e: muslin_model::agent_config::ConfigError) -> Self {
+        AgentError::Config(e)
+    }
 }
 
 /// Runs the agent until `shutdown` resolves. Kernel state is left in place
