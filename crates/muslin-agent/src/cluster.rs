@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use muslin_kernel::{Executor, Lane, OnFailure};
+use muslin_model::agent_config::{AgentConfig, ConfigError, Datastore};
 use muslin_plan::data_plane::{self, NetworkTables};
 use muslin_plan::nft::{Masquerade, NftFamily};
 use muslin_plan::{Change, Step};
-use muslin_model::agent_config::{AgentConfig, ConfigError};
 use muslin_model::api::{ClusterStatus, PeerStatus};
 use muslin_model::cluster::{reserved_in, vtep_mac, BlockClaim, ClusterView, NodeRecord};
 use muslin_model::dataplane::{desired, Backend, Desired, Params, Path, Underlay, VxlanSettings};
@@ -43,7 +43,7 @@ fn refuse_conflicts(config: &AgentConfig, etcd: bool, facts: &HostFacts) -> Resu
     };
     let uses_pod_cidr = config.blocks.is_empty() || !config.join.is_empty() || etcd;
     if uses_pod_cidr {
-        if let Some(m) = range_conflict("pod-cidr", config.pod_cidr, &facts.cands) {
+        if let Some(m) = range_conflict("pod-cidr", config.pod_cidr(), &facts.cands) {
             return Err(conflict("pod-cidr", m));
         }
     }
@@ -152,8 +152,9 @@ pub async fn join(
     me: &str,
     host: &Executor,
 ) -> Result<Option<Cluster>, AgentError> {
-    let etcd = config.datastore == "etcd";
-    let facts = HostFacts::read(host, config.pod_cidr).await?;
+    let datastore = config.datastore();
+    let etcd = matches!(datastore, Datastore::Etcd(_));
+    let facts = HostFacts::read(host, config.pod_cidr()).await?;
     refuse_conflicts(config, etcd, &facts)?;
     // Our own address in the join list (one list for every host) is
     // simply not a peer.
@@ -165,31 +166,17 @@ pub async fn join(
         .collect();
     // On etcd the nodes need not know each other: the underlay must reach
     // etcd, so its members are what reachability verifies.
-    let reach: Vec<SocketAddr> = if peers.is_empty() && etcd {
-        config
-            .etcd_endpoints
-            .iter()
-            .filter_map(|e| {
-                e.split("://")
-                    .nth(1)?
-                    .trim_end_matches('/')
-                    .parse::<SocketAddr>()
-                    .ok()
-            })
-            .collect()
-    } else {
-        peers.clone()
+    let reach: Vec<SocketAddr> = match &datastore {
+        Datastore::Etcd(e) if peers.is_empty() => e.socket_addrs(),
+        _ => peers.clone(),
     };
-    let method: Method = config
-        .underlay
-        .parse()
-        .map_err(|m| AgentError::Underlay(format!("underlay: {m}")))?;
+    let method = &config.underlay;
     let movable = matches!(method, Method::Reachability);
     // A restart keeps what the last run chose (peers' probes keep it true)
     // rather than wait for join peers that may be unreachable right now.
     let basis = crate::underlay_state::Kept {
         node: me.to_string(),
-        method: config.underlay.clone(),
+        method: method.to_string(),
         join: config.join.clone(),
         choice: Choice {
             ifname: String::new(),
@@ -207,7 +194,7 @@ pub async fn join(
     let choice = match kept {
         Some(c) => c,
         None => {
-            let Some(c) = crate::underlay_select::choose(&facts.cands, &method, &reach)
+            let Some(c) = crate::underlay_select::choose(&facts.cands, method, &reach)
                 .await
                 .map_err(AgentError::Underlay)?
             else {
@@ -227,10 +214,7 @@ pub async fn join(
         reason,
     } = choice;
     tracing::info!(address = %address.addr(), interface = %ifname, mtu, %reason, "chose the underlay address");
-    let backend: Backend = config
-        .backend
-        .parse()
-        .map_err(|m| AgentError::Underlay(format!("backend: {m}")))?;
+    let backend = config.backend;
     let secret = match &config.cluster_secret_file {
         Some(p) => Some(muslin_store::load_secret(p).map_err(|e| AgentError::Join(e.to_string()))?),
         None => None,
@@ -264,7 +248,7 @@ pub async fn join(
             Leases::load(
                 &config.state_dir,
                 me,
-                config.pod_cidr,
+                config.pod_cidr(),
                 config.block_size,
                 settle,
                 ttl,
@@ -310,14 +294,15 @@ pub async fn join(
     if let Some(l) = &leases {
         initial.extend(l.claims.iter().map(|(b, at)| claim(b, *at)));
     }
-    let store = if etcd {
+    let store = if let Datastore::Etcd(settings) = datastore {
+        let (endpoints, prefix) = (settings.endpoints.clone(), settings.prefix.clone());
         let s = Etcd::start(EtcdConfig {
-            endpoints: config.etcd_endpoints.clone(),
-            prefix: config.etcd_prefix.clone(),
+            endpoints: settings.endpoints,
+            prefix: settings.prefix,
             node_name: me.to_string(),
-            ca_file: config.etcd_ca_file.clone(),
-            cert_file: config.etcd_cert_file.clone(),
-            key_file: config.etcd_key_file.clone(),
+            ca_file: settings.ca_file,
+            cert_file: settings.cert_file,
+            key_file: settings.key_file,
             ttl,
             alive_ttl: (interval * 30).max(Duration::from_secs(6)),
         })
@@ -333,7 +318,7 @@ pub async fn join(
                 s.claim_block(*b, BlockClaim { claimed_at_ms: *at }).await;
             }
         }
-        tracing::info!(endpoints = ?config.etcd_endpoints, prefix = %config.etcd_prefix, "cluster state in etcd");
+        tracing::info!(?endpoints, %prefix, "cluster state in etcd");
         s
     } else {
         AnyStore::Gossip(
@@ -414,7 +399,7 @@ pub async fn join(
         status: Arc::new(RwLock::new(ClusterStatus::default())),
         leases,
         interval,
-        pod_cidr: config.pod_cidr,
+        pod_cidr: config.pod_cidr(),
         masquerade: config.masquerade,
     }))
 }
@@ -852,7 +837,7 @@ impl Cluster {
             underlay_address: Some(self.underlay.address),
             underlay_reason: self.reason.clone(),
             underlay_mtu: self.underlay.mtu,
-            backend: format!("{:?}", self.backend).to_lowercase(),
+            backend: self.backend.to_string(),
             synced: self.store.synced(),
             nodes,
             warnings,

@@ -20,7 +20,7 @@ pub const INTERVAL: Duration = Duration::from_secs(10);
 /// which covers every pod on every node this host forwards for.
 pub fn pod_cidrs(config: &AgentConfig) -> Vec<IpNet> {
     if config.blocks.is_empty() {
-        vec![config.pod_cidr]
+        config.pod_cidrs().to_vec()
     } else {
         config.blocks.clone()
     }

@@ -28,8 +28,10 @@ pub use uninstall::uninstall;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    // Not `#[from]`, which would make the error its own source too and
+    // print it twice in a `{:#}` chain.
     #[error("invalid configuration: {0}")]
-    Config(#[from] muslin_model::agent_config::ConfigError),
+    Config(muslin_model::agent_config::ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -61,6 +63,12 @@ pub struct Parts {
     /// Carries out kernel changes; a real one on this host's kernel when
     /// unset.
     pub executor: Option<muslin_kernel::Executor>,
+}
+
+impl From<muslin_model::agent_config::ConfigError> for AgentError {
+    fn from(e: muslin_model::agent_config::ConfigError) -> Self {
+        AgentError::Config(e)
+    }
 }
 
 /// Runs the agent until `shutdown` resolves. Kernel state is left in place
@@ -130,10 +138,11 @@ pub async fn run_with(
     });
     if let Some(c) = &cluster {
         tracing::info!(pod_mtu = mtu, underlay_mtu = c.underlay.mtu, backend = ?c.backend, "pod MTU");
-        if let Some(b) = config.blocks.iter().find(|b| !config.pod_cidr.contains(*b)) {
+        let pod_cidr = config.pod_cidr();
+        if let Some(b) = config.blocks.iter().find(|b| !pod_cidr.contains(*b)) {
             return Err(AgentError::Config(muslin_model::agent_config::ConfigError {
                 field: "blocks".into(),
-                msg: format!("{b} lies outside pod-cidr {}: peers route only blocks inside the pod network", config.pod_cidr),
+                msg: format!("{b} lies outside pod-cidr {pod_cidr}: peers route only blocks inside the pod network"),
             }));
         }
     }

@@ -60,28 +60,18 @@ pub struct UpReport {
     pub matrix: Option<Matrix>,
 }
 
-pub const BACKENDS: [&str; 3] = ["auto", "routed", "vxlan"];
-pub const DATASTORES: [&str; 2] = ["gossip", "etcd"];
-
 pub fn up(ctx: &Ctx, o: &UpOptions) -> Result<UpReport, LabError> {
     let t0 = Instant::now();
     if let Some(why) = invalid_name(&o.name) {
         return Err(LabError::Usage(format!("--name: {why}")));
     }
-    if !BACKENDS.contains(&o.backend.as_str()) {
-        return Err(LabError::Usage(format!(
-            "--backend: {:?} is not one of {}",
-            o.backend,
-            BACKENDS.join(", ")
-        )));
-    }
-    if !DATASTORES.contains(&o.datastore.as_str()) {
-        return Err(LabError::Usage(format!(
-            "--datastore: {:?} is not one of {}",
-            o.datastore,
-            DATASTORES.join(", ")
-        )));
-    }
+    // The agents' own parsers: the lab accepts exactly what they accept.
+    o.backend
+        .parse::<muslin_model::dataplane::Backend>()
+        .map_err(|m| LabError::Usage(format!("--backend: {m}")))?;
+    o.datastore
+        .parse::<muslin_model::agent_config::DatastoreKind>()
+        .map_err(|m| LabError::Usage(format!("--datastore: {m}")))?;
     if !(o.etcd_members == 1 || o.etcd_members == 3) {
         return Err(LabError::Usage(format!(
             "--etcd-members: {} must be 1 or 3",

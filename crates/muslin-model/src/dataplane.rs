@@ -44,6 +44,16 @@ impl FromStr for Backend {
     }
 }
 
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Routed => "routed",
+            Backend::Vxlan => "vxlan",
+            Backend::Auto => "auto",
+        })
+    }
+}
+
 /// How a peer is reached.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "path", content = "why")]

@@ -12,6 +12,7 @@ pub mod host_firewall;
 pub mod ipam;
 pub mod naming;
 pub mod plumbing;
+pub mod settings;
 pub mod underlay;
 
 /// Route protocol number stamped on every route Muslin installs, so that it

@@ -3,6 +3,7 @@
 //! but the address from which the node verifiably reaches its join peers;
 //! the agent performs the route lookups and probes, this module decides.
 
+use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
@@ -77,6 +78,63 @@ impl FromStr for Method {
             ))
             }
         })
+    }
+}
+
+/// The inverse of `FromStr`: what was parsed prints back to a string that
+/// parses to the same method, so the config file, the flag and the kept
+/// underlay state all speak the same text.
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fn list<T: fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+            items
+                .into_iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        }
+        // `from_str` anchors each pattern; print what the user wrote.
+        let pattern = |r: &Regex| {
+            let s = r.as_str();
+            s.strip_prefix("^(?:")
+                .and_then(|s| s.strip_suffix(")$"))
+                .unwrap_or(s)
+                .to_string()
+        };
+        match self {
+            Method::Reachability => f.write_str("reachability"),
+            Method::FirstFound => f.write_str("first-found"),
+            Method::Interface(r) => write!(f, "interface={}", list(r.iter().map(pattern))),
+            Method::SkipInterface(r) => {
+                write!(f, "skip-interface={}", list(r.iter().map(pattern)))
+            }
+            Method::Cidr(c) => write!(f, "cidr={}", list(c)),
+            Method::CanReach(a) => write!(f, "can-reach={a}"),
+            Method::Address(a) => write!(f, "address={a}"),
+        }
+    }
+}
+
+/// Regexes have no equality; two methods are the same when they print the
+/// same.
+impl PartialEq for Method {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for Method {}
+
+impl serde::Serialize for Method {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Method {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -2,7 +2,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use ipnet::IpNet;
+use muslin_model::agent_config::AgentFlags;
 
 #[derive(Parser, Debug)]
 #[command(name = "muslin", version, about = "Multi-host container networking for Linux", long_about = None)]
@@ -156,84 +156,8 @@ pub struct AgentArgs {
     /// TOML configuration file; flags override it
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
-    /// Name of this node [default: host name]
-    #[arg(long)]
-    pub node_name: Option<String>,
-    /// Unix socket of the local API [default: /run/muslin/agent.sock]
-    #[arg(long)]
-    pub socket: Option<PathBuf>,
-    /// Directory of persistent state [default: /var/lib/muslin]
-    #[arg(long)]
-    pub state_dir: Option<PathBuf>,
-    /// A fixed pod address block of this node (repeatable); without it the
-    /// node leases blocks of --pod-cidr from the cluster
-    #[arg(long = "block", value_name = "CIDR")]
-    pub blocks: Vec<IpNet>,
-    /// MTU of container interfaces [default: from the underlay]
-    #[arg(long)]
-    pub mtu: Option<u32>,
-    /// Peers to join, ADDR or ADDR:PORT (repeatable or comma-separated)
-    #[arg(long, value_delimiter = ',')]
-    pub join: Vec<String>,
-    /// UDP port of gossip [default: 7331]
-    #[arg(long)]
-    pub gossip_port: Option<u16>,
-    /// Milliseconds between gossip rounds [default: 200]
-    #[arg(long)]
-    pub gossip_interval_ms: Option<u64>,
-    /// File with the cluster secret that authenticates and encrypts gossip
-    #[arg(long)]
-    pub cluster_secret_file: Option<PathBuf>,
-    /// The cluster's pod network [default: 10.244.0.0/16]
-    #[arg(long)]
-    pub pod_cidr: Option<IpNet>,
-    /// Prefix length of per-node blocks, 20 to 28 [default: 24]
-    #[arg(long)]
-    pub block_size: Option<u8>,
-    /// Seconds a silent node keeps its blocks [default: 3600]
-    #[arg(long)]
-    pub block_ttl: Option<u64>,
-    /// Data plane between hosts: auto, routed or vxlan [default: auto]
-    #[arg(long)]
-    pub backend: Option<String>,
-    /// VXLAN network identifier [default: 4242]
-    #[arg(long)]
-    pub vxlan_vni: Option<u32>,
-    /// VXLAN UDP port [default: 4789]
-    #[arg(long)]
-    pub vxlan_port: Option<u16>,
-    /// How to choose the underlay address: reachability, first-found,
-    /// interface=REGEX, skip-interface=REGEX, cidr=CIDR, can-reach=ADDR,
-    /// address=ADDR [default: reachability]
-    #[arg(long)]
-    pub underlay: Option<String>,
-    /// Masquerade pod traffic leaving the pod network [default: true]
-    #[arg(long)]
-    pub masquerade: Option<bool>,
-    /// Where cluster state lives: gossip (embedded) or etcd [default: gossip]
-    #[arg(long)]
-    pub datastore: Option<String>,
-    /// etcd client URLs, comma-separated (with --datastore etcd)
-    #[arg(long, value_delimiter = ',')]
-    pub etcd_endpoints: Vec<String>,
-    /// Key prefix of Muslin's state in etcd [default: /muslin/]
-    #[arg(long)]
-    pub etcd_prefix: Option<String>,
-    /// CA certificate (PEM) to verify etcd with
-    #[arg(long)]
-    pub etcd_ca_file: Option<PathBuf>,
-    /// Client certificate (PEM) for etcd
-    #[arg(long)]
-    pub etcd_cert_file: Option<PathBuf>,
-    /// Client key (PEM) for etcd
-    #[arg(long)]
-    pub etcd_key_file: Option<PathBuf>,
-    /// Seconds between full reconciliations [default: 30]
-    #[arg(long)]
-    pub reconcile_interval: Option<u64>,
-    /// Log filter, such as info or debug [default: info]
-    #[arg(long)]
-    pub log_level: Option<String>,
+    #[command(flatten)]
+    pub flags: AgentFlags,
 }
 
 #[derive(Args, Debug)]

@@ -50,51 +50,7 @@ fn agent_config(a: &AgentArgs) -> Result<AgentConfig> {
         }
         None => AgentConfig::default(),
     };
-    macro_rules! set {
-        ($($field:ident),*) => {$(
-            if let Some(v) = &a.$field {
-                c.$field = v.clone().into();
-            }
-        )*};
-    }
-    set!(
-        node_name,
-        socket,
-        state_dir,
-        mtu,
-        gossip_port,
-        gossip_interval_ms,
-        cluster_secret_file,
-        pod_cidr
-    );
-    set!(
-        block_size,
-        block_ttl,
-        backend,
-        vxlan_vni,
-        vxlan_port,
-        underlay,
-        masquerade,
-        reconcile_interval,
-        log_level
-    );
-    set!(
-        datastore,
-        etcd_prefix,
-        etcd_ca_file,
-        etcd_cert_file,
-        etcd_key_file
-    );
-    if !a.etcd_endpoints.is_empty() {
-        c.etcd_endpoints = a.etcd_endpoints.clone();
-    }
-    if !a.blocks.is_empty() {
-        c.blocks = a.blocks.clone();
-    }
-    if !a.join.is_empty() {
-        c.join = a.join.clone();
-    }
-    c.validate().context("invalid agent configuration")?;
+    a.flags.apply(&mut c);
     Ok(c)
 }
 
