@@ -1,6 +1,6 @@
 //! Plumbing of one attachment: a veth pair whose container end carries the
-//! container's host-prefix address and a default route via a link-local
-//! gateway that the host end stands for.
+//! container's host-prefix addresses and, per family, a default route via a
+//! link-local gateway that the host end stands for.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use std::os::fd::AsRawFd;
 
-use muslin_model::plumbing::{default_route, AttachmentPlan};
+use muslin_model::plumbing::{default_route, gateway_for, AttachmentPlan};
 use muslin_model::ROUTE_PROTOCOL;
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
 use rtnetlink::packet_route::neighbour::NeighbourState;
@@ -23,9 +23,9 @@ use crate::{KernelError, Netlink};
 /// One way in which an attachment differs from its plan.
 pub type CheckProblem = String;
 
-fn host_route(plan: &AttachmentPlan, index: u32) -> rtnetlink::packet_route::route::RouteMessage {
+fn host_route(address: IpNet, index: u32) -> rtnetlink::packet_route::route::RouteMessage {
     RouteMessageBuilder::<IpAddr>::new()
-        .destination_prefix(plan.address.addr(), plan.address.prefix_len())
+        .destination_prefix(address.addr(), address.prefix_len())
         .expect("address and prefix come from one IpNet")
         .output_interface(index)
         .scope(RouteScope::Link)
@@ -81,62 +81,65 @@ async fn configure(host: &Netlink, plan: &AttachmentPlan, ns: &File) -> Result<(
             source: std::io::ErrorKind::NotFound.into(),
         })?
         .index;
-    let addr = plan.address;
-    c.handle
-        .address()
-        .add(idx, addr.addr(), addr.prefix_len())
-        .execute()
-        .await
-        .map_err(KernelError::netlink(format!("adding {addr} to {cif}")))?;
+    for addr in &plan.addresses {
+        c.handle
+            .address()
+            .add(idx, addr.addr(), addr.prefix_len())
+            .execute()
+            .await
+            .map_err(KernelError::netlink(format!("adding {addr} to {cif}")))?;
+    }
     c.handle
         .link()
         .set(LinkUnspec::new_with_index(idx).up().build())
         .execute()
         .await
         .map_err(KernelError::netlink(format!("setting {cif} up")))?;
-    c.handle
-        .neighbours()
-        .add(idx, plan.gateway)
-        .link_layer_address(&plan.host_mac)
-        .state(NeighbourState::Permanent)
-        .execute()
-        .await
-        .map_err(KernelError::netlink(format!(
-            "adding gateway neighbour on {cif}"
-        )))?;
-    let full = if plan.gateway.is_ipv4() { 32 } else { 128 };
-    let gw_route = RouteMessageBuilder::<IpAddr>::new()
-        .destination_prefix(plan.gateway, full)
-        .expect("host prefix")
-        .output_interface(idx)
-        .scope(RouteScope::Link)
-        .protocol(protocol(ROUTE_PROTOCOL))
-        .build();
-    c.handle
-        .route()
-        .add(gw_route)
-        .execute()
-        .await
-        .map_err(KernelError::netlink(format!(
-            "adding gateway route on {cif}"
-        )))?;
-    let dflt = default_route(addr.addr());
-    let default = RouteMessageBuilder::<IpAddr>::new()
-        .destination_prefix(dflt.addr(), 0)
-        .expect("default prefix")
-        .gateway(plan.gateway)
-        .expect("same family")
-        .output_interface(idx)
-        .protocol(protocol(ROUTE_PROTOCOL))
-        .build();
-    c.handle
-        .route()
-        .add(default)
-        .execute()
-        .await
-        .map_err(KernelError::netlink(format!(
-            "adding default route on {cif}"
-        )))?;
+    for gateway in gateways(plan) {
+        c.handle
+            .neighbours()
+            .add(idx, gateway)
+            .link_layer_address(&plan.host_mac)
+            .state(NeighbourState::Permanent)
+            .execute()
+            .await
+            .map_err(KernelError::netlink(format!(
+                "adding gateway neighbour on {cif}"
+            )))?;
+        let full = if gateway.is_ipv4() { 32 } else { 128 };
+        let gw_route = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(gateway, full)
+            .expect("host prefix")
+            .output_interface(idx)
+            .scope(RouteScope::Link)
+            .protocol(protocol(ROUTE_PROTOCOL))
+            .build();
+        c.handle
+            .route()
+            .add(gw_route)
+            .execute()
+            .await
+            .map_err(KernelError::netlink(format!(
+                "adding gateway route on {cif}"
+            )))?;
+        let dflt = default_route(gateway);
+        let default = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dflt.addr(), 0)
+            .expect("default prefix")
+            .gateway(gateway)
+            .expect("same family")
+            .output_interface(idx)
+            .protocol(protocol(ROUTE_PROTOCOL))
+            .build();
+        c.handle
+            .route()
+            .add(default)
+            .execute()
+            .await
+            .map_err(KernelError::netlink(format!(
+                "adding default route on {cif}"
+            )))?;
+    }
 
     let hidx = host
         .link(&plan.host_ifname)
@@ -158,14 +161,28 @@ async fn configure(host: &Netlink, plan: &AttachmentPlan, ns: &File) -> Result<(
             "setting {} up",
             plan.host_ifname
         )))?;
-    host.handle
-        .route()
-        .add(host_route(plan, hidx))
-        .replace()
-        .execute()
-        .await
-        .map_err(KernelError::netlink(format!("adding host route to {addr}")))?;
+    for addr in &plan.addresses {
+        host.handle
+            .route()
+            .add(host_route(*addr, hidx))
+            .replace()
+            .execute()
+            .await
+            .map_err(KernelError::netlink(format!("adding host route to {addr}")))?;
+    }
     Ok(())
+}
+
+/// One gateway per family the plan's addresses use.
+fn gateways(plan: &AttachmentPlan) -> Vec<IpAddr> {
+    let mut v: Vec<IpAddr> = plan
+        .addresses
+        .iter()
+        .map(|a| gateway_for(a.addr()))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 /// Removes the attachment's veth pair if present; returns whether it was.
@@ -195,20 +212,21 @@ pub async fn ensure_host_route(
     let Some(link) = host.link(&plan.host_ifname).await? else {
         return Ok(false);
     };
-    if present.contains(&(plan.address, link.index)) {
-        return Ok(true);
+    for addr in &plan.addresses {
+        if present.contains(&(*addr, link.index)) {
+            continue;
+        }
+        crate::writes::wrote();
+        host.handle
+            .route()
+            .add(host_route(*addr, link.index))
+            .replace()
+            .execute()
+            .await
+            .map_err(KernelError::netlink(format!(
+                "restoring host route to {addr}"
+            )))?;
     }
-    crate::writes::wrote();
-    host.handle
-        .route()
-        .add(host_route(plan, link.index))
-        .replace()
-        .execute()
-        .await
-        .map_err(KernelError::netlink(format!(
-            "restoring host route to {}",
-            plan.address
-        )))?;
     Ok(true)
 }
 
@@ -219,21 +237,19 @@ pub async fn check(
     ns: &File,
 ) -> Result<Vec<CheckProblem>, KernelError> {
     let mut problems = Vec::new();
-    let v6 = plan.address.addr().is_ipv6();
     match host.link(&plan.host_ifname).await? {
         None => problems.push(format!("host interface {} is missing", plan.host_ifname)),
         Some(l) => {
             if !l.up {
                 problems.push(format!("host interface {} is down", l.name));
             }
-            let ok = host.routes(v6).await?.iter().any(|r| {
-                r.dst == plan.address && r.oif == Some(l.index) && r.protocol == ROUTE_PROTOCOL
-            });
-            if !ok {
-                problems.push(format!(
-                    "host route to {} via {} is missing",
-                    plan.address, l.name
-                ));
+            for addr in &plan.addresses {
+                let ok = host.routes(addr.addr().is_ipv6()).await?.iter().any(|r| {
+                    r.dst == *addr && r.oif == Some(l.index) && r.protocol == ROUTE_PROTOCOL
+                });
+                if !ok {
+                    problems.push(format!("host route to {addr} via {} is missing", l.name));
+                }
             }
         }
     }
@@ -246,27 +262,24 @@ pub async fn check(
     if !l.up {
         problems.push(format!("container interface {cif} is down"));
     }
-    if !c.addresses(l.index).await?.contains(&plan.address) {
-        problems.push(format!("address {} is missing on {cif}", plan.address));
-    }
-    let routes = c.routes(v6).await?;
-    if !routes.iter().any(|r| {
-        r.dst.prefix_len() == 0 && r.gateway == Some(plan.gateway) && r.oif == Some(l.index)
-    }) {
-        problems.push(format!(
-            "default route via {} on {cif} is missing",
-            plan.gateway
-        ));
+    let present = c.addresses(l.index).await?;
+    for addr in plan.addresses.iter().filter(|a| !present.contains(a)) {
+        problems.push(format!("address {addr} is missing on {cif}"));
     }
     let neigh = c.permanent_neighbours(l.index).await?;
-    if !neigh
-        .iter()
-        .any(|(ip, mac)| *ip == plan.gateway && mac[..] == plan.host_mac[..])
-    {
-        problems.push(format!(
-            "gateway neighbour {} on {cif} is missing",
-            plan.gateway
-        ));
+    for gateway in gateways(plan) {
+        let routes = c.routes(gateway.is_ipv6()).await?;
+        if !routes.iter().any(|r| {
+            r.dst.prefix_len() == 0 && r.gateway == Some(gateway) && r.oif == Some(l.index)
+        }) {
+            problems.push(format!("default route via {gateway} on {cif} is missing"));
+        }
+        if !neigh
+            .iter()
+            .any(|(ip, mac)| *ip == gateway && mac[..] == plan.host_mac[..])
+        {
+            problems.push(format!("gateway neighbour {gateway} on {cif} is missing"));
+        }
     }
     Ok(problems)
 }
