@@ -1,6 +1,7 @@
 //! The per-host agent. It owns the node's endpoint table and is the only
 //! writer of its kernel state; the CNI plugin and the CLI are its clients.
 
+mod atomic_file;
 mod blocks;
 mod cluster;
 mod host_firewall;
@@ -70,8 +71,10 @@ pub async fn run(
     let table = store.load()?;
     for (k, e) in &table.endpoints {
         // Leased blocks are not known yet; only fixed ones can be judged.
-        if !config.blocks.is_empty() && !config.blocks.iter().any(|b| b.contains(&e.address)) {
-            tracing::warn!(container = %k.container_id, address = %e.address, "recorded address is outside the configured blocks; it stays until DEL");
+        for a in &e.addresses {
+            if !config.blocks.is_empty() && !config.blocks.iter().any(|b| b.contains(&a.addr())) {
+                tracing::warn!(container = %k.container_id, address = %a, "recorded address is outside the configured blocks; it stays until DEL");
+            }
         }
     }
     tracing::info!(node = %node_name, endpoints = table.endpoints.len(), state = ?store.path(), "loaded state");
@@ -109,9 +112,12 @@ pub async fn run(
         mtu,
         blocks.clone(),
     );
+    // The whole table is published at start, before the cluster loop's
+    // first round: what a crash left unpublished or published converges.
+    node.publish_endpoints().await;
     let cluster_task = cluster.map(|c| {
         node.cluster = Some(c.status.clone());
-        tokio::spawn(c.run(netlink.clone(), blocks.clone()))
+        tokio::spawn(c.run(netlink.clone(), blocks.clone(), node.endpoints.subscribe()))
     });
     let node = Arc::new(node);
     let firewall = host_firewall::spawn(host_firewall::pod_cidrs(&node.config));
