@@ -8,17 +8,20 @@ use std::time::{Duration, Instant};
 
 use muslin_kernel::{Executor, Lane, OnFailure};
 use muslin_model::agent_config::{AgentConfig, ConfigError, Datastore};
-use muslin_plan::data_plane::{self, NetworkTables};
-use muslin_plan::nft::{Masquerade, NftFamily};
-use muslin_plan::{Change, Step};
 use muslin_model::api::{ClusterStatus, PeerStatus};
-use muslin_model::cluster::{reserved_in, vtep_mac, BlockClaim, ClusterView, NodeRecord};
+use muslin_model::cluster::{
+    gossip_block_keys, reserved_in, vtep_mac, BlockClaim, ClusterView, EndpointRecord, NodeRecord,
+};
 use muslin_model::dataplane::{desired, Backend, Desired, Params, Path, Underlay, VxlanSettings};
 use muslin_model::health::{PeerPlan, Tracker};
 use muslin_model::naming::format_mac;
 use muslin_model::underlay::{
     range_conflict, reconsider, usable_addresses, Candidate, Choice, Method,
 };
+use muslin_model::DEFAULT_NETWORK;
+use muslin_plan::data_plane::{self, NetworkTables};
+use muslin_plan::nft::{Masquerade, NftFamily};
+use muslin_plan::{Change, Step};
 use muslin_store::{AnyStore, ClusterStore, Etcd, EtcdConfig, Gossip, GossipConfig};
 use tokio::sync::{watch, RwLock};
 
@@ -121,10 +124,7 @@ impl HostFacts {
             .iter()
             .flat_map(|c| c.addresses.iter().map(|a| a.addr()))
             .collect();
-        let reserved = reserved_in(
-            pod_cidr,
-            &muslin_plan::facts::foreign_routes(&state),
-        );
+        let reserved = reserved_in(pod_cidr, &muslin_plan::facts::foreign_routes(&state));
         Ok(HostFacts {
             cands,
             addresses,
@@ -280,19 +280,28 @@ pub async fn join(
     // The record and every claim go out in the first gossip message, so
     // peers never see this generation without them. Static blocks always
     // win: claimed at the beginning of time.
-    let claim = |b: &ipnet::IpNet, at: u64| {
-        (
-            format!("{}{b}", muslin_model::cluster::BLOCK_KEY_PREFIX),
-            serde_json::to_string(&BlockClaim { claimed_at_ms: at }).expect("serializes"),
-        )
+    let claim = |network: &str, b: &ipnet::IpNet, at: u64| {
+        let value = serde_json::to_string(&BlockClaim { claimed_at_ms: at }).expect("serializes");
+        gossip_block_keys(network, *b)
+            .into_iter()
+            .map(move |k| (k, value.clone()))
     };
     let mut initial = vec![(
         muslin_model::cluster::NODE_KEY.to_string(),
         serde_json::to_string(&record).expect("serializes"),
     )];
-    initial.extend(config.blocks.iter().map(|b| claim(b, 0)));
+    initial.extend(
+        config
+            .blocks
+            .iter()
+            .flat_map(|b| claim(DEFAULT_NETWORK, b, 0)),
+    );
     if let Some(l) = &leases {
-        initial.extend(l.claims.iter().map(|(b, at)| claim(b, *at)));
+        initial.extend(
+            l.claims
+                .iter()
+                .flat_map(|(b, at)| claim(l.network(), b, *at)),
+        );
     }
     let store = if let Datastore::Etcd(settings) = datastore {
         let (endpoints, prefix) = (settings.endpoints.clone(), settings.prefix.clone());
@@ -311,11 +320,13 @@ pub async fn join(
         let s = AnyStore::Etcd(Box::new(s));
         s.publish_record(&record).await;
         for b in &config.blocks {
-            s.claim_block(*b, BlockClaim { claimed_at_ms: 0 }).await;
+            s.claim_block(DEFAULT_NETWORK, *b, BlockClaim { claimed_at_ms: 0 })
+                .await;
         }
         if let Some(l) = &leases {
             for (b, at) in &l.claims {
-                s.claim_block(*b, BlockClaim { claimed_at_ms: *at }).await;
+                s.claim_block(l.network(), *b, BlockClaim { claimed_at_ms: *at })
+                    .await;
             }
         }
         tracing::info!(?endpoints, %prefix, "cluster state in etcd");
@@ -406,7 +417,15 @@ pub async fn join(
 
 impl Cluster {
     /// Runs until dropped: leases, then the data plane, every gossip round.
-    pub async fn run(mut self, host: Executor, blocks: Arc<BlockSource>) {
+    /// `endpoints` is what the node wants the cluster to see of its
+    /// endpoints; it is published every round (level-triggered: a store
+    /// outage or a crash between steps converges) and as soon as it changes.
+    pub async fn run(
+        mut self,
+        host: Executor,
+        blocks: Arc<BlockSource>,
+        mut endpoints: watch::Receiver<Vec<EndpointRecord>>,
+    ) {
         let started = Instant::now();
         let mut last: Option<Desired> = None;
         let mut last_full = Instant::now() - Duration::from_secs(3600);
@@ -478,17 +497,20 @@ impl Cluster {
             if let Some(l) = self.leases.as_mut() {
                 let step = l.step(&view, more);
                 more = false;
+                let network = l.network();
                 for b in &step.release {
-                    self.store.release_block(*b).await;
+                    self.store.release_block(network, *b).await;
                 }
                 for (b, c) in step.reclaim {
-                    self.store.claim_block(b, c).await;
+                    self.store.claim_block(network, b, c).await;
                 }
                 if let Some((b, c)) = step.claim {
-                    self.store.claim_block(b, c).await;
+                    self.store.claim_block(network, b, c).await;
                 }
                 blocks.set(step.settled);
             }
+            let mine = endpoints.borrow_and_update().clone();
+            self.store.sync_endpoints(&mine).await;
             self.reconsider_underlay(&view).await;
             let path_mtu = self.tracker.lock().expect("tracker lock").path_mtu();
             let d = desired(
@@ -509,8 +531,7 @@ impl Cluster {
             let allow_deletes = self.store.synced() && started.elapsed() > self.interval * 10;
             let full = last_full.elapsed() > Duration::from_secs(5);
             if full || last.as_ref() != Some(&d) {
-                if let Err(e) = self.converge(&host, &d, allow_deletes).await
-                {
+                if let Err(e) = self.converge(&host, &d, allow_deletes).await {
                     tracing::warn!(cause = %e, "data plane not converged; retrying");
                 } else {
                     last = Some(d.clone());
@@ -526,6 +547,12 @@ impl Cluster {
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
                 _ = blocks.wanted() => more = true,
+                r = endpoints.changed() => {
+                    // The node is gone (shutting down): rounds go on by time.
+                    if r.is_err() {
+                        tokio::time::sleep(self.interval).await;
+                    }
+                }
             }
         }
     }
@@ -827,6 +854,7 @@ impl Cluster {
                 },
                 path_mtu: path_mtu.get(name).copied(),
                 reached: self.record.reach.get(name).cloned().unwrap_or_default(),
+                endpoints: p.endpoints.len() as u64,
             })
             .collect();
         let (sent, received, requests) = self.store.traffic();
@@ -853,6 +881,7 @@ impl Cluster {
             probe_bytes_sent: crate::prober::SENT.load(std::sync::atomic::Ordering::Relaxed),
             probe_bytes_received: crate::prober::RECEIVED
                 .load(std::sync::atomic::Ordering::Relaxed),
+            endpoints: view.endpoints().into_iter().cloned().collect(),
         };
         for w in s.warnings.iter().filter(|w| !was_warned.contains(w)) {
             tracing::warn!("{w}");
@@ -872,7 +901,10 @@ struct MasqueradeState {
 impl MasqueradeState {
     async fn converge(&mut self, host: &Executor, want: Masquerade) {
         let generation = host.nft_generation().await.ok();
-        if self.applied.as_ref() == Some(&want) && generation.is_some() && generation == self.generation {
+        if self.applied.as_ref() == Some(&want)
+            && generation.is_some()
+            && generation == self.generation
+        {
             return;
         }
         let fam = NftFamily::of(&want.pod_cidr);

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use ipnet::IpNet;
-use muslin_model::agent_config::AgentConfig;
 use muslin_kernel::{Executor, Lane, OnFailure};
+use muslin_model::agent_config::AgentConfig;
 use muslin_model::host_firewall::{missing_accepts, removals, Action};
 use muslin_plan::{Change, Step};
 
@@ -43,7 +43,7 @@ pub fn spawn(executor: Executor, pod_cidrs: Vec<IpNet>) -> tokio::task::JoinHand
             tick.tick().await;
             rounds = rounds.wrapping_add(1);
             let generation = executor.nft_generation().await.ok();
-            let legacy_due = rounds % LEGACY_EVERY == 0 && legacy_tables_exist();
+            let legacy_due = rounds.is_multiple_of(LEGACY_EVERY) && legacy_tables_exist();
             if generation.is_some() && generation == seen && !legacy_due {
                 continue;
             }

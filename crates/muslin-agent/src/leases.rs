@@ -1,5 +1,10 @@
 //! This node's block leases: claim, settle, lose, persist. The rules are
 //! in `muslin_model::cluster`; see docs/block-leases.md.
+//!
+//! The lease file, version 2: `{"version": 2, "alive_at_ms": T, "blocks":
+//! [{"network": "default", "cidr": "10.244.3.0/24", "claimed_at_ms": T}]}`.
+//! Version 1 (no `version`, `"blocks": {"CIDR": T}`) held the default
+//! network's blocks; it is read and converted.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,14 +21,67 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+const LEASES_VERSION: u32 = 2;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Lease {
+    network: String,
+    cidr: IpNet,
+    claimed_at_ms: u64,
+}
+
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Persisted {
+    version: u32,
+    blocks: Vec<Lease>,
+    alive_at_ms: u64,
+}
+
+/// The previous version's file.
+#[derive(Deserialize)]
+struct PersistedV1 {
     blocks: BTreeMap<IpNet, u64>,
     alive_at_ms: u64,
 }
 
+impl Persisted {
+    fn from_json(bytes: &[u8]) -> Result<Persisted, String> {
+        #[derive(Deserialize)]
+        struct Version {
+            version: Option<u32>,
+        }
+        let v: Version = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        match v.version {
+            None | Some(1) => {
+                let old: PersistedV1 = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+                Ok(Persisted {
+                    version: LEASES_VERSION,
+                    blocks: old
+                        .blocks
+                        .into_iter()
+                        .map(|(cidr, at)| Lease {
+                            network: muslin_model::DEFAULT_NETWORK.to_string(),
+                            cidr,
+                            claimed_at_ms: at,
+                        })
+                        .collect(),
+                    alive_at_ms: old.alive_at_ms,
+                })
+            }
+            Some(LEASES_VERSION) => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+            Some(n) => Err(format!(
+                "version {n} was written by a newer Muslin (this one reads 1 and {LEASES_VERSION})"
+            )),
+        }
+    }
+}
+
 pub struct Leases {
     me: String,
+    /// The Muslin network these leases are of.
+    network: String,
+    /// Leases of other networks found in the file, written back untouched.
+    others: Vec<Lease>,
     pod_cidr: IpNet,
     size: u8,
     settle: Duration,
@@ -60,16 +118,23 @@ impl Leases {
         // for "no blocks", or pods of a block we still hold would collide
         // with whoever claims it next.
         let p: Persisted = match std::fs::read(&file) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("lease file {file:?} is corrupt ({e}); move it away only if this node's pods are gone"))?,
+            Ok(b) => Persisted::from_json(&b).map_err(|e| format!("lease file {file:?} is corrupt ({e}); move it away only if this node's pods are gone"))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
             Err(e) => return Err(format!("reading {file:?}: {e}")),
         };
+        let network = muslin_model::DEFAULT_NETWORK.to_string();
+        let (ours, others): (Vec<Lease>, Vec<Lease>) =
+            p.blocks.into_iter().partition(|l| l.network == network);
+        let blocks: BTreeMap<IpNet, u64> = ours
+            .into_iter()
+            .map(|l| (l.cidr, l.claimed_at_ms))
+            .collect();
         let gone = Duration::from_millis(now_ms().saturating_sub(p.alive_at_ms));
-        let claims = if p.blocks.is_empty() {
+        let claims = if blocks.is_empty() {
             BTreeMap::new()
         } else if gone > ttl {
             tracing::error!(
-                blocks = ?p.blocks.keys().collect::<Vec<_>>(),
+                blocks = ?blocks.keys().collect::<Vec<_>>(),
                 gone_s = gone.as_secs(),
                 ttl_s = ttl.as_secs(),
                 "THIS NODE WAS GONE LONGER THAN THE BLOCK TTL: its blocks may belong to other nodes now; \
@@ -77,8 +142,7 @@ impl Leases {
             );
             BTreeMap::new()
         } else {
-            let kept: BTreeMap<IpNet, u64> = p
-                .blocks
+            let kept: BTreeMap<IpNet, u64> = blocks
                 .into_iter()
                 .filter(|(b, _)| pod_cidr.contains(b))
                 .collect();
@@ -87,6 +151,8 @@ impl Leases {
         };
         Ok(Leases {
             me: me.to_string(),
+            network,
+            others,
             pod_cidr,
             size,
             settle,
@@ -94,6 +160,10 @@ impl Leases {
             claims,
             saved_alive: 0,
         })
+    }
+
+    pub fn network(&self) -> &str {
+        &self.network
     }
 
     /// One round: drop claims another node wins, claim a block when we
@@ -166,22 +236,21 @@ impl Leases {
 
     fn save(&mut self, now: u64) {
         let p = Persisted {
-            blocks: self.claims.clone(),
+            version: LEASES_VERSION,
+            blocks: self
+                .claims
+                .iter()
+                .map(|(b, at)| Lease {
+                    network: self.network.clone(),
+                    cidr: *b,
+                    claimed_at_ms: *at,
+                })
+                .chain(self.others.iter().cloned())
+                .collect(),
             alive_at_ms: now,
         };
-        let tmp = self.file.with_extension("tmp");
-        // Durable like the endpoint table: write, fsync, rename, fsync dir.
-        let ok = (|| -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            std::io::Write::write_all(&mut f, &serde_json::to_vec(&p).expect("serializes"))?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.file)?;
-            if let Some(dir) = self.file.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        })();
-        match ok {
+        // Durable like the endpoint table.
+        match crate::atomic_file::write(&self.file, &serde_json::to_vec(&p).expect("serializes")) {
             Ok(()) => self.saved_alive = now,
             Err(e) => tracing::warn!(file = ?self.file, cause = %e, "could not save leases"),
         }
@@ -246,6 +315,55 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         let l3 = Leases::load(&d, "n1", pod, 24, Duration::ZERO, Duration::from_millis(1)).unwrap();
         assert!(l3.claims.is_empty());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// The previous version's lease file (testdata/v1) keeps its block, in
+    /// the default network, and the next save writes version 2.
+    #[test]
+    fn loads_the_previous_versions_leases() {
+        let d = dir("v1");
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/v1/leases.json"),
+            d.join("leases.json"),
+        )
+        .unwrap();
+        let pod: IpNet = "10.244.0.0/16".parse().unwrap();
+        // The fixture was written long ago: a TTL that has not passed.
+        let mut l = Leases::load(&d, "fixnode", pod, 24, Duration::ZERO, Duration::MAX).unwrap();
+        let b: IpNet = "10.244.43.0/24".parse().unwrap();
+        assert_eq!(l.claims.keys().copied().collect::<Vec<_>>(), vec![b]);
+        assert_eq!(l.claims[&b], 1795748641152);
+        assert_eq!(l.network(), "default");
+        let s = l.step(&view_with(&l, &[]), false);
+        assert_eq!(s.settled, vec![b]);
+        let raw: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join("leases.json")).unwrap()).unwrap();
+        assert_eq!(raw["version"], 2, "{raw}");
+        assert_eq!(raw["blocks"][0]["network"], "default", "{raw}");
+        assert_eq!(raw["blocks"][0]["cidr"], "10.244.43.0/24", "{raw}");
+        let again = Leases::load(&d, "fixnode", pod, 24, Duration::ZERO, Duration::MAX).unwrap();
+        assert_eq!(again.claims, l.claims);
+        // Another network's leases survive a save by this one.
+        let mixed = br#"{"version":2,"alive_at_ms":1,"blocks":[
+            {"network":"blue","cidr":"10.244.43.0/24","claimed_at_ms":5}]}"#;
+        std::fs::write(d.join("leases.json"), mixed).unwrap();
+        let mut l = Leases::load(&d, "fixnode", pod, 24, Duration::ZERO, Duration::MAX).unwrap();
+        assert!(l.claims.is_empty(), "blue's block is not default's");
+        l.step(&ClusterView::default(), false);
+        let raw: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join("leases.json")).unwrap()).unwrap();
+        assert!(raw["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["network"] == "blue"));
+        let newer = br#"{"version":3,"blocks":[],"alive_at_ms":0}"#;
+        std::fs::write(d.join("leases.json"), newer).unwrap();
+        let e = Leases::load(&d, "fixnode", pod, 24, Duration::ZERO, Duration::MAX)
+            .err()
+            .unwrap();
+        assert!(e.contains("newer"), "{e}");
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -1,6 +1,7 @@
 //! The per-host agent. It owns the node's endpoint table and is the only
 //! writer of its kernel state; the CNI plugin and the CLI are its clients.
 
+mod atomic_file;
 mod blocks;
 mod cluster;
 mod host_firewall;
@@ -111,8 +112,10 @@ pub async fn run_with(
     let table = store.load()?;
     for (k, e) in &table.endpoints {
         // Leased blocks are not known yet; only fixed ones can be judged.
-        if !config.blocks.is_empty() && !config.blocks.iter().any(|b| b.contains(&e.address)) {
-            tracing::warn!(container = %k.container_id, address = %e.address, "recorded address is outside the configured blocks; it stays until DEL");
+        for a in &e.addresses {
+            if !config.blocks.is_empty() && !config.blocks.iter().any(|b| b.contains(&a.addr())) {
+                tracing::warn!(container = %k.container_id, address = %a, "recorded address is outside the configured blocks; it stays until DEL");
+            }
         }
     }
     tracing::info!(node = %node_name, endpoints = table.endpoints.len(), state = ?store.path(), "loaded state");
@@ -162,10 +165,13 @@ pub async fn run_with(
         mtu,
         blocks.clone(),
     );
+    // The whole table is published at start, before the cluster loop's
+    // first round: what a crash left unpublished or published converges.
+    node.publish_endpoints().await;
     let mut background = tokio::task::JoinSet::new();
     if let Some(c) = cluster {
         node.cluster = Some(c.status.clone());
-        background.spawn(c.run(executor.clone(), blocks.clone()));
+        background.spawn(c.run(executor.clone(), blocks.clone(), node.endpoints.subscribe()));
     }
     let node = Arc::new(node);
     let cidrs = host_firewall::pod_cidrs(&node.config);

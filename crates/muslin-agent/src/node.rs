@@ -4,19 +4,21 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use ipnet::IpNet;
 use muslin_kernel::{Executor, KernelError, Lane, OnFailure};
 use muslin_model::agent_config::AgentConfig;
 use muslin_model::api::{
     AddRequest, Added, BlockStatus, CheckRequest, ClusterStatus, DelRequest, EndpointStatus,
     GcRequest, NodeStatus,
 };
+use muslin_model::cluster::EndpointRecord;
 use muslin_model::cni::{CniError, ErrorCode};
 use muslin_model::ipam::{capacity, AttachmentKey, Endpoint, EndpointTable, IpamError};
 use muslin_model::naming::{format_mac, host_ifname};
 use muslin_model::plumbing::{plan, AttachmentPlan};
 use muslin_plan::object::Ns;
 use muslin_plan::{attachment, repair, Change, Step};
-use tokio::sync::{Mutex, RwLock};
+use tokio::sync::{watch, Mutex, RwLock};
 
 use crate::blocks::BlockSource;
 use crate::key_locks::KeyLocks;
@@ -36,6 +38,12 @@ pub struct Node {
     writer: Mutex<u64>,
     store: Arc<StateStore>,
     locks: KeyLocks<AttachmentKey>,
+    /// The endpoints the cluster should see: recorded and attached. The
+    /// cluster loop publishes whatever this holds.
+    pub endpoints: watch::Sender<Vec<EndpointRecord>>,
+    /// New attachments between their record and their interface: not
+    /// published until the ADD succeeds.
+    attaching: std::sync::Mutex<HashSet<AttachmentKey>>,
 }
 
 /// The table and a counter bumped on every change, so that one durable
@@ -95,7 +103,32 @@ impl Node {
             writer: Mutex::new(0),
             store: Arc::new(store),
             locks: KeyLocks::new(),
+            endpoints: watch::Sender::new(Vec::new()),
+            attaching: std::sync::Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Recomputes what the cluster should see of this node's endpoints.
+    /// Level-triggered: called after every change and by the reconciler.
+    pub async fn publish_endpoints(&self) {
+        let records: Vec<EndpointRecord> = {
+            let v = self.table.lock().await;
+            let attaching = self.attaching.lock().expect("attaching");
+            v.table
+                .endpoints
+                .iter()
+                .filter(|(k, _)| !attaching.contains(*k))
+                .map(|(k, e)| endpoint_record(&self.node_name, k, e))
+                .collect()
+        };
+        self.endpoints.send_if_modified(|r| {
+            if *r != records {
+                *r = records;
+                true
+            } else {
+                false
+            }
+        });
     }
 
     /// Returns once a snapshot at least as new as `generation` is on disk.
@@ -130,9 +163,30 @@ impl Node {
             .await
             .map_err(kernel_error)?;
         let _guard = self.locks.lock(&req.key).await;
+        // A retried ADD of a published attachment stays published.
+        let new = !self
+            .table
+            .lock()
+            .await
+            .table
+            .endpoints
+            .contains_key(&req.key);
+        if new {
+            self.attaching
+                .lock()
+                .expect("attaching")
+                .insert(req.key.clone());
+        }
+        let r = self.attach(&req).await;
+        self.attaching.lock().expect("attaching").remove(&req.key);
+        self.publish_endpoints().await;
+        r
+    }
+
+    async fn attach(&self, req: &AddRequest) -> Result<Added, CniError> {
         let mtu = req.mtu.unwrap_or(self.mtu);
-        let (address, fresh) = self.allocate(&req, mtu).await?;
-        let p = plan(&req.key, address, mtu);
+        let (addresses, fresh) = self.allocate(req, mtu).await?;
+        let p = plan(&req.key, &addresses, mtu);
         // A retried ADD (the runtime timed out, the plugin was killed) of an
         // attachment that is complete gets its result, not a rebuilt veth.
         if !fresh && matches!(self.problems(&p, &req.netns).await, Ok(v) if v.is_empty()) {
@@ -151,17 +205,13 @@ impl Node {
             self.release(&req.key).await;
             return Err(kernel_error(e));
         }
-        tracing::info!(container = %req.key.container_id, ifname = %req.key.ifname, %address, host_if = %p.host_ifname, "attached");
+        tracing::info!(container = %req.key.container_id, ifname = %req.key.ifname, addresses = ?p.addresses, host_if = %p.host_ifname, "attached");
         Ok(added(&p))
     }
 
     /// Records the attachment with an address, waiting for a first block
     /// (a lease still settling) or for one more block when all are full.
-    async fn allocate(
-        &self,
-        req: &AddRequest,
-        mtu: u32,
-    ) -> Result<(std::net::IpAddr, bool), CniError> {
+    async fn allocate(&self, req: &AddRequest, mtu: u32) -> Result<(Vec<IpNet>, bool), CniError> {
         const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
         let mut blocks = self.blocks.current();
         if blocks.is_empty() {
@@ -178,13 +228,18 @@ impl Node {
             let (allocated, gen) = self
                 .mutate(|t| {
                     t.allocate(req.key.clone(), &blocks, |address| Endpoint {
-                        address,
                         netns: Some(req.netns.clone()),
-                        host_ifname: host_ifname(&req.key.container_id, &req.key.ifname),
-                        mtu,
                         pod: req.pod.clone(),
+                        pod_namespace: req.pod_namespace.clone(),
+                        pod_name: req.pod_name.clone(),
+                        labels: req.labels.clone(),
+                        ..Endpoint::new(
+                            address,
+                            host_ifname(&req.key.container_id, &req.key.ifname),
+                            mtu,
+                        )
                     })
-                    .map(|(e, fresh)| (e.address, fresh))
+                    .map(|(e, fresh)| (e.addresses.clone(), fresh))
                 })
                 .await;
             match allocated {
@@ -248,7 +303,8 @@ impl Node {
         let (removed, gen) = self.mutate(|t| t.release(key)).await;
         if let Some(e) = removed {
             self.persist(gen).await?;
-            tracing::info!(container = %key.container_id, ifname = %key.ifname, address = %e.address, "detached");
+            tracing::info!(container = %key.container_id, ifname = %key.ifname, addresses = ?e.addresses, "detached");
+            self.publish_endpoints().await;
         }
         Ok(())
     }
@@ -288,17 +344,18 @@ impl Node {
                 ),
             ));
         };
-        let p = plan(&req.key, ep.address, ep.mtu);
-        if let Some(bad) = req.expect.iter().find(|a| **a != p.address) {
+        let p = plan(&req.key, &ep.addresses, ep.mtu);
+        if let Some(bad) = req.expect.iter().find(|a| !p.addresses.contains(a)) {
+            let had: Vec<String> = p.addresses.iter().map(|a| a.to_string()).collect();
             return Err(CniError::new(
                 ErrorCode::CheckFailed,
-                format!("prevResult has {bad} but the agent allocated {}", p.address),
+                format!(
+                    "prevResult has {bad} but the agent allocated {}",
+                    had.join(", ")
+                ),
             ));
         }
-        let problems = self
-            .problems(&p, &req.netns)
-            .await
-            .map_err(kernel_error)?;
+        let problems = self.problems(&p, &req.netns).await.map_err(kernel_error)?;
         if problems.is_empty() {
             Ok(())
         } else {
@@ -339,7 +396,7 @@ impl Node {
                     .table
                     .endpoints
                     .values()
-                    .filter(|e| b.contains(&e.address))
+                    .filter(|e| e.addresses.iter().any(|a| b.contains(&a.addr())))
                     .count() as u64,
                 capacity: capacity(b).min(u64::MAX as u128) as u64,
             })
@@ -350,9 +407,11 @@ impl Node {
             .iter()
             .map(|(k, e)| EndpointStatus {
                 key: k.clone(),
-                address: e.address,
+                network_id: e.network_id.clone(),
+                addresses: e.addresses.clone(),
                 host_ifname: e.host_ifname.clone(),
                 pod: e.pod.clone(),
+                labels: e.labels.clone(),
             })
             .collect();
         NodeStatus {
@@ -391,7 +450,7 @@ impl Node {
             .table
             .endpoints
             .iter()
-            .map(|(k, e)| (k.clone(), e.clone(), plan(k, e.address, e.mtu)))
+            .map(|(k, e)| (k.clone(), e.clone(), plan(k, &e.addresses, e.mtu)))
             .collect()
     }
 
@@ -412,7 +471,7 @@ impl Node {
                 .table
                 .endpoints
                 .iter()
-                .map(|(k, e)| plan(k, e.address, e.mtu))
+                .map(|(k, e)| plan(k, &e.addresses, e.mtu))
                 .collect();
             // Queued while the table is locked: an ADD that records this
             // name later queues its veth after our deletion, never before.
@@ -468,7 +527,11 @@ impl Node {
             tracing::info!(container = %key.container_id, "restoring a removed host route");
             let report = self
                 .executor
-                .apply(Lane::Attachment(p.host_ifname.clone()), restore, OnFailure::Continue)
+                .apply(
+                    Lane::Attachment(p.host_ifname.clone()),
+                    restore,
+                    OnFailure::Continue,
+                )
                 .await;
             for e in report.errors() {
                 tracing::warn!(container = %key.container_id, cause = %e, "reconcile failed");
@@ -477,6 +540,20 @@ impl Node {
         for e in self.sweep_orphans().await {
             tracing::warn!(cause = %e, "could not remove an orphaned veth");
         }
+        self.publish_endpoints().await;
+    }
+}
+
+fn endpoint_record(node: &str, k: &AttachmentKey, e: &Endpoint) -> EndpointRecord {
+    EndpointRecord {
+        network: e.network_id.clone(),
+        addresses: e.addresses.clone(),
+        container_id: k.container_id.clone(),
+        ifname: k.ifname.clone(),
+        node: node.to_string(),
+        pod_namespace: e.pod_namespace.clone(),
+        pod_name: e.pod_name.clone(),
+        labels: e.labels.clone(),
     }
 }
 
@@ -486,8 +563,7 @@ fn added(p: &AttachmentPlan) -> Added {
         host_mac: format_mac(&p.host_mac),
         container_ifname: p.container_ifname.clone(),
         container_mac: format_mac(&p.container_mac),
-        address: p.address,
-        gateway: p.gateway,
+        addresses: p.addresses.clone(),
         mtu: p.mtu,
     }
 }

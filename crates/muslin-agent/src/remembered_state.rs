@@ -54,8 +54,7 @@ impl Memory {
     }
 
     /// Writes the memory when a peer came, went or changed, and otherwise
-    /// every [`SAVE_EVERY`] for the last-seen times: temporary file, sync,
-    /// rename.
+    /// every [`SAVE_EVERY`] for the last-seen times.
     pub fn save_if_due(&mut self) {
         let now: Vec<(String, muslin_model::cluster::PeerView)> = self
             .peers
@@ -68,20 +67,14 @@ impl Memory {
         }
         self.written = now;
         self.saved = Some(Instant::now());
-        let tmp = self.file.with_extension("tmp");
-        let res = (|| -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            std::io::Write::write_all(
-                &mut f,
-                &serde_json::to_vec(&Stored {
-                    node: self.me.clone(),
-                    peers: self.peers.clone(),
-                })
-                .expect("serializes"),
-            )?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.file)
-        })();
+        let res = crate::atomic_file::write(
+            &self.file,
+            &serde_json::to_vec(&Stored {
+                node: self.me.clone(),
+                peers: self.peers.clone(),
+            })
+            .expect("serializes"),
+        );
         if let Err(e) = res {
             tracing::warn!(cause = %e, file = ?self.file, "could not keep the remembered peers");
         }

@@ -1,9 +1,9 @@
 //! Durable storage of the endpoint table: one JSON file replaced atomically
-//! (write a temporary file, fsync, rename, fsync the directory), so a crash
-//! at any instant leaves either the old table or the new one.
+//! (`atomic_file`), so a crash at any instant leaves either the old table
+//! or the new one. A table of the previous format is read and converted;
+//! the next save writes the current one.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -83,25 +83,10 @@ impl StateStore {
     }
 
     pub fn save(&self, bytes: &[u8]) -> Result<(), StoreError> {
-        let werr = |source| StoreError::Write {
+        crate::atomic_file::write(&self.file, bytes).map_err(|source| StoreError::Write {
             file: self.file.clone(),
             source,
-        };
-        let tmp = self.dir.join("endpoints.json.tmp");
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(werr)?;
-        f.write_all(bytes).map_err(werr)?;
-        f.sync_data().map_err(werr)?;
-        fs::rename(&tmp, &self.file).map_err(werr)?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(werr)?;
-        Ok(())
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -132,14 +117,8 @@ mod tests {
             ifname: "eth0".into(),
         };
         let blocks = ["10.9.0.0/24".parse().unwrap()];
-        t.allocate(key, &blocks, |a| Endpoint {
-            address: a,
-            netns: None,
-            host_ifname: "x".into(),
-            mtu: 1500,
-            pod: None,
-        })
-        .unwrap();
+        t.allocate(key, &blocks, |a| Endpoint::new(a, "x".into(), 1500))
+            .unwrap();
         s.save(&t.to_json()).unwrap();
         assert_eq!(s.load().unwrap(), t);
         assert!(matches!(StateStore::open(&dir), Err(StoreError::Locked(_))));
@@ -149,6 +128,55 @@ mod tests {
         fs::write(s2.path(), b"{\"version\":").unwrap();
         let e = s2.load().unwrap_err();
         assert!(e.to_string().contains("endpoints.json"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The previous version's file, as it wrote it (testdata/v1): every
+    /// endpoint keeps its address, and the first save upgrades the file.
+    #[test]
+    fn loads_the_previous_versions_table() {
+        let dir = tempdir("v1");
+        fs::create_dir_all(&dir).unwrap();
+        fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/v1/endpoints.json"),
+            dir.join("endpoints.json"),
+        )
+        .unwrap();
+        let s = StateStore::open(&dir).unwrap();
+        let t = s.load().unwrap();
+        let got: Vec<(String, Vec<String>, Option<String>)> = t
+            .endpoints
+            .iter()
+            .map(|(k, e)| {
+                assert_eq!(e.network_id, muslin_model::DEFAULT_NETWORK);
+                assert_eq!(k.network, "muslin", "the CNI name stays in the key");
+                (
+                    k.container_id.clone(),
+                    e.addresses.iter().map(|a| a.to_string()).collect(),
+                    e.pod.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "fixture-c1".into(),
+                    vec!["10.244.43.1/32".into()],
+                    Some("shop/web-0".into())
+                ),
+                (
+                    "fixture-c2".into(),
+                    vec!["10.244.43.2/32".into()],
+                    Some("shop/web-1".into())
+                ),
+            ]
+        );
+        assert_eq!(t.cursor, Some("10.244.43.2".parse().unwrap()));
+        s.save(&t.to_json()).unwrap();
+        let raw: serde_json::Value = serde_json::from_slice(&fs::read(s.path()).unwrap()).unwrap();
+        assert_eq!(raw["version"], 2);
+        assert_eq!(s.load().unwrap(), t);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -5,8 +5,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use muslin_kernel::source_towards;
 use muslin_kernel::probe::ping_from;
+use muslin_kernel::source_towards;
 use muslin_model::underlay::{describe, eligible, select, Candidate, Choice, Method};
 
 const PING: Duration = Duration::from_millis(700);

@@ -47,22 +47,18 @@ pub fn load(dir: &Path, basis: &Kept, cands: &[Candidate]) -> Option<Choice> {
     })
 }
 
-/// Keeps `choice` for the next run: written to a temporary file, synced,
-/// renamed, so a crash leaves the old or the new one, never half of one.
+/// Keeps `choice` for the next run.
 pub fn save(dir: &Path, basis: &Kept, choice: &Choice) {
     let kept = Kept {
         choice: choice.clone(),
         ..basis.clone()
     };
-    let res = (|| -> std::io::Result<()> {
-        std::fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!("{FILE}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut f, &serde_json::to_vec(&kept).expect("serializes"))?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, dir.join(FILE))?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
+    let res = std::fs::create_dir_all(dir).and_then(|()| {
+        crate::atomic_file::write(
+            &dir.join(FILE),
+            &serde_json::to_vec(&kept).expect("serializes"),
+        )
+    });
     if let Err(e) = res {
         tracing::warn!(cause = %e, "could not keep the underlay choice; a restart chooses afresh");
     }

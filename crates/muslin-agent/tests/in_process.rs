@@ -28,11 +28,13 @@ fn dir(tag: &str) -> PathBuf {
 }
 
 async fn start(state: &Path, executor: Executor) -> Running {
-    let mut c = AgentConfig::default();
-    c.node_name = Some("h1".into());
-    c.socket = state.join("agent.sock");
-    c.state_dir = state.join("state");
-    c.blocks = vec!["10.99.1.0/24".parse().unwrap()];
+    let c = AgentConfig {
+        node_name: Some("h1".into()),
+        socket: state.join("agent.sock"),
+        state_dir: state.join("state"),
+        blocks: vec!["10.99.1.0/24".parse().unwrap()],
+        ..Default::default()
+    };
     let socket = c.socket.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let done = tokio::spawn(muslin_agent::run_with(
@@ -89,6 +91,9 @@ fn add(c: &str, netns: &str) -> Request {
         netns: netns.into(),
         mtu: Some(1400),
         pod: None,
+        pod_namespace: None,
+        pod_name: None,
+        labels: Default::default(),
     })
 }
 
@@ -118,7 +123,7 @@ async fn add_del_and_restart_ask_the_kernel_for_exactly_their_changes() {
     let Response::Added(added) = a.call(&add("c1", "/var/run/netns/c1")).await else {
         panic!("ADD failed")
     };
-    assert_eq!(added.address.to_string(), "10.99.1.1/32");
+    assert_eq!(added.addresses[0].to_string(), "10.99.1.1/32");
     let host_if = added.host_ifname.clone();
     let steps = attachment_steps(&k);
     let expected_prefix = [
@@ -126,9 +131,16 @@ async fn add_del_and_restart_ask_the_kernel_for_exactly_their_changes() {
         format!("[host] link add {host_if} type veth peer name eth0"),
     ];
     for (i, want) in expected_prefix.iter().enumerate() {
-        assert!(steps[i].starts_with(want), "step {i}: {} (all: {steps:#?})", steps[i]);
+        assert!(
+            steps[i].starts_with(want),
+            "step {i}: {} (all: {steps:#?})",
+            steps[i]
+        );
     }
-    assert!(steps.contains(&"[netns /var/run/netns/c1] addr add 10.99.1.1/32 dev eth0".to_string()), "{steps:#?}");
+    assert!(
+        steps.contains(&"[netns /var/run/netns/c1] addr add 10.99.1.1/32 dev eth0".to_string()),
+        "{steps:#?}"
+    );
     assert_eq!(
         steps.last().unwrap(),
         &format!("[host] route replace 10.99.1.1/32 dev {host_if} scope link proto 77 table 254")
@@ -143,7 +155,7 @@ async fn add_del_and_restart_ask_the_kernel_for_exactly_their_changes() {
     let Response::Added(again) = a.call(&add("c1", "/var/run/netns/c1")).await else {
         panic!("retried ADD failed")
     };
-    assert_eq!(again.address, added.address);
+    assert_eq!(again.addresses, added.addresses);
     assert_eq!(attachment_steps(&k), Vec::<String>::new());
 
     // A restart on the same kernel: no change at all.
@@ -155,7 +167,11 @@ async fn add_del_and_restart_ask_the_kernel_for_exactly_their_changes() {
         panic!("no status")
     };
     assert_eq!(s.endpoints.len(), 1, "the record survived the restart");
-    assert_eq!(attachment_steps(&k2), Vec::<String>::new(), "a restart disrupts nothing");
+    assert_eq!(
+        attachment_steps(&k2),
+        Vec::<String>::new(),
+        "a restart disrupts nothing"
+    );
 
     // DEL: the record goes, then the veth.
     let r = b
@@ -165,8 +181,14 @@ async fn add_del_and_restart_ask_the_kernel_for_exactly_their_changes() {
         }))
         .await;
     assert!(matches!(r, Response::Done), "{r:?}");
-    until("the veth to go", || !k2.state(&Ns::Host).links.iter().any(|l| l.name == host_if)).await;
-    assert_eq!(attachment_steps(&k2), vec![format!("[host] link del {host_if}")]);
+    until("the veth to go", || {
+        !k2.state(&Ns::Host).links.iter().any(|l| l.name == host_if)
+    })
+    .await;
+    assert_eq!(
+        attachment_steps(&k2),
+        vec![format!("[host] link del {host_if}")]
+    );
     b.stop().await;
     let _ = std::fs::remove_dir_all(&d);
 }
@@ -183,7 +205,10 @@ async fn a_failed_add_rolls_back_and_records_nothing() {
     };
     assert_eq!(e.code, muslin_model::cni::ErrorCode::Kernel as u32, "{e:?}");
     let steps = attachment_steps(&k);
-    assert!(steps.last().unwrap().contains("link del"), "rolled back: {steps:#?}");
+    assert!(
+        steps.last().unwrap().contains("link del"),
+        "rolled back: {steps:#?}"
+    );
     assert!(k.state(&Ns::Host).links.is_empty());
     let Response::Status(s) = a.call(&Request::Status).await else {
         panic!()

@@ -89,7 +89,12 @@ struct AgentIn {
 }
 
 impl AgentIn {
-    fn start(bin: &std::path::Path, ns: &str, dir: &std::path::Path, block: &str) -> Result<AgentIn, String> {
+    fn start(
+        bin: &std::path::Path,
+        ns: &str,
+        dir: &std::path::Path,
+        block: &str,
+    ) -> Result<AgentIn, String> {
         let _ = sh(&["ip", "netns", "del", ns]);
         sh(&["ip", "netns", "add", ns])?;
         sh(&["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"])?;
@@ -147,10 +152,30 @@ fn round(set: &Set, tag: &str, n: usize) -> Result<(Series, Series), String> {
             let ns = Namespaces::new(&format!("mbc{tag}x"), n)?;
             let (mut add, mut del) = (Series::default(), Series::default());
             for (j, name) in ns.0.iter().enumerate() {
-                add.push(invoke(&set.plugin, "ADD", &format!("b{tag}{j}"), &format!("/var/run/netns/{name}"), &set.conf)?.as_secs_f64() * 1e3);
+                add.push(
+                    invoke(
+                        &set.plugin,
+                        "ADD",
+                        &format!("b{tag}{j}"),
+                        &format!("/var/run/netns/{name}"),
+                        &set.conf,
+                    )?
+                    .as_secs_f64()
+                        * 1e3,
+                );
             }
             for (j, name) in ns.0.iter().enumerate() {
-                del.push(invoke(&set.plugin, "DEL", &format!("b{tag}{j}"), &format!("/var/run/netns/{name}"), &set.conf)?.as_secs_f64() * 1e3);
+                del.push(
+                    invoke(
+                        &set.plugin,
+                        "DEL",
+                        &format!("b{tag}{j}"),
+                        &format!("/var/run/netns/{name}"),
+                        &set.conf,
+                    )?
+                    .as_secs_f64()
+                        * 1e3,
+                );
             }
             Ok((add, del))
         })
@@ -168,7 +193,8 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
     let conc = plan.concurrent_attachments;
     let agent = AgentIn::start(&o.bin, HOST, &dir.join("muslin"), "10.60.0.0/22").map_err(&f)?;
     let conf = |sock: std::path::PathBuf| {
-        json!({"cniVersion": "1.0.0", "name": "bench", "type": "muslin", "socket": sock}).to_string()
+        json!({"cniVersion": "1.0.0", "name": "bench", "type": "muslin", "socket": sock})
+            .to_string()
     };
     let mut sets = vec![
         Set {
@@ -190,7 +216,8 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
     // this one, so a noisy machine shows as noise in both.
     let _baseline = match &o.baseline {
         Some(b) => {
-            let a = AgentIn::start(b, BASE_HOST, &dir.join("baseline"), "10.62.0.0/22").map_err(&f)?;
+            let a =
+                AgentIn::start(b, BASE_HOST, &dir.join("baseline"), "10.62.0.0/22").map_err(&f)?;
             sets.push(Set {
                 name: "Muslin baseline".into(),
                 plugin: b.display().to_string(),
@@ -229,13 +256,20 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
                         sc.spawn(move || -> Result<(), String> {
                             enter(HOST)?;
                             for name in names {
-                                invoke(plugin, "ADD", &format!("c{name}"), &format!("/var/run/netns/{name}"), conf)?;
+                                invoke(
+                                    plugin,
+                                    "ADD",
+                                    &format!("c{name}"),
+                                    &format!("/var/run/netns/{name}"),
+                                    conf,
+                                )?;
                             }
                             Ok(())
                         })
                     })
                     .collect();
-                hs.into_iter().try_for_each(|h| h.join().map_err(|_| "worker panicked".to_string())?)
+                hs.into_iter()
+                    .try_for_each(|h| h.join().map_err(|_| "worker panicked".to_string())?)
             })?;
             rate.push(conc as f64 / t.elapsed().as_secs_f64());
             Ok(())
@@ -246,11 +280,20 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
     .map_err(&f)?;
     drop(agent);
     for (i, set) in sets.iter().enumerate() {
-        for (metric, v) in ["ADD p50", "ADD p99", "DEL p50", "DEL p99"].iter().zip(s[i].iter()) {
+        for (metric, v) in ["ADD p50", "ADD p99", "DEL p50", "DEL p99"]
+            .iter()
+            .zip(s[i].iter())
+        {
             report.add("control plane", &set.name, metric, "ms", v, None);
         }
     }
-    report.add("control plane", "Muslin", "attachments per second, 8 runtimes at once", "1/s", &rate, None);
+    report.add(
+        "control plane",
+        "Muslin",
+        "attachments per second, 8 runtimes at once",
+        "1/s",
+        &rate,
+        None,
+    );
     Ok(())
 }
-

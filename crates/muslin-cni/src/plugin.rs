@@ -6,11 +6,11 @@ use muslin_model::api::{
     AddRequest, Added, CheckRequest, DelRequest, GcRequest, Request, Response,
 };
 use muslin_model::cni::{
-    cni_version_hint, version_reply, CniError, CniVersion, Command, Dns, Env, ErrorCode, Interface,
-    IpConfig, NetConf, Route, SuccessResult, MAX_CONFIG_BYTES,
+    cni_version_hint, pod_identity, version_reply, CniError, CniVersion, Command, Dns, Env,
+    ErrorCode, Interface, IpConfig, NetConf, Route, SuccessResult, MAX_CONFIG_BYTES,
 };
 use muslin_model::ipam::AttachmentKey;
-use muslin_model::plumbing::default_route;
+use muslin_model::plumbing::{default_route, gateway_for};
 
 use crate::client::{call, ClientError};
 
@@ -75,10 +75,10 @@ fn invoke(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<String, 
         Command::Version => unreachable!("answered above"),
         Command::Add => {
             let netns = env.netns.clone().expect("validated for ADD");
-            let pod = match (
-                env.args.get("K8S_POD_NAMESPACE"),
-                env.args.get("K8S_POD_NAME"),
-            ) {
+            // Checked before the agent is asked: a refused ADD changes nothing.
+            let labels = conf.labels()?;
+            let (pod_namespace, pod_name) = pod_identity(&env.args)?;
+            let pod = match (&pod_namespace, &pod_name) {
                 (Some(ns), Some(n)) => Some(format!("{ns}/{n}")),
                 (None, Some(n)) => Some(n.clone()),
                 _ => None,
@@ -88,6 +88,9 @@ fn invoke(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<String, 
                 netns: netns.clone(),
                 mtu: conf.mtu,
                 pod,
+                pod_namespace,
+                pod_name,
+                labels,
             });
             match agent(&socket, &req, ErrorCode::TryAgainLater)? {
                 Response::Added(a) => {
@@ -227,15 +230,23 @@ fn success(a: &Added, netns: &std::path::Path, dns: Dns) -> SuccessResult {
                 mtu: Some(a.mtu),
             },
         ],
-        ips: vec![IpConfig {
-            address: a.address,
-            gateway: Some(a.gateway),
-            interface: 1,
-        }],
-        routes: vec![Route {
-            dst: default_route(a.address.addr()),
-            gw: Some(a.gateway),
-        }],
+        ips: a
+            .addresses
+            .iter()
+            .map(|addr| IpConfig {
+                address: *addr,
+                gateway: Some(gateway_for(addr.addr())),
+                interface: 1,
+            })
+            .collect(),
+        routes: a
+            .addresses
+            .iter()
+            .map(|addr| Route {
+                dst: default_route(addr.addr()),
+                gw: Some(gateway_for(addr.addr())),
+            })
+            .collect(),
         dns,
     }
 }
@@ -309,6 +320,53 @@ mod tests {
         let (v, _) = run_with(&env, CONF);
         assert_eq!(v["code"], 4, "{v}");
         assert!(v["msg"].as_str().unwrap().contains("CNI_NETNS"), "{v}");
+    }
+
+    #[test]
+    fn bad_labels_and_pod_args_fail_before_the_agent_is_asked() {
+        // CONF's socket does not exist: asking the agent would give 11.
+        let long = "k".repeat(300);
+        let conf = CONF.replace(
+            "}",
+            &format!(r#","args":{{"cni":{{"labels":[{{"key":"{long}","value":"v"}}]}}}}}}"#),
+        );
+        let (v, _) = run_with(&ADD, &conf);
+        assert_eq!(v["code"], 7, "{v}");
+        assert!(
+            v["msg"]
+                .as_str()
+                .unwrap()
+                .starts_with("args.cni.labels[0].key:"),
+            "{v}"
+        );
+        let args = format!("K8S_POD_NAME={}", "p".repeat(300));
+        let mut env = ADD.to_vec();
+        env.push(("CNI_ARGS", &args));
+        let (v, _) = run_with(&env, CONF);
+        assert_eq!(v["code"], 4, "{v}");
+        assert!(v["msg"].as_str().unwrap().contains("K8S_POD_NAME"), "{v}");
+    }
+
+    #[test]
+    fn every_address_is_in_the_result_with_its_familys_gateway() {
+        let a = Added {
+            host_ifname: "msl1".into(),
+            host_mac: "ee:ee:ee:ee:ee:ee".into(),
+            container_ifname: "eth0".into(),
+            container_mac: "02:00:00:00:00:01".into(),
+            addresses: vec![
+                "10.244.1.5/32".parse().unwrap(),
+                "fd00::5/128".parse().unwrap(),
+            ],
+            mtu: 1450,
+        };
+        let r = success(&a, std::path::Path::new("/run/netns/x"), Dns::default())
+            .to_json(CniVersion::V1_1_0);
+        assert_eq!(r["ips"][0]["address"], "10.244.1.5/32");
+        assert_eq!(r["ips"][0]["gateway"], "169.254.1.1");
+        assert_eq!(r["ips"][1]["address"], "fd00::5/128");
+        assert_eq!(r["ips"][1]["gateway"], "fe80::1");
+        assert_eq!(r["routes"][1]["dst"], "::/0");
     }
 
     #[test]

@@ -1,14 +1,52 @@
-//! `ensure` and `remove_all` against the real nft and iptables tools, each
-//! test in a throwaway network namespace that a thread of the test enters
-//! (the tools it spawns inherit that thread's namespace). Needs root.
+//! The host firewall through the executor, against the real nft and
+//! iptables tools: observe, let the model decide, apply. Each test runs in
+//! a throwaway network namespace that a thread of the test enters; the
+//! executor's runtime lives on that thread, so the tools it spawns inherit
+//! the namespace. Needs root.
 
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::process::Command;
 
 use ipnet::IpNet;
-use muslin_kernel::host_firewall::{ensure, remove_all};
+use muslin_kernel::{Executor, Lane, OnFailure};
+use muslin_model::host_firewall::{missing_accepts, removals, Action, Observed, ParseError};
+use muslin_plan::{Change, Step};
 use nix::sched::{setns, CloneFlags};
+
+/// Observe, decide with `decide`, apply; returns what was applied.
+fn converge(
+    decide: fn(&Observed) -> Result<Vec<Action>, ParseError>,
+) -> Result<Vec<Action>, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ex = Executor::spawn().map_err(|e| e.to_string())?;
+        let observed = ex.firewall().await.map_err(|e| e.to_string())?;
+        let actions = decide(&observed).map_err(|e| e.to_string())?;
+        let steps = actions
+            .iter()
+            .map(|a| Step::host(Change::Firewall(a.clone())))
+            .collect();
+        let report = ex.apply(Lane::Firewall, steps, OnFailure::Continue).await;
+        match report.errors() {
+            e if e.is_empty() => Ok(actions),
+            e => Err(e.join("; ")),
+        }
+    })
+}
+
+fn ensure(cidrs: &[IpNet]) -> Result<Vec<Action>, String> {
+    thread_local!(static CIDRS: std::cell::RefCell<Vec<IpNet>> = const { std::cell::RefCell::new(Vec::new()) });
+    CIDRS.with(|c| *c.borrow_mut() = cidrs.to_vec());
+    converge(|o| CIDRS.with(|c| missing_accepts(o, &c.borrow())))
+}
+
+fn remove_all() -> Result<Vec<Action>, String> {
+    converge(removals)
+}
 
 const TAG: &str = "muslin: pod traffic";
 

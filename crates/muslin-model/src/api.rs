@@ -6,12 +6,14 @@
 //! [`Response`] directly. Shared by the agent, the CNI plugin and the CLI so
 //! the three cannot drift apart.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::EndpointRecord;
 use crate::cni::CniError;
 use crate::ipam::AttachmentKey;
 
@@ -37,6 +39,14 @@ pub struct AddRequest {
     /// Overrides the agent's MTU for this attachment.
     pub mtu: Option<u32>,
     pub pod: Option<String>,
+    /// `K8S_POD_NAMESPACE` and `K8S_POD_NAME` as the runtime passed them.
+    #[serde(default)]
+    pub pod_namespace: Option<String>,
+    #[serde(default)]
+    pub pod_name: Option<String>,
+    /// The network configuration's `args.cni.labels`, checked by the plugin.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,7 +92,7 @@ pub enum Accepted {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StaleAttachment {
     pub key: AttachmentKey,
-    pub address: IpAddr,
+    pub addresses: Vec<IpNet>,
     pub host_ifname: String,
     pub netns: Option<PathBuf>,
     /// What was found missing: the namespace, the host veth, or both.
@@ -100,8 +110,9 @@ pub struct Added {
     pub host_mac: String,
     pub container_ifname: String,
     pub container_mac: String,
-    pub address: IpNet,
-    pub gateway: IpAddr,
+    /// Host prefixes, one per family; each routes via its family's
+    /// gateway (`plumbing::gateway_for`).
+    pub addresses: Vec<IpNet>,
     pub mtu: u32,
 }
 
@@ -164,6 +175,9 @@ pub struct ClusterStatus {
     pub probe_bytes_sent: u64,
     #[serde(default)]
     pub probe_bytes_received: u64,
+    /// Every endpoint of the cluster as this node's view holds it.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,6 +199,9 @@ pub struct PeerStatus {
     /// Which of the peer's addresses answer this node's probes.
     #[serde(default)]
     pub reached: Vec<IpAddr>,
+    /// How many endpoints the peer publishes.
+    #[serde(default)]
+    pub endpoints: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,9 +214,13 @@ pub struct BlockStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointStatus {
     pub key: AttachmentKey,
-    pub address: IpAddr,
+    #[serde(default)]
+    pub network_id: String,
+    pub addresses: Vec<IpNet>,
     pub host_ifname: String,
     pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[cfg(test)]

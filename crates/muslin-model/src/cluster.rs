@@ -1,5 +1,22 @@
 //! The cluster as a node sees it, and the block lease rules every node
 //! applies to it identically. See docs/block-leases.md for the protocol.
+//!
+//! Every store key is built and parsed here, so the stores and the agent
+//! cannot disagree on them. Keys (docs/store-keys.md has the history):
+//!
+//! | what | gossip (per node) | etcd (under the prefix) |
+//! |---|---|---|
+//! | node record | `node` | `nodes/NODE` |
+//! | liveness | (chitchat) | `alive/NODE` |
+//! | claim, v2 | `v2/block/NETWORK/CIDR` | `v2/blocks/NETWORK/CIDR` |
+//! | claim, v1 | `block/CIDR` | `blocks/CIDR` |
+//! | endpoint | `v2/endpoint/NETWORK/CONTAINER/IFNAME` | `v2/endpoints/NODE/NETWORK/CONTAINER/IFNAME` |
+//!
+//! A v1 claim key stands for the default network. Claims of the default
+//! network are written under both forms, so that agents of the previous
+//! version, which read only v1 keys, still see them during a rolling
+//! upgrade; readers accept both. Network ids, container ids and interface
+//! names hold no `/`, so the parts of a key split unambiguously.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -10,8 +27,143 @@ use sha2::{Digest, Sha256};
 
 /// Gossip key of a node's record.
 pub const NODE_KEY: &str = "node";
-/// Gossip key prefix of a node's block claims: `block/10.244.3.0/24`.
+/// Gossip key prefix of the previous version's block claims (default
+/// network only): `block/10.244.3.0/24`.
 pub const BLOCK_KEY_PREFIX: &str = "block/";
+/// Gossip key prefix of block claims: `v2/block/default/10.244.3.0/24`.
+pub const BLOCK_KEY_V2_PREFIX: &str = "v2/block/";
+/// Gossip key prefix of endpoints: `v2/endpoint/default/CONTAINER/eth0`.
+pub const ENDPOINT_KEY_PREFIX: &str = "v2/endpoint/";
+
+/// Whether `id` can be a network id: it becomes a key part and a file
+/// name part, so a short run of lowercase letters, digits, `-`, `_`, `.`.
+pub fn valid_network_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 63
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+        && id != "."
+        && id != ".."
+}
+
+/// Gossip keys of a claim: the v2 form, and the v1 form too for the
+/// default network (read by agents of the previous version).
+pub fn gossip_block_keys(network: &str, block: IpNet) -> Vec<String> {
+    let mut v = vec![format!("{BLOCK_KEY_V2_PREFIX}{network}/{block}")];
+    if network == crate::DEFAULT_NETWORK {
+        v.push(format!("{BLOCK_KEY_PREFIX}{block}"));
+    }
+    v
+}
+
+/// The network and block of a gossip claim key of either version.
+pub fn parse_gossip_block_key(key: &str) -> Option<(String, IpNet)> {
+    if let Some(rest) = key.strip_prefix(BLOCK_KEY_V2_PREFIX) {
+        let (network, block) = rest.split_once('/')?;
+        valid_network_id(network).then_some(())?;
+        return Some((network.to_string(), block.parse().ok()?));
+    }
+    let block = key.strip_prefix(BLOCK_KEY_PREFIX)?;
+    Some((crate::DEFAULT_NETWORK.to_string(), block.parse().ok()?))
+}
+
+pub fn gossip_endpoint_key(network: &str, container_id: &str, ifname: &str) -> String {
+    format!("{ENDPOINT_KEY_PREFIX}{network}/{container_id}/{ifname}")
+}
+
+pub fn etcd_node_key(prefix: &str, node: &str) -> String {
+    format!("{prefix}nodes/{node}")
+}
+
+pub fn etcd_alive_key(prefix: &str, node: &str) -> String {
+    format!("{prefix}alive/{node}")
+}
+
+/// etcd keys of a claim, v2 first; the v1 form for the default network
+/// as in [`gossip_block_keys`].
+pub fn etcd_block_keys(prefix: &str, network: &str, block: IpNet) -> Vec<String> {
+    let mut v = vec![format!("{prefix}v2/blocks/{network}/{block}")];
+    if network == crate::DEFAULT_NETWORK {
+        v.push(format!("{prefix}blocks/{block}"));
+    }
+    v
+}
+
+/// Where a node's endpoints live in etcd; everything below is its.
+pub fn etcd_endpoints_prefix(prefix: &str, node: &str) -> String {
+    format!("{prefix}v2/endpoints/{node}/")
+}
+
+pub fn etcd_endpoint_key(
+    prefix: &str,
+    node: &str,
+    network: &str,
+    container_id: &str,
+    ifname: &str,
+) -> String {
+    format!(
+        "{}{network}/{container_id}/{ifname}",
+        etcd_endpoints_prefix(prefix, node)
+    )
+}
+
+/// What an etcd key under the prefix stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EtcdKey {
+    Node(String),
+    Alive(String),
+    Block { network: String, block: IpNet },
+    Endpoint { node: String },
+}
+
+pub fn parse_etcd_key(prefix: &str, key: &str) -> Option<EtcdKey> {
+    let rest = key.strip_prefix(prefix)?;
+    if let Some(n) = rest.strip_prefix("nodes/") {
+        return Some(EtcdKey::Node(n.to_string()));
+    }
+    if let Some(n) = rest.strip_prefix("alive/") {
+        return Some(EtcdKey::Alive(n.to_string()));
+    }
+    if let Some(b) = rest.strip_prefix("blocks/") {
+        return Some(EtcdKey::Block {
+            network: crate::DEFAULT_NETWORK.to_string(),
+            block: b.parse().ok()?,
+        });
+    }
+    if let Some(r) = rest.strip_prefix("v2/blocks/") {
+        let (network, block) = r.split_once('/')?;
+        valid_network_id(network).then_some(())?;
+        return Some(EtcdKey::Block {
+            network: network.to_string(),
+            block: block.parse().ok()?,
+        });
+    }
+    if let Some(r) = rest.strip_prefix("v2/endpoints/") {
+        let (node, _) = r.split_once('/')?;
+        return Some(EtcdKey::Endpoint {
+            node: node.to_string(),
+        });
+    }
+    None
+}
+
+/// One attachment as the cluster sees it: published by the node that
+/// holds it, so every node has the cluster's endpoint table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    pub network: String,
+    pub addresses: Vec<IpNet>,
+    pub container_id: String,
+    pub ifname: String,
+    pub node: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
 
 /// What a node publishes about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,9 +232,35 @@ pub struct BlockClaim {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PeerView {
     pub record: Option<NodeRecord>,
+    /// Claims in the default network, which is all the lease rules and the
+    /// data plane know of yet.
     pub claims: BTreeMap<IpNet, BlockClaim>,
+    /// Claims in other networks, by network id: kept apart because
+    /// networks may share address ranges.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub network_claims: BTreeMap<String, BTreeMap<IpNet, BlockClaim>>,
     /// The failure detector's verdict.
     pub alive: bool,
+    /// The endpoints the node publishes, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<EndpointRecord>,
+}
+
+impl PeerView {
+    /// Files a claim read from the store under its network. When both
+    /// key forms carry a claim of one block, the earlier wins, as it
+    /// would between nodes.
+    pub fn add_claim(&mut self, network: &str, block: IpNet, claim: BlockClaim) {
+        let claims = if network == crate::DEFAULT_NETWORK {
+            &mut self.claims
+        } else {
+            self.network_claims.entry(network.to_string()).or_default()
+        };
+        claims
+            .entry(block)
+            .and_modify(|c| c.claimed_at_ms = c.claimed_at_ms.min(claim.claimed_at_ms))
+            .or_insert(claim);
+    }
 }
 
 /// Every node known (alive, or dead but within the block TTL), by name.
@@ -92,6 +270,14 @@ pub struct ClusterView {
 }
 
 impl ClusterView {
+    /// Every endpoint of the cluster, node by node.
+    pub fn endpoints(&self) -> Vec<&EndpointRecord> {
+        self.nodes
+            .values()
+            .flat_map(|n| n.endpoints.iter())
+            .collect()
+    }
+
     /// Who holds each claimed block: the earliest claim, ties broken by the
     /// smaller node name. Every node computes the same answer from the same
     /// view, so a conflict resolves without a coordinator.
@@ -477,6 +663,106 @@ mod tests {
                 vec!["h1".to_string(), "h2".to_string()]
             )]
         );
+    }
+
+    #[test]
+    fn claim_keys_of_both_versions_parse() {
+        let b: IpNet = "10.244.3.0/24".parse().unwrap();
+        let keys = gossip_block_keys("default", b);
+        assert_eq!(
+            keys,
+            ["v2/block/default/10.244.3.0/24", "block/10.244.3.0/24"]
+        );
+        for k in &keys {
+            assert_eq!(parse_gossip_block_key(k), Some(("default".into(), b)));
+        }
+        assert_eq!(
+            gossip_block_keys("blue", b),
+            ["v2/block/blue/10.244.3.0/24"]
+        );
+        assert_eq!(
+            parse_gossip_block_key("v2/block/blue/10.244.3.0/24"),
+            Some(("blue".into(), b))
+        );
+        for bad in [
+            "v2/block/10.244.3.0/24",
+            "v2/block/Blue/10.244.3.0/24",
+            "block/x",
+            "node",
+            "v2/endpoint/default/c/eth0",
+        ] {
+            assert_eq!(parse_gossip_block_key(bad), None, "{bad}");
+        }
+        let p = "/muslin/";
+        let keys = etcd_block_keys(p, "default", b);
+        assert_eq!(
+            keys,
+            [
+                "/muslin/v2/blocks/default/10.244.3.0/24",
+                "/muslin/blocks/10.244.3.0/24"
+            ]
+        );
+        for k in &keys {
+            assert_eq!(
+                parse_etcd_key(p, k),
+                Some(EtcdKey::Block {
+                    network: "default".into(),
+                    block: b
+                })
+            );
+        }
+        assert_eq!(etcd_block_keys(p, "blue", b).len(), 1);
+        let e = etcd_endpoint_key(p, "h1", "default", "c1", "eth0");
+        assert_eq!(e, "/muslin/v2/endpoints/h1/default/c1/eth0");
+        assert!(e.starts_with(&etcd_endpoints_prefix(p, "h1")));
+        assert_eq!(
+            parse_etcd_key(p, &e),
+            Some(EtcdKey::Endpoint { node: "h1".into() })
+        );
+        assert_eq!(
+            parse_etcd_key(p, &etcd_node_key(p, "h1")),
+            Some(EtcdKey::Node("h1".into()))
+        );
+        assert_eq!(
+            parse_etcd_key(p, &etcd_alive_key(p, "h1")),
+            Some(EtcdKey::Alive("h1".into()))
+        );
+        assert_eq!(parse_etcd_key(p, "/other/nodes/h1"), None);
+        assert_eq!(parse_etcd_key(p, "/muslin/v2/blocks/default/junk"), None);
+        assert_eq!(
+            gossip_endpoint_key("default", "c1", "eth0"),
+            "v2/endpoint/default/c1/eth0"
+        );
+    }
+
+    #[test]
+    fn claims_are_filed_by_network_and_endpoints_listed() {
+        let b: IpNet = "10.244.3.0/24".parse().unwrap();
+        let mut p = PeerView::default();
+        p.add_claim("default", b, claim(9));
+        p.add_claim("default", b, claim(7));
+        p.add_claim("blue", b, claim(1));
+        assert_eq!(p.claims[&b], claim(7), "the earlier of two key forms");
+        assert_eq!(p.network_claims["blue"][&b], claim(1));
+        let mut v = ClusterView::default();
+        v.nodes.insert("a".into(), p);
+        assert_eq!(v.blocks_of("a"), vec![b], "other networks lease apart");
+        let rec = EndpointRecord {
+            network: "default".into(),
+            addresses: vec!["10.244.3.1/32".parse().unwrap()],
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+            node: "a".into(),
+            pod_namespace: Some("shop".into()),
+            pod_name: Some("web-0".into()),
+            labels: [("app".to_string(), "web".to_string())].into(),
+        };
+        v.nodes.get_mut("a").unwrap().endpoints.push(rec.clone());
+        v.nodes.entry("b".into()).or_default();
+        assert_eq!(v.endpoints(), vec![&rec]);
+        let json = serde_json::to_string(&rec).unwrap();
+        assert_eq!(serde_json::from_str::<EndpointRecord>(&json).unwrap(), rec);
+        assert!(valid_network_id("default") && !valid_network_id("a/b") && !valid_network_id(""));
     }
 
     #[test]

@@ -23,13 +23,47 @@ pub struct AttachmentKey {
 /// What the agent records of one attachment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
-    pub address: IpAddr,
+    /// The Muslin network the addresses belong to. Not `network`: the
+    /// persisted entry flattens the key beside it, whose `network` is the
+    /// runtime's CNI network name.
+    pub network_id: String,
+    /// Host prefixes (/32, /128), at most one per family; the container
+    /// interface carries them all.
+    pub addresses: Vec<IpNet>,
     pub netns: Option<PathBuf>,
     pub host_ifname: String,
     pub mtu: u32,
     /// `K8S_POD_NAMESPACE/K8S_POD_NAME` when the runtime passed them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    /// From the network configuration's `args.cni.labels`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Endpoint {
+    /// A new endpoint of the default network holding `address` alone.
+    pub fn new(address: IpAddr, host_ifname: String, mtu: u32) -> Endpoint {
+        Endpoint {
+            network_id: crate::DEFAULT_NETWORK.to_string(),
+            addresses: vec![IpNet::from(address)],
+            netns: None,
+            host_ifname,
+            mtu,
+            pod: None,
+            pod_namespace: None,
+            pod_name: None,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    pub fn holds(&self, a: IpAddr) -> bool {
+        self.addresses.iter().any(|n| n.addr() == a)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -130,7 +164,63 @@ mod endpoint_list {
     }
 }
 
-pub const TABLE_VERSION: u32 = 1;
+/// Version 2 added the network id and the address list; version 1 files
+/// (one `address`, no network) are converted on load.
+pub const TABLE_VERSION: u32 = 2;
+
+/// The table as the previous version wrote it.
+mod v1 {
+    use super::*;
+
+    #[derive(Deserialize)]
+    pub struct Table {
+        pub endpoints: Vec<Entry>,
+        pub cursor: Option<IpAddr>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Entry {
+        #[serde(flatten)]
+        pub key: AttachmentKey,
+        pub address: IpAddr,
+        pub netns: Option<PathBuf>,
+        pub host_ifname: String,
+        pub mtu: u32,
+        #[serde(default)]
+        pub pod: Option<String>,
+    }
+
+    impl From<Table> for EndpointTable {
+        fn from(t: Table) -> EndpointTable {
+            let endpoints = t
+                .endpoints
+                .into_iter()
+                .map(|e| {
+                    // Only the joined form was kept; split it back.
+                    let (pod_namespace, pod_name) =
+                        match e.pod.as_deref().map(|p| p.split_once('/')) {
+                            Some(Some((ns, n))) => (Some(ns.to_string()), Some(n.to_string())),
+                            Some(None) => (None, e.pod.clone()),
+                            None => (None, None),
+                        };
+                    let ep = Endpoint {
+                        netns: e.netns,
+                        pod: e.pod,
+                        pod_namespace,
+                        pod_name,
+                        ..Endpoint::new(e.address, e.host_ifname, e.mtu)
+                    };
+                    (e.key, ep)
+                })
+                .collect();
+            EndpointTable {
+                version: TABLE_VERSION,
+                endpoints,
+                cursor: t.cursor,
+            }
+        }
+    }
+}
 
 impl EndpointTable {
     pub fn new() -> Self {
@@ -141,7 +231,10 @@ impl EndpointTable {
     }
 
     pub fn used(&self) -> BTreeSet<IpAddr> {
-        self.endpoints.values().map(|e| e.address).collect()
+        self.endpoints
+            .values()
+            .flat_map(|e| e.addresses.iter().map(|a| a.addr()))
+            .collect()
     }
 
     /// Records an attachment, giving it a free address from `blocks`. A key
@@ -192,8 +285,25 @@ impl EndpointTable {
         serde_json::to_vec_pretty(self).expect("table serializes")
     }
 
+    /// Reads a table of this version or an older one. A newer version is
+    /// refused: its fields would be dropped by the next save.
     pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes)
+        #[derive(Deserialize)]
+        struct Version {
+            #[serde(default = "one")]
+            version: u32,
+        }
+        fn one() -> u32 {
+            1
+        }
+        let Version { version } = serde_json::from_slice(bytes)?;
+        match version {
+            1 => Ok(serde_json::from_slice::<v1::Table>(bytes)?.into()),
+            TABLE_VERSION => serde_json::from_slice(bytes),
+            v => Err(serde::de::Error::custom(format!(
+                "table version {v} was written by a newer Muslin (this one reads 1 and {TABLE_VERSION})"
+            ))),
+        }
     }
 }
 
@@ -210,13 +320,7 @@ mod tests {
     }
 
     fn ep(a: IpAddr) -> Endpoint {
-        Endpoint {
-            address: a,
-            netns: None,
-            host_ifname: "mslx".into(),
-            mtu: 1500,
-            pod: None,
-        }
+        Endpoint::new(a, "mslx".into(), 1500)
     }
 
     fn blocks(s: &[&str]) -> Vec<IpNet> {
@@ -242,7 +346,7 @@ mod tests {
         for i in 0..capacity(&bl[0]) {
             let (e, fresh) = t.allocate(key(&format!("c{i}")), &bl, ep).unwrap();
             assert!(fresh);
-            assert!(seen.insert(e.address));
+            assert!(seen.insert(e.addresses[0].addr()));
         }
         assert!(!seen.contains(&"10.1.0.0".parse::<IpAddr>().unwrap()));
         assert!(!seen.contains(&"10.1.0.7".parse::<IpAddr>().unwrap()));
@@ -255,9 +359,9 @@ mod tests {
     fn same_key_keeps_its_address() {
         let bl = blocks(&["10.1.0.0/24"]);
         let mut t = EndpointTable::new();
-        let a = t.allocate(key("c"), &bl, ep).unwrap().0.address;
+        let a = t.allocate(key("c"), &bl, ep).unwrap().0.addresses[0].addr();
         let (e, fresh) = t.allocate(key("c"), &bl, ep).unwrap();
-        assert_eq!((e.address, fresh), (a, false));
+        assert_eq!((e.addresses[0].addr(), fresh), (a, false));
         assert_eq!(t.endpoints.len(), 1);
     }
 
@@ -265,12 +369,12 @@ mod tests {
     fn release_then_reuse_round_robin() {
         let bl = blocks(&["10.1.0.0/29"]);
         let mut t = EndpointTable::new();
-        let a1 = t.allocate(key("a"), &bl, ep).unwrap().0.address;
-        let _a2 = t.allocate(key("b"), &bl, ep).unwrap().0.address;
-        assert_eq!(t.release(&key("a")).unwrap().address, a1);
+        let a1 = t.allocate(key("a"), &bl, ep).unwrap().0.addresses[0].addr();
+        let _a2 = t.allocate(key("b"), &bl, ep).unwrap().0.addresses[0].addr();
+        assert_eq!(t.release(&key("a")).unwrap().addresses[0].addr(), a1);
         assert!(t.release(&key("a")).is_none());
         // The released address is not the next one handed out.
-        let a3 = t.allocate(key("c"), &bl, ep).unwrap().0.address;
+        let a3 = t.allocate(key("c"), &bl, ep).unwrap().0.addresses[0].addr();
         assert_ne!(a3, a1);
         // But it comes back once the cursor wraps.
         let mut got = vec![];
@@ -279,7 +383,8 @@ mod tests {
                 t.allocate(key(&format!("d{i}")), &bl, ep)
                     .unwrap()
                     .0
-                    .address,
+                    .addresses[0]
+                    .addr(),
             );
         }
         assert!(got.contains(&a1));
@@ -291,7 +396,11 @@ mod tests {
         let mut t = EndpointTable::new();
         let got: Vec<String> = ["a", "b", "c", "d"]
             .iter()
-            .map(|c| t.allocate(key(c), &bl, ep).unwrap().0.address.to_string())
+            .map(|c| {
+                t.allocate(key(c), &bl, ep).unwrap().0.addresses[0]
+                    .addr()
+                    .to_string()
+            })
             .collect();
         assert_eq!(got, ["10.1.0.1", "10.1.0.2", "10.2.0.1", "10.2.0.2"]);
         assert!(t.allocate(key("e"), &bl, ep).is_err());
@@ -332,5 +441,47 @@ mod tests {
         let back = EndpointTable::from_json(&t.to_json()).unwrap();
         assert_eq!(back, t);
         assert!(EndpointTable::from_json(b"{\"version\":1,").is_err());
+        let json = String::from_utf8(t.to_json()).unwrap();
+        assert!(json.contains("\"version\": 2"), "{json}");
+        assert!(json.contains("\"network_id\": \"default\""), "{json}");
+    }
+
+    #[test]
+    fn version_1_tables_are_converted() {
+        let v1 = br#"{"version":1,"endpoints":[
+            {"network":"muslin","container_id":"c1","ifname":"eth0","address":"10.244.43.1",
+             "netns":"/run/netns/x","host_ifname":"msl1","mtu":1500,"pod":"shop/web-0"},
+            {"network":"muslin","container_id":"c2","ifname":"eth0","address":"fd00::2",
+             "netns":null,"host_ifname":"msl2","mtu":1400}],
+            "cursor":"10.244.43.1"}"#;
+        let t = EndpointTable::from_json(v1).unwrap();
+        assert_eq!(t.version, TABLE_VERSION);
+        assert_eq!(t.cursor, Some("10.244.43.1".parse().unwrap()));
+        let k = |c: &str| AttachmentKey {
+            network: "muslin".into(),
+            ..key(c)
+        };
+        let e1 = &t.endpoints[&k("c1")];
+        assert_eq!(e1.network_id, crate::DEFAULT_NETWORK);
+        assert_eq!(
+            e1.addresses,
+            vec!["10.244.43.1/32".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(e1.pod.as_deref(), Some("shop/web-0"));
+        assert_eq!(
+            (e1.pod_namespace.as_deref(), e1.pod_name.as_deref()),
+            (Some("shop"), Some("web-0"))
+        );
+        assert_eq!(e1.netns, Some(PathBuf::from("/run/netns/x")));
+        let e2 = &t.endpoints[&k("c2")];
+        assert_eq!(e2.addresses, vec!["fd00::2/128".parse::<IpNet>().unwrap()]);
+        assert_eq!(e2.mtu, 1400);
+        // Converted once, it reads back as the current version.
+        assert_eq!(EndpointTable::from_json(&t.to_json()).unwrap(), t);
+        // No version field at all: the first format.
+        let bare = br#"{"endpoints":[],"cursor":null}"#;
+        assert!(EndpointTable::from_json(bare).unwrap().endpoints.is_empty());
+        let newer = EndpointTable::from_json(br#"{"version":3,"endpoints":[]}"#).unwrap_err();
+        assert!(newer.to_string().contains("newer"), "{newer}");
     }
 }

@@ -20,9 +20,11 @@ pub mod underlay;
 /// the common routing daemons).
 pub const ROUTE_PROTOCOL: u8 = 77;
 
+/// The one Muslin network every attachment joins until networks can be
+/// configured. A network id names an isolated address space (its blocks,
+/// routes and, later, VNI); it is not the CNI network *name* a runtime
+/// passes, which only keys attachments.
+pub const DEFAULT_NETWORK: &str = "default";
+
 /// Prefix of every host-side interface Muslin creates.
 pub const IFACE_PREFIX: &str = "msl";
-
-/// Id of the network every attachment joins until networks can be created:
-/// today's pod network.
-pub const DEFAULT_NETWORK: &str = "default";

@@ -20,9 +20,9 @@ pub struct AttachmentPlan {
     pub host_mac: [u8; 6],
     pub container_ifname: String,
     pub container_mac: [u8; 6],
-    /// The container's address as a host prefix (/32 or /128).
-    pub address: IpNet,
-    pub gateway: IpAddr,
+    /// The container's addresses as host prefixes (/32, /128), at most one
+    /// per family; each family routes via its own [`gateway_for`].
+    pub addresses: Vec<IpNet>,
     pub mtu: u32,
 }
 
@@ -40,14 +40,15 @@ pub fn default_route(addr: IpAddr) -> IpNet {
     }
 }
 
-pub fn plan(key: &AttachmentKey, address: IpAddr, mtu: u32) -> AttachmentPlan {
+pub fn plan(key: &AttachmentKey, addresses: &[IpNet], mtu: u32) -> AttachmentPlan {
     AttachmentPlan {
         host_ifname: host_ifname(&key.container_id, &key.ifname),
         host_mac: HOST_VETH_MAC,
         container_ifname: key.ifname.clone(),
         container_mac: container_mac(&key.container_id, &key.ifname),
-        address: IpNet::from(address),
-        gateway: gateway_for(address),
+        // Whatever was recorded, the container holds host prefixes only:
+        // its neighbours are all behind the gateway.
+        addresses: addresses.iter().map(|a| IpNet::from(a.addr())).collect(),
         mtu,
     }
 }
@@ -63,13 +64,17 @@ mod tests {
             container_id: "c".into(),
             ifname: "eth0".into(),
         };
-        let p = plan(&key, "10.1.0.5".parse().unwrap(), 1400);
-        assert_eq!(p.address.to_string(), "10.1.0.5/32");
-        assert_eq!(p.gateway.to_string(), "169.254.1.1");
+        let n = |s: &str| -> IpNet { s.parse().unwrap() };
+        let p = plan(&key, &[n("10.1.0.5/24")], 1400);
+        assert_eq!(p.addresses, vec![n("10.1.0.5/32")]);
+        assert_eq!(
+            gateway_for(p.addresses[0].addr()).to_string(),
+            "169.254.1.1"
+        );
         assert_eq!(p.container_ifname, "eth0");
-        let p6 = plan(&key, "fd00::5".parse().unwrap(), 1400);
-        assert_eq!(p6.address.to_string(), "fd00::5/128");
-        assert_eq!(p6.gateway.to_string(), "fe80::1");
-        assert_eq!(default_route(p6.address.addr()).to_string(), "::/0");
+        let dual = plan(&key, &[n("10.1.0.5/32"), n("fd00::5/128")], 1400);
+        assert_eq!(dual.addresses[1].to_string(), "fd00::5/128");
+        assert_eq!(gateway_for(dual.addresses[1].addr()).to_string(), "fe80::1");
+        assert_eq!(default_route(dual.addresses[1].addr()).to_string(), "::/0");
     }
 }

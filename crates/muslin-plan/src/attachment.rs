@@ -6,15 +6,22 @@ use std::path::Path;
 
 use ipnet::IpNet;
 use muslin_model::naming::format_mac;
-use muslin_model::plumbing::{default_route, AttachmentPlan};
+use muslin_model::plumbing::{default_route, gateway_for, AttachmentPlan};
 use muslin_model::ROUTE_PROTOCOL;
 
 use crate::change::{Change, Step};
 use crate::object::{Address, HostState, Link, LinkKind, Neighbour, Ns, Route, Scope, VethPeer};
 
-/// The container's addresses (one per family as families arrive).
+/// The container's addresses, at most one per family.
 fn addresses(p: &AttachmentPlan) -> Vec<IpNet> {
-    vec![p.address]
+    p.addresses.clone()
+}
+
+/// One gateway per family the container has an address in.
+fn gateways(p: &AttachmentPlan) -> Vec<IpAddr> {
+    let mut g: Vec<IpAddr> = p.addresses.iter().map(|a| gateway_for(a.addr())).collect();
+    g.dedup();
+    g
 }
 
 fn host_prefix(ip: IpAddr) -> IpNet {
@@ -55,26 +62,28 @@ pub fn container_state(p: &AttachmentPlan) -> HostState {
             net: a,
         });
     }
-    s.neighbours.push(Neighbour {
-        link: cif.clone(),
-        ip: p.gateway,
-        mac: p.host_mac,
-    });
-    s.routes.push(Route {
-        table: muslin_model::dataplane::MAIN_TABLE,
-        dst: host_prefix(p.gateway),
-        via: None,
-        dev: Some(cif.clone()),
-        onlink: false,
-        mtu: None,
-        scope: Scope::Link,
-        protocol: ROUTE_PROTOCOL,
-    });
+    for gw in gateways(p) {
+        s.neighbours.push(Neighbour {
+            link: cif.clone(),
+            ip: gw,
+            mac: p.host_mac,
+        });
+        s.routes.push(Route {
+            table: muslin_model::dataplane::MAIN_TABLE,
+            dst: host_prefix(gw),
+            via: None,
+            dev: Some(cif.clone()),
+            onlink: false,
+            mtu: None,
+            scope: Scope::Link,
+            protocol: ROUTE_PROTOCOL,
+        });
+    }
     for a in addresses(p) {
         s.routes.push(Route {
             table: muslin_model::dataplane::MAIN_TABLE,
             dst: default_route(a.addr()),
-            via: Some(p.gateway),
+            via: Some(gateway_for(a.addr())),
             dev: Some(cif.clone()),
             onlink: false,
             mtu: None,
@@ -190,15 +199,17 @@ pub fn check(p: &AttachmentPlan, host: &HostState, container: &HostState) -> Vec
     }
     // The IPv4 gateway lies in no subnet of the container, so the default
     // route can be put back only while this route is there.
-    let to_gateway = host_prefix(p.gateway);
-    if !container
-        .routes
-        .iter()
-        .any(|r| r.dst == to_gateway && r.dev.as_deref() == Some(cif))
-    {
-        problems.push(format!(
-            "route to the gateway {to_gateway} on {cif} is missing"
-        ));
+    for gw in gateways(p) {
+        let to_gateway = host_prefix(gw);
+        if !container
+            .routes
+            .iter()
+            .any(|r| r.dst == to_gateway && r.dev.as_deref() == Some(cif))
+        {
+            problems.push(format!(
+                "route to the gateway {to_gateway} on {cif} is missing"
+            ));
+        }
     }
     for a in addresses(p) {
         if !container
@@ -209,27 +220,26 @@ pub fn check(p: &AttachmentPlan, host: &HostState, container: &HostState) -> Vec
             problems.push(format!("address {a} is missing on {cif}"));
         }
         let default = default_route(a.addr());
+        let gw = gateway_for(a.addr());
         if !container
             .routes
             .iter()
-            .any(|r| r.dst == default && r.via == Some(p.gateway) && r.dev.as_deref() == Some(cif))
+            .any(|r| r.dst == default && r.via == Some(gw) && r.dev.as_deref() == Some(cif))
         {
-            problems.push(format!(
-                "default route via {} on {cif} is missing",
-                p.gateway
-            ));
+            problems.push(format!("default route via {gw} on {cif} is missing"));
         }
     }
-    if !container
-        .neighbours
-        .iter()
-        .any(|n| n.link == *cif && n.ip == p.gateway && n.mac == p.host_mac)
-    {
-        problems.push(format!(
-            "gateway neighbour {} ({}) on {cif} is missing",
-            p.gateway,
-            format_mac(&p.host_mac)
-        ));
+    for gw in gateways(p) {
+        if !container
+            .neighbours
+            .iter()
+            .any(|n| n.link == *cif && n.ip == gw && n.mac == p.host_mac)
+        {
+            problems.push(format!(
+                "gateway neighbour {gw} ({}) on {cif} is missing",
+                format_mac(&p.host_mac)
+            ));
+        }
     }
     problems
 }

@@ -36,7 +36,11 @@ pub fn foreign_routes(s: &HostState) -> Vec<IpNet> {
     s.routes
         .iter()
         .filter(|r| r.table == muslin_model::dataplane::MAIN_TABLE && r.protocol != ROUTE_PROTOCOL)
-        .filter(|r| !r.dev.as_deref().is_some_and(|d| d.starts_with(IFACE_PREFIX)))
+        .filter(|r| {
+            !r.dev
+                .as_deref()
+                .is_some_and(|d| d.starts_with(IFACE_PREFIX))
+        })
         .map(|r| r.dst)
         .collect()
 }

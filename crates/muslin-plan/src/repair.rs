@@ -23,13 +23,15 @@ pub fn repair(records: &[AttachmentPlan], observed: &HostState) -> Vec<Change> {
             // Veth gone: the container is gone; DEL or GC releases it.
             continue;
         }
-        let r = host_route(p, p.address);
-        let present = observed
-            .routes
-            .iter()
-            .any(|o| o.protocol == ROUTE_PROTOCOL && o.dst == r.dst && o.dev == r.dev);
-        if !present {
-            out.push(Change::ReplaceRoute(r));
+        for a in &p.addresses {
+            let r = host_route(p, *a);
+            let present = observed
+                .routes
+                .iter()
+                .any(|o| o.protocol == ROUTE_PROTOCOL && o.dst == r.dst && o.dev == r.dev);
+            if !present {
+                out.push(Change::ReplaceRoute(r));
+            }
         }
     }
     out.extend(

@@ -94,9 +94,7 @@ pub fn simulate(world: &mut BTreeMap<Ns, HostState>, step: &Step) -> Result<(), 
             s.neighbours.retain(|x| !(x.link == n.link && x.ip == n.ip));
             s.neighbours.push(n.clone());
         }
-        Change::DeleteNeighbour(n) => s
-            .neighbours
-            .retain(|x| !(x.link == n.link && x.ip == n.ip)),
+        Change::DeleteNeighbour(n) => s.neighbours.retain(|x| !(x.link == n.link && x.ip == n.ip)),
         Change::ReplaceFdb(e) => {
             need(s, &e.link)?;
             if !s.fdb.contains(e) {

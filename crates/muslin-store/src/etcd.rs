@@ -6,12 +6,15 @@
 //! was compacted. While etcd is away the cache, and so the data plane,
 //! stays as it was.
 //!
-//! Keys under the prefix (default `/muslin/`):
-//! `nodes/NAME` the node record and `blocks/CIDR` a claim (`{"node", "claimed_at_ms"}`),
-//! both on the node's block lease (TTL = block TTL); `alive/NAME` on a
-//! short liveness lease.
+//! Keys under the prefix (default `/muslin/`; built and parsed in
+//! `muslin_model::cluster`): `nodes/NAME` the node record,
+//! `v2/blocks/NETWORK/CIDR` a claim (`{"node", "claimed_at_ms"}`; for the
+//! default network also under the previous version's `blocks/CIDR`, both
+//! created in one transaction) and `v2/endpoints/NAME/NETWORK/CONTAINER/IFNAME`
+//! an endpoint, all on the node's block lease (TTL = block TTL);
+//! `alive/NAME` on a short liveness lease.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -22,7 +25,10 @@ use etcd_client::{
     WatchOptions,
 };
 use ipnet::IpNet;
-use muslin_model::cluster::{BlockClaim, ClusterView, NodeRecord, PeerView};
+use muslin_model::cluster::{
+    etcd_alive_key, etcd_block_keys, etcd_endpoint_key, etcd_endpoints_prefix, etcd_node_key,
+    parse_etcd_key, BlockClaim, ClusterView, EndpointRecord, EtcdKey, NodeRecord,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{ClusterStore, StoreError};
@@ -56,6 +62,9 @@ pub struct Etcd {
     alive_lease: Arc<AtomicI64>,
     /// Keys this node wants to hold, re-asserted after every reconnection.
     own: Arc<Mutex<BTreeMap<String, String>>>,
+    /// Owned keys whose last write or delete failed: retried on every
+    /// endpoint sync, so a short outage (no lease lost) heals too.
+    unsent: Mutex<BTreeSet<String>>,
     pub requests: Arc<AtomicU64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -185,6 +194,7 @@ impl Etcd {
             block_lease: Arc::default(),
             alive_lease: Arc::default(),
             own: Arc::default(),
+            unsent: Mutex::default(),
             requests: Arc::default(),
             tasks: vec![],
         };
@@ -220,7 +230,7 @@ impl Etcd {
             s.own.clone(),
             s.requests.clone(),
         )));
-        let alive = format!("{}alive/{}", s.cfg.prefix, s.cfg.node_name);
+        let alive = etcd_alive_key(&s.cfg.prefix, &s.cfg.node_name);
         s.own_put(alive, "1".into()).await;
         Ok(s)
     }
@@ -265,12 +275,39 @@ impl Etcd {
         }
         let mut c = self.client.clone();
         self.requests.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = c
-            .put(key, value, Some(PutOptions::new().with_lease(lease)))
+        let unsent = match c
+            .put(
+                key.clone(),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )
             .await
         {
-            tracing::debug!(cause = %e, "etcd put failed; will retry");
+            Ok(_) => false,
+            Err(e) => {
+                tracing::debug!(cause = %e, "etcd put failed; will retry");
+                true
+            }
+        };
+        self.mark(key, unsent);
+    }
+
+    fn mark(&self, key: String, unsent: bool) {
+        let mut u = self.unsent.lock().expect("unsent");
+        if unsent {
+            u.insert(key);
+        } else {
+            u.remove(&key);
         }
+    }
+
+    /// Forgets an owned key and deletes it; a failed delete is retried.
+    async fn own_delete(&self, key: String) {
+        self.own.lock().expect("own").remove(&key);
+        let mut c = self.client.clone();
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let failed = c.delete(key.clone(), None).await.is_err();
+        self.mark(key, failed);
     }
 
     pub async fn shutdown(self) {
@@ -281,7 +318,7 @@ impl Etcd {
 }
 
 fn lease_for(cfg: &EtcdConfig, key: &str, block: &AtomicI64, alive: &AtomicI64) -> i64 {
-    if key.starts_with(&format!("{}alive/", cfg.prefix)) {
+    if matches!(parse_etcd_key(&cfg.prefix, key), Some(EtcdKey::Alive(_))) {
         alive.load(Ordering::Relaxed)
     } else {
         block.load(Ordering::Relaxed)
@@ -482,6 +519,8 @@ async fn keep_leases(
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
+            // Both key forms of a claim are re-asserted together.
+            let mut claims: BTreeMap<(String, IpNet), (Vec<String>, String)> = BTreeMap::new();
             for (k, v) in keys {
                 let lease = lease_for(&cfg, &k, &block, &alive);
                 // Not granted yet: written once it is (a key without a
@@ -489,16 +528,28 @@ async fn keep_leases(
                 if lease == 0 {
                     continue;
                 }
-                requests.fetch_add(2, Ordering::Relaxed);
-                if k.starts_with(&format!("{}blocks/", cfg.prefix)) {
-                    // A claim is never overwritten: another node may have
-                    // taken the block while ours had expired.
-                    if !reassert_claim(&mut c, &k, &v, lease).await {
-                        own.lock().expect("own").remove(&k);
-                        tracing::warn!(key = %k, "our block claim expired during the outage and another node holds it now");
-                    }
+                if let Some(EtcdKey::Block { network, block }) = parse_etcd_key(&cfg.prefix, &k) {
+                    claims
+                        .entry((network, block))
+                        .or_insert_with(|| (vec![], v))
+                        .0
+                        .push(k);
                 } else {
+                    requests.fetch_add(1, Ordering::Relaxed);
                     let _ = c.put(k, v, Some(PutOptions::new().with_lease(lease))).await;
+                }
+            }
+            let lease = block.load(Ordering::Relaxed);
+            for (keys, v) in claims.into_values() {
+                requests.fetch_add(1 + keys.len() as u64, Ordering::Relaxed);
+                // A claim is never overwritten: another node may have
+                // taken the block while ours had expired.
+                if !reassert_claim(&mut c, &keys, &v, lease).await {
+                    let mut own = own.lock().expect("own");
+                    for k in &keys {
+                        own.remove(k);
+                    }
+                    tracing::warn!(keys = ?keys, "our block claim expired during the outage and another node holds it now");
                 }
             }
             tracing::info!("etcd leases renewed and owned keys re-written");
@@ -506,31 +557,41 @@ async fn keep_leases(
     }
 }
 
-/// Puts our claim on `lease` only if the key holds exactly our claim or
-/// nobody's: never over another node's. Returns whether we hold it.
-async fn reassert_claim(c: &mut Client, key: &str, value: &str, lease: i64) -> bool {
-    let put = || TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)));
-    let ours = Txn::new()
-        .when([Compare::value(key, CompareOp::Equal, value)])
-        .and_then([put()]);
-    if matches!(c.txn(ours).await, Ok(r) if r.succeeded()) {
-        return true;
+/// Puts our claim under every key of `keys` on `lease` only if each holds
+/// exactly our claim or nobody's, all in one transaction: never over
+/// another node's, and never one key form without the other. Returns
+/// whether we hold it.
+async fn reassert_claim(c: &mut Client, keys: &[String], value: &str, lease: i64) -> bool {
+    let mut when = Vec::new();
+    for k in keys {
+        let Ok(r) = c.get(k.as_str(), None).await else {
+            return false;
+        };
+        match r.kvs().first() {
+            None => when.push(Compare::create_revision(k.as_str(), CompareOp::Equal, 0)),
+            Some(kv) if kv.value() == value.as_bytes() => {
+                when.push(Compare::value(k.as_str(), CompareOp::Equal, value))
+            }
+            Some(_) => return false,
+        }
     }
-    let free = Txn::new()
-        .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-        .and_then([put()]);
-    matches!(c.txn(free).await, Ok(r) if r.succeeded())
+    let puts: Vec<TxnOp> = keys
+        .iter()
+        .map(|k| TxnOp::put(k.as_str(), value, Some(PutOptions::new().with_lease(lease))))
+        .collect();
+    let txn = Txn::new().when(when).and_then(puts);
+    matches!(c.txn(txn).await, Ok(r) if r.succeeded())
 }
 
 impl ClusterStore for Etcd {
     async fn publish_record(&self, rec: &NodeRecord) {
-        let key = format!("{}nodes/{}", self.cfg.prefix, self.cfg.node_name);
+        let key = etcd_node_key(&self.cfg.prefix, &self.cfg.node_name);
         self.own_put(key, serde_json::to_string(rec).expect("record serializes"))
             .await;
     }
 
-    async fn claim_block(&self, block: IpNet, claim: BlockClaim) {
-        let key = format!("{}blocks/{block}", self.cfg.prefix);
+    async fn claim_block(&self, network: &str, block: IpNet, claim: BlockClaim) {
+        let keys = etcd_block_keys(&self.cfg.prefix, network, block);
         let value = serde_json::to_string(&Claim {
             node: self.cfg.node_name.clone(),
             claimed_at_ms: claim.claimed_at_ms,
@@ -543,42 +604,110 @@ impl ClusterStore for Etcd {
         }
         let mut c = self.client.clone();
         self.requests.fetch_add(1, Ordering::Relaxed);
-        // Create only if nobody holds it: the whole point of using etcd.
+        // Create only if nobody holds it under either key form: the whole
+        // point of using etcd, and what keeps agents of the previous
+        // version (which check only the v1 key) from taking it too.
         let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key.clone(),
-                value.clone(),
-                Some(PutOptions::new().with_lease(lease)),
-            )]);
-        match c.txn(txn).await {
-            Ok(r) if r.succeeded() => {
-                self.own.lock().expect("own").insert(key, value);
-            }
+            .when(
+                keys.iter()
+                    .map(|k| Compare::create_revision(k.as_str(), CompareOp::Equal, 0))
+                    .collect::<Vec<_>>(),
+            )
+            .and_then(
+                keys.iter()
+                    .map(|k| {
+                        TxnOp::put(
+                            k.as_str(),
+                            value.as_str(),
+                            Some(PutOptions::new().with_lease(lease)),
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            );
+        let held = match c.txn(txn).await {
+            Ok(r) if r.succeeded() => true,
             Ok(_) => {
                 // Ours already, exactly (a restart re-claims with the same
                 // time)? Then move it onto our new lease, atomically.
-                self.requests.fetch_add(1, Ordering::Relaxed);
-                if reassert_claim(&mut c, &key, &value, lease).await {
-                    self.own.lock().expect("own").insert(key, value);
-                }
+                self.requests
+                    .fetch_add(1 + keys.len() as u64, Ordering::Relaxed);
+                reassert_claim(&mut c, &keys, &value, lease).await
             }
-            Err(e) => tracing::debug!(cause = %e, block = %block, "claim failed; will retry"),
+            Err(e) => {
+                tracing::debug!(cause = %e, block = %block, "claim failed; will retry");
+                false
+            }
+        };
+        if held {
+            let mut own = self.own.lock().expect("own");
+            for k in keys {
+                own.insert(k, value.clone());
+            }
         }
     }
 
-    async fn release_block(&self, block: IpNet) {
-        let key = format!("{}blocks/{block}", self.cfg.prefix);
-        let Some(value) = self.own.lock().expect("own").remove(&key) else {
-            return;
+    async fn release_block(&self, network: &str, block: IpNet) {
+        for key in etcd_block_keys(&self.cfg.prefix, network, block) {
+            let Some(value) = self.own.lock().expect("own").remove(&key) else {
+                continue;
+            };
+            let mut c = self.client.clone();
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            // Delete only our own claim, never another node's.
+            let txn = Txn::new()
+                .when([Compare::value(key.clone(), CompareOp::Equal, value)])
+                .and_then([TxnOp::delete(key, None)]);
+            let _ = c.txn(txn).await;
+        }
+    }
+
+    async fn sync_endpoints(&self, records: &[EndpointRecord]) {
+        let p = &self.cfg.prefix;
+        let me = &self.cfg.node_name;
+        let want: BTreeMap<String, String> = records
+            .iter()
+            .map(|r| {
+                (
+                    etcd_endpoint_key(p, me, &r.network, &r.container_id, &r.ifname),
+                    serde_json::to_string(r).expect("record serializes"),
+                )
+            })
+            .collect();
+        let mine = etcd_endpoints_prefix(p, me);
+        // What we hold, and what etcd shows of ours: a previous run's keys
+        // (on its lease, until it expires) go too when no longer wanted.
+        let (gone, stale, unsent): (Vec<String>, Vec<String>, BTreeSet<String>) = {
+            let own = self.own.lock().expect("own");
+            let cache = self.cache.read().expect("cache");
+            let held = own
+                .keys()
+                .chain(cache.keys().filter(|_| self.synced()))
+                .filter(|k| k.starts_with(&mine) && !want.contains_key(*k));
+            let gone: BTreeSet<String> = held.cloned().collect();
+            let stale = want
+                .iter()
+                .filter(|(k, v)| own.get(*k) != Some(*v))
+                .map(|(k, _)| k.clone())
+                .collect();
+            let unsent = self.unsent.lock().expect("unsent").clone();
+            (gone.into_iter().collect(), stale, unsent)
         };
-        let mut c = self.client.clone();
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        // Delete only our own claim, never another node's.
-        let txn = Txn::new()
-            .when([Compare::value(key.clone(), CompareOp::Equal, value)])
-            .and_then([TxnOp::delete(key, None)]);
-        let _ = c.txn(txn).await;
+        for k in gone {
+            self.own_delete(k).await;
+        }
+        for k in stale {
+            self.own_put(k.clone(), want[&k].clone()).await;
+        }
+        // Writes that failed earlier (etcd away, no lease lost) and are
+        // still wanted.
+        for k in unsent {
+            let v = self.own.lock().expect("own").get(&k).cloned();
+            match v {
+                Some(v) => self.own_put(k, v).await,
+                None if k.starts_with(&mine) => self.own_delete(k).await,
+                None => self.mark(k, false),
+            }
+        }
     }
 
     async fn view(&self) -> ClusterView {
@@ -591,30 +720,36 @@ impl ClusterStore for Etcd {
         let p = &self.cfg.prefix;
         let mut view = ClusterView::default();
         for (k, v) in cache.iter() {
-            let Some(rest) = k.strip_prefix(p.as_str()) else {
-                continue;
-            };
-            if let Some(name) = rest.strip_prefix("nodes/") {
-                if let Ok(r) = serde_json::from_str::<NodeRecord>(v) {
-                    view.nodes
-                        .entry(name.to_string())
-                        .or_insert_with(PeerView::default)
-                        .record = Some(r);
+            match parse_etcd_key(p, k) {
+                Some(EtcdKey::Node(name)) => {
+                    if let Ok(r) = serde_json::from_str::<NodeRecord>(v) {
+                        view.nodes.entry(name).or_default().record = Some(r);
+                    }
                 }
-            } else if let Some(b) = rest.strip_prefix("blocks/") {
-                if let (Ok(b), Ok(c)) = (b.parse::<IpNet>(), serde_json::from_str::<Claim>(v)) {
-                    view.nodes.entry(c.node).or_default().claims.insert(
-                        b,
-                        BlockClaim {
-                            claimed_at_ms: c.claimed_at_ms,
-                        },
-                    );
+                Some(EtcdKey::Block { network, block }) => {
+                    if let Ok(c) = serde_json::from_str::<Claim>(v) {
+                        view.nodes.entry(c.node).or_default().add_claim(
+                            &network,
+                            block,
+                            BlockClaim {
+                                claimed_at_ms: c.claimed_at_ms,
+                            },
+                        );
+                    }
                 }
+                Some(EtcdKey::Endpoint { node }) => {
+                    if let Ok(mut e) = serde_json::from_str::<EndpointRecord>(v) {
+                        // The key says whose it is: only that node writes there.
+                        e.node = node.clone();
+                        view.nodes.entry(node).or_default().endpoints.push(e);
+                    }
+                }
+                Some(EtcdKey::Alive(_)) | None => {}
             }
         }
         for (name, pv) in view.nodes.iter_mut() {
-            pv.alive =
-                name == &self.cfg.node_name || cache.contains_key(&format!("{p}alive/{name}"));
+            pv.alive = name == &self.cfg.node_name || cache.contains_key(&etcd_alive_key(p, name));
+            pv.endpoints.sort();
         }
         view
     }

@@ -1,7 +1,8 @@
 //! The embedded store: chitchat's scuttlebutt gossip and phi-accrual
 //! failure detector, over the sealed transport. Each node writes only its
-//! own keys (`node`, `block/CIDR`); a node silent for longer than the block
-//! TTL is forgotten by chitchat, and with it its claims and routes.
+//! own keys (`node`, claims, endpoints; see `muslin_model::cluster` for
+//! the keys); a node silent for longer than the block TTL is forgotten by
+//! chitchat, and with it its claims, endpoints and routes.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,7 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 use ipnet::IpNet;
 use muslin_model::cluster::{
-    BlockClaim, ClusterView, NodeRecord, PeerView, BLOCK_KEY_PREFIX, NODE_KEY,
+    gossip_block_keys, gossip_endpoint_key, parse_gossip_block_key, BlockClaim, ClusterView,
+    EndpointRecord, NodeRecord, PeerView, ENDPOINT_KEY_PREFIX, NODE_KEY,
 };
 
 use crate::sealed::{AuthState, Redirects, SealedUdp};
@@ -143,18 +145,54 @@ impl ClusterStore for Gossip {
         .await;
     }
 
-    async fn claim_block(&self, block: IpNet, claim: BlockClaim) {
-        self.set(
-            format!("{BLOCK_KEY_PREFIX}{block}"),
-            serde_json::to_string(&claim).expect("claim serializes"),
-        )
-        .await;
+    async fn claim_block(&self, network: &str, block: IpNet, claim: BlockClaim) {
+        let value = serde_json::to_string(&claim).expect("claim serializes");
+        for key in gossip_block_keys(network, block) {
+            self.set(key, value.clone()).await;
+        }
     }
 
-    async fn release_block(&self, block: IpNet) {
-        let key = format!("{BLOCK_KEY_PREFIX}{block}");
+    async fn release_block(&self, network: &str, block: IpNet) {
+        let keys = gossip_block_keys(network, block);
         self.handle
-            .with_chitchat(|c| c.self_node_state().delete(&key))
+            .with_chitchat(|c| {
+                let st = c.self_node_state();
+                for key in &keys {
+                    // Deleting an absent key only makes chitchat complain.
+                    if st.get(key).is_some() {
+                        st.delete(key);
+                    }
+                }
+            })
+            .await;
+    }
+
+    async fn sync_endpoints(&self, records: &[EndpointRecord]) {
+        let want: BTreeMap<String, String> = records
+            .iter()
+            .map(|r| {
+                (
+                    gossip_endpoint_key(&r.network, &r.container_id, &r.ifname),
+                    serde_json::to_string(r).expect("record serializes"),
+                )
+            })
+            .collect();
+        self.handle
+            .with_chitchat(|c| {
+                let st = c.self_node_state();
+                let gone: Vec<String> = st
+                    .key_values()
+                    .filter(|(k, _)| k.starts_with(ENDPOINT_KEY_PREFIX) && !want.contains_key(*k))
+                    .map(|(k, _)| k.to_string())
+                    .collect();
+                for k in gone {
+                    st.delete(&k);
+                }
+                // Setting an unchanged value is free: chitchat skips it.
+                for (k, v) in &want {
+                    st.set(k.clone(), v.clone());
+                }
+            })
             .await;
     }
 
@@ -190,14 +228,19 @@ impl ClusterStore for Gossip {
             for (k, v) in state.key_values() {
                 if k == NODE_KEY {
                     pv.record = serde_json::from_str(v).ok();
-                } else if let Some(b) = k.strip_prefix(BLOCK_KEY_PREFIX) {
-                    if let (Ok(b), Ok(claim)) =
-                        (b.parse::<IpNet>(), serde_json::from_str::<BlockClaim>(v))
-                    {
-                        pv.claims.insert(b, claim);
+                } else if k.starts_with(ENDPOINT_KEY_PREFIX) {
+                    if let Ok(mut e) = serde_json::from_str::<EndpointRecord>(v) {
+                        // A node writes only its own state: that is who holds it.
+                        e.node = name.clone();
+                        pv.endpoints.push(e);
+                    }
+                } else if let Some((network, b)) = parse_gossip_block_key(k) {
+                    if let Ok(claim) = serde_json::from_str::<BlockClaim>(v) {
+                        pv.add_claim(&network, b, claim);
                     }
                 }
             }
+            pv.endpoints.sort();
             view.nodes.insert(name, pv);
         }
         view
@@ -273,12 +316,49 @@ mod tests {
             gossip_address: None,
         };
         a.publish_record(&record("a")).await;
-        a.claim_block(block, BlockClaim { claimed_at_ms: 42 }).await;
+        a.claim_block("default", block, BlockClaim { claimed_at_ms: 42 })
+            .await;
         until("b sees a's claim", async || {
             b.view().await.blocks_of("a") == vec![block]
         })
         .await;
         assert!(b.synced());
+        // Endpoints spread, and leave when no longer published.
+        let ep = |c: &str| EndpointRecord {
+            network: "default".into(),
+            addresses: vec!["10.244.7.1/32".parse().unwrap()],
+            container_id: c.into(),
+            ifname: "eth0".into(),
+            node: "a".into(),
+            pod_namespace: None,
+            pod_name: None,
+            labels: [("app".to_string(), "web".to_string())].into(),
+        };
+        a.sync_endpoints(&[ep("c1"), ep("c2")]).await;
+        until("b sees a's endpoints", async || {
+            b.view().await.endpoints().len() == 2
+        })
+        .await;
+        a.sync_endpoints(&[ep("c2")]).await;
+        until("b sees c1 gone", async || {
+            b.view().await.endpoints() == vec![&ep("c2")]
+        })
+        .await;
+        // The previous version's claim key still counts, for the default network.
+        a.release_block("default", block).await;
+        until("b sees the claim released", async || {
+            b.view().await.blocks_of("a").is_empty()
+        })
+        .await;
+        a.set(
+            format!("block/{block}"),
+            r#"{"claimed_at_ms":42}"#.to_string(),
+        )
+        .await;
+        until("b reads a v1 claim", async || {
+            b.view().await.blocks_of("a") == vec![block]
+        })
+        .await;
 
         // No secret: refused, and told why.
         let c = Gossip::start(cfg("c", pc, &[pa], None), vec![])
@@ -295,7 +375,8 @@ mod tests {
             .await
             .unwrap();
         d.publish_record(&record("d")).await;
-        d.claim_block(block, BlockClaim { claimed_at_ms: 1 }).await;
+        d.claim_block("default", block, BlockClaim { claimed_at_ms: 1 })
+            .await;
         until("d is told its secret is wrong", async || {
             d.auth_problem().is_some()
         })

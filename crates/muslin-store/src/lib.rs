@@ -12,7 +12,7 @@ mod sealed;
 use std::future::Future;
 
 use ipnet::IpNet;
-use muslin_model::cluster::{BlockClaim, ClusterView, NodeRecord};
+use muslin_model::cluster::{BlockClaim, ClusterView, EndpointRecord, NodeRecord};
 
 pub use etcd::{Etcd, EtcdConfig};
 pub use gossip::{Gossip, GossipConfig, GossipStats};
@@ -29,8 +29,17 @@ pub enum StoreError {
 /// What the agent needs of cluster state.
 pub trait ClusterStore: Send + Sync + 'static {
     fn publish_record(&self, rec: &NodeRecord) -> impl Future<Output = ()> + Send;
-    fn claim_block(&self, block: IpNet, claim: BlockClaim) -> impl Future<Output = ()> + Send;
-    fn release_block(&self, block: IpNet) -> impl Future<Output = ()> + Send;
+    fn claim_block(
+        &self,
+        network: &str,
+        block: IpNet,
+        claim: BlockClaim,
+    ) -> impl Future<Output = ()> + Send;
+    fn release_block(&self, network: &str, block: IpNet) -> impl Future<Output = ()> + Send;
+    /// Makes this node's published endpoints exactly `records`: level
+    /// triggered, so calling it again after a crash or an outage converges,
+    /// and calling it with nothing changed costs no write.
+    fn sync_endpoints(&self, records: &[EndpointRecord]) -> impl Future<Output = ()> + Send;
     /// Every node known, alive or within its TTL, latest generation each.
     fn view(&self) -> impl Future<Output = ClusterView> + Send;
     /// Whether the view can be trusted to be complete (we heard from a
@@ -98,16 +107,22 @@ impl ClusterStore for AnyStore {
             AnyStore::Etcd(s) => s.publish_record(rec).await,
         }
     }
-    async fn claim_block(&self, block: IpNet, claim: BlockClaim) {
+    async fn claim_block(&self, network: &str, block: IpNet, claim: BlockClaim) {
         match self {
-            AnyStore::Gossip(s) => s.claim_block(block, claim).await,
-            AnyStore::Etcd(s) => s.claim_block(block, claim).await,
+            AnyStore::Gossip(s) => s.claim_block(network, block, claim).await,
+            AnyStore::Etcd(s) => s.claim_block(network, block, claim).await,
         }
     }
-    async fn release_block(&self, block: IpNet) {
+    async fn release_block(&self, network: &str, block: IpNet) {
         match self {
-            AnyStore::Gossip(s) => s.release_block(block).await,
-            AnyStore::Etcd(s) => s.release_block(block).await,
+            AnyStore::Gossip(s) => s.release_block(network, block).await,
+            AnyStore::Etcd(s) => s.release_block(network, block).await,
+        }
+    }
+    async fn sync_endpoints(&self, records: &[EndpointRecord]) {
+        match self {
+            AnyStore::Gossip(s) => s.sync_endpoints(records).await,
+            AnyStore::Etcd(s) => s.sync_endpoints(records).await,
         }
     }
     async fn view(&self) -> ClusterView {

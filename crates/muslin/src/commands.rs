@@ -122,9 +122,10 @@ fn status(a: StatusArgs) -> Result<ExitCode> {
             )
         };
         println!(
-            "cluster  backend {}, {} nodes, {}, {store}",
+            "cluster  backend {}, {} nodes, {} endpoints, {}, {store}",
             c.backend,
             c.nodes.len(),
+            c.endpoints.len(),
             if c.synced { "synced" } else { "not synced yet" },
         );
         if c.underlay_addresses.len() > 1 {
@@ -142,8 +143,8 @@ fn status(a: StatusArgs) -> Result<ExitCode> {
             );
         }
         println!(
-            "\n{:<12} {:<16} {:<20} {:<7} {:<8} {:<6} DATA PATH",
-            "NODE", "ADDRESS", "BLOCKS", "GOSSIP", "PATH", "MTU"
+            "\n{:<12} {:<16} {:<20} {:<7} {:<8} {:<6} {:<5} DATA PATH",
+            "NODE", "ADDRESS", "BLOCKS", "GOSSIP", "PATH", "MTU", "EPS"
         );
         for n in &c.nodes {
             let blocks: Vec<String> = n.blocks.iter().map(|b| b.to_string()).collect();
@@ -152,7 +153,7 @@ fn status(a: StatusArgs) -> Result<ExitCode> {
                 None => (n.path.clone(), None),
             };
             println!(
-                "{:<12} {:<16} {:<20} {:<7} {:<8} {:<6} {}",
+                "{:<12} {:<16} {:<20} {:<7} {:<8} {:<6} {:<5} {}",
                 n.name,
                 n.address
                     .map(|a| a.to_string())
@@ -163,6 +164,7 @@ fn status(a: StatusArgs) -> Result<ExitCode> {
                 n.path_mtu
                     .map(|m| m.to_string())
                     .unwrap_or_else(|| "-".into()),
+                n.endpoints,
                 if n.data_path.is_empty() {
                     "-"
                 } else {
@@ -176,6 +178,7 @@ fn status(a: StatusArgs) -> Result<ExitCode> {
         for w in &c.warnings {
             println!("WARNING  {w}");
         }
+        print_cluster_endpoints(&c.endpoints);
         println!();
     }
     if s.endpoints.is_empty() {
@@ -188,7 +191,7 @@ fn status(a: StatusArgs) -> Result<ExitCode> {
         for e in &s.endpoints {
             println!(
                 "{:<16} {:<18} {:<16} {:<10} {}  ({})",
-                e.address.to_string(),
+                join(&e.addresses),
                 e.host_ifname,
                 e.key.network,
                 e.key.ifname,
@@ -198,6 +201,45 @@ fn status(a: StatusArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn join(v: &[impl std::fmt::Display]) -> String {
+    let v: Vec<String> = v.iter().map(|a| a.to_string()).collect();
+    v.join(",")
+}
+
+/// The cluster's endpoints, as many as a terminal shows; `--json` has all.
+fn print_cluster_endpoints(eps: &[muslin_model::cluster::EndpointRecord]) {
+    const SHOWN: usize = 50;
+    if eps.is_empty() {
+        return;
+    }
+    println!(
+        "\n{:<20} {:<12} {:<10} {:<24} LABELS",
+        "CLUSTER ENDPOINT", "NODE", "NETWORK", "POD"
+    );
+    for e in eps.iter().take(SHOWN) {
+        let pod = match (&e.pod_namespace, &e.pod_name) {
+            (Some(ns), Some(n)) => format!("{ns}/{n}"),
+            (None, Some(n)) => n.clone(),
+            _ => format!("({})", e.container_id.chars().take(12).collect::<String>()),
+        };
+        let labels: Vec<String> = e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "{:<20} {:<12} {:<10} {:<24} {}",
+            join(&e.addresses),
+            e.node,
+            e.network,
+            pod,
+            labels.join(",")
+        );
+    }
+    if eps.len() > SHOWN {
+        println!(
+            "... and {} more (status --json lists all)",
+            eps.len() - SHOWN
+        );
+    }
 }
 
 /// Operators' GC: a dry run unless `--apply`. Fails if anything stale
@@ -236,7 +278,7 @@ fn print_stale(stale: &[muslin_model::api::StaleAttachment], applied: bool) {
         };
         println!(
             "{verb:<13} {:<16} {}/{}/{}  ({})",
-            s.address.to_string(),
+            join(&s.addresses),
             s.key.network,
             s.key.container_id,
             s.key.ifname,

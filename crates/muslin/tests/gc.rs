@@ -50,7 +50,7 @@ fn gc_lists_then_releases_exactly_the_attachment_whose_namespace_is_gone() {
     assert_eq!(v["applied"], false, "{v}");
     assert_eq!(stale_ids(&v), vec!["gone"], "{v}");
     let s = &v["stale"][0];
-    assert_eq!(s["address"], gone_ip.as_str());
+    assert_eq!(s["addresses"][0], format!("{gone_ip}/32"));
     assert_eq!(s["released"], false);
     assert!(
         s["why"].as_str().unwrap().contains("no longer exists"),

@@ -21,8 +21,14 @@ fn sigterm_during_32_concurrent_adds_leaves_nothing_half_made() {
             .map(|(i, c)| {
                 s.spawn(move || {
                     let id = format!("term{i}");
-                    let (v, code) =
-                        hr.cni("muslin", "ADD", &id, Some(&c.path()), "eth0", &hr.conf("1.1.0"));
+                    let (v, code) = hr.cni(
+                        "muslin",
+                        "ADD",
+                        &id,
+                        Some(&c.path()),
+                        "eth0",
+                        &hr.conf("1.1.0"),
+                    );
                     (id, v, code)
                 })
             })
@@ -37,7 +43,11 @@ fn sigterm_during_32_concurrent_adds_leaves_nothing_half_made() {
         if let Some(st) = h.agent.as_mut().unwrap().try_wait().unwrap() {
             break st;
         }
-        assert!(Instant::now() < deadline, "the agent did not stop: {}", h.log());
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not stop: {}",
+            h.log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "exit {status}: {}", h.log());
@@ -67,13 +77,20 @@ fn sigterm_during_32_concurrent_adds_leaves_nothing_half_made() {
         .collect();
     recorded.sort();
     done.sort();
-    assert_eq!(recorded, done, "recorded attachments are exactly the completed ADDs");
+    assert_eq!(
+        recorded, done,
+        "recorded attachments are exactly the completed ADDs"
+    );
     let veths: Vec<String> = h
         .our_links()
         .into_iter()
         .filter(|l| l.len() == 15)
         .collect();
-    assert_eq!(veths.len(), done.len(), "one veth per completed ADD: {veths:?}");
+    assert_eq!(
+        veths.len(),
+        done.len(),
+        "one veth per completed ADD: {veths:?}"
+    );
     for (i, c) in containers.iter().enumerate() {
         let has = c.links().iter().any(|l| l == "eth0");
         assert_eq!(

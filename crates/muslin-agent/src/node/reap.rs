@@ -97,7 +97,7 @@ impl Node {
             };
             let mut s = StaleAttachment {
                 key: key.clone(),
-                address: ep.address,
+                addresses: ep.addresses.clone(),
                 host_ifname: ep.host_ifname.clone(),
                 netns: ep.netns.clone(),
                 why,

@@ -4,8 +4,8 @@ use futures::TryStreamExt;
 use muslin_plan::object::Address;
 
 use super::counters::netlink_write;
-use super::link::index;
 use super::error::errno;
+use super::link::index;
 use super::netlink::Netlink;
 use crate::KernelError;
 
@@ -24,7 +24,10 @@ pub(super) async fn add(nl: &Netlink, a: &Address) -> Result<(), KernelError> {
             Ok(())
         }
         Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
-        Err(e) => Err(KernelError::netlink(format!("adding {} to {}", a.net, a.link))(e)),
+        Err(e) => Err(KernelError::netlink(format!(
+            "adding {} to {}",
+            a.net, a.link
+        ))(e)),
     }
 }
 
@@ -37,11 +40,10 @@ pub(super) async fn delete(nl: &Netlink, a: &Address) -> Result<(), KernelError>
         .set_link_index_filter(idx)
         .set_address_filter(a.net.addr())
         .execute();
-    while let Some(m) = req
-        .try_next()
-        .await
-        .map_err(KernelError::netlink(format!("finding {} on {}", a.net, a.link)))?
-    {
+    while let Some(m) = req.try_next().await.map_err(KernelError::netlink(format!(
+        "finding {} on {}",
+        a.net, a.link
+    )))? {
         if m.header.prefix_len != a.net.prefix_len() {
             continue;
         }

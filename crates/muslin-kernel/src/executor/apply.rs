@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 use muslin_plan::object::Ns;
 use muslin_plan::{Change, Step};
 
-use super::{address, counters, firewall, link, neighbour, nft, route, rule, OnFailure, Outcome, Report};
 use super::netlink::Netlink;
+use super::{
+    address, counters, firewall, link, neighbour, nft, route, rule, OnFailure, Outcome, Report,
+};
 use crate::KernelError;
 
 /// Netlink connections of the namespaces one job touches, opened once.
@@ -95,7 +97,9 @@ async fn one(nss: &mut Namespaces<'_>, step: &Step) -> Result<(), KernelError> {
         Change::DeleteNeighbour(n) => neighbour::delete(&nl, n).await,
         Change::ReplaceFdb(e) => neighbour::replace_fdb(&nl, e).await,
         Change::DeleteFdb(e) => neighbour::delete_fdb(&nl, e).await,
-        Change::Nft(_) | Change::Firewall(_) | Change::Sysctl { .. } => unreachable!("handled above"),
+        Change::Nft(_) | Change::Firewall(_) | Change::Sysctl { .. } => {
+            unreachable!("handled above")
+        }
     }
 }
 

@@ -33,7 +33,12 @@ impl FakeKernel {
     }
 
     pub fn state(&self, ns: &Ns) -> HostState {
-        self.world.lock().unwrap().get(ns).cloned().unwrap_or_default()
+        self.world
+            .lock()
+            .unwrap()
+            .get(ns)
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -63,12 +68,12 @@ impl Executor {
                             Query::Netns(_) => Ok(Answer::Netns),
                             Query::NftGeneration => Ok(Answer::NftGeneration(1)),
                             Query::Masquerade(_) => Ok(Answer::Masquerade(Default::default())),
-                            Query::Firewall => Ok(Answer::Firewall(
-                                muslin_model::host_firewall::Observed {
+                            Query::Firewall => {
+                                Ok(Answer::Firewall(muslin_model::host_firewall::Observed {
                                     nft: serde_json::json!({"nftables": []}),
                                     iptables: vec![],
-                                },
-                            )),
+                                }))
+                            }
                         };
                         let _ = reply.send(a);
                     }

@@ -30,8 +30,8 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::path::PathBuf;
 
-use futures::stream::{FuturesUnordered, StreamExt};
 use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
 use muslin_plan::nft::{NftFamily, NftObserved};
 use muslin_plan::{HostState, Step};
 use tokio::sync::{mpsc, oneshot};

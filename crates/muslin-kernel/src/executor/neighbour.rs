@@ -9,8 +9,8 @@ use rtnetlink::packet_route::neighbour::{
 use rtnetlink::packet_route::AddressFamily;
 
 use super::counters::netlink_write;
-use super::link::index;
 use super::error::errno;
+use super::link::index;
 use super::netlink::Netlink;
 use crate::KernelError;
 
@@ -58,7 +58,8 @@ pub(super) async fn delete(nl: &Netlink, n: &Neighbour) -> Result<(), KernelErro
         AddressFamily::Inet6
     };
     m.header.ifindex = l.index;
-    m.attributes.push(NeighbourAttribute::Destination(address(n.ip)));
+    m.attributes
+        .push(NeighbourAttribute::Destination(address(n.ip)));
     gone_ok(
         nl.handle.neighbours().del(m).execute().await,
         format!("removing neighbour {n}"),
@@ -92,7 +93,8 @@ pub(super) async fn delete_fdb(nl: &Netlink, e: &Fdb) -> Result<(), KernelError>
     m.header.state = NeighbourState::Permanent;
     m.attributes
         .push(NeighbourAttribute::LinkLayerAddress(e.mac.to_vec()));
-    m.attributes.push(NeighbourAttribute::Destination(address(e.dst)));
+    m.attributes
+        .push(NeighbourAttribute::Destination(address(e.dst)));
     gone_ok(
         nl.handle.neighbours().del(m).execute().await,
         format!("removing FDB entry {e}"),

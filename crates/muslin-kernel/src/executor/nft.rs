@@ -34,16 +34,20 @@ pub(crate) fn run(args: &[&str], stdin: Option<&str>) -> Result<std::process::Ou
             .write_all(input.as_bytes())
             .map_err(KernelError::io("feeding nft"))?;
     }
-    child.wait_with_output().map_err(KernelError::io("running nft"))
+    child
+        .wait_with_output()
+        .map_err(KernelError::io("running nft"))
 }
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, KernelError> + Send + 'static,
 ) -> Result<T, KernelError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| KernelError::Io {
-        what: "nft task".into(),
-        source: std::io::Error::other(e),
-    })?
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| KernelError::Io {
+            what: "nft task".into(),
+            source: std::io::Error::other(e),
+        })?
 }
 
 pub(super) async fn apply(c: NftChange) -> Result<(), KernelError> {
@@ -88,8 +92,7 @@ pub(super) async fn observe(fam: NftFamily) -> Result<NftObserved, KernelError> 
 
 /// nftables' generation id: every ruleset change bumps it.
 pub(super) async fn generation() -> Result<u32, KernelError> {
-    blocking(|| read_generation().map_err(KernelError::io("reading the nftables generation")))
-        .await
+    blocking(|| read_generation().map_err(KernelError::io("reading the nftables generation"))).await
 }
 
 const NETLINK_NETFILTER: i32 = 12;
@@ -99,7 +102,7 @@ const NFTA_GEN_ID: u16 = 1;
 const NLMSG_ERROR: u16 = 2;
 
 fn read_generation() -> std::io::Result<u32> {
-    use std::os::fd::{FromRawFd, OwnedFd, AsRawFd};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     // SAFETY: plain socket(2); the descriptor is owned right away.
     let fd = unsafe {
         libc::socket(
@@ -150,7 +153,12 @@ fn read_generation() -> std::io::Result<u32> {
 fn parse_generation(b: &[u8]) -> std::io::Result<u32> {
     let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "short netlink answer");
     let u16_at = |i: usize| -> std::io::Result<u16> {
-        Ok(u16::from_ne_bytes(b.get(i..i + 2).ok_or_else(bad)?.try_into().expect("2 bytes")))
+        Ok(u16::from_ne_bytes(
+            b.get(i..i + 2)
+                .ok_or_else(bad)?
+                .try_into()
+                .expect("2 bytes"),
+        ))
     };
     let ty = u16_at(4)?;
     if ty == NLMSG_ERROR {
@@ -165,7 +173,9 @@ fn parse_generation(b: &[u8]) -> std::io::Result<u32> {
             break;
         }
         if kind == NFTA_GEN_ID && len >= 8 {
-            return Ok(u32::from_be_bytes(b[i + 4..i + 8].try_into().expect("4 bytes")));
+            return Ok(u32::from_be_bytes(
+                b[i + 4..i + 8].try_into().expect("4 bytes"),
+            ));
         }
         i += (len + 3) & !3;
     }

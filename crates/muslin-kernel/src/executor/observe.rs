@@ -9,12 +9,14 @@ use ipnet::IpNet;
 use muslin_plan::object::{
     Address, Family, Fdb, HostState, Link, LinkKind, Mac, Neighbour, Ns, Route, Rule, Scope, Vxlan,
 };
-use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+};
 use rtnetlink::packet_route::rule::{RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::AddressFamily;
 
-use super::{counters, firewall, nft, Answer, Query};
 use super::netlink::Netlink;
+use super::{counters, firewall, nft, Answer, Query};
 use crate::KernelError;
 
 pub(super) async fn answer(host: &Netlink, q: Query) -> Result<Answer, KernelError> {
@@ -123,7 +125,11 @@ pub(super) async fn namespace(nl: &Netlink) -> Result<HostState, KernelError> {
             })
         })
         .collect();
-    let vxlans: Vec<u32> = raw.iter().filter(|l| l.vxlan.is_some()).map(|l| l.index).collect();
+    let vxlans: Vec<u32> = raw
+        .iter()
+        .filter(|l| l.vxlan.is_some())
+        .map(|l| l.index)
+        .collect();
     let mut fdb = Vec::new();
     if !vxlans.is_empty() {
         let msgs: Vec<NeighbourMessage> = nl

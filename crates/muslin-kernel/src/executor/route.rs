@@ -7,8 +7,8 @@ use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteMetric, 
 use rtnetlink::RouteMessageBuilder;
 
 use super::counters::netlink_write;
-use super::link::index;
 use super::error::errno;
+use super::link::index;
 use super::netlink::{protocol, Netlink};
 use crate::KernelError;
 

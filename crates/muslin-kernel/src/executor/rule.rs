@@ -5,16 +5,32 @@ use muslin_plan::object::{Family, Rule};
 use rtnetlink::packet_route::rule::{RuleAction, RuleMessage};
 
 use super::counters::netlink_write;
-use super::observe::rule_of;
 use super::error::errno;
 use super::netlink::Netlink;
+use super::observe::rule_of;
 use crate::KernelError;
 
 pub(super) async fn add(nl: &Netlink, r: &Rule) -> Result<(), KernelError> {
-    let req = nl.handle.rule().add().table_id(r.table).priority(r.priority).action(RuleAction::ToTable);
+    let req = nl
+        .handle
+        .rule()
+        .add()
+        .table_id(r.table)
+        .priority(r.priority)
+        .action(RuleAction::ToTable);
     let res = match (r.family, r.src) {
-        (_, Some(ipnet::IpNet::V4(s))) => req.v4().source_prefix(s.addr(), s.prefix_len()).execute().await,
-        (_, Some(ipnet::IpNet::V6(s))) => req.v6().source_prefix(s.addr(), s.prefix_len()).execute().await,
+        (_, Some(ipnet::IpNet::V4(s))) => {
+            req.v4()
+                .source_prefix(s.addr(), s.prefix_len())
+                .execute()
+                .await
+        }
+        (_, Some(ipnet::IpNet::V6(s))) => {
+            req.v6()
+                .source_prefix(s.addr(), s.prefix_len())
+                .execute()
+                .await
+        }
         (Family::V4, None) => req.v4().execute().await,
         (Family::V6, None) => req.v6().execute().await,
     };

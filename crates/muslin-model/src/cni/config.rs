@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -214,6 +215,65 @@ impl NetConf {
     }
 }
 
+/// Bounds on `args.cni.labels`: every label travels to every node in the
+/// endpoint's cluster record (a gossip value), so a hostile or runaway
+/// configuration must not bloat it. Kubernetes' own limits fit inside.
+pub const LABELS_MAX: usize = 32;
+pub const LABEL_KEY_MAX: usize = 253;
+pub const LABEL_VALUE_MAX: usize = 253;
+pub const LABELS_TOTAL_MAX: usize = 4096;
+
+impl NetConf {
+    /// The labels of the CNI conventions' `"args": {"cni": {"labels":
+    /// [{"key": K, "value": V}]}}`; none when absent. Anything malformed or
+    /// oversized is an invalid configuration naming the offending field.
+    pub fn labels(&self) -> Result<BTreeMap<String, String>, CniError> {
+        let mut out = BTreeMap::new();
+        let Some(labels) = self
+            .args
+            .as_ref()
+            .and_then(|a| a.get("cni"))
+            .and_then(|c| c.get("labels"))
+        else {
+            return Ok(out);
+        };
+        let list = labels.as_array().ok_or_else(|| {
+            invalid("args.cni.labels: must be a list of {\"key\", \"value\"}".into())
+        })?;
+        if list.len() > LABELS_MAX {
+            return Err(invalid(format!(
+                "args.cni.labels: {} labels; at most {LABELS_MAX} are accepted",
+                list.len()
+            )));
+        }
+        let mut total = 0;
+        for (i, l) in list.iter().enumerate() {
+            let field = |f: &str| -> Result<&str, CniError> {
+                l.get(f).and_then(|v| v.as_str()).ok_or_else(|| {
+                    invalid(format!("args.cni.labels[{i}].{f}: a string is required"))
+                })
+            };
+            let (k, v) = (field("key")?, field("value")?);
+            check_len(&format!("args.cni.labels[{i}].key"), k, LABEL_KEY_MAX)?;
+            check_len(&format!("args.cni.labels[{i}].value"), v, LABEL_VALUE_MAX)?;
+            if k.is_empty() {
+                return Err(invalid(format!(
+                    "args.cni.labels[{i}].key: must not be empty"
+                )));
+            }
+            total += k.len() + v.len();
+            if total > LABELS_TOTAL_MAX {
+                return Err(invalid(format!(
+                    "args.cni.labels: more than {LABELS_TOTAL_MAX} bytes of keys and values"
+                )));
+            }
+            // The later of two equal keys wins, as in a JSON object.
+            out.insert(k.to_string(), v.to_string());
+        }
+        Ok(out)
+    }
+}
+
 /// Best-effort `cniVersion` of a config that may not parse, so that even a
 /// decoding error is reported in the version the runtime speaks.
 pub fn cni_version_hint(stdin: &[u8]) -> String {
@@ -365,6 +425,52 @@ mod tests {
         let p = c.prev_result().unwrap().unwrap();
         assert_eq!(p.ips[0].address.to_string(), "10.0.0.5/32");
         assert_eq!(p.interfaces[1].sandbox.as_deref(), Some("/x"));
+    }
+
+    #[test]
+    fn labels_follow_the_conventions_and_are_bounded() {
+        let with = |args: &str| {
+            parse(&GOOD.replace("}", &format!(r#","args":{args}}}"#)))
+                .unwrap()
+                .labels()
+        };
+        assert!(parse(GOOD).unwrap().labels().unwrap().is_empty());
+        assert!(with(r#"{"cni":{}}"#).unwrap().is_empty());
+        let l =
+            with(r#"{"cni":{"labels":[{"key":"app","value":"web"},{"key":"tier","value":""}]}}"#)
+                .unwrap();
+        assert_eq!(l["app"], "web");
+        assert_eq!(l["tier"], "");
+        let err = |args: &str| with(args).unwrap_err();
+        let e = err(r#"{"cni":{"labels":{"app":"web"}}}"#);
+        assert_eq!(e.code, 7);
+        assert!(e.msg.starts_with("args.cni.labels:"), "{e}");
+        let e = err(r#"{"cni":{"labels":[{"key":"app"}]}}"#);
+        assert!(e.msg.starts_with("args.cni.labels[0].value:"), "{e}");
+        let e = err(r#"{"cni":{"labels":[{"key":"","value":"x"}]}}"#);
+        assert!(e.msg.starts_with("args.cni.labels[0].key:"), "{e}");
+        let long = "k".repeat(LABEL_KEY_MAX + 1);
+        let e = err(&format!(
+            r#"{{"cni":{{"labels":[{{"key":"a","value":"b"}},{{"key":"{long}","value":"x"}}]}}}}"#
+        ));
+        assert_eq!(e.code, 7);
+        assert!(e.msg.starts_with("args.cni.labels[1].key:"), "{e}");
+        assert!(!e.msg.contains(&long), "the value is not echoed");
+        let long = "v".repeat(LABEL_VALUE_MAX + 1);
+        let e = err(&format!(
+            r#"{{"cni":{{"labels":[{{"key":"a","value":"{long}"}}]}}}}"#
+        ));
+        assert!(e.msg.starts_with("args.cni.labels[0].value:"), "{e}");
+        let many: Vec<String> = (0..=LABELS_MAX)
+            .map(|i| format!(r#"{{"key":"k{i}","value":"v"}}"#))
+            .collect();
+        let e = err(&format!(r#"{{"cni":{{"labels":[{}]}}}}"#, many.join(",")));
+        assert!(e.msg.contains(&LABELS_MAX.to_string()), "{e}");
+        let big: Vec<String> = (0..20)
+            .map(|i| format!(r#"{{"key":"k{i}","value":"{}"}}"#, "v".repeat(250)))
+            .collect();
+        let e = err(&format!(r#"{{"cni":{{"labels":[{}]}}}}"#, big.join(",")));
+        assert!(e.msg.contains(&LABELS_TOTAL_MAX.to_string()), "{e}");
     }
 
     #[test]

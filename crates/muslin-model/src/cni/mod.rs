@@ -9,8 +9,11 @@ mod error;
 mod result;
 mod version;
 
-pub use args::parse_cni_args;
-pub use config::{cni_version_hint, GcAttachment, NetConf, PrevResult, MAX_CONFIG_BYTES};
+pub use args::{parse_cni_args, pod_identity};
+pub use config::{
+    cni_version_hint, GcAttachment, NetConf, PrevResult, LABELS_MAX, LABELS_TOTAL_MAX,
+    LABEL_KEY_MAX, LABEL_VALUE_MAX, MAX_CONFIG_BYTES,
+};
 pub use env::{Command, Env, ENV_LIMITS};
 pub use error::{CniError, ErrorCode};
 pub use result::{Dns, Interface, IpConfig, Route, SuccessResult};

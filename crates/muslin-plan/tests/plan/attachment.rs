@@ -18,11 +18,11 @@ fn fixed(address: &str, mtu: u32) -> AttachmentPlan {
         container_id: "c1".into(),
         ifname: "eth0".into(),
     };
-    plan(&key, ip(address), mtu)
+    plan(&key, &[ipnet::IpNet::from(ip(address))], mtu)
 }
 
 fn render(p: &AttachmentPlan) -> String {
-    let mut out = format!("# {} in {NETNS}, mtu {}\ncreate:\n", p.address, p.mtu);
+    let mut out = format!("# {} in {NETNS}, mtu {}\ncreate:\n", p.addresses[0], p.mtu);
     for s in create(p, Path::new(NETNS)) {
         out.push_str(&format!("  {s}\n"));
     }

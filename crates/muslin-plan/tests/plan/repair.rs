@@ -16,7 +16,7 @@ fn record(container: &str, address: &str) -> AttachmentPlan {
         container_id: container.into(),
         ifname: "eth0".into(),
     };
-    plan(&key, ip(address), 1500)
+    plan(&key, &[ipnet::IpNet::from(ip(address))], 1500)
 }
 
 /// The host with every attachment of `records` in place.
@@ -40,7 +40,7 @@ fn intact_attachments_need_nothing() {
 fn missing_host_route_is_restored() {
     let recs = [record("c1", "10.244.1.5"), record("c2", "10.244.1.6")];
     let mut h = host_with(&recs);
-    h.routes.retain(|r| r.dst != recs[1].address);
+    h.routes.retain(|r| r.dst != recs[1].addresses[0]);
     let out = repair(&recs, &h);
     assert_eq!(out.len(), 1);
     assert_eq!(
@@ -79,6 +79,6 @@ fn recorded_veth_that_is_absent_is_left_alone() {
     let mut h = host_with(&recs);
     // The container went away and took its veth and route along.
     h.links.retain(|l| l.name != recs[1].host_ifname);
-    h.routes.retain(|r| r.dst != recs[1].address);
+    h.routes.retain(|r| r.dst != recs[1].addresses[0]);
     assert_eq!(repair(&recs, &h), []);
 }

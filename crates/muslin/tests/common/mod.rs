@@ -260,13 +260,14 @@ impl Host {
         serde_json::from_slice(&o.stdout).unwrap()
     }
 
-    /// Addresses the agent has recorded.
+    /// Addresses the agent has recorded, without their prefix length.
     pub fn allocations(&self) -> Vec<String> {
         self.status()["endpoints"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|e| e["address"].as_str().unwrap().to_string())
+            .flat_map(|e| e["addresses"].as_array().unwrap().clone())
+            .map(|a| a.as_str().unwrap().split('/').next().unwrap().to_string())
             .collect()
     }
 
