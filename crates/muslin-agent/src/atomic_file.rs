@@ -9,7 +9,19 @@ use std::path::Path;
 /// Writes `bytes` to a temporary file beside `path`, syncs it, renames it
 /// over `path` and syncs the directory (without which the rename itself
 /// may be lost on power failure). State files are the agent's alone: 0600.
+/// Two fsyncs can take tens of milliseconds: on the agent's runtime the
+/// calling worker hands its other tasks to another thread meanwhile.
 pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| write_now(path, bytes))
+        }
+        _ => write_now(path, bytes),
+    }
+}
+
+fn write_now(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other(format!("{path:?} names no file")))?

@@ -27,24 +27,20 @@ pub fn pod_cidrs(config: &AgentConfig) -> Vec<IpNet> {
 }
 
 /// Ensures the rules now and every `INTERVAL` until the task is aborted.
-/// A round reads the firewalls only when nftables' ruleset generation
-/// moved since the last read (iptables-nft changes move it too), so an
-/// idle host costs one netlink query a round and no `nft` run. The
-/// legacy iptables tables, which the generation does not cover, are read
-/// again every `LEGACY_EVERY` rounds when they exist at all.
+/// A round reads the firewalls only when something changed since the last
+/// read: nftables' ruleset generation (iptables-nft changes move it too),
+/// or the legacy iptables FORWARD chains where legacy tables exist. So an
+/// idle host costs a netlink query a round and no `nft` run.
 pub fn spawn(executor: Executor, pod_cidrs: Vec<IpNet>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_error: Option<String> = None;
-        let mut seen: Option<u32> = None;
-        let mut rounds = 0u32;
+        let mut seen: Option<(u32, Vec<String>)> = None;
         loop {
             tick.tick().await;
-            rounds = rounds.wrapping_add(1);
-            let generation = executor.nft_generation().await.ok();
-            let legacy_due = rounds.is_multiple_of(LEGACY_EVERY) && legacy_tables_exist();
-            if generation.is_some() && generation == seen && !legacy_due {
+            let now = fingerprint(&executor).await;
+            if now.is_some() && now == seen {
                 continue;
             }
             match ensure(&executor, &pod_cidrs).await {
@@ -53,12 +49,11 @@ pub fn spawn(executor: Executor, pod_cidrs: Vec<IpNet>) -> tokio::task::JoinHand
                     if last_error.take().is_some() {
                         tracing::info!("host firewall: pod traffic rules checked again");
                     }
-                    // Our own insertions moved the generation: read it
-                    // again so the next round does not redo this one.
+                    // Our own insertions changed what we fingerprint.
                     seen = if inserted.is_empty() {
-                        generation
+                        now
                     } else {
-                        executor.nft_generation().await.ok()
+                        fingerprint(&executor).await
                     };
                 }
                 Err(e) => warn_on_change(&mut last_error, e),
@@ -67,15 +62,11 @@ pub fn spawn(executor: Executor, pod_cidrs: Vec<IpNet>) -> tokio::task::JoinHand
     })
 }
 
-const LEGACY_EVERY: u32 = 6;
-
-/// Whether any legacy iptables filter table exists (read from /proc, which
-/// is cheap and loads no module).
-fn legacy_tables_exist() -> bool {
-    ["ip_tables_names", "ip6_tables_names"].iter().any(|f| {
-        std::fs::read_to_string(format!("/proc/self/net/{f}"))
-            .is_ok_and(|t| t.lines().any(|l| l.trim() == "filter"))
-    })
+/// What changes whenever a firewall changes; `None` when it cannot be read.
+async fn fingerprint(executor: &Executor) -> Option<(u32, Vec<String>)> {
+    let generation = executor.nft_generation().await.ok()?;
+    let legacy = executor.firewall_legacy().await.ok()?;
+    Some((generation, legacy))
 }
 
 /// Reads the firewalls, inserts what is missing, returns what it inserted.

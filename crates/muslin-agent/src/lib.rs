@@ -3,10 +3,10 @@
 
 mod atomic_file;
 mod blocks;
-mod cluster;
 mod host_firewall;
 mod key_locks;
 mod leases;
+mod membership;
 mod node;
 mod prober;
 mod remembered_state;
@@ -134,7 +134,7 @@ pub async fn run_with(
         )
         .await;
     forwarding.into_result()?;
-    let cluster = cluster::join(&config, &node_name, &executor).await?;
+    let cluster = membership::join(&config, &node_name, &executor).await?;
     let mtu = config.mtu.unwrap_or_else(|| match &cluster {
         Some(c) => muslin_model::dataplane::pod_mtu(c.backend, c.underlay.mtu),
         None => 1500,

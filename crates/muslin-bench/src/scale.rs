@@ -30,17 +30,24 @@ fn store_traffic(host: &str) -> u64 {
     }
 }
 
-/// Probe bytes (sent and answered) and kernel writes of a host's agent.
-fn probes_and_writes(host: &str) -> (u64, u64) {
+/// Probe bytes (sent and answered), kernel writes and `nft` runs of a
+/// host's agent.
+fn probes_and_writes(host: &str) -> (u64, u64, u64) {
     match muslin_cni::call(
         &registry::socket(LAB, host),
         &muslin_model::api::Request::Status,
     ) {
         Ok(muslin_model::api::Response::Status(s)) => s
             .cluster
-            .map(|c| (c.probe_bytes_sent + c.probe_bytes_received, c.kernel_writes))
+            .map(|c| {
+                (
+                    c.probe_bytes_sent + c.probe_bytes_received,
+                    c.kernel_writes,
+                    c.nft_runs,
+                )
+            })
             .unwrap_or_default(),
-        _ => (0, 0),
+        _ => (0, 0, 0),
     }
 }
 
@@ -160,11 +167,11 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
     // Probing and kernel writes in the steady state: past the first path
     // MTU measurement, which every new peer gets once.
     std::thread::sleep(Duration::from_secs(5));
-    let pw0: Vec<(u64, u64)> = names.iter().map(|h| probes_and_writes(h)).collect();
+    let pw0: Vec<(u64, u64, u64)> = names.iter().map(|h| probes_and_writes(h)).collect();
     let t = Instant::now();
     std::thread::sleep(plan.probe_window);
     let secs = t.elapsed().as_secs_f64();
-    let pw1: Vec<(u64, u64)> = names.iter().map(|h| probes_and_writes(h)).collect();
+    let pw1: Vec<(u64, u64, u64)> = names.iter().map(|h| probes_and_writes(h)).collect();
     // A pair's cost is both nodes' probes and answers: twice one node's
     // share per peer.
     let peers = (hosts.max(2) - 1) as f64;
@@ -194,6 +201,20 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
         "kernel writes per agent, idle",
         "writes/min",
         &writes,
+        None,
+    );
+    let nft = Series(
+        pw0.iter()
+            .zip(&pw1)
+            .map(|(a, b)| (b.2 - a.2) as f64 * 60.0 / secs)
+            .collect(),
+    );
+    report.add(
+        "scale",
+        &label,
+        "nft runs per agent, idle",
+        "runs/min",
+        &nft,
         None,
     );
 

@@ -3,7 +3,7 @@
 //! The table is the single source of truth for which attachment holds which
 //! address; the set of used addresses is derived from it, never stored
 //! beside it, so the two cannot disagree after a crash. Where blocks come
-//! from (config now, cluster leases later) is the caller's business.
+//! from (fixed blocks or cluster leases) is the caller's business.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
@@ -75,7 +75,7 @@ pub enum IpamError {
 }
 
 /// Addresses of a block that containers may get. The network address is
-/// kept for the node itself (later: the tunnel device's address), and the
+/// kept for the node itself (the VXLAN device's VTEP address), and the
 /// IPv4 broadcast address is skipped because some software refuses it.
 fn usable(block: &IpNet) -> impl Iterator<Item = IpAddr> + '_ {
     let network = block.network();

@@ -48,6 +48,14 @@ pub trait ClusterStore: Send + Sync + 'static {
 }
 
 /// The store the agent runs on, chosen by one setting.
+/// Gossip bytes sent and received, and requests made to etcd.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub gossip_bytes_sent: u64,
+    pub gossip_bytes_received: u64,
+    pub etcd_requests: u64,
+}
+
 pub enum AnyStore {
     Gossip(Gossip),
     Etcd(Box<Etcd>),
@@ -88,14 +96,21 @@ impl AnyStore {
         }
     }
 
-    /// Gossip bytes sent and received, and requests made to etcd.
-    pub fn traffic(&self) -> (u64, u64, u64) {
+    /// What talking to the cluster cost so far.
+    pub fn traffic(&self) -> Traffic {
         match self {
             AnyStore::Gossip(g) => {
                 let s = g.stats();
-                (s.bytes_sent, s.bytes_received, 0)
+                Traffic {
+                    gossip_bytes_sent: s.bytes_sent,
+                    gossip_bytes_received: s.bytes_received,
+                    etcd_requests: 0,
+                }
             }
-            AnyStore::Etcd(e) => (0, 0, e.requests.load(std::sync::atomic::Ordering::Relaxed)),
+            AnyStore::Etcd(e) => Traffic {
+                etcd_requests: e.requests.load(std::sync::atomic::Ordering::Relaxed),
+                ..Traffic::default()
+            },
         }
     }
 }

@@ -475,7 +475,7 @@ fn c_for(_shared: &Netns, _i: usize) -> Netns {
 }
 
 #[test]
-fn an_idle_cluster_makes_no_kernel_writes() {
+fn an_idle_cluster_makes_no_kernel_writes_and_runs_no_nft() {
     let p = pair();
     until("probes settle", 15, || {
         p.agents[0].peer("h2")["data_path"] == "ok" && p.agents[1].peer("h1")["data_path"] == "ok"
@@ -483,11 +483,14 @@ fn an_idle_cluster_makes_no_kernel_writes() {
     // Converged: now nothing may change for three full resyncs.
     std::thread::sleep(std::time::Duration::from_secs(2));
     let before: Vec<u64> = p.agents.iter().map(|a| a.kernel_writes()).collect();
+    let nft_before: Vec<u64> = p.agents.iter().map(|a| a.nft_runs()).collect();
     let logs: Vec<usize> = p.agents.iter().map(|a| a.log().lines().count()).collect();
     let neigh = p.hosts[0].ip(&["neigh", "show", "dev", "msl-vxlan"]);
     std::thread::sleep(std::time::Duration::from_secs(16));
     let after: Vec<u64> = p.agents.iter().map(|a| a.kernel_writes()).collect();
     assert_eq!(before, after, "kernel writes while idle");
+    let nft_after: Vec<u64> = p.agents.iter().map(|a| a.nft_runs()).collect();
+    assert_eq!(nft_before, nft_after, "nft runs while idle");
     for (a, n) in p.agents.iter().zip(logs) {
         let new: Vec<String> = a.log().lines().skip(n).map(String::from).collect();
         assert!(new.is_empty(), "{} logged while idle: {new:?}", a.name);

@@ -67,6 +67,7 @@ impl Executor {
                             }
                             Query::Netns(_) => Ok(Answer::Netns),
                             Query::NftGeneration => Ok(Answer::NftGeneration(1)),
+                            Query::FirewallLegacy => Ok(Answer::FirewallLegacy(vec![])),
                             Query::Masquerade(_) => Ok(Answer::Masquerade(Default::default())),
                             Query::Firewall => {
                                 Ok(Answer::Firewall(muslin_model::host_firewall::Observed {

@@ -105,6 +105,8 @@ impl Report {
 pub enum Query {
     /// Links, addresses, routes, rules, permanent neighbours and FDB entries.
     Namespace(muslin_plan::object::Ns),
+    /// The legacy iptables FORWARD chains (see `firewall::observe_legacy`).
+    FirewallLegacy,
     /// Our nftables table of this family.
     Masquerade(NftFamily),
     /// The host's firewalls as `muslin_model::host_firewall` reads them.
@@ -121,6 +123,7 @@ pub enum Answer {
     Namespace(HostState),
     Masquerade(NftObserved),
     Firewall(muslin_model::host_firewall::Observed),
+    FirewallLegacy(Vec<String>),
     NftGeneration(u32),
     Netns,
 }
@@ -232,6 +235,13 @@ impl Executor {
     pub async fn firewall(&self) -> Result<muslin_model::host_firewall::Observed, KernelError> {
         match self.observe(Query::Firewall).await? {
             Answer::Firewall(s) => Ok(s),
+            _ => Err(gone()),
+        }
+    }
+
+    pub async fn firewall_legacy(&self) -> Result<Vec<String>, KernelError> {
+        match self.observe(Query::FirewallLegacy).await? {
+            Answer::FirewallLegacy(s) => Ok(s),
             _ => Err(gone()),
         }
     }

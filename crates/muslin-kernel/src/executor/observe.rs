@@ -30,6 +30,7 @@ pub(super) async fn answer(host: &Netlink, q: Query) -> Result<Answer, KernelErr
         }
         Query::Masquerade(fam) => Ok(Answer::Masquerade(nft::observe(fam).await?)),
         Query::Firewall => Ok(Answer::Firewall(firewall::observe().await?)),
+        Query::FirewallLegacy => Ok(Answer::FirewallLegacy(firewall::observe_legacy().await?)),
         Query::NftGeneration => Ok(Answer::NftGeneration(nft::generation().await?)),
         Query::Netns(p) => super::open_netns(&p).map(|_| Answer::Netns),
     }

@@ -233,6 +233,10 @@ impl Agent {
         self.status()["cluster"]["kernel_writes"].as_u64().unwrap()
     }
 
+    pub fn nft_runs(&self) -> u64 {
+        self.status()["cluster"]["nft_runs"].as_u64().unwrap()
+    }
+
     /// Attaches container namespace `c` through the CNI plugin; returns its
     /// address.
     pub fn add(&self, id: &str, c: &Netns) -> String {

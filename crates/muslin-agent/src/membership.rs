@@ -857,7 +857,7 @@ impl Cluster {
                 endpoints: p.endpoints.len() as u64,
             })
             .collect();
-        let (sent, received, requests) = self.store.traffic();
+        let traffic = self.store.traffic();
         let mut s = self.status.write().await;
         let was_warned = s.warnings.clone();
         *s = ClusterStatus {
@@ -870,9 +870,9 @@ impl Cluster {
             nodes,
             warnings,
             datastore: self.store.name().into(),
-            gossip_bytes_sent: sent,
-            gossip_bytes_received: received,
-            etcd_requests: requests,
+            gossip_bytes_sent: traffic.gossip_bytes_sent,
+            gossip_bytes_received: traffic.gossip_bytes_received,
+            etcd_requests: traffic.etcd_requests,
             underlay_addresses: self.record.addresses.clone(),
             reserved: view.reserved(),
             kernel_writes: muslin_kernel::counters().kernel_writes(),
@@ -896,10 +896,23 @@ impl Cluster {
 struct MasqueradeState {
     applied: Option<Masquerade>,
     generation: Option<u32>,
+    checked: Option<Instant>,
 }
+
+/// How often an unchanged masquerade table is checked for drift.
+const MASQUERADE_RECHECK: Duration = Duration::from_secs(5);
 
 impl MasqueradeState {
     async fn converge(&mut self, host: &Executor, want: Masquerade) {
+        let unchanged = self.applied.as_ref() == Some(&want);
+        if unchanged
+            && self
+                .checked
+                .is_some_and(|t| t.elapsed() < MASQUERADE_RECHECK)
+        {
+            return;
+        }
+        self.checked = Some(Instant::now());
         let generation = host.nft_generation().await.ok();
         if self.applied.as_ref() == Some(&want)
             && generation.is_some()
