@@ -37,8 +37,12 @@ pub fn spawn(executor: Executor, pod_cidrs: Vec<IpNet>) -> tokio::task::JoinHand
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_error: Option<String> = None;
         let mut seen: Option<(u32, Vec<String>)> = None;
+        let mut ours = muslin_kernel::executor::counters::nft_writes();
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = ours.changed() => {}
+            }
             let now = fingerprint(&executor).await;
             if now.is_some() && now == seen {
                 continue;

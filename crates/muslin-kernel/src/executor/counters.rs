@@ -54,3 +54,21 @@ pub(crate) fn step_failed() {
 pub(crate) fn observed() {
     OBSERVATIONS.fetch_add(1, Ordering::Relaxed);
 }
+
+static NFT_WRITTEN: std::sync::OnceLock<tokio::sync::watch::Sender<u64>> =
+    std::sync::OnceLock::new();
+
+fn nft_written() -> &'static tokio::sync::watch::Sender<u64> {
+    NFT_WRITTEN.get_or_init(|| tokio::sync::watch::channel(0).0)
+}
+
+/// Changes whenever this process changed the nftables ruleset: whoever
+/// decides from the ruleset (the host firewall task) looks again at once,
+/// rather than finding the change on its next idle round.
+pub fn nft_writes() -> tokio::sync::watch::Receiver<u64> {
+    nft_written().subscribe()
+}
+
+pub(crate) fn nft_wrote() {
+    nft_written().send_modify(|n| *n += 1);
+}

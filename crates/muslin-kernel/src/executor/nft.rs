@@ -64,6 +64,7 @@ pub(super) async fn apply(c: NftChange) -> Result<(), KernelError> {
             });
         }
         counters::tool_write();
+        counters::nft_wrote();
         Ok(())
     })
     .await
