@@ -64,6 +64,8 @@ pub struct Parts {
     /// Carries out kernel changes; a real one on this host's kernel when
     /// unset.
     pub executor: Option<muslin_kernel::Executor>,
+    /// The local API's socket, already bound; `config.socket` when unset.
+    pub listener: Option<tokio::net::UnixListener>,
 }
 
 impl From<muslin_model::agent_config::ConfigError> for AgentError {
@@ -153,7 +155,10 @@ pub async fn run_with(
         config.blocks.clone(),
         config.blocks.is_empty() && cluster.is_some(),
     ));
-    let listener = server::bind(&config.socket).await?;
+    let listener = match parts.listener {
+        Some(l) => l,
+        None => server::bind(&config.socket).await?,
+    };
     let socket = config.socket.clone();
     let interval = Duration::from_secs(config.reconcile_interval);
     let mut node = Node::new(

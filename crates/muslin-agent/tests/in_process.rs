@@ -41,6 +41,7 @@ async fn start(state: &Path, executor: Executor) -> Running {
         c,
         muslin_agent::Parts {
             executor: Some(executor),
+            listener: None,
         },
         async move {
             let _ = stopped.await;

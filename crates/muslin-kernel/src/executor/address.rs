@@ -3,15 +3,14 @@
 use futures::TryStreamExt;
 use muslin_plan::object::Address;
 
+use super::apply::Conn;
 use super::counters::netlink_write;
 use super::error::errno;
-use super::link::index;
-use super::netlink::Netlink;
 use crate::KernelError;
 
 /// An address already present is not an error.
-pub(super) async fn add(nl: &Netlink, a: &Address) -> Result<(), KernelError> {
-    let idx = index(nl, &a.link).await?;
+pub(super) async fn add(nl: &Conn, a: &Address) -> Result<(), KernelError> {
+    let idx = nl.index(&a.link).await?;
     match nl
         .handle
         .address()
@@ -31,8 +30,8 @@ pub(super) async fn add(nl: &Netlink, a: &Address) -> Result<(), KernelError> {
     }
 }
 
-pub(super) async fn delete(nl: &Netlink, a: &Address) -> Result<(), KernelError> {
-    let idx = index(nl, &a.link).await?;
+pub(super) async fn delete(nl: &Conn, a: &Address) -> Result<(), KernelError> {
+    let idx = nl.index(&a.link).await?;
     let mut req = nl
         .handle
         .address()

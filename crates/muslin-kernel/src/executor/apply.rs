@@ -1,6 +1,9 @@
 //! Carrying out one job's steps, in order, each in its namespace.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use muslin_plan::object::Ns;
 use muslin_plan::{Change, Step};
@@ -11,33 +14,101 @@ use super::{
 };
 use crate::KernelError;
 
-/// Netlink connections of the namespaces one job touches, opened once.
-pub(super) struct Namespaces<'a> {
-    host: &'a Netlink,
-    others: BTreeMap<std::path::PathBuf, Netlink>,
+/// A namespace's netlink connection for one job, with the interface
+/// indexes it looked up (a job's later steps on the same interface need no
+/// second lookup) and the namespace files the job opened.
+pub(super) struct Conn {
+    nl: Netlink,
+    names: Mutex<HashMap<String, u32>>,
+    files: Arc<Mutex<BTreeMap<PathBuf, Arc<File>>>>,
 }
 
-impl<'a> Namespaces<'a> {
-    pub(super) fn new(host: &'a Netlink) -> Self {
+impl std::ops::Deref for Conn {
+    type Target = Netlink;
+    fn deref(&self) -> &Netlink {
+        &self.nl
+    }
+}
+
+impl Conn {
+    /// The index of interface `name`, looked up once per job.
+    pub(super) async fn index(&self, name: &str) -> Result<u32, KernelError> {
+        if let Some(i) = self.names.lock().expect("names").get(name) {
+            return Ok(*i);
+        }
+        let i = self
+            .nl
+            .link(name)
+            .await?
+            .map(|l| l.index)
+            .ok_or_else(|| KernelError::Io {
+                what: format!("interface {name} does not exist"),
+                source: std::io::ErrorKind::NotFound.into(),
+            })?;
+        self.names
+            .lock()
+            .expect("names")
+            .insert(name.to_string(), i);
+        Ok(i)
+    }
+
+    /// Forgets `name`'s index: the interface was deleted.
+    pub(super) fn forget(&self, name: &str) {
+        self.names.lock().expect("names").remove(name);
+    }
+
+    /// The namespace at `path`, opened (and checked) once per job.
+    pub(super) fn netns(&self, path: &Path) -> Result<Arc<File>, KernelError> {
+        open_once(&self.files, path)
+    }
+}
+
+fn open_once(
+    files: &Mutex<BTreeMap<PathBuf, Arc<File>>>,
+    path: &Path,
+) -> Result<Arc<File>, KernelError> {
+    if let Some(f) = files.lock().expect("files").get(path) {
+        return Ok(f.clone());
+    }
+    let f = Arc::new(super::open_netns(path)?);
+    files
+        .lock()
+        .expect("files")
+        .insert(path.to_path_buf(), f.clone());
+    Ok(f)
+}
+
+/// The namespaces one job touches.
+pub(super) struct Namespaces {
+    conns: BTreeMap<Ns, Arc<Conn>>,
+    host: Netlink,
+    files: Arc<Mutex<BTreeMap<PathBuf, Arc<File>>>>,
+}
+
+impl Namespaces {
+    pub(super) fn new(host: &Netlink) -> Self {
         Namespaces {
-            host,
-            others: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            host: host.clone(),
+            files: Default::default(),
         }
     }
 
-    pub(super) fn get(&mut self, ns: &Ns) -> Result<Netlink, KernelError> {
-        match ns {
-            Ns::Host => Ok(self.host.clone()),
-            Ns::Container(p) => {
-                if let Some(n) = self.others.get(p) {
-                    return Ok(n.clone());
-                }
-                let f = super::open_netns(p)?;
-                let n = Netlink::in_netns(&f)?;
-                self.others.insert(p.clone(), n.clone());
-                Ok(n)
-            }
+    pub(super) fn get(&mut self, ns: &Ns) -> Result<Arc<Conn>, KernelError> {
+        if let Some(c) = self.conns.get(ns) {
+            return Ok(c.clone());
         }
+        let nl = match ns {
+            Ns::Host => self.host.clone(),
+            Ns::Container(p) => Netlink::in_netns(&*open_once(&self.files, p)?)?,
+        };
+        let c = Arc::new(Conn {
+            nl,
+            names: Mutex::new(HashMap::new()),
+            files: self.files.clone(),
+        });
+        self.conns.insert(ns.clone(), c.clone());
+        Ok(c)
     }
 }
 
@@ -75,28 +146,29 @@ pub(super) async fn apply(host: &Netlink, steps: Vec<Step>, on_failure: OnFailur
     report
 }
 
-async fn one(nss: &mut Namespaces<'_>, step: &Step) -> Result<(), KernelError> {
+async fn one(nss: &mut Namespaces, step: &Step) -> Result<(), KernelError> {
     match &step.change {
         Change::Nft(c) => return nft::apply(c.clone()).await,
         Change::Firewall(a) => return firewall::apply_one(a.clone()).await,
         Change::Sysctl { key, value } => return sysctl(key, value).await,
         _ => {}
     }
-    let nl = nss.get(&step.ns)?;
+    let conn = nss.get(&step.ns)?;
+    let nl = &*conn;
     match &step.change {
-        Change::CreateLink(l) => link::create(&nl, l).await,
-        Change::SetLink { name, mtu, mac, up } => link::set(&nl, name, *mtu, *mac, *up).await,
-        Change::DeleteLink(name) => link::delete(&nl, name).await,
-        Change::AddAddress(a) => address::add(&nl, a).await,
-        Change::DeleteAddress(a) => address::delete(&nl, a).await,
-        Change::ReplaceRoute(r) => route::replace(&nl, r).await,
-        Change::DeleteRoute(r) => route::delete(&nl, r).await,
-        Change::AddRule(r) => rule::add(&nl, r).await,
-        Change::DeleteRule(r) => rule::delete(&nl, r).await,
-        Change::ReplaceNeighbour(n) => neighbour::replace(&nl, n).await,
-        Change::DeleteNeighbour(n) => neighbour::delete(&nl, n).await,
-        Change::ReplaceFdb(e) => neighbour::replace_fdb(&nl, e).await,
-        Change::DeleteFdb(e) => neighbour::delete_fdb(&nl, e).await,
+        Change::CreateLink(l) => link::create(nl, l).await,
+        Change::SetLink { name, mtu, mac, up } => link::set(nl, name, *mtu, *mac, *up).await,
+        Change::DeleteLink(name) => link::delete(nl, name).await,
+        Change::AddAddress(a) => address::add(nl, a).await,
+        Change::DeleteAddress(a) => address::delete(nl, a).await,
+        Change::ReplaceRoute(r) => route::replace(nl, r).await,
+        Change::DeleteRoute(r) => route::delete(nl, r).await,
+        Change::AddRule(r) => rule::add(nl, r).await,
+        Change::DeleteRule(r) => rule::delete(nl, r).await,
+        Change::ReplaceNeighbour(n) => neighbour::replace(nl, n).await,
+        Change::DeleteNeighbour(n) => neighbour::delete(nl, n).await,
+        Change::ReplaceFdb(e) => neighbour::replace_fdb(nl, e).await,
+        Change::DeleteFdb(e) => neighbour::delete_fdb(nl, e).await,
         Change::Nft(_) | Change::Firewall(_) | Change::Sysctl { .. } => {
             unreachable!("handled above")
         }

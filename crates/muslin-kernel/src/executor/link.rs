@@ -8,22 +8,12 @@ use muslin_plan::object::{Link, LinkKind, Mac, Ns, VethPeer, Vxlan};
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, VxlanDf};
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVxlan};
 
+use super::apply::Conn;
 use super::counters::netlink_write;
 use super::error::errno;
-use super::netlink::Netlink;
 use crate::KernelError;
 
-pub(super) async fn index(nl: &Netlink, name: &str) -> Result<u32, KernelError> {
-    nl.link(name)
-        .await?
-        .map(|l| l.index)
-        .ok_or_else(|| KernelError::Io {
-            what: format!("interface {name} does not exist"),
-            source: std::io::ErrorKind::NotFound.into(),
-        })
-}
-
-pub(super) async fn create(nl: &Netlink, l: &Link) -> Result<(), KernelError> {
+pub(super) async fn create(nl: &Conn, l: &Link) -> Result<(), KernelError> {
     match &l.kind {
         LinkKind::Veth(Some(peer)) => veth(nl, l, peer).await,
         LinkKind::Vxlan(v) => vxlan(nl, l, v).await,
@@ -34,14 +24,14 @@ pub(super) async fn create(nl: &Netlink, l: &Link) -> Result<(), KernelError> {
     }
 }
 
-async fn veth(nl: &Netlink, l: &Link, peer: &VethPeer) -> Result<(), KernelError> {
+async fn veth(nl: &Conn, l: &Link, peer: &VethPeer) -> Result<(), KernelError> {
     let Ns::Container(path) = &peer.ns else {
         return Err(KernelError::Io {
             what: "a veth peer stays in the host only in tests".into(),
             source: std::io::ErrorKind::Unsupported.into(),
         });
     };
-    let ns = super::open_netns(path)?;
+    let ns = nl.netns(path)?;
     let p = LinkMessageBuilder::<LinkUnspec>::new()
         .name(peer.name.clone())
         .address(peer.mac.to_vec())
@@ -75,9 +65,9 @@ async fn veth(nl: &Netlink, l: &Link, peer: &VethPeer) -> Result<(), KernelError
 /// is set on outer packets so a path with a smaller MTU is found by probes
 /// rather than by silent fragmentation; a kernel without the setting
 /// (before 5.0) gets the device without it.
-async fn vxlan(nl: &Netlink, l: &Link, v: &Vxlan) -> Result<(), KernelError> {
+async fn vxlan(nl: &Conn, l: &Link, v: &Vxlan) -> Result<(), KernelError> {
     let underlay = match &v.underlay {
-        Some(u) => Some(index(nl, u).await?),
+        Some(u) => Some(nl.index(u).await?),
         None => None,
     };
     let local = match v.local {
@@ -126,13 +116,13 @@ async fn vxlan(nl: &Netlink, l: &Link, v: &Vxlan) -> Result<(), KernelError> {
 }
 
 pub(super) async fn set(
-    nl: &Netlink,
+    nl: &Conn,
     name: &str,
     mtu: Option<u32>,
     mac: Option<Mac>,
     up: bool,
 ) -> Result<(), KernelError> {
-    let idx = index(nl, name).await?;
+    let idx = nl.index(name).await?;
     let mut m = LinkUnspec::new_with_index(idx);
     if let Some(v) = mtu {
         m = m.mtu(v);
@@ -154,7 +144,8 @@ pub(super) async fn set(
 }
 
 /// A link already gone is not an error.
-pub(super) async fn delete(nl: &Netlink, name: &str) -> Result<(), KernelError> {
+pub(super) async fn delete(nl: &Conn, name: &str) -> Result<(), KernelError> {
+    nl.forget(name);
     if nl.delete_link(name).await? {
         netlink_write();
     }

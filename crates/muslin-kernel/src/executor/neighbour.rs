@@ -8,14 +8,13 @@ use rtnetlink::packet_route::neighbour::{
 };
 use rtnetlink::packet_route::AddressFamily;
 
+use super::apply::Conn;
 use super::counters::netlink_write;
 use super::error::errno;
-use super::link::index;
-use super::netlink::Netlink;
 use crate::KernelError;
 
-pub(super) async fn replace(nl: &Netlink, n: &Neighbour) -> Result<(), KernelError> {
-    let idx = index(nl, &n.link).await?;
+pub(super) async fn replace(nl: &Conn, n: &Neighbour) -> Result<(), KernelError> {
+    let idx = nl.index(&n.link).await?;
     nl.handle
         .neighbours()
         .add(idx, n.ip)
@@ -47,7 +46,7 @@ fn gone_ok(res: Result<(), rtnetlink::Error>, what: String) -> Result<(), Kernel
     }
 }
 
-pub(super) async fn delete(nl: &Netlink, n: &Neighbour) -> Result<(), KernelError> {
+pub(super) async fn delete(nl: &Conn, n: &Neighbour) -> Result<(), KernelError> {
     let Some(l) = nl.link(&n.link).await? else {
         return Ok(());
     };
@@ -66,8 +65,8 @@ pub(super) async fn delete(nl: &Netlink, n: &Neighbour) -> Result<(), KernelErro
     )
 }
 
-pub(super) async fn replace_fdb(nl: &Netlink, e: &Fdb) -> Result<(), KernelError> {
-    let idx = index(nl, &e.link).await?;
+pub(super) async fn replace_fdb(nl: &Conn, e: &Fdb) -> Result<(), KernelError> {
+    let idx = nl.index(&e.link).await?;
     nl.handle
         .neighbours()
         .add_bridge(idx, &e.mac)
@@ -82,7 +81,7 @@ pub(super) async fn replace_fdb(nl: &Netlink, e: &Fdb) -> Result<(), KernelError
     Ok(())
 }
 
-pub(super) async fn delete_fdb(nl: &Netlink, e: &Fdb) -> Result<(), KernelError> {
+pub(super) async fn delete_fdb(nl: &Conn, e: &Fdb) -> Result<(), KernelError> {
     let Some(l) = nl.link(&e.link).await? else {
         return Ok(());
     };

@@ -6,13 +6,13 @@ use muslin_plan::object::{Route, Scope};
 use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteMetric, RouteScope};
 use rtnetlink::RouteMessageBuilder;
 
+use super::apply::Conn;
 use super::counters::netlink_write;
 use super::error::errno;
-use super::link::index;
-use super::netlink::{protocol, Netlink};
+use super::netlink::protocol;
 use crate::KernelError;
 
-async fn message(nl: &Netlink, r: &Route) -> Result<RouteMessage, KernelError> {
+async fn message(nl: &Conn, r: &Route) -> Result<RouteMessage, KernelError> {
     let mut b = RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(r.dst.addr(), r.dst.prefix_len())
         .expect("prefix of a valid net")
@@ -25,7 +25,7 @@ async fn message(nl: &Netlink, r: &Route) -> Result<RouteMessage, KernelError> {
         })?;
     }
     if let Some(d) = &r.dev {
-        b = b.output_interface(index(nl, d).await?);
+        b = b.output_interface(nl.index(d).await?);
     }
     if r.scope == Scope::Link {
         b = b.scope(RouteScope::Link);
@@ -41,7 +41,7 @@ async fn message(nl: &Netlink, r: &Route) -> Result<RouteMessage, KernelError> {
     Ok(m)
 }
 
-pub(super) async fn replace(nl: &Netlink, r: &Route) -> Result<(), KernelError> {
+pub(super) async fn replace(nl: &Conn, r: &Route) -> Result<(), KernelError> {
     let m = message(nl, r).await?;
     nl.handle
         .route()
@@ -55,7 +55,7 @@ pub(super) async fn replace(nl: &Netlink, r: &Route) -> Result<(), KernelError> 
 }
 
 /// A route already gone (or whose device is gone) is not an error.
-pub(super) async fn delete(nl: &Netlink, r: &Route) -> Result<(), KernelError> {
+pub(super) async fn delete(nl: &Conn, r: &Route) -> Result<(), KernelError> {
     let m = match message(nl, r).await {
         Ok(m) => m,
         Err(_) if r.dev.is_some() => return Ok(()),

@@ -4,13 +4,13 @@ use futures::TryStreamExt;
 use muslin_plan::object::{Family, Rule};
 use rtnetlink::packet_route::rule::{RuleAction, RuleMessage};
 
+use super::apply::Conn;
 use super::counters::netlink_write;
 use super::error::errno;
-use super::netlink::Netlink;
 use super::observe::rule_of;
 use crate::KernelError;
 
-pub(super) async fn add(nl: &Netlink, r: &Rule) -> Result<(), KernelError> {
+pub(super) async fn add(nl: &Conn, r: &Rule) -> Result<(), KernelError> {
     let req = nl
         .handle
         .rule()
@@ -44,7 +44,7 @@ pub(super) async fn add(nl: &Netlink, r: &Rule) -> Result<(), KernelError> {
     }
 }
 
-pub(super) async fn delete(nl: &Netlink, r: &Rule) -> Result<(), KernelError> {
+pub(super) async fn delete(nl: &Conn, r: &Rule) -> Result<(), KernelError> {
     let version = match r.family {
         Family::V4 => rtnetlink::IpVersion::V4,
         Family::V6 => rtnetlink::IpVersion::V6,
