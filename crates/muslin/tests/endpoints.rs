@@ -7,12 +7,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::hosts::{until, Agent, Net};
+use common::hosts::{plugin, until, Agent, Net};
 use common::lab::{file, one_segment, Lab};
-use common::{cni_env, result_ip, Netns, BIN};
+use common::{result_ip, Netns, BIN};
 use serde_json::{json, Value};
 
 /// Runs the plugin in host namespace `host_ns` against the agent at
@@ -26,30 +26,9 @@ fn cni(host_ns: &str, socket: &Path, command: &str, id: &str, c: &Netns) -> Valu
             {"key": "tier", "value": "front"}
         ]}}
     });
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", host_ns, BIN]);
-    for (k, v) in cni_env(command, id, Some(&c.path()), "eth0") {
-        cmd.env(k, v);
-    }
-    cmd.env(
-        "CNI_ARGS",
-        format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME={id}"),
-    );
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
-    assert!(o.status.success(), "{command} {id}: {v}");
+    let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME={id}");
+    let (v, ok) = plugin(host_ns, &conf, command, id, c, &[("CNI_ARGS", args)]);
+    assert!(ok, "{command} {id}: {v}");
     v
 }
 

@@ -5,9 +5,6 @@
 //! agent can re-assert the rules every few seconds without touching the
 //! host's rules or their counters.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use muslin_model::host_firewall::{
     self as model, Action, Backend, Family, IptablesForward, Observed, IPTABLES_CHAIN,
     XTABLES_LOCK_WAIT,
@@ -165,32 +162,9 @@ fn run(
 ) -> Result<String, FirewallError> {
     let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
     let command = format!("{program} {}", args.join(" "));
-    if program == "nft" {
-        super::counters::nft_run();
-    }
     let writes = args.iter().any(|a| matches!(*a, "-f" | "-I" | "-D"));
-    let mut child = Command::new(program)
-        .args(&args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(io(format!("running {program} (is it installed?)")))?;
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(input.as_bytes())
-            .map_err(io(format!("feeding {program}")))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(io(format!("running {program}")))?;
+    let out = super::process::run(program, &args, stdin)
+        .map_err(|(what, source)| FirewallError::Io { what, source })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let detail = match stderr.trim() {
@@ -207,8 +181,4 @@ fn run(
 
 fn parse_error(e: model::ParseError) -> FirewallError {
     FirewallError::Ruleset(e.to_string())
-}
-
-fn io(what: String) -> impl FnOnce(std::io::Error) -> FirewallError {
-    move |source| FirewallError::Io { what, source }
 }

@@ -23,6 +23,7 @@ mod netlink;
 mod netns;
 pub mod nft;
 mod observe;
+mod process;
 mod route;
 mod rule;
 

@@ -2,9 +2,6 @@
 //! workers; and the ruleset generation, read over netlink so that an idle
 //! agent can tell "nothing changed" without running `nft` at all.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use muslin_plan::nft::{parse_observed, NftChange, NftFamily, NftObserved, TABLE};
 
 use super::counters;
@@ -12,31 +9,8 @@ use crate::KernelError;
 
 /// Runs `nft` with `args` and optional standard input; returns its output.
 pub(crate) fn run(args: &[&str], stdin: Option<&str>) -> Result<std::process::Output, KernelError> {
-    counters::nft_run();
-    let mut child = Command::new("nft")
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(KernelError::io(
-            "running nft (is the nftables package installed?)",
-        ))?;
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(input.as_bytes())
-            .map_err(KernelError::io("feeding nft"))?;
-    }
-    child
-        .wait_with_output()
-        .map_err(KernelError::io("running nft"))
+    super::process::run("nft", args, stdin)
+        .map_err(|(what, source)| KernelError::Io { what, source })
 }
 
 async fn blocking<T: Send + 'static>(

@@ -251,33 +251,46 @@ impl Agent {
 
     fn cni(&self, command: &str, id: &str, c: &Netns) -> Value {
         let conf = json!({"cniVersion": "1.1.0", "name": "muslin", "type": "muslin", "socket": self.socket});
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns_name, BIN]);
-        for (k, v) in cni_env(command, id, Some(&c.path()), "eth0") {
-            cmd.env(k, v);
-        }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(conf.to_string().as_bytes())
-            .unwrap();
-        let o = child.wait_with_output().unwrap();
-        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
-        assert!(
-            o.status.success(),
-            "{command} {id} on {}: {v}\n{}",
-            self.name,
-            self.log()
-        );
+        let (v, ok) = plugin(&self.ns_name, &conf, command, id, c, &[]);
+        assert!(ok, "{command} {id} on {}: {v}\n{}", self.name, self.log());
         v
     }
+}
+
+/// Runs the plugin in host namespace `host_ns` with network configuration
+/// `conf`, as a runtime does, plus `extra` environment; returns its output
+/// and whether it succeeded.
+pub fn plugin(
+    host_ns: &str,
+    conf: &Value,
+    command: &str,
+    id: &str,
+    c: &Netns,
+    extra: &[(&str, String)],
+) -> (Value, bool) {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", host_ns, BIN]);
+    for (k, v) in cni_env(command, id, Some(&c.path()), "eth0") {
+        cmd.env(k, v);
+    }
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    (v, o.status.success())
 }
 
 impl Drop for Agent {
