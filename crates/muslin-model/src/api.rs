@@ -105,6 +105,7 @@ pub struct StaleAttachment {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "AddedWire", into = "AddedWire")]
 pub struct Added {
     pub host_ifname: String,
     pub host_mac: String,
@@ -114,6 +115,57 @@ pub struct Added {
     /// gateway (`plumbing::gateway_for`).
     pub addresses: Vec<IpNet>,
     pub mtu: u32,
+}
+
+/// [`Added`] on the wire, readable by the previous version too: while a
+/// host is upgraded, the plugin on disk and the agent running may be of
+/// different versions, and ADD must work in between. The previous version
+/// carried one `address` and its `gateway`.
+#[derive(Serialize, Deserialize)]
+struct AddedWire {
+    host_ifname: String,
+    host_mac: String,
+    container_ifname: String,
+    container_mac: String,
+    #[serde(default)]
+    addresses: Vec<IpNet>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    address: Option<IpNet>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gateway: Option<IpAddr>,
+    mtu: u32,
+}
+
+impl From<AddedWire> for Added {
+    fn from(w: AddedWire) -> Added {
+        Added {
+            host_ifname: w.host_ifname,
+            host_mac: w.host_mac,
+            container_ifname: w.container_ifname,
+            container_mac: w.container_mac,
+            addresses: match (w.addresses.is_empty(), w.address) {
+                (true, Some(a)) => vec![a],
+                _ => w.addresses,
+            },
+            mtu: w.mtu,
+        }
+    }
+}
+
+impl From<Added> for AddedWire {
+    fn from(a: Added) -> AddedWire {
+        let first = a.addresses.first().copied();
+        AddedWire {
+            host_ifname: a.host_ifname,
+            host_mac: a.host_mac,
+            container_ifname: a.container_ifname,
+            container_mac: a.container_mac,
+            address: first,
+            gateway: first.map(|f| crate::plumbing::gateway_for(f.addr())),
+            addresses: a.addresses,
+            mtu: a.mtu,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,6 +273,26 @@ pub struct EndpointStatus {
     pub pod: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod added_wire_tests {
+    use super::*;
+
+    #[test]
+    fn added_is_read_and_written_in_both_versions() {
+        let old = r#"{"host_ifname":"msl0123456789ab","host_mac":"ee:ee:ee:ee:ee:ee","container_ifname":"eth0","container_mac":"02:00:00:00:00:01","address":"10.1.0.5/32","gateway":"169.254.1.1","mtu":1450}"#;
+        let a: Added = serde_json::from_str(old).unwrap();
+        assert_eq!(a.addresses, vec!["10.1.0.5/32".parse::<IpNet>().unwrap()]);
+        let v: serde_json::Value = serde_json::to_value(&a).unwrap();
+        assert_eq!(
+            v["address"], "10.1.0.5/32",
+            "the previous plugin reads this"
+        );
+        assert_eq!(v["gateway"], "169.254.1.1");
+        let back: Added = serde_json::from_value(v).unwrap();
+        assert_eq!(back, a);
+    }
 }
 
 #[cfg(test)]
