@@ -4,7 +4,7 @@
 //! the keys); a node silent for longer than the block TTL is forgotten by
 //! chitchat, and with it its claims, endpoints and routes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -38,6 +38,17 @@ pub struct Gossip {
     redirects: Redirects,
     me: String,
     alone: bool,
+    /// Each node's state as last decoded, by the version of its state: a
+    /// round decodes only the nodes whose state changed since, not every
+    /// record of every node every few hundred milliseconds.
+    decoded: std::sync::Mutex<HashMap<String, Decoded>>,
+}
+
+struct Decoded {
+    id: ChitchatId,
+    version: u64,
+    keys: usize,
+    view: PeerView,
 }
 
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -97,6 +108,7 @@ impl Gossip {
             redirects,
             me: cfg.node_name,
             alone: cfg.seeds.is_empty(),
+            decoded: Default::default(),
         })
     }
 
@@ -217,12 +229,25 @@ impl ClusterStore for Gossip {
         let any_live: std::collections::HashSet<String> =
             live.iter().map(|id| id.node_id.to_string()).collect();
         let mut view = ClusterView::default();
+        let mut decoded = self.decoded.lock().expect("decoded");
+        decoded.retain(|n, _| newest.contains_key(n));
         for (name, id) in newest {
             let Some(state) = c.node_state(id) else {
                 continue;
             };
+            let alive = live.contains(id) || any_live.contains(&name) || name == self.me;
+            let (version, keys) = (state.max_version(), state.num_key_values());
+            if let Some(d) = decoded
+                .get(&name)
+                .filter(|d| d.id == *id && d.version == version && d.keys == keys)
+            {
+                let mut pv = d.view.clone();
+                pv.alive = alive;
+                view.nodes.insert(name, pv);
+                continue;
+            }
             let mut pv = PeerView {
-                alive: live.contains(id) || any_live.contains(&name) || name == self.me,
+                alive,
                 ..Default::default()
             };
             for (k, v) in state.key_values() {
@@ -241,6 +266,15 @@ impl ClusterStore for Gossip {
                 }
             }
             pv.endpoints.sort();
+            decoded.insert(
+                name.clone(),
+                Decoded {
+                    id: id.clone(),
+                    version,
+                    keys,
+                    view: pv.clone(),
+                },
+            );
             view.nodes.insert(name, pv);
         }
         view

@@ -135,6 +135,10 @@ fn status(a: StatusArgs) -> Result<ExitCode> {
             c.endpoints.len(),
             if c.synced { "synced" } else { "not synced yet" },
         );
+        println!(
+            "kernel   {} changes made, {} nft runs since start (both constant while idle)",
+            c.kernel_writes, c.nft_runs
+        );
         if c.underlay_addresses.len() > 1 {
             let all: Vec<String> = c.underlay_addresses.iter().map(|a| a.to_string()).collect();
             println!(
