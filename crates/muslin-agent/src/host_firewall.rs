@@ -53,12 +53,10 @@ pub fn spawn(executor: Executor, pod_cidrs: Vec<IpNet>) -> tokio::task::JoinHand
                     if last_error.take().is_some() {
                         tracing::info!("host firewall: pod traffic rules checked again");
                     }
-                    // Our own insertions changed what we fingerprint.
-                    seen = if inserted.is_empty() {
-                        now
-                    } else {
-                        fingerprint(&executor).await
-                    };
+                    // After inserting, the next round reads once more: our
+                    // insertions moved the fingerprint, and so may someone
+                    // else's change made meanwhile.
+                    seen = now;
                 }
                 Err(e) => warn_on_change(&mut last_error, e),
             }

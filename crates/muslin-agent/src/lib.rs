@@ -202,6 +202,14 @@ pub async fn run_with(
     let _ = server.await;
     background.shutdown().await;
     firewall.abort();
+    // Jobs already submitted (a DEL's veth removal, a handler's changes)
+    // finish before the runtime goes: nothing is left half-made.
+    if tokio::time::timeout(DRAIN, executor.drain()).await.is_err() {
+        tracing::warn!(
+            "kernel changes still running after {}s; stopping anyway",
+            DRAIN.as_secs()
+        );
+    }
     let _ = std::fs::remove_file(&socket);
     tracing::info!("stopped");
     Ok(())

@@ -57,6 +57,8 @@ fn reusable(have: &Link, want: &Link) -> bool {
 pub fn diff(observed: &HostState, desired: &HostState, own: &Ownership) -> Diff {
     let mut out = Diff::default();
     let mut recreated: BTreeSet<&str> = BTreeSet::new();
+    // Setting a MAC flushes the device's neighbours, permanent ones too.
+    let mut mac_set: BTreeSet<&str> = BTreeSet::new();
     let mut present: BTreeSet<&str> = observed.links.iter().map(|l| l.name.as_str()).collect();
 
     for want in &desired.links {
@@ -65,6 +67,9 @@ pub fn diff(observed: &HostState, desired: &HostState, own: &Ownership) -> Diff 
                 let mtu = want.mtu.filter(|m| have.mtu != Some(*m));
                 let mac = want.mac.filter(|m| have.mac != Some(*m));
                 let up = want.up && !have.up;
+                if mac.is_some() {
+                    mac_set.insert(&want.name);
+                }
                 if mtu.is_some() || mac.is_some() || up {
                     out.changes.push(Change::SetLink {
                         name: want.name.clone(),
@@ -106,11 +111,15 @@ pub fn diff(observed: &HostState, desired: &HostState, own: &Ownership) -> Diff 
         .collect();
 
     // Routes.
+    // A route whose device could not be named (a link that appeared after
+    // the links were read, such as a pod veth an ADD is making) is never
+    // ours: every route of ours names its device.
     let owned = |r: &&Route| {
         r.protocol == own.protocol
             && own.tables.contains(&r.table)
-            && !r.dev.as_deref().is_some_and(own.foreign_dev)
-            && r.dev.as_deref().is_none_or(survives)
+            && r.dev
+                .as_deref()
+                .is_some_and(|d| !(own.foreign_dev)(d) && survives(d))
     };
     let current: Vec<&Route> = observed.routes.iter().filter(owned).collect();
     let foreign: BTreeSet<IpNet> = observed
@@ -172,7 +181,11 @@ pub fn diff(observed: &HostState, desired: &HostState, own: &Ownership) -> Diff 
     let have_n: Vec<_> = observed
         .neighbours
         .iter()
-        .filter(|n| ours.contains(n.link.as_str()) && survives(&n.link))
+        .filter(|n| {
+            ours.contains(n.link.as_str())
+                && survives(&n.link)
+                && !mac_set.contains(n.link.as_str())
+        })
         .collect();
     for w in &desired.neighbours {
         if !have_n.contains(&w) {
@@ -213,4 +226,87 @@ pub fn diff(observed: &HostState, desired: &HostState, own: &Ownership) -> Diff 
     }
     out.changes.extend(deletions);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::object::{Link, LinkKind, Neighbour, Scope, Vxlan};
+
+    fn own() -> Ownership {
+        Ownership {
+            protocol: 77,
+            tables: vec![254, 77],
+            foreign_dev: |d| d.starts_with("pod"),
+            rule: None,
+            main_table: 254,
+            allow_deletes: true,
+        }
+    }
+
+    #[test]
+    fn a_route_whose_device_is_unnamed_is_never_deleted() {
+        // A pod veth made after the links were read: its host route shows
+        // without a device name and must not be taken for ours.
+        let observed = HostState {
+            routes: vec![Route {
+                table: 254,
+                dst: "10.1.0.5/32".parse().unwrap(),
+                via: None,
+                dev: None,
+                onlink: false,
+                mtu: None,
+                scope: Scope::Link,
+                protocol: 77,
+            }],
+            ..Default::default()
+        };
+        let d = diff(&observed, &HostState::default(), &own());
+        assert_eq!(d.changes, vec![]);
+    }
+
+    #[test]
+    fn a_new_mac_brings_the_flushed_neighbours_back_at_once() {
+        let link = |mac| Link {
+            name: "vx".into(),
+            kind: LinkKind::Vxlan(Vxlan {
+                vni: 1,
+                port: 4789,
+                local: None,
+                underlay: None,
+                df: Some(true),
+            }),
+            mtu: Some(1450),
+            mac: Some(mac),
+            up: true,
+        };
+        let n = Neighbour {
+            link: "vx".into(),
+            ip: "10.1.0.0".parse().unwrap(),
+            mac: [2, 0, 0, 0, 0, 9],
+        };
+        let observed = HostState {
+            links: vec![link([2, 0, 0, 0, 0, 1])],
+            neighbours: vec![n.clone()],
+            ..Default::default()
+        };
+        let desired = HostState {
+            links: vec![link([2, 0, 0, 0, 0, 2])],
+            neighbours: vec![n.clone()],
+            ..Default::default()
+        };
+        let d = diff(&observed, &desired, &own());
+        assert_eq!(
+            d.changes,
+            vec![
+                Change::SetLink {
+                    name: "vx".into(),
+                    mtu: None,
+                    mac: Some([2, 0, 0, 0, 0, 2]),
+                    up: false
+                },
+                Change::ReplaceNeighbour(n)
+            ]
+        );
+    }
 }

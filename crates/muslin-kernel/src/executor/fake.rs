@@ -59,6 +59,9 @@ impl Executor {
                     } => {
                         let _ = reply.send(run(&kk, steps, on_failure));
                     }
+                    Job::Drain { reply } => {
+                        let _ = reply.send(());
+                    }
                     Job::Observe { query, reply } => {
                         let a = match query {
                             Query::Namespace(ns) => Ok(Answer::Namespace(kk.state(&ns))),

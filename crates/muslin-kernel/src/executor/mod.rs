@@ -31,7 +31,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::path::PathBuf;
 
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use muslin_plan::nft::{NftFamily, NftObserved};
 use muslin_plan::{HostState, Step};
@@ -140,6 +140,8 @@ pub(crate) enum Job {
         query: Query,
         reply: oneshot::Sender<Result<Answer, KernelError>>,
     },
+    /// Answered once nothing runs or waits.
+    Drain { reply: oneshot::Sender<()> },
 }
 
 /// A handle to the executor; clones share it. When the last handle is
@@ -254,6 +256,15 @@ impl Executor {
         }
     }
 
+    /// Returns once every job submitted so far has finished (and whatever
+    /// was queued behind them): a stopping agent leaves no change half-made.
+    pub async fn drain(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Job::Drain { reply }).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// Refuses a path that is not a network namespace, or is the agent's.
     pub async fn check_netns(&self, path: PathBuf) -> Result<(), KernelError> {
         self.observe(Query::Netns(path)).await.map(|_| ())
@@ -275,35 +286,54 @@ fn failed(steps: Vec<Step>) -> Report {
 
 type Running = BoxFuture<'static, Option<Lane>>;
 
+/// One job as a future that always yields its lane back, even when the job
+/// panics (a panic would otherwise take every later job with it; the
+/// caller sees its reply dropped and reports the job failed).
+fn start(job: Job, host: &Netlink) -> Running {
+    let host = host.clone();
+    let lane = match &job {
+        Job::Apply { lane, .. } => Some(lane.clone()),
+        _ => None,
+    };
+    let work = async move {
+        match job {
+            Job::Apply {
+                steps,
+                on_failure,
+                reply,
+                ..
+            } => {
+                let report = apply::apply(&host, steps, on_failure).await;
+                let _ = reply.send(report);
+            }
+            Job::Observe { query, reply } => {
+                let _ = reply.send(observe::answer(&host, query).await);
+            }
+            Job::Drain { .. } => unreachable!("drains are kept by the loop"),
+        }
+    };
+    Box::pin(async move {
+        if std::panic::AssertUnwindSafe(work)
+            .catch_unwind()
+            .await
+            .is_err()
+        {
+            tracing::error!(?lane, "an executor job panicked; its caller sees it failed");
+        }
+        lane
+    })
+}
+
 async fn run(mut rx: mpsc::UnboundedReceiver<Job>, host: Netlink) {
     let mut waiting: HashMap<Lane, VecDeque<Job>> = HashMap::new();
     let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
-    let start = |job: Job, host: &Netlink| -> Running {
-        let host = host.clone();
-        Box::pin(async move {
-            match job {
-                Job::Apply {
-                    lane,
-                    steps,
-                    on_failure,
-                    reply,
-                } => {
-                    let report = apply::apply(&host, steps, on_failure).await;
-                    let _ = reply.send(report);
-                    Some(lane)
-                }
-                Job::Observe { query, reply } => {
-                    let _ = reply.send(observe::answer(&host, query).await);
-                    None
-                }
-            }
-        })
-    };
+    let mut drains: Vec<oneshot::Sender<()>> = Vec::new();
     let mut open = true;
     while open || !running.is_empty() {
         tokio::select! {
             job = rx.recv(), if open => match job {
                 None => open = false,
+                Some(Job::Drain { reply }) => drains.push(reply),
                 Some(job) => match &job {
                     Job::Apply { lane, .. } => {
                         if let Some(q) = waiting.get_mut(lane) {
@@ -313,7 +343,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Job>, host: Netlink) {
                             running.push(start(job, &host));
                         }
                     }
-                    Job::Observe { .. } => running.push(start(job, &host)),
+                    _ => running.push(start(job, &host)),
                 },
             },
             Some(done) = running.next() => {
@@ -327,5 +357,13 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Job>, host: Netlink) {
                 }
             }
         }
+        if running.is_empty() {
+            for d in drains.drain(..) {
+                let _ = d.send(());
+            }
+        }
+    }
+    for d in drains {
+        let _ = d.send(());
     }
 }

@@ -96,14 +96,17 @@ fn is_own_netns(f: &File, path: &Path) -> Result<bool, KernelError> {
 /// namespace it was created in, so a short-lived thread enters `ns`, opens
 /// it and exits; no thread of the agent ever changes namespace for longer.
 pub(crate) fn socket_in(ns: &File) -> Result<TokioSocket, KernelError> {
+    // A thread the system refuses (a pids limit) is an error, not a panic.
     let fd = std::thread::scope(|s| {
-        s.spawn(|| -> std::io::Result<i32> {
-            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)?;
-            let sock = Socket::new(NETLINK_ROUTE)?;
-            Ok(sock.into_raw_fd())
-        })
-        .join()
-        .expect("netns thread does not panic")
+        std::thread::Builder::new()
+            .name("netns".into())
+            .spawn_scoped(s, || -> std::io::Result<i32> {
+                setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)?;
+                let sock = Socket::new(NETLINK_ROUTE)?;
+                Ok(sock.into_raw_fd())
+            })?
+            .join()
+            .map_err(|_| std::io::Error::other("the namespace thread failed"))?
     })
     .map_err(KernelError::io(
         "opening a netlink socket in the container namespace",

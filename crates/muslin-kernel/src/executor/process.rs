@@ -14,8 +14,11 @@ pub(super) fn run(
     if program == "nft" {
         super::counters::nft_run();
     }
+    // Errors are matched by their text ("No such file or directory"):
+    // untranslated, whatever the service's locale.
     let mut child = Command::new(program)
         .args(args)
+        .env("LC_ALL", "C")
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {

@@ -58,7 +58,12 @@ pub(super) async fn replace(nl: &Conn, r: &Route) -> Result<(), KernelError> {
 pub(super) async fn delete(nl: &Conn, r: &Route) -> Result<(), KernelError> {
     let m = match message(nl, r).await {
         Ok(m) => m,
-        Err(_) if r.dev.is_some() => return Ok(()),
+        // Its device is gone, and the route with it.
+        Err(KernelError::Io { source, .. })
+            if r.dev.is_some() && source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            return Ok(())
+        }
         Err(e) => return Err(e),
     };
     match nl.handle.route().del(m).execute().await {
