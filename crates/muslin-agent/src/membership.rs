@@ -860,6 +860,15 @@ impl Cluster {
         let traffic = self.store.traffic();
         let mut s = self.status.write().await;
         let was_warned = s.warnings.clone();
+        // The cluster's endpoint table is copied only when it changed: it
+        // grows with the cluster, and this runs every gossip round.
+        let listed = view.endpoints();
+        let endpoints =
+            if s.endpoints.len() == listed.len() && s.endpoints.iter().eq(listed.iter().copied()) {
+                std::mem::take(&mut s.endpoints)
+            } else {
+                listed.into_iter().cloned().collect()
+            };
         *s = ClusterStatus {
             underlay_if: self.underlay.ifname.clone(),
             underlay_address: Some(self.underlay.address),
@@ -881,7 +890,7 @@ impl Cluster {
             probe_bytes_sent: crate::prober::SENT.load(std::sync::atomic::Ordering::Relaxed),
             probe_bytes_received: crate::prober::RECEIVED
                 .load(std::sync::atomic::Ordering::Relaxed),
-            endpoints: view.endpoints().into_iter().cloned().collect(),
+            endpoints,
         };
         for w in s.warnings.iter().filter(|w| !was_warned.contains(w)) {
             tracing::warn!("{w}");
