@@ -14,7 +14,6 @@ use muslin_model::cluster::{
 };
 use muslin_model::dataplane::{desired, Backend, Desired, Params, Path, Underlay, VxlanSettings};
 use muslin_model::health::{PeerPlan, Tracker};
-use muslin_model::naming::format_mac;
 use muslin_model::underlay::{
     range_conflict, reconsider, usable_addresses, Candidate, Choice, Method,
 };
@@ -259,20 +258,11 @@ pub async fn join(
         None
     };
     let record = NodeRecord {
-        name: me.to_string(),
-        address: underlay.address,
-        underlay_prefix: underlay.prefix,
-        vtep_mac: format_mac(&vtep_mac(me)),
-        mtu: underlay.mtu,
-        version: env!("CARGO_PKG_VERSION").to_string(),
         address_reason: reason.clone(),
-        capabilities: vec!["routed".into(), "vxlan".into()],
         addresses: facts.usable(underlay.address),
-        reach: Default::default(),
-        health: Default::default(),
         reserved: facts.reserved.clone(),
         gossip_port: config.gossip_port,
-        gossip_address: Some(underlay.address),
+        ..NodeRecord::new(me, underlay.address, underlay.prefix, underlay.mtu)
     };
     if !facts.reserved.is_empty() {
         tracing::info!(ranges = ?facts.reserved, "routes of this host lie inside the pod network: no node will lease blocks overlapping them");

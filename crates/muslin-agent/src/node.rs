@@ -373,7 +373,10 @@ impl Node {
                 errors.push(e.msg);
             }
         }
-        errors.extend(self.sweep_orphans().await);
+        match self.executor.host().await {
+            Ok(host) => errors.extend(self.sweep_orphans(&host).await),
+            Err(e) => errors.push(e.to_string()),
+        }
         if !errors.is_empty() {
             return Err(CniError::new(
                 ErrorCode::Kernel,
@@ -457,14 +460,10 @@ impl Node {
     /// Removes host veths of ours that no record names (left by a crash
     /// between releasing a record and removing its veth, or by a lost state
     /// file). Returns what it could not remove.
-    async fn sweep_orphans(&self) -> Vec<String> {
-        // Links first, records second: ADD records before it creates a
-        // link, so every link listed here that is still wanted has a record
-        // in the table read afterwards.
-        let host = match self.executor.host().await {
-            Ok(h) => h,
-            Err(e) => return vec![e.to_string()],
-        };
+    /// `host` must have been observed before this reads the records: ADD
+    /// records before it creates a link, so every link listed there that is
+    /// still wanted has a record in the table read here.
+    async fn sweep_orphans(&self, host: &muslin_plan::HostState) -> Vec<String> {
         let pending = {
             let v = self.table.lock().await;
             let records: Vec<AttachmentPlan> = v
@@ -475,7 +474,7 @@ impl Node {
                 .collect();
             // Queued while the table is locked: an ADD that records this
             // name later queues its veth after our deletion, never before.
-            repair::orphans(&records, &host)
+            repair::orphans(&records, host)
                 .into_iter()
                 .map(|name| {
                     let done = self.executor.apply(
@@ -537,7 +536,8 @@ impl Node {
                 tracing::warn!(container = %key.container_id, cause = %e, "reconcile failed");
             }
         }
-        for e in self.sweep_orphans().await {
+        // The host as read before the records: no second observation.
+        for e in self.sweep_orphans(&host).await {
             tracing::warn!(cause = %e, "could not remove an orphaned veth");
         }
         self.publish_endpoints().await;

@@ -209,6 +209,29 @@ pub struct NodeRecord {
     pub gossip_address: Option<IpAddr>,
 }
 
+impl NodeRecord {
+    /// A node's record as it first goes out: reached at `address`, with
+    /// nothing learned from peers yet.
+    pub fn new(name: &str, address: IpAddr, underlay_prefix: IpNet, mtu: u32) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            address,
+            underlay_prefix,
+            vtep_mac: crate::naming::format_mac(&vtep_mac(name)),
+            mtu,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            address_reason: String::new(),
+            capabilities: vec!["routed".into(), "vxlan".into()],
+            addresses: vec![address],
+            reach: BTreeMap::new(),
+            health: BTreeMap::new(),
+            reserved: vec![],
+            gossip_port: 0,
+            gossip_address: Some(address),
+        }
+    }
+}
+
 /// What probes over the data path to one peer found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PathHealth {
@@ -484,22 +507,7 @@ pub fn vtep_mac(node: &str) -> [u8; 6] {
 /// A record with only what tests vary: name, address and subnet.
 #[cfg(test)]
 pub(crate) fn test_record(name: &str, addr: &str, prefix: &str) -> NodeRecord {
-    NodeRecord {
-        name: name.into(),
-        address: addr.parse().unwrap(),
-        underlay_prefix: prefix.parse().unwrap(),
-        vtep_mac: crate::naming::format_mac(&vtep_mac(name)),
-        mtu: 1500,
-        version: "0".into(),
-        address_reason: String::new(),
-        capabilities: vec![],
-        addresses: vec![],
-        reach: BTreeMap::new(),
-        health: BTreeMap::new(),
-        reserved: vec![],
-        gossip_port: 0,
-        gossip_address: None,
-    }
+    NodeRecord::new(name, addr.parse().unwrap(), prefix.parse().unwrap(), 1500)
 }
 
 #[cfg(test)]

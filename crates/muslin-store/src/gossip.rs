@@ -333,21 +333,13 @@ mod tests {
             .unwrap();
         let block: IpNet = "10.244.7.0/24".parse().unwrap();
         // Peers count a node once its record is out.
-        let record = |name: &str| NodeRecord {
-            name: name.into(),
-            address: "127.0.0.1".parse().unwrap(),
-            underlay_prefix: "127.0.0.0/8".parse().unwrap(),
-            vtep_mac: "02:00:00:00:00:01".into(),
-            mtu: 1500,
-            version: "test".into(),
-            address_reason: "test".into(),
-            capabilities: vec![],
-            addresses: vec![],
-            reach: Default::default(),
-            health: Default::default(),
-            reserved: vec![],
-            gossip_port: 0,
-            gossip_address: None,
+        let record = |name: &str| {
+            NodeRecord::new(
+                name,
+                "127.0.0.1".parse().unwrap(),
+                "127.0.0.0/8".parse().unwrap(),
+                1500,
+            )
         };
         a.publish_record(&record("a")).await;
         a.claim_block("default", block, BlockClaim { claimed_at_ms: 42 })

@@ -7,7 +7,6 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use muslin_model::cluster::{vtep_mac, BlockClaim, ClusterView, NodeRecord, PeerView};
 use muslin_model::dataplane::{self, Backend, Desired, Params, Path, Underlay, VxlanSettings};
-use muslin_model::naming::format_mac;
 use muslin_plan::data_plane::{self as dp, NetworkTables};
 use muslin_plan::object::{Link, LinkKind};
 use muslin_plan::{Diff, HostState, Ownership};
@@ -24,22 +23,7 @@ pub fn net(s: &str) -> IpNet {
 }
 
 pub fn record(name: &str, addr: &str, prefix: &str) -> NodeRecord {
-    NodeRecord {
-        name: name.into(),
-        address: ip(addr),
-        underlay_prefix: net(prefix),
-        vtep_mac: format_mac(&vtep_mac(name)),
-        mtu: 1500,
-        version: "0".into(),
-        address_reason: String::new(),
-        capabilities: vec![],
-        addresses: vec![],
-        reach: BTreeMap::new(),
-        health: BTreeMap::new(),
-        reserved: vec![],
-        gossip_port: 0,
-        gossip_address: None,
-    }
+    NodeRecord::new(name, ip(addr), net(prefix), 1500)
 }
 
 /// Adds (or replaces) a live node with its blocks.

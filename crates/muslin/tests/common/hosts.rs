@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{cni_env, must, sh, Netns, TempDir, BIN};
+use super::{cni_env, must, Netns, TempDir, BIN};
 
 static WIRE: AtomicU32 = AtomicU32::new(0);
 
@@ -211,13 +211,7 @@ impl Agent {
     }
 
     pub fn status(&self) -> Value {
-        let o = sh(&[
-            BIN,
-            "status",
-            "--json",
-            "--socket",
-            self.socket.to_str().unwrap(),
-        ]);
+        let o = super::status_of(&self.socket);
         serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
     }
 

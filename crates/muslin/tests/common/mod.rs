@@ -245,13 +245,7 @@ impl Host {
     }
 
     pub fn status(&self) -> Value {
-        let o = sh(&[
-            BIN,
-            "status",
-            "--json",
-            "--socket",
-            self.socket.to_str().unwrap(),
-        ]);
+        let o = status_of(&self.socket);
         assert!(
             o.status.success(),
             "status: {}",
@@ -370,6 +364,17 @@ impl Drop for Host {
     fn drop(&mut self) {
         self.kill_agent();
     }
+}
+
+/// `muslin status --json` against the agent at `socket`.
+pub fn status_of(socket: &Path) -> Output {
+    sh(&[
+        BIN,
+        "status",
+        "--json",
+        "--socket",
+        socket.to_str().unwrap(),
+    ])
 }
 
 pub fn cni_env(cmd: &str, id: &str, netns: Option<&Path>, ifname: &str) -> Vec<(String, String)> {
