@@ -2,6 +2,8 @@
 //! leases this node holds and that have settled. ADDs wait briefly for a
 //! first block or for one more; the lease manager supplies them.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -9,7 +11,9 @@ use tokio::sync::{watch, Notify};
 
 pub struct BlockSource {
     blocks: watch::Sender<Vec<IpNet>>,
-    wanted: Notify,
+    /// Shared by every network's source: one wake-up for the lease loop.
+    wanted: Arc<Notify>,
+    asked: AtomicBool,
     pub leased: bool,
 }
 
@@ -17,9 +21,25 @@ impl BlockSource {
     pub fn new(initial: Vec<IpNet>, leased: bool) -> Self {
         BlockSource {
             blocks: watch::Sender::new(initial),
-            wanted: Notify::new(),
+            wanted: Arc::new(Notify::new()),
+            asked: AtomicBool::new(false),
             leased,
         }
+    }
+
+    /// An empty, leased source for another network, waking the same loop.
+    pub fn sibling(&self) -> Self {
+        BlockSource {
+            blocks: watch::Sender::new(Vec::new()),
+            wanted: self.wanted.clone(),
+            asked: AtomicBool::new(false),
+            leased: true,
+        }
+    }
+
+    /// Whether an ADD asked for a block since the last call.
+    pub fn take_asked(&self) -> bool {
+        self.asked.swap(false, Ordering::Relaxed)
     }
 
     pub fn current(&self) -> Vec<IpNet> {
@@ -41,14 +61,14 @@ impl BlockSource {
     /// manager for one; returns the blocks then (or as they are at the end).
     pub async fn more_than(&self, have: usize, wait: Duration) -> Vec<IpNet> {
         let mut rx = self.blocks.subscribe();
-        if have > 0 {
-            self.wanted.notify_one();
-        }
+        self.asked.store(true, Ordering::Relaxed);
+        self.wanted.notify_one();
         let _ = tokio::time::timeout(wait, rx.wait_for(|b| b.len() > have)).await;
         self.current()
     }
 
-    /// Resolves when an ADD found every block full.
+    /// Resolves when an ADD found every block full, or found none in a
+    /// network this node holds no block of yet.
     pub async fn wanted(&self) {
         self.wanted.notified().await
     }

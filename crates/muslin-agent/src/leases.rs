@@ -89,6 +89,9 @@ pub struct Leases {
     /// Our claims and when we made them.
     pub claims: BTreeMap<IpNet, u64>,
     saved_alive: u64,
+    /// Claim a first block only when an ADD asks for one (a network not
+    /// every node has containers in).
+    lazy: bool,
 }
 
 /// What a step decided, for the caller to publish.
@@ -114,6 +117,43 @@ impl Leases {
         ttl: Duration,
     ) -> Result<Leases, String> {
         let file = dir.join("leases.json");
+        let network = muslin_model::DEFAULT_NETWORK;
+        Self::load_from(file, network, me, pod_cidr, size, settle, ttl)
+    }
+
+    /// The leases of network `network` (not the default), kept in a file
+    /// of their own; a first block is claimed only when an ADD asks.
+    pub fn load_network(
+        dir: &Path,
+        me: &str,
+        network: &muslin_model::network::NetworkSpec,
+        settle: Duration,
+        ttl: Duration,
+    ) -> Result<Leases, String> {
+        let subnet = network.subnets[0];
+        let file = dir.join(format!("leases.{}.json", network.name));
+        let name = &network.name;
+        let size = network.block_size;
+        let mut l = Self::load_from(file, name, me, subnet, size, settle, ttl)?;
+        l.lazy = true;
+        Ok(l)
+    }
+
+    /// Gives up every claim (the network is gone) and removes the file.
+    pub fn release_all(&mut self) -> Vec<IpNet> {
+        let _ = std::fs::remove_file(&self.file);
+        std::mem::take(&mut self.claims).into_keys().collect()
+    }
+
+    fn load_from(
+        file: PathBuf,
+        network: &str,
+        me: &str,
+        pod_cidr: IpNet,
+        size: u8,
+        settle: Duration,
+        ttl: Duration,
+    ) -> Result<Leases, String> {
         // A missing file is a first start; an unreadable one must not pass
         // for "no blocks", or pods of a block we still hold would collide
         // with whoever claims it next.
@@ -122,7 +162,7 @@ impl Leases {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
             Err(e) => return Err(format!("reading {file:?}: {e}")),
         };
-        let network = muslin_model::DEFAULT_NETWORK.to_string();
+        let network = network.to_string();
         let (ours, others): (Vec<Lease>, Vec<Lease>) =
             p.blocks.into_iter().partition(|l| l.network == network);
         let blocks: BTreeMap<IpNet, u64> = ours
@@ -159,6 +199,7 @@ impl Leases {
             file,
             claims,
             saved_alive: 0,
+            lazy: false,
         })
     }
 
@@ -211,7 +252,8 @@ impl Leases {
         settled.sort();
         s.settled = settled.into_iter().map(|(_, b)| b).collect();
         let pending = self.claims.len() > s.settled.len();
-        if (self.claims.is_empty() || (more && !pending)) && s.claim.is_none() {
+        let first = self.claims.is_empty() && (more || !self.lazy);
+        if (first || (more && !pending && !self.claims.is_empty())) && s.claim.is_none() {
             // Ranges some host routes elsewhere are never leased.
             let avoid: Vec<IpNet> = self.claims.keys().copied().chain(view.reserved()).collect();
             match choose_free_block(view, self.pod_cidr, self.size, &self.me, &avoid) {

@@ -7,6 +7,7 @@ mod host_firewall;
 mod key_locks;
 mod leases;
 mod membership;
+mod networks;
 mod node;
 mod prober;
 mod remembered_state;
@@ -176,7 +177,19 @@ pub async fn run_with(
     let mut background = tokio::task::JoinSet::new();
     if let Some(c) = cluster {
         node.cluster = Some(c.status.clone());
-        background.spawn(c.run(executor.clone(), blocks.clone(), node.endpoints.subscribe()));
+        let tunnel_mtu = c
+            .underlay
+            .mtu
+            .saturating_sub(muslin_model::dataplane::VXLAN_OVERHEAD);
+        let (networks, asks) = networks::Networks::new(blocks.clone(), tunnel_mtu);
+        node.networks = Some(networks.clone());
+        background.spawn(c.run(
+            executor.clone(),
+            blocks.clone(),
+            node.endpoints.subscribe(),
+            networks,
+            asks,
+        ));
     }
     let node = Arc::new(node);
     let cidrs = host_firewall::pod_cidrs(&node.config);

@@ -18,14 +18,17 @@ use muslin_model::underlay::{
     range_conflict, reconsider, usable_addresses, Candidate, Choice, Method,
 };
 use muslin_model::DEFAULT_NETWORK;
-use muslin_plan::data_plane::{self, NetworkTables};
-use muslin_plan::nft::{Masquerade, NftFamily};
+use muslin_plan::data_plane;
+use muslin_plan::nft::{Masquerade, NftFamily, NftNetwork};
 use muslin_plan::{Change, Step};
 use muslin_store::{AnyStore, ClusterStore, Etcd, EtcdConfig, Gossip, GossipConfig};
 use tokio::sync::{watch, RwLock};
 
+mod nets;
+
 use crate::blocks::BlockSource;
 use crate::leases::Leases;
+use crate::networks::{Ask, Networks};
 use crate::prober::{addresses_of, Plan};
 use crate::AgentError;
 
@@ -100,6 +103,10 @@ pub struct Cluster {
     /// Blocks held from the previous run.
     held: Vec<ipnet::IpNet>,
     ttl: Duration,
+    /// How long a new claim waits before IPAM uses it.
+    settle: Duration,
+    /// Leases of the networks besides the default one.
+    nets: std::collections::BTreeMap<String, nets::NetState>,
 }
 
 /// What the host looks like, refreshed now and then (addresses come and go).
@@ -109,6 +116,8 @@ struct HostFacts {
     /// would be a route to ourselves.
     addresses: Vec<IpAddr>,
     reserved: Vec<ipnet::IpNet>,
+    /// Routes that are not Muslin's: a new network must not cover them.
+    foreign: Vec<ipnet::IpNet>,
     at: Instant,
 }
 
@@ -123,11 +132,13 @@ impl HostFacts {
             .iter()
             .flat_map(|c| c.addresses.iter().map(|a| a.addr()))
             .collect();
-        let reserved = reserved_in(pod_cidr, &muslin_plan::facts::foreign_routes(&state));
+        let foreign = muslin_plan::facts::foreign_routes(&state);
+        let reserved = reserved_in(pod_cidr, &foreign);
         Ok(HostFacts {
             cands,
             addresses,
             reserved,
+            foreign,
             at: Instant::now(),
         })
     }
@@ -239,10 +250,10 @@ pub async fn join(
         ttl,
         secret: secret.clone(),
     };
+    // Settling waits out a few gossip rounds, so a competing claim made at
+    // the same moment has reached us before we hand out addresses.
+    let settle = (interval * 5).max(Duration::from_millis(500));
     let leases = if config.blocks.is_empty() {
-        // Settling waits out a few gossip rounds, so a competing claim made
-        // at the same moment has reached us before we hand out addresses.
-        let settle = (interval * 5).max(Duration::from_millis(500));
         Some(
             Leases::load(
                 &config.state_dir,
@@ -399,6 +410,8 @@ pub async fn join(
         },
         status: Arc::new(RwLock::new(ClusterStatus::default())),
         leases,
+        settle,
+        nets: Default::default(),
         interval,
         pod_cidr: config.pod_cidr(),
         masquerade: config.masquerade,
@@ -415,9 +428,11 @@ impl Cluster {
         host: Executor,
         blocks: Arc<BlockSource>,
         mut endpoints: watch::Receiver<Vec<EndpointRecord>>,
+        networks: Arc<Networks>,
+        mut asks: tokio::sync::mpsc::Receiver<Ask>,
     ) {
         let started = Instant::now();
-        let mut last: Option<Desired> = None;
+        let mut last: Option<(Desired, Vec<nets::NetPlane>)> = None;
         let mut last_full = Instant::now() - Duration::from_secs(3600);
         let mut more = false;
         let mut masq = MasqueradeState::default();
@@ -470,6 +485,14 @@ impl Cluster {
                         .or_insert(BlockClaim { claimed_at_ms: *at });
                 }
             }
+            // Networks: every node republishes every record it knows, so a
+            // network outlives the node that created it.
+            let known = view.networks.clone();
+            let (live, net_warnings) = muslin_model::network::effective(&known, self.vx.vni);
+            networks.set_live(&live);
+            self.store
+                .sync_networks(&known, crate::leases::now_ms())
+                .await;
             let nodes: Vec<std::net::IpAddr> = view
                 .nodes
                 .values()
@@ -481,11 +504,13 @@ impl Cluster {
                     pod_cidr: self.pod_cidr,
                     enabled: self.masquerade,
                     nodes: nodes.into_iter().collect(),
+                    networks: live.values().map(NftNetwork::of).collect(),
                 },
             )
             .await;
+            self.lease_networks(&view, &live, &networks).await;
             if let Some(l) = self.leases.as_mut() {
-                let step = l.step(&view, more);
+                let step = l.step(&view, more || blocks.take_asked());
                 more = false;
                 let network = l.network();
                 for b in &step.release {
@@ -514,17 +539,23 @@ impl Cluster {
                     pod_cidr: self.pod_cidr,
                     local_addresses: &self.host.addresses,
                     path_mtu: &path_mtu,
+                    dev: muslin_model::dataplane::VXLAN_DEV,
+                    table: muslin_model::dataplane::MAIN_TABLE,
+                    pod_table: Some(muslin_model::dataplane::POD_TABLE),
+                    tunnel_always: false,
                 },
             );
+            let planes = self.network_planes(&view, &live, &path_mtu);
             // Deleting needs a complete view: not before we heard from the
             // cluster, and not in the first rounds after a restart.
             let allow_deletes = self.store.synced() && started.elapsed() > self.interval * 10;
             let full = last_full.elapsed() > Duration::from_secs(5);
-            if full || last.as_ref() != Some(&d) {
-                if let Err(e) = self.converge(&host, &d, allow_deletes).await {
+            let wanted = (d.clone(), planes);
+            if full || last.as_ref() != Some(&wanted) {
+                if let Err(e) = self.converge(&host, &d, &wanted.1, allow_deletes).await {
                     tracing::warn!(cause = %e, "data plane not converged; retrying");
                 } else {
-                    last = Some(d.clone());
+                    last = Some(wanted.clone());
                     if full {
                         last_full = Instant::now();
                     }
@@ -533,9 +564,11 @@ impl Cluster {
             let plan = self.plan_probes(&view, &d);
             self.refresh_record(&plan).await;
             self.redirect_gossip(&view, &plan);
-            self.publish_status(&view, &d, &path_mtu).await;
+            self.publish_status(&view, &d, &path_mtu, &live, net_warnings)
+                .await;
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
+                Some(ask) = asks.recv() => self.answer(ask, &view, &live, &host).await,
                 _ = blocks.wanted() => more = true,
                 r = endpoints.changed() => {
                     // The node is gone (shutting down): rounds go on by time.
@@ -722,18 +755,52 @@ impl Cluster {
         &self,
         host: &Executor,
         d: &Desired,
+        planes: &[nets::NetPlane],
         allow_deletes: bool,
     ) -> Result<(), muslin_kernel::KernelError> {
         let observed = host.host().await?;
-        let want = data_plane::host_state(d);
-        let plan = muslin_plan::diff(
+        let mut want = data_plane::host_state(d);
+        for p in planes {
+            let s = data_plane::network_state(&p.desired, &p.spec, p.reach);
+            want.links.extend(s.links);
+            want.addresses.extend(s.addresses);
+            want.routes.extend(s.routes);
+            want.rules.extend(s.rules);
+            want.neighbours.extend(s.neighbours);
+            want.fdb.extend(s.fdb);
+        }
+        let specs: Vec<&muslin_model::network::NetworkSpec> =
+            planes.iter().map(|p| &p.spec).collect();
+        let mut plan = muslin_plan::diff(
             &observed,
             &want,
-            &data_plane::ownership(&NetworkTables::default_network(), allow_deletes),
+            &data_plane::all_ownership(&specs, allow_deletes),
         );
         for why in &plan.skipped {
             tracing::debug!("not programmed: {why}");
         }
+        if allow_deletes {
+            plan.changes
+                .extend(data_plane::stale_tunnels(&observed, &specs));
+        }
+        // A network's new tunnel: strict rp_filter must check the sources
+        // arriving on it with the network's mark (see attachment::create).
+        let marks: Vec<Change> = plan
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::CreateLink(l)
+                    if muslin_model::network::parse_vxlan_dev(&l.name).is_some() =>
+                {
+                    Some(Change::Sysctl {
+                        key: format!("net/ipv4/conf/{}/src_valid_mark", l.name),
+                        value: "1".into(),
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        plan.changes.extend(marks);
         if plan.changes.is_empty() {
             return Ok(());
         }
@@ -766,9 +833,11 @@ impl Cluster {
         view: &ClusterView,
         d: &Desired,
         path_mtu: &std::collections::BTreeMap<String, u32>,
+        live: &std::collections::BTreeMap<String, muslin_model::network::NetworkSpec>,
+        net_warnings: Vec<String>,
     ) {
         let owners = view.block_owners();
-        let mut warnings = Vec::new();
+        let mut warnings = net_warnings;
         warnings.extend(self.pinned_hint.clone());
         if !self.store.synced() {
             warnings.push(format!(
@@ -881,6 +950,7 @@ impl Cluster {
             probe_bytes_received: crate::prober::RECEIVED
                 .load(std::sync::atomic::Ordering::Relaxed),
             endpoints,
+            networks: self.statuses(view, live, None),
         };
         for w in s.warnings.iter().filter(|w| !was_warned.contains(w)) {
             tracing::warn!("{w}");

@@ -15,7 +15,8 @@ use muslin_model::cluster::EndpointRecord;
 use muslin_model::cni::{CniError, ErrorCode};
 use muslin_model::ipam::{capacity, AttachmentKey, Endpoint, EndpointTable, IpamError};
 use muslin_model::naming::{format_mac, host_ifname};
-use muslin_model::plumbing::{plan, AttachmentPlan};
+use muslin_model::network::NetworkSpec;
+use muslin_model::plumbing::{plan_in, AttachmentPlan, Placement};
 use muslin_plan::object::Ns;
 use muslin_plan::{attachment, repair, Change, Step};
 use tokio::sync::{watch, Mutex, RwLock};
@@ -33,6 +34,8 @@ pub struct Node {
     pub mtu: u32,
     pub blocks: Arc<BlockSource>,
     pub cluster: Option<Arc<RwLock<ClusterStatus>>>,
+    /// Networks besides the default one; `None` without a cluster.
+    pub networks: Option<Arc<crate::networks::Networks>>,
     executor: Executor,
     table: Mutex<Versioned>,
     writer: Mutex<u64>,
@@ -95,6 +98,7 @@ impl Node {
             mtu,
             blocks,
             cluster: None,
+            networks: None,
             executor,
             table: Mutex::new(Versioned {
                 table,
@@ -106,6 +110,16 @@ impl Node {
             endpoints: watch::Sender::new(Vec::new()),
             attaching: std::sync::Mutex::new(HashSet::new()),
         }
+    }
+
+    /// The networks, or why there are none.
+    pub fn networks(&self) -> Result<&Arc<crate::networks::Networks>, CniError> {
+        self.networks.as_ref().ok_or_else(|| {
+            CniError::new(
+                ErrorCode::NotAvailable,
+                "this agent runs without a cluster (no underlay, no peers): it has only the default network",
+            )
+        })
     }
 
     /// Recomputes what the cluster should see of this node's endpoints.
@@ -183,10 +197,38 @@ impl Node {
         r
     }
 
+    /// The network an ADD joins: the configuration's `network`, else the
+    /// network named like the configuration, else the default network
+    /// (`None`).
+    fn network_of(&self, req: &AddRequest) -> Result<Option<NetworkSpec>, CniError> {
+        let name = req.network.as_deref().unwrap_or(&req.key.network);
+        if name == muslin_model::DEFAULT_NETWORK {
+            return Ok(None);
+        }
+        let found = self.networks.as_ref().and_then(|n| n.get(name));
+        match (found, &req.network) {
+            (Some(n), _) => Ok(Some(n)),
+            (None, None) => Ok(None),
+            (None, Some(_)) if self.networks.is_none() => Err(CniError::new(
+                ErrorCode::InvalidConfig,
+                format!("network {name:?}: this agent runs without a cluster, so it has only the default network"),
+            )),
+            (None, Some(_)) => Err(CniError::new(
+                ErrorCode::InvalidConfig,
+                format!("network {name:?} does not exist (`muslin network list` shows those that do; `muslin network create` makes one)"),
+            )),
+        }
+    }
+
     async fn attach(&self, req: &AddRequest) -> Result<Added, CniError> {
-        let mtu = req.mtu.unwrap_or(self.mtu);
-        let (addresses, fresh) = self.allocate(req, mtu).await?;
-        let p = plan(&req.key, &addresses, mtu);
+        let net = self.network_of(req)?;
+        let default_mtu = match (&net, &self.networks) {
+            (Some(_), Some(n)) => n.tunnel_mtu,
+            _ => self.mtu,
+        };
+        let mtu = req.mtu.unwrap_or(default_mtu);
+        let (addresses, place, fresh) = self.allocate(req, net.as_ref(), mtu).await?;
+        let p = plan_in(&req.key, &addresses, mtu, &place);
         // A retried ADD (the runtime timed out, the plugin was killed) of an
         // attachment that is complete gets its result, not a rebuilt veth.
         if !fresh && matches!(self.problems(&p, &req.netns).await, Ok(v) if v.is_empty()) {
@@ -211,15 +253,27 @@ impl Node {
 
     /// Records the attachment with an address, waiting for a first block
     /// (a lease still settling) or for one more block when all are full.
-    async fn allocate(&self, req: &AddRequest, mtu: u32) -> Result<(Vec<IpNet>, bool), CniError> {
+    async fn allocate(
+        &self,
+        req: &AddRequest,
+        net: Option<&NetworkSpec>,
+        mtu: u32,
+    ) -> Result<(Vec<IpNet>, Placement, bool), CniError> {
         const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-        let mut blocks = self.blocks.current();
+        let source = match (net, &self.networks) {
+            (Some(n), Some(nets)) => nets.blocks(&n.name),
+            _ => self.blocks.clone(),
+        };
+        let network_id = net
+            .map(|n| n.name.clone())
+            .unwrap_or_else(|| muslin_model::DEFAULT_NETWORK.to_string());
+        let mut blocks = source.current();
         if blocks.is_empty() {
-            blocks = self.blocks.more_than(0, WAIT).await;
+            blocks = source.more_than(0, WAIT).await;
             if blocks.is_empty() {
                 return Err(CniError::new(
                     ErrorCode::TryAgainLater,
-                    "this node holds no address block yet (its lease is still settling)",
+                    format!("this node holds no address block of network {network_id} yet (its lease is still settling)"),
                 ));
             }
         }
@@ -227,19 +281,37 @@ impl Node {
         loop {
             let (allocated, gen) = self
                 .mutate(|t| {
-                    t.allocate(req.key.clone(), &blocks, |address| Endpoint {
+                    // The container's first interface carries its default
+                    // route; a further one routes its network's subnets.
+                    let further = t.endpoints.iter().any(|(k, e)| {
+                        k.container_id == req.key.container_id
+                            && k.ifname != req.key.ifname
+                            && e.place.routes.is_empty()
+                    });
+                    let place = Placement {
+                        table: net.map(NetworkSpec::table),
+                        group: net.map(NetworkSpec::group),
+                        routes: match (further, net) {
+                            (false, _) => vec![],
+                            (true, Some(n)) => n.subnets.clone(),
+                            (true, None) => self.config.pod_cidrs().to_vec(),
+                        },
+                    };
+                    t.allocate(req.key.clone(), &network_id, &blocks, |address| Endpoint {
+                        network_id: network_id.clone(),
                         netns: Some(req.netns.clone()),
                         pod: req.pod.clone(),
                         pod_namespace: req.pod_namespace.clone(),
                         pod_name: req.pod_name.clone(),
                         labels: req.labels.clone(),
+                        place,
                         ..Endpoint::new(
                             address,
                             host_ifname(&req.key.container_id, &req.key.ifname),
                             mtu,
                         )
                     })
-                    .map(|(e, fresh)| (e.addresses.clone(), fresh))
+                    .map(|(e, fresh)| (e.addresses.clone(), e.place.clone(), fresh))
                 })
                 .await;
             match allocated {
@@ -253,13 +325,13 @@ impl Node {
                     }
                     return Ok(a);
                 }
-                Err(IpamError::Exhausted { .. }) if self.blocks.leased && !asked_more => {
+                Err(IpamError::Exhausted { .. }) if source.leased && !asked_more => {
                     asked_more = true;
                     tracing::info!(
                         blocks = blocks.len(),
                         "every block is full; claiming another"
                     );
-                    blocks = self.blocks.more_than(blocks.len(), WAIT).await;
+                    blocks = source.more_than(blocks.len(), WAIT).await;
                 }
                 Err(e) => return Err(CniError::new(ErrorCode::AddressesExhausted, e.to_string())),
             }
@@ -344,7 +416,7 @@ impl Node {
                 ),
             ));
         };
-        let p = plan(&req.key, &ep.addresses, ep.mtu);
+        let p = plan_in(&req.key, &ep.addresses, ep.mtu, &ep.place);
         if let Some(bad) = req.expect.iter().find(|a| !p.addresses.contains(a)) {
             let had: Vec<String> = p.addresses.iter().map(|a| a.to_string()).collect();
             return Err(CniError::new(
@@ -453,7 +525,7 @@ impl Node {
             .table
             .endpoints
             .iter()
-            .map(|(k, e)| (k.clone(), e.clone(), plan(k, &e.addresses, e.mtu)))
+            .map(|(k, e)| (k.clone(), e.clone(), plan_in(k, &e.addresses, e.mtu, &e.place)))
             .collect()
     }
 
@@ -470,7 +542,7 @@ impl Node {
                 .table
                 .endpoints
                 .iter()
-                .map(|(k, e)| plan(k, &e.addresses, e.mtu))
+                .map(|(k, e)| plan_in(k, &e.addresses, e.mtu, &e.place))
                 .collect();
             // Queued while the table is locked: an ADD that records this
             // name later queues its veth after our deletion, never before.
@@ -565,5 +637,6 @@ fn added(p: &AttachmentPlan) -> Added {
         container_mac: format_mac(&p.container_mac),
         addresses: p.addresses.clone(),
         mtu: p.mtu,
+        routes: p.place.routes.clone(),
     }
 }

@@ -12,6 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::networks::Ask;
 use crate::node::Node;
 
 /// Requests are small; anything larger is a confused or hostile client.
@@ -164,6 +165,21 @@ async fn dispatch(node: &Node, req: Request) -> Response {
             .await
             .map(|released| Response::Collected { released }),
         Request::Status => Ok(Response::Status(node.status().await)),
+        Request::NetworkCreate(c) => match node.networks() {
+            Ok(n) => n.ask(|tx| Ask::Create(c, tx)).await.and_then(|r| r),
+            Err(e) => Err(e),
+        }
+        .map(Response::Network),
+        Request::NetworkDelete { name } => match node.networks() {
+            Ok(n) => n.ask(|tx| Ask::Delete(name, tx)).await.and_then(|r| r),
+            Err(e) => Err(e),
+        }
+        .map(|_| Response::Done),
+        Request::NetworkList => match node.networks() {
+            Ok(n) => n.ask(Ask::List).await,
+            Err(e) => Err(e),
+        }
+        .map(Response::Networks),
         Request::Reap { apply } => node
             .reap(apply)
             .await

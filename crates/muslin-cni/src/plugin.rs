@@ -91,6 +91,7 @@ fn invoke(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<String, 
                 pod_namespace,
                 pod_name,
                 labels,
+                network: conf.network.clone(),
             });
             match agent(&socket, &req, ErrorCode::TryAgainLater)? {
                 Response::Added(a) => {
@@ -239,14 +240,23 @@ fn success(a: &Added, netns: &std::path::Path, dns: Dns) -> SuccessResult {
                 interface: 1,
             })
             .collect(),
-        routes: a
-            .addresses
-            .iter()
-            .map(|addr| Route {
-                dst: default_route(addr.addr()),
-                gw: Some(gateway_for(addr.addr())),
-            })
-            .collect(),
+        routes: if a.routes.is_empty() {
+            a.addresses
+                .iter()
+                .map(|addr| Route {
+                    dst: default_route(addr.addr()),
+                    gw: Some(gateway_for(addr.addr())),
+                })
+                .collect()
+        } else {
+            a.routes
+                .iter()
+                .map(|dst| Route {
+                    dst: *dst,
+                    gw: Some(gateway_for(dst.addr())),
+                })
+                .collect()
+        },
         dns,
     }
 }

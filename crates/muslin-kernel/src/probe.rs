@@ -160,14 +160,46 @@ pub fn transfer(
     upload: bool,
     timeout: Duration,
 ) -> Result<Duration, ProbeError> {
+    transfer_from(target, port, None, bytes, upload, timeout)
+}
+
+/// [`transfer`] from a fixed local port: two such transfers between
+/// the same addresses in two networks are the same flow, which only
+/// separate conntrack zones keep apart.
+pub fn transfer_from(
+    target: IpAddr,
+    port: u16,
+    source_port: Option<u16>,
+    bytes: u64,
+    upload: bool,
+    timeout: Duration,
+) -> Result<Duration, ProbeError> {
     let start = Instant::now();
     let fail = |reason: String| ProbeError {
         proto: "tcp",
         target,
         reason,
     };
-    let mut s = TcpStream::connect_timeout(&SocketAddr::new(target, port), timeout)
-        .map_err(|e| fail(format!("connect: {e}")))?;
+    let to = SocketAddr::new(target, port);
+    let mut s = match source_port {
+        None => TcpStream::connect_timeout(&to, timeout),
+        Some(sp) => (|| {
+            let sock = socket2::Socket::new(
+                socket2::Domain::for_address(to),
+                socket2::Type::STREAM,
+                None,
+            )?;
+            sock.set_reuse_address(true)?;
+            let any: IpAddr = match target {
+                IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+                IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+            };
+            sock.bind(&SocketAddr::new(any, sp).into())?;
+            sock.connect_timeout(&to.into(), timeout)?;
+            Ok(TcpStream::from(sock))
+        })(),
+    }
+    .map_err(|e: io::Error| fail(format!("connect: {e}")))?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| fail(e.to_string()))?;
     s.set_write_timeout(Some(timeout))

@@ -30,6 +30,14 @@ pub enum Request {
     Reap {
         apply: bool,
     },
+    NetworkCreate(crate::network::CreateNetwork),
+    /// Refused while the network has endpoints anywhere in the cluster.
+    NetworkDelete {
+        name: String,
+    },
+    /// Every network in force, the default one first; with counters read
+    /// from the host's firewall.
+    NetworkList,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +55,11 @@ pub struct AddRequest {
     /// The network configuration's `args.cni.labels`, checked by the plugin.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The Muslin network asked for by the configuration's `network` key;
+    /// without it, the network named like the configuration, else the
+    /// default network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,7 +91,35 @@ pub enum Response {
     Collected { released: Vec<AttachmentKey> },
     Status(NodeStatus),
     Reaped { stale: Vec<StaleAttachment> },
+    Network(crate::network::NetworkSpec),
+    Networks(Vec<NetworkStatus>),
     Error(CniError),
+}
+
+/// A network as `muslin network list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkStatus {
+    pub name: String,
+    pub subnets: Vec<IpNet>,
+    pub vni: u32,
+    /// 0 for the default network.
+    pub id: u16,
+    pub isolated_from_host: bool,
+    /// Whether this host routes to its containers (see
+    /// `network::host_reach`), and if not, why.
+    pub host_reach: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_reach_why: Option<String>,
+    /// Endpoints in the cluster, by `node/container/ifname`.
+    pub endpoints: Vec<String>,
+    /// Nodes holding blocks of it.
+    pub nodes: Vec<String>,
+    /// Packets this host dropped on their way out of the network towards
+    /// another network, and on their way into it from outside it.
+    pub dropped_leaving: u64,
+    pub dropped_entering: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
 }
 
 /// The first line of every answer to a parsed request: `{"kind":"accepted"}`.
@@ -115,6 +156,9 @@ pub struct Added {
     /// gateway (`plumbing::gateway_for`).
     pub addresses: Vec<IpNet>,
     pub mtu: u32,
+    /// Destinations the container routes through this interface; empty
+    /// for the default route.
+    pub routes: Vec<IpNet>,
 }
 
 /// [`Added`] on the wire, readable by the previous version too: while a
@@ -134,6 +178,8 @@ struct AddedWire {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     gateway: Option<IpAddr>,
     mtu: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    routes: Vec<IpNet>,
 }
 
 impl From<AddedWire> for Added {
@@ -148,6 +194,7 @@ impl From<AddedWire> for Added {
                 _ => w.addresses,
             },
             mtu: w.mtu,
+            routes: w.routes,
         }
     }
 }
@@ -164,6 +211,7 @@ impl From<Added> for AddedWire {
             gateway: first.map(|f| crate::plumbing::gateway_for(f.addr())),
             addresses: a.addresses,
             mtu: a.mtu,
+            routes: a.routes,
         }
     }
 }
@@ -230,6 +278,10 @@ pub struct ClusterStatus {
     /// Every endpoint of the cluster as this node's view holds it.
     #[serde(default)]
     pub endpoints: Vec<EndpointRecord>,
+    /// The networks in force besides the default one, with the nodes
+    /// holding blocks of each and whether this host routes to it.
+    #[serde(default)]
+    pub networks: Vec<NetworkStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,6 +11,7 @@
 //! | claim, v2 | `v2/block/NETWORK/CIDR` | `v2/blocks/NETWORK/CIDR` |
 //! | claim, v1 | `block/CIDR` | `blocks/CIDR` |
 //! | endpoint | `v2/endpoint/NETWORK/CONTAINER/IFNAME` | `v2/endpoints/NODE/NETWORK/CONTAINER/IFNAME` |
+//! | network | `v2/network/NAME` (every node, see `network`) | `v2/networks/NAME` |
 //!
 //! A v1 claim key stands for the default network. Claims of the default
 //! network are written under both forms, so that agents of the previous
@@ -34,6 +35,17 @@ pub const BLOCK_KEY_PREFIX: &str = "block/";
 pub const BLOCK_KEY_V2_PREFIX: &str = "v2/block/";
 /// Gossip key prefix of endpoints: `v2/endpoint/default/CONTAINER/eth0`.
 pub const ENDPOINT_KEY_PREFIX: &str = "v2/endpoint/";
+
+/// Gossip key prefix of network records: `v2/network/red`.
+pub const NETWORK_KEY_PREFIX: &str = "v2/network/";
+
+pub fn gossip_network_key(name: &str) -> String {
+    format!("{NETWORK_KEY_PREFIX}{name}")
+}
+
+pub fn etcd_network_key(prefix: &str, name: &str) -> String {
+    format!("{prefix}v2/networks/{name}")
+}
 
 /// Whether `id` can be a network id: it becomes a key part and a file
 /// name part, so a short run of lowercase letters, digits, `-`, `_`, `.`.
@@ -115,6 +127,7 @@ pub enum EtcdKey {
     Alive(String),
     Block { network: String, block: IpNet },
     Endpoint { node: String },
+    Network(String),
 }
 
 pub fn parse_etcd_key(prefix: &str, key: &str) -> Option<EtcdKey> {
@@ -138,6 +151,10 @@ pub fn parse_etcd_key(prefix: &str, key: &str) -> Option<EtcdKey> {
             network: network.to_string(),
             block: block.parse().ok()?,
         });
+    }
+    if let Some(n) = rest.strip_prefix("v2/networks/") {
+        valid_network_id(n).then_some(())?;
+        return Some(EtcdKey::Network(n.to_string()));
     }
     if let Some(r) = rest.strip_prefix("v2/endpoints/") {
         let (node, _) = r.split_once('/')?;
@@ -290,9 +307,41 @@ impl PeerView {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ClusterView {
     pub nodes: BTreeMap<String, PeerView>,
+    /// Every network record known, deletions included (see `network`).
+    pub networks: BTreeMap<String, crate::network::NetworkSpec>,
 }
 
 impl ClusterView {
+    /// The view of one network's blocks: each node's claims in `network`
+    /// stand where the lease rules and the data plane read the default
+    /// network's, so both apply to every network unchanged.
+    pub fn of_network(&self, network: &str) -> ClusterView {
+        if network == crate::DEFAULT_NETWORK {
+            return self.clone();
+        }
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|(name, p)| {
+                let claims = p.network_claims.get(network).cloned().unwrap_or_default();
+                (
+                    name.clone(),
+                    PeerView {
+                        record: p.record.clone(),
+                        claims,
+                        network_claims: BTreeMap::new(),
+                        alive: p.alive,
+                        endpoints: Vec::new(),
+                    },
+                )
+            })
+            .collect();
+        ClusterView {
+            nodes,
+            networks: BTreeMap::new(),
+        }
+    }
+
     /// Every endpoint of the cluster, node by node.
     pub fn endpoints(&self) -> Vec<&EndpointRecord> {
         self.nodes

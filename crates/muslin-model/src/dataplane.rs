@@ -130,6 +130,19 @@ pub struct Params<'a> {
     pub local_addresses: &'a [IpAddr],
     /// Measured path MTU to each peer (IP packet size over the underlay).
     pub path_mtu: &'a BTreeMap<String, u32>,
+    /// Where the network lives on the host: its tunnel device, the table
+    /// of its routes to peers' blocks, and the table only its pods' traffic
+    /// looks up (routes to peers' node addresses).
+    pub dev: &'a str,
+    pub table: u32,
+    /// `None`: pods' packets to peers' node addresses take the main
+    /// routing (an isolated network's are dropped there).
+    pub pod_table: Option<u32>,
+    /// A network other than the default: its tunnel exists whether or not
+    /// this node holds a block of it (hosts route to its containers), and
+    /// each peer's next hop in the tunnel is the peer's node address, so a
+    /// peer without a block is reachable too.
+    pub tunnel_always: bool,
 }
 
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -186,14 +199,19 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
     let mut d = Desired::default();
     let mine = blocks_of(me);
     let vx_mtu = local.mtu - VXLAN_OVERHEAD;
-    d.vxlan = mine.first().map(|b| VxlanDevice {
+    let vtep_address = match (mine.first(), p.tunnel_always) {
+        (Some(b), _) => Some(b.network()),
+        (None, true) => Some(local.address),
+        (None, false) => None,
+    };
+    d.vxlan = vtep_address.map(|address| VxlanDevice {
         vni: p.vx.vni,
         port: p.vx.port,
         local: local.address,
         underlay_if: local.ifname.clone(),
         mtu: vx_mtu,
         mac: p.vtep_mac,
-        address: b.network(),
+        address,
     });
     d.pod_rule = d.vxlan.as_ref().map(|_| pod_cidr);
     for (name, peer) in &view.nodes {
@@ -231,36 +249,40 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
                         dev: local.ifname.clone(),
                         onlink: false,
                         mtu: pin,
-                        table: MAIN_TABLE,
+                        table: p.table,
                     });
                 }
             }
             Path::Vxlan => {
-                let (Some(first), Some(mac), Some(_)) =
-                    (blocks.first(), parse_mac(&rec.vtep_mac), &d.vxlan)
+                let vtep = match p.tunnel_always {
+                    true => Some(rec.address),
+                    false => blocks.first().map(|b| b.network()),
+                };
+                let (Some(vtep), Some(mac), Some(_)) =
+                    (vtep, parse_mac(&rec.vtep_mac), &d.vxlan)
                 else {
                     d.paths.insert(name.clone(), path);
                     continue;
                 };
-                let vtep = first.network();
                 let inner = pmtu.saturating_sub(VXLAN_OVERHEAD).max(576);
                 let pin = (p.backend == Backend::Auto || inner < vx_mtu).then_some(inner);
                 let via_tunnel = |dst: IpNet, table: u32| ClusterRoute {
                     dst,
                     via: vtep,
-                    dev: VXLAN_DEV.into(),
+                    dev: p.dev.into(),
                     onlink: true,
                     mtu: pin,
                     table,
                 };
                 for b in &blocks {
-                    d.routes.push(via_tunnel(*b, MAIN_TABLE));
+                    d.routes.push(via_tunnel(*b, p.table));
                 }
                 // A pod's packet to the peer node itself goes through the
                 // tunnel too, so it arrives where the node's route back to
                 // the pod points: strict rp_filter there accepts it.
-                d.routes
-                    .push(via_tunnel(IpNet::from(rec.address), POD_TABLE));
+                if let Some(t) = p.pod_table {
+                    d.routes.push(via_tunnel(IpNet::from(rec.address), t));
+                }
                 d.neighbours.push((vtep, mac));
                 d.fdb.push((mac, rec.address));
             }
@@ -331,6 +353,10 @@ mod tests {
                 pod_cidr: POD,
                 local_addresses,
                 path_mtu,
+                dev: VXLAN_DEV,
+                table: MAIN_TABLE,
+                pod_table: Some(POD_TABLE),
+                tunnel_always: false,
             },
         )
     }

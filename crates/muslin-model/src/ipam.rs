@@ -43,6 +43,13 @@ pub struct Endpoint {
     /// From the network configuration's `args.cni.labels`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Where it sits in the host's routing (a network's table and group).
+    #[serde(default, skip_serializing_if = "crate::ipam::is_default")]
+    pub place: crate::plumbing::Placement,
+}
+
+pub(crate) fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 impl Endpoint {
@@ -58,6 +65,7 @@ impl Endpoint {
             pod_namespace: None,
             pod_name: None,
             labels: BTreeMap::new(),
+            place: Default::default(),
         }
     }
 
@@ -126,7 +134,11 @@ pub struct EndpointTable {
     pub version: u32,
     #[serde(with = "endpoint_list")]
     pub endpoints: BTreeMap<AttachmentKey, Endpoint>,
+    /// The default network's allocation cursor.
     pub cursor: Option<IpAddr>,
+    /// Other networks' cursors: networks may share addresses.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cursors: BTreeMap<String, IpAddr>,
 }
 
 /// JSON maps need string keys; the table is stored as a list instead.
@@ -217,6 +229,7 @@ mod v1 {
                 version: TABLE_VERSION,
                 endpoints,
                 cursor: t.cursor,
+                cursors: BTreeMap::new(),
             }
         }
     }
@@ -230,9 +243,11 @@ impl EndpointTable {
         }
     }
 
-    pub fn used(&self) -> BTreeSet<IpAddr> {
+    /// Addresses held in `network`.
+    pub fn used(&self, network: &str) -> BTreeSet<IpAddr> {
         self.endpoints
             .values()
+            .filter(|e| e.network_id == network)
             .flat_map(|e| e.addresses.iter().map(|a| a.addr()))
             .collect()
     }
@@ -240,9 +255,11 @@ impl EndpointTable {
     /// Records an attachment, giving it a free address from `blocks`. A key
     /// that already holds an address keeps it (a retried ADD after a crash
     /// must not leak the first address nor hand out a second).
+    /// `blocks` are `network`'s; the address is free in that network.
     pub fn allocate(
         &mut self,
         key: AttachmentKey,
+        network: &str,
         blocks: &[IpNet],
         make: impl FnOnce(IpAddr) -> Endpoint,
     ) -> Result<(&Endpoint, bool), IpamError> {
@@ -252,8 +269,13 @@ impl EndpointTable {
         if self.endpoints.contains_key(&key) {
             return Ok((&self.endpoints[&key], false));
         }
-        let used = self.used();
-        let addr = next_free(blocks, &used, self.cursor).ok_or_else(|| IpamError::Exhausted {
+        let used = self.used(network);
+        let cursor = if network == crate::DEFAULT_NETWORK {
+            self.cursor
+        } else {
+            self.cursors.get(network).copied()
+        };
+        let addr = next_free(blocks, &used, cursor).ok_or_else(|| IpamError::Exhausted {
             blocks: blocks
                 .iter()
                 .map(|b| b.to_string())
@@ -261,7 +283,11 @@ impl EndpointTable {
                 .join(", "),
             used: used.len(),
         })?;
-        self.cursor = Some(addr);
+        if network == crate::DEFAULT_NETWORK {
+            self.cursor = Some(addr);
+        } else {
+            self.cursors.insert(network.to_string(), addr);
+        }
         let e = self.endpoints.entry(key).or_insert(make(addr));
         Ok((e, true))
     }
@@ -344,13 +370,13 @@ mod tests {
         let mut t = EndpointTable::new();
         let mut seen = BTreeSet::new();
         for i in 0..capacity(&bl[0]) {
-            let (e, fresh) = t.allocate(key(&format!("c{i}")), &bl, ep).unwrap();
+            let (e, fresh) = t.allocate(key(&format!("c{i}")), "default", &bl, ep).unwrap();
             assert!(fresh);
             assert!(seen.insert(e.addresses[0].addr()));
         }
         assert!(!seen.contains(&"10.1.0.0".parse::<IpAddr>().unwrap()));
         assert!(!seen.contains(&"10.1.0.7".parse::<IpAddr>().unwrap()));
-        let err = t.allocate(key("one-more"), &bl, ep).unwrap_err();
+        let err = t.allocate(key("one-more"), "default", &bl, ep).unwrap_err();
         assert!(matches!(err, IpamError::Exhausted { used: 6, .. }), "{err}");
         assert!(err.to_string().contains("10.1.0.0/29"));
     }
@@ -359,8 +385,8 @@ mod tests {
     fn same_key_keeps_its_address() {
         let bl = blocks(&["10.1.0.0/24"]);
         let mut t = EndpointTable::new();
-        let a = t.allocate(key("c"), &bl, ep).unwrap().0.addresses[0].addr();
-        let (e, fresh) = t.allocate(key("c"), &bl, ep).unwrap();
+        let a = t.allocate(key("c"), "default", &bl, ep).unwrap().0.addresses[0].addr();
+        let (e, fresh) = t.allocate(key("c"), "default", &bl, ep).unwrap();
         assert_eq!((e.addresses[0].addr(), fresh), (a, false));
         assert_eq!(t.endpoints.len(), 1);
     }
@@ -369,18 +395,18 @@ mod tests {
     fn release_then_reuse_round_robin() {
         let bl = blocks(&["10.1.0.0/29"]);
         let mut t = EndpointTable::new();
-        let a1 = t.allocate(key("a"), &bl, ep).unwrap().0.addresses[0].addr();
-        let _a2 = t.allocate(key("b"), &bl, ep).unwrap().0.addresses[0].addr();
+        let a1 = t.allocate(key("a"), "default", &bl, ep).unwrap().0.addresses[0].addr();
+        let _a2 = t.allocate(key("b"), "default", &bl, ep).unwrap().0.addresses[0].addr();
         assert_eq!(t.release(&key("a")).unwrap().addresses[0].addr(), a1);
         assert!(t.release(&key("a")).is_none());
         // The released address is not the next one handed out.
-        let a3 = t.allocate(key("c"), &bl, ep).unwrap().0.addresses[0].addr();
+        let a3 = t.allocate(key("c"), "default", &bl, ep).unwrap().0.addresses[0].addr();
         assert_ne!(a3, a1);
         // But it comes back once the cursor wraps.
         let mut got = vec![];
         for i in 0..4 {
             got.push(
-                t.allocate(key(&format!("d{i}")), &bl, ep)
+                t.allocate(key(&format!("d{i}")), "default", &bl, ep)
                     .unwrap()
                     .0
                     .addresses[0]
@@ -397,15 +423,15 @@ mod tests {
         let got: Vec<String> = ["a", "b", "c", "d"]
             .iter()
             .map(|c| {
-                t.allocate(key(c), &bl, ep).unwrap().0.addresses[0]
+                t.allocate(key(c), "default", &bl, ep).unwrap().0.addresses[0]
                     .addr()
                     .to_string()
             })
             .collect();
         assert_eq!(got, ["10.1.0.1", "10.1.0.2", "10.2.0.1", "10.2.0.2"]);
-        assert!(t.allocate(key("e"), &bl, ep).is_err());
+        assert!(t.allocate(key("e"), "default", &bl, ep).is_err());
         assert_eq!(
-            t.allocate(key("x"), &[], ep).unwrap_err(),
+            t.allocate(key("x"), "default", &[], ep).unwrap_err(),
             IpamError::NoBlocks
         );
     }
@@ -415,13 +441,13 @@ mod tests {
         let bl = blocks(&["10.1.0.0/24"]);
         let mut t = EndpointTable::new();
         for c in ["a", "b", "c"] {
-            t.allocate(key(c), &bl, ep).unwrap();
+            t.allocate(key(c), "default", &bl, ep).unwrap();
         }
         let other = AttachmentKey {
             network: "other".into(),
             ..key("z")
         };
-        t.allocate(other, &bl, ep).unwrap();
+        t.allocate(other, "default", &bl, ep).unwrap();
         let valid: HashSet<_> = [("b".to_string(), "eth0".to_string())].into();
         let mut stale = t.stale("n", &valid);
         stale.sort();
@@ -432,12 +458,12 @@ mod tests {
     fn persistence_round_trip() {
         let bl = blocks(&["10.1.0.0/24", "fd00:1::/120"]);
         let mut t = EndpointTable::new();
-        t.allocate(key("a"), &bl, |a| Endpoint {
+        t.allocate(key("a"), "default", &bl, |a| Endpoint {
             pod: Some("ns/p".into()),
             ..ep(a)
         })
         .unwrap();
-        t.allocate(key("b"), &bl, ep).unwrap();
+        t.allocate(key("b"), "default", &bl, ep).unwrap();
         let back = EndpointTable::from_json(&t.to_json()).unwrap();
         assert_eq!(back, t);
         assert!(EndpointTable::from_json(b"{\"version\":1,").is_err());
@@ -484,4 +510,27 @@ mod tests {
         let newer = EndpointTable::from_json(br#"{"version":3,"endpoints":[]}"#).unwrap_err();
         assert!(newer.to_string().contains("newer"), "{newer}");
     }
+
+    #[test]
+    fn networks_allocate_the_same_addresses_independently() {
+        let bl = blocks(&["10.50.0.0/29"]);
+        let mut t = EndpointTable::new();
+        let in_net = |net: &'static str| {
+            move |a: IpAddr| Endpoint {
+                network_id: net.into(),
+                ..ep(a)
+            }
+        };
+        let r = t.allocate(key("r"), "red", &bl, in_net("red")).unwrap().0.addresses[0];
+        let b = t.allocate(key("b"), "blue", &bl, in_net("blue")).unwrap().0.addresses[0];
+        assert_eq!(r, b, "red and blue each start at the first address");
+        let d = t.allocate(key("d"), "default", &bl, ep).unwrap().0.addresses[0];
+        assert_eq!(d, r);
+        let r2 = t.allocate(key("r2"), "red", &bl, in_net("red")).unwrap().0.addresses[0];
+        assert_ne!(r2, r);
+        assert_eq!(t.used("red").len(), 2);
+        let back = EndpointTable::from_json(&t.to_json()).unwrap();
+        assert_eq!(back, t, "per-network cursors persist");
+    }
+
 }

@@ -11,6 +11,7 @@ pub mod health;
 pub mod host_firewall;
 pub mod ipam;
 pub mod naming;
+pub mod network;
 pub mod plumbing;
 pub mod settings;
 pub mod underlay;

@@ -24,6 +24,30 @@ pub struct AttachmentPlan {
     /// per family; each family routes via its own [`gateway_for`].
     pub addresses: Vec<IpNet>,
     pub mtu: u32,
+    pub place: Placement,
+}
+
+/// Where an attachment sits in the host's routing, and which routes the
+/// container gets through it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Placement {
+    /// Routing table of the host's route to the container (`None`: main).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<u32>,
+    /// Link group of the host's veth (`None`: the default network's 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<u32>,
+    /// Destinations the container routes through this interface: empty
+    /// for the default route (the container's first attachment), else its
+    /// network's subnets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<IpNet>,
+}
+
+impl Placement {
+    pub fn table(&self) -> u32 {
+        self.table.unwrap_or(crate::dataplane::MAIN_TABLE)
+    }
 }
 
 pub fn gateway_for(addr: IpAddr) -> IpAddr {
@@ -41,7 +65,17 @@ pub fn default_route(addr: IpAddr) -> IpNet {
 }
 
 pub fn plan(key: &AttachmentKey, addresses: &[IpNet], mtu: u32) -> AttachmentPlan {
+    plan_in(key, addresses, mtu, &Placement::default())
+}
+
+pub fn plan_in(
+    key: &AttachmentKey,
+    addresses: &[IpNet],
+    mtu: u32,
+    place: &Placement,
+) -> AttachmentPlan {
     AttachmentPlan {
+        place: place.clone(),
         host_ifname: host_ifname(&key.container_id, &key.ifname),
         host_mac: HOST_VETH_MAC,
         container_ifname: key.ifname.clone(),

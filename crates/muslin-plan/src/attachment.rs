@@ -31,7 +31,7 @@ fn host_prefix(ip: IpAddr) -> IpNet {
 /// The host's route to one of the container's addresses.
 pub fn host_route(p: &AttachmentPlan, address: IpNet) -> Route {
     Route {
-        table: muslin_model::dataplane::MAIN_TABLE,
+        table: p.place.table(),
         dst: address,
         via: None,
         dev: Some(p.host_ifname.clone()),
@@ -53,9 +53,41 @@ pub fn container_state(p: &AttachmentPlan) -> HostState {
             mtu: Some(p.mtu),
             mac: Some(p.container_mac),
             up: true,
+            group: None,
         }],
         ..Default::default()
     };
+    if !p.place.routes.is_empty() {
+        // A further interface of the container: its network's subnets
+        // through it, on-link to the gateway, whose host route the first
+        // interface holds.
+        for gw in gateways(p) {
+            s.neighbours.push(Neighbour {
+                link: cif.clone(),
+                ip: gw,
+                mac: p.host_mac,
+            });
+        }
+        for a in addresses(p) {
+            s.addresses.push(Address {
+                link: cif.clone(),
+                net: a,
+            });
+        }
+        for dst in &p.place.routes {
+            s.routes.push(Route {
+                table: muslin_model::dataplane::MAIN_TABLE,
+                dst: *dst,
+                via: Some(gateway_for(dst.addr())),
+                dev: Some(cif.clone()),
+                onlink: true,
+                mtu: None,
+                scope: Scope::Universe,
+                protocol: ROUTE_PROTOCOL,
+            });
+        }
+        return s;
+    }
     for a in addresses(p) {
         s.addresses.push(Address {
             link: cif.clone(),
@@ -103,6 +135,7 @@ pub fn host_state(p: &AttachmentPlan) -> HostState {
             mtu: Some(p.mtu),
             mac: Some(p.host_mac),
             up: true,
+            group: p.place.group,
         }],
         routes: addresses(p).into_iter().map(|a| host_route(p, a)).collect(),
         ..Default::default()
@@ -131,8 +164,19 @@ pub fn create(p: &AttachmentPlan, netns: &Path) -> Vec<Step> {
             mtu: Some(p.mtu),
             mac: Some(p.host_mac),
             up: false,
+            group: p.place.group,
         })),
     ];
+    if p.place.group.is_some() {
+        // The network's firewall mark picks its routing table; strict
+        // rp_filter must see that mark too, or it checks the source
+        // against the main table's routes, where another network's
+        // container may hold the same address.
+        steps.push(Step::host(Change::Sysctl {
+            key: format!("net/ipv4/conf/{}/src_valid_mark", p.host_ifname),
+            value: "1".into(),
+        }));
+    }
     let cs = container_state(p);
     for a in cs.addresses {
         steps.push(inside(Change::AddAddress(a)));
@@ -142,6 +186,7 @@ pub fn create(p: &AttachmentPlan, netns: &Path) -> Vec<Step> {
         mtu: None,
         mac: None,
         up: true,
+        group: None,
     }));
     for n in cs.neighbours {
         steps.push(inside(Change::ReplaceNeighbour(n)));
@@ -154,6 +199,7 @@ pub fn create(p: &AttachmentPlan, netns: &Path) -> Vec<Step> {
         mtu: None,
         mac: None,
         up: true,
+        group: None,
     }));
     for a in addresses(p) {
         steps.push(Step::host(Change::ReplaceRoute(host_route(p, a))));
@@ -179,7 +225,7 @@ pub fn check(p: &AttachmentPlan, host: &HostState, container: &HostState) -> Vec
             }
             for a in addresses(p) {
                 let ok = host.routes.iter().any(|r| {
-                    r.dst == a
+                    r.dst == a && r.table == p.place.table()
                         && r.dev.as_deref() == Some(&p.host_ifname)
                         && r.protocol == ROUTE_PROTOCOL
                 });
@@ -196,6 +242,27 @@ pub fn check(p: &AttachmentPlan, host: &HostState, container: &HostState) -> Vec
     };
     if !l.up {
         problems.push(format!("container interface {cif} is down"));
+    }
+    if !p.place.routes.is_empty() {
+        for a in addresses(p) {
+            if !container
+                .addresses
+                .iter()
+                .any(|x| x.link == *cif && x.net == a)
+            {
+                problems.push(format!("address {a} is missing on {cif}"));
+            }
+        }
+        for dst in &p.place.routes {
+            if !container
+                .routes
+                .iter()
+                .any(|r| r.dst == *dst && r.dev.as_deref() == Some(cif))
+            {
+                problems.push(format!("route to {dst} on {cif} is missing"));
+            }
+        }
+        return problems;
     }
     // The IPv4 gateway lies in no subnet of the container, so the default
     // route can be put back only while this route is there.

@@ -18,6 +18,7 @@ pub enum Change {
         mtu: Option<u32>,
         mac: Option<crate::object::Mac>,
         up: bool,
+        group: Option<u32>,
     },
     DeleteLink(String),
     AddAddress(Address),
@@ -71,8 +72,17 @@ impl fmt::Display for Change {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Change::CreateLink(l) => write!(f, "link add {l}"),
-            Change::SetLink { name, mtu, mac, up } => {
+            Change::SetLink {
+                name,
+                mtu,
+                mac,
+                up,
+                group,
+            } => {
                 write!(f, "link set {name}")?;
+                if let Some(g) = group {
+                    write!(f, " group {g}")?;
+                }
                 if let Some(m) = mac {
                     write!(f, " address {}", muslin_model::naming::format_mac(m))?;
                 }

@@ -6,7 +6,13 @@
 use ipnet::IpNet;
 use muslin_model::dataplane::{Desired, MAIN_TABLE, POD_RULE_PRIORITY, POD_TABLE, VXLAN_DEV};
 use muslin_model::naming::is_pod_veth;
+use muslin_model::network::{
+    parse_vxlan_dev, NetworkSpec, MARK_MASK, MARK_RULE_PRIORITY, MAX_ID, REACH_RULE_PRIORITY,
+    TABLE_BASE,
+};
 use muslin_model::ROUTE_PROTOCOL;
+
+use crate::change::Change;
 
 use crate::diff::Ownership;
 use crate::object::{
@@ -35,12 +41,89 @@ impl NetworkTables {
     }
 }
 
-/// The kernel objects of `d`.
+/// The kernel objects of the default network's `d`.
 pub fn host_state(d: &Desired) -> HostState {
+    let mut s = tunnel_state(d, VXLAN_DEV, None);
+    s.rules = d
+        .pod_rule
+        .iter()
+        .map(|src| Rule {
+            family: Family::of(&src.addr()),
+            priority: POD_RULE_PRIORITY,
+            src: Some(*src),
+            dst: None,
+            fwmark: None,
+            table: POD_TABLE,
+        })
+        .collect();
+    s
+}
+
+/// The kernel objects of network `n`'s `d`: its VXLAN device in the
+/// network's link group (no address: the VTEP addresses of overlapping
+/// networks would collide in the host's local table), routes in its
+/// table, the rule that sends its marked packets there and, when the
+/// hosts route to it, the rule that sends theirs.
+pub fn network_state(d: &Desired, n: &NetworkSpec, host_reach: bool) -> HostState {
+    let mut s = tunnel_state(d, &n.vxlan_dev(), Some(n.group()));
+    s.addresses.clear();
+    s.rules.push(Rule {
+        family: Family::V4,
+        priority: MARK_RULE_PRIORITY,
+        src: None,
+        dst: None,
+        fwmark: Some((n.mark(), MARK_MASK)),
+        table: n.table(),
+    });
+    if host_reach {
+        for sub in &n.subnets {
+            s.rules.push(Rule {
+                family: Family::of(&sub.addr()),
+                priority: REACH_RULE_PRIORITY,
+                src: None,
+                dst: Some(*sub),
+                fwmark: None,
+                table: n.table(),
+            });
+        }
+    }
+    s
+}
+
+/// Tunnel devices of networks not in `live`, to remove.
+pub fn stale_tunnels(observed: &HostState, live: &[&NetworkSpec]) -> Vec<Change> {
+    observed
+        .links
+        .iter()
+        .filter(|l| parse_vxlan_dev(&l.name).is_some_and(|id| !live.iter().any(|n| n.id == id)))
+        .map(|l| Change::DeleteLink(l.name.clone()))
+        .collect()
+}
+
+/// What the data plane of the default network and of `networks` owns.
+pub fn all_ownership(networks: &[&NetworkSpec], allow_deletes: bool) -> Ownership {
+    let ours = TABLE_BASE + 1..=TABLE_BASE + u32::from(MAX_ID);
+    let mut tables = vec![MAIN_TABLE, POD_TABLE];
+    tables.extend(networks.iter().map(|n| n.table()));
+    Ownership {
+        protocol: ROUTE_PROTOCOL,
+        tables,
+        foreign_dev: is_pod_veth,
+        rules: vec![
+            (POD_RULE_PRIORITY, POD_TABLE..=POD_TABLE),
+            (MARK_RULE_PRIORITY, ours.clone()),
+            (REACH_RULE_PRIORITY, ours),
+        ],
+        main_table: MAIN_TABLE,
+        allow_deletes,
+    }
+}
+
+fn tunnel_state(d: &Desired, dev: &str, group: Option<u32>) -> HostState {
     let mut s = HostState::default();
     if let Some(v) = &d.vxlan {
         s.links.push(Link {
-            name: VXLAN_DEV.into(),
+            name: dev.into(),
             kind: LinkKind::Vxlan(Vxlan {
                 vni: v.vni,
                 port: v.port,
@@ -51,9 +134,10 @@ pub fn host_state(d: &Desired) -> HostState {
             mtu: Some(v.mtu),
             mac: Some(v.mac),
             up: true,
+            group,
         });
         s.addresses.push(Address {
-            link: VXLAN_DEV.into(),
+            link: dev.into(),
             net: IpNet::from(v.address),
         });
     }
@@ -71,21 +155,11 @@ pub fn host_state(d: &Desired) -> HostState {
             protocol: ROUTE_PROTOCOL,
         })
         .collect();
-    s.rules = d
-        .pod_rule
-        .iter()
-        .map(|src| Rule {
-            family: Family::of(&src.addr()),
-            priority: POD_RULE_PRIORITY,
-            src: Some(*src),
-            table: POD_TABLE,
-        })
-        .collect();
     s.neighbours = d
         .neighbours
         .iter()
         .map(|(ip, mac)| Neighbour {
-            link: VXLAN_DEV.into(),
+            link: dev.into(),
             ip: *ip,
             mac: *mac,
         })
@@ -94,7 +168,7 @@ pub fn host_state(d: &Desired) -> HostState {
         .fdb
         .iter()
         .map(|(mac, dst)| Fdb {
-            link: VXLAN_DEV.into(),
+            link: dev.into(),
             mac: *mac,
             dst: *dst,
         })
@@ -110,7 +184,7 @@ pub fn ownership(net: &NetworkTables, allow_deletes: bool) -> Ownership {
         protocol: ROUTE_PROTOCOL,
         tables: vec![net.table, net.pod_table],
         foreign_dev: is_pod_veth,
-        rule: Some((net.rule_priority, net.pod_table)),
+        rules: vec![(net.rule_priority, net.pod_table..=net.pod_table)],
         main_table: MAIN_TABLE,
         allow_deletes,
     }

@@ -18,8 +18,9 @@ pub struct Ownership {
     /// ...unless they lead to a device this says belongs to another owner
     /// (pod veths belong to their attachments).
     pub foreign_dev: fn(&str) -> bool,
-    /// Rules with this priority and table are ours.
-    pub rule: Option<(u32, u32)>,
+    /// Rules with one of these priorities and a table in its range are
+    /// ours.
+    pub rules: Vec<(u32, std::ops::RangeInclusive<u32>)>,
     /// Table whose routes of other protocols Muslin never replaces.
     pub main_table: u32,
     /// Whether anything of ours that is not desired may be removed. A view
@@ -67,15 +68,17 @@ pub fn diff(observed: &HostState, desired: &HostState, own: &Ownership) -> Diff 
                 let mtu = want.mtu.filter(|m| have.mtu != Some(*m));
                 let mac = want.mac.filter(|m| have.mac != Some(*m));
                 let up = want.up && !have.up;
+                let group = want.group.filter(|g| have.group.unwrap_or(0) != *g);
                 if mac.is_some() {
                     mac_set.insert(&want.name);
                 }
-                if mtu.is_some() || mac.is_some() || up {
+                if mtu.is_some() || mac.is_some() || up || group.is_some() {
                     out.changes.push(Change::SetLink {
                         name: want.name.clone(),
                         mtu,
                         mac,
                         up,
+                        group,
                     });
                 }
             }
@@ -159,11 +162,15 @@ pub fn diff(observed: &HostState, desired: &HostState, own: &Ownership) -> Diff 
     }
 
     // Rules.
-    if let Some((prio, table)) = own.rule {
+    if !own.rules.is_empty() {
         let have: Vec<_> = observed
             .rules
             .iter()
-            .filter(|r| r.priority == prio && r.table == table)
+            .filter(|r| {
+                own.rules
+                    .iter()
+                    .any(|(p, t)| *p == r.priority && t.contains(&r.table))
+            })
             .collect();
         for w in &desired.rules {
             if !have.contains(&w) {
@@ -238,7 +245,7 @@ mod tests {
             protocol: 77,
             tables: vec![254, 77],
             foreign_dev: |d| d.starts_with("pod"),
-            rule: None,
+            rules: vec![],
             main_table: 254,
             allow_deletes: true,
         }
@@ -279,6 +286,7 @@ mod tests {
             mtu: Some(1450),
             mac: Some(mac),
             up: true,
+            group: None,
         };
         let n = Neighbour {
             link: "vx".into(),
@@ -303,7 +311,8 @@ mod tests {
                     name: "vx".into(),
                     mtu: None,
                     mac: Some([2, 0, 0, 0, 0, 2]),
-                    up: false
+                    up: false,
+                    group: None,
                 },
                 Change::ReplaceNeighbour(n)
             ]

@@ -3,6 +3,17 @@
 //! is never masqueraded (a protocol without ports cannot share one node
 //! address between pods).
 //!
+//! With networks besides the default one it also keeps them apart (see
+//! `muslin_model::network`): packets from a network's interfaces (its
+//! link group) get its mark, which its routing rule follows, and its
+//! conntrack zone, so identical flows of two overlapping networks never
+//! meet; traffic leaving a network for another network's range, or
+//! entering one from outside it, is dropped and counted. Within the
+//! network the zone holds both directions; towards anything else only the
+//! original one, so replies from outside (de-masqueraded in the common
+//! zone) find their connection, whose mark (kept in the conntrack mark)
+//! takes them back to the right network.
+//!
 //! The table is built with the `nftables` crate's typed JSON. Each rule
 //! carries a comment naming its version and parameters, so a comparison
 //! with what the kernel has needs no parsing of nft's expressions: when
@@ -15,16 +26,24 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use nftables::expr::{Expression, NamedExpression, Payload, PayloadField, Prefix};
+use muslin_model::network::MARK_MASK;
+use nftables::expr::{
+    BinaryOperation, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix,
+    SetItem, CT,
+};
 use nftables::schema::{
     Chain, Element, NfCmd, NfListObject, NfObject, Nftables, Rule, Set, SetType, SetTypeValue,
     Table,
 };
-use nftables::stmt::{Match, NATFlag, Operator, Return, Statement, NAT};
+use nftables::stmt::{Accept, Counter, Mangle, Match, NATFlag, Operator, Return, Statement, NAT};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 pub const TABLE: &str = "muslin";
 const CHAIN: &str = "postrouting";
+const RAW: &str = "networks_raw";
+const RESTORE: &str = "networks_restore";
+const FORWARD: &str = "networks_forward";
+const INPUT: &str = "networks_input";
 const NODES: &str = "nodes";
 /// nft's `srcnat` priority.
 const SRCNAT: i32 = 100;
@@ -62,13 +81,57 @@ impl NftFamily {
 }
 
 /// What our table should be: masquerade of `pod_cidr` except towards the
-/// pod network itself and towards the cluster's `nodes`.
+/// pod network itself and towards the cluster's `nodes`, and the
+/// separation of `networks`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Masquerade {
     pub pod_cidr: IpNet,
     pub enabled: bool,
     pub nodes: BTreeSet<IpAddr>,
+    pub networks: Vec<NftNetwork>,
 }
+
+/// A network other than the default, as its firewall rules see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftNetwork {
+    pub name: String,
+    pub subnets: Vec<IpNet>,
+    pub group: u32,
+    pub mark: u32,
+    pub zone: u16,
+    pub isolated: bool,
+}
+
+impl NftNetwork {
+    pub fn of(n: &muslin_model::network::NetworkSpec) -> Self {
+        NftNetwork {
+            name: n.name.clone(),
+            subnets: n.subnets.clone(),
+            group: n.group(),
+            mark: n.mark(),
+            zone: n.zone(),
+            isolated: n.isolated_from_host,
+        }
+    }
+
+    /// Tags of the rules counting the packets dropped on their way out
+    /// of the network and into it.
+    pub fn drop_tags(&self) -> (String, String) {
+        (self.tag("leaving"), self.tag("entering"))
+    }
+
+    fn tag(&self, what: &str) -> String {
+        let subnets: Vec<String> = self.subnets.iter().map(ToString::to_string).collect();
+        format!(
+            "muslin v{RULES_VERSION} network {} group {} {}{} {what}",
+            self.name,
+            self.group,
+            subnets.join(","),
+            if self.isolated { " isolated" } else { "" }
+        )
+    }
+}
+
 
 /// Our table as the kernel has it: the tags of each chain's rules and the
 /// elements of each set.
@@ -77,6 +140,8 @@ pub struct NftObserved {
     pub exists: bool,
     pub rules: BTreeMap<String, Vec<String>>,
     pub sets: BTreeMap<String, BTreeSet<String>>,
+    /// Packets counted by each tagged rule that counts.
+    pub counters: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,25 +209,244 @@ impl Masquerade {
             .collect()
     }
 
-    /// The tags of the rules the chain should have, in order.
+    /// The tags of the rules the masquerade chain should have, in order.
     pub fn tags(&self) -> Vec<String> {
-        (0..3)
-            .map(|i| format!("muslin v{RULES_VERSION} masquerade {} #{i}", self.pod_cidr))
+        self.chains().remove(CHAIN).unwrap_or_default()
+    }
+
+    /// Every chain's rules as their tags, in order.
+    pub fn chains(&self) -> BTreeMap<&'static str, Vec<String>> {
+        self.rules()
+            .into_iter()
+            .map(|(chain, rules)| (chain, rules.into_iter().map(|(t, _)| t).collect()))
             .collect()
     }
+
+    /// The table is needed while masquerading or keeping networks apart.
+    fn wanted(&self) -> bool {
+        self.enabled || !self.networks.is_empty()
+    }
+
+    /// Every range inside the cluster: the pod network and every
+    /// network's subnets, merged (an nft interval set refuses overlaps).
+    fn cluster_ranges(&self) -> Vec<IpNet> {
+        let all: Vec<IpNet> = std::iter::once(self.pod_cidr)
+            .chain(self.networks.iter().flat_map(|n| n.subnets.iter().copied()))
+            .filter(|n| n.addr().is_ipv4() == self.pod_cidr.addr().is_ipv4())
+            .collect();
+        IpNet::aggregate(&all)
+    }
+
+    /// Each chain's rules with their tags.
+    fn rules(&self) -> BTreeMap<&'static str, Vec<(String, Vec<Statement<'static>>)>> {
+        let fam = self.family();
+        let p = self.pod_cidr;
+        let mut out: BTreeMap<&'static str, Vec<(String, Vec<Statement<'static>>)>> =
+            BTreeMap::new();
+        let ranges = anon_set(&self.cluster_ranges());
+        let nodes = || Expression::String(Cow::Owned(format!("@{NODES}")));
+        let mut post = Vec::new();
+        for n in &self.networks {
+            let ours = || is(masked(meta(MetaKey::Mark), MARK_MASK), num(n.mark));
+            // The mark goes with the connection, for its replies.
+            post.push((
+                n.tag("remember"),
+                vec![
+                    ours(),
+                    Statement::Mangle(Mangle {
+                        key: ct("mark", None),
+                        value: meta(MetaKey::Mark),
+                    }),
+                ],
+            ));
+            if self.enabled && !n.isolated {
+                post.push((
+                    n.tag("in cluster"),
+                    vec![
+                        ours(),
+                        is(field(fam, "daddr"), ranges.clone()),
+                        Statement::Return(Some(Return {})),
+                    ],
+                ));
+                post.push((
+                    n.tag("to nodes"),
+                    vec![
+                        ours(),
+                        is(field(fam, "daddr"), nodes()),
+                        Statement::Return(Some(Return {})),
+                    ],
+                ));
+                post.push((n.tag("masquerade"), vec![ours(), masquerade()]));
+            }
+        }
+        if self.enabled {
+            let saddr = || is(field(fam, "saddr"), prefix(p));
+            let bodies = vec![
+                vec![
+                    saddr(),
+                    is(field(fam, "daddr"), prefix(p)),
+                    Statement::Return(Some(Return {})),
+                ],
+                vec![
+                    saddr(),
+                    is(field(fam, "daddr"), nodes()),
+                    Statement::Return(Some(Return {})),
+                ],
+                vec![saddr(), masquerade()],
+            ];
+            for (i, body) in bodies.into_iter().enumerate() {
+                post.push((
+                    format!("muslin v{RULES_VERSION} masquerade {p} #{i}"),
+                    body,
+                ));
+            }
+        }
+        out.insert(CHAIN, post);
+        if self.networks.is_empty() {
+            return out;
+        }
+        let (mut raw, mut fwd, mut input) = (Vec::new(), Vec::new(), Vec::new());
+        for n in &self.networks {
+            let from = || is(meta(MetaKey::Iifgroup), num(n.group));
+            let mark = || {
+                Statement::Mangle(Mangle {
+                    key: meta(MetaKey::Mark),
+                    value: num(n.mark),
+                })
+            };
+            let zone = |dir| {
+                Statement::Mangle(Mangle {
+                    key: ct("zone", dir),
+                    value: num(u32::from(n.zone)),
+                })
+            };
+            raw.push((
+                n.tag("within"),
+                vec![
+                    from(),
+                    is(field(fam, "daddr"), anon_set(&n.subnets)),
+                    mark(),
+                    zone(None),
+                    Statement::Accept(Some(Accept {})),
+                ],
+            ));
+            raw.push((
+                n.tag("beyond"),
+                vec![from(), mark(), zone(Some(nftables::expr::CTDir::Original))],
+            ));
+            let ours = || is(masked(meta(MetaKey::Mark), MARK_MASK), num(n.mark));
+            let leaving = if n.isolated {
+                vec![ours(), not(meta(MetaKey::Oifgroup), num(n.group)), count(), drop()]
+            } else {
+                vec![
+                    ours(),
+                    not(meta(MetaKey::Oifgroup), num(n.group)),
+                    is(field(fam, "daddr"), ranges.clone()),
+                    count(),
+                    drop(),
+                ]
+            };
+            fwd.push((n.tag("leaving"), leaving));
+            fwd.push((
+                n.tag("entering"),
+                vec![
+                    is(meta(MetaKey::Oifgroup), num(n.group)),
+                    not(masked(meta(MetaKey::Mark), MARK_MASK), num(n.mark)),
+                    count(),
+                    drop(),
+                ],
+            ));
+            if n.isolated {
+                input.push((n.tag("to the host"), vec![ours(), count(), drop()]));
+            }
+        }
+        out.insert(RAW, raw);
+        out.insert(
+            RESTORE,
+            vec![(
+                format!("muslin v{RULES_VERSION} networks restore"),
+                vec![
+                    is(masked(meta(MetaKey::Mark), MARK_MASK), num(0)),
+                    not(masked(ct("mark", None), MARK_MASK), num(0)),
+                    Statement::Mangle(Mangle {
+                        key: meta(MetaKey::Mark),
+                        value: masked(ct("mark", None), MARK_MASK),
+                    }),
+                ],
+            )],
+        );
+        out.insert(FORWARD, fwd);
+        out.insert(INPUT, input);
+        out
+    }
+}
+
+fn meta(key: MetaKey) -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(Meta { key }))
+}
+
+fn ct(key: &'static str, dir: Option<nftables::expr::CTDir>) -> Expression<'static> {
+    Expression::Named(NamedExpression::CT(CT {
+        key: Cow::Borrowed(key),
+        family: None,
+        dir,
+    }))
+}
+
+fn num(n: u32) -> Expression<'static> {
+    Expression::Number(n)
+}
+
+fn masked(e: Expression<'static>, mask: u32) -> Expression<'static> {
+    Expression::BinaryOperation(Box::new(BinaryOperation::AND(e, num(mask))))
+}
+
+fn not(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
+    Statement::Match(Match {
+        left,
+        right,
+        op: Operator::NEQ,
+    })
+}
+
+fn count() -> Statement<'static> {
+    Statement::Counter(Counter::Anonymous(None))
+}
+
+fn drop() -> Statement<'static> {
+    Statement::Drop(Some(nftables::stmt::Drop {}))
+}
+
+fn masquerade() -> Statement<'static> {
+    Statement::Masquerade(Some(NAT {
+        addr: None,
+        family: None,
+        port: None,
+        flags: Some(HashSet::from([NATFlag::FullyRandom])),
+    }))
+}
+
+fn anon_set(nets: &[IpNet]) -> Expression<'static> {
+    Expression::Named(NamedExpression::Set(
+        nets.iter().map(|n| SetItem::Element(prefix(*n))).collect(),
+    ))
 }
 
 /// The changes that bring `observed` to `want`.
 pub fn diff(observed: &NftObserved, want: &Masquerade) -> Vec<NftChange> {
-    if !want.enabled {
+    if !want.wanted() {
         return if observed.exists {
             vec![NftChange::DeleteTable(want.family())]
         } else {
             vec![]
         };
     }
+    let chains = want.chains();
     let shape_ok = observed.exists
-        && observed.rules.get(CHAIN) == Some(&want.tags())
+        && observed.rules.len() == chains.len()
+        && chains
+            .iter()
+            .all(|(c, tags)| observed.rules.get(*c) == Some(tags))
         && observed.sets.contains_key(NODES);
     if !shape_ok {
         return vec![NftChange::Load(want.clone())];
@@ -232,8 +516,6 @@ fn table(fam: NftFamily) -> NfListObject<'static> {
 
 fn load(m: &Masquerade) -> Vec<NfObject<'static>> {
     let fam = m.family();
-    let p = m.pod_cidr;
-    let saddr = || is(field(fam, "saddr"), prefix(p));
     let add = |o| NfObject::CmdObject(NfCmd::Add(o));
     let mut v = vec![
         // Adding before deleting makes the delete valid on a first load.
@@ -253,49 +535,35 @@ fn load(m: &Masquerade) -> Vec<NfObject<'static>> {
         elem: (!nodes.is_empty()).then(|| elements(&nodes)),
         ..Default::default()
     }))));
-    v.push(add(NfListObject::Chain(Chain {
-        family: fam.nf(),
-        table: Cow::Borrowed(TABLE),
-        name: Cow::Borrowed(CHAIN),
-        _type: Some(NfChainType::NAT),
-        hook: Some(NfHook::Postrouting),
-        prio: Some(SRCNAT),
-        policy: Some(NfChainPolicy::Accept),
-        ..Default::default()
-    })));
-    let bodies: Vec<Vec<Statement<'static>>> = vec![
-        vec![
-            saddr(),
-            is(field(fam, "daddr"), prefix(p)),
-            Statement::Return(Some(Return {})),
-        ],
-        vec![
-            saddr(),
-            is(
-                field(fam, "daddr"),
-                Expression::String(Cow::Owned(format!("@{NODES}"))),
-            ),
-            Statement::Return(Some(Return {})),
-        ],
-        vec![
-            saddr(),
-            Statement::Masquerade(Some(NAT {
-                addr: None,
-                family: None,
-                port: None,
-                flags: Some(HashSet::from([NATFlag::FullyRandom])),
-            })),
-        ],
-    ];
-    for (expr, tag) in bodies.into_iter().zip(m.tags()) {
-        v.push(add(NfListObject::Rule(Rule {
+    for (chain, rules) in m.rules() {
+        // nft's raw, mangle and filter priorities.
+        let (kind, hook, prio) = match chain {
+            CHAIN => (NfChainType::NAT, NfHook::Postrouting, SRCNAT),
+            RAW => (NfChainType::Filter, NfHook::Prerouting, -300),
+            RESTORE => (NfChainType::Filter, NfHook::Prerouting, -150),
+            FORWARD => (NfChainType::Filter, NfHook::Forward, 0),
+            _ => (NfChainType::Filter, NfHook::Input, 0),
+        };
+        v.push(add(NfListObject::Chain(Chain {
             family: fam.nf(),
             table: Cow::Borrowed(TABLE),
-            chain: Cow::Borrowed(CHAIN),
-            expr: expr.into(),
-            comment: Some(Cow::Owned(tag)),
+            name: Cow::Borrowed(chain),
+            _type: Some(kind),
+            hook: Some(hook),
+            prio: Some(prio),
+            policy: Some(NfChainPolicy::Accept),
             ..Default::default()
         })));
+        for (tag, expr) in rules {
+            v.push(add(NfListObject::Rule(Rule {
+                family: fam.nf(),
+                table: Cow::Borrowed(TABLE),
+                chain: Cow::Borrowed(chain),
+                expr: expr.into(),
+                comment: Some(Cow::Owned(tag)),
+                ..Default::default()
+            })));
+        }
     }
     v
 }
@@ -364,10 +632,17 @@ pub fn parse_observed(json: &str) -> Result<NftObserved, String> {
             }
         } else if let Some(r) = obj.get("rule").filter(|r| ours(r)) {
             if let Some(chain) = str_of(r, "chain") {
-                o.rules
-                    .entry(chain)
-                    .or_default()
-                    .push(str_of(r, "comment").unwrap_or_default());
+                let tag = str_of(r, "comment").unwrap_or_default();
+                let packets = r
+                    .get("expr")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .find_map(|e| e.get("counter")?.get("packets")?.as_u64());
+                if let Some(p) = packets {
+                    o.counters.insert(tag.clone(), p);
+                }
+                o.rules.entry(chain).or_default().push(tag);
             }
         }
     }

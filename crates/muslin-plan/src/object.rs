@@ -46,6 +46,10 @@ pub struct Link {
     pub mtu: Option<u32>,
     pub mac: Option<Mac>,
     pub up: bool,
+    /// The link group: a network's interfaces share one, which its
+    /// firewall rules match. `None` in a desired link: left as it is.
+    #[serde(default)]
+    pub group: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -129,6 +133,11 @@ pub struct Rule {
     pub family: Family,
     pub priority: u32,
     pub src: Option<IpNet>,
+    #[serde(default)]
+    pub dst: Option<IpNet>,
+    /// Firewall mark and mask.
+    #[serde(default)]
+    pub fwmark: Option<(u32, u32)>,
     pub table: u32,
 }
 
@@ -208,6 +217,9 @@ impl fmt::Display for Link {
         if let Some(m) = self.mtu {
             write!(f, " mtu {m}")?;
         }
+        if let Some(g) = self.group.filter(|g| *g != 0) {
+            write!(f, " group {g}")?;
+        }
         if self.up {
             write!(f, " up")?;
         }
@@ -246,6 +258,12 @@ impl fmt::Display for Rule {
         write!(f, "{fam} priority {}", self.priority)?;
         if let Some(s) = self.src {
             write!(f, " from {s}")?;
+        }
+        if let Some(d) = self.dst {
+            write!(f, " to {d}")?;
+        }
+        if let Some((m, k)) = self.fwmark {
+            write!(f, " fwmark {m:#x}/{k:#x}")?;
         }
         write!(f, " lookup {}", self.table)
     }

@@ -36,11 +36,18 @@ pub fn simulate(world: &mut BTreeMap<Ns, HostState>, step: &Step) -> Result<(), 
                     mtu: Some(peer.mtu),
                     mac: Some(peer.mac),
                     up: false,
+                    group: None,
                 });
             }
             world.entry(step.ns.clone()).or_default().links.push(own);
         }
-        Change::SetLink { name, mtu, mac, up } => {
+        Change::SetLink {
+            name,
+            mtu,
+            mac,
+            up,
+            group,
+        } => {
             let l = s
                 .links
                 .iter_mut()
@@ -56,6 +63,9 @@ pub fn simulate(world: &mut BTreeMap<Ns, HostState>, step: &Step) -> Result<(), 
             }
             if *up {
                 l.up = true;
+            }
+            if group.is_some() {
+                l.group = *group;
             }
         }
         Change::DeleteLink(name) => {

@@ -26,9 +26,10 @@ use etcd_client::{
 };
 use ipnet::IpNet;
 use muslin_model::cluster::{
-    etcd_alive_key, etcd_block_keys, etcd_endpoint_key, etcd_endpoints_prefix, etcd_node_key,
-    parse_etcd_key, BlockClaim, ClusterView, EndpointRecord, EtcdKey, NodeRecord,
+    etcd_alive_key, etcd_block_keys, etcd_endpoint_key, etcd_endpoints_prefix, etcd_network_key,
+    etcd_node_key, parse_etcd_key, BlockClaim, ClusterView, EndpointRecord, EtcdKey, NodeRecord,
 };
+use muslin_model::network::NetworkSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::{ClusterStore, StoreError};
@@ -710,6 +711,41 @@ impl ClusterStore for Etcd {
         }
     }
 
+    async fn put_network(&self, rec: &NetworkSpec) -> Result<(), String> {
+        let key = etcd_network_key(&self.cfg.prefix, &rec.name);
+        let mut c = self.client.clone();
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        // A network is the cluster's, not this node's: no lease, so it
+        // outlives its creator. Created only if the name is free, so two
+        // hosts creating one name at once cannot both succeed.
+        let txn = if rec.deleted() {
+            Txn::new().and_then([TxnOp::delete(key.as_str(), None)])
+        } else {
+            Txn::new()
+                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key.as_str(),
+                    serde_json::to_string(rec).expect("record serializes"),
+                    None,
+                )])
+        };
+        match c.txn(txn).await {
+            Ok(r) if r.succeeded() => {
+                let mut cache = self.cache.write().expect("cache");
+                if rec.deleted() {
+                    cache.remove(&key);
+                } else {
+                    cache.insert(key, serde_json::to_string(rec).expect("serializes"));
+                }
+                Ok(())
+            }
+            Ok(_) => Err(format!("network {} exists already", rec.name)),
+            Err(e) => Err(format!("etcd: {e}")),
+        }
+    }
+
+    async fn sync_networks(&self, _known: &BTreeMap<String, NetworkSpec>, _now_ms: u64) {}
+
     async fn view(&self) -> ClusterView {
         // What we wrote ourselves counts even before etcd shows it back
         // (or while etcd is away): like gossip's own state.
@@ -742,6 +778,13 @@ impl ClusterStore for Etcd {
                         // The key says whose it is: only that node writes there.
                         e.node = node.clone();
                         view.nodes.entry(node).or_default().endpoints.push(e);
+                    }
+                }
+                Some(EtcdKey::Network(name)) => {
+                    if let Ok(n) = serde_json::from_str::<NetworkSpec>(v) {
+                        if n.name == name && !n.deleted() {
+                            view.networks.insert(name, n);
+                        }
                     }
                 }
                 Some(EtcdKey::Alive(_)) | None => {}

@@ -13,9 +13,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 use ipnet::IpNet;
 use muslin_model::cluster::{
-    gossip_block_keys, gossip_endpoint_key, parse_gossip_block_key, BlockClaim, ClusterView,
-    EndpointRecord, NodeRecord, PeerView, ENDPOINT_KEY_PREFIX, NODE_KEY,
+    gossip_block_keys, gossip_endpoint_key, gossip_network_key, parse_gossip_block_key,
+    BlockClaim, ClusterView, EndpointRecord, NodeRecord, PeerView, ENDPOINT_KEY_PREFIX,
+    NETWORK_KEY_PREFIX, NODE_KEY,
 };
+use muslin_model::network::{merge, NetworkSpec, TOMBSTONE_MS};
 
 use crate::sealed::{AuthState, Redirects, SealedUdp};
 use crate::{ClusterStore, StoreError};
@@ -49,6 +51,8 @@ struct Decoded {
     version: u64,
     keys: usize,
     view: PeerView,
+    /// The network records the node republishes.
+    networks: Vec<NetworkSpec>,
 }
 
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -208,6 +212,49 @@ impl ClusterStore for Gossip {
             .await;
     }
 
+    async fn put_network(&self, rec: &NetworkSpec) -> Result<(), String> {
+        self.set(
+            gossip_network_key(&rec.name),
+            serde_json::to_string(rec).expect("record serializes"),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn sync_networks(&self, known: &BTreeMap<String, NetworkSpec>, now_ms: u64) {
+        let want: BTreeMap<String, String> = known
+            .values()
+            .filter(|n| {
+                n.deleted_at_ms
+                    .is_none_or(|t| now_ms.saturating_sub(t) < TOMBSTONE_MS)
+            })
+            .map(|n| {
+                (
+                    gossip_network_key(&n.name),
+                    serde_json::to_string(n).expect("record serializes"),
+                )
+            })
+            .collect();
+        self.handle
+            .with_chitchat(|c| {
+                let st = c.self_node_state();
+                let gone: Vec<String> = st
+                    .key_values()
+                    .filter(|(k, _)| k.starts_with(NETWORK_KEY_PREFIX) && !want.contains_key(*k))
+                    .map(|(k, _)| k.to_string())
+                    .collect();
+                for k in gone {
+                    st.delete(&k);
+                }
+                for (k, v) in &want {
+                    if st.get(k) != Some(v.as_str()) {
+                        st.set(k.clone(), v.clone());
+                    }
+                }
+            })
+            .await;
+    }
+
     async fn view(&self) -> ClusterView {
         let chitchat = self.handle.chitchat();
         let c = chitchat.lock().await;
@@ -244,12 +291,16 @@ impl ClusterStore for Gossip {
                 let mut pv = d.view.clone();
                 pv.alive = alive;
                 view.nodes.insert(name, pv);
+                for n in &d.networks {
+                    merge(&mut view.networks, n.clone());
+                }
                 continue;
             }
             let mut pv = PeerView {
                 alive,
                 ..Default::default()
             };
+            let mut networks = Vec::new();
             for (k, v) in state.key_values() {
                 if k == NODE_KEY {
                     pv.record = serde_json::from_str(v).ok();
@@ -259,6 +310,12 @@ impl ClusterStore for Gossip {
                         e.node = name.clone();
                         pv.endpoints.push(e);
                     }
+                } else if k.starts_with(NETWORK_KEY_PREFIX) {
+                    if let Ok(n) = serde_json::from_str::<NetworkSpec>(v) {
+                        if gossip_network_key(&n.name) == k {
+                            networks.push(n);
+                        }
+                    }
                 } else if let Some((network, b)) = parse_gossip_block_key(k) {
                     if let Ok(claim) = serde_json::from_str::<BlockClaim>(v) {
                         pv.add_claim(&network, b, claim);
@@ -266,6 +323,9 @@ impl ClusterStore for Gossip {
                 }
             }
             pv.endpoints.sort();
+            for n in &networks {
+                merge(&mut view.networks, n.clone());
+            }
             decoded.insert(
                 name.clone(),
                 Decoded {
@@ -273,6 +333,7 @@ impl ClusterStore for Gossip {
                     version,
                     keys,
                     view: pv.clone(),
+                    networks,
                 },
             );
             view.nodes.insert(name, pv);

@@ -12,7 +12,10 @@ mod sealed;
 use std::future::Future;
 
 use ipnet::IpNet;
+use std::collections::BTreeMap;
+
 use muslin_model::cluster::{BlockClaim, ClusterView, EndpointRecord, NodeRecord};
+use muslin_model::network::NetworkSpec;
 
 pub use etcd::{Etcd, EtcdConfig};
 pub use gossip::{Gossip, GossipConfig, GossipStats};
@@ -40,6 +43,17 @@ pub trait ClusterStore: Send + Sync + 'static {
     /// triggered, so calling it again after a crash or an outage converges,
     /// and calling it with nothing changed costs no write.
     fn sync_endpoints(&self, records: &[EndpointRecord]) -> impl Future<Output = ()> + Send;
+    /// Writes a network record: a creation, or a deletion (a record with
+    /// `deleted_at_ms`). etcd refuses to create a name that exists.
+    fn put_network(&self, rec: &NetworkSpec) -> impl Future<Output = Result<(), String>> + Send;
+    /// Gossip republishes every record `known` holds from this node too, so
+    /// a network outlives the node that created it; deletions older than
+    /// `network::TOMBSTONE_MS` are dropped. etcd keeps networks itself.
+    fn sync_networks(
+        &self,
+        known: &BTreeMap<String, NetworkSpec>,
+        now_ms: u64,
+    ) -> impl Future<Output = ()> + Send;
     /// Every node known, alive or within its TTL, latest generation each.
     fn view(&self) -> impl Future<Output = ClusterView> + Send;
     /// Whether the view can be trusted to be complete (we heard from a
@@ -138,6 +152,18 @@ impl ClusterStore for AnyStore {
         match self {
             AnyStore::Gossip(s) => s.sync_endpoints(records).await,
             AnyStore::Etcd(s) => s.sync_endpoints(records).await,
+        }
+    }
+    async fn put_network(&self, rec: &NetworkSpec) -> Result<(), String> {
+        match self {
+            AnyStore::Gossip(s) => s.put_network(rec).await,
+            AnyStore::Etcd(s) => s.put_network(rec).await,
+        }
+    }
+    async fn sync_networks(&self, known: &BTreeMap<String, NetworkSpec>, now_ms: u64) {
+        match self {
+            AnyStore::Gossip(s) => s.sync_networks(known, now_ms).await,
+            AnyStore::Etcd(s) => s.sync_networks(known, now_ms).await,
         }
     }
     async fn view(&self) -> ClusterView {

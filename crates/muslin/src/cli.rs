@@ -19,6 +19,9 @@ pub enum Command {
     Status(StatusArgs),
     /// List attachments whose container is gone without a DEL; --apply releases them
     Gc(GcArgs),
+    /// Isolated networks of the cluster, which may reuse each other's addresses
+    #[command(subcommand)]
+    Network(NetworkCommand),
     /// Install this binary as the CNI plugin `muslin` (a symlink)
     InstallCni(InstallCniArgs),
     /// Remove what Muslin added to this host (stop the agent first)
@@ -160,6 +163,54 @@ pub struct AgentArgs {
     pub flags: AgentFlags,
 }
 
+#[derive(Subcommand, Debug)]
+pub enum NetworkCommand {
+    /// Create a network; every host learns it within a second
+    Create {
+        name: String,
+        /// The network's address range (one IPv4 CIDR)
+        #[arg(long, required = true)]
+        subnet: Vec<ipnet::IpNet>,
+        /// Prefix length of the blocks hosts lease [default: /26, or the subnet's if longer]
+        #[arg(long)]
+        block_size: Option<u8>,
+        /// auto or vxlan: a network other than the default is always encapsulated
+        #[arg(long)]
+        backend: Option<String>,
+        /// VXLAN network identifier [default: chosen, unique]
+        #[arg(long)]
+        vni: Option<u32>,
+        /// Hosts neither reach its containers nor are reached by them
+        #[arg(long)]
+        isolated_from_host: bool,
+        #[arg(long, default_value = muslin_model::agent_config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every network, with endpoints, nodes and this host's drop counters
+    List {
+        #[arg(long, default_value = muslin_model::agent_config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One network in detail
+    Show {
+        name: String,
+        #[arg(long, default_value = muslin_model::agent_config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a network (refused while it has endpoints, naming them)
+    Delete {
+        name: String,
+        #[arg(long, default_value = muslin_model::agent_config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+}
+
 #[derive(Args, Debug)]
 pub struct StatusArgs {
     #[arg(long, default_value = muslin_model::agent_config::DEFAULT_SOCKET)]
@@ -218,6 +269,9 @@ pub enum ProbeCommand {
         target: IpAddr,
         #[arg(long, default_value_t = muslin_lab::probe::DEFAULT_PORT)]
         port: u16,
+        /// Connect from this local port: one upload on a fixed 5-tuple
+        #[arg(long)]
+        source_port: Option<u16>,
         #[arg(long, default_value_t = 8_000_000)]
         bytes: u64,
     },

@@ -24,13 +24,18 @@ fn quiet_on_broken_pipe() {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     if matches!(
         cli.command,
-        Command::Status(_) | Command::Gc(_) | Command::Lab(_) | Command::InstallCni(_)
+        Command::Status(_)
+            | Command::Gc(_)
+            | Command::Lab(_)
+            | Command::InstallCni(_)
+            | Command::Network(_)
     ) {
         quiet_on_broken_pipe();
     }
     match cli.command {
         Command::Agent(a) => agent(*a),
         Command::Status(a) => status(a),
+        Command::Network(n) => crate::network_cmd::run(n),
         Command::Gc(a) => gc(a),
         Command::InstallCni(a) => install_cni(a),
         Command::Uninstall(a) => uninstall(a),
@@ -186,10 +191,32 @@ fn status(a: StatusArgs) -> Result<ExitCode> {
                 println!("{:<12} {why}", "");
             }
         }
+        if !c.networks.is_empty() {
+            println!(
+                "\n{:<16} {:<20} {:<9} {:<6} {:<5} NODES WITH BLOCKS",
+                "NETWORK", "SUBNET", "VNI", "HOSTS", "EPS"
+            );
+            for n in &c.networks {
+                println!(
+                    "{:<16} {:<20} {:<9} {:<6} {:<5} {}",
+                    n.name,
+                    join(&n.subnets),
+                    n.vni,
+                    if n.host_reach { "yes" } else { "no" },
+                    n.endpoints.len(),
+                    n.nodes.join(",")
+                );
+                if let Some(why) = &n.host_reach_why {
+                    println!("{:<16} hosts do not route to it: {why}", "");
+                }
+            }
+        }
         for w in &c.warnings {
             println!("WARNING  {w}");
         }
-        print_cluster_endpoints(&c.endpoints);
+        let mut by_network = c.endpoints.clone();
+        by_network.sort_by(|a, b| (&a.network, &a.node).cmp(&(&b.network, &b.node)));
+        print_cluster_endpoints(&by_network);
         println!();
     }
     if s.endpoints.is_empty() {
@@ -204,7 +231,7 @@ fn status(a: StatusArgs) -> Result<ExitCode> {
                 "{:<16} {:<18} {:<16} {:<10} {}  ({})",
                 join(&e.addresses),
                 e.host_ifname,
-                e.key.network,
+                e.network_id,
                 e.key.ifname,
                 e.pod.as_deref().unwrap_or("-"),
                 e.key.container_id
@@ -398,10 +425,24 @@ fn probe_cmd(p: ProbeCommand) -> Result<ExitCode> {
         ProbeCommand::Transfer {
             target,
             port,
+            source_port,
             bytes,
         } => {
-            for (upload, dir) in [(true, "upload"), (false, "download")] {
-                let t = probe::transfer(target, port, bytes, upload, Duration::from_secs(30))
+            // A fixed source port makes one flow: a second connection on
+            // the same 4-tuple would meet the first one's TIME_WAIT.
+            let dirs: &[(bool, &str)] = match source_port {
+                Some(_) => &[(true, "upload")],
+                None => &[(true, "upload"), (false, "download")],
+            };
+            for &(upload, dir) in dirs {
+                let t = probe::transfer_from(
+                    target,
+                    port,
+                    source_port,
+                    bytes,
+                    upload,
+                    Duration::from_secs(30),
+                )
                     .map_err(|e| anyhow::anyhow!("{dir}: {e}"))?;
                 let mbps = bytes as f64 * 8.0 / t.as_secs_f64() / 1e6;
                 println!(

@@ -5,6 +5,7 @@
 mod cli;
 mod commands;
 mod lab;
+mod network_cmd;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -157,7 +157,13 @@ async fn one(nss: &mut Namespaces, step: &Step) -> Result<(), KernelError> {
     let nl = &*conn;
     match &step.change {
         Change::CreateLink(l) => link::create(nl, l).await,
-        Change::SetLink { name, mtu, mac, up } => link::set(nl, name, *mtu, *mac, *up).await,
+        Change::SetLink {
+            name,
+            mtu,
+            mac,
+            up,
+            group,
+        } => link::set(nl, name, *mtu, *mac, *up, *group).await,
         Change::DeleteLink(name) => link::delete(nl, name).await,
         Change::AddAddress(a) => address::add(nl, a).await,
         Change::DeleteAddress(a) => address::delete(nl, a).await,

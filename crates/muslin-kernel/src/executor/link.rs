@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
 use muslin_plan::object::{Link, LinkKind, Mac, Ns, VethPeer, Vxlan};
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, VxlanDf};
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, VxlanDf};
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVxlan};
 
 use super::apply::Conn;
@@ -46,6 +46,9 @@ async fn veth(nl: &Conn, l: &Link, peer: &VethPeer) -> Result<(), KernelError> {
     }
     if let Some(m) = l.mtu {
         b = b.mtu(m);
+    }
+    if let Some(g) = l.group {
+        b = b.link_group(g);
     }
     match nl.handle.link().add(b.build()).execute().await {
         Ok(()) => {
@@ -97,6 +100,9 @@ async fn vxlan(nl: &Conn, l: &Link, v: &Vxlan) -> Result<(), KernelError> {
         if df && v.df == Some(true) {
             b = b.df(VxlanDf::Set);
         }
+        if let Some(g) = l.group {
+            b = b.append_extra_attribute(LinkAttribute::Group(g));
+        }
         if l.up {
             b = b.up();
         }
@@ -121,9 +127,13 @@ pub(super) async fn set(
     mtu: Option<u32>,
     mac: Option<Mac>,
     up: bool,
+    group: Option<u32>,
 ) -> Result<(), KernelError> {
     let idx = nl.index(name).await?;
     let mut m = LinkUnspec::new_with_index(idx);
+    if let Some(g) = group {
+        m = m.link_group(g);
+    }
     if let Some(v) = mtu {
         m = m.mtu(v);
     }

@@ -42,6 +42,7 @@ pub struct LinkInfo {
     pub kind: Option<String>,
     pub mac: Option<Vec<u8>>,
     pub vxlan: Option<VxlanInfo>,
+    pub group: u32,
 }
 
 /// The parameters of a VXLAN device that only a new device can change.
@@ -164,10 +165,12 @@ fn link_info(m: &LinkMessage) -> LinkInfo {
         kind: None,
         mac: None,
         vxlan: None,
+        group: 0,
     };
     for a in &m.attributes {
         match a {
             LinkAttribute::IfName(n) => l.name = n.clone(),
+            LinkAttribute::Group(g) => l.group = *g,
             LinkAttribute::Mtu(v) => l.mtu = Some(*v),
             LinkAttribute::Address(mac) => l.mac = Some(mac.clone()),
             LinkAttribute::LinkInfo(infos) => {

@@ -62,6 +62,7 @@ pub(super) async fn namespace(nl: &Netlink) -> Result<HostState, KernelError> {
             mtu: l.mtu,
             mac: mac(&l.mac),
             up: l.up,
+            group: Some(l.group),
         })
         .collect();
     let addresses = nl
@@ -197,12 +198,15 @@ pub(super) fn rule_of(m: &RuleMessage) -> Option<Rule> {
     };
     let mut priority = 0;
     let mut table = u32::from(m.header.table);
-    let mut src = None;
+    let (mut src, mut dst, mut mark, mut mask) = (None, None, None, None);
     for a in &m.attributes {
         match a {
             RuleAttribute::Priority(p) => priority = *p,
             RuleAttribute::Table(t) => table = *t,
             RuleAttribute::Source(ip) => src = IpNet::new(*ip, m.header.src_len).ok(),
+            RuleAttribute::Destination(ip) => dst = IpNet::new(*ip, m.header.dst_len).ok(),
+            RuleAttribute::FwMark(v) => mark = Some(*v),
+            RuleAttribute::FwMask(v) => mask = Some(*v),
             _ => {}
         }
     }
@@ -210,6 +214,8 @@ pub(super) fn rule_of(m: &RuleMessage) -> Option<Rule> {
         family,
         priority,
         src,
+        dst,
+        fwmark: mark.map(|m| (m, mask.unwrap_or(u32::MAX))),
         table,
     })
 }

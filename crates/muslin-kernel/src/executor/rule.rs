@@ -2,7 +2,7 @@
 
 use futures::TryStreamExt;
 use muslin_plan::object::{Family, Rule};
-use rtnetlink::packet_route::rule::{RuleAction, RuleMessage};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 
 use super::apply::Conn;
 use super::counters::netlink_write;
@@ -11,28 +11,40 @@ use super::observe::rule_of;
 use crate::KernelError;
 
 pub(super) async fn add(nl: &Conn, r: &Rule) -> Result<(), KernelError> {
-    let req = nl
+    let mut req = nl
         .handle
         .rule()
         .add()
         .table_id(r.table)
         .priority(r.priority)
         .action(RuleAction::ToTable);
-    let res = match (r.family, r.src) {
-        (_, Some(ipnet::IpNet::V4(s))) => {
-            req.v4()
-                .source_prefix(s.addr(), s.prefix_len())
-                .execute()
-                .await
+    if let Some((mark, mask)) = r.fwmark {
+        req = req.fw_mark(mark);
+        req.message_mut()
+            .attributes
+            .push(RuleAttribute::FwMask(mask));
+    }
+    let res = match r.family {
+        Family::V4 => {
+            let mut q = req.v4();
+            if let Some(ipnet::IpNet::V4(s)) = r.src {
+                q = q.source_prefix(s.addr(), s.prefix_len());
+            }
+            if let Some(ipnet::IpNet::V4(d)) = r.dst {
+                q = q.destination_prefix(d.addr(), d.prefix_len());
+            }
+            q.execute().await
         }
-        (_, Some(ipnet::IpNet::V6(s))) => {
-            req.v6()
-                .source_prefix(s.addr(), s.prefix_len())
-                .execute()
-                .await
+        Family::V6 => {
+            let mut q = req.v6();
+            if let Some(ipnet::IpNet::V6(s)) = r.src {
+                q = q.source_prefix(s.addr(), s.prefix_len());
+            }
+            if let Some(ipnet::IpNet::V6(d)) = r.dst {
+                q = q.destination_prefix(d.addr(), d.prefix_len());
+            }
+            q.execute().await
         }
-        (Family::V4, None) => req.v4().execute().await,
-        (Family::V6, None) => req.v6().execute().await,
     };
     match res {
         Ok(()) => {

@@ -27,6 +27,10 @@ pub struct NetConf {
     /// MTU of the attachment; defaults to the agent's.
     #[serde(default)]
     pub mtu: Option<u32>,
+    /// The Muslin network to join (`muslin network create`); without it,
+    /// the network named like this configuration, else the default one.
+    #[serde(default)]
+    pub network: Option<String>,
     #[serde(default)]
     pub dns: Option<Dns>,
     #[serde(default)]

@@ -94,6 +94,10 @@ pub fn desired(v: &ClusterView, backend: Backend) -> Desired {
             pod_cidr: net(POD_CIDR),
             local_addresses: &addrs,
             path_mtu: &BTreeMap::new(),
+            dev: muslin_model::dataplane::VXLAN_DEV,
+            table: muslin_model::dataplane::MAIN_TABLE,
+            pod_table: Some(muslin_model::dataplane::POD_TABLE),
+            tunnel_always: false,
         },
     )
 }
@@ -116,6 +120,7 @@ pub fn fresh_host() -> HostState {
             mtu: Some(1500),
             mac: Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]),
             up: true,
+            group: None,
         }],
         ..Default::default()
     }

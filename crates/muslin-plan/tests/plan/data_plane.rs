@@ -265,6 +265,7 @@ fn vxlan_mtu_change_sets_only_the_mtu() {
             mtu: Some(1450),
             mac: None,
             up: false,
+            group: None,
         }]
     );
     assert_eq!(lines(&d), ["link set msl-vxlan mtu 1450"]);

@@ -22,6 +22,7 @@ fn masquerade() -> Masquerade {
         .into_iter()
         .map(ip)
         .collect(),
+        networks: vec![],
     }
 }
 
@@ -75,6 +76,7 @@ fn loaded(m: &Masquerade) -> NftObserved {
         exists: true,
         rules: BTreeMap::from([("postrouting".to_string(), m.tags())]),
         sets: BTreeMap::from([("nodes".to_string(), set)]),
+        counters: BTreeMap::new(),
     }
 }
 

@@ -64,6 +64,7 @@ fn orphaned_pod_veth_is_deleted_and_other_links_are_not() {
         mtu: Some(1500),
         mac: None,
         up: true,
+        group: None,
     };
     h.links.push(veth(&orphan));
     // Not ours by name: someone else's veth, and our VXLAN device's prefix.

@@ -1,0 +1,324 @@
+//! Networks besides the default one in the cluster loop: their leases,
+//! their data planes, and the operators' requests to create, delete and
+//! list them.
+
+use std::collections::BTreeMap;
+
+use muslin_model::api::NetworkStatus;
+use muslin_model::cni::{CniError, ErrorCode};
+use muslin_model::dataplane::{desired, Backend, Desired, Params, VxlanSettings};
+use muslin_model::network::{self, CreateContext, NetworkSpec};
+use muslin_plan::nft::{NftFamily, NftNetwork, NftObserved};
+use muslin_store::ClusterStore;
+
+use super::Cluster;
+use crate::leases::Leases;
+use crate::networks::{Ask, Networks};
+
+/// One network's leases on this node.
+pub(super) struct NetState {
+    spec: NetworkSpec,
+    leases: Leases,
+}
+
+/// One network's data plane on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct NetPlane {
+    pub spec: NetworkSpec,
+    pub desired: Desired,
+    /// Whether the hosts route to its containers.
+    pub reach: bool,
+}
+
+impl Cluster {
+    /// Leases blocks of every network in force (a first one when an ADD
+    /// asks) and gives up the blocks of networks gone.
+    pub(super) async fn lease_networks(
+        &mut self,
+        view: &muslin_model::cluster::ClusterView,
+        live: &BTreeMap<String, NetworkSpec>,
+        networks: &Networks,
+    ) {
+        let gone: Vec<String> = self
+            .nets
+            .iter()
+            .filter(|(name, st)| live.get(*name).is_none_or(|n| !same_network(n, &st.spec)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            let mut st = self.nets.remove(&name).expect("listed");
+            for b in st.leases.release_all() {
+                self.store.release_block(&name, b).await;
+            }
+            networks.forget(&name);
+            tracing::info!(network = %name, "network gone; its blocks are released");
+        }
+        for n in live.values() {
+            if !self.nets.contains_key(&n.name) {
+                match Leases::load_network(&self.state_dir, &self.me, n, self.settle, self.ttl) {
+                    Ok(leases) => {
+                        self.nets.insert(
+                            n.name.clone(),
+                            NetState {
+                                spec: n.clone(),
+                                leases,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        tracing::error!(network = %n.name, cause = %e, "cannot load the network's leases");
+                        continue;
+                    }
+                }
+            }
+            let st = self.nets.get_mut(&n.name).expect("inserted");
+            let source = networks.blocks(&n.name);
+            let step = st
+                .leases
+                .step(&view.of_network(&n.name), source.take_asked());
+            for b in &step.release {
+                self.store.release_block(&n.name, *b).await;
+            }
+            for (b, c) in step.reclaim {
+                self.store.claim_block(&n.name, b, c).await;
+            }
+            if let Some((b, c)) = step.claim {
+                self.store.claim_block(&n.name, b, c).await;
+            }
+            source.set(step.settled);
+        }
+    }
+
+    /// Each network's data plane: always a tunnel of its own VNI.
+    pub(super) fn network_planes(
+        &self,
+        view: &muslin_model::cluster::ClusterView,
+        live: &BTreeMap<String, NetworkSpec>,
+        path_mtu: &BTreeMap<String, u32>,
+    ) -> Vec<NetPlane> {
+        let reach = network::host_reach(live, self.pod_cidr);
+        live.values()
+            .map(|n| {
+                let dev = n.vxlan_dev();
+                let d = desired(
+                    &view.of_network(&n.name),
+                    &Params {
+                        me: &self.me,
+                        backend: Backend::Vxlan,
+                        local: &self.underlay,
+                        vx: VxlanSettings {
+                            vni: n.vni,
+                            port: self.vx.port,
+                        },
+                        vtep_mac: muslin_model::cluster::vtep_mac(&self.me),
+                        pod_cidr: n.subnets[0],
+                        local_addresses: &self.host.addresses,
+                        path_mtu,
+                        dev: &dev,
+                        table: n.table(),
+                        // An isolated network's packets to the hosts take
+                        // the main routing, where they are dropped.
+                        pod_table: (!n.isolated_from_host).then(|| n.table()),
+                        tunnel_always: true,
+                    },
+                );
+                NetPlane {
+                    spec: n.clone(),
+                    desired: d,
+                    reach: reach.contains(&n.name),
+                }
+            })
+            .collect()
+    }
+
+    /// Answers an operator's request.
+    pub(super) async fn answer(
+        &mut self,
+        ask: Ask,
+        view: &muslin_model::cluster::ClusterView,
+        live: &BTreeMap<String, NetworkSpec>,
+        host: &muslin_kernel::Executor,
+    ) {
+        match ask {
+            Ask::Create(req, reply) => {
+                let _ = reply.send(self.create(&req, view, live).await);
+            }
+            Ask::Delete(name, reply) => {
+                let _ = reply.send(self.delete(&name, view, live).await);
+            }
+            Ask::List(reply) => {
+                let counters = match host.masquerade(NftFamily::Ip).await {
+                    Ok(o) => Some(o),
+                    Err(e) => {
+                        tracing::warn!(cause = %e, "cannot read the network drop counters");
+                        None
+                    }
+                };
+                let mut all = vec![self.default_status(view)];
+                all.extend(self.statuses(view, live, counters.as_ref()));
+                let _ = reply.send(all);
+            }
+        }
+    }
+
+    async fn create(
+        &mut self,
+        req: &network::CreateNetwork,
+        view: &muslin_model::cluster::ClusterView,
+        live: &BTreeMap<String, NetworkSpec>,
+    ) -> Result<NetworkSpec, CniError> {
+        // The host's own routes and every node's underlay subnet.
+        let mut routes = self.host.foreign.clone();
+        routes.extend(
+            view.nodes
+                .values()
+                .filter_map(|p| p.record.as_ref().map(|r| r.underlay_prefix)),
+        );
+        let cx = CreateContext {
+            default_cidr: self.pod_cidr,
+            default_vni: self.vx.vni,
+            host_routes: &routes,
+            me: &self.me,
+            now_ms: crate::leases::now_ms(),
+        };
+        // A deleted name may be created again; the records merge by time.
+        let spec = network::create(req, live, &cx)
+            .map_err(|e| CniError::new(ErrorCode::InvalidConfig, e.to_string()))?;
+        self.store
+            .put_network(&spec)
+            .await
+            .map_err(|e| CniError::new(ErrorCode::InvalidConfig, format!("name: {e}")))?;
+        tracing::info!(network = %spec.name, subnets = ?spec.subnets, vni = spec.vni, id = spec.id, "network created");
+        Ok(spec)
+    }
+
+    async fn delete(
+        &mut self,
+        name: &str,
+        view: &muslin_model::cluster::ClusterView,
+        live: &BTreeMap<String, NetworkSpec>,
+    ) -> Result<(), CniError> {
+        if name == muslin_model::DEFAULT_NETWORK {
+            return Err(CniError::new(
+                ErrorCode::InvalidConfig,
+                "name: the default network cannot be deleted",
+            ));
+        }
+        let Some(spec) = live.get(name) else {
+            return Err(CniError::new(
+                ErrorCode::InvalidConfig,
+                format!("name: network {name} does not exist"),
+            ));
+        };
+        let users: Vec<String> = view
+            .endpoints()
+            .into_iter()
+            .filter(|e| e.network == name)
+            .map(|e| format!("{}/{}/{}", e.node, e.container_id, e.ifname))
+            .collect();
+        if !users.is_empty() {
+            return Err(CniError::new(
+                ErrorCode::InvalidConfig,
+                format!(
+                    "network {name} still has {} endpoint(s): {}; detach them first",
+                    users.len(),
+                    users.join(", ")
+                ),
+            ));
+        }
+        let now = crate::leases::now_ms().max(spec.created_at_ms + 1);
+        let tombstone = NetworkSpec {
+            deleted_at_ms: Some(now),
+            created_by: self.me.clone(),
+            ..spec.clone()
+        };
+        self.store
+            .put_network(&tombstone)
+            .await
+            .map_err(|e| CniError::new(ErrorCode::Internal, e))?;
+        tracing::info!(network = %name, "network deleted");
+        Ok(())
+    }
+
+    fn default_status(&self, view: &muslin_model::cluster::ClusterView) -> NetworkStatus {
+        let owners = view.block_owners();
+        NetworkStatus {
+            name: muslin_model::DEFAULT_NETWORK.into(),
+            subnets: vec![self.pod_cidr],
+            vni: self.vx.vni,
+            id: 0,
+            isolated_from_host: false,
+            host_reach: true,
+            host_reach_why: None,
+            endpoints: endpoints_of(view, muslin_model::DEFAULT_NETWORK),
+            nodes: nodes_of(&owners),
+            dropped_leaving: 0,
+            dropped_entering: 0,
+            created_by: None,
+        }
+    }
+
+    /// The networks in force as `status` and `network list` show them.
+    pub(super) fn statuses(
+        &self,
+        view: &muslin_model::cluster::ClusterView,
+        live: &BTreeMap<String, NetworkSpec>,
+        counters: Option<&NftObserved>,
+    ) -> Vec<NetworkStatus> {
+        let reach = network::host_reach(live, self.pod_cidr);
+        live.values()
+            .map(|n| {
+                let (leaving, entering) = NftNetwork::of(n).drop_tags();
+                let count = |t: &String| {
+                    counters
+                        .and_then(|c| c.counters.get(t))
+                        .copied()
+                        .unwrap_or(0)
+                };
+                let reached = reach.contains(&n.name);
+                NetworkStatus {
+                    name: n.name.clone(),
+                    subnets: n.subnets.clone(),
+                    vni: n.vni,
+                    id: n.id,
+                    isolated_from_host: n.isolated_from_host,
+                    host_reach: reached,
+                    host_reach_why: (!reached).then(|| {
+                        if n.isolated_from_host {
+                            "isolated from the hosts".to_string()
+                        } else {
+                            "it overlaps the default network or an older network the hosts route to".to_string()
+                        }
+                    }),
+                    endpoints: endpoints_of(view, &n.name),
+                    nodes: nodes_of(&view.of_network(&n.name).block_owners()),
+                    dropped_leaving: count(&leaving),
+                    dropped_entering: count(&entering),
+                    created_by: Some(n.created_by.clone()),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A record of the same network: a name deleted and created again is
+/// another network (new id, maybe another subnet).
+fn same_network(a: &NetworkSpec, b: &NetworkSpec) -> bool {
+    (a.id, &a.subnets, a.block_size, a.created_at_ms)
+        == (b.id, &b.subnets, b.block_size, b.created_at_ms)
+}
+
+fn endpoints_of(view: &muslin_model::cluster::ClusterView, network: &str) -> Vec<String> {
+    view.endpoints()
+        .into_iter()
+        .filter(|e| e.network == network)
+        .map(|e| format!("{}/{}/{}", e.node, e.container_id, e.ifname))
+        .collect()
+}
+
+fn nodes_of(owners: &BTreeMap<ipnet::IpNet, String>) -> Vec<String> {
+    let mut v: Vec<String> = owners.values().cloned().collect();
+    v.sort();
+    v.dedup();
+    v
+}

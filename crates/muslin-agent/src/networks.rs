@@ -1,0 +1,93 @@
+//! The networks in force, shared by the local API (an ADD joins one,
+//! `muslin network` manages them) and the cluster loop, which learns them
+//! from the store, leases their blocks and programs them. Creating and
+//! deleting go through the cluster loop: it holds the store, the view and
+//! the host's routes that a new network is checked against.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use muslin_model::api::NetworkStatus;
+use muslin_model::cni::{CniError, ErrorCode};
+use muslin_model::network::{CreateNetwork, NetworkSpec};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::blocks::BlockSource;
+
+/// A request for the cluster loop.
+pub enum Ask {
+    Create(
+        CreateNetwork,
+        oneshot::Sender<Result<NetworkSpec, CniError>>,
+    ),
+    Delete(String, oneshot::Sender<Result<(), CniError>>),
+    List(oneshot::Sender<Vec<NetworkStatus>>),
+}
+
+pub struct Networks {
+    live: watch::Sender<BTreeMap<String, NetworkSpec>>,
+    blocks: Mutex<BTreeMap<String, Arc<BlockSource>>>,
+    default_blocks: Arc<BlockSource>,
+    asks: mpsc::Sender<Ask>,
+    /// MTU of pods of a network: its traffic is always encapsulated.
+    pub tunnel_mtu: u32,
+}
+
+impl Networks {
+    pub fn new(default_blocks: Arc<BlockSource>, tunnel_mtu: u32) -> (Arc<Self>, mpsc::Receiver<Ask>) {
+        let (asks, rx) = mpsc::channel(16);
+        let n = Networks {
+            live: watch::Sender::new(BTreeMap::new()),
+            blocks: Mutex::new(BTreeMap::new()),
+            default_blocks,
+            asks,
+            tunnel_mtu,
+        };
+        (Arc::new(n), rx)
+    }
+
+    pub fn get(&self, name: &str) -> Option<NetworkSpec> {
+        self.live.borrow().get(name).cloned()
+    }
+
+    pub fn set_live(&self, live: &BTreeMap<String, NetworkSpec>) {
+        self.live.send_if_modified(|l| {
+            if l != live {
+                *l = live.clone();
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// The block source of `network`, made on first use.
+    pub fn blocks(&self, network: &str) -> Arc<BlockSource> {
+        self.blocks
+            .lock()
+            .expect("blocks")
+            .entry(network.to_string())
+            .or_insert_with(|| Arc::new(self.default_blocks.sibling()))
+            .clone()
+    }
+
+    pub fn forget(&self, network: &str) {
+        self.blocks.lock().expect("blocks").remove(network);
+    }
+
+    /// Sends a request to the cluster loop and waits for its answer.
+    pub async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Ask,
+    ) -> Result<T, CniError> {
+        let (tx, rx) = oneshot::channel();
+        let gone = || {
+            CniError::new(
+                ErrorCode::TryAgainLater,
+                "the cluster loop is not running (the agent is starting or stopping)",
+            )
+        };
+        self.asks.send(make(tx)).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
+    }
+}
