@@ -508,6 +508,27 @@ segment = "a"
     }
 
     #[test]
+    fn network_examples_plan() {
+        for text in [
+            include_str!("../../../examples/networks.toml"),
+            include_str!("../../../examples/networks-routed.toml"),
+        ] {
+            let p = plan(text);
+            let names: Vec<&str> = p.networks.iter().map(|n| n.name.as_str()).collect();
+            assert_eq!(names, ["red", "blue"]);
+            let hosts: Vec<&NodePlan> = p.nodes.iter().filter(|n| !n.router).collect();
+            assert!(hosts.len() >= 3);
+            for h in hosts {
+                assert_eq!(h.containers, ["red", "blue", "plain", "both"]);
+                assert_eq!(h.networks_of("red"), ["red"]);
+                assert_eq!(h.networks_of("blue"), ["blue"]);
+                assert_eq!(h.networks_of("plain"), ["default"]);
+                assert_eq!(h.networks_of("both"), ["red", "blue"]);
+            }
+        }
+    }
+
+    #[test]
     fn plans_from_before_networks_still_load() {
         let mut v = serde_json::to_value(plan(&Topology::default_text(1))).unwrap();
         v.as_object_mut().unwrap().remove("networks");
