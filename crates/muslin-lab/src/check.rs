@@ -1,16 +1,27 @@
-//! The connectivity matrix: from every container to every container and to
-//! every host, per protocol. Probes run in-process: one thread per source
-//! enters the source's namespace, so a 20-host lab is checked in seconds.
+//! The connectivity matrix, per network: from every container to every
+//! container that shares the network (and to every host, on the default
+//! network), per protocol; and isolation: a container must NOT reach the
+//! addresses of containers it shares no network with. Which probes to make
+//! is decided by pure functions; probes run in-process, one thread per
+//! source entering the source's namespace, so a 20-host lab is checked in
+//! seconds.
 
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use nix::sched::{setns, CloneFlags};
 use serde::Serialize;
 
 use crate::probe::{self, Proto};
+use crate::topology::DEFAULT_NETWORK;
+
+/// The longest an isolation probe waits: there, no answer is the pass, so
+/// every passing probe waits this long. A lab's answers take milliseconds.
+pub const ISOLATION_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Endpoint {
@@ -20,59 +31,450 @@ pub struct Endpoint {
     pub address: IpAddr,
 }
 
+/// A container as the matrix sees it: its addresses per network, in
+/// attachment order.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub label: String,
+    pub ns: String,
+    pub addresses: Vec<(String, IpAddr)>,
+}
+
+impl Member {
+    fn on(&self, network: &str) -> bool {
+        self.addresses.iter().any(|(n, _)| n == network)
+    }
+
+    fn address_in(&self, network: &str) -> Option<IpAddr> {
+        self.addresses
+            .iter()
+            .find(|(n, _)| n == network)
+            .map(|(_, a)| *a)
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct PairResult {
+    pub network: String,
     pub from: String,
     pub to: String,
     /// Protocols that failed, with why; empty when the pair works.
     pub failed: Vec<(String, String)>,
 }
 
+/// A source trying an address of a container it shares no network with.
 #[derive(Debug, Clone, Serialize)]
-pub struct Matrix {
+pub struct IsolationResult {
+    pub from: String,
+    pub to: String,
+    /// The target's network (one the source is not on) and its address there.
+    pub network: String,
+    pub address: IpAddr,
+    /// Protocols that got through: each a failure. Empty when isolated.
+    pub reached: Vec<String>,
+    /// Why the probe could not be made at all (also a failure: an
+    /// unprobed pair proves nothing).
+    pub error: Option<String>,
+}
+
+impl IsolationResult {
+    pub fn ok(&self) -> bool {
+        self.reached.is_empty() && self.error.is_none()
+    }
+}
+
+/// A probe the matrix does not make, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    pub from: String,
+    pub to: String,
+    pub network: String,
+    pub address: IpAddr,
+    pub why: String,
+}
+
+/// Who probes whom in one network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkMatrix {
+    pub name: String,
     pub sources: Vec<String>,
     pub targets: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Matrix {
     pub protocols: Vec<String>,
+    pub networks: Vec<NetworkMatrix>,
+    /// Every network's pairs, each of which must work.
     pub pairs: Vec<PairResult>,
+    /// Pairs that share no network, each of which must not work.
+    pub isolation: Vec<IsolationResult>,
+    pub skipped: Vec<Skipped>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    Reach,
+    Isolated,
+}
+
+/// One probe to make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub from: String,
+    pub ns: String,
+    pub to: String,
+    pub network: String,
+    pub address: IpAddr,
+    pub expect: Expect,
+}
+
+/// What to probe, decided before any probe runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckPlan {
+    pub networks: Vec<NetworkMatrix>,
+    pub probes: Vec<Probe>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// Decides the probes: per network (in `subnets`' order, then any other a
+/// member is on), every member on it to every other member on it, and on
+/// the default network to every host too; then isolation between members
+/// that share no network. `subnets` gives each network's subnet, which
+/// tells when a probe's destination is ambiguous.
+pub fn plan(members: &[Member], hosts: &[Endpoint], subnets: &[(String, IpNet)]) -> CheckPlan {
+    let mut names: Vec<String> = subnets.iter().map(|(n, _)| n.clone()).collect();
+    for (n, _) in members.iter().flat_map(|m| &m.addresses) {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    let subnet = |n: &str| subnets.iter().find(|(x, _)| x == n).map(|(_, s)| *s);
+    let mut out = CheckPlan {
+        networks: vec![],
+        probes: vec![],
+        skipped: vec![],
+    };
+    for net in &names {
+        let on: Vec<&Member> = members.iter().filter(|m| m.on(net)).collect();
+        if on.is_empty() {
+            continue;
+        }
+        let mut targets: Vec<(String, IpAddr)> = on
+            .iter()
+            .filter_map(|m| Some((m.label.clone(), m.address_in(net)?)))
+            .collect();
+        if net == DEFAULT_NETWORK {
+            targets.extend(hosts.iter().map(|h| (h.label.clone(), h.address)));
+        }
+        out.networks.push(NetworkMatrix {
+            name: net.clone(),
+            sources: on.iter().map(|m| m.label.clone()).collect(),
+            targets: targets.iter().map(|(l, _)| l.clone()).collect(),
+        });
+        for src in &on {
+            for (to, address) in targets.iter().filter(|(l, _)| *l != src.label) {
+                match ambiguous(src, net, *address, &subnet) {
+                    Some(why) => out.skipped.push(Skipped {
+                        from: src.label.clone(),
+                        to: to.clone(),
+                        network: net.clone(),
+                        address: *address,
+                        why,
+                    }),
+                    None => out.probes.push(Probe {
+                        from: src.label.clone(),
+                        ns: src.ns.clone(),
+                        to: to.clone(),
+                        network: net.clone(),
+                        address: *address,
+                        expect: Expect::Reach,
+                    }),
+                }
+            }
+        }
+    }
+    isolation(members, &mut out);
+    out
+}
+
+/// A source on several networks whose subnets overlap cannot say which one
+/// a destination is in: its own routes pick the interface, whatever the
+/// network, and an answer may come from the other network's holder of the
+/// same address. Such probes prove nothing, either way.
+fn ambiguous(
+    src: &Member,
+    net: &str,
+    address: IpAddr,
+    subnet: &dyn Fn(&str) -> Option<IpNet>,
+) -> Option<String> {
+    src.addresses
+        .iter()
+        .map(|(n, _)| n)
+        .find(|n| *n != net && subnet(n).is_some_and(|s| s.contains(&address)))
+        .map(|other| {
+            format!("{address} is in {other}'s subnet too, and the source is on {other} as well")
+        })
+}
+
+/// Pairs that share no network: the source tries each of the target's
+/// addresses, expecting nothing through. An address that a container holds
+/// in a network the source is on is skipped: with overlapping subnets,
+/// reaching it there is legitimate.
+fn isolation(members: &[Member], out: &mut CheckPlan) {
+    for src in members {
+        let nets: HashSet<&str> = src.addresses.iter().map(|(n, _)| n.as_str()).collect();
+        let held: HashSet<IpAddr> = members
+            .iter()
+            .flat_map(|m| &m.addresses)
+            .filter(|(n, _)| nets.contains(n.as_str()))
+            .map(|(_, a)| *a)
+            .collect();
+        for dst in members.iter().filter(|d| d.label != src.label) {
+            if dst.addresses.iter().any(|(n, _)| nets.contains(n.as_str())) {
+                continue;
+            }
+            for (net, address) in &dst.addresses {
+                let base = (src.label.clone(), dst.label.clone(), net.clone(), *address);
+                if held.contains(address) {
+                    out.skipped.push(Skipped {
+                        from: base.0,
+                        to: base.1,
+                        network: base.2,
+                        address: base.3,
+                        why: format!("{address} is also held in a network the source is on"),
+                    });
+                    continue;
+                }
+                out.probes.push(Probe {
+                    from: base.0,
+                    ns: src.ns.clone(),
+                    to: base.1,
+                    network: base.2,
+                    address: base.3,
+                    expect: Expect::Isolated,
+                });
+            }
+        }
+    }
+}
+
+/// Makes the planned probes: one thread per source namespace. Isolation
+/// probes wait at most [`ISOLATION_TIMEOUT`].
+pub fn run(plan: CheckPlan, protos: &[Proto], port: u16, timeout: Duration) -> Matrix {
+    let mut by_ns: BTreeMap<&str, Vec<&Probe>> = BTreeMap::new();
+    for p in &plan.probes {
+        by_ns.entry(&p.ns).or_default().push(p);
+    }
+    let results: Vec<(&Probe, Outcome)> = std::thread::scope(|s| {
+        let handles: Vec<_> = by_ns
+            .into_iter()
+            .map(|(ns, probes)| s.spawn(move || from_ns(ns, probes, protos, port, timeout)))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("probe thread does not panic"))
+            .collect()
+    });
+    let mut m = Matrix {
+        protocols: protos.iter().map(|p| p.name().to_string()).collect(),
+        networks: plan.networks.clone(),
+        pairs: vec![],
+        isolation: vec![],
+        skipped: plan.skipped.clone(),
+    };
+    for (p, outcome) in results {
+        match p.expect {
+            Expect::Reach => m.pairs.push(PairResult {
+                network: p.network.clone(),
+                from: p.from.clone(),
+                to: p.to.clone(),
+                failed: match outcome {
+                    Outcome::NoEntry(e) => protos
+                        .iter()
+                        .map(|pr| (pr.name().to_string(), e.clone()))
+                        .collect(),
+                    Outcome::Probed(r) => r.failed,
+                },
+            }),
+            Expect::Isolated => m.isolation.push(IsolationResult {
+                from: p.from.clone(),
+                to: p.to.clone(),
+                network: p.network.clone(),
+                address: p.address,
+                reached: match &outcome {
+                    Outcome::NoEntry(_) => vec![],
+                    Outcome::Probed(r) => r.reached.clone(),
+                },
+                error: match outcome {
+                    Outcome::NoEntry(e) => Some(e),
+                    Outcome::Probed(_) => None,
+                },
+            }),
+        }
+    }
+    m
+}
+
+enum Outcome {
+    /// The source's namespace could not be entered.
+    NoEntry(String),
+    Probed(Probed),
+}
+
+struct Probed {
+    /// Protocols that failed, with why.
+    failed: Vec<(String, String)>,
+    /// Protocols that got through.
+    reached: Vec<String>,
+}
+
+fn from_ns<'a>(
+    ns: &str,
+    probes: Vec<&'a Probe>,
+    protos: &[Proto],
+    port: u16,
+    timeout: Duration,
+) -> Vec<(&'a Probe, Outcome)> {
+    let entered = File::open(format!("/var/run/netns/{ns}"))
+        .map_err(|e| e.to_string())
+        .and_then(|f| setns(f.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string()))
+        .map_err(|e| format!("cannot enter {ns}: {e}"));
+    probes
+        .into_iter()
+        .map(|p| {
+            let outcome = match &entered {
+                Err(e) => Outcome::NoEntry(e.clone()),
+                Ok(()) => {
+                    let t = match p.expect {
+                        Expect::Reach => timeout,
+                        Expect::Isolated => timeout.min(ISOLATION_TIMEOUT),
+                    };
+                    let mut r = Probed {
+                        failed: vec![],
+                        reached: vec![],
+                    };
+                    for pr in protos {
+                        match probe::check(p.address, port, *pr, t) {
+                            Ok(_) => r.reached.push(pr.name().to_string()),
+                            Err(e) => r.failed.push((pr.name().to_string(), e.reason)),
+                        }
+                    }
+                    Outcome::Probed(r)
+                }
+            };
+            (p, outcome)
+        })
+        .collect()
 }
 
 impl Matrix {
     pub fn ok(&self) -> bool {
-        self.pairs.iter().all(|p| p.failed.is_empty())
+        self.pairs.iter().all(|p| p.failed.is_empty()) && self.isolation.iter().all(|i| i.ok())
     }
 
+    /// Pairs that failed, and pairs that should be isolated but are not.
     pub fn failures(&self) -> usize {
         self.pairs.iter().filter(|p| !p.failed.is_empty()).count()
+            + self.isolation.iter().filter(|i| !i.ok()).count()
     }
 
-    /// A table: rows are sources, columns targets; `ok`, or the initials of
-    /// the protocols that failed.
+    /// One line per failed protocol of a pair and per isolation breach.
+    pub fn problems(&self) -> Vec<String> {
+        let only_default = self.only_default();
+        let mut out = Vec::new();
+        for p in &self.pairs {
+            let net = if only_default {
+                String::new()
+            } else {
+                format!(" (network {})", p.network)
+            };
+            for (proto, why) in &p.failed {
+                out.push(format!("{} -> {}{net} {proto}: {why}", p.from, p.to));
+            }
+        }
+        for i in self.isolation.iter().filter(|i| !i.ok()) {
+            let what = match &i.error {
+                Some(e) => format!("not probed: {e}"),
+                None => format!("reached over {}", i.reached.join(",")),
+            };
+            out.push(format!(
+                "{} -> {} at {} (network {}, not shared) should be isolated: {what}",
+                i.from, i.to, i.address, i.network
+            ));
+        }
+        out
+    }
+
+    /// A lab with only the default network renders as before networks.
+    fn only_default(&self) -> bool {
+        self.networks.iter().all(|n| n.name == DEFAULT_NETWORK)
+            && self.isolation.is_empty()
+            && self.skipped.is_empty()
+    }
+
+    /// Per network, a table: rows are sources, columns targets; `ok`, or
+    /// the initials of the protocols that failed, `-` for a skipped probe.
+    /// Then isolation: how many pairs were isolated, and which were not.
     pub fn render(&self) -> String {
-        let w = self
-            .targets
-            .iter()
-            .map(String::len)
-            .max()
-            .unwrap_or(2)
-            .max(6)
-            + 2;
-        let lw = self
-            .sources
-            .iter()
-            .map(String::len)
-            .max()
-            .unwrap_or(4)
-            .max(4)
-            + 2;
+        let mut out = String::new();
+        let only_default = self.only_default();
+        for n in &self.networks {
+            if !only_default {
+                out.push_str(&format!("network {}\n", n.name));
+            }
+            out.push_str(&self.table(n));
+        }
+        let bad = self.pairs.iter().filter(|p| !p.failed.is_empty()).count();
+        out.push_str(&format!(
+            "{} of {} pairs ok over {} (x: failed; t=tcp u=udp i=icmp r=ip253)\n",
+            self.pairs.len() - bad,
+            self.pairs.len(),
+            self.protocols.join(",")
+        ));
+        if !self.isolation.is_empty() {
+            let breached = self.isolation.iter().filter(|i| !i.ok()).count();
+            out.push_str(&format!(
+                "isolation: {} of {} probes across networks got nothing through{}\n",
+                self.isolation.len() - breached,
+                self.isolation.len(),
+                if breached > 0 {
+                    format!(" ({breached} NOT isolated)")
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        if !self.skipped.is_empty() {
+            out.push_str(&format!(
+                "skipped: {} probes whose destination is ambiguous with overlapping subnets (-)\n",
+                self.skipped.len()
+            ));
+        }
+        out
+    }
+
+    fn table(&self, n: &NetworkMatrix) -> String {
+        let w = n.targets.iter().map(String::len).max().unwrap_or(2).max(6) + 2;
+        let lw = n.sources.iter().map(String::len).max().unwrap_or(4).max(4) + 2;
         let mut out = format!("{:lw$}", "from\\to");
-        for t in &self.targets {
+        for t in &n.targets {
             out.push_str(&format!("{t:>w$}"));
         }
         out.push('\n');
-        for s in &self.sources {
+        for s in &n.sources {
             out.push_str(&format!("{s:lw$}"));
-            for t in &self.targets {
-                let cell = match self.pairs.iter().find(|p| &p.from == s && &p.to == t) {
+            for t in &n.targets {
+                let pair = self
+                    .pairs
+                    .iter()
+                    .find(|p| p.network == n.name && &p.from == s && &p.to == t);
+                let skipped = self
+                    .skipped
+                    .iter()
+                    .any(|p| p.network == n.name && &p.from == s && &p.to == t);
+                let cell = match pair {
+                    None if skipped => "-".to_string(),
                     None => "·".to_string(),
                     Some(p) if p.failed.is_empty() => "ok".to_string(),
                     Some(p) => format!(
@@ -87,12 +489,6 @@ impl Matrix {
             }
             out.push('\n');
         }
-        out.push_str(&format!(
-            "{} of {} pairs ok over {} (x: failed; t=tcp u=udp i=icmp r=ip253)\n",
-            self.pairs.len() - self.failures(),
-            self.pairs.len(),
-            self.protocols.join(",")
-        ));
         out
     }
 }
@@ -105,70 +501,311 @@ fn initial(proto: &str) -> char {
     }
 }
 
-/// Probes every (source, target) pair but a source to itself.
-pub fn run(
-    sources: &[Endpoint],
-    targets: &[Endpoint],
-    protos: &[Proto],
-    port: u16,
-    timeout: Duration,
-) -> Matrix {
-    let pairs: Vec<PairResult> = std::thread::scope(|s| {
-        let handles: Vec<_> = sources
-            .iter()
-            .map(|src| s.spawn(move || from_source(src, targets, protos, port, timeout)))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("probe thread does not panic"))
-            .collect()
-    });
-    Matrix {
-        sources: sources.iter().map(|e| e.label.clone()).collect(),
-        targets: targets.iter().map(|e| e.label.clone()).collect(),
-        protocols: protos.iter().map(|p| p.name().to_string()).collect(),
-        pairs,
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn from_source(
-    src: &Endpoint,
-    targets: &[Endpoint],
-    protos: &[Proto],
-    port: u16,
-    timeout: Duration,
-) -> Vec<PairResult> {
-    let entered = File::open(format!("/var/run/netns/{}", src.ns))
-        .map_err(|e| e.to_string())
-        .and_then(|f| setns(f.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string()));
-    targets
+    fn member(label: &str, nets: &[(&str, &str)]) -> Member {
+        Member {
+            label: label.into(),
+            ns: format!("lab-{}", label.replace('/', "-")),
+            addresses: nets
+                .iter()
+                .map(|(n, a)| (n.to_string(), a.parse().unwrap()))
+                .collect(),
+        }
+    }
+
+    fn subnets() -> Vec<(String, IpNet)> {
+        [
+            ("default", "10.244.0.0/16"),
+            ("red", "10.50.0.0/16"),
+            ("blue", "10.50.0.0/16"),
+        ]
         .iter()
-        .filter(|t| t.label != src.label)
-        .map(|t| {
-            let failed = match &entered {
-                Err(e) => protos
-                    .iter()
-                    .map(|p| {
-                        (
-                            p.name().to_string(),
-                            format!("cannot enter {}: {e}", src.ns),
-                        )
-                    })
-                    .collect(),
-                Ok(()) => protos
-                    .iter()
-                    .filter_map(|p| {
-                        probe::check(t.address, port, *p, timeout)
-                            .err()
-                            .map(|e| (p.name().to_string(), e.reason))
-                    })
-                    .collect(),
-            };
-            PairResult {
-                from: src.label.clone(),
-                to: t.label.clone(),
-                failed,
-            }
-        })
+        .map(|(n, s)| (n.to_string(), s.parse().unwrap()))
         .collect()
+    }
+
+    fn host(label: &str, a: &str) -> Endpoint {
+        Endpoint {
+            label: label.into(),
+            ns: format!("lab-{label}"),
+            address: a.parse().unwrap(),
+        }
+    }
+
+    fn probes(p: &CheckPlan, expect: Expect) -> Vec<String> {
+        let mut v: Vec<String> = p
+            .probes
+            .iter()
+            .filter(|x| x.expect == expect)
+            .map(|x| format!("{} {}>{} {}", x.network, x.from, x.to, x.address))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn default_only_is_the_matrix_of_before() {
+        let m = [
+            member("h1/c1", &[("default", "10.244.0.2")]),
+            member("h2/c1", &[("default", "10.244.1.2")]),
+        ];
+        let p = plan(&m, &[host("h1", "192.168.56.11")], &subnets());
+        assert_eq!(
+            p.networks,
+            [NetworkMatrix {
+                name: "default".into(),
+                sources: vec!["h1/c1".into(), "h2/c1".into()],
+                targets: vec!["h1/c1".into(), "h2/c1".into(), "h1".into()],
+            }]
+        );
+        assert_eq!(
+            probes(&p, Expect::Reach),
+            [
+                "default h1/c1>h1 192.168.56.11",
+                "default h1/c1>h2/c1 10.244.1.2",
+                "default h2/c1>h1 192.168.56.11",
+                "default h2/c1>h1/c1 10.244.0.2",
+            ]
+        );
+        assert!(probes(&p, Expect::Isolated).is_empty());
+        assert!(p.skipped.is_empty());
+        // The probes of a source run in its namespace.
+        assert!(p
+            .probes
+            .iter()
+            .all(|x| x.ns == format!("lab-{}", x.from.replace('/', "-"))));
+    }
+
+    #[test]
+    fn networks_reach_within_and_isolate_across() {
+        let m = [
+            member("h1/r", &[("red", "10.50.0.1")]),
+            member("h2/r", &[("red", "10.50.1.1")]),
+            member("h1/b", &[("blue", "10.50.0.2")]),
+            member("h1/d", &[("default", "10.244.0.2")]),
+        ];
+        let p = plan(&m, &[host("h1", "192.168.56.11")], &subnets());
+        let nets: Vec<&str> = p.networks.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(nets, ["default", "red", "blue"]);
+        // Hosts are targets of the default network only.
+        assert_eq!(p.networks[1].targets, ["h1/r", "h2/r"]);
+        assert_eq!(
+            probes(&p, Expect::Reach),
+            [
+                "default h1/d>h1 192.168.56.11",
+                "red h1/r>h2/r 10.50.1.1",
+                "red h2/r>h1/r 10.50.0.1",
+            ]
+        );
+        assert_eq!(
+            probes(&p, Expect::Isolated),
+            [
+                "blue h1/r>h1/b 10.50.0.2",
+                "blue h2/r>h1/b 10.50.0.2",
+                "default h1/b>h1/d 10.244.0.2",
+                "default h1/r>h1/d 10.244.0.2",
+                "default h2/r>h1/d 10.244.0.2",
+                "red h1/b>h1/r 10.50.0.1",
+                "red h1/b>h2/r 10.50.1.1",
+                "red h1/d>h1/r 10.50.0.1",
+                "red h1/d>h2/r 10.50.1.1",
+                "blue h1/d>h1/b 10.50.0.2",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn an_address_also_held_in_the_sources_network_is_not_an_isolation_probe() {
+        // red and blue overlap: blue's h2/b holds 10.50.0.1 as red's h1/r does.
+        let m = [
+            member("h1/r", &[("red", "10.50.0.1")]),
+            member("h2/r", &[("red", "10.50.1.1")]),
+            member("h2/b", &[("blue", "10.50.0.1")]),
+        ];
+        let p = plan(&m, &[], &subnets());
+        assert_eq!(
+            probes(&p, Expect::Isolated),
+            ["red h2/b>h2/r 10.50.1.1"],
+            "h2/r -> h2/b at 10.50.0.1 would reach h1/r, legitimately; h2/b -> h1/r likewise; \
+             h1/r -> h2/b at 10.50.0.1 is h1/r itself"
+        );
+        let skipped: Vec<(&str, &str)> = p
+            .skipped
+            .iter()
+            .map(|s| (s.from.as_str(), s.to.as_str()))
+            .collect();
+        assert_eq!(
+            skipped,
+            [("h1/r", "h2/b"), ("h2/r", "h2/b"), ("h2/b", "h1/r")]
+        );
+        assert!(p.skipped[0].why.contains("also held"));
+    }
+
+    #[test]
+    fn sharing_any_network_means_no_isolation_probe_and_overlaps_make_sources_ambiguous() {
+        let m = [
+            member("h1/rb", &[("red", "10.50.0.4"), ("blue", "10.50.0.9")]),
+            member("h2/r", &[("red", "10.50.1.1")]),
+            member("h2/b", &[("blue", "10.50.1.2")]),
+            member("h2/dr", &[("default", "10.244.1.3"), ("red", "10.50.1.3")]),
+        ];
+        let p = plan(&m, &[host("h2", "192.168.56.12")], &subnets());
+        // h1/rb shares red or blue with everyone: no isolation probes from
+        // or to it. h2/b shares nothing with h2/r or h2/dr: each tries the
+        // other's every address.
+        assert_eq!(
+            probes(&p, Expect::Isolated),
+            [
+                "blue h2/dr>h2/b 10.50.1.2",
+                "blue h2/r>h2/b 10.50.1.2",
+                "default h2/b>h2/dr 10.244.1.3",
+                "red h2/b>h2/dr 10.50.1.3",
+                "red h2/b>h2/r 10.50.1.1"
+            ]
+        );
+        // h1/rb cannot say which of its networks 10.50.x.y is in.
+        assert!(p.probes.iter().all(|x| x.from != "h1/rb"));
+        assert_eq!(p.skipped.len(), 3);
+        assert!(p
+            .skipped
+            .iter()
+            .all(|s| s.from == "h1/rb" && s.why.contains("subnet")));
+        // A source on default and red is not ambiguous: they do not overlap.
+        assert!(probes(&p, Expect::Reach).contains(&"red h2/dr>h1/rb 10.50.0.4".to_string()));
+        assert!(probes(&p, Expect::Reach).contains(&"default h2/dr>h2 192.168.56.12".to_string()));
+        // Every target is reached at its own address in each network.
+        assert!(probes(&p, Expect::Reach).contains(&"blue h2/b>h1/rb 10.50.0.9".to_string()));
+        assert!(probes(&p, Expect::Reach).contains(&"red h2/r>h1/rb 10.50.0.4".to_string()));
+    }
+
+    fn matrix() -> Matrix {
+        let pair = |n: &str, f: &str, t: &str, failed: &[&str]| PairResult {
+            network: n.into(),
+            from: f.into(),
+            to: t.into(),
+            failed: failed
+                .iter()
+                .map(|p| (p.to_string(), "timed out".to_string()))
+                .collect(),
+        };
+        Matrix {
+            protocols: vec!["tcp".into(), "icmp".into()],
+            networks: vec![
+                NetworkMatrix {
+                    name: "red".into(),
+                    sources: vec!["h1/r".into(), "h2/r".into()],
+                    targets: vec!["h1/r".into(), "h2/r".into()],
+                },
+                NetworkMatrix {
+                    name: "blue".into(),
+                    sources: vec!["h1/b".into(), "h1/rb".into()],
+                    targets: vec!["h1/b".into(), "h1/rb".into()],
+                },
+            ],
+            pairs: vec![
+                pair("red", "h1/r", "h2/r", &[]),
+                pair("red", "h2/r", "h1/r", &["icmp"]),
+                pair("blue", "h1/b", "h1/rb", &[]),
+            ],
+            isolation: vec![
+                IsolationResult {
+                    from: "h1/r".into(),
+                    to: "h1/b".into(),
+                    network: "blue".into(),
+                    address: "10.50.0.2".parse().unwrap(),
+                    reached: vec![],
+                    error: None,
+                },
+                IsolationResult {
+                    from: "h1/b".into(),
+                    to: "h1/r".into(),
+                    network: "red".into(),
+                    address: "10.50.0.1".parse().unwrap(),
+                    reached: vec!["icmp".into()],
+                    error: None,
+                },
+            ],
+            skipped: vec![Skipped {
+                from: "h1/rb".into(),
+                to: "h1/b".into(),
+                network: "blue".into(),
+                address: "10.50.0.2".parse().unwrap(),
+                why: "ambiguous".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_breach_of_isolation_is_a_failure() {
+        let mut m = matrix();
+        assert!(!m.ok());
+        assert_eq!(m.failures(), 2);
+        let problems = m.problems();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems[0], "h2/r -> h1/r (network red) icmp: timed out");
+        assert!(problems[1].contains("h1/b -> h1/r at 10.50.0.1 (network red, not shared) should be isolated: reached over icmp"));
+        m.pairs.retain(|p| p.failed.is_empty());
+        m.isolation[1].reached.clear();
+        assert!(m.ok());
+        // A probe that could not be made proves nothing: a failure too.
+        m.isolation[0].error = Some("cannot enter lab-h1-r".into());
+        assert!(!m.ok());
+    }
+
+    #[test]
+    fn render_has_a_table_per_network_and_an_isolation_line() {
+        let r = matrix().render();
+        assert!(r.starts_with("network red\n"), "{r}");
+        assert!(r.contains("network blue\n"), "{r}");
+        assert!(r.contains("x:i"), "{r}");
+        assert!(r.contains("2 of 3 pairs ok over tcp,icmp"), "{r}");
+        assert!(
+            r.contains(
+                "isolation: 1 of 2 probes across networks got nothing through (1 NOT isolated)"
+            ),
+            "{r}"
+        );
+        assert!(r.contains("skipped: 1 probes"), "{r}");
+        // The skipped cell is '-', the diagonal '·'.
+        let blue_row = r.lines().find(|l| l.starts_with("h1/rb")).unwrap();
+        assert!(
+            blue_row.contains('-') && blue_row.contains('·'),
+            "{blue_row}"
+        );
+    }
+
+    #[test]
+    fn render_of_a_default_only_lab_is_as_before() {
+        let m = Matrix {
+            protocols: vec!["tcp".into()],
+            networks: vec![NetworkMatrix {
+                name: "default".into(),
+                sources: vec!["h1/c1".into()],
+                targets: vec!["h1/c1".into(), "h1".into()],
+            }],
+            pairs: vec![PairResult {
+                network: "default".into(),
+                from: "h1/c1".into(),
+                to: "h1".into(),
+                failed: vec![],
+            }],
+            isolation: vec![],
+            skipped: vec![],
+        };
+        assert_eq!(
+            m.render(),
+            "from\\to   h1/c1      h1\n\
+             h1/c1         ·      ok\n\
+             1 of 1 pairs ok over tcp (x: failed; t=tcp u=udp i=icmp r=ip253)\n"
+        );
+        assert_eq!(m.problems(), Vec::<String>::new());
+    }
 }

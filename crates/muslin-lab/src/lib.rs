@@ -6,6 +6,7 @@
 
 pub mod check;
 pub mod names;
+pub mod networks;
 pub mod ops;
 pub mod plan;
 pub use muslin_kernel::probe;

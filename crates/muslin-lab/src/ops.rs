@@ -10,16 +10,16 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde_json::json;
 
 use crate::build;
-use crate::check::{self, Endpoint, Matrix};
+use crate::check::{self, Endpoint, Matrix, Member};
 use crate::names::invalid_name;
+use crate::networks;
 use crate::plan::{resolve, LabPlan, NodePlan};
 use crate::probe::{Proto, DEFAULT_PORT};
-use crate::registry::{self, ContainerRecord, LabRecord, Locked};
+use crate::registry::{self, Attachment, ContainerRecord, LabRecord, Locked};
 use crate::sys;
-use crate::topology::Topology;
+use crate::topology::{Topology, DEFAULT_NETWORK};
 use crate::LabError;
 
 /// What every command needs: the `muslin` binary agents and plugins run
@@ -197,6 +197,7 @@ fn build_all(
     ));
     let agents_started = Instant::now();
     start_agents(ctx, &plan, &hosts, &o.backend, &endpoints)?;
+    create_networks(ctx, &plan, &hosts)?;
 
     let wanted: Vec<(String, String)> = hosts
         .iter()
@@ -218,7 +219,11 @@ fn build_all(
         matrix: None,
     };
     if o.converge_timeout > 0 && !rec.containers.is_empty() {
-        ctx.say("[4/4] check: waiting until every container reaches every container and host");
+        ctx.say(if plan.networks.is_empty() {
+            "[4/4] check: waiting until every container reaches every container and host"
+        } else {
+            "[4/4] check: waiting until every container reaches every container of its networks (and hosts, on the default network), and no other"
+        });
         let deadline = Duration::from_secs(o.converge_timeout);
         loop {
             let m = matrix(
@@ -426,6 +431,76 @@ fn start_agents(
     Ok(())
 }
 
+/// How long every agent has to learn a network created on another host.
+const NETWORK_SPREAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Creates the plan's networks once, on the first host, then waits until
+/// every host's agent lists each: a container may only be attached to a
+/// network its host's agent knows.
+fn create_networks(ctx: &Ctx, plan: &LabPlan, hosts: &[&NodePlan]) -> Result<(), LabError> {
+    let Some(first) = hosts.first() else {
+        return Ok(());
+    };
+    if plan.networks.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = plan.networks.iter().map(|n| n.name.as_str()).collect();
+    ctx.say(&format!(
+        "[2/4] networks: creating {} on {}, waiting until all {} agents know them",
+        names.join(", "),
+        first.name,
+        hosts.len()
+    ));
+    let bin = ctx.bin.display().to_string();
+    let socket = registry::socket(&plan.name, &first.name);
+    for n in &plan.networks {
+        let mut args = vec![bin.as_str()];
+        let rest = networks::create_args(n, &socket);
+        args.extend(rest.iter().map(String::as_str));
+        sys::in_ns(&first.ns, &args)?;
+    }
+    let deadline = Instant::now() + NETWORK_SPREAD_TIMEOUT;
+    for h in hosts {
+        let socket = registry::socket(&plan.name, &h.name);
+        let rest = networks::list_args(&socket);
+        let mut args = vec![bin.as_str()];
+        args.extend(rest.iter().map(String::as_str));
+        loop {
+            let known = sys::in_ns(&h.ns, &args)
+                .map_err(|e| e.to_string())
+                .and_then(|out| networks::listed(&out));
+            let missing: Vec<&str> = match &known {
+                Ok(k) => names
+                    .iter()
+                    .copied()
+                    .filter(|n| !k.iter().any(|x| x == n))
+                    .collect(),
+                Err(_) => names.clone(),
+            };
+            if missing.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let why = match known {
+                    Ok(_) => format!("it does not list {}", missing.join(", ")),
+                    Err(e) => format!("listing its networks failed: {e}"),
+                };
+                return Err(LabError::AgentFailed {
+                    host: h.name.clone(),
+                    reason: format!(
+                        "networks created on {} did not reach it within {} s: {why}",
+                        first.name,
+                        NETWORK_SPREAD_TIMEOUT.as_secs()
+                    ),
+                    log: tail(&registry::log_file(&plan.name, &h.name), 15),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}
+
 fn tail(path: &std::path::Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let v: Vec<&str> = text.lines().collect();
@@ -461,6 +536,16 @@ fn attach_many(
             name: c.clone(),
             ns: host.container_ns(&lab, c),
             address: None,
+            networks: host
+                .networks_of(c)
+                .into_iter()
+                .enumerate()
+                .map(|(i, network)| Attachment {
+                    network,
+                    ifname: networks::ifname(i),
+                    address: None,
+                })
+                .collect(),
         });
     }
     lock.save(rec)?;
@@ -469,7 +554,7 @@ fn attach_many(
         .map(|(h, c)| format!("netns add {}", crate::names::container_ns(&lab, h, c)))
         .collect();
     sys::ip_batch(None, &adds)?;
-    let results: Vec<Result<IpAddr, LabError>> = std::thread::scope(|s| {
+    let results: Vec<Result<Vec<IpAddr>, LabError>> = std::thread::scope(|s| {
         let handles: Vec<_> = wanted
             .iter()
             .map(|(h, c)| {
@@ -485,13 +570,16 @@ fn attach_many(
     let mut first_err = None;
     for ((h, c), r) in wanted.iter().zip(results) {
         match r {
-            Ok(a) => {
+            Ok(addrs) => {
                 if let Some(cr) = rec
                     .containers
                     .iter_mut()
                     .find(|x| &x.host == h && &x.name == c)
                 {
-                    cr.address = Some(a);
+                    cr.address = addrs.first().copied();
+                    for (at, a) in cr.networks.iter_mut().zip(addrs) {
+                        at.address = Some(a);
+                    }
                 }
             }
             Err(e) => {
@@ -503,21 +591,20 @@ fn attach_many(
     first_err.map_or(Ok(()), Err)
 }
 
-fn cni_conf(lab: &str, host: &str) -> String {
-    json!({"cniVersion": "1.1.0", "name": "muslin", "type": "muslin", "socket": registry::socket(lab, host)}).to_string()
-}
-
 fn container_id(lab: &str, host: &str, c: &str) -> String {
     format!("{lab}-{host}-{c}")
 }
 
-/// Runs the plugin in the host's namespace, exactly as a runtime would.
+/// Runs the plugin in the host's namespace, exactly as a runtime would, for
+/// the container's attachment to `network` as `ifname`.
 fn cni(
     ctx: &Ctx,
     plan: &LabPlan,
     host: &NodePlan,
     c: &str,
     cmd: &str,
+    network: &str,
+    ifname: &str,
 ) -> Result<serde_json::Value, String> {
     let ns = host.container_ns(&plan.name, c);
     let mut child = Command::new("ip")
@@ -526,7 +613,7 @@ fn cni(
         .env("CNI_COMMAND", cmd)
         .env("CNI_CONTAINERID", container_id(&plan.name, &host.name, c))
         .env("CNI_NETNS", format!("/var/run/netns/{ns}"))
-        .env("CNI_IFNAME", "eth0")
+        .env("CNI_IFNAME", ifname)
         .env("CNI_PATH", "/usr/lib/cni")
         .env(
             "CNI_ARGS",
@@ -540,7 +627,7 @@ fn cni(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("running the plugin: {e}"))?;
-    let conf = cni_conf(&plan.name, &host.name);
+    let conf = networks::cni_conf(&registry::socket(&plan.name, &host.name), network);
     child
         .stdin
         .take()
@@ -562,7 +649,9 @@ fn cni(
     serde_json::from_str(&text).map_err(|e| format!("unreadable result ({e}): {text}"))
 }
 
-fn attach_one(ctx: &Ctx, plan: &LabPlan, host: &str, c: &str) -> Result<IpAddr, LabError> {
+/// Attaches a container to each of its networks in order (eth0, eth1, ...)
+/// and starts its probe server; returns the address in each.
+fn attach_one(ctx: &Ctx, plan: &LabPlan, host: &str, c: &str) -> Result<Vec<IpAddr>, LabError> {
     let h = plan
         .nodes
         .iter()
@@ -575,11 +664,17 @@ fn attach_one(ctx: &Ctx, plan: &LabPlan, host: &str, c: &str) -> Result<IpAddr, 
         error,
     };
     sys::ip_batch(Some(&ns), &["link set lo up".to_string()])?;
-    let result = cni(ctx, plan, h, c, "ADD").map_err(fail)?;
-    let addr = result["ips"][0]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next()?.parse().ok())
-        .ok_or_else(|| fail(format!("no address in the result: {result}")))?;
+    let mut addrs = Vec::new();
+    for (i, network) in h.networks_of(c).iter().enumerate() {
+        let ifname = networks::ifname(i);
+        let on = |e: String| fail(format!("network {network} ({ifname}): {e}"));
+        let result = cni(ctx, plan, h, c, "ADD", network, &ifname).map_err(on)?;
+        let addr = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next()?.parse().ok())
+            .ok_or_else(|| on(format!("no address in the result: {result}")))?;
+        addrs.push(addr);
+    }
     let log = registry::host_dir(&plan.name, host).join(format!("probe-{c}.log"));
     sys::spawn_detached(
         &ns,
@@ -590,7 +685,7 @@ fn attach_one(ctx: &Ctx, plan: &LabPlan, host: &str, c: &str) -> Result<IpAddr, 
         ],
         &log,
     )?;
-    Ok(addr)
+    Ok(addrs)
 }
 
 /// `lab run`: attaches a new container on a host; runs `cmd` in it if given.
@@ -689,10 +784,20 @@ fn remove(
         .expect("recorded")
         .clone();
     let ns = h.container_ns(&rec.plan.name, container);
-    if let Err(e) = cni(ctx, &rec.plan, &h, container, "DEL") {
-        ctx.say(&format!(
-            "CNI DEL of {host}/{container} failed ({e}); removing the namespace anyway"
-        ));
+    let attachments = rec
+        .containers
+        .iter()
+        .find(|c| c.host == host && c.name == container)
+        .map(ContainerRecord::attachments)
+        .unwrap_or_default();
+    // Last attached, first detached.
+    for a in attachments.iter().rev() {
+        if let Err(e) = cni(ctx, &rec.plan, &h, container, "DEL", &a.network, &a.ifname) {
+            ctx.say(&format!(
+                "CNI DEL of {host}/{container} {} (network {}) failed ({e}); removing the namespace anyway",
+                a.ifname, a.network
+            ));
+        }
     }
     sys::kill_all_in(std::slice::from_ref(&ns), Duration::from_millis(500));
     sys::delete_ns(&[ns])?;
@@ -749,16 +854,19 @@ fn resolve_target(rec: &LabRecord, target: &str) -> Result<String, LabError> {
 }
 
 fn matrix(rec: &LabRecord, protos: &[Proto], timeout: Duration) -> Matrix {
-    let containers: Vec<Endpoint> = rec
+    let members: Vec<Member> = rec
         .containers
         .iter()
-        .filter_map(|c| {
-            Some(Endpoint {
-                label: format!("{}/{}", c.host, c.name),
-                ns: c.ns.clone(),
-                address: c.address?,
-            })
+        .map(|c| Member {
+            label: format!("{}/{}", c.host, c.name),
+            ns: c.ns.clone(),
+            addresses: c
+                .attachments()
+                .into_iter()
+                .filter_map(|a| Some((a.network, a.address?)))
+                .collect(),
         })
+        .filter(|m| !m.addresses.is_empty())
         .collect();
     let hosts: Vec<Endpoint> = rec
         .agent_hosts()
@@ -770,8 +878,14 @@ fn matrix(rec: &LabRecord, protos: &[Proto], timeout: Duration) -> Matrix {
             })
         })
         .collect();
-    let targets: Vec<Endpoint> = containers.iter().chain(&hosts).cloned().collect();
-    check::run(&containers, &targets, protos, DEFAULT_PORT, timeout)
+    let subnets: Vec<(String, ipnet::IpNet)> =
+        std::iter::once((DEFAULT_NETWORK.to_string(), rec.plan.pod_cidr))
+            .chain(rec.plan.networks.iter().map(|n| (n.name.clone(), n.subnet)))
+            .collect();
+    // Hosts are targets on the default network only: whether they reach
+    // another network depends on its `isolated-from-host` and on overlaps.
+    let plan = check::plan(&members, &hosts, &subnets);
+    check::run(plan, protos, DEFAULT_PORT, timeout)
 }
 
 /// `lab check`: the full matrix.
@@ -867,17 +981,30 @@ impl Status {
                 out.push_str(&format!("           pod block {b}\n"));
             }
             for c in &n.containers {
-                let a = c
-                    .address
-                    .map(|a| a.to_string())
-                    .unwrap_or_else(|| "-".into());
                 out.push_str(&format!(
                     "           container {:<6} {:<15} ns {}\n",
-                    c.name, a, c.ns
+                    c.name,
+                    container_addresses(c),
+                    c.ns
                 ));
             }
         }
         out
+    }
+}
+
+/// A container's addresses as status shows them: the address alone when it
+/// is only on the default network, as before networks; else each
+/// attachment as `eth0 red 10.50.0.4`.
+fn container_addresses(c: &ContainerRecord) -> String {
+    let shown = |a: Option<IpAddr>| a.map_or_else(|| "-".to_string(), |a| a.to_string());
+    match c.attachments().as_slice() {
+        [only] if only.network == DEFAULT_NETWORK => shown(only.address),
+        all => all
+            .iter()
+            .map(|a| format!("{} {} {}", a.ifname, a.network, shown(a.address)))
+            .collect::<Vec<_>>()
+            .join(", "),
     }
 }
 
@@ -928,4 +1055,34 @@ pub fn down(name: &str) -> Result<bool, LabError> {
     std::fs::remove_dir_all(&dir).map_err(LabError::io(format!("removing {}", dir.display())))?;
     drop(lock);
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_shows_each_attachment_unless_only_on_the_default_network() {
+        let mut c = ContainerRecord {
+            host: "h1".into(),
+            name: "c1".into(),
+            ns: "lab-h1-c1".into(),
+            address: Some("10.244.0.5".parse().unwrap()),
+            networks: vec![],
+        };
+        assert_eq!(container_addresses(&c), "10.244.0.5");
+        c.networks = vec![
+            Attachment {
+                network: "red".into(),
+                ifname: "eth0".into(),
+                address: Some("10.50.0.4".parse().unwrap()),
+            },
+            Attachment {
+                network: "blue".into(),
+                ifname: "eth1".into(),
+                address: None,
+            },
+        ];
+        assert_eq!(container_addresses(&c), "eth0 red 10.50.0.4, eth1 blue -");
+    }
 }

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::names::{container_ns, node_ns, switch_ns};
-use crate::topology::{Nic, Topology, TopologyError};
+use crate::topology::{Nic, Topology, TopologyError, DEFAULT_NETWORK};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LabPlan {
@@ -21,6 +21,34 @@ pub struct LabPlan {
     pub nodes: Vec<NodePlan>,
     /// Switch ports between which frames are dropped.
     pub blocked: Vec<(String, String)>,
+    /// Networks besides the default one, created at `up`; none in records
+    /// from before networks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkPlan>,
+}
+
+/// A `[[network]]` table as `up` creates it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkPlan {
+    pub name: String,
+    pub subnet: IpNet,
+    pub block_size: Option<u8>,
+    pub backend: Option<String>,
+    pub vni: Option<u32>,
+    pub isolated_from_host: bool,
+}
+
+impl LabPlan {
+    /// A network's subnet; the default network's is the pod CIDR.
+    pub fn subnet(&self, network: &str) -> Option<IpNet> {
+        if network == DEFAULT_NETWORK {
+            return Some(self.pod_cidr);
+        }
+        self.networks
+            .iter()
+            .find(|n| n.name == network)
+            .map(|n| n.subnet)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +70,10 @@ pub struct NodePlan {
     /// Hosts only: the containers made at `up` and agent flags.
     pub containers: Vec<String>,
     pub agent_args: Vec<String>,
+    /// Networks of the containers not on the default network alone, in
+    /// attachment order (eth0, eth1, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub container_networks: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +108,16 @@ impl NodePlan {
 
     pub fn container_ns(&self, lab: &str, container: &str) -> String {
         container_ns(lab, &self.name, container)
+    }
+
+    /// A container's networks in attachment order; the default network
+    /// alone for containers the plan does not list (`lab run`'s, and all of
+    /// a record from before networks).
+    pub fn networks_of(&self, container: &str) -> Vec<String> {
+        self.container_networks
+            .get(container)
+            .cloned()
+            .unwrap_or_else(|| vec![DEFAULT_NETWORK.to_string()])
     }
 }
 
@@ -221,6 +263,7 @@ pub fn resolve(
             default_route: None,
             containers: vec![],
             agent_args: vec![],
+            container_networks: BTreeMap::new(),
         });
     }
     for h in &t.hosts {
@@ -230,6 +273,7 @@ pub fn resolve(
             let mut args = flags(&t.agent);
             args.extend(flags(&h.agent));
             args.extend(extra_agent_args.iter().cloned());
+            let containers = h.containers.expand();
             nodes.push(NodePlan {
                 ns: node_ns(lab, &name),
                 name,
@@ -237,8 +281,12 @@ pub fn resolve(
                 nics,
                 routes: vec![],
                 default_route: None,
-                containers: (1..=h.containers).map(|i| format!("c{i}")).collect(),
+                containers: containers.iter().map(|(c, _)| c.clone()).collect(),
                 agent_args: args,
+                container_networks: containers
+                    .into_iter()
+                    .filter(|(_, nets)| nets != &[DEFAULT_NETWORK])
+                    .collect(),
             });
         }
     }
@@ -320,6 +368,18 @@ pub fn resolve(
         bridges,
         nodes,
         blocked,
+        networks: t
+            .networks
+            .iter()
+            .map(|n| NetworkPlan {
+                name: n.name.get_ref().clone(),
+                subnet: *n.subnet.get_ref(),
+                block_size: n.block_size,
+                backend: n.backend.map(|b| b.as_str().to_string()),
+                vni: n.vni,
+                isolated_from_host: n.isolated_from_host,
+            })
+            .collect(),
     })
 }
 
@@ -404,6 +464,80 @@ mod tests {
                 dev: "eth0".into()
             }]
         );
+    }
+
+    #[test]
+    fn networks_and_container_networks_are_planned() {
+        let p = plan(
+            r#"[[network]]
+name = "red"
+subnet = "10.50.0.0/16"
+vni = 7
+[[segment]]
+name = "a"
+cidr = "10.0.0.0/24"
+[[host]]
+name = "h"
+count = 2
+containers = [{ name = "c1", networks = ["red", "default"] }, { name = "c2" }]
+[[host.nic]]
+segment = "a"
+"#,
+        );
+        assert_eq!(
+            p.networks,
+            [NetworkPlan {
+                name: "red".into(),
+                subnet: "10.50.0.0/16".parse().unwrap(),
+                block_size: None,
+                backend: None,
+                vni: Some(7),
+                isolated_from_host: false,
+            }]
+        );
+        assert_eq!(p.subnet("red"), Some("10.50.0.0/16".parse().unwrap()));
+        assert_eq!(p.subnet("default"), Some(p.pod_cidr));
+        assert_eq!(p.subnet("blue"), None);
+        for h in &p.nodes {
+            assert_eq!(h.containers, ["c1", "c2"]);
+            assert_eq!(h.networks_of("c1"), ["red", "default"]);
+            assert_eq!(h.networks_of("c2"), ["default"]);
+            // Containers added later by `lab run` are on the default network.
+            assert_eq!(h.networks_of("web"), ["default"]);
+        }
+    }
+
+    #[test]
+    fn network_examples_plan() {
+        for text in [
+            include_str!("../../../examples/networks.toml"),
+            include_str!("../../../examples/networks-routed.toml"),
+        ] {
+            let p = plan(text);
+            let names: Vec<&str> = p.networks.iter().map(|n| n.name.as_str()).collect();
+            assert_eq!(names, ["red", "blue"]);
+            let hosts: Vec<&NodePlan> = p.nodes.iter().filter(|n| !n.router).collect();
+            assert!(hosts.len() >= 3);
+            for h in hosts {
+                assert_eq!(h.containers, ["red", "blue", "plain", "both"]);
+                assert_eq!(h.networks_of("red"), ["red"]);
+                assert_eq!(h.networks_of("blue"), ["blue"]);
+                assert_eq!(h.networks_of("plain"), ["default"]);
+                assert_eq!(h.networks_of("both"), ["red", "blue"]);
+            }
+        }
+    }
+
+    #[test]
+    fn plans_from_before_networks_still_load() {
+        let mut v = serde_json::to_value(plan(&Topology::default_text(1))).unwrap();
+        v.as_object_mut().unwrap().remove("networks");
+        for n in v["nodes"].as_array_mut().unwrap() {
+            n.as_object_mut().unwrap().remove("container_networks");
+        }
+        let p: LabPlan = serde_json::from_value(v).unwrap();
+        assert!(p.networks.is_empty());
+        assert_eq!(p.nodes[0].networks_of("c1"), ["default"]);
     }
 
     #[test]

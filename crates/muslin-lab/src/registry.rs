@@ -5,6 +5,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -12,6 +13,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::plan::LabPlan;
+use crate::topology::DEFAULT_NETWORK;
 use crate::LabError;
 
 pub const ROOT: &str = "/run/muslin/lab";
@@ -50,7 +52,44 @@ pub struct ContainerRecord {
     pub host: String,
     pub name: String,
     pub ns: String,
-    pub address: Option<std::net::IpAddr>,
+    /// The first attachment's (eth0's) address, as before networks.
+    pub address: Option<IpAddr>,
+    /// Every attachment, in order (eth0, eth1, ...); recorded before it is
+    /// made, with its address once it is. Empty in records from before
+    /// networks: see `attachments`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<Attachment>,
+}
+
+/// A container's attachment to one network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub network: String,
+    pub ifname: String,
+    pub address: Option<IpAddr>,
+}
+
+impl ContainerRecord {
+    /// Its attachments; a record from before networks had one: eth0 on
+    /// the default network.
+    pub fn attachments(&self) -> Vec<Attachment> {
+        if !self.networks.is_empty() {
+            return self.networks.clone();
+        }
+        vec![Attachment {
+            network: DEFAULT_NETWORK.into(),
+            ifname: "eth0".into(),
+            address: self.address,
+        }]
+    }
+
+    /// Its address in `network`, if it is on it and attached.
+    pub fn address_in(&self, network: &str) -> Option<IpAddr> {
+        self.attachments()
+            .into_iter()
+            .find(|a| a.network == network)
+            .and_then(|a| a.address)
+    }
 }
 
 pub fn lab_dir(name: &str) -> PathBuf {
@@ -156,4 +195,52 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LabError> {
         .and_then(|_| f.sync_all())
         .map_err(LabError::io(format!("writing {}", tmp.display())))?;
     fs::rename(&tmp, path).map_err(LabError::io(format!("renaming to {}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_records_from_before_networks_read_as_default_eth0() {
+        let old = r#"{"host":"h1","name":"c1","ns":"lab-h1-c1","address":"10.244.0.5"}"#;
+        let c: ContainerRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            c.attachments(),
+            [Attachment {
+                network: "default".into(),
+                ifname: "eth0".into(),
+                address: Some("10.244.0.5".parse().unwrap()),
+            }]
+        );
+        assert_eq!(c.address_in("default"), c.address);
+        assert_eq!(c.address_in("red"), None);
+        // A default-only record is written as before.
+        assert_eq!(serde_json::to_string(&c).unwrap(), old);
+    }
+
+    #[test]
+    fn attachments_are_kept_in_order() {
+        let a = |n: &str, i: &str, x: &str| Attachment {
+            network: n.into(),
+            ifname: i.into(),
+            address: Some(x.parse().unwrap()),
+        };
+        let c = ContainerRecord {
+            host: "h1".into(),
+            name: "c4".into(),
+            ns: "lab-h1-c4".into(),
+            address: Some("10.50.0.4".parse().unwrap()),
+            networks: vec![
+                a("red", "eth0", "10.50.0.4"),
+                a("blue", "eth1", "10.50.0.9"),
+            ],
+        };
+        let back: ContainerRecord =
+            serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(back.attachments()[1].ifname, "eth1");
+        assert_eq!(back.address_in("blue"), Some("10.50.0.9".parse().unwrap()));
+        assert_eq!(back.address_in("default"), None);
+    }
 }

@@ -1,11 +1,14 @@
 //! Topology files (TOML): segments (L2 switches), routers joining segments,
-//! hosts with NICs, blocked pairs, per-host agent settings. Parsing and
-//! validation are pure; every error names the line and the field.
+//! hosts with NICs and containers, blocked pairs, per-host agent settings,
+//! and the cluster's networks. Parsing and validation are pure; every error
+//! names the line and the field.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use serde::de::{self, Deserializer, SeqAccess, Unexpected, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -28,6 +31,9 @@ pub struct Topology {
     pub hosts: Vec<Host>,
     #[serde(default, rename = "blocked")]
     pub blocked: Vec<Blocked>,
+    /// Networks besides the default one (`pod-cidr`), created at `up`.
+    #[serde(default, rename = "network")]
+    pub networks: Vec<Network>,
     /// Agent settings for every host (`key = value` becomes `--key value`).
     #[serde(default)]
     pub agent: BTreeMap<String, toml::Value>,
@@ -45,9 +51,12 @@ fn default_mtu() -> u32 {
     1500
 }
 
-fn default_containers() -> u32 {
-    2
+fn default_containers() -> Containers {
+    Containers::Count(2)
 }
+
+/// The name of the network every cluster has: the topology's `pod-cidr`.
+pub const DEFAULT_NETWORK: &str = "default";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -85,7 +94,7 @@ pub struct Host {
     pub nics: Vec<Nic>,
     /// Containers attached at `up`.
     #[serde(default = "default_containers")]
-    pub containers: u32,
+    pub containers: Containers,
     #[serde(default)]
     pub agent: BTreeMap<String, toml::Value>,
 }
@@ -111,6 +120,132 @@ pub struct Blocked {
     /// Only on this segment; on every segment they share when absent.
     #[serde(default)]
     pub segment: Option<Spanned<String>>,
+}
+
+/// A host's containers: a count (`c1` .. `cN`, on the default network), or
+/// a list naming each container and its networks.
+#[derive(Debug, Clone)]
+pub enum Containers {
+    Count(u32),
+    List(Vec<ContainerSpec>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ContainerSpec {
+    pub name: Spanned<String>,
+    /// In attachment order: eth0, eth1, ...; the default network alone
+    /// when absent.
+    #[serde(default)]
+    pub networks: Option<Spanned<Vec<String>>>,
+}
+
+impl Containers {
+    /// Each container's name and networks, in attachment order.
+    pub fn expand(&self) -> Vec<(String, Vec<String>)> {
+        match self {
+            Containers::Count(n) => (1..=*n)
+                .map(|i| (format!("c{i}"), vec![DEFAULT_NETWORK.to_string()]))
+                .collect(),
+            Containers::List(v) => v
+                .iter()
+                .map(|c| {
+                    let nets = c.networks.as_ref().map_or_else(
+                        || vec![DEFAULT_NETWORK.to_string()],
+                        |n| n.get_ref().clone(),
+                    );
+                    (c.name.get_ref().clone(), nets)
+                })
+                .collect(),
+        }
+    }
+}
+
+// Either form, with the list's errors kept precise: the list goes through
+// the derived `ContainerSpec` (an untagged enum would only say "no variant
+// matched").
+impl<'de> Deserialize<'de> for Containers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Containers;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number of containers, or a list of { name, networks } tables")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Containers, E> {
+                u32::try_from(v)
+                    .map(Containers::Count)
+                    .map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Containers, E> {
+                u32::try_from(v)
+                    .map(Containers::Count)
+                    .map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Containers, A::Error> {
+                Vec::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(Containers::List)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A network of the cluster besides the default one; `up` creates it with
+/// `muslin network create`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Network {
+    pub name: Spanned<String>,
+    pub subnet: Spanned<IpNet>,
+    /// Prefix length of each host's block; the agent chooses when absent.
+    #[serde(default)]
+    pub block_size: Option<u8>,
+    #[serde(default)]
+    pub backend: Option<NetworkBackend>,
+    #[serde(default)]
+    pub vni: Option<u32>,
+    #[serde(default)]
+    pub isolated_from_host: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkBackend {
+    Auto,
+    Vxlan,
+}
+
+impl NetworkBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkBackend::Auto => "auto",
+            NetworkBackend::Vxlan => "vxlan",
+        }
+    }
+}
+
+/// Why `name` is not a valid network name: it is also the CNI network
+/// name, so it keeps to lowercase letters, digits and `-`.
+pub fn invalid_network_name(name: &str) -> Option<String> {
+    let ok = (1..=63).contains(&name.len())
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !ok {
+        Some(format!(
+            "{name:?} must be 1-63 lowercase letters, digits and '-', not starting with '-'"
+        ))
+    } else if name == DEFAULT_NETWORK {
+        Some(format!(
+            "{name:?} is reserved for the default network (the topology's pod-cidr)"
+        ))
+    } else {
+        None
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -198,6 +333,7 @@ segment = "cluster"
                 ),
             ));
         }
+        let networks = self.validate_networks(text)?;
         let mut segs = HashMap::new();
         for (i, s) in self.segments.iter().enumerate() {
             let field = format!("segment[{i}].name");
@@ -328,6 +464,7 @@ segment = "cluster"
                 ));
             }
             check_nics("host", i, &h.nics)?;
+            self.validate_containers(text, i, h, &networks)?;
             if h.count.unwrap_or(1) > 1
                 && h.nics
                     .iter()
@@ -376,6 +513,140 @@ segment = "cluster"
         Ok(())
     }
 
+    /// The `[[network]]` tables; returns every network name containers may
+    /// use, `default` included.
+    fn validate_networks(&self, text: &str) -> Result<HashSet<String>, TopologyError> {
+        let err = |span: std::ops::Range<usize>, field: String, msg: String| TopologyError {
+            line: Some(line_of(text, span.start)),
+            field,
+            msg,
+        };
+        let mut names = HashSet::from([DEFAULT_NETWORK.to_string()]);
+        for (i, n) in self.networks.iter().enumerate() {
+            let name = n.name.get_ref();
+            if let Some(why) = invalid_network_name(name) {
+                return Err(err(n.name.span(), format!("network[{i}].name"), why));
+            }
+            if !names.insert(name.clone()) {
+                return Err(err(
+                    n.name.span(),
+                    format!("network[{i}].name"),
+                    format!("network {name:?} is defined twice"),
+                ));
+            }
+            let subnet = n.subnet.get_ref();
+            let field = format!("network[{i}].subnet");
+            if !subnet.addr().is_ipv4() {
+                return Err(err(
+                    n.subnet.span(),
+                    field,
+                    format!("{subnet} is not IPv4; networks are IPv4 only"),
+                ));
+            }
+            if *subnet != subnet.trunc() {
+                return Err(err(
+                    n.subnet.span(),
+                    field,
+                    format!(
+                        "{subnet} has host bits set; did you mean {}?",
+                        subnet.trunc()
+                    ),
+                ));
+            }
+            // The agent's own limits; it refuses what is outside them anyway,
+            // but `up` would only find out after building the underlay.
+            if let Some(b) = n.block_size {
+                if b < subnet.prefix_len() || b > 30 {
+                    return Err(err(
+                        n.name.span(),
+                        format!("network[{i}].block-size"),
+                        format!(
+                            "/{b} must be between /{} (the subnet) and /30",
+                            subnet.prefix_len()
+                        ),
+                    ));
+                }
+            }
+            if let Some(v) = n.vni {
+                if !(1..=16_777_215).contains(&v) {
+                    return Err(err(
+                        n.name.span(),
+                        format!("network[{i}].vni"),
+                        format!("{v} is out of range 1..=16777215"),
+                    ));
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    /// A host's containers: valid, distinct names, and known networks, each
+    /// at most once per container.
+    fn validate_containers(
+        &self,
+        text: &str,
+        i: usize,
+        h: &Host,
+        networks: &HashSet<String>,
+    ) -> Result<(), TopologyError> {
+        let Containers::List(list) = &h.containers else {
+            return Ok(());
+        };
+        let err = |span: std::ops::Range<usize>, field: String, msg: String| TopologyError {
+            line: Some(line_of(text, span.start)),
+            field,
+            msg,
+        };
+        let mut seen = HashSet::new();
+        for (j, c) in list.iter().enumerate() {
+            let name = c.name.get_ref();
+            let field = format!("host[{i}].containers[{j}]");
+            if let Some(why) = invalid_name(name) {
+                return Err(err(c.name.span(), format!("{field}.name"), why));
+            }
+            if !seen.insert(name) {
+                return Err(err(
+                    c.name.span(),
+                    format!("{field}.name"),
+                    format!(
+                        "container {name:?} is listed twice on host {:?}",
+                        h.name.get_ref()
+                    ),
+                ));
+            }
+            let Some(nets) = &c.networks else { continue };
+            let on = || format!("container {name:?} on host {:?}", h.name.get_ref());
+            if nets.get_ref().is_empty() {
+                return Err(err(
+                    nets.span(),
+                    format!("{field}.networks"),
+                    format!(
+                        "{} is on no network; leave `networks` out for the default one",
+                        on()
+                    ),
+                ));
+            }
+            let mut once = HashSet::new();
+            for net in nets.get_ref() {
+                if !networks.contains(net) {
+                    return Err(err(
+                        nets.span(),
+                        format!("{field}.networks"),
+                        format!("{}: no network named {net:?}", on()),
+                    ));
+                }
+                if !once.insert(net) {
+                    return Err(err(
+                        nets.span(),
+                        format!("{field}.networks"),
+                        format!("{}: network {net:?} is listed twice", on()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Host names a `[[host]]` entry stands for.
     pub fn expand(&self, h: &Host) -> Vec<String> {
         match h.count {
@@ -417,6 +688,200 @@ mod tests {
         }
         let e = Topology::parse("").unwrap_err();
         assert!(e.to_string().contains("no host"), "{e}");
+    }
+
+    const ONE_HOST: &str = "[[segment]]\nname = \"a\"\ncidr = \"10.0.0.0/24\"\n";
+
+    /// `ONE_HOST`'s segment, `head` before it, and host h1 with `containers`.
+    fn with(head: &str, containers: &str) -> String {
+        format!("{head}\n{ONE_HOST}[[host]]\nname = \"h1\"\ncontainers = {containers}\n[[host.nic]]\nsegment = \"a\"\n")
+    }
+
+    const RED_BLUE: &str = "[[network]]\nname = \"red\"\nsubnet = \"10.50.0.0/16\"\n\
+        [[network]]\nname = \"blue\"\nsubnet = \"10.50.0.0/16\"\nbackend = \"vxlan\"\n\
+        vni = 5000\nblock-size = 26\nisolated-from-host = true\n";
+
+    #[test]
+    fn networks_and_container_lists_parse() {
+        let t = Topology::parse(&with(
+            RED_BLUE,
+            r#"[{ name = "c1", networks = ["red", "blue"] }, { name = "c2" }, { name = "web", networks = ["default", "red"] }]"#,
+        ))
+        .unwrap();
+        assert_eq!(t.networks.len(), 2);
+        let blue = &t.networks[1];
+        assert_eq!(blue.backend, Some(NetworkBackend::Vxlan));
+        assert_eq!((blue.vni, blue.block_size), (Some(5000), Some(26)));
+        assert!(blue.isolated_from_host && !t.networks[0].isolated_from_host);
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            t.hosts[0].containers.expand(),
+            [
+                ("c1".to_string(), s(&["red", "blue"])),
+                ("c2".to_string(), s(&["default"])),
+                ("web".to_string(), s(&["default", "red"])),
+            ]
+        );
+        // The count form is unchanged: c1..cN on the default network.
+        let t = Topology::parse(&with("", "3")).unwrap();
+        assert_eq!(
+            t.hosts[0].containers.expand(),
+            [
+                ("c1".to_string(), s(&["default"])),
+                ("c2".to_string(), s(&["default"])),
+                ("c3".to_string(), s(&["default"])),
+            ]
+        );
+        let t = Topology::parse(&with("", "[]")).unwrap();
+        assert!(t.hosts[0].containers.expand().is_empty());
+    }
+
+    #[test]
+    fn network_errors_name_line_and_field() {
+        let net = |body: &str| format!("[[network]]\n{body}\n");
+        let cases = [
+            (
+                with(&net("name = \"default\"\nsubnet = \"10.50.0.0/16\""), "1"),
+                2,
+                "network[0].name",
+                "reserved",
+            ),
+            (
+                with(&net("name = \"Red\"\nsubnet = \"10.50.0.0/16\""), "1"),
+                2,
+                "network[0].name",
+                "lowercase",
+            ),
+            (
+                with(&net("name = \"r_1\"\nsubnet = \"10.50.0.0/16\""), "1"),
+                2,
+                "network[0].name",
+                "lowercase",
+            ),
+            (
+                with(
+                    &format!(
+                        "{}{}",
+                        net("name = \"red\"\nsubnet = \"10.50.0.0/16\""),
+                        net("name = \"red\"\nsubnet = \"10.60.0.0/16\"")
+                    ),
+                    "1",
+                ),
+                5,
+                "network[1].name",
+                "twice",
+            ),
+            (
+                with(&net("name = \"red\"\nsubnet = \"fd00::/64\""), "1"),
+                3,
+                "network[0].subnet",
+                "IPv4",
+            ),
+            (
+                with(&net("name = \"red\"\nsubnet = \"10.50.0.1/16\""), "1"),
+                3,
+                "network[0].subnet",
+                "10.50.0.0/16",
+            ),
+            (
+                with(&net("name = \"red\"\nsubnet = \"bogus\""), "1"),
+                3,
+                "subnet",
+                "invalid",
+            ),
+            (
+                with(
+                    &net("name = \"red\"\nsubnet = \"10.50.0.0/16\"\nblock-size = 12"),
+                    "1",
+                ),
+                2,
+                "network[0].block-size",
+                "/12",
+            ),
+            (
+                with(
+                    &net("name = \"red\"\nsubnet = \"10.50.0.0/16\"\nvni = 0"),
+                    "1",
+                ),
+                2,
+                "network[0].vni",
+                "out of range",
+            ),
+            (
+                with(
+                    &net("name = \"red\"\nsubnet = \"10.50.0.0/16\"\nbackend = \"routed\""),
+                    "1",
+                ),
+                4,
+                "backend",
+                "unknown variant",
+            ),
+            (
+                with(
+                    &net("name = \"red\"\nsubnet = \"10.50.0.0/16\"\ncolour = 1"),
+                    "1",
+                ),
+                4,
+                "colour",
+                "unknown field",
+            ),
+        ];
+        for (text, line, field, msg) in cases {
+            let e = Topology::parse(&text).unwrap_err();
+            assert_eq!(e.line, Some(line), "{text}\n=> {e}");
+            assert!(e.to_string().contains(field), "{e} should name {field}");
+            assert!(e.to_string().contains(msg), "{e} should say {msg}");
+        }
+    }
+
+    #[test]
+    fn container_errors_name_container_host_and_field() {
+        let cases = [
+            (
+                r#"[{ name = "c1", networks = ["green"] }]"#,
+                "host[0].containers[0].networks",
+                "container \"c1\" on host \"h1\": no network named \"green\"",
+            ),
+            (
+                r#"[{ name = "c1" }, { name = "c2", networks = ["red", "red"] }]"#,
+                "host[0].containers[1].networks",
+                "listed twice",
+            ),
+            (
+                r#"[{ name = "c1", networks = [] }]"#,
+                "host[0].containers[0].networks",
+                "on no network",
+            ),
+            (
+                r#"[{ name = "c1" }, { name = "c1" }]"#,
+                "host[0].containers[1].name",
+                "listed twice on host \"h1\"",
+            ),
+            (
+                r#"[{ name = "C1" }]"#,
+                "host[0].containers[0].name",
+                "lowercase",
+            ),
+            (
+                r#"[{ name = "c1", network = ["red"] }]"#,
+                "host[0].containers[0]",
+                "unknown field",
+            ),
+            (
+                r#"[{ networks = ["red"] }]"#,
+                "host[0].containers[0]",
+                "missing field `name`",
+            ),
+            ("-1", "host[0].containers", "a number of containers"),
+            ("\"two\"", "host[0].containers", "a number of containers"),
+        ];
+        for (containers, field, msg) in cases {
+            let text = with(RED_BLUE, containers);
+            let e = Topology::parse(&text).unwrap_err();
+            assert_eq!(e.line, Some(17), "{text}\n=> {e}");
+            assert!(e.to_string().contains(field), "{e} should name {field}");
+            assert!(e.to_string().contains(msg), "{e} should say {msg}");
+        }
     }
 
     #[test]

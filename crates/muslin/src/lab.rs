@@ -139,10 +139,8 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&m)?);
             } else {
                 print!("{}", m.render());
-                for p in m.pairs.iter().filter(|p| !p.failed.is_empty()).take(10) {
-                    for (proto, why) in &p.failed {
-                        println!("  {} -> {} {proto}: {why}", p.from, p.to);
-                    }
+                for line in m.problems().iter().take(10) {
+                    println!("  {line}");
                 }
             }
             Ok(if m.ok() {

@@ -1,0 +1,154 @@
+//! The lab's side of the agent's networks: the `muslin network` commands it
+//! runs and the CNI configuration a container joins a network with. Every
+//! use of that interface is here, so a change to it is a change to this
+//! file only. Pure: `ops` runs what these functions build.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::plan::NetworkPlan;
+use crate::topology::DEFAULT_NETWORK;
+
+/// `muslin network create` arguments (after the binary) for `net`, sent to
+/// the agent at `socket`.
+pub fn create_args(net: &NetworkPlan, socket: &Path) -> Vec<String> {
+    let mut a = vec![
+        "network".to_string(),
+        "create".into(),
+        net.name.clone(),
+        "--subnet".into(),
+        net.subnet.to_string(),
+    ];
+    if let Some(b) = net.block_size {
+        a.extend(["--block-size".into(), b.to_string()]);
+    }
+    if let Some(b) = &net.backend {
+        a.extend(["--backend".into(), b.clone()]);
+    }
+    if let Some(v) = net.vni {
+        a.extend(["--vni".into(), v.to_string()]);
+    }
+    if net.isolated_from_host {
+        a.push("--isolated-from-host".into());
+    }
+    a.extend(["--socket".into(), socket.display().to_string()]);
+    a
+}
+
+/// `muslin network list` arguments: what the agent at `socket` knows.
+pub fn list_args(socket: &Path) -> Vec<String> {
+    [
+        "network",
+        "list",
+        "--json",
+        "--socket",
+        &socket.display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The network names in `muslin network list --json` output: an array of
+/// objects with at least a `name`.
+pub fn listed(json: &str) -> Result<Vec<String>, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("unreadable network list ({e}): {json}"))?;
+    let items = v
+        .as_array()
+        .ok_or_else(|| format!("the network list is not a JSON array: {json}"))?;
+    items
+        .iter()
+        .map(|n| {
+            n["name"]
+                .as_str()
+                .map(String::from)
+                .ok_or_else(|| format!("a network without a name in the list: {n}"))
+        })
+        .collect()
+}
+
+/// The CNI network configuration of an attachment to `network`. The default
+/// network keeps the configuration of labs before networks.
+pub fn cni_conf(socket: &Path, network: &str) -> String {
+    if network == DEFAULT_NETWORK {
+        json!({"cniVersion": "1.1.0", "name": "muslin", "type": "muslin", "socket": socket})
+    } else {
+        json!({"cniVersion": "1.1.0", "name": network, "type": "muslin", "socket": socket, "network": network})
+    }
+    .to_string()
+}
+
+/// The interface of a container's `i`-th network (0-based): eth0, eth1, ...
+pub fn ifname(i: usize) -> String {
+    format!("eth{i}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(name: &str) -> NetworkPlan {
+        NetworkPlan {
+            name: name.into(),
+            subnet: "10.50.0.0/16".parse().unwrap(),
+            block_size: None,
+            backend: None,
+            vni: None,
+            isolated_from_host: false,
+        }
+    }
+
+    #[test]
+    fn create_passes_only_what_the_topology_sets() {
+        let s = Path::new("/run/muslin/lab/x/h1/agent.sock");
+        assert_eq!(
+            create_args(&net("red"), s).join(" "),
+            "network create red --subnet 10.50.0.0/16 --socket /run/muslin/lab/x/h1/agent.sock"
+        );
+        let mut n = net("blue");
+        n.block_size = Some(26);
+        n.backend = Some("vxlan".into());
+        n.vni = Some(5000);
+        n.isolated_from_host = true;
+        assert_eq!(
+            create_args(&n, s).join(" "),
+            "network create blue --subnet 10.50.0.0/16 --block-size 26 --backend vxlan \
+             --vni 5000 --isolated-from-host --socket /run/muslin/lab/x/h1/agent.sock"
+        );
+        assert_eq!(
+            list_args(s).join(" "),
+            "network list --json --socket /run/muslin/lab/x/h1/agent.sock"
+        );
+    }
+
+    #[test]
+    fn list_output_is_read_for_names() {
+        assert_eq!(
+            listed(r#"[{"name":"red","subnet":"10.50.0.0/16"},{"name":"blue"}]"#).unwrap(),
+            ["red", "blue"]
+        );
+        assert!(listed("[]").unwrap().is_empty());
+        assert!(listed("{}").unwrap_err().contains("not a JSON array"));
+        assert!(listed("[{\"subnet\":1}]")
+            .unwrap_err()
+            .contains("without a name"));
+        assert!(listed("oops").unwrap_err().contains("unreadable"));
+    }
+
+    #[test]
+    fn cni_conf_names_the_network() {
+        let s = Path::new("/s.sock");
+        let v = |t: String| serde_json::from_str::<serde_json::Value>(&t).unwrap();
+        assert_eq!(
+            v(cni_conf(s, "default")),
+            json!({"cniVersion": "1.1.0", "name": "muslin", "type": "muslin", "socket": "/s.sock"})
+        );
+        assert_eq!(
+            v(cni_conf(s, "red")),
+            json!({"cniVersion": "1.1.0", "name": "red", "type": "muslin", "socket": "/s.sock", "network": "red"})
+        );
+        assert_eq!(ifname(0), "eth0");
+        assert_eq!(ifname(2), "eth2");
+    }
+}
