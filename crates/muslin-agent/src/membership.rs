@@ -107,6 +107,8 @@ pub struct Cluster {
     settle: Duration,
     /// Leases of the networks besides the default one.
     nets: std::collections::BTreeMap<String, nets::NetState>,
+    /// Every network record this node knows, kept across restarts.
+    known_networks: std::collections::BTreeMap<String, muslin_model::network::NetworkSpec>,
 }
 
 /// What the host looks like, refreshed now and then (addresses come and go).
@@ -412,6 +414,7 @@ pub async fn join(
         leases,
         settle,
         nets: Default::default(),
+        known_networks: nets::load_known(&config.state_dir),
         interval,
         pod_cidr: config.pod_cidr(),
         masquerade: config.masquerade,
@@ -487,7 +490,7 @@ impl Cluster {
             }
             // Networks: every node republishes every record it knows, so a
             // network outlives the node that created it.
-            let known = view.networks.clone();
+            let known = self.learn_networks(&view);
             let (live, net_warnings) = muslin_model::network::effective(&known, self.vx.vni);
             networks.set_live(&live);
             self.store
@@ -568,7 +571,9 @@ impl Cluster {
                 .await;
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
-                Some(ask) = asks.recv() => self.answer(ask, &view, &live, &host).await,
+                Some(ask) = asks.recv() => {
+                    self.answer(ask, &view, &live, &host, &networks).await
+                }
                 _ = blocks.wanted() => more = true,
                 r = endpoints.changed() => {
                     // The node is gone (shutting down): rounds go on by time.

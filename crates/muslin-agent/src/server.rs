@@ -179,7 +179,7 @@ async fn dispatch(node: &Node, req: Request) -> Response {
             Ok(n) => n.ask(Ask::List).await,
             Err(e) => Err(e),
         }
-        .map(Response::Networks),
+        .map(|networks| Response::Networks { networks }),
         Request::Reap { apply } => node
             .reap(apply)
             .await

@@ -92,7 +92,7 @@ pub enum Response {
     Status(NodeStatus),
     Reaped { stale: Vec<StaleAttachment> },
     Network(crate::network::NetworkSpec),
-    Networks(Vec<NetworkStatus>),
+    Networks { networks: Vec<NetworkStatus> },
     Error(CniError),
 }
 

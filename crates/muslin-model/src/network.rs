@@ -35,6 +35,15 @@ pub const MAX_ID: u16 = 4095;
 pub const MARK_RULE_PRIORITY: u32 = 1070;
 /// Priority of the `to SUBNET` rule of a network the hosts route to.
 pub const REACH_RULE_PRIORITY: u32 = 1071;
+/// Priority of the rule that sends a network's pods' packets (source in
+/// the subnet, the network's mark) to its pod table.
+pub const POD_RULE_PRIORITY: u32 = 1072;
+/// A network's pod table is `POD_TABLE_BASE + id`: routes to peers' node
+/// addresses through the tunnel. Apart from the network's table because
+/// the tunnel's own outer packets carry the inner packet's mark: looked
+/// up in a table that routes node addresses into the tunnel, they would
+/// loop; their source (this node's address) keeps them out of this one.
+pub const POD_TABLE_BASE: u32 = 82_000;
 /// How long a deletion is remembered.
 pub const TOMBSTONE_MS: u64 = 3_600_000;
 
@@ -59,6 +68,9 @@ pub struct NetworkSpec {
 impl NetworkSpec {
     pub fn table(&self) -> u32 {
         TABLE_BASE + u32::from(self.id)
+    }
+    pub fn pod_table(&self) -> u32 {
+        POD_TABLE_BASE + u32::from(self.id)
     }
     pub fn group(&self) -> u32 {
         TABLE_BASE + u32::from(self.id)

@@ -7,8 +7,8 @@ use ipnet::IpNet;
 use muslin_model::dataplane::{Desired, MAIN_TABLE, POD_RULE_PRIORITY, POD_TABLE, VXLAN_DEV};
 use muslin_model::naming::is_pod_veth;
 use muslin_model::network::{
-    parse_vxlan_dev, NetworkSpec, MARK_MASK, MARK_RULE_PRIORITY, MAX_ID, REACH_RULE_PRIORITY,
-    TABLE_BASE,
+    parse_vxlan_dev, NetworkSpec, MARK_MASK, MARK_RULE_PRIORITY, MAX_ID,
+    POD_RULE_PRIORITY as NET_POD_RULE_PRIORITY, POD_TABLE_BASE, REACH_RULE_PRIORITY, TABLE_BASE,
 };
 use muslin_model::ROUTE_PROTOCOL;
 
@@ -75,6 +75,18 @@ pub fn network_state(d: &Desired, n: &NetworkSpec, host_reach: bool) -> HostStat
         fwmark: Some((n.mark(), MARK_MASK)),
         table: n.table(),
     });
+    if !n.isolated_from_host {
+        for sub in &n.subnets {
+            s.rules.push(Rule {
+                family: Family::of(&sub.addr()),
+                priority: NET_POD_RULE_PRIORITY,
+                src: Some(*sub),
+                dst: None,
+                fwmark: Some((n.mark(), MARK_MASK)),
+                table: n.pod_table(),
+            });
+        }
+    }
     if host_reach {
         for sub in &n.subnets {
             s.rules.push(Rule {
@@ -103,8 +115,9 @@ pub fn stale_tunnels(observed: &HostState, live: &[&NetworkSpec]) -> Vec<Change>
 /// What the data plane of the default network and of `networks` owns.
 pub fn all_ownership(networks: &[&NetworkSpec], allow_deletes: bool) -> Ownership {
     let ours = TABLE_BASE + 1..=TABLE_BASE + u32::from(MAX_ID);
+    let pods = POD_TABLE_BASE + 1..=POD_TABLE_BASE + u32::from(MAX_ID);
     let mut tables = vec![MAIN_TABLE, POD_TABLE];
-    tables.extend(networks.iter().map(|n| n.table()));
+    tables.extend(networks.iter().flat_map(|n| [n.table(), n.pod_table()]));
     Ownership {
         protocol: ROUTE_PROTOCOL,
         tables,
@@ -113,6 +126,7 @@ pub fn all_ownership(networks: &[&NetworkSpec], allow_deletes: bool) -> Ownershi
             (POD_RULE_PRIORITY, POD_TABLE..=POD_TABLE),
             (MARK_RULE_PRIORITY, ours.clone()),
             (REACH_RULE_PRIORITY, ours),
+            (NET_POD_RULE_PRIORITY, pods),
         ],
         main_table: MAIN_TABLE,
         allow_deletes,

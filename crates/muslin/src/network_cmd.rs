@@ -18,7 +18,7 @@ fn call(socket: &std::path::Path, req: &Request) -> Result<Response> {
 
 fn list(socket: &std::path::Path) -> Result<Vec<NetworkStatus>> {
     match call(socket, &Request::NetworkList)? {
-        Response::Networks(v) => Ok(v),
+        Response::Networks { networks } => Ok(networks),
         other => bail!("unexpected reply from the agent: {other:?}"),
     }
 }

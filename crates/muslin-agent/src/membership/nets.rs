@@ -30,7 +30,57 @@ pub(super) struct NetPlane {
     pub reach: bool,
 }
 
+/// Where the network records this node knows are kept across restarts.
+const KNOWN_FILE: &str = "networks.json";
+
+pub(super) fn load_known(dir: &std::path::Path) -> BTreeMap<String, NetworkSpec> {
+    let file = dir.join(KNOWN_FILE);
+    match std::fs::read(&file).map(|b| serde_json::from_slice(&b)) {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            tracing::warn!(cause = %e, file = ?file, "ignoring an unreadable network list; the cluster will tell it again");
+            BTreeMap::new()
+        }
+        Err(_) => BTreeMap::new(),
+    }
+}
+
 impl Cluster {
+    /// Every network record this node knows. On gossip, what the store
+    /// shows merged into what this node kept: a network must not vanish
+    /// when every node that held it restarts (a cluster of one, a full
+    /// power cut). etcd keeps the records itself and is believed alone.
+    pub(super) fn learn_networks(
+        &mut self,
+        view: &muslin_model::cluster::ClusterView,
+    ) -> BTreeMap<String, NetworkSpec> {
+        let mut known = if self.store.name() == "etcd" {
+            view.networks.clone()
+        } else {
+            let mut k = self.known_networks.clone();
+            for n in view.networks.values() {
+                network::merge(&mut k, n.clone());
+            }
+            // Deletions are forgotten after a while, as in the store.
+            let now = crate::leases::now_ms();
+            k.retain(|_, n| {
+                n.deleted_at_ms
+                    .is_none_or(|t| now.saturating_sub(t) < network::TOMBSTONE_MS)
+            });
+            k
+        };
+        if known != self.known_networks {
+            let file = self.state_dir.join(KNOWN_FILE);
+            let bytes = serde_json::to_vec(&known).expect("records serialize");
+            if let Err(e) = crate::atomic_file::write(&file, &bytes) {
+                tracing::warn!(cause = %e, file = ?file, "could not save the network list");
+            }
+            std::mem::swap(&mut self.known_networks, &mut known);
+            known = self.known_networks.clone();
+        }
+        known
+    }
+
     /// Leases blocks of every network in force (a first one when an ADD
     /// asks) and gives up the blocks of networks gone.
     pub(super) async fn lease_networks(
@@ -118,7 +168,7 @@ impl Cluster {
                         table: n.table(),
                         // An isolated network's packets to the hosts take
                         // the main routing, where they are dropped.
-                        pod_table: (!n.isolated_from_host).then(|| n.table()),
+                        pod_table: (!n.isolated_from_host).then(|| n.pod_table()),
                         tunnel_always: true,
                     },
                 );
@@ -138,10 +188,19 @@ impl Cluster {
         view: &muslin_model::cluster::ClusterView,
         live: &BTreeMap<String, NetworkSpec>,
         host: &muslin_kernel::Executor,
+        networks: &Networks,
     ) {
         match ask {
             Ask::Create(req, reply) => {
-                let _ = reply.send(self.create(&req, view, live).await);
+                let made = self.create(&req, view, live).await;
+                if let Ok(n) = &made {
+                    // Usable here at once: an ADD right after the create
+                    // must not wait for the next round.
+                    let mut now = live.clone();
+                    now.insert(n.name.clone(), n.clone());
+                    networks.set_live(&now);
+                }
+                let _ = reply.send(made);
             }
             Ask::Delete(name, reply) => {
                 let _ = reply.send(self.delete(&name, view, live).await);
