@@ -31,17 +31,32 @@ pub fn pod_cidrs(config: &AgentConfig) -> Vec<IpNet> {
 /// read: nftables' ruleset generation (iptables-nft changes move it too),
 /// or the legacy iptables FORWARD chains where legacy tables exist. So an
 /// idle host costs a netlink query a round and no `nft` run.
-pub fn spawn(executor: Executor, pod_cidrs: Vec<IpNet>) -> tokio::task::JoinHandle<()> {
+pub fn spawn(
+    executor: Executor,
+    base: Vec<IpNet>,
+    mut networks: Option<NetworksWatch>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut pod_cidrs = with_networks(&base, networks.as_mut());
         let mut tick = tokio::time::interval(INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_error: Option<String> = None;
         let mut seen: Option<(u32, Vec<String>)> = None;
         let mut ours = muslin_kernel::executor::counters::nft_writes();
         loop {
+            let grown = async {
+                match networks.as_mut() {
+                    Some(n) => n.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = ours.changed() => {}
+                true = grown => {
+                    pod_cidrs = with_networks(&base, networks.as_mut());
+                    seen = None;
+                }
             }
             let now = fingerprint(&executor).await;
             if now.is_some() && now == seen {
@@ -62,6 +77,23 @@ pub fn spawn(executor: Executor, pod_cidrs: Vec<IpNet>) -> tokio::task::JoinHand
             }
         }
     })
+}
+
+/// The networks in force, whose subnets carry pod traffic too.
+pub type NetworksWatch = tokio::sync::watch::Receiver<
+    std::collections::BTreeMap<String, muslin_model::network::NetworkSpec>,
+>;
+
+fn with_networks(base: &[IpNet], networks: Option<&mut NetworksWatch>) -> Vec<IpNet> {
+    let mut all = base.to_vec();
+    if let Some(n) = networks {
+        all.extend(
+            n.borrow_and_update()
+                .values()
+                .flat_map(|n| n.subnets.iter().copied()),
+        );
+    }
+    IpNet::aggregate(&all)
 }
 
 /// What changes whenever a firewall changes; `None` when it cannot be read.

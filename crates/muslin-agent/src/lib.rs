@@ -193,7 +193,11 @@ pub async fn run_with(
     }
     let node = Arc::new(node);
     let cidrs = host_firewall::pod_cidrs(&node.config);
-    let firewall = host_firewall::spawn(executor.clone(), cidrs);
+    let firewall = host_firewall::spawn(
+        executor.clone(),
+        cidrs,
+        node.networks.as_ref().map(|n| n.subscribe()),
+    );
     node.reconcile().await;
     {
         let node = node.clone();

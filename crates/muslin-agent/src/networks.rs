@@ -34,7 +34,10 @@ pub struct Networks {
 }
 
 impl Networks {
-    pub fn new(default_blocks: Arc<BlockSource>, tunnel_mtu: u32) -> (Arc<Self>, mpsc::Receiver<Ask>) {
+    pub fn new(
+        default_blocks: Arc<BlockSource>,
+        tunnel_mtu: u32,
+    ) -> (Arc<Self>, mpsc::Receiver<Ask>) {
         let (asks, rx) = mpsc::channel(16);
         let n = Networks {
             live: watch::Sender::new(BTreeMap::new()),
@@ -44,6 +47,10 @@ impl Networks {
             tunnel_mtu,
         };
         (Arc::new(n), rx)
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<BTreeMap<String, NetworkSpec>> {
+        self.live.subscribe()
     }
 
     pub fn get(&self, name: &str) -> Option<NetworkSpec> {

@@ -525,7 +525,13 @@ impl Node {
             .table
             .endpoints
             .iter()
-            .map(|(k, e)| (k.clone(), e.clone(), plan_in(k, &e.addresses, e.mtu, &e.place)))
+            .map(|(k, e)| {
+                (
+                    k.clone(),
+                    e.clone(),
+                    plan_in(k, &e.addresses, e.mtu, &e.place),
+                )
+            })
             .collect()
     }
 

@@ -117,8 +117,10 @@ mod tests {
             ifname: "eth0".into(),
         };
         let blocks = ["10.9.0.0/24".parse().unwrap()];
-        t.allocate(key, &blocks, |a| Endpoint::new(a, "x".into(), 1500))
-            .unwrap();
+        t.allocate(key, "default", &blocks, |a| {
+            Endpoint::new(a, "x".into(), 1500)
+        })
+        .unwrap();
         s.save(&t.to_json()).unwrap();
         assert_eq!(s.load().unwrap(), t);
         assert!(matches!(StateStore::open(&dir), Err(StoreError::Locked(_))));

@@ -1,13 +1,14 @@
 //! `muslin uninstall`: removes everything of the cluster data plane Muslin
-//! made on this host (the VXLAN device and with it the routes through it,
-//! its other routes to peers, the pod rule, the masquerade table, our
-//! accept rules in the host's firewalls). Pod veths stay: they belong to
+//! made on this host (the VXLAN devices, the default network's and each
+//! network's, and with them the routes through them, its other routes to
+//! peers, the pod and network rules, our nftables table, our accept rules
+//! in the host's firewalls). Pod veths stay: they belong to
 //! containers that may still run. Computed like everything else: observe,
 //! diff against an empty desired state, execute.
 
 use muslin_kernel::{Executor, KernelError, Lane, OnFailure};
 use muslin_model::dataplane::VXLAN_DEV;
-use muslin_plan::data_plane::{ownership, NetworkTables};
+use muslin_plan::data_plane::all_ownership;
 use muslin_plan::nft::{NftChange, NftFamily};
 use muslin_plan::{diff, Change, HostState, Step};
 
@@ -24,19 +25,21 @@ pub async fn uninstall() -> Result<Vec<String>, KernelError> {
         .map(|x| format!("our accept rule from {}", x.chain()))
         .collect();
     let observed = ex.host().await?;
-    let mut steps = Vec::new();
-    if observed.link(VXLAN_DEV).is_some() {
-        steps.push(Step::host(Change::DeleteLink(VXLAN_DEV.into())));
-    }
-    let d = diff(
-        &observed,
-        &HostState::default(),
-        &ownership(&NetworkTables::default_network(), true),
-    );
+    let tunnel =
+        |name: &str| name == VXLAN_DEV || muslin_model::network::parse_vxlan_dev(name).is_some();
+    let mut steps: Vec<Step> = observed
+        .links
+        .iter()
+        .filter(|l| tunnel(&l.name))
+        .map(|l| Step::host(Change::DeleteLink(l.name.clone())))
+        .collect();
+    let d = diff(&observed, &HostState::default(), &all_ownership(&[], true));
     steps.extend(
         d.changes
             .into_iter()
-            .filter(|c| !matches!(c, Change::DeleteRoute(r) if r.dev.as_deref() == Some(VXLAN_DEV)))
+            .filter(
+                |c| !matches!(c, Change::DeleteRoute(r) if r.dev.as_deref().is_some_and(tunnel)),
+            )
             .map(Step::host),
     );
     for fam in [NftFamily::Ip, NftFamily::Ip6] {

@@ -58,6 +58,7 @@ fn host_with(address: &str) -> (Executor, FakeKernel) {
                 mtu: Some(1500),
                 mac: Some([2, 0, 0, 0, 0, 1]),
                 up: true,
+                group: None,
             }],
             addresses: vec![Address {
                 link: "eth0".into(),

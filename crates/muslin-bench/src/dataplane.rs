@@ -27,6 +27,23 @@ containers = 2
 segment = "lan"
 default-route = true
 "#;
+/// The same two hosts with a second network (always VXLAN, its own VNI):
+/// on each host one container on the default network, one on `second`.
+const TOPOLOGY_NETWORKS: &str = r#"
+[[network]]
+name = "second"
+subnet = "10.98.0.0/16"
+[[segment]]
+name = "lan"
+cidr = "192.168.60.0/24"
+[[host]]
+name = "h"
+count = 2
+containers = [{ name = "c1" }, { name = "n1", networks = ["second"] }]
+[[host.nic]]
+segment = "lan"
+default-route = true
+"#;
 const U1: &str = "192.168.60.11";
 const U2: &str = "192.168.60.12";
 
@@ -39,7 +56,7 @@ pub struct Path {
 
 pub const UNDERLAY: &str = "underlay, host to host";
 
-fn up(o: &Options, name: &str, backend: &str) -> Result<(), String> {
+fn up(o: &Options, name: &str, backend: &str, topology: &str) -> Result<(), String> {
     let ctx = Ctx {
         bin: o.bin.clone(),
         progress: Box::new(|_| {}),
@@ -47,7 +64,7 @@ fn up(o: &Options, name: &str, backend: &str) -> Result<(), String> {
     let up = UpOptions {
         name: name.into(),
         hosts: None,
-        topology: Some(("bench topology".into(), TOPOLOGY.into())),
+        topology: Some(("bench topology".into(), topology.into())),
         backend: backend.into(),
         datastore: "gossip".into(),
         etcd_members: 1,
@@ -240,8 +257,13 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
     let f = fail("data plane");
     let mut servers = vec![];
     let mut paths = vec![];
-    for (lab, backend) in [("mbr", "routed"), ("mbv", "vxlan"), ("mba", "auto")] {
-        up(o, lab, backend).map_err(&f)?;
+    for (lab, backend, topology) in [
+        ("mbr", "routed", TOPOLOGY),
+        ("mbv", "vxlan", TOPOLOGY),
+        ("mba", "auto", TOPOLOGY),
+        ("mbn", "vxlan", TOPOLOGY_NETWORKS),
+    ] {
+        up(o, lab, backend, topology).map_err(&f)?;
     }
     paths.push(Path {
         name: UNDERLAY,
@@ -288,6 +310,18 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
         from: "mba-h1-c1".into(),
         to: "mba-h2-c1".into(),
         addr: pod("mba", "h2", 0).map_err(&f)?,
+    });
+    paths.push(Path {
+        name: "Muslin vxlan beside a second network",
+        from: "mbn-h1-c1".into(),
+        to: "mbn-h2-c1".into(),
+        addr: pod("mbn", "h2", 0).map_err(&f)?,
+    });
+    paths.push(Path {
+        name: "Muslin second network (own VNI)",
+        from: "mbn-h1-n1".into(),
+        to: "mbn-h2-n1".into(),
+        addr: pod("mbn", "h2", 1).map_err(&f)?,
     });
 
     let mut series: Vec<[Series; 5]> = (0..paths.len()).map(|_| Default::default()).collect();

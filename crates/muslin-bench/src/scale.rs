@@ -1,6 +1,7 @@
 //! A large lab: cold start, convergence (a container attached on one host,
 //! until every other host reaches it), agent memory and CPU idle and under
-//! churn, and gossip traffic.
+//! churn, gossip traffic, and how fast a network created on one host is
+//! known to all.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -8,6 +9,8 @@ use std::time::{Duration, Instant};
 use muslin_lab::ops::{self, Ctx, UpOptions};
 use muslin_lab::probe::{self, Proto};
 use muslin_lab::registry;
+use muslin_model::api::{Request, Response};
+use muslin_model::network::CreateNetwork;
 
 use crate::report::Report;
 use crate::stats::Series;
@@ -67,6 +70,75 @@ fn reach_from(ns: &str, target: IpAddr, deadline: Duration) -> Option<Duration> 
         }
     }
     None
+}
+
+/// The networks an agent lists.
+fn networks_of(host: &str) -> Vec<String> {
+    let socket = registry::socket(LAB, host);
+    match muslin_cni::call(&socket, &Request::NetworkList) {
+        Ok(Response::Networks { networks }) => networks.into_iter().map(|n| n.name).collect(),
+        _ => vec![],
+    }
+}
+
+/// How long after `start` every host's agent answers `present` for
+/// network `name` (each host polled on its own thread).
+fn until_all(names: &[String], name: &str, present: bool, start: Instant) -> Option<Duration> {
+    let deadline = Duration::from_secs(10);
+    std::thread::scope(|s| {
+        let hs: Vec<_> = names
+            .iter()
+            .map(|h| {
+                s.spawn(move || loop {
+                    if networks_of(h).iter().any(|n| n == name) == present {
+                        return Some(start.elapsed());
+                    }
+                    if start.elapsed() > deadline {
+                        return None;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or(None))
+            .collect::<Option<Vec<Duration>>>()
+            .and_then(|v| v.into_iter().max())
+    })
+}
+
+/// Networks created on h1 and deleted again, `rounds` times: how long
+/// until every host knows of each change (ms).
+fn network_spread(names: &[String], rounds: usize) -> Result<(Series, Series), String> {
+    let h1 = registry::socket(LAB, &names[0]);
+    let (mut created, mut deleted) = (Series::default(), Series::default());
+    for k in 0..rounds {
+        let name = format!("bench{k}");
+        let req = Request::NetworkCreate(CreateNetwork {
+            name: name.clone(),
+            subnets: vec![format!("10.{}.0.0/16", 100 + k % 100)
+                .parse()
+                .expect("literal")],
+            ..Default::default()
+        });
+        let start = Instant::now();
+        match muslin_cni::call(&h1, &req) {
+            Ok(Response::Network(_)) => {}
+            other => return Err(format!("network create: {other:?}")),
+        }
+        let t = until_all(names, &name, true, start)
+            .ok_or_else(|| format!("network {name} did not reach every host within 10 s"))?;
+        created.push(t.as_secs_f64() * 1e3);
+        let start = Instant::now();
+        match muslin_cni::call(&h1, &Request::NetworkDelete { name: name.clone() }) {
+            Ok(Response::Done) => {}
+            other => return Err(format!("network delete: {other:?}")),
+        }
+        let t = until_all(names, &name, false, start)
+            .ok_or_else(|| format!("network {name} was not gone everywhere within 10 s"))?;
+        deleted.push(t.as_secs_f64() * 1e3);
+    }
+    Ok((created, deleted))
 }
 
 pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchError> {
@@ -291,6 +363,31 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
         "convergence p99",
         "ms",
         &one(conv.pct(0.99)),
+        None,
+    );
+    let (created, deleted) = network_spread(&names, plan.rounds.max(3) * 3).map_err(&f)?;
+    report.add(
+        "scale",
+        &label,
+        "network created on one host -> known to all, p50",
+        "ms",
+        &one(created.median()),
+        None,
+    );
+    report.add(
+        "scale",
+        &label,
+        "network created -> known to all, p99",
+        "ms",
+        &one(created.pct(0.99)),
+        None,
+    );
+    report.add(
+        "scale",
+        &label,
+        "network deleted -> gone from all, p50",
+        "ms",
+        &one(deleted.median()),
         None,
     );
     let t = Instant::now();

@@ -369,6 +369,7 @@ mod tests {
                 "fd00::5/128".parse().unwrap(),
             ],
             mtu: 1450,
+            routes: vec![],
         };
         let r = success(&a, std::path::Path::new("/run/netns/x"), Dns::default())
             .to_json(CniVersion::V1_1_0);

@@ -515,7 +515,7 @@ segment = "a"
         ] {
             let p = plan(text);
             let names: Vec<&str> = p.networks.iter().map(|n| n.name.as_str()).collect();
-            assert_eq!(names, ["red", "blue"]);
+            assert_eq!(names, ["red", "blue", "green"]);
             let hosts: Vec<&NodePlan> = p.nodes.iter().filter(|n| !n.router).collect();
             assert!(hosts.len() >= 3);
             for h in hosts {
@@ -523,7 +523,7 @@ segment = "a"
                 assert_eq!(h.networks_of("red"), ["red"]);
                 assert_eq!(h.networks_of("blue"), ["blue"]);
                 assert_eq!(h.networks_of("plain"), ["default"]);
-                assert_eq!(h.networks_of("both"), ["red", "blue"]);
+                assert_eq!(h.networks_of("both"), ["red", "green"]);
             }
         }
     }

@@ -258,8 +258,7 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
                     true => Some(rec.address),
                     false => blocks.first().map(|b| b.network()),
                 };
-                let (Some(vtep), Some(mac), Some(_)) =
-                    (vtep, parse_mac(&rec.vtep_mac), &d.vxlan)
+                let (Some(vtep), Some(mac), Some(_)) = (vtep, parse_mac(&rec.vtep_mac), &d.vxlan)
                 else {
                     d.paths.insert(name.clone(), path);
                     continue;

@@ -370,7 +370,9 @@ mod tests {
         let mut t = EndpointTable::new();
         let mut seen = BTreeSet::new();
         for i in 0..capacity(&bl[0]) {
-            let (e, fresh) = t.allocate(key(&format!("c{i}")), "default", &bl, ep).unwrap();
+            let (e, fresh) = t
+                .allocate(key(&format!("c{i}")), "default", &bl, ep)
+                .unwrap();
             assert!(fresh);
             assert!(seen.insert(e.addresses[0].addr()));
         }
@@ -385,7 +387,12 @@ mod tests {
     fn same_key_keeps_its_address() {
         let bl = blocks(&["10.1.0.0/24"]);
         let mut t = EndpointTable::new();
-        let a = t.allocate(key("c"), "default", &bl, ep).unwrap().0.addresses[0].addr();
+        let a = t
+            .allocate(key("c"), "default", &bl, ep)
+            .unwrap()
+            .0
+            .addresses[0]
+            .addr();
         let (e, fresh) = t.allocate(key("c"), "default", &bl, ep).unwrap();
         assert_eq!((e.addresses[0].addr(), fresh), (a, false));
         assert_eq!(t.endpoints.len(), 1);
@@ -395,12 +402,27 @@ mod tests {
     fn release_then_reuse_round_robin() {
         let bl = blocks(&["10.1.0.0/29"]);
         let mut t = EndpointTable::new();
-        let a1 = t.allocate(key("a"), "default", &bl, ep).unwrap().0.addresses[0].addr();
-        let _a2 = t.allocate(key("b"), "default", &bl, ep).unwrap().0.addresses[0].addr();
+        let a1 = t
+            .allocate(key("a"), "default", &bl, ep)
+            .unwrap()
+            .0
+            .addresses[0]
+            .addr();
+        let _a2 = t
+            .allocate(key("b"), "default", &bl, ep)
+            .unwrap()
+            .0
+            .addresses[0]
+            .addr();
         assert_eq!(t.release(&key("a")).unwrap().addresses[0].addr(), a1);
         assert!(t.release(&key("a")).is_none());
         // The released address is not the next one handed out.
-        let a3 = t.allocate(key("c"), "default", &bl, ep).unwrap().0.addresses[0].addr();
+        let a3 = t
+            .allocate(key("c"), "default", &bl, ep)
+            .unwrap()
+            .0
+            .addresses[0]
+            .addr();
         assert_ne!(a3, a1);
         // But it comes back once the cursor wraps.
         let mut got = vec![];
@@ -521,16 +543,31 @@ mod tests {
                 ..ep(a)
             }
         };
-        let r = t.allocate(key("r"), "red", &bl, in_net("red")).unwrap().0.addresses[0];
-        let b = t.allocate(key("b"), "blue", &bl, in_net("blue")).unwrap().0.addresses[0];
+        let r = t
+            .allocate(key("r"), "red", &bl, in_net("red"))
+            .unwrap()
+            .0
+            .addresses[0];
+        let b = t
+            .allocate(key("b"), "blue", &bl, in_net("blue"))
+            .unwrap()
+            .0
+            .addresses[0];
         assert_eq!(r, b, "red and blue each start at the first address");
-        let d = t.allocate(key("d"), "default", &bl, ep).unwrap().0.addresses[0];
+        let d = t
+            .allocate(key("d"), "default", &bl, ep)
+            .unwrap()
+            .0
+            .addresses[0];
         assert_eq!(d, r);
-        let r2 = t.allocate(key("r2"), "red", &bl, in_net("red")).unwrap().0.addresses[0];
+        let r2 = t
+            .allocate(key("r2"), "red", &bl, in_net("red"))
+            .unwrap()
+            .0
+            .addresses[0];
         assert_ne!(r2, r);
         assert_eq!(t.used("red").len(), 2);
         let back = EndpointTable::from_json(&t.to_json()).unwrap();
         assert_eq!(back, t, "per-network cursors persist");
     }
-
 }

@@ -299,7 +299,7 @@ pub fn create(
     }
     let block_size = req
         .block_size
-        .unwrap_or_else(|| subnet.prefix_len().max(26).min(28));
+        .unwrap_or_else(|| subnet.prefix_len().clamp(26, 28));
     if block_size < subnet.prefix_len() || block_size > 30 {
         return Err(refuse(
             "block-size",
@@ -440,7 +440,10 @@ mod tests {
         };
         merge(&mut known, gone.clone());
         merge(&mut known, red.clone());
-        assert!(known["red"].deleted(), "a stale record cannot undo a delete");
+        assert!(
+            known["red"].deleted(),
+            "a stale record cannot undo a delete"
+        );
         let again = NetworkSpec {
             created_at_ms: 9,
             ..red.clone()

@@ -225,7 +225,8 @@ pub fn check(p: &AttachmentPlan, host: &HostState, container: &HostState) -> Vec
             }
             for a in addresses(p) {
                 let ok = host.routes.iter().any(|r| {
-                    r.dst == a && r.table == p.place.table()
+                    r.dst == a
+                        && r.table == p.place.table()
                         && r.dev.as_deref() == Some(&p.host_ifname)
                         && r.protocol == ROUTE_PROTOCOL
                 });

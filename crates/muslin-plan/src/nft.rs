@@ -132,7 +132,6 @@ impl NftNetwork {
     }
 }
 
-
 /// Our table as the kernel has it: the tags of each chain's rules and the
 /// elements of each set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -295,10 +294,7 @@ impl Masquerade {
                 vec![saddr(), masquerade()],
             ];
             for (i, body) in bodies.into_iter().enumerate() {
-                post.push((
-                    format!("muslin v{RULES_VERSION} masquerade {p} #{i}"),
-                    body,
-                ));
+                post.push((format!("muslin v{RULES_VERSION} masquerade {p} #{i}"), body));
             }
         }
         out.insert(CHAIN, post);
@@ -336,7 +332,12 @@ impl Masquerade {
             ));
             let ours = || is(masked(meta(MetaKey::Mark), MARK_MASK), num(n.mark));
             let leaving = if n.isolated {
-                vec![ours(), not(meta(MetaKey::Oifgroup), num(n.group)), count(), drop()]
+                vec![
+                    ours(),
+                    not(meta(MetaKey::Oifgroup), num(n.group)),
+                    count(),
+                    drop(),
+                ]
             } else {
                 vec![
                     ours(),

@@ -13,9 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 use ipnet::IpNet;
 use muslin_model::cluster::{
-    gossip_block_keys, gossip_endpoint_key, gossip_network_key, parse_gossip_block_key,
-    BlockClaim, ClusterView, EndpointRecord, NodeRecord, PeerView, ENDPOINT_KEY_PREFIX,
-    NETWORK_KEY_PREFIX, NODE_KEY,
+    gossip_block_keys, gossip_endpoint_key, gossip_network_key, parse_gossip_block_key, BlockClaim,
+    ClusterView, EndpointRecord, NodeRecord, PeerView, ENDPOINT_KEY_PREFIX, NETWORK_KEY_PREFIX,
+    NODE_KEY,
 };
 use muslin_model::network::{merge, NetworkSpec, TOMBSTONE_MS};
 

@@ -443,7 +443,7 @@ fn probe_cmd(p: ProbeCommand) -> Result<ExitCode> {
                     upload,
                     Duration::from_secs(30),
                 )
-                    .map_err(|e| anyhow::anyhow!("{dir}: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("{dir}: {e}"))?;
                 let mbps = bytes as f64 * 8.0 / t.as_secs_f64() / 1e6;
                 println!(
                     "{dir} {bytes} bytes to {target} in {:.3} s ({mbps:.0} Mbit/s)",

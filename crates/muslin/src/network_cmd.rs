@@ -40,7 +40,10 @@ pub fn run(c: NetworkCommand) -> Result<ExitCode> {
                 subnets: subnet,
                 block_size,
                 backend: backend
-                    .map(|b| b.parse().map_err(|e: String| anyhow::anyhow!("--backend: {e}")))
+                    .map(|b| {
+                        b.parse()
+                            .map_err(|e: String| anyhow::anyhow!("--backend: {e}"))
+                    })
                     .transpose()?,
                 vni,
                 isolated_from_host,

@@ -346,7 +346,8 @@ impl Cluster {
                         if n.isolated_from_host {
                             "isolated from the hosts".to_string()
                         } else {
-                            "it overlaps the default network or an older network the hosts route to".to_string()
+                            "it overlaps the default network or an older network the hosts route to"
+                                .to_string()
                         }
                     }),
                     endpoints: endpoints_of(view, &n.name),

@@ -187,15 +187,32 @@ impl Lab {
     }
 }
 
-/// Failed pairs of a matrix, as "from -> to: protocols".
+/// Failed pairs of a matrix, as "from -> to: protocols", and pairs of
+/// different networks that reached each other (or could not be probed).
 pub fn failures(m: &Value) -> Vec<String> {
-    m["pairs"]
+    let mut v: Vec<String> = m["pairs"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|p| !p["failed"].as_array().unwrap().is_empty())
         .map(|p| format!("{} -> {}: {}", p["from"], p["to"], p["failed"]))
-        .collect()
+        .collect();
+    v.extend(
+        m["isolation"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                !p["reached"].as_array().is_none_or(|r| r.is_empty()) || !p["error"].is_null()
+            })
+            .map(|p| {
+                format!(
+                    "{} -> {} ({} {}) must not reach: {} {}",
+                    p["from"], p["to"], p["network"], p["address"], p["reached"], p["error"]
+                )
+            }),
+    );
+    v
 }
 
 impl Drop for Lab {
