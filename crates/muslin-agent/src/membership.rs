@@ -124,9 +124,11 @@ struct HostFacts {
 }
 
 impl HostFacts {
+    /// `ranges`: the pod network and every network's subnets, inside
+    /// which this host's own routes are reported as reserved.
     async fn read(
         host: &Executor,
-        pod_cidr: ipnet::IpNet,
+        ranges: &[ipnet::IpNet],
     ) -> Result<HostFacts, muslin_kernel::KernelError> {
         let state = host.host().await?;
         let cands = muslin_plan::facts::candidates(&state);
@@ -135,7 +137,12 @@ impl HostFacts {
             .flat_map(|c| c.addresses.iter().map(|a| a.addr()))
             .collect();
         let foreign = muslin_plan::facts::foreign_routes(&state);
-        let reserved = reserved_in(pod_cidr, &foreign);
+        let mut reserved: Vec<ipnet::IpNet> = ranges
+            .iter()
+            .flat_map(|r| reserved_in(*r, &foreign))
+            .collect();
+        reserved.sort();
+        reserved.dedup();
         Ok(HostFacts {
             cands,
             addresses,
@@ -166,7 +173,7 @@ pub async fn join(
 ) -> Result<Option<Cluster>, AgentError> {
     let datastore = config.datastore();
     let etcd = matches!(datastore, Datastore::Etcd(_));
-    let facts = HostFacts::read(host, config.pod_cidr()).await?;
+    let facts = HostFacts::read(host, &[config.pod_cidr()]).await?;
     refuse_conflicts(config, etcd, &facts)?;
     // Our own address in the join list (one list for every host) is
     // simply not a peer.
@@ -441,7 +448,9 @@ impl Cluster {
         let mut masq = MasqueradeState::default();
         loop {
             if self.host.at.elapsed() > HOST_REFRESH {
-                match HostFacts::read(&host, self.pod_cidr).await {
+                let mut ranges = vec![self.pod_cidr];
+                ranges.extend(self.known_networks.values().flat_map(|n| n.subnets.clone()));
+                match HostFacts::read(&host, &ranges).await {
                     Ok(f) => self.host = f,
                     Err(e) => tracing::warn!(cause = %e, "could not read the host's interfaces"),
                 }

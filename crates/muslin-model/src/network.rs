@@ -95,6 +95,35 @@ impl NetworkSpec {
             &self.created_by,
         )
     }
+    /// What makes a record read from the store unusable: a node of
+    /// another version, or a broken or hostile one, must not get a route
+    /// such as `0.0.0.0/0` into every host's tables.
+    pub fn problem(&self) -> Option<String> {
+        let bad = |why: String| Some(format!("network record {:?} ignored: {why}", self.name));
+        if !crate::cluster::valid_network_id(&self.name) || self.name == crate::DEFAULT_NETWORK {
+            return bad("bad name".into());
+        }
+        if !(1..=MAX_ID).contains(&self.id) {
+            return bad(format!("id {} out of range", self.id));
+        }
+        if !(1..=16_777_215).contains(&self.vni) {
+            return bad(format!("VNI {} out of range", self.vni));
+        }
+        let [s] = self.subnets.as_slice() else {
+            return bad("not exactly one subnet".into());
+        };
+        if !s.addr().is_ipv4() || !(8..=28).contains(&s.prefix_len()) || s.addr() != s.network() {
+            return bad(format!("subnet {s}"));
+        }
+        if self.block_size < s.prefix_len() || self.block_size > 30 {
+            return bad(format!("block size /{}", self.block_size));
+        }
+        if self.backend == Backend::Routed {
+            return bad("backend routed".into());
+        }
+        None
+    }
+
     pub fn contains(&self, a: IpAddr) -> bool {
         self.subnets.iter().any(|s| s.contains(&a))
     }
@@ -134,10 +163,20 @@ pub fn effective(
     known: &BTreeMap<String, NetworkSpec>,
     default_vni: u32,
 ) -> (BTreeMap<String, NetworkSpec>, Vec<String>) {
-    let mut live: Vec<&NetworkSpec> = known.values().filter(|n| !n.deleted()).collect();
+    let mut warnings = Vec::new();
+    let mut live: Vec<&NetworkSpec> = known
+        .values()
+        .filter(|n| !n.deleted())
+        .filter(|n| match n.problem() {
+            Some(p) => {
+                warnings.push(p);
+                false
+            }
+            None => true,
+        })
+        .collect();
     live.sort_by(|a, b| (a.created_at_ms, &a.name).cmp(&(b.created_at_ms, &b.name)));
     let mut out: BTreeMap<String, NetworkSpec> = BTreeMap::new();
-    let mut warnings = Vec::new();
     for n in live {
         let clash = out
             .values()
@@ -461,6 +500,19 @@ mod tests {
         let (eff, warnings) = effective(&known, 4242);
         assert_eq!(eff.keys().collect::<Vec<_>>(), ["red"]);
         assert!(warnings[0].contains("network blue is not in force"));
+        // A record no agent would write is never in force.
+        for bad in [
+            NetworkSpec { subnets: vec!["0.0.0.0/0".parse().unwrap()], ..red.clone() },
+            NetworkSpec { id: 0, ..red.clone() },
+            NetworkSpec { vni: 0, ..red.clone() },
+            NetworkSpec { block_size: 8, ..red.clone() },
+            NetworkSpec { subnets: vec![], ..red.clone() },
+        ] {
+            let one = BTreeMap::from([("red".to_string(), bad.clone())]);
+            let (eff, warnings) = effective(&one, 4242);
+            assert!(eff.is_empty(), "{bad:?}");
+            assert!(warnings[0].contains("ignored"), "{warnings:?}");
+        }
     }
 
     #[test]
