@@ -109,6 +109,8 @@ pub struct Cluster {
     nets: std::collections::BTreeMap<String, nets::NetState>,
     /// Every network record this node knows, kept across restarts.
     known_networks: std::collections::BTreeMap<String, muslin_model::network::NetworkSpec>,
+    /// When this node first saw each network record (name, creation).
+    first_seen: std::collections::BTreeMap<(String, u64), Instant>,
 }
 
 /// What the host looks like, refreshed now and then (addresses come and go).
@@ -277,6 +279,7 @@ pub async fn join(
     } else {
         None
     };
+    let known = nets::load_known(&config.state_dir);
     let record = NodeRecord {
         address_reason: reason.clone(),
         addresses: facts.usable(underlay.address),
@@ -421,7 +424,18 @@ pub async fn join(
         leases,
         settle,
         nets: Default::default(),
-        known_networks: nets::load_known(&config.state_dir),
+        // Networks known before the restart are in force at once: their
+        // containers' traffic must not stop while the agent restarts.
+        first_seen: known
+            .values()
+            .map(|n| {
+                let long_ago = Instant::now()
+                    .checked_sub(settle)
+                    .unwrap_or_else(Instant::now);
+                ((n.name.clone(), n.created_at_ms), long_ago)
+            })
+            .collect(),
+        known_networks: known,
         interval,
         pod_cidr: config.pod_cidr(),
         masquerade: config.masquerade,
@@ -500,8 +514,18 @@ impl Cluster {
             // Networks: every node republishes every record it knows, so a
             // network outlives the node that created it.
             let known = self.learn_networks(&view);
-            let (live, net_warnings) = muslin_model::network::effective(&known, self.vx.vni);
+            let (live, mut net_warnings) = muslin_model::network::effective(&known, self.vx.vni);
+            let live = self.settled(live);
             networks.set_live(&live);
+            let reach = self.reach(&live);
+            for n in live.values() {
+                if let Some(r) = self.shadowed(n) {
+                    net_warnings.push(format!(
+                        "network {}'s subnet overlaps {r}, a route of this host: the host does not route to the network",
+                        n.name
+                    ));
+                }
+            }
             self.store
                 .sync_networks(&known, crate::leases::now_ms())
                 .await;
@@ -516,11 +540,20 @@ impl Cluster {
                     pod_cidr: self.pod_cidr,
                     enabled: self.masquerade,
                     nodes: nodes.into_iter().collect(),
-                    networks: live.values().map(NftNetwork::of).collect(),
+                    networks: live
+                        .values()
+                        .map(|n| NftNetwork::of(n, reach.contains(&n.name)))
+                        .collect(),
+                    vxlan_port: self.vx.port,
                 },
             )
             .await;
-            self.lease_networks(&view, &live, &networks).await;
+            let in_use: std::collections::BTreeSet<String> = endpoints
+                .borrow()
+                .iter()
+                .map(|e| e.network.clone())
+                .collect();
+            self.lease_networks(&view, &live, &networks, &in_use).await;
             if let Some(l) = self.leases.as_mut() {
                 let step = l.step(&view, more || blocks.take_asked());
                 more = false;
@@ -581,7 +614,7 @@ impl Cluster {
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
                 Some(ask) = asks.recv() => {
-                    self.answer(ask, &view, &live, &host, &networks).await
+                    self.answer(ask, &view, &live, &host).await
                 }
                 _ = blocks.wanted() => more = true,
                 r = endpoints.changed() => {

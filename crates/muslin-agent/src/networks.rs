@@ -26,6 +26,8 @@ pub enum Ask {
 
 pub struct Networks {
     live: watch::Sender<BTreeMap<String, NetworkSpec>>,
+    /// Whether the cluster loop has said which networks are in force yet.
+    ready: watch::Sender<bool>,
     blocks: Mutex<BTreeMap<String, Arc<BlockSource>>>,
     default_blocks: Arc<BlockSource>,
     asks: mpsc::Sender<Ask>,
@@ -41,6 +43,7 @@ impl Networks {
         let (asks, rx) = mpsc::channel(16);
         let n = Networks {
             live: watch::Sender::new(BTreeMap::new()),
+            ready: watch::Sender::new(false),
             blocks: Mutex::new(BTreeMap::new()),
             default_blocks,
             asks,
@@ -57,7 +60,21 @@ impl Networks {
         self.live.borrow().get(name).cloned()
     }
 
+    /// Waits (a little) until the networks in force are known: right
+    /// after a start, an ADD naming a network must not take it for the
+    /// default network because the list is still empty.
+    pub async fn ready(&self) -> bool {
+        let mut rx = self.ready.subscribe();
+        let limit = std::time::Duration::from_secs(5);
+        let ok = matches!(
+            tokio::time::timeout(limit, rx.wait_for(|r| *r)).await,
+            Ok(Ok(_))
+        );
+        ok
+    }
+
     pub fn set_live(&self, live: &BTreeMap<String, NetworkSpec>) {
+        self.ready.send_if_modified(|r| !std::mem::replace(r, true));
         self.live.send_if_modified(|l| {
             if l != live {
                 *l = live.clone();

@@ -200,10 +200,18 @@ impl Node {
     /// The network an ADD joins: the configuration's `network`, else the
     /// network named like the configuration, else the default network
     /// (`None`).
-    fn network_of(&self, req: &AddRequest) -> Result<Option<NetworkSpec>, CniError> {
+    async fn network_of(&self, req: &AddRequest) -> Result<Option<NetworkSpec>, CniError> {
         let name = req.network.as_deref().unwrap_or(&req.key.network);
         if name == muslin_model::DEFAULT_NETWORK {
             return Ok(None);
+        }
+        if let Some(n) = &self.networks {
+            if !n.ready().await {
+                return Err(CniError::new(
+                    ErrorCode::TryAgainLater,
+                    "the agent does not know the cluster's networks yet (it is starting)",
+                ));
+            }
         }
         let found = self.networks.as_ref().and_then(|n| n.get(name));
         match (found, &req.network) {
@@ -221,7 +229,7 @@ impl Node {
     }
 
     async fn attach(&self, req: &AddRequest) -> Result<Added, CniError> {
-        let net = self.network_of(req)?;
+        let net = self.network_of(req).await?;
         let default_mtu = match (&net, &self.networks) {
             (Some(_), Some(n)) => n.tunnel_mtu,
             _ => self.mtu,

@@ -26,9 +26,10 @@ use crate::dataplane::Backend;
 /// the same number (groups and tables are separate name spaces).
 pub const TABLE_BASE: u32 = 77_000;
 /// Our bits of the firewall mark: a network's id shifted into them. Kept
-/// clear of the bits kube-proxy (0x4000, 0x8000) and Docker use.
-pub const MARK_MASK: u32 = 0x0fff_0000;
-const MARK_SHIFT: u32 = 16;
+/// clear of the bits kube-proxy (0x4000, 0x8000), Cilium (0x0f00, 0xf000)
+/// and Tailscale (0x40000, 0x80000) use.
+pub const MARK_MASK: u32 = 0xfff0_0000;
+const MARK_SHIFT: u32 = 20;
 pub const MAX_ID: u16 = 4095;
 /// Priority of each network's `fwmark` rule: before the pod rule (1077)
 /// and `main` (32766).
@@ -44,8 +45,13 @@ pub const POD_RULE_PRIORITY: u32 = 1072;
 /// up in a table that routes node addresses into the tunnel, they would
 /// loop; their source (this node's address) keeps them out of this one.
 pub const POD_TABLE_BASE: u32 = 82_000;
-/// How long a deletion is remembered.
-pub const TOMBSTONE_MS: u64 = 3_600_000;
+/// How long a deletion is remembered: a node away for longer could bring
+/// the network back from its own list.
+pub const TOMBSTONE_MS: u64 = 7 * 24 * 3_600_000;
+/// How long a deleted network's id and VNI stay unused, so that a
+/// container of it that some node still holds (a record not yet gone)
+/// never lands in a new network that took its numbers.
+pub const REUSE_MS: u64 = 3_600_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkSpec {
@@ -259,13 +265,27 @@ pub struct CreateContext<'a> {
     pub now_ms: u64,
 }
 
-/// Checks `req` and turns it into a record, choosing the id and (unless
-/// given) the VNI.
+/// Checks `req` against every record known (`known`, deletions included)
+/// and turns it into a record, choosing the id and (unless given) the VNI.
 pub fn create(
     req: &CreateNetwork,
-    live: &BTreeMap<String, NetworkSpec>,
+    known: &BTreeMap<String, NetworkSpec>,
     cx: &CreateContext,
 ) -> Result<NetworkSpec, NetworkError> {
+    let live: BTreeMap<String, NetworkSpec> = known
+        .iter()
+        .filter(|(_, n)| !n.deleted())
+        .map(|(k, n)| (k.clone(), n.clone()))
+        .collect();
+    // Numbers still held: networks in force and those deleted lately.
+    let held: Vec<&NetworkSpec> = known
+        .values()
+        .filter(|n| {
+            n.deleted_at_ms
+                .is_none_or(|t| cx.now_ms.saturating_sub(t) < REUSE_MS)
+        })
+        .collect();
+    let live = &live;
     if req.name == crate::DEFAULT_NETWORK {
         return Err(refuse(
             "name",
@@ -358,18 +378,21 @@ pub fn create(
         b => b,
     };
     let id = (1..=MAX_ID)
-        .find(|i| !live.values().any(|n| n.id == *i))
+        .find(|i| !held.iter().any(|n| n.id == *i))
         .ok_or_else(|| refuse("name", format!("{MAX_ID} networks exist already")))?;
-    let in_use = |v: u32| v == cx.default_vni || live.values().any(|n| n.vni == v);
+    let in_use = |v: u32| v == cx.default_vni || held.iter().any(|n| n.vni == v);
     let vni = match req.vni {
         Some(v) if !(1..=16_777_215).contains(&v) => {
             return Err(refuse("vni", format!("{v} is out of range 1..=16777215")))
         }
         Some(v) if in_use(v) => {
-            let who = live
-                .values()
+            let who = held
+                .iter()
                 .find(|n| n.vni == v)
-                .map(|n| format!("network {}", n.name))
+                .map(|n| match n.deleted() {
+                    false => format!("network {}", n.name),
+                    true => format!("network {}, deleted less than an hour ago", n.name),
+                })
                 .unwrap_or_else(|| "the default network".into());
             return Err(refuse("vni", format!("{v} is in use by {who}")));
         }
@@ -387,7 +410,12 @@ pub fn create(
         vni,
         isolated_from_host: req.isolated_from_host,
         id,
-        created_at_ms: cx.now_ms,
+        // After a deletion of the same name, even by a host whose clock
+        // is ahead of ours: the later write wins the merge.
+        created_at_ms: known
+            .get(&req.name)
+            .and_then(|n| n.deleted_at_ms)
+            .map_or(cx.now_ms, |t| cx.now_ms.max(t + 1)),
         created_by: cx.me.to_string(),
         deleted_at_ms: None,
     })
@@ -432,7 +460,10 @@ mod tests {
         assert_eq!((r.id, b.id), (1, 2));
         assert_ne!(r.vni, b.vni);
         assert_ne!(r.vni, 4242);
-        assert_eq!((r.table(), r.group(), r.mark()), (77_001, 77_001, 0x1_0000));
+        assert_eq!(
+            (r.table(), r.group(), r.mark()),
+            (77_001, 77_001, 0x10_0000)
+        );
         assert_eq!(r.vxlan_dev(), "msl-vx1");
         assert_eq!(parse_vxlan_dev("msl-vx1"), Some(1));
         assert_eq!(parse_vxlan_dev("msl-vxlan"), None);
@@ -460,10 +491,20 @@ mod tests {
         q.backend = None;
         q.block_size = Some(8);
         assert_eq!(field(q), "block-size");
-        // Deleting frees the id for the next network.
-        live.remove("red");
-        make(&mut live, "green", "10.60.0.0/16", 3);
-        assert_eq!(live["green"].id, 1);
+        // A deleted network's id is not reused for an hour (a container of
+        // it may still be somewhere), then it is.
+        let gone = NetworkSpec {
+            deleted_at_ms: Some(10),
+            ..live["red"].clone()
+        };
+        live.insert("red".into(), gone);
+        make(&mut live, "green", "10.60.0.0/16", 11);
+        assert_eq!(live["green"].id, 3);
+        make(&mut live, "teal", "10.70.0.0/16", 10 + REUSE_MS);
+        assert_eq!(live["teal"].id, 1);
+        // Created again after its deletion: later than the deletion.
+        make(&mut live, "red", "10.50.0.0/16", 5);
+        assert_eq!(live["red"].created_at_ms, 11);
     }
 
     #[test]
@@ -502,11 +543,26 @@ mod tests {
         assert!(warnings[0].contains("network blue is not in force"));
         // A record no agent would write is never in force.
         for bad in [
-            NetworkSpec { subnets: vec!["0.0.0.0/0".parse().unwrap()], ..red.clone() },
-            NetworkSpec { id: 0, ..red.clone() },
-            NetworkSpec { vni: 0, ..red.clone() },
-            NetworkSpec { block_size: 8, ..red.clone() },
-            NetworkSpec { subnets: vec![], ..red.clone() },
+            NetworkSpec {
+                subnets: vec!["0.0.0.0/0".parse().unwrap()],
+                ..red.clone()
+            },
+            NetworkSpec {
+                id: 0,
+                ..red.clone()
+            },
+            NetworkSpec {
+                vni: 0,
+                ..red.clone()
+            },
+            NetworkSpec {
+                block_size: 8,
+                ..red.clone()
+            },
+            NetworkSpec {
+                subnets: vec![],
+                ..red.clone()
+            },
         ] {
             let one = BTreeMap::from([("red".to_string(), bad.clone())]);
             let (eff, warnings) = effective(&one, 4242);

@@ -89,6 +89,10 @@ pub struct Masquerade {
     pub enabled: bool,
     pub nodes: BTreeSet<IpAddr>,
     pub networks: Vec<NftNetwork>,
+    /// The VXLAN port: with networks, VXLAN from our own interfaces is
+    /// dropped, or a container could wrap a packet in another network's
+    /// VNI and have a host unwrap it there.
+    pub vxlan_port: u16,
 }
 
 /// A network other than the default, as its firewall rules see it.
@@ -100,10 +104,15 @@ pub struct NftNetwork {
     pub mark: u32,
     pub zone: u16,
     pub isolated: bool,
+    /// Whether this host routes to the network. Where it does not (it is
+    /// isolated, or another network with the same addresses is the one
+    /// the host routes to), the network's containers do not reach the
+    /// host either: the host's replies would go to the other network.
+    pub reach: bool,
 }
 
 impl NftNetwork {
-    pub fn of(n: &muslin_model::network::NetworkSpec) -> Self {
+    pub fn of(n: &muslin_model::network::NetworkSpec, reach: bool) -> Self {
         NftNetwork {
             name: n.name.clone(),
             subnets: n.subnets.clone(),
@@ -111,6 +120,7 @@ impl NftNetwork {
             mark: n.mark(),
             zone: n.zone(),
             isolated: n.isolated_from_host,
+            reach,
         }
     }
 
@@ -123,11 +133,12 @@ impl NftNetwork {
     fn tag(&self, what: &str) -> String {
         let subnets: Vec<String> = self.subnets.iter().map(ToString::to_string).collect();
         format!(
-            "muslin v{RULES_VERSION} network {} group {} {}{} {what}",
+            "muslin v{RULES_VERSION} network {} group {} {}{}{} {what}",
             self.name,
             self.group,
             subnets.join(","),
-            if self.isolated { " isolated" } else { "" }
+            if self.isolated { " isolated" } else { "" },
+            if self.reach { "" } else { " unreached" }
         )
     }
 }
@@ -316,10 +327,13 @@ impl Masquerade {
                     value: num(u32::from(n.zone)),
                 })
             };
+            // Within: both ends in the network (a reply from a peer node
+            // to a pod must find the connection its request began).
             raw.push((
                 n.tag("within"),
                 vec![
                     from(),
+                    is(field(fam, "saddr"), anon_set(&n.subnets)),
                     is(field(fam, "daddr"), anon_set(&n.subnets)),
                     mark(),
                     zone(None),
@@ -357,10 +371,39 @@ impl Masquerade {
                     drop(),
                 ],
             ));
-            if n.isolated {
+            if !n.reach {
                 input.push((n.tag("to the host"), vec![ours(), count(), drop()]));
             }
         }
+        // VXLAN only ever comes in on the underlay: from one of our own
+        // interfaces (a container) it is a forgery, to this host or to
+        // any other.
+        let forged = || {
+            vec![
+                is(
+                    meta(MetaKey::Iifname),
+                    Expression::String(Cow::Borrowed("msl*")),
+                ),
+                is(
+                    meta(MetaKey::L4proto),
+                    Expression::String(Cow::Borrowed("udp")),
+                ),
+                is(
+                    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+                        PayloadField {
+                            protocol: Cow::Borrowed("udp"),
+                            field: Cow::Borrowed("dport"),
+                        },
+                    ))),
+                    num(u32::from(self.vxlan_port)),
+                ),
+                count(),
+                drop(),
+            ]
+        };
+        let tag = format!("muslin v{RULES_VERSION} networks no vxlan from containers");
+        input.insert(0, (tag.clone(), forged()));
+        fwd.insert(0, (tag, forged()));
         out.insert(RAW, raw);
         out.insert(
             RESTORE,

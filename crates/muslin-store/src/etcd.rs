@@ -719,7 +719,22 @@ impl ClusterStore for Etcd {
         // outlives its creator. Created only if the name is free, so two
         // hosts creating one name at once cannot both succeed.
         let txn = if rec.deleted() {
-            Txn::new().and_then([TxnOp::delete(key.as_str(), None)])
+            // Only the record the deletion was decided on: not one that
+            // someone created again meanwhile.
+            let seen = self.cache.read().expect("cache").get(&key).cloned();
+            let same = seen
+                .as_deref()
+                .and_then(|v| serde_json::from_str::<NetworkSpec>(v).ok())
+                .is_some_and(|n| (n.id, n.created_at_ms) == (rec.id, rec.created_at_ms));
+            let Some(seen) = seen.filter(|_| same) else {
+                return Err(format!(
+                    "network {} changed meanwhile; look again",
+                    rec.name
+                ));
+            };
+            Txn::new()
+                .when([Compare::value(key.as_str(), CompareOp::Equal, seen)])
+                .and_then([TxnOp::delete(key.as_str(), None)])
         } else {
             Txn::new()
                 .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
@@ -739,6 +754,10 @@ impl ClusterStore for Etcd {
                 }
                 Ok(())
             }
+            Ok(_) if rec.deleted() => Err(format!(
+                "network {} changed meanwhile; look again",
+                rec.name
+            )),
             Ok(_) => Err(format!("network {} exists already", rec.name)),
             Err(e) => Err(format!("etcd: {e}")),
         }

@@ -305,6 +305,84 @@ fn isolation(across_router: bool) {
     until("h1 the host reaches red on h3", 10, || {
         reaches(&w.hosts[0], &red3.addr, "tcp,icmp", 1000)
     });
+    // A red pod reaches the hosts (h1 routes to red), over TCP to a peer
+    // node too (its request and the node's reply share a conntrack entry);
+    // a blue pod does not: the hosts' replies would go to red.
+    let node = |h: usize| {
+        if across_router {
+            format!("192.168.{}0.1{}", h + 1, h + 1)
+        } else {
+            format!("192.168.56.1{}", h + 1)
+        }
+    };
+    let _host_servers: Vec<ProbeServer> = w
+        .hosts
+        .iter()
+        .map(|h| ProbeServer::start(h, 7777))
+        .collect();
+    let red1 = &cs
+        .iter()
+        .find(|c| c.host == 0 && c.net == "red")
+        .unwrap()
+        .ns;
+    let blue1 = &cs
+        .iter()
+        .find(|c| c.host == 0 && c.net == "blue")
+        .unwrap()
+        .ns;
+    for h in 0..3 {
+        until(&format!("red on h1 reaches node h{}", h + 1), 10, || {
+            reaches(red1, &node(h), "tcp,udp,icmp", 1000)
+        });
+        assert!(
+            !reaches(blue1, &node(h), "tcp", 400) && !reaches(blue1, &node(h), "icmp", 400),
+            "blue reached node h{}",
+            h + 1
+        );
+    }
+    // VXLAN from a container is a forgery (another network's VNI wrapped
+    // by hand): dropped before any host unwraps it.
+    let forged = |h: &Netns| -> u64 {
+        let o = h.exec(&[
+            "nft",
+            "-j",
+            "list",
+            "chain",
+            "ip",
+            "muslin",
+            "networks_input",
+        ]);
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        v["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|o| {
+                o["rule"]["comment"]
+                    .as_str()
+                    .is_some_and(|c| c.contains("no vxlan"))
+            })
+            .flat_map(|o| o["rule"]["expr"].as_array().cloned().unwrap_or_default())
+            .find_map(|e| e["counter"]["packets"].as_u64())
+            .unwrap_or(0)
+    };
+    let before = forged(&w.hosts[0]);
+    blue1.exec(&[
+        BIN,
+        "probe",
+        "check",
+        &node(0),
+        "--port",
+        "4789",
+        "--proto",
+        "udp",
+        "--timeout-ms",
+        "200",
+    ]);
+    assert!(
+        forged(&w.hosts[0]) > before,
+        "VXLAN from a container is dropped and counted"
+    );
     let status = w.agents[0].status();
     assert!(
         status["cluster"]["networks"]

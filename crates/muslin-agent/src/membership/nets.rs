@@ -54,11 +54,29 @@ impl Cluster {
         &mut self,
         view: &muslin_model::cluster::ClusterView,
     ) -> BTreeMap<String, NetworkSpec> {
+        // A record no agent would write (a broken or hostile node's) is
+        // neither kept nor passed on; a deletion needs only a good name.
+        let usable = |n: &&NetworkSpec| {
+            if n.deleted() {
+                network_name_ok(&n.name)
+            } else {
+                n.problem().is_none()
+            }
+        };
         let mut known = if self.store.name() == "etcd" {
-            view.networks.clone()
+            if self.store.synced() {
+                view.networks
+                    .values()
+                    .filter(usable)
+                    .map(|n| (n.name.clone(), n.clone()))
+                    .collect()
+            } else {
+                // Until etcd answers, what it said last.
+                self.known_networks.clone()
+            }
         } else {
             let mut k = self.known_networks.clone();
-            for n in view.networks.values() {
+            for n in view.networks.values().filter(usable) {
                 network::merge(&mut k, n.clone());
             }
             // Deletions are forgotten after a while, as in the store.
@@ -81,13 +99,61 @@ impl Cluster {
         known
     }
 
+    /// The networks in force here: those `effective` keeps, once this node
+    /// has known each for the settle time (like a block claim), so that a
+    /// network created at the same moment on another host with the same
+    /// id or VNI is seen, and the rule that the earlier one wins has
+    /// decided, before any container joins either.
+    pub(super) fn settled(
+        &mut self,
+        live: BTreeMap<String, NetworkSpec>,
+    ) -> BTreeMap<String, NetworkSpec> {
+        let now = std::time::Instant::now();
+        self.first_seen
+            .retain(|(name, at), _| live.get(name).is_some_and(|n| n.created_at_ms == *at));
+        let settle = self.settle;
+        live.into_iter()
+            .filter(|(name, n)| {
+                let seen = self
+                    .first_seen
+                    .entry((name.clone(), n.created_at_ms))
+                    .or_insert(now);
+                now.duration_since(*seen) >= settle
+            })
+            .collect()
+    }
+
+    /// Which networks this host routes to: `network::host_reach`, less any
+    /// whose subnet covers a route of this host's own (the host's traffic
+    /// there must not be pulled into the network).
+    pub(super) fn reach(&self, live: &BTreeMap<String, NetworkSpec>) -> Vec<String> {
+        network::host_reach(live, self.pod_cidr)
+            .into_iter()
+            .filter(|name| self.shadowed(&live[name]).is_none())
+            .collect()
+    }
+
+    /// A route of this host's own that `n`'s subnet overlaps.
+    pub(super) fn shadowed(&self, n: &NetworkSpec) -> Option<ipnet::IpNet> {
+        self.host
+            .foreign
+            .iter()
+            .find(|r| {
+                r.prefix_len() > 0 && n.subnets.iter().any(|s| s.contains(*r) || r.contains(s))
+            })
+            .copied()
+    }
+
     /// Leases blocks of every network in force (a first one when an ADD
-    /// asks) and gives up the blocks of networks gone.
+    /// asks) and gives up the blocks of networks gone, unless containers
+    /// of this node still hold addresses in them (their blocks stay
+    /// claimed, so no other node hands those addresses out again).
     pub(super) async fn lease_networks(
         &mut self,
         view: &muslin_model::cluster::ClusterView,
         live: &BTreeMap<String, NetworkSpec>,
         networks: &Networks,
+        in_use: &std::collections::BTreeSet<String>,
     ) {
         let gone: Vec<String> = self
             .nets
@@ -96,6 +162,10 @@ impl Cluster {
             .map(|(name, _)| name.clone())
             .collect();
         for name in gone {
+            if in_use.contains(&name) {
+                tracing::warn!(network = %name, "network gone while containers of this node are on it: its blocks stay claimed until they leave");
+                continue;
+            }
             let mut st = self.nets.remove(&name).expect("listed");
             for b in st.leases.release_all() {
                 self.store.release_block(&name, b).await;
@@ -104,6 +174,14 @@ impl Cluster {
             tracing::info!(network = %name, "network gone; its blocks are released");
         }
         for n in live.values() {
+            if self
+                .nets
+                .get(&n.name)
+                .is_some_and(|st| !same_network(n, &st.spec))
+            {
+                // Held for containers of a previous network of this name.
+                continue;
+            }
             if !self.nets.contains_key(&n.name) {
                 match Leases::load_network(&self.state_dir, &self.me, n, self.settle, self.ttl) {
                     Ok(leases) => {
@@ -146,7 +224,7 @@ impl Cluster {
         live: &BTreeMap<String, NetworkSpec>,
         path_mtu: &BTreeMap<String, u32>,
     ) -> Vec<NetPlane> {
-        let reach = network::host_reach(live, self.pod_cidr);
+        let reach = self.reach(live);
         live.values()
             .map(|n| {
                 let dev = n.vxlan_dev();
@@ -188,19 +266,10 @@ impl Cluster {
         view: &muslin_model::cluster::ClusterView,
         live: &BTreeMap<String, NetworkSpec>,
         host: &muslin_kernel::Executor,
-        networks: &Networks,
     ) {
         match ask {
             Ask::Create(req, reply) => {
-                let made = self.create(&req, view, live).await;
-                if let Ok(n) = &made {
-                    // Usable here at once: an ADD right after the create
-                    // must not wait for the next round.
-                    let mut now = live.clone();
-                    now.insert(n.name.clone(), n.clone());
-                    networks.set_live(&now);
-                }
-                let _ = reply.send(made);
+                let _ = reply.send(self.create(&req, view, live).await);
             }
             Ask::Delete(name, reply) => {
                 let _ = reply.send(self.delete(&name, view, live).await);
@@ -241,7 +310,13 @@ impl Cluster {
             now_ms: crate::leases::now_ms(),
         };
         // A deleted name may be created again; the records merge by time.
-        let spec = network::create(req, live, &cx)
+        if live.contains_key(&req.name) {
+            return Err(CniError::new(
+                ErrorCode::InvalidConfig,
+                format!("name: network {} exists already", req.name),
+            ));
+        }
+        let spec = network::create(req, &self.known_networks, &cx)
             .map_err(|e| CniError::new(ErrorCode::InvalidConfig, e.to_string()))?;
         self.store
             .put_network(&spec)
@@ -324,10 +399,10 @@ impl Cluster {
         live: &BTreeMap<String, NetworkSpec>,
         counters: Option<&NftObserved>,
     ) -> Vec<NetworkStatus> {
-        let reach = network::host_reach(live, self.pod_cidr);
+        let reach = self.reach(live);
         live.values()
             .map(|n| {
-                let (leaving, entering) = NftNetwork::of(n).drop_tags();
+                let (leaving, entering) = NftNetwork::of(n, reach.contains(&n.name)).drop_tags();
                 let count = |t: &String| {
                     counters
                         .and_then(|c| c.counters.get(t))
@@ -342,10 +417,10 @@ impl Cluster {
                     id: n.id,
                     isolated_from_host: n.isolated_from_host,
                     host_reach: reached,
-                    host_reach_why: (!reached).then(|| {
-                        if n.isolated_from_host {
-                            "isolated from the hosts".to_string()
-                        } else {
+                    host_reach_why: (!reached).then(|| match self.shadowed(n) {
+                        _ if n.isolated_from_host => "isolated from the hosts".to_string(),
+                        Some(r) => format!("its subnet overlaps {r}, a route of this host"),
+                        None => {
                             "it overlaps the default network or an older network the hosts route to"
                                 .to_string()
                         }
@@ -359,6 +434,10 @@ impl Cluster {
             })
             .collect()
     }
+}
+
+fn network_name_ok(name: &str) -> bool {
+    muslin_model::cluster::valid_network_id(name) && name != muslin_model::DEFAULT_NETWORK
 }
 
 /// A record of the same network: a name deleted and created again is

@@ -340,3 +340,110 @@ fn neighbour_with_a_stale_mac_is_one_replace() {
         )]
     );
 }
+
+/// Network `red` (id 1, 10.50.0.0/16) on h1: its own tunnel in its link
+/// group with no address, every peer's next hop its node address (h4 has
+/// no block of red and is still reachable), routes in red's tables, and
+/// the three rules; a second pass asks for nothing more.
+#[test]
+fn golden_network() {
+    use muslin_model::network::NetworkSpec;
+    let red = NetworkSpec {
+        name: "red".into(),
+        subnets: vec![net("10.50.0.0/16")],
+        block_size: 26,
+        backend: Backend::Vxlan,
+        vni: 4243,
+        isolated_from_host: false,
+        id: 1,
+        created_at_ms: 1,
+        created_by: "h1".into(),
+        deleted_at_ms: None,
+    };
+    let mut v = muslin_model::cluster::ClusterView::default();
+    join(&mut v, "h1", "192.168.10.11", "192.168.10.0/24", &[]);
+    join(&mut v, "h2", "192.168.10.12", "192.168.10.0/24", &[]);
+    join(&mut v, "h4", "192.168.20.14", "192.168.20.0/24", &[]);
+    for (n, b) in [("h1", "10.50.1.0/26"), ("h2", "10.50.2.0/26")] {
+        v.nodes.get_mut(n).unwrap().add_claim(
+            "red",
+            net(b),
+            muslin_model::cluster::BlockClaim { claimed_at_ms: 1 },
+        );
+    }
+    let local = underlay();
+    let addrs = [local.address];
+    let dev = red.vxlan_dev();
+    let d = muslin_model::dataplane::desired(
+        &v.of_network("red"),
+        &muslin_model::dataplane::Params {
+            me: ME,
+            backend: Backend::Vxlan,
+            local: &local,
+            vx: muslin_model::dataplane::VxlanSettings {
+                vni: red.vni,
+                port: 4789,
+            },
+            vtep_mac: muslin_model::cluster::vtep_mac(ME),
+            pod_cidr: red.subnets[0],
+            local_addresses: &addrs,
+            path_mtu: &Default::default(),
+            dev: &dev,
+            table: red.table(),
+            pod_table: Some(red.pod_table()),
+            tunnel_always: true,
+        },
+    );
+    let want = muslin_plan::data_plane::network_state(&d, &red, true);
+    let own = muslin_plan::data_plane::all_ownership(&[&red], true);
+    let first = diff(&fresh_host(), &want, &own);
+    golden::check(
+        "data-plane-network",
+        &format!(
+            "# network red on h1, reached by the hosts\nobjects:\n{}first start:\n{}",
+            render_state(&want),
+            render_diff(&first)
+        ),
+    );
+    assert_eq!(diff(&applied(&want), &want, &own), Default::default());
+    assert!(
+        want.addresses.is_empty(),
+        "no VTEP address: networks overlap"
+    );
+    assert_eq!(want.links[0].group, Some(77_001));
+    // Isolated from the hosts: no rule for the hosts, none to nodes.
+    let dark = NetworkSpec {
+        isolated_from_host: true,
+        ..red.clone()
+    };
+    let iso = muslin_plan::data_plane::network_state(&d, &dark, false);
+    let prios: Vec<u32> = iso.rules.iter().map(|r| r.priority).collect();
+    assert_eq!(prios, [1070]);
+    // Deleted: its tunnel goes, the default network's stays.
+    let mut host = applied(&want);
+    host.links.push(muslin_plan::object::Link {
+        name: VXLAN_DEV.into(),
+        kind: LinkKind::Other(Some("vxlan".into())),
+        mtu: None,
+        mac: None,
+        up: true,
+        group: None,
+    });
+    assert_eq!(
+        muslin_plan::data_plane::stale_tunnels(&host, &[]),
+        [Change::DeleteLink("msl-vx1".into())]
+    );
+    // With no networks, their rules are still ours to remove.
+    let left = diff(
+        &host,
+        &HostState::default(),
+        &muslin_plan::data_plane::all_ownership(&[], true),
+    );
+    assert_eq!(
+        left.changes
+            .iter()
+            .filter(|c| matches!(c, Change::DeleteRule(_)))
+            .count(),
+        3
+    );
+}

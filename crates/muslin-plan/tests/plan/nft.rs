@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use muslin_plan::nft::{diff, parse_observed, Masquerade, NftChange, NftFamily, NftObserved};
+use muslin_plan::nft::{
+    diff, parse_observed, Masquerade, NftChange, NftFamily, NftNetwork, NftObserved,
+};
 
 use crate::common::{ip, net};
 use crate::golden;
@@ -23,6 +25,27 @@ fn masquerade() -> Masquerade {
         .map(ip)
         .collect(),
         networks: vec![],
+        vxlan_port: 4789,
+    }
+}
+
+fn with_networks() -> Masquerade {
+    let net = |name: &str, id: u16, subnet: &str, isolated: bool, reach: bool| NftNetwork {
+        name: name.into(),
+        subnets: vec![subnet.parse().unwrap()],
+        group: 77_000 + u32::from(id),
+        mark: u32::from(id) << 20,
+        zone: id,
+        isolated,
+        reach,
+    };
+    Masquerade {
+        networks: vec![
+            net("red", 1, "10.50.0.0/16", false, true),
+            net("blue", 2, "10.50.0.0/16", false, false),
+            net("dark", 3, "10.244.128.0/20", true, false),
+        ],
+        ..masquerade()
     }
 }
 
@@ -39,6 +62,61 @@ fn golden_load() {
         ..masquerade()
     };
     golden::check("nft-load-ip6", &pretty(&NftChange::Load(v6)));
+}
+
+/// Networks: marks and zones from their interfaces' groups, drops between
+/// them counted, masquerade per network, and replies' marks restored.
+#[test]
+fn golden_load_with_networks() {
+    golden::check(
+        "nft-load-networks",
+        &pretty(&NftChange::Load(with_networks())),
+    );
+    let m = with_networks();
+    let chains = m.chains();
+    assert_eq!(
+        chains.keys().copied().collect::<Vec<_>>(),
+        [
+            "networks_forward",
+            "networks_input",
+            "networks_raw",
+            "networks_restore",
+            "postrouting"
+        ]
+    );
+    // The default network's rules are as they were without networks.
+    assert!(chains["postrouting"].ends_with(&masquerade().tags()));
+    // Loaded, the table converges; a network more, it is loaded again.
+    let mut seen = loaded(&m);
+    for (c, tags) in &chains {
+        seen.rules.insert(c.to_string(), tags.clone());
+    }
+    assert_eq!(diff(&seen, &m), []);
+    let mut fewer = m.clone();
+    fewer.networks.pop();
+    assert_eq!(diff(&seen, &fewer), [NftChange::Load(fewer.clone())]);
+    // Masquerade off, networks on: the table stays, without masquerade.
+    let off = Masquerade {
+        enabled: false,
+        ..m.clone()
+    };
+    assert!(matches!(diff(&seen, &off)[..], [NftChange::Load(_)]));
+    assert!(!off.chains()["postrouting"]
+        .iter()
+        .any(|t| t.ends_with("masquerade") || t.contains("masquerade 10.244")));
+}
+
+#[test]
+fn counters_are_read_by_rule_tag() {
+    let listing = r#"{"nftables": [
+        {"table": {"family": "ip", "name": "muslin", "handle": 1}},
+        {"chain": {"family": "ip", "table": "muslin", "name": "networks_forward", "handle": 1}},
+        {"rule": {"family": "ip", "table": "muslin", "chain": "networks_forward", "handle": 2,
+                  "comment": "t1", "expr": [{"counter": {"packets": 7, "bytes": 420}}, {"drop": null}]}}
+    ]}"#;
+    let o = parse_observed(listing).unwrap();
+    assert_eq!(o.counters["t1"], 7);
+    assert_eq!(o.rules["networks_forward"], ["t1"]);
 }
 
 #[test]
@@ -140,6 +218,7 @@ fn disabled_deletes_a_present_table_only() {
         enabled: false,
         ..masquerade()
     };
+    assert!(off.networks.is_empty());
     assert_eq!(
         diff(&loaded(&masquerade()), &off),
         [NftChange::DeleteTable(NftFamily::Ip)]
