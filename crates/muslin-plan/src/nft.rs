@@ -378,12 +378,15 @@ impl Masquerade {
         // VXLAN only ever comes in on the underlay: from one of our own
         // interfaces (a container) it is a forgery, to this host or to
         // any other.
-        let forged = || {
-            vec![
-                is(
-                    meta(MetaKey::Iifname),
-                    Expression::String(Cow::Borrowed("msl*")),
-                ),
+        let forged = |to_nodes: bool| {
+            let mut v = vec![is(
+                meta(MetaKey::Iifname),
+                Expression::String(Cow::Borrowed("msl*")),
+            )];
+            if to_nodes {
+                v.push(is(field(fam, "daddr"), nodes()));
+            }
+            v.extend([
                 is(
                     meta(MetaKey::L4proto),
                     Expression::String(Cow::Borrowed("udp")),
@@ -399,11 +402,12 @@ impl Masquerade {
                 ),
                 count(),
                 drop(),
-            ]
+            ]);
+            v
         };
         let tag = format!("muslin v{RULES_VERSION} networks no vxlan from containers");
-        input.insert(0, (tag.clone(), forged()));
-        fwd.insert(0, (tag, forged()));
+        input.insert(0, (tag.clone(), forged(false)));
+        fwd.insert(0, (format!("{tag} to nodes"), forged(true)));
         out.insert(RAW, raw);
         out.insert(
             RESTORE,

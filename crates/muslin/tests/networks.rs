@@ -340,6 +340,19 @@ fn isolation(across_router: bool) {
             h + 1
         );
     }
+    // Beyond the cluster (the router's far side): red and blue, holding
+    // the same address, are both masqueraded, and each reply finds its
+    // own network again.
+    if let Some(r) = &w._router {
+        let _outside = ProbeServer::start(r, 7777);
+        for (c, net) in [(red1, "red"), (blue1, "blue")] {
+            until(
+                &format!("{net} on h1 reaches beyond the cluster"),
+                10,
+                || reaches(c, "192.168.30.1", "tcp,udp,icmp", 1000),
+            );
+        }
+    }
     // VXLAN from a container is a forgery (another network's VNI wrapped
     // by hand): dropped before any host unwraps it.
     let forged = |h: &Netns| -> u64 {
