@@ -807,8 +807,17 @@ impl Cluster {
     ) -> Result<(), muslin_kernel::KernelError> {
         let observed = host.host().await?;
         let mut want = data_plane::host_state(d);
+        let specs: Vec<&muslin_model::network::NetworkSpec> =
+            planes.iter().map(|p| &p.spec).collect();
+        let ranges: Vec<ipnet::IpNet> = ipnet::IpNet::aggregate(
+            &std::iter::once(self.pod_cidr)
+                .chain(specs.iter().flat_map(|n| n.subnets.iter().copied()))
+                .collect::<Vec<_>>(),
+        );
+        want.rules
+            .extend(data_plane::network_guards(&specs, self.pod_cidr));
         for p in planes {
-            let s = data_plane::network_state(&p.desired, &p.spec, p.reach);
+            let s = data_plane::network_state(&p.desired, &p.spec, p.reach, &ranges);
             want.links.extend(s.links);
             want.addresses.extend(s.addresses);
             want.routes.extend(s.routes);
@@ -816,8 +825,6 @@ impl Cluster {
             want.neighbours.extend(s.neighbours);
             want.fdb.extend(s.fdb);
         }
-        let specs: Vec<&muslin_model::network::NetworkSpec> =
-            planes.iter().map(|p| &p.spec).collect();
         let mut plan = muslin_plan::diff(
             &observed,
             &want,

@@ -115,9 +115,10 @@ pub struct NetworkStatus {
     /// Nodes holding blocks of it.
     pub nodes: Vec<String>,
     /// Packets this host dropped on their way out of the network towards
-    /// another network, and on their way into it from outside it.
+    /// another network's range, and towards this host (a network the host
+    /// does not route to).
     pub dropped_leaving: u64,
-    pub dropped_entering: u64,
+    pub dropped_to_host: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
 }

@@ -39,6 +39,12 @@ pub const REACH_RULE_PRIORITY: u32 = 1071;
 /// Priority of the rule that sends a network's pods' packets (source in
 /// the subnet, the network's mark) to its pod table.
 pub const POD_RULE_PRIORITY: u32 = 1072;
+/// Priority of the rules refusing a network's marked packets bound for a
+/// cluster range its table has no route to.
+pub const REFUSE_PRIORITY: u32 = 1073;
+/// Priority of the rules refusing all else bound for the networks'
+/// subnets (see `muslin_plan::data_plane::network_guards`).
+pub const GUARD_PRIORITY: u32 = 1074;
 /// A network's pod table is `POD_TABLE_BASE + id`: routes to peers' node
 /// addresses through the tunnel. Apart from the network's table because
 /// the tunnel's own outer packets carry the inner packet's mark: looked

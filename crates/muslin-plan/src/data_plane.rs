@@ -7,8 +7,9 @@ use ipnet::IpNet;
 use muslin_model::dataplane::{Desired, MAIN_TABLE, POD_RULE_PRIORITY, POD_TABLE, VXLAN_DEV};
 use muslin_model::naming::is_pod_veth;
 use muslin_model::network::{
-    parse_vxlan_dev, NetworkSpec, MARK_MASK, MARK_RULE_PRIORITY, MAX_ID,
-    POD_RULE_PRIORITY as NET_POD_RULE_PRIORITY, POD_TABLE_BASE, REACH_RULE_PRIORITY, TABLE_BASE,
+    parse_vxlan_dev, NetworkSpec, GUARD_PRIORITY, MARK_MASK, MARK_RULE_PRIORITY, MAX_ID,
+    POD_RULE_PRIORITY as NET_POD_RULE_PRIORITY, POD_TABLE_BASE, REACH_RULE_PRIORITY,
+    REFUSE_PRIORITY as NET_REFUSE_PRIORITY, TABLE_BASE,
 };
 use muslin_model::ROUTE_PROTOCOL;
 
@@ -41,6 +42,20 @@ impl NetworkTables {
     }
 }
 
+/// A rule with only what `ip rule` needs said.
+fn rule(family: Family, priority: u32, table: u32) -> Rule {
+    Rule {
+        family,
+        priority,
+        src: None,
+        dst: None,
+        fwmark: None,
+        iif: None,
+        unreachable: false,
+        table,
+    }
+}
+
 /// The kernel objects of the default network's `d`.
 pub fn host_state(d: &Desired) -> HostState {
     let mut s = tunnel_state(d, VXLAN_DEV, None);
@@ -48,12 +63,8 @@ pub fn host_state(d: &Desired) -> HostState {
         .pod_rule
         .iter()
         .map(|src| Rule {
-            family: Family::of(&src.addr()),
-            priority: POD_RULE_PRIORITY,
             src: Some(*src),
-            dst: None,
-            fwmark: None,
-            table: POD_TABLE,
+            ..rule(Family::of(&src.addr()), POD_RULE_PRIORITY, POD_TABLE)
         })
         .collect();
     s
@@ -62,44 +73,82 @@ pub fn host_state(d: &Desired) -> HostState {
 /// The kernel objects of network `n`'s `d`: its VXLAN device in the
 /// network's link group (no address: the VTEP addresses of overlapping
 /// networks would collide in the host's local table), routes in its
-/// table, the rule that sends its marked packets there and, when the
-/// hosts route to it, the rule that sends theirs.
-pub fn network_state(d: &Desired, n: &NetworkSpec, host_reach: bool) -> HostState {
+/// tables, and its rules:
+/// * 1070: its marked packets look up its table;
+/// * 1071: when this host routes to the network, the host's own packets
+///   (`iif lo`) to its subnet do too; forwarded ones never do, so no
+///   container of another network gets in that way;
+/// * 1072: its pods' packets to peers' node addresses take its tunnel;
+/// * 1073: its marked packets that found no route there and are meant
+///   for a range of the cluster (`ranges`) are refused, rather than
+///   falling through to the main table's routes of another network.
+pub fn network_state(
+    d: &Desired,
+    n: &NetworkSpec,
+    host_reach: bool,
+    ranges: &[IpNet],
+) -> HostState {
     let mut s = tunnel_state(d, &n.vxlan_dev(), Some(n.group()));
     s.addresses.clear();
+    let marked = Some((n.mark(), MARK_MASK));
     s.rules.push(Rule {
-        family: Family::V4,
-        priority: MARK_RULE_PRIORITY,
-        src: None,
-        dst: None,
-        fwmark: Some((n.mark(), MARK_MASK)),
-        table: n.table(),
+        fwmark: marked,
+        ..rule(Family::V4, MARK_RULE_PRIORITY, n.table())
     });
-    if !n.isolated_from_host {
-        for sub in &n.subnets {
+    for sub in &n.subnets {
+        let fam = Family::of(&sub.addr());
+        if !n.isolated_from_host {
             s.rules.push(Rule {
-                family: Family::of(&sub.addr()),
-                priority: NET_POD_RULE_PRIORITY,
                 src: Some(*sub),
-                dst: None,
-                fwmark: Some((n.mark(), MARK_MASK)),
-                table: n.pod_table(),
+                fwmark: marked,
+                ..rule(fam, NET_POD_RULE_PRIORITY, n.pod_table())
+            });
+        }
+        if host_reach {
+            s.rules.push(Rule {
+                dst: Some(*sub),
+                iif: Some("lo".into()),
+                ..rule(fam, REACH_RULE_PRIORITY, n.table())
             });
         }
     }
-    if host_reach {
-        for sub in &n.subnets {
-            s.rules.push(Rule {
-                family: Family::of(&sub.addr()),
-                priority: REACH_RULE_PRIORITY,
-                src: None,
-                dst: Some(*sub),
-                fwmark: None,
-                table: n.table(),
-            });
-        }
+    for r in ranges {
+        s.rules.push(Rule {
+            dst: Some(*r),
+            fwmark: marked,
+            unreachable: true,
+            ..rule(Family::of(&r.addr()), NET_REFUSE_PRIORITY, 0)
+        });
     }
     s
+}
+
+/// Rules at 1074 that refuse everything else bound for the networks'
+/// subnets outside the default network: a container of the default
+/// network, or a host of the LAN routing through this one, never gets
+/// into a network, and the host's own packets to an address no container
+/// of a network holds go nowhere rather than to the default route.
+pub fn network_guards(networks: &[&NetworkSpec], default_cidr: IpNet) -> Vec<Rule> {
+    guarded(networks, default_cidr)
+        .into_iter()
+        .map(|r| Rule {
+            dst: Some(r),
+            unreachable: true,
+            ..rule(Family::of(&r.addr()), GUARD_PRIORITY, 0)
+        })
+        .collect()
+}
+
+/// The networks' ranges that the default network does not overlap.
+pub fn guarded(networks: &[&NetworkSpec], default_cidr: IpNet) -> Vec<IpNet> {
+    let all: Vec<IpNet> = networks
+        .iter()
+        .flat_map(|n| n.subnets.iter().copied())
+        .collect();
+    IpNet::aggregate(&all)
+        .into_iter()
+        .filter(|r| !r.contains(&default_cidr) && !default_cidr.contains(r))
+        .collect()
 }
 
 /// Tunnel devices of networks not in `live`, to remove.
@@ -127,6 +176,8 @@ pub fn all_ownership(networks: &[&NetworkSpec], allow_deletes: bool) -> Ownershi
             (MARK_RULE_PRIORITY, ours.clone()),
             (REACH_RULE_PRIORITY, ours),
             (NET_POD_RULE_PRIORITY, pods),
+            (NET_REFUSE_PRIORITY, 0..=0),
+            (GUARD_PRIORITY, 0..=0),
         ],
         main_table: MAIN_TABLE,
         allow_deletes,

@@ -28,8 +28,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use muslin_model::network::MARK_MASK;
 use nftables::expr::{
-    BinaryOperation, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix,
-    SetItem, CT,
+    BinaryOperation, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload,
+    PayloadField, Prefix, SetItem, CT,
 };
 use nftables::schema::{
     Chain, Element, NfCmd, NfListObject, NfObject, Nftables, Rule, Set, SetType, SetTypeValue,
@@ -42,8 +42,6 @@ pub const TABLE: &str = "muslin";
 const CHAIN: &str = "postrouting";
 const RAW: &str = "networks_raw";
 const RESTORE: &str = "networks_restore";
-const FORWARD: &str = "networks_forward";
-const INPUT: &str = "networks_input";
 const NODES: &str = "nodes";
 /// nft's `srcnat` priority.
 const SRCNAT: i32 = 100;
@@ -125,9 +123,9 @@ impl NftNetwork {
     }
 
     /// Tags of the rules counting the packets dropped on their way out
-    /// of the network and into it.
+    /// of the network to another network, and to the host.
     pub fn drop_tags(&self) -> (String, String) {
-        (self.tag("leaving"), self.tag("entering"))
+        (self.tag("leaving"), self.tag("to the host"))
     }
 
     fn tag(&self, what: &str) -> String {
@@ -237,6 +235,20 @@ impl Masquerade {
         self.enabled || !self.networks.is_empty()
     }
 
+    /// The networks' ranges the pod network does not overlap: where the
+    /// default network's containers have no business.
+    fn guarded(&self) -> Vec<IpNet> {
+        let all: Vec<IpNet> = self
+            .networks
+            .iter()
+            .flat_map(|n| n.subnets.iter().copied())
+            .collect();
+        IpNet::aggregate(&all)
+            .into_iter()
+            .filter(|r| !r.contains(&self.pod_cidr) && !self.pod_cidr.contains(r))
+            .collect()
+    }
+
     /// Every range inside the cluster: the pod network and every
     /// network's subnets, merged (an nft interval set refuses overlaps).
     fn cluster_ranges(&self) -> Vec<IpNet> {
@@ -312,7 +324,57 @@ impl Masquerade {
         if self.networks.is_empty() {
             return out;
         }
-        let (mut raw, mut fwd, mut input) = (Vec::new(), Vec::new(), Vec::new());
+        // Everything is decided in one chain before routing, which every
+        // packet passes anyway: a forward or input chain would cost each
+        // forwarded packet of every network, the default one included, a
+        // hook more. What addresses cannot tell apart (overlapping
+        // ranges) the networks' routing rules refuse.
+        let mut raw = Vec::new();
+        let ranges = self.cluster_ranges();
+        let udp_dport = || {
+            Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+                PayloadField {
+                    protocol: Cow::Borrowed("udp"),
+                    field: Cow::Borrowed("dport"),
+                },
+            )))
+        };
+        let from_ours = || {
+            is(
+                meta(MetaKey::Iifname),
+                Expression::String(Cow::Borrowed("msl*")),
+            )
+        };
+        // VXLAN only ever comes in on the underlay: from one of our own
+        // interfaces (a container) it is a forgery, wrapped by hand in
+        // another network's VNI to be unwrapped into that network.
+        raw.push((
+            format!("muslin v{RULES_VERSION} networks no vxlan from containers"),
+            vec![
+                from_ours(),
+                is(field(fam, "daddr"), nodes()),
+                is(
+                    meta(MetaKey::L4proto),
+                    Expression::String(Cow::Borrowed("udp")),
+                ),
+                is(udp_dport(), num(u32::from(self.vxlan_port))),
+                count(),
+                drop(),
+            ],
+        ));
+        let guarded = self.guarded();
+        if !guarded.is_empty() {
+            raw.push((
+                default_leaving_tag(),
+                vec![
+                    from_ours(),
+                    is(meta(MetaKey::Iifgroup), num(0)),
+                    is(field(fam, "daddr"), anon_set(&guarded)),
+                    count(),
+                    drop(),
+                ],
+            ));
+        }
         for n in &self.networks {
             let from = || is(meta(MetaKey::Iifgroup), num(n.group));
             let mark = || {
@@ -340,74 +402,50 @@ impl Masquerade {
                     Statement::Accept(Some(Accept {})),
                 ],
             ));
+            let others: Vec<IpNet> = ranges
+                .iter()
+                .filter(|r| !n.subnets.iter().any(|s| s.contains(*r) || r.contains(s)))
+                .copied()
+                .collect();
+            if n.isolated {
+                // Nothing leaves an isolated network: not to another
+                // network, the hosts, or beyond.
+                raw.push((n.tag("leaving"), vec![from(), count(), drop()]));
+                continue;
+            }
+            if !others.is_empty() {
+                raw.push((
+                    n.tag("leaving"),
+                    vec![
+                        from(),
+                        is(field(fam, "daddr"), anon_set(&others)),
+                        count(),
+                        drop(),
+                    ],
+                ));
+            }
+            if !n.reach {
+                raw.push((
+                    n.tag("to the host"),
+                    vec![
+                        from(),
+                        is(
+                            Expression::Named(NamedExpression::Fib(Fib {
+                                result: FibResult::Type,
+                                flags: HashSet::from([FibFlag::Daddr]),
+                            })),
+                            Expression::String(Cow::Borrowed("local")),
+                        ),
+                        count(),
+                        drop(),
+                    ],
+                ));
+            }
             raw.push((
                 n.tag("beyond"),
                 vec![from(), mark(), zone(Some(nftables::expr::CTDir::Original))],
             ));
-            let ours = || is(masked(meta(MetaKey::Mark), MARK_MASK), num(n.mark));
-            let leaving = if n.isolated {
-                vec![
-                    ours(),
-                    not(meta(MetaKey::Oifgroup), num(n.group)),
-                    count(),
-                    drop(),
-                ]
-            } else {
-                vec![
-                    ours(),
-                    not(meta(MetaKey::Oifgroup), num(n.group)),
-                    is(field(fam, "daddr"), ranges.clone()),
-                    count(),
-                    drop(),
-                ]
-            };
-            fwd.push((n.tag("leaving"), leaving));
-            fwd.push((
-                n.tag("entering"),
-                vec![
-                    is(meta(MetaKey::Oifgroup), num(n.group)),
-                    not(masked(meta(MetaKey::Mark), MARK_MASK), num(n.mark)),
-                    count(),
-                    drop(),
-                ],
-            ));
-            if !n.reach {
-                input.push((n.tag("to the host"), vec![ours(), count(), drop()]));
-            }
         }
-        // VXLAN only ever comes in on the underlay: from one of our own
-        // interfaces (a container) it is a forgery, to this host or to
-        // any other.
-        let forged = |to_nodes: bool| {
-            let mut v = vec![is(
-                meta(MetaKey::Iifname),
-                Expression::String(Cow::Borrowed("msl*")),
-            )];
-            if to_nodes {
-                v.push(is(field(fam, "daddr"), nodes()));
-            }
-            v.extend([
-                is(
-                    meta(MetaKey::L4proto),
-                    Expression::String(Cow::Borrowed("udp")),
-                ),
-                is(
-                    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-                        PayloadField {
-                            protocol: Cow::Borrowed("udp"),
-                            field: Cow::Borrowed("dport"),
-                        },
-                    ))),
-                    num(u32::from(self.vxlan_port)),
-                ),
-                count(),
-                drop(),
-            ]);
-            v
-        };
-        let tag = format!("muslin v{RULES_VERSION} networks no vxlan from containers");
-        input.insert(0, (tag.clone(), forged(false)));
-        fwd.insert(0, (format!("{tag} to nodes"), forged(true)));
         out.insert(RAW, raw);
         out.insert(
             RESTORE,
@@ -423,10 +461,14 @@ impl Masquerade {
                 ],
             )],
         );
-        out.insert(FORWARD, fwd);
-        out.insert(INPUT, input);
         out
     }
+}
+
+/// Tag of the rule counting the default network's packets dropped on
+/// their way to another network.
+pub fn default_leaving_tag() -> String {
+    format!("muslin v{RULES_VERSION} networks default leaving")
 }
 
 fn meta(key: MetaKey) -> Expression<'static> {
@@ -588,9 +630,7 @@ fn load(m: &Masquerade) -> Vec<NfObject<'static>> {
         let (kind, hook, prio) = match chain {
             CHAIN => (NfChainType::NAT, NfHook::Postrouting, SRCNAT),
             RAW => (NfChainType::Filter, NfHook::Prerouting, -300),
-            RESTORE => (NfChainType::Filter, NfHook::Prerouting, -150),
-            FORWARD => (NfChainType::Filter, NfHook::Forward, 0),
-            _ => (NfChainType::Filter, NfHook::Input, 0),
+            _ => (NfChainType::Filter, NfHook::Prerouting, -150),
         };
         v.push(add(NfListObject::Chain(Chain {
             family: fam.nf(),

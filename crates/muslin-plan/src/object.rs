@@ -138,6 +138,13 @@ pub struct Rule {
     /// Firewall mark and mask.
     #[serde(default)]
     pub fwmark: Option<(u32, u32)>,
+    /// Only packets entering on this interface (`lo`: the host's own).
+    #[serde(default)]
+    pub iif: Option<String>,
+    /// Refuses ("network unreachable") instead of looking up `table`
+    /// (0 then).
+    #[serde(default)]
+    pub unreachable: bool,
     pub table: u32,
 }
 
@@ -265,7 +272,13 @@ impl fmt::Display for Rule {
         if let Some((m, k)) = self.fwmark {
             write!(f, " fwmark {m:#x}/{k:#x}")?;
         }
-        write!(f, " lookup {}", self.table)
+        if let Some(i) = &self.iif {
+            write!(f, " iif {i}")?;
+        }
+        match self.unreachable {
+            true => write!(f, " unreachable"),
+            false => write!(f, " lookup {}", self.table),
+        }
     }
 }
 

@@ -81,7 +81,7 @@ pub fn run(c: NetworkCommand) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             println!(
-                "{:<16} {:<20} {:<9} {:<6} {:<5} {:<6} DROPPED (OUT/IN)",
+                "{:<16} {:<20} {:<9} {:<6} {:<5} {:<6} DROPPED (OTHER NET/HOST)",
                 "NETWORK", "SUBNET", "VNI", "HOSTS", "EPS", "NODES"
             );
             for n in &v {
@@ -94,7 +94,7 @@ pub fn run(c: NetworkCommand) -> Result<ExitCode> {
                     n.endpoints.len(),
                     n.nodes.len(),
                     n.dropped_leaving,
-                    n.dropped_entering
+                    n.dropped_to_host
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -119,8 +119,8 @@ pub fn run(c: NetworkCommand) -> Result<ExitCode> {
                 }
             );
             println!(
-                "dropped   {} packets leaving it for another network, {} entering it from outside (this host)",
-                n.dropped_leaving, n.dropped_entering
+                "dropped   {} packets leaving it for another network, {} for this host (here)",
+                n.dropped_leaving, n.dropped_to_host
             );
             println!("nodes     {}", n.nodes.join(", "));
             println!("endpoints {}", n.endpoints.len());

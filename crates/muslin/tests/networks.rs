@@ -363,7 +363,7 @@ fn isolation(across_router: bool) {
             "chain",
             "ip",
             "muslin",
-            "networks_input",
+            "networks_raw",
         ]);
         let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
         v["nftables"]

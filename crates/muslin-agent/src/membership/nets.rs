@@ -282,7 +282,7 @@ impl Cluster {
                         None
                     }
                 };
-                let mut all = vec![self.default_status(view)];
+                let mut all = vec![self.default_status(view, counters.as_ref())];
                 all.extend(self.statuses(view, live, counters.as_ref()));
                 let _ = reply.send(all);
             }
@@ -374,7 +374,11 @@ impl Cluster {
         Ok(())
     }
 
-    fn default_status(&self, view: &muslin_model::cluster::ClusterView) -> NetworkStatus {
+    fn default_status(
+        &self,
+        view: &muslin_model::cluster::ClusterView,
+        counters: Option<&NftObserved>,
+    ) -> NetworkStatus {
         let owners = view.block_owners();
         NetworkStatus {
             name: muslin_model::DEFAULT_NETWORK.into(),
@@ -386,8 +390,11 @@ impl Cluster {
             host_reach_why: None,
             endpoints: endpoints_of(view, muslin_model::DEFAULT_NETWORK),
             nodes: nodes_of(&owners),
-            dropped_leaving: 0,
-            dropped_entering: 0,
+            dropped_leaving: counters
+                .and_then(|c| c.counters.get(&muslin_plan::nft::default_leaving_tag()))
+                .copied()
+                .unwrap_or(0),
+            dropped_to_host: 0,
             created_by: None,
         }
     }
@@ -402,7 +409,7 @@ impl Cluster {
         let reach = self.reach(live);
         live.values()
             .map(|n| {
-                let (leaving, entering) = NftNetwork::of(n, reach.contains(&n.name)).drop_tags();
+                let (leaving, to_host) = NftNetwork::of(n, reach.contains(&n.name)).drop_tags();
                 let count = |t: &String| {
                     counters
                         .and_then(|c| c.counters.get(t))
@@ -428,7 +435,7 @@ impl Cluster {
                     endpoints: endpoints_of(view, &n.name),
                     nodes: nodes_of(&view.of_network(&n.name).block_owners()),
                     dropped_leaving: count(&leaving),
-                    dropped_entering: count(&entering),
+                    dropped_to_host: count(&to_host),
                     created_by: Some(n.created_by.clone()),
                 }
             })

@@ -198,7 +198,7 @@ pub(super) fn rule_of(m: &RuleMessage) -> Option<Rule> {
     };
     let mut priority = 0;
     let mut table = u32::from(m.header.table);
-    let (mut src, mut dst, mut mark, mut mask) = (None, None, None, None);
+    let (mut src, mut dst, mut mark, mut mask, mut iif) = (None, None, None, None, None);
     for a in &m.attributes {
         match a {
             RuleAttribute::Priority(p) => priority = *p,
@@ -207,6 +207,7 @@ pub(super) fn rule_of(m: &RuleMessage) -> Option<Rule> {
             RuleAttribute::Destination(ip) => dst = IpNet::new(*ip, m.header.dst_len).ok(),
             RuleAttribute::FwMark(v) => mark = Some(*v),
             RuleAttribute::FwMask(v) => mask = Some(*v),
+            RuleAttribute::Iifname(s) => iif = Some(s.clone()),
             _ => {}
         }
     }
@@ -216,6 +217,8 @@ pub(super) fn rule_of(m: &RuleMessage) -> Option<Rule> {
         src,
         dst,
         fwmark: mark.map(|m| (m, mask.unwrap_or(u32::MAX))),
+        iif,
+        unreachable: m.header.action == rtnetlink::packet_route::rule::RuleAction::Unreachable,
         table,
     })
 }

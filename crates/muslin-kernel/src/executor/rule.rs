@@ -11,13 +11,14 @@ use super::observe::rule_of;
 use crate::KernelError;
 
 pub(super) async fn add(nl: &Conn, r: &Rule) -> Result<(), KernelError> {
-    let mut req = nl
-        .handle
-        .rule()
-        .add()
-        .table_id(r.table)
-        .priority(r.priority)
-        .action(RuleAction::ToTable);
+    let mut req = nl.handle.rule().add().priority(r.priority);
+    req = match r.unreachable {
+        true => req.action(RuleAction::Unreachable),
+        false => req.table_id(r.table).action(RuleAction::ToTable),
+    };
+    if let Some(i) = &r.iif {
+        req = req.input_interface(i.clone());
+    }
     if let Some((mark, mask)) = r.fwmark {
         req = req.fw_mark(mark);
         req.message_mut()

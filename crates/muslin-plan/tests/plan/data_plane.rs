@@ -394,7 +394,8 @@ fn golden_network() {
             tunnel_always: true,
         },
     );
-    let want = muslin_plan::data_plane::network_state(&d, &red, true);
+    let ranges = [net("10.50.0.0/16"), net(POD_CIDR)];
+    let want = muslin_plan::data_plane::network_state(&d, &red, true, &ranges);
     let own = muslin_plan::data_plane::all_ownership(&[&red], true);
     let first = diff(&fresh_host(), &want, &own);
     golden::check(
@@ -416,9 +417,22 @@ fn golden_network() {
         isolated_from_host: true,
         ..red.clone()
     };
-    let iso = muslin_plan::data_plane::network_state(&d, &dark, false);
+    let iso = muslin_plan::data_plane::network_state(&d, &dark, false, &ranges);
     let prios: Vec<u32> = iso.rules.iter().map(|r| r.priority).collect();
-    assert_eq!(prios, [1070]);
+    assert_eq!(prios, [1070, 1073, 1073]);
+    // Outside the default network, its subnet is guarded from everyone
+    // else; over the default network it is not (the default's own routes).
+    let guards = muslin_plan::data_plane::network_guards(&[&red], net(POD_CIDR));
+    assert_eq!(guards.len(), 1);
+    assert_eq!(
+        guards[0].to_string(),
+        "-4 priority 1074 to 10.50.0.0/16 unreachable"
+    );
+    let inside = NetworkSpec {
+        subnets: vec![net("10.244.128.0/20")],
+        ..red.clone()
+    };
+    assert!(muslin_plan::data_plane::network_guards(&[&inside], net(POD_CIDR)).is_empty());
     // Deleted: its tunnel goes, the default network's stays.
     let mut host = applied(&want);
     host.links.push(muslin_plan::object::Link {
@@ -444,6 +458,6 @@ fn golden_network() {
             .iter()
             .filter(|c| matches!(c, Change::DeleteRule(_)))
             .count(),
-        3
+        5
     );
 }
