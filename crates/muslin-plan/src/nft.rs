@@ -29,19 +29,28 @@ use ipnet::IpNet;
 use muslin_model::network::MARK_MASK;
 use nftables::expr::{
     BinaryOperation, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload,
-    PayloadField, Prefix, SetItem, CT,
+    PayloadField, Prefix, SetItem, Verdict, CT,
 };
 use nftables::schema::{
     Chain, Element, NfCmd, NfListObject, NfObject, Nftables, Rule, Set, SetType, SetTypeValue,
     Table,
 };
-use nftables::stmt::{Accept, Counter, Mangle, Match, NATFlag, Operator, Return, Statement, NAT};
+use nftables::stmt::{
+    Accept, Counter, JumpTarget, Mangle, Match, NATFlag, Operator, Return, Statement, VerdictMap,
+    NAT,
+};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 pub const TABLE: &str = "muslin";
 const CHAIN: &str = "postrouting";
 const RAW: &str = "networks_raw";
 const RESTORE: &str = "networks_restore";
+const DEFAULT_PODS: &str = "networks_default_pods";
+
+/// The chain of a network's packets.
+fn net_chain(n: &NftNetwork) -> String {
+    format!("network_{}", n.zone)
+}
 const NODES: &str = "nodes";
 /// nft's `srcnat` priority.
 const SRCNAT: i32 = 100;
@@ -223,7 +232,7 @@ impl Masquerade {
     }
 
     /// Every chain's rules as their tags, in order.
-    pub fn chains(&self) -> BTreeMap<&'static str, Vec<String>> {
+    pub fn chains(&self) -> BTreeMap<String, Vec<String>> {
         self.rules()
             .into_iter()
             .map(|(chain, rules)| (chain, rules.into_iter().map(|(t, _)| t).collect()))
@@ -260,11 +269,10 @@ impl Masquerade {
     }
 
     /// Each chain's rules with their tags.
-    fn rules(&self) -> BTreeMap<&'static str, Vec<(String, Vec<Statement<'static>>)>> {
+    fn rules(&self) -> BTreeMap<String, Vec<(String, Vec<Statement<'static>>)>> {
         let fam = self.family();
         let p = self.pod_cidr;
-        let mut out: BTreeMap<&'static str, Vec<(String, Vec<Statement<'static>>)>> =
-            BTreeMap::new();
+        let mut out: BTreeMap<String, Vec<(String, Vec<Statement<'static>>)>> = BTreeMap::new();
         let ranges = anon_set(&self.cluster_ranges());
         let nodes = || Expression::String(Cow::Owned(format!("@{NODES}")));
         let mut post = Vec::new();
@@ -320,25 +328,19 @@ impl Masquerade {
                 post.push((format!("muslin v{RULES_VERSION} masquerade {p} #{i}"), body));
             }
         }
-        out.insert(CHAIN, post);
+        out.insert(CHAIN.to_string(), post);
         if self.networks.is_empty() {
             return out;
         }
-        // Everything is decided in one chain before routing, which every
-        // packet passes anyway: a forward or input chain would cost each
-        // forwarded packet of every network, the default one included, a
-        // hook more. What addresses cannot tell apart (overlapping
-        // ranges) the networks' routing rules refuse.
-        let mut raw = Vec::new();
+        // Everything is decided before routing, in the prerouting hook
+        // every packet passes anyway: a forward or input chain would cost
+        // each forwarded packet of every network, the default one
+        // included, a hook more. A packet from the underlay costs one map
+        // lookup and one name comparison; only packets from our own
+        // interfaces go on, each to its network's chain. What addresses
+        // cannot tell apart (overlapping ranges) the networks' routing
+        // rules refuse.
         let ranges = self.cluster_ranges();
-        let udp_dport = || {
-            Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-                PayloadField {
-                    protocol: Cow::Borrowed("udp"),
-                    field: Cow::Borrowed("dport"),
-                },
-            )))
-        };
         let from_ours = || {
             is(
                 meta(MetaKey::Iifname),
@@ -348,35 +350,80 @@ impl Masquerade {
         // VXLAN only ever comes in on the underlay: from one of our own
         // interfaces (a container) it is a forgery, wrapped by hand in
         // another network's VNI to be unwrapped into that network.
-        raw.push((
-            format!("muslin v{RULES_VERSION} networks no vxlan from containers"),
+        let forged = || {
             vec![
-                from_ours(),
                 is(field(fam, "daddr"), nodes()),
                 is(
                     meta(MetaKey::L4proto),
                     Expression::String(Cow::Borrowed("udp")),
                 ),
-                is(udp_dport(), num(u32::from(self.vxlan_port))),
+                is(
+                    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+                        PayloadField {
+                            protocol: Cow::Borrowed("udp"),
+                            field: Cow::Borrowed("dport"),
+                        },
+                    ))),
+                    num(u32::from(self.vxlan_port)),
+                ),
                 count(),
                 drop(),
-            ],
+            ]
+        };
+        let vmap = Expression::Named(NamedExpression::Set(
+            self.networks
+                .iter()
+                .map(|n| {
+                    SetItem::Mapping(
+                        num(n.group),
+                        // Goto: a network's packet never comes back to
+                        // the default network's checks.
+                        Expression::Verdict(Verdict::Goto(JumpTarget {
+                            target: Cow::Owned(net_chain(n)),
+                        })),
+                    )
+                })
+                .collect(),
         ));
+        let groups: Vec<String> = self.networks.iter().map(|n| n.group.to_string()).collect();
+        out.insert(
+            RAW.to_string(),
+            vec![
+                (
+                    format!(
+                        "muslin v{RULES_VERSION} networks by group {}",
+                        groups.join(",")
+                    ),
+                    vec![Statement::VerdictMap(VerdictMap {
+                        key: meta(MetaKey::Iifgroup),
+                        data: vmap,
+                    })],
+                ),
+                (
+                    format!("muslin v{RULES_VERSION} networks default pods"),
+                    vec![
+                        from_ours(),
+                        Statement::Goto(JumpTarget {
+                            target: Cow::Borrowed(DEFAULT_PODS),
+                        }),
+                    ],
+                ),
+            ],
+        );
+        let mut default_pods = vec![(
+            format!("muslin v{RULES_VERSION} networks no vxlan from containers"),
+            forged(),
+        )];
         let guarded = self.guarded();
         if !guarded.is_empty() {
-            raw.push((
+            default_pods.push((
                 default_leaving_tag(),
-                vec![
-                    from_ours(),
-                    is(meta(MetaKey::Iifgroup), num(0)),
-                    is(field(fam, "daddr"), anon_set(&guarded)),
-                    count(),
-                    drop(),
-                ],
+                vec![is(field(fam, "daddr"), anon_set(&guarded)), count(), drop()],
             ));
         }
+        out.insert(DEFAULT_PODS.to_string(), default_pods);
         for n in &self.networks {
-            let from = || is(meta(MetaKey::Iifgroup), num(n.group));
+            let mut chain = Vec::new();
             let mark = || {
                 Statement::Mangle(Mangle {
                     key: meta(MetaKey::Mark),
@@ -391,10 +438,9 @@ impl Masquerade {
             };
             // Within: both ends in the network (a reply from a peer node
             // to a pod must find the connection its request began).
-            raw.push((
+            chain.push((
                 n.tag("within"),
                 vec![
-                    from(),
                     is(field(fam, "saddr"), anon_set(&n.subnets)),
                     is(field(fam, "daddr"), anon_set(&n.subnets)),
                     mark(),
@@ -402,33 +448,29 @@ impl Masquerade {
                     Statement::Accept(Some(Accept {})),
                 ],
             ));
+            if n.isolated {
+                // Nothing leaves an isolated network: not to another
+                // network, the hosts, or beyond.
+                chain.push((n.tag("leaving"), vec![count(), drop()]));
+                out.insert(net_chain(n), chain);
+                continue;
+            }
+            chain.push((n.tag("no vxlan"), forged()));
             let others: Vec<IpNet> = ranges
                 .iter()
                 .filter(|r| !n.subnets.iter().any(|s| s.contains(*r) || r.contains(s)))
                 .copied()
                 .collect();
-            if n.isolated {
-                // Nothing leaves an isolated network: not to another
-                // network, the hosts, or beyond.
-                raw.push((n.tag("leaving"), vec![from(), count(), drop()]));
-                continue;
-            }
             if !others.is_empty() {
-                raw.push((
+                chain.push((
                     n.tag("leaving"),
-                    vec![
-                        from(),
-                        is(field(fam, "daddr"), anon_set(&others)),
-                        count(),
-                        drop(),
-                    ],
+                    vec![is(field(fam, "daddr"), anon_set(&others)), count(), drop()],
                 ));
             }
             if !n.reach {
-                raw.push((
+                chain.push((
                     n.tag("to the host"),
                     vec![
-                        from(),
                         is(
                             Expression::Named(NamedExpression::Fib(Fib {
                                 result: FibResult::Type,
@@ -441,19 +483,21 @@ impl Masquerade {
                     ],
                 ));
             }
-            raw.push((
+            chain.push((
                 n.tag("beyond"),
-                vec![from(), mark(), zone(Some(nftables::expr::CTDir::Original))],
+                vec![mark(), zone(Some(nftables::expr::CTDir::Original))],
             ));
+            out.insert(net_chain(n), chain);
         }
-        out.insert(RAW, raw);
         out.insert(
-            RESTORE,
+            RESTORE.to_string(),
             vec![(
                 format!("muslin v{RULES_VERSION} networks restore"),
+                // The connection's mark first: most have none, and the
+                // packet is done after one test.
                 vec![
-                    is(masked(meta(MetaKey::Mark), MARK_MASK), num(0)),
                     not(masked(ct("mark", None), MARK_MASK), num(0)),
+                    is(masked(meta(MetaKey::Mark), MARK_MASK), num(0)),
                     Statement::Mangle(Mangle {
                         key: meta(MetaKey::Mark),
                         value: masked(ct("mark", None), MARK_MASK),
@@ -536,7 +580,7 @@ pub fn diff(observed: &NftObserved, want: &Masquerade) -> Vec<NftChange> {
         && observed.rules.len() == chains.len()
         && chains
             .iter()
-            .all(|(c, tags)| observed.rules.get(*c) == Some(tags))
+            .all(|(c, tags)| observed.rules.get(c) == Some(tags))
         && observed.sets.contains_key(NODES);
     if !shape_ok {
         return vec![NftChange::Load(want.clone())];
@@ -625,28 +669,34 @@ fn load(m: &Masquerade) -> Vec<NfObject<'static>> {
         elem: (!nodes.is_empty()).then(|| elements(&nodes)),
         ..Default::default()
     }))));
-    for (chain, rules) in m.rules() {
-        // nft's raw, mangle and filter priorities.
-        let (kind, hook, prio) = match chain {
-            CHAIN => (NfChainType::NAT, NfHook::Postrouting, SRCNAT),
-            RAW => (NfChainType::Filter, NfHook::Prerouting, -300),
-            _ => (NfChainType::Filter, NfHook::Prerouting, -150),
+    let rules = m.rules();
+    // Every chain before any rule: a rule may jump to a later one.
+    for chain in rules.keys() {
+        // nft's srcnat, raw and mangle priorities; the networks' own
+        // chains are only jumped to.
+        let base = match chain.as_str() {
+            CHAIN => Some((NfChainType::NAT, NfHook::Postrouting, SRCNAT)),
+            RAW => Some((NfChainType::Filter, NfHook::Prerouting, -300)),
+            RESTORE => Some((NfChainType::Filter, NfHook::Prerouting, -150)),
+            _ => None,
         };
         v.push(add(NfListObject::Chain(Chain {
             family: fam.nf(),
             table: Cow::Borrowed(TABLE),
-            name: Cow::Borrowed(chain),
-            _type: Some(kind),
-            hook: Some(hook),
-            prio: Some(prio),
-            policy: Some(NfChainPolicy::Accept),
+            name: Cow::Owned(chain.clone()),
+            _type: base.map(|b| b.0),
+            hook: base.map(|b| b.1),
+            prio: base.map(|b| b.2),
+            policy: base.map(|_| NfChainPolicy::Accept),
             ..Default::default()
         })));
+    }
+    for (chain, rules) in rules {
         for (tag, expr) in rules {
             v.push(add(NfListObject::Rule(Rule {
                 family: fam.nf(),
                 table: Cow::Borrowed(TABLE),
-                chain: Cow::Borrowed(chain),
+                chain: Cow::Owned(chain.clone()),
                 expr: expr.into(),
                 comment: Some(Cow::Owned(tag)),
                 ..Default::default()

@@ -88,15 +88,28 @@ impl Cluster {
             k
         };
         if known != self.known_networks {
-            let file = self.state_dir.join(KNOWN_FILE);
-            let bytes = serde_json::to_vec(&known).expect("records serialize");
-            if let Err(e) = crate::atomic_file::write(&file, &bytes) {
-                tracing::warn!(cause = %e, file = ?file, "could not save the network list");
-            }
+            self.save_known(&known);
             std::mem::swap(&mut self.known_networks, &mut known);
             known = self.known_networks.clone();
         }
         known
+    }
+
+    fn save_known(&self, known: &BTreeMap<String, NetworkSpec>) {
+        let file = self.state_dir.join(KNOWN_FILE);
+        let bytes = serde_json::to_vec(known).expect("records serialize");
+        if let Err(e) = crate::atomic_file::write(&file, &bytes) {
+            tracing::warn!(cause = %e, file = ?file, "could not save the network list");
+        }
+    }
+
+    /// Records a write of this node's on disk before it is answered: a
+    /// network created (or deleted) here survives a crash right after.
+    fn remember(&mut self, rec: &NetworkSpec) {
+        let mut known = self.known_networks.clone();
+        network::merge(&mut known, rec.clone());
+        self.save_known(&known);
+        self.known_networks = known;
     }
 
     /// The networks in force here: those `effective` keeps, once this node
@@ -322,6 +335,7 @@ impl Cluster {
             .put_network(&spec)
             .await
             .map_err(|e| CniError::new(ErrorCode::InvalidConfig, format!("name: {e}")))?;
+        self.remember(&spec);
         tracing::info!(network = %spec.name, subnets = ?spec.subnets, vni = spec.vni, id = spec.id, "network created");
         Ok(spec)
     }
@@ -370,6 +384,7 @@ impl Cluster {
             .put_network(&tombstone)
             .await
             .map_err(|e| CniError::new(ErrorCode::Internal, e))?;
+        self.remember(&tombstone);
         tracing::info!(network = %name, "network deleted");
         Ok(())
     }

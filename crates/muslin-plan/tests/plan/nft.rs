@@ -75,8 +75,16 @@ fn golden_load_with_networks() {
     let m = with_networks();
     let chains = m.chains();
     assert_eq!(
-        chains.keys().copied().collect::<Vec<_>>(),
-        ["networks_raw", "networks_restore", "postrouting"]
+        chains.keys().map(String::as_str).collect::<Vec<_>>(),
+        [
+            "network_1",
+            "network_2",
+            "network_3",
+            "networks_default_pods",
+            "networks_raw",
+            "networks_restore",
+            "postrouting"
+        ]
     );
     // The default network's rules are as they were without networks.
     assert!(chains["postrouting"].ends_with(&masquerade().tags()));
