@@ -111,6 +111,8 @@ pub struct Cluster {
     known_networks: std::collections::BTreeMap<String, muslin_model::network::NetworkSpec>,
     /// When this node first saw each network record (name, creation).
     first_seen: std::collections::BTreeMap<(String, u64), Instant>,
+    /// Networks known but not yet settled here.
+    settling: std::collections::BTreeMap<String, muslin_model::network::NetworkSpec>,
 }
 
 /// What the host looks like, refreshed now and then (addresses come and go).
@@ -436,6 +438,7 @@ pub async fn join(
             })
             .collect(),
         known_networks: known,
+        settling: Default::default(),
         interval,
         pod_cidr: config.pod_cidr(),
         masquerade: config.masquerade,
@@ -516,6 +519,7 @@ impl Cluster {
             let known = self.learn_networks(&view);
             let (live, mut net_warnings) = muslin_model::network::effective(&known, self.vx.vni);
             let live = self.settled(live);
+            networks.set_settling(self.settling.keys().cloned().collect());
             networks.set_live(&live);
             let reach = self.reach(&live);
             for n in live.values() {

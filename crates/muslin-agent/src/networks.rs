@@ -28,6 +28,8 @@ pub struct Networks {
     live: watch::Sender<BTreeMap<String, NetworkSpec>>,
     /// Whether the cluster loop has said which networks are in force yet.
     ready: watch::Sender<bool>,
+    /// Networks known but not yet in force here.
+    settling: Mutex<std::collections::BTreeSet<String>>,
     blocks: Mutex<BTreeMap<String, Arc<BlockSource>>>,
     default_blocks: Arc<BlockSource>,
     asks: mpsc::Sender<Ask>,
@@ -44,6 +46,7 @@ impl Networks {
         let n = Networks {
             live: watch::Sender::new(BTreeMap::new()),
             ready: watch::Sender::new(false),
+            settling: Mutex::new(Default::default()),
             blocks: Mutex::new(BTreeMap::new()),
             default_blocks,
             asks,
@@ -58,6 +61,28 @@ impl Networks {
 
     pub fn get(&self, name: &str) -> Option<NetworkSpec> {
         self.live.borrow().get(name).cloned()
+    }
+
+    pub fn set_settling(&self, names: std::collections::BTreeSet<String>) {
+        *self.settling.lock().expect("settling") = names;
+    }
+
+    /// The network `name` once it is in force, waiting for one that is
+    /// settling (created a moment ago) rather than failing the ADD.
+    pub async fn get_or_wait(&self, name: &str) -> Option<NetworkSpec> {
+        if let Some(n) = self.get(name) {
+            return Some(n);
+        }
+        if !self.settling.lock().expect("settling").contains(name) {
+            return None;
+        }
+        let mut rx = self.live.subscribe();
+        let limit = std::time::Duration::from_secs(10);
+        let found = tokio::time::timeout(limit, rx.wait_for(|l| l.contains_key(name))).await;
+        match found {
+            Ok(Ok(l)) => l.get(name).cloned(),
+            _ => None,
+        }
     }
 
     /// Waits (a little) until the networks in force are known: right

@@ -213,7 +213,10 @@ impl Node {
                 ));
             }
         }
-        let found = self.networks.as_ref().and_then(|n| n.get(name));
+        let found = match &self.networks {
+            Some(n) => n.get_or_wait(name).await,
+            None => None,
+        };
         match (found, &req.network) {
             (Some(n), _) => Ok(Some(n)),
             (None, None) => Ok(None),

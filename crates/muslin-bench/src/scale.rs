@@ -72,25 +72,43 @@ fn reach_from(ns: &str, target: IpAddr, deadline: Duration) -> Option<Duration> 
     None
 }
 
-/// The networks an agent lists.
-fn networks_of(host: &str) -> Vec<String> {
+/// The networks an agent lists, with whether each is in force there.
+fn networks_of(host: &str) -> Vec<(String, bool)> {
     let socket = registry::socket(LAB, host);
     match muslin_cni::call(&socket, &Request::NetworkList) {
-        Ok(Response::Networks { networks }) => networks.into_iter().map(|n| n.name).collect(),
+        Ok(Response::Networks { networks }) => networks
+            .into_iter()
+            .map(|n| (n.name, !n.settling))
+            .collect(),
         _ => vec![],
     }
 }
 
-/// How long after `start` every host's agent answers `present` for
-/// network `name` (each host polled on its own thread).
-fn until_all(names: &[String], name: &str, present: bool, start: Instant) -> Option<Duration> {
+/// What a host must show of a network: listed, in force, or gone.
+#[derive(Clone, Copy, PartialEq)]
+enum Seen {
+    Known,
+    InForce,
+    Gone,
+}
+
+/// How long after `start` every host's agent shows `want` for network
+/// `name` (each host polled on its own thread).
+fn until_all(names: &[String], name: &str, want: Seen, start: Instant) -> Option<Duration> {
     let deadline = Duration::from_secs(10);
     std::thread::scope(|s| {
         let hs: Vec<_> = names
             .iter()
             .map(|h| {
                 s.spawn(move || loop {
-                    if networks_of(h).iter().any(|n| n == name) == present {
+                    let listed = networks_of(h);
+                    let entry = listed.iter().find(|(n, _)| n == name);
+                    let done = match want {
+                        Seen::Known => entry.is_some(),
+                        Seen::InForce => entry.is_some_and(|(_, in_force)| *in_force),
+                        Seen::Gone => entry.is_none(),
+                    };
+                    if done {
                         return Some(start.elapsed());
                     }
                     if start.elapsed() > deadline {
@@ -108,10 +126,12 @@ fn until_all(names: &[String], name: &str, present: bool, start: Instant) -> Opt
 }
 
 /// Networks created on h1 and deleted again, `rounds` times: how long
-/// until every host knows of each change (ms).
-fn network_spread(names: &[String], rounds: usize) -> Result<(Series, Series), String> {
+/// until every host knows of each (ms), until it is in force on every
+/// host (after each host's settle time), and until a deletion is known.
+fn network_spread(names: &[String], rounds: usize) -> Result<(Series, Series, Series), String> {
     let h1 = registry::socket(LAB, &names[0]);
-    let (mut created, mut deleted) = (Series::default(), Series::default());
+    let (mut created, mut in_force, mut deleted) =
+        (Series::default(), Series::default(), Series::default());
     for k in 0..rounds {
         let name = format!("bench{k}");
         let req = Request::NetworkCreate(CreateNetwork {
@@ -126,19 +146,22 @@ fn network_spread(names: &[String], rounds: usize) -> Result<(Series, Series), S
             Ok(Response::Network(_)) => {}
             other => return Err(format!("network create: {other:?}")),
         }
-        let t = until_all(names, &name, true, start)
+        let t = until_all(names, &name, Seen::Known, start)
             .ok_or_else(|| format!("network {name} did not reach every host within 10 s"))?;
         created.push(t.as_secs_f64() * 1e3);
+        let t = until_all(names, &name, Seen::InForce, start)
+            .ok_or_else(|| format!("network {name} was not in force everywhere within 10 s"))?;
+        in_force.push(t.as_secs_f64() * 1e3);
         let start = Instant::now();
         match muslin_cni::call(&h1, &Request::NetworkDelete { name: name.clone() }) {
             Ok(Response::Done) => {}
             other => return Err(format!("network delete: {other:?}")),
         }
-        let t = until_all(names, &name, false, start)
+        let t = until_all(names, &name, Seen::Gone, start)
             .ok_or_else(|| format!("network {name} was not gone everywhere within 10 s"))?;
         deleted.push(t.as_secs_f64() * 1e3);
     }
-    Ok((created, deleted))
+    Ok((created, in_force, deleted))
 }
 
 pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchError> {
@@ -365,7 +388,8 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
         &one(conv.pct(0.99)),
         None,
     );
-    let (created, deleted) = network_spread(&names, plan.rounds.max(3) * 3).map_err(&f)?;
+    let (created, in_force, deleted) =
+        network_spread(&names, plan.rounds.max(3) * 3).map_err(&f)?;
     report.add(
         "scale",
         &label,
@@ -380,6 +404,22 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
         "network created -> known to all, p99",
         "ms",
         &one(created.pct(0.99)),
+        None,
+    );
+    report.add(
+        "scale",
+        &label,
+        "network created -> in force on all, p50",
+        "ms",
+        &one(in_force.median()),
+        None,
+    );
+    report.add(
+        "scale",
+        &label,
+        "network created -> in force on all, p99",
+        "ms",
+        &one(in_force.pct(0.99)),
         None,
     );
     report.add(

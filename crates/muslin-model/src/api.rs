@@ -121,6 +121,10 @@ pub struct NetworkStatus {
     pub dropped_to_host: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
+    /// Known, but not yet in force on this host (see `network`'s settle
+    /// time): an ADD to it waits until it is.
+    #[serde(default)]
+    pub settling: bool,
 }
 
 /// The first line of every answer to a parsed request: `{"kind":"accepted"}`.

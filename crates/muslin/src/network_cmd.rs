@@ -86,7 +86,7 @@ pub fn run(c: NetworkCommand) -> Result<ExitCode> {
             );
             for n in &v {
                 println!(
-                    "{:<16} {:<20} {:<9} {:<6} {:<5} {:<6} {}/{}",
+                    "{:<16} {:<20} {:<9} {:<6} {:<5} {:<6} {}/{}{}",
                     n.name,
                     join(&n.subnets),
                     n.vni,
@@ -94,7 +94,8 @@ pub fn run(c: NetworkCommand) -> Result<ExitCode> {
                     n.endpoints.len(),
                     n.nodes.len(),
                     n.dropped_leaving,
-                    n.dropped_to_host
+                    n.dropped_to_host,
+                    if n.settling { "  (settling)" } else { "" }
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -125,15 +125,16 @@ impl Cluster {
         self.first_seen
             .retain(|(name, at), _| live.get(name).is_some_and(|n| n.created_at_ms == *at));
         let settle = self.settle;
-        live.into_iter()
-            .filter(|(name, n)| {
+        let (settled, settling): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            live.into_iter().partition(|(name, n)| {
                 let seen = self
                     .first_seen
                     .entry((name.clone(), n.created_at_ms))
                     .or_insert(now);
                 now.duration_since(*seen) >= settle
-            })
-            .collect()
+            });
+        self.settling = settling;
+        settled
     }
 
     /// Which networks this host routes to: `network::host_reach`, less any
@@ -297,6 +298,13 @@ impl Cluster {
                 };
                 let mut all = vec![self.default_status(view, counters.as_ref())];
                 all.extend(self.statuses(view, live, counters.as_ref()));
+                let settling = self.settling.clone();
+                all.extend(self.statuses(view, &settling, None).into_iter().map(|s| {
+                    NetworkStatus {
+                        settling: true,
+                        ..s
+                    }
+                }));
                 let _ = reply.send(all);
             }
         }
@@ -352,7 +360,7 @@ impl Cluster {
                 "name: the default network cannot be deleted",
             ));
         }
-        let Some(spec) = live.get(name) else {
+        let Some(spec) = live.get(name).or(self.settling.get(name)).cloned() else {
             return Err(CniError::new(
                 ErrorCode::InvalidConfig,
                 format!("name: network {name} does not exist"),
@@ -411,6 +419,7 @@ impl Cluster {
                 .unwrap_or(0),
             dropped_to_host: 0,
             created_by: None,
+            settling: false,
         }
     }
 
@@ -452,6 +461,7 @@ impl Cluster {
                     dropped_leaving: count(&leaving),
                     dropped_to_host: count(&to_host),
                     created_by: Some(n.created_by.clone()),
+                    settling: false,
                 }
             })
             .collect()
