@@ -278,7 +278,29 @@ impl Masquerade {
         let mut post = Vec::new();
         for n in &self.networks {
             let ours = || is(masked(meta(MetaKey::Mark), MARK_MASK), num(n.mark));
-            // The mark goes with the connection, for its replies.
+            if n.isolated {
+                // Nothing of it leaves the cluster (dropped before routing).
+                continue;
+            }
+            post.push((
+                n.tag("in cluster"),
+                vec![
+                    ours(),
+                    is(field(fam, "daddr"), ranges.clone()),
+                    Statement::Return(Some(Return {})),
+                ],
+            ));
+            post.push((
+                n.tag("to nodes"),
+                vec![
+                    ours(),
+                    is(field(fam, "daddr"), nodes()),
+                    Statement::Return(Some(Return {})),
+                ],
+            ));
+            // A connection leaving the cluster keeps the network's mark,
+            // for its replies (restored before routing): only these, so
+            // the cluster's own connections cost the restore one test.
             post.push((
                 n.tag("remember"),
                 vec![
@@ -289,23 +311,7 @@ impl Masquerade {
                     }),
                 ],
             ));
-            if self.enabled && !n.isolated {
-                post.push((
-                    n.tag("in cluster"),
-                    vec![
-                        ours(),
-                        is(field(fam, "daddr"), ranges.clone()),
-                        Statement::Return(Some(Return {})),
-                    ],
-                ));
-                post.push((
-                    n.tag("to nodes"),
-                    vec![
-                        ours(),
-                        is(field(fam, "daddr"), nodes()),
-                        Statement::Return(Some(Return {})),
-                    ],
-                ));
+            if self.enabled {
                 post.push((n.tag("masquerade"), vec![ours(), masquerade()]));
             }
         }
