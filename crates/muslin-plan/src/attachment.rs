@@ -244,16 +244,16 @@ pub fn check(p: &AttachmentPlan, host: &HostState, container: &HostState) -> Vec
     if !l.up {
         problems.push(format!("container interface {cif} is down"));
     }
-    if !p.place.routes.is_empty() {
-        for a in addresses(p) {
-            if !container
-                .addresses
-                .iter()
-                .any(|x| x.link == *cif && x.net == a)
-            {
-                problems.push(format!("address {a} is missing on {cif}"));
-            }
+    for a in addresses(p) {
+        if !container
+            .addresses
+            .iter()
+            .any(|x| x.link == *cif && x.net == a)
+        {
+            problems.push(format!("address {a} is missing on {cif}"));
         }
+    }
+    if !p.place.routes.is_empty() {
         for dst in &p.place.routes {
             if !container
                 .routes
@@ -280,13 +280,6 @@ pub fn check(p: &AttachmentPlan, host: &HostState, container: &HostState) -> Vec
         }
     }
     for a in addresses(p) {
-        if !container
-            .addresses
-            .iter()
-            .any(|x| x.link == *cif && x.net == a)
-        {
-            problems.push(format!("address {a} is missing on {cif}"));
-        }
         let default = default_route(a.addr());
         let gw = gateway_for(a.addr());
         if !container

@@ -147,6 +147,29 @@ impl Gossip {
             .await;
     }
 
+    /// Makes this node's keys under `prefix` exactly `want`: the others
+    /// deleted, the wanted set (an unchanged value costs nothing).
+    async fn sync_prefix(&self, prefix: &str, want: BTreeMap<String, String>) {
+        self.handle
+            .with_chitchat(|c| {
+                let st = c.self_node_state();
+                let gone: Vec<String> = st
+                    .key_values()
+                    .filter(|(k, _)| k.starts_with(prefix) && !want.contains_key(*k))
+                    .map(|(k, _)| k.to_string())
+                    .collect();
+                for k in gone {
+                    st.delete(&k);
+                }
+                for (k, v) in &want {
+                    if st.get(k) != Some(v.as_str()) {
+                        st.set(k.clone(), v.clone());
+                    }
+                }
+            })
+            .await;
+    }
+
     pub async fn shutdown(self) {
         let _ = self.handle.shutdown().await;
     }
@@ -193,23 +216,7 @@ impl ClusterStore for Gossip {
                 )
             })
             .collect();
-        self.handle
-            .with_chitchat(|c| {
-                let st = c.self_node_state();
-                let gone: Vec<String> = st
-                    .key_values()
-                    .filter(|(k, _)| k.starts_with(ENDPOINT_KEY_PREFIX) && !want.contains_key(*k))
-                    .map(|(k, _)| k.to_string())
-                    .collect();
-                for k in gone {
-                    st.delete(&k);
-                }
-                // Setting an unchanged value is free: chitchat skips it.
-                for (k, v) in &want {
-                    st.set(k.clone(), v.clone());
-                }
-            })
-            .await;
+        self.sync_prefix(ENDPOINT_KEY_PREFIX, want).await;
     }
 
     async fn put_network(&self, rec: &NetworkSpec) -> Result<(), String> {
@@ -235,24 +242,7 @@ impl ClusterStore for Gossip {
                 )
             })
             .collect();
-        self.handle
-            .with_chitchat(|c| {
-                let st = c.self_node_state();
-                let gone: Vec<String> = st
-                    .key_values()
-                    .filter(|(k, _)| k.starts_with(NETWORK_KEY_PREFIX) && !want.contains_key(*k))
-                    .map(|(k, _)| k.to_string())
-                    .collect();
-                for k in gone {
-                    st.delete(&k);
-                }
-                for (k, v) in &want {
-                    if st.get(k) != Some(v.as_str()) {
-                        st.set(k.clone(), v.clone());
-                    }
-                }
-            })
-            .await;
+        self.sync_prefix(NETWORK_KEY_PREFIX, want).await;
     }
 
     async fn view(&self) -> ClusterView {
