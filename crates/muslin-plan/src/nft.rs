@@ -566,10 +566,15 @@ fn masquerade() -> Statement<'static> {
     }))
 }
 
+/// `nets` as the right side of a match: one prefix is compared directly
+/// (a mask and a compare), cheaper per packet than a set lookup.
 fn anon_set(nets: &[IpNet]) -> Expression<'static> {
-    Expression::Named(NamedExpression::Set(
-        nets.iter().map(|n| SetItem::Element(prefix(*n))).collect(),
-    ))
+    match nets {
+        [one] => prefix(*one),
+        _ => Expression::Named(NamedExpression::Set(
+            nets.iter().map(|n| SetItem::Element(prefix(*n))).collect(),
+        )),
+    }
 }
 
 /// The changes that bring `observed` to `want`.
