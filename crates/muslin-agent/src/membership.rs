@@ -813,10 +813,9 @@ impl Cluster {
         let mut want = data_plane::host_state(d);
         let specs: Vec<&muslin_model::network::NetworkSpec> =
             planes.iter().map(|p| &p.spec).collect();
-        let ranges: Vec<ipnet::IpNet> = ipnet::IpNet::aggregate(
-            &std::iter::once(self.pod_cidr)
-                .chain(specs.iter().flat_map(|n| n.subnets.iter().copied()))
-                .collect::<Vec<_>>(),
+        let ranges = muslin_model::network::cluster_ranges(
+            self.pod_cidr,
+            specs.iter().flat_map(|n| n.subnets.iter().copied()),
         );
         want.rules
             .extend(data_plane::network_guards(&specs, self.pod_cidr));

@@ -29,21 +29,13 @@ default-route = true
 "#;
 /// The same two hosts with a second network (always VXLAN, its own VNI):
 /// on each host one container on the default network, one on `second`.
-const TOPOLOGY_NETWORKS: &str = r#"
-[[network]]
-name = "second"
-subnet = "10.98.0.0/16"
-[[segment]]
-name = "lan"
-cidr = "192.168.60.0/24"
-[[host]]
-name = "h"
-count = 2
-containers = [{ name = "c1" }, { name = "n1", networks = ["second"] }]
-[[host.nic]]
-segment = "lan"
-default-route = true
-"#;
+fn topology_networks() -> String {
+    let containers = r#"containers = [{ name = "c1" }, { name = "n1", networks = ["second"] }]"#;
+    format!(
+        "[[network]]\nname = \"second\"\nsubnet = \"10.98.0.0/16\"\n{}",
+        TOPOLOGY.replace("containers = 2", containers)
+    )
+}
 const U1: &str = "192.168.60.11";
 const U2: &str = "192.168.60.12";
 
@@ -257,11 +249,12 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
     let f = fail("data plane");
     let mut servers = vec![];
     let mut paths = vec![];
+    let networks = topology_networks();
     for (lab, backend, topology) in [
         ("mbr", "routed", TOPOLOGY),
         ("mbv", "vxlan", TOPOLOGY),
         ("mba", "auto", TOPOLOGY),
-        ("mbn", "vxlan", TOPOLOGY_NETWORKS),
+        ("mbn", "vxlan", networks.as_str()),
     ] {
         up(o, lab, backend, topology).map_err(&f)?;
     }
@@ -365,4 +358,23 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_networks_topology_is_the_plain_one_with_a_second_network() {
+        let t = muslin_lab::topology::Topology::parse(&topology_networks()).unwrap();
+        assert_eq!(t.networks.len(), 1);
+        assert!(
+            !topology_networks().contains("containers = 2"),
+            "n1 joins it"
+        );
+        assert!(muslin_lab::topology::Topology::parse(TOPOLOGY)
+            .unwrap()
+            .networks
+            .is_empty());
+    }
 }

@@ -15,7 +15,6 @@
 //! for [`TOMBSTONE_MS`] so a node that was away learns of it.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -136,9 +135,6 @@ impl NetworkSpec {
         None
     }
 
-    pub fn contains(&self, a: IpAddr) -> bool {
-        self.subnets.iter().any(|s| s.contains(&a))
-    }
     fn overlaps(&self, other: &[IpNet]) -> bool {
         self.subnets
             .iter()
@@ -206,6 +202,23 @@ pub fn effective(
         }
     }
     (out, warnings)
+}
+
+/// Every range of the cluster: the default network's and the networks'
+/// subnets, merged (nft interval sets and routing rules want no overlaps).
+pub fn cluster_ranges(default_cidr: IpNet, subnets: impl IntoIterator<Item = IpNet>) -> Vec<IpNet> {
+    let all: Vec<IpNet> = std::iter::once(default_cidr).chain(subnets).collect();
+    IpNet::aggregate(&all)
+}
+
+/// The networks' ranges the default network does not overlap: where its
+/// containers, and anything routed through a host, have no business.
+pub fn guarded_ranges(subnets: impl IntoIterator<Item = IpNet>, default_cidr: IpNet) -> Vec<IpNet> {
+    let all: Vec<IpNet> = subnets.into_iter().collect();
+    IpNet::aggregate(&all)
+        .into_iter()
+        .filter(|r| !r.contains(&default_cidr) && !default_cidr.contains(r))
+        .collect()
 }
 
 /// Which networks the hosts route to (from their main routing): the

@@ -129,25 +129,14 @@ pub fn network_state(
 /// into a network, and the host's own packets to an address no container
 /// of a network holds go nowhere rather than to the default route.
 pub fn network_guards(networks: &[&NetworkSpec], default_cidr: IpNet) -> Vec<Rule> {
-    guarded(networks, default_cidr)
+    let subnets = networks.iter().flat_map(|n| n.subnets.iter().copied());
+    muslin_model::network::guarded_ranges(subnets, default_cidr)
         .into_iter()
         .map(|r| Rule {
             dst: Some(r),
             unreachable: true,
             ..rule(Family::of(&r.addr()), GUARD_PRIORITY, 0)
         })
-        .collect()
-}
-
-/// The networks' ranges that the default network does not overlap.
-pub fn guarded(networks: &[&NetworkSpec], default_cidr: IpNet) -> Vec<IpNet> {
-    let all: Vec<IpNet> = networks
-        .iter()
-        .flat_map(|n| n.subnets.iter().copied())
-        .collect();
-    IpNet::aggregate(&all)
-        .into_iter()
-        .filter(|r| !r.contains(&default_cidr) && !default_cidr.contains(r))
         .collect()
 }
 

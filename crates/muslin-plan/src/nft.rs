@@ -247,25 +247,19 @@ impl Masquerade {
     /// The networks' ranges the pod network does not overlap: where the
     /// default network's containers have no business.
     fn guarded(&self) -> Vec<IpNet> {
-        let all: Vec<IpNet> = self
-            .networks
-            .iter()
-            .flat_map(|n| n.subnets.iter().copied())
-            .collect();
-        IpNet::aggregate(&all)
-            .into_iter()
-            .filter(|r| !r.contains(&self.pod_cidr) && !self.pod_cidr.contains(r))
-            .collect()
+        muslin_model::network::guarded_ranges(self.subnets(), self.pod_cidr)
+    }
+
+    fn subnets(&self) -> impl Iterator<Item = IpNet> + '_ {
+        self.networks.iter().flat_map(|n| n.subnets.iter().copied())
     }
 
     /// Every range inside the cluster: the pod network and every
     /// network's subnets, merged (an nft interval set refuses overlaps).
     fn cluster_ranges(&self) -> Vec<IpNet> {
-        let all: Vec<IpNet> = std::iter::once(self.pod_cidr)
-            .chain(self.networks.iter().flat_map(|n| n.subnets.iter().copied()))
-            .filter(|n| n.addr().is_ipv4() == self.pod_cidr.addr().is_ipv4())
-            .collect();
-        IpNet::aggregate(&all)
+        let v4 = self.pod_cidr.addr().is_ipv4();
+        let same_family = self.subnets().filter(|n| n.addr().is_ipv4() == v4);
+        muslin_model::network::cluster_ranges(self.pod_cidr, same_family)
     }
 
     /// Each chain's rules with their tags.
