@@ -199,9 +199,13 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
     let mut d = Desired::default();
     let mine = blocks_of(me);
     let vx_mtu = local.mtu - VXLAN_OVERHEAD;
+    // A network's tunnel carries this node's underlay address: the host's
+    // own packets into the network leave with it as their source, the
+    // address peers route back through the tunnel (not whatever address
+    // another NIC has, such as a NAT address every host shares).
     let vtep_address = match (mine.first(), p.tunnel_always) {
-        (Some(b), _) => Some(b.network()),
-        (None, true) => Some(local.address),
+        (_, true) => Some(local.address),
+        (Some(b), false) => Some(b.network()),
         (None, false) => None,
     };
     d.vxlan = vtep_address.map(|address| VxlanDevice {

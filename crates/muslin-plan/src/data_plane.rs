@@ -71,9 +71,9 @@ pub fn host_state(d: &Desired) -> HostState {
 }
 
 /// The kernel objects of network `n`'s `d`: its VXLAN device in the
-/// network's link group (no address: the VTEP addresses of overlapping
-/// networks would collide in the host's local table), routes in its
-/// tables, and its rules:
+/// network's link group with this node's underlay address (no address of
+/// the network's own: those of overlapping networks would collide in the
+/// host's local table), routes in its tables, and its rules:
 /// * 1070: its marked packets look up its table;
 /// * 1071: when this host routes to the network, the host's own packets
 ///   (`iif lo`) to its subnet do too; forwarded ones never do, so no
@@ -89,7 +89,6 @@ pub fn network_state(
     ranges: &[IpNet],
 ) -> HostState {
     let mut s = tunnel_state(d, &n.vxlan_dev(), Some(n.group()));
-    s.addresses.clear();
     let marked = Some((n.mark(), MARK_MASK));
     s.rules.push(Rule {
         fwmark: marked,

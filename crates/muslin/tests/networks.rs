@@ -1,5 +1,6 @@
 //! Networks besides the default one, on hosts built by hand as README's
-//! Install section says (the first host without `--join`, strict
+//! Install section says (the first host without `--join`, two NICs, the
+//! first a NAT network with the same address on every host, strict
 //! rp_filter): isolation between networks that share addresses, a
 //! container on two networks, identical flows in two networks at once,
 //! and networks created and deleted on one host seen by all, on gossip
@@ -32,8 +33,15 @@ fn world(across_router: bool) -> World {
         for k in ["all", "default"] {
             h.exec(&["sysctl", "-qw", &format!("net.ipv4.conf.{k}.rp_filter=1")]);
         }
+        // Every host's first NIC: a private NAT network with the same
+        // address everywhere, as on Vagrant hosts.
+        let nat = net.segment(1500);
+        net.wire(h, "eth0", &nat, "10.0.2.15/24", 1500);
         match &router {
-            None => net.wire(h, "eth1", &shared, &format!("192.168.56.1{n}/24"), 1500),
+            None => {
+                net.wire(h, "eth1", &shared, &format!("192.168.56.1{n}/24"), 1500);
+                h.ip(&["route", "add", "default", "via", "10.0.2.2"]);
+            }
             Some(r) => {
                 let seg = net.segment(1500);
                 net.wire(h, "eth1", &seg, &format!("192.168.{n}0.1{n}/24"), 1500);
