@@ -315,6 +315,7 @@ impl Node {
                         pod_namespace: req.pod_namespace.clone(),
                         pod_name: req.pod_name.clone(),
                         labels: req.labels.clone(),
+                        ports: req.ports.clone(),
                         place,
                         ..Endpoint::new(
                             address,
@@ -643,6 +644,7 @@ fn endpoint_record(node: &str, k: &AttachmentKey, e: &Endpoint) -> EndpointRecor
         pod_namespace: e.pod_namespace.clone(),
         pod_name: e.pod_name.clone(),
         labels: e.labels.clone(),
+        ports: e.ports.clone(),
     }
 }
 

@@ -95,6 +95,7 @@ fn add(c: &str, netns: &str) -> Request {
         pod_namespace: None,
         pod_name: None,
         labels: Default::default(),
+        ports: Default::default(),
         network: None,
     })
 }

@@ -77,6 +77,7 @@ fn invoke(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<String, 
             let netns = env.netns.clone().expect("validated for ADD");
             // Checked before the agent is asked: a refused ADD changes nothing.
             let labels = conf.labels()?;
+            let ports = conf.ports()?;
             let (pod_namespace, pod_name) = pod_identity(&env.args)?;
             let pod = match (&pod_namespace, &pod_name) {
                 (Some(ns), Some(n)) => Some(format!("{ns}/{n}")),
@@ -91,6 +92,7 @@ fn invoke(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<String, 
                 pod_namespace,
                 pod_name,
                 labels,
+                ports,
                 network: conf.network.clone(),
             });
             match agent(&socket, &req, ErrorCode::TryAgainLater)? {

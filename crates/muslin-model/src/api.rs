@@ -55,6 +55,9 @@ pub struct AddRequest {
     /// The network configuration's `args.cni.labels`, checked by the plugin.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The configuration's `args.cni.ports`, checked by the plugin.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<String, crate::policy::NamedPort>,
     /// The Muslin network asked for by the configuration's `network` key;
     /// without it, the network named like the configuration, else the
     /// default network.

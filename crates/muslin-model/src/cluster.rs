@@ -180,6 +180,10 @@ pub struct EndpointRecord {
     pub pod_name: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Ports the endpoint names (`args.cni.ports`), for policies that
+    /// allow a port by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<String, crate::policy::NamedPort>,
 }
 
 /// What a node publishes about itself.
@@ -813,6 +817,7 @@ mod tests {
             pod_namespace: Some("shop".into()),
             pod_name: Some("web-0".into()),
             labels: [("app".to_string(), "web".to_string())].into(),
+            ports: Default::default(),
         };
         v.nodes.get_mut("a").unwrap().endpoints.push(rec.clone());
         v.nodes.entry("b".into()).or_default();

@@ -43,6 +43,9 @@ pub struct Endpoint {
     /// From the network configuration's `args.cni.labels`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// From `args.cni.ports`: ports the endpoint names for policies.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<String, crate::policy::NamedPort>,
     /// Where it sits in the host's routing (a network's table and group).
     #[serde(default, skip_serializing_if = "crate::ipam::is_default")]
     pub place: crate::plumbing::Placement,
@@ -65,6 +68,7 @@ impl Endpoint {
             pod_namespace: None,
             pod_name: None,
             labels: BTreeMap::new(),
+            ports: BTreeMap::new(),
             place: Default::default(),
         }
     }

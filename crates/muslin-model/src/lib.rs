@@ -13,6 +13,7 @@ pub mod ipam;
 pub mod naming;
 pub mod network;
 pub mod plumbing;
+pub mod policy;
 pub mod settings;
 pub mod underlay;
 

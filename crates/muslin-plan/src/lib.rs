@@ -11,6 +11,7 @@ pub mod diff;
 pub mod facts;
 pub mod nft;
 pub mod object;
+pub mod policy_nft;
 pub mod repair;
 pub mod simulate;
 

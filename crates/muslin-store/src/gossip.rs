@@ -410,6 +410,7 @@ mod tests {
             pod_namespace: None,
             pod_name: None,
             labels: [("app".to_string(), "web".to_string())].into(),
+            ports: Default::default(),
         };
         a.sync_endpoints(&[ep("c1"), ep("c2")]).await;
         until("b sees a's endpoints", async || {

@@ -278,6 +278,61 @@ impl NetConf {
     }
 }
 
+/// At most this many named ports per endpoint (they travel in its record).
+pub const PORTS_MAX: usize = 32;
+
+impl NetConf {
+    /// The ports the endpoint names, from `"args": {"cni": {"ports":
+    /// [{"name": "http", "port": 8080, "protocol": "TCP"}]}}` (protocol
+    /// TCP when left out), so policies can allow a port by its name.
+    pub fn ports(&self) -> Result<BTreeMap<String, crate::policy::NamedPort>, CniError> {
+        use crate::policy::{NamedPort, Protocol};
+        let mut out = BTreeMap::new();
+        let Some(ports) = self
+            .args
+            .as_ref()
+            .and_then(|a| a.get("cni"))
+            .and_then(|c| c.get("ports"))
+        else {
+            return Ok(out);
+        };
+        let list = ports.as_array().ok_or_else(|| {
+            invalid("args.cni.ports: must be a list of {\"name\", \"port\", \"protocol\"}".into())
+        })?;
+        if list.len() > PORTS_MAX {
+            return Err(invalid(format!(
+                "args.cni.ports: {} ports; at most {PORTS_MAX} are accepted",
+                list.len()
+            )));
+        }
+        for (i, p) in list.iter().enumerate() {
+            let at = |f: &str| format!("args.cni.ports[{i}].{f}");
+            let name = p
+                .get("name")
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| invalid(format!("{}: a string is required", at("name"))))?;
+            if let Some(problem) = crate::policy::port_name_problem(name) {
+                return Err(invalid(format!("{}: {problem}", at("name"))));
+            }
+            let port = p
+                .get("port")
+                .and_then(|v| v.as_u64())
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|n| *n > 0)
+                .ok_or_else(|| invalid(format!("{}: a number 1-65535 is required", at("port"))))?;
+            let protocol = match p.get("protocol").map(|v| v.as_str()) {
+                None => Protocol::Tcp,
+                Some(Some(s)) if s.eq_ignore_ascii_case("tcp") => Protocol::Tcp,
+                Some(Some(s)) if s.eq_ignore_ascii_case("udp") => Protocol::Udp,
+                Some(Some(s)) if s.eq_ignore_ascii_case("sctp") => Protocol::Sctp,
+                Some(_) => return Err(invalid(format!("{}: TCP, UDP or SCTP", at("protocol")))),
+            };
+            out.insert(name.to_string(), NamedPort { protocol, port });
+        }
+        Ok(out)
+    }
+}
+
 /// Best-effort `cniVersion` of a config that may not parse, so that even a
 /// decoding error is reported in the version the runtime speaks.
 pub fn cni_version_hint(stdin: &[u8]) -> String {
