@@ -12,7 +12,9 @@
 //! default network also under the previous version's `blocks/CIDR`, both
 //! created in one transaction) and `v2/endpoints/NAME/NETWORK/CONTAINER/IFNAME`
 //! an endpoint, all on the node's block lease (TTL = block TTL);
-//! `alive/NAME` on a short liveness lease.
+//! `alive/NAME` on a short liveness lease. Network records
+//! (`v2/networks/NAME`) and cluster objects (`v2/objects/KIND/NAME`) are
+//! the cluster's: on no lease.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -27,9 +29,11 @@ use etcd_client::{
 use ipnet::IpNet;
 use muslin_model::cluster::{
     etcd_alive_key, etcd_block_keys, etcd_endpoint_key, etcd_endpoints_prefix, etcd_network_key,
-    etcd_node_key, parse_etcd_key, BlockClaim, ClusterView, EndpointRecord, EtcdKey, NodeRecord,
+    etcd_node_key, etcd_object_key, parse_etcd_key, BlockClaim, ClusterView, EndpointRecord,
+    EtcdKey, NodeRecord,
 };
 use muslin_model::network::NetworkSpec;
+use muslin_model::object::{self, ObjectKey, ObjectRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::{ClusterStore, StoreError};
@@ -765,6 +769,33 @@ impl ClusterStore for Etcd {
 
     async fn sync_networks(&self, _known: &BTreeMap<String, NetworkSpec>, _now_ms: u64) {}
 
+    async fn put_object(&self, rec: &ObjectRecord) -> Result<(), String> {
+        object::check_put(rec)?;
+        let key = etcd_object_key(&self.cfg.prefix, &rec.kind, &rec.name);
+        let mut c = self.client.clone();
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        // The cluster's, not this node's: no lease, so it outlives its
+        // writer. etcd orders writes itself, so the last one stands and a
+        // deletion needs no tombstone.
+        let r = if rec.deleted() {
+            c.delete(key.as_str(), None).await.map(drop)
+        } else {
+            let value = serde_json::to_string(rec).expect("record serializes");
+            c.put(key.as_str(), value, None).await.map(drop)
+        };
+        r.map_err(|e| format!("etcd: {e}"))?;
+        // Seen at once, before the watch brings it back.
+        let mut cache = self.cache.write().expect("cache");
+        if rec.deleted() {
+            cache.remove(&key);
+        } else {
+            cache.insert(key, serde_json::to_string(rec).expect("serializes"));
+        }
+        Ok(())
+    }
+
+    async fn sync_objects(&self, _known: &BTreeMap<ObjectKey, ObjectRecord>, _now_ms: u64) {}
+
     async fn view(&self) -> ClusterView {
         // What we wrote ourselves counts even before etcd shows it back
         // (or while etcd is away): like gossip's own state.
@@ -803,6 +834,14 @@ impl ClusterStore for Etcd {
                     if let Ok(n) = serde_json::from_str::<NetworkSpec>(v) {
                         if n.name == name && !n.deleted() {
                             view.networks.insert(name, n);
+                        }
+                    }
+                }
+                Some(EtcdKey::Object { kind, name }) => {
+                    if let Ok(o) = serde_json::from_str::<ObjectRecord>(v) {
+                        // Only under its own key, as on gossip.
+                        if o.kind == kind && o.name == name && !o.deleted() {
+                            view.objects.insert((kind, name), o);
                         }
                     }
                 }
