@@ -12,12 +12,14 @@
 //! | claim, v1 | `block/CIDR` | `blocks/CIDR` |
 //! | endpoint | `v2/endpoint/NETWORK/CONTAINER/IFNAME` | `v2/endpoints/NODE/NETWORK/CONTAINER/IFNAME` |
 //! | network | `v2/network/NAME` (every node, see `network`) | `v2/networks/NAME` |
+//! | object | `v2/object/KIND/NAME` (every node, see `object`) | `v2/objects/KIND/NAME` |
 //!
 //! A v1 claim key stands for the default network. Claims of the default
 //! network are written under both forms, so that agents of the previous
 //! version, which read only v1 keys, still see them during a rolling
-//! upgrade; readers accept both. Network ids, container ids and interface
-//! names hold no `/`, so the parts of a key split unambiguously.
+//! upgrade; readers accept both. Network ids, container ids, interface
+//! names and object kinds and names hold no `/`, so the parts of a key
+//! split unambiguously.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -25,6 +27,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::object::{self, ObjectKey, ObjectRecord};
 
 /// Gossip key of a node's record.
 pub const NODE_KEY: &str = "node";
@@ -45,6 +49,28 @@ pub fn gossip_network_key(name: &str) -> String {
 
 pub fn etcd_network_key(prefix: &str, name: &str) -> String {
     format!("{prefix}v2/networks/{name}")
+}
+
+/// Gossip key prefix of cluster objects: `v2/object/policy/shop:web`.
+pub const OBJECT_KEY_PREFIX: &str = "v2/object/";
+
+pub fn gossip_object_key(kind: &str, name: &str) -> String {
+    format!("{OBJECT_KEY_PREFIX}{kind}/{name}")
+}
+
+/// The kind and name of a gossip object key, both valid.
+pub fn parse_gossip_object_key(key: &str) -> Option<ObjectKey> {
+    split_object_key(key.strip_prefix(OBJECT_KEY_PREFIX)?)
+}
+
+pub fn etcd_object_key(prefix: &str, kind: &str, name: &str) -> String {
+    format!("{prefix}v2/objects/{kind}/{name}")
+}
+
+fn split_object_key(rest: &str) -> Option<ObjectKey> {
+    let (kind, name) = rest.split_once('/')?;
+    (object::valid_kind(kind) && object::valid_name(name)).then_some(())?;
+    Some((kind.to_string(), name.to_string()))
 }
 
 /// Whether `id` can be a network id: it becomes a key part and a file
@@ -128,6 +154,7 @@ pub enum EtcdKey {
     Block { network: String, block: IpNet },
     Endpoint { node: String },
     Network(String),
+    Object { kind: String, name: String },
 }
 
 pub fn parse_etcd_key(prefix: &str, key: &str) -> Option<EtcdKey> {
@@ -155,6 +182,10 @@ pub fn parse_etcd_key(prefix: &str, key: &str) -> Option<EtcdKey> {
     if let Some(n) = rest.strip_prefix("v2/networks/") {
         valid_network_id(n).then_some(())?;
         return Some(EtcdKey::Network(n.to_string()));
+    }
+    if let Some(r) = rest.strip_prefix("v2/objects/") {
+        let (kind, name) = split_object_key(r)?;
+        return Some(EtcdKey::Object { kind, name });
     }
     if let Some(r) = rest.strip_prefix("v2/endpoints/") {
         let (node, _) = r.split_once('/')?;
@@ -313,6 +344,10 @@ pub struct ClusterView {
     pub nodes: BTreeMap<String, PeerView>,
     /// Every network record known, deletions included (see `network`).
     pub networks: BTreeMap<String, crate::network::NetworkSpec>,
+    /// Every cluster object known. Gossip keeps tombstones here as it
+    /// keeps deleted networks (nodes republish them); etcd shows only
+    /// live objects.
+    pub objects: BTreeMap<ObjectKey, ObjectRecord>,
 }
 
 impl ClusterView {
@@ -343,7 +378,21 @@ impl ClusterView {
         ClusterView {
             nodes,
             networks: BTreeMap::new(),
+            // Objects are the cluster's, not a network's: policies and
+            // namespace labels apply in every network, so each network's
+            // view holds them all, as the default network's does. An empty
+            // map here would quietly drop every policy outside the default
+            // network.
+            objects: self.objects.clone(),
         }
+    }
+
+    /// The live objects of `kind`, by name: what the features built on
+    /// objects read (the map itself holds gossip's tombstones too).
+    pub fn objects_of<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a ObjectRecord> + 'a {
+        self.objects
+            .values()
+            .filter(move |r| r.kind == kind && !r.deleted())
     }
 
     /// Every endpoint of the cluster, node by node.
@@ -825,6 +874,66 @@ mod tests {
         let json = serde_json::to_string(&rec).unwrap();
         assert_eq!(serde_json::from_str::<EndpointRecord>(&json).unwrap(), rec);
         assert!(valid_network_id("default") && !valid_network_id("a/b") && !valid_network_id(""));
+    }
+
+    #[test]
+    fn object_keys_round_trip_and_refuse_bad_parts() {
+        let k = gossip_object_key("policy", "shop:web-0");
+        assert_eq!(k, "v2/object/policy/shop:web-0");
+        assert_eq!(
+            parse_gossip_object_key(&k),
+            Some(("policy".into(), "shop:web-0".into()))
+        );
+        let p = "/muslin/";
+        let e = etcd_object_key(p, "policy", "shop:web-0");
+        assert_eq!(e, "/muslin/v2/objects/policy/shop:web-0");
+        assert_eq!(
+            parse_etcd_key(p, &e),
+            Some(EtcdKey::Object {
+                kind: "policy".into(),
+                name: "shop:web-0".into()
+            })
+        );
+        for bad in [
+            "Policy/web",
+            "policy/a/b",
+            "policy/..",
+            "policy/",
+            "/web",
+            "policy",
+        ] {
+            assert_eq!(
+                parse_gossip_object_key(&format!("v2/object/{bad}")),
+                None,
+                "{bad}"
+            );
+            assert_eq!(
+                parse_etcd_key(p, &format!("{p}v2/objects/{bad}")),
+                None,
+                "{bad}"
+            );
+        }
+        assert_eq!(parse_gossip_object_key("v2/network/red"), None);
+        // Live objects of one kind; a tombstone is not one.
+        let rec = |kind: &str, name: &str, deleted: Option<u64>| ObjectRecord {
+            kind: kind.into(),
+            name: name.into(),
+            body: serde_json::json!({}),
+            updated_at_ms: 1,
+            updated_by: "h1".into(),
+            deleted_at_ms: deleted,
+        };
+        let mut v = ClusterView::default();
+        for r in [
+            rec("policy", "a", None),
+            rec("policy", "b", Some(2)),
+            rec("labels", "c", None),
+        ] {
+            v.objects.insert(r.key(), r);
+        }
+        let names: Vec<&str> = v.objects_of("policy").map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["a"]);
+        assert_eq!(v.of_network("blue").objects, v.objects, "cluster-wide");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod host_firewall;
 pub mod ipam;
 pub mod naming;
 pub mod network;
+pub mod object;
 pub mod plumbing;
 pub mod policy;
 pub mod settings;

@@ -12,7 +12,9 @@
 //! default network also under the previous version's `blocks/CIDR`, both
 //! created in one transaction) and `v2/endpoints/NAME/NETWORK/CONTAINER/IFNAME`
 //! an endpoint, all on the node's block lease (TTL = block TTL);
-//! `alive/NAME` on a short liveness lease.
+//! `alive/NAME` on a short liveness lease. Network records
+//! (`v2/networks/NAME`) and cluster objects (`v2/objects/KIND/NAME`) are
+//! the cluster's: on no lease.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -27,9 +29,11 @@ use etcd_client::{
 use ipnet::IpNet;
 use muslin_model::cluster::{
     etcd_alive_key, etcd_block_keys, etcd_endpoint_key, etcd_endpoints_prefix, etcd_network_key,
-    etcd_node_key, parse_etcd_key, BlockClaim, ClusterView, EndpointRecord, EtcdKey, NodeRecord,
+    etcd_node_key, etcd_object_key, parse_etcd_key, BlockClaim, ClusterView, EndpointRecord,
+    EtcdKey, NodeRecord,
 };
 use muslin_model::network::NetworkSpec;
+use muslin_model::object::{self, ObjectKey, ObjectRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::{ClusterStore, StoreError};
@@ -765,6 +769,33 @@ impl ClusterStore for Etcd {
 
     async fn sync_networks(&self, _known: &BTreeMap<String, NetworkSpec>, _now_ms: u64) {}
 
+    async fn put_object(&self, rec: &ObjectRecord) -> Result<(), String> {
+        object::check_put(rec)?;
+        let key = etcd_object_key(&self.cfg.prefix, &rec.kind, &rec.name);
+        let mut c = self.client.clone();
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        // The cluster's, not this node's: no lease, so it outlives its
+        // writer. etcd orders writes itself, so the last one stands and a
+        // deletion needs no tombstone.
+        let r = if rec.deleted() {
+            c.delete(key.as_str(), None).await.map(drop)
+        } else {
+            let value = serde_json::to_string(rec).expect("record serializes");
+            c.put(key.as_str(), value, None).await.map(drop)
+        };
+        r.map_err(|e| format!("etcd: {e}"))?;
+        // Seen at once, before the watch brings it back.
+        let mut cache = self.cache.write().expect("cache");
+        if rec.deleted() {
+            cache.remove(&key);
+        } else {
+            cache.insert(key, serde_json::to_string(rec).expect("serializes"));
+        }
+        Ok(())
+    }
+
+    async fn sync_objects(&self, _known: &BTreeMap<ObjectKey, ObjectRecord>, _now_ms: u64) {}
+
     async fn view(&self) -> ClusterView {
         // What we wrote ourselves counts even before etcd shows it back
         // (or while etcd is away): like gossip's own state.
@@ -806,6 +837,14 @@ impl ClusterStore for Etcd {
                         }
                     }
                 }
+                Some(EtcdKey::Object { kind, name }) => {
+                    if let Ok(o) = serde_json::from_str::<ObjectRecord>(v) {
+                        // Only under its own key, as on gossip.
+                        if o.kind == kind && o.name == name && !o.deleted() {
+                            view.objects.insert((kind, name), o);
+                        }
+                    }
+                }
                 Some(EtcdKey::Alive(_)) | None => {}
             }
         }
@@ -818,5 +857,169 @@ impl ClusterStore for Etcd {
 
     fn synced(&self) -> bool {
         self.synced.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// A throwaway etcd on loopback, killed and removed on drop.
+    struct Server {
+        child: std::process::Child,
+        dir: PathBuf,
+        url: String,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// None when no `etcd` is on the PATH: the lab tests of the `muslin`
+    /// crate cover etcd there.
+    async fn etcd_server() -> Option<Server> {
+        let (client, peer) = (free_port(), free_port());
+        let dir = std::env::temp_dir().join(format!("muslin-etcd-{}-{client}", std::process::id()));
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = std::process::Command::new("etcd")
+            .args(["--data-dir", &dir.display().to_string()])
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("default={peer_url}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let Ok(child) = child else {
+            eprintln!("skipped: no etcd on the PATH");
+            return None;
+        };
+        let server = Server { child, dir, url };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = Client::connect([server.url.as_str()], None).await {
+                if c.get("probe", None).await.is_ok() {
+                    return Some(server);
+                }
+            }
+            assert!(Instant::now() < deadline, "etcd did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn cfg(url: &str, node: &str) -> EtcdConfig {
+        EtcdConfig {
+            endpoints: vec![url.to_string()],
+            prefix: "/muslin/".into(),
+            node_name: node.into(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            ttl: Duration::from_secs(60),
+            alive_ttl: Duration::from_secs(10),
+        }
+    }
+
+    async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !f().await {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn objects_are_put_seen_by_every_node_and_deleted() {
+        let Some(server) = etcd_server().await else {
+            return;
+        };
+        let h1 = Etcd::start(cfg(&server.url, "h1")).await.unwrap();
+        let h2 = Etcd::start(cfg(&server.url, "h2")).await.unwrap();
+        let web = ObjectRecord {
+            kind: "policy".into(),
+            name: "shop:web".into(),
+            body: serde_json::json!({"allow": ["app=db"]}),
+            updated_at_ms: 1_000,
+            updated_by: "h1".into(),
+            deleted_at_ms: None,
+        };
+        let key = web.key();
+        h1.put_object(&web).await.unwrap();
+        assert_eq!(
+            h1.view().await.objects.get(&key),
+            Some(&web),
+            "the writer sees it at once"
+        );
+        until("h2 sees h1's object", async || {
+            h2.view().await.objects.get(&key) == Some(&web)
+        })
+        .await;
+        // The cluster's, not h1's: on no lease.
+        let mut c = h1.client.clone();
+        let k = etcd_object_key("/muslin/", "policy", "shop:web");
+        let got = c.get(k.as_str(), None).await.unwrap();
+        assert_eq!(got.kvs()[0].lease(), 0);
+
+        // A record under another object's key is nobody's; a later write
+        // (h2's) stands.
+        let forged = etcd_object_key("/muslin/", "policy", "shop:other");
+        c.put(forged, serde_json::to_string(&web).unwrap(), None)
+            .await
+            .unwrap();
+        let newer = ObjectRecord {
+            body: serde_json::json!({"allow": []}),
+            updated_at_ms: 2_000,
+            updated_by: "h2".into(),
+            ..web.clone()
+        };
+        h2.put_object(&newer).await.unwrap();
+        until("h1 sees h2's write", async || {
+            h1.view().await.objects.get(&key) == Some(&newer)
+        })
+        .await;
+        assert_eq!(
+            h1.view().await.objects.len(),
+            1,
+            "the forged record was taken"
+        );
+        let big = ObjectRecord {
+            name: "big".into(),
+            body: serde_json::json!("x".repeat(object::MAX_BODY_BYTES)),
+            ..web.clone()
+        };
+        assert!(h1.put_object(&big).await.is_err());
+
+        let gone = ObjectRecord {
+            updated_at_ms: 3_000,
+            deleted_at_ms: Some(3_000),
+            ..newer.clone()
+        };
+        h2.put_object(&gone).await.unwrap();
+        assert!(!h2.view().await.objects.contains_key(&key));
+        until("h1 sees the deletion", async || {
+            !h1.view().await.objects.contains_key(&key)
+        })
+        .await;
+        assert!(c.get(k.as_str(), None).await.unwrap().kvs().is_empty());
+        h1.shutdown().await;
+        h2.shutdown().await;
     }
 }

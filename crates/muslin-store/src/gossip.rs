@@ -1,7 +1,8 @@
 //! The embedded store: chitchat's scuttlebutt gossip and phi-accrual
 //! failure detector, over the sealed transport. Each node writes only its
-//! own keys (`node`, claims, endpoints; see `muslin_model::cluster` for
-//! the keys); a node silent for longer than the block TTL is forgotten by
+//! own keys (`node`, claims, endpoints, and its copies of the cluster's
+//! networks and objects; see `muslin_model::cluster` for the keys); a
+//! node silent for longer than the block TTL is forgotten by
 //! chitchat, and with it its claims, endpoints and routes.
 
 use std::collections::{BTreeMap, HashMap};
@@ -13,11 +14,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 use ipnet::IpNet;
 use muslin_model::cluster::{
-    gossip_block_keys, gossip_endpoint_key, gossip_network_key, parse_gossip_block_key, BlockClaim,
-    ClusterView, EndpointRecord, NodeRecord, PeerView, ENDPOINT_KEY_PREFIX, NETWORK_KEY_PREFIX,
-    NODE_KEY,
+    gossip_block_keys, gossip_endpoint_key, gossip_network_key, gossip_object_key,
+    parse_gossip_block_key, parse_gossip_object_key, BlockClaim, ClusterView, EndpointRecord,
+    NodeRecord, PeerView, ENDPOINT_KEY_PREFIX, NETWORK_KEY_PREFIX, NODE_KEY, OBJECT_KEY_PREFIX,
 };
 use muslin_model::network::{merge, NetworkSpec, TOMBSTONE_MS};
+use muslin_model::object::{self, ObjectKey, ObjectRecord};
 
 use crate::sealed::{AuthState, Redirects, SealedUdp};
 use crate::{ClusterStore, StoreError};
@@ -53,6 +55,8 @@ struct Decoded {
     view: PeerView,
     /// The network records the node republishes.
     networks: Vec<NetworkSpec>,
+    /// The object records the node republishes.
+    objects: Vec<ObjectRecord>,
 }
 
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -245,6 +249,35 @@ impl ClusterStore for Gossip {
         self.sync_prefix(NETWORK_KEY_PREFIX, want).await;
     }
 
+    async fn put_object(&self, rec: &ObjectRecord) -> Result<(), String> {
+        object::check_put(rec)?;
+        self.set(
+            gossip_object_key(&rec.kind, &rec.name),
+            serde_json::to_string(rec).expect("record serializes"),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn sync_objects(&self, known: &BTreeMap<ObjectKey, ObjectRecord>, now_ms: u64) {
+        let want: BTreeMap<String, String> = known
+            .values()
+            .filter(|r| object::remembered(r, now_ms))
+            // Nothing put_object would refuse: a key with a `/` in its name
+            // would not parse back, and an oversized value would stall this
+            // node's gossip behind it (see `object::MAX_BODY_BYTES`).
+            .filter(|r| object::valid_kind(&r.kind) && object::valid_name(&r.name))
+            .filter(|r| object::check_size(r).is_ok())
+            .map(|r| {
+                (
+                    gossip_object_key(&r.kind, &r.name),
+                    serde_json::to_string(r).expect("record serializes"),
+                )
+            })
+            .collect();
+        self.sync_prefix(OBJECT_KEY_PREFIX, want).await;
+    }
+
     async fn view(&self) -> ClusterView {
         let chitchat = self.handle.chitchat();
         let c = chitchat.lock().await;
@@ -284,6 +317,9 @@ impl ClusterStore for Gossip {
                 for n in &d.networks {
                     merge(&mut view.networks, n.clone());
                 }
+                for o in &d.objects {
+                    object::merge(&mut view.objects, o.clone());
+                }
                 continue;
             }
             let mut pv = PeerView {
@@ -291,6 +327,7 @@ impl ClusterStore for Gossip {
                 ..Default::default()
             };
             let mut networks = Vec::new();
+            let mut objects = Vec::new();
             for (k, v) in state.key_values() {
                 if k == NODE_KEY {
                     pv.record = serde_json::from_str(v).ok();
@@ -306,6 +343,14 @@ impl ClusterStore for Gossip {
                             networks.push(n);
                         }
                     }
+                } else if let Some(key) = parse_gossip_object_key(k) {
+                    if let Ok(o) = serde_json::from_str::<ObjectRecord>(v) {
+                        // Only under its own key: a node cannot slip a
+                        // record of one object in under another's key.
+                        if o.key() == key {
+                            objects.push(o);
+                        }
+                    }
                 } else if let Some((network, b)) = parse_gossip_block_key(k) {
                     if let Ok(claim) = serde_json::from_str::<BlockClaim>(v) {
                         pv.add_claim(&network, b, claim);
@@ -316,6 +361,9 @@ impl ClusterStore for Gossip {
             for n in &networks {
                 merge(&mut view.networks, n.clone());
             }
+            for o in &objects {
+                object::merge(&mut view.objects, o.clone());
+            }
             decoded.insert(
                 name.clone(),
                 Decoded {
@@ -324,6 +372,7 @@ impl ClusterStore for Gossip {
                     keys,
                     view: pv.clone(),
                     networks,
+                    objects,
                 },
             );
             view.nodes.insert(name, pv);
@@ -471,5 +520,105 @@ mod tests {
             vec![block],
             "d's earlier claim was not injected"
         );
+    }
+
+    /// Whether `by`'s copy of `node`'s state holds `key`.
+    async fn holds(by: &Gossip, node: &str, key: &str) -> bool {
+        let c = by.handle.chitchat();
+        let c = c.lock().await;
+        c.node_states()
+            .iter()
+            .any(|(id, st)| id.node_id.as_ref() == node && st.get(key).is_some())
+    }
+
+    #[tokio::test]
+    async fn objects_spread_outlive_their_writer_and_tombstones_hide_them() {
+        let (pa, pb) = (free_port(), free_port());
+        let a = Gossip::start(cfg("a", pa, &[], None), vec![])
+            .await
+            .unwrap();
+        let b = Gossip::start(cfg("b", pb, &[pa], None), vec![])
+            .await
+            .unwrap();
+        for (g, name) in [(&a, "a"), (&b, "b")] {
+            g.publish_record(&NodeRecord::new(
+                name,
+                "127.0.0.1".parse().unwrap(),
+                "127.0.0.0/8".parse().unwrap(),
+                1500,
+            ))
+            .await;
+        }
+        let web = ObjectRecord {
+            kind: "policy".into(),
+            name: "shop:web".into(),
+            body: serde_json::json!({"allow": ["app=db"]}),
+            updated_at_ms: 1_000,
+            updated_by: "a".into(),
+            deleted_at_ms: None,
+        };
+        let key = web.key();
+        a.put_object(&web).await.unwrap();
+        until("b sees a's object", async || {
+            b.view().await.objects.get(&key) == Some(&web)
+        })
+        .await;
+
+        // b republishes what it knows; a stops publishing: it stays.
+        let mut known = BTreeMap::new();
+        for r in b.view().await.objects.into_values() {
+            object::merge(&mut known, r);
+        }
+        b.sync_objects(&known, 2_000).await;
+        a.sync_objects(&BTreeMap::new(), 2_000).await;
+        let a_key = gossip_object_key("policy", "shop:web");
+        until("b learns a dropped its copy", async || {
+            !holds(&b, "a", &a_key).await
+        })
+        .await;
+        until("a hears b's copy", async || holds(&a, "b", &a_key).await).await;
+        for g in [&a, &b] {
+            assert_eq!(g.view().await.objects.get(&key), Some(&web));
+        }
+
+        // A record under another object's key is nobody's.
+        let mut forged = web.clone();
+        forged.updated_at_ms = 1_500;
+        a.set(
+            gossip_object_key("policy", "shop:other"),
+            serde_json::to_string(&forged).unwrap(),
+        )
+        .await;
+        // An oversized record is refused before it could stall gossip.
+        let big = ObjectRecord {
+            name: "big".into(),
+            body: serde_json::json!("x".repeat(object::MAX_BODY_BYTES)),
+            ..web.clone()
+        };
+        let e = a.put_object(&big).await.unwrap_err();
+        assert!(e.contains(&object::MAX_BODY_BYTES.to_string()), "{e}");
+
+        // A deletion by a: it wins over b's older copy, everywhere.
+        let gone = ObjectRecord {
+            updated_at_ms: 3_000,
+            deleted_at_ms: Some(3_000),
+            ..web.clone()
+        };
+        a.put_object(&gone).await.unwrap();
+        until("b sees the deletion", async || {
+            b.view().await.objects.get(&key) == Some(&gone)
+        })
+        .await;
+        let v = b.view().await;
+        assert_eq!(v.objects_of("policy").count(), 0, "{:?}", v.objects);
+        assert_eq!(v.objects.len(), 1, "the forged record was taken");
+        // b republishes the tombstone, then forgets it once it expires.
+        object::merge(&mut known, gone.clone());
+        b.sync_objects(&known, 4_000).await;
+        assert!(b.view().await.objects[&key].deleted());
+        b.sync_objects(&known, 3_000 + object::TOMBSTONE_MS).await;
+        assert!(!holds(&b, "b", &a_key).await);
+        a.shutdown().await;
+        b.shutdown().await;
     }
 }

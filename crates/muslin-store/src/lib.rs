@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 
 use muslin_model::cluster::{BlockClaim, ClusterView, EndpointRecord, NodeRecord};
 use muslin_model::network::NetworkSpec;
+use muslin_model::object::{ObjectKey, ObjectRecord};
 
 pub use etcd::{Etcd, EtcdConfig};
 pub use gossip::{Gossip, GossipConfig, GossipStats};
@@ -52,6 +53,18 @@ pub trait ClusterStore: Send + Sync + 'static {
     fn sync_networks(
         &self,
         known: &BTreeMap<String, NetworkSpec>,
+        now_ms: u64,
+    ) -> impl Future<Output = ()> + Send;
+    /// Writes a cluster object, or deletes it (a record with
+    /// `deleted_at_ms`); the last write wins. Refuses a record larger than
+    /// `object::MAX_BODY_BYTES` on either store.
+    fn put_object(&self, rec: &ObjectRecord) -> impl Future<Output = Result<(), String>> + Send;
+    /// Gossip makes this node's published objects exactly `known`, less
+    /// deletions older than `object::TOMBSTONE_MS`, so an object outlives
+    /// its writer. etcd keeps objects itself.
+    fn sync_objects(
+        &self,
+        known: &BTreeMap<ObjectKey, ObjectRecord>,
         now_ms: u64,
     ) -> impl Future<Output = ()> + Send;
     /// Every node known, alive or within its TTL, latest generation each.
@@ -164,6 +177,18 @@ impl ClusterStore for AnyStore {
         match self {
             AnyStore::Gossip(s) => s.sync_networks(known, now_ms).await,
             AnyStore::Etcd(s) => s.sync_networks(known, now_ms).await,
+        }
+    }
+    async fn put_object(&self, rec: &ObjectRecord) -> Result<(), String> {
+        match self {
+            AnyStore::Gossip(s) => s.put_object(rec).await,
+            AnyStore::Etcd(s) => s.put_object(rec).await,
+        }
+    }
+    async fn sync_objects(&self, known: &BTreeMap<ObjectKey, ObjectRecord>, now_ms: u64) {
+        match self {
+            AnyStore::Gossip(s) => s.sync_objects(known, now_ms).await,
+            AnyStore::Etcd(s) => s.sync_objects(known, now_ms).await,
         }
     }
     async fn view(&self) -> ClusterView {
