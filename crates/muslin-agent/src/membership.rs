@@ -25,6 +25,7 @@ use muslin_store::{AnyStore, ClusterStore, Etcd, EtcdConfig, Gossip, GossipConfi
 use tokio::sync::{watch, RwLock};
 
 mod nets;
+pub mod policies;
 
 use crate::blocks::BlockSource;
 use crate::leases::Leases;
@@ -113,6 +114,14 @@ pub struct Cluster {
     first_seen: std::collections::BTreeMap<(String, u64), Instant>,
     /// Networks known but not yet settled here.
     settling: std::collections::BTreeMap<String, muslin_model::network::NetworkSpec>,
+    /// Every cluster object (policies, namespace labels) this node knows,
+    /// kept across restarts.
+    known_objects: std::collections::BTreeMap<
+        muslin_model::object::ObjectKey,
+        muslin_model::object::ObjectRecord,
+    >,
+    /// The policy table: what it was brought to, and its counters.
+    policy: policies::PolicyState,
 }
 
 /// What the host looks like, refreshed now and then (addresses come and go).
@@ -282,6 +291,7 @@ pub async fn join(
         None
     };
     let known = nets::load_known(&config.state_dir);
+    let known_objects = policies::load_objects(&config.state_dir);
     let record = NodeRecord {
         address_reason: reason.clone(),
         addresses: facts.usable(underlay.address),
@@ -438,6 +448,8 @@ pub async fn join(
             })
             .collect(),
         known_networks: known,
+        known_objects,
+        policy: Default::default(),
         settling: Default::default(),
         interval,
         pod_cidr: config.pod_cidr(),
@@ -575,6 +587,14 @@ impl Cluster {
             }
             let mine = endpoints.borrow_and_update().clone();
             self.store.sync_endpoints(&mine).await;
+            let objects = self.learn_objects(&view);
+            self.store
+                .sync_objects(&objects, crate::leases::now_ms())
+                .await;
+            let pin = policies::inputs(&objects);
+            net_warnings.extend(pin.warnings.iter().cloned());
+            let want = policies::table(&self.me, &pin, &view, &mine);
+            self.policy.converge(&host, want).await;
             self.reconsider_underlay(&view).await;
             let path_mtu = self.tracker.lock().expect("tracker lock").path_mtu();
             let d = desired(
@@ -1008,6 +1028,7 @@ impl Cluster {
                 .load(std::sync::atomic::Ordering::Relaxed),
             endpoints,
             networks: self.statuses(view, live, None),
+            policies: self.policy.statuses(&self.known_objects),
         };
         for w in s.warnings.iter().filter(|w| !was_warned.contains(w)) {
             tracing::warn!("{w}");

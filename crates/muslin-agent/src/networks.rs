@@ -22,6 +22,7 @@ pub enum Ask {
     ),
     Delete(String, oneshot::Sender<Result<(), CniError>>),
     List(oneshot::Sender<Vec<NetworkStatus>>),
+    Policy(crate::membership::policies::PolicyAsk),
 }
 
 pub struct Networks {

@@ -171,6 +171,69 @@ impl Node {
         (out, v.generation)
     }
 
+    /// Changes the labels of the endpoints of one container of this host
+    /// (every interface of it): found by container id, a unique prefix of
+    /// it, or `NAMESPACE/POD`. Persisted, then published: policies follow
+    /// on every host within a gossip round or two.
+    pub async fn relabel(
+        &self,
+        target: &str,
+        set: std::collections::BTreeMap<String, String>,
+        remove: Vec<String>,
+    ) -> Result<std::collections::BTreeMap<String, String>, CniError> {
+        use muslin_model::cni::{LABELS_MAX, LABELS_TOTAL_MAX};
+        crate::membership::policies::check_labels(&set, &remove)?;
+        let bad = |m: String| CniError::new(ErrorCode::InvalidConfig, m);
+        let (res, gen) = self
+            .mutate(|t| {
+                let keys: Vec<AttachmentKey> = t
+                    .endpoints
+                    .iter()
+                    .filter(|(k, e)| {
+                        k.container_id == target
+                            || (target.len() >= 6 && k.container_id.starts_with(target))
+                            || e.pod.as_deref() == Some(target)
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                let containers: std::collections::BTreeSet<&str> =
+                    keys.iter().map(|k| k.container_id.as_str()).collect();
+                if containers.is_empty() {
+                    return Err(bad(format!(
+                        "no endpoint {target:?} on this host: labels are changed on the host that holds the endpoint"
+                    )));
+                }
+                if containers.len() > 1 {
+                    return Err(bad(format!(
+                        "{target:?} names {} containers; give more of the container id",
+                        containers.len()
+                    )));
+                }
+                let mut labels = t.endpoints[&keys[0]].labels.clone();
+                for k in &remove {
+                    labels.remove(k);
+                }
+                labels.extend(set);
+                let total: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
+                if labels.len() > LABELS_MAX || total > LABELS_TOTAL_MAX {
+                    return Err(bad(format!(
+                        "at most {LABELS_MAX} labels of {LABELS_TOTAL_MAX} bytes in all"
+                    )));
+                }
+                for k in &keys {
+                    if let Some(e) = t.endpoints.get_mut(k) {
+                        e.labels = labels.clone();
+                    }
+                }
+                Ok(labels)
+            })
+            .await;
+        let labels = res?;
+        self.persist(gen).await?;
+        self.publish_endpoints().await;
+        Ok(labels)
+    }
+
     pub async fn add(&self, req: AddRequest) -> Result<Added, CniError> {
         self.executor
             .check_netns(req.netns.clone())

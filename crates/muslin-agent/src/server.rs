@@ -12,8 +12,11 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::membership::policies::PolicyAsk;
 use crate::networks::Ask;
 use crate::node::Node;
+use muslin_model::policy::Format;
+use tokio::sync::oneshot;
 
 /// Requests are small; anything larger is a confused or hostile client.
 const MAX_REQUEST: usize = 1 << 20;
@@ -155,6 +158,13 @@ async fn write_line(w: &mut OwnedWriteHalf, v: &impl serde::Serialize) -> std::i
     w.write_all(&out).await
 }
 
+async fn policy_ask<T>(
+    node: &Node,
+    make: impl FnOnce(oneshot::Sender<T>) -> PolicyAsk,
+) -> Result<T, CniError> {
+    node.networks()?.ask(|tx| Ask::Policy(make(tx))).await
+}
+
 async fn dispatch(node: &Node, req: Request) -> Response {
     let res = match req {
         Request::Add(r) => node.add(r).await.map(Response::Added),
@@ -180,6 +190,42 @@ async fn dispatch(node: &Node, req: Request) -> Response {
             Err(e) => Err(e),
         }
         .map(|networks| Response::Networks { networks }),
+        Request::PolicyApply { text, toml } => policy_ask(node, |reply| PolicyAsk::Apply {
+            text,
+            format: if toml { Format::Toml } else { Format::Yaml },
+            reply,
+        })
+        .await
+        .and_then(|r| r)
+        .map(|keys| Response::Applied { keys }),
+        Request::PolicyDelete { key } => policy_ask(node, |reply| PolicyAsk::Delete { key, reply })
+            .await
+            .and_then(|r| r)
+            .map(|_| Response::Done),
+        Request::PolicyList => policy_ask(node, PolicyAsk::List)
+            .await
+            .map(|policies| Response::Policies { policies }),
+        Request::NamespaceLabel {
+            namespace,
+            set,
+            remove,
+        } => policy_ask(node, |reply| PolicyAsk::NamespaceLabel {
+            namespace,
+            set,
+            remove,
+            reply,
+        })
+        .await
+        .and_then(|r| r)
+        .map(|labels| Response::Labels { labels }),
+        Request::Label {
+            target,
+            set,
+            remove,
+        } => node
+            .relabel(&target, set, remove)
+            .await
+            .map(|labels| Response::Labels { labels }),
         Request::Reap { apply } => node
             .reap(apply)
             .await

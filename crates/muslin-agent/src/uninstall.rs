@@ -47,6 +47,10 @@ pub async fn uninstall() -> Result<Vec<String>, KernelError> {
             steps.push(Step::host(Change::Nft(NftChange::DeleteTable(fam))));
         }
     }
+    let policy = ex.policy_table().await?;
+    if let Some(c) = muslin_plan::policy_nft::diff(&policy, &Default::default()) {
+        steps.push(Step::host(Change::Nft(NftChange::Policy(c))));
+    }
     let report = ex.apply(Lane::Host, steps, OnFailure::Continue).await;
     for o in report.outcomes {
         match o.result {

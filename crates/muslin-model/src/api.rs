@@ -38,6 +38,31 @@ pub enum Request {
     /// Every network in force, the default one first; with counters read
     /// from the host's firewall.
     NetworkList,
+    /// Applies every policy of a policy file (`policy::parse_document`):
+    /// all of them, or none when one is wrong.
+    PolicyApply {
+        text: String,
+        toml: bool,
+    },
+    /// Deletes the policy of this key (`NAMESPACE:NAME`, or `NAME` for a
+    /// cluster-wide one).
+    PolicyDelete {
+        key: String,
+    },
+    PolicyList,
+    /// Changes the labels of an endpoint of this host: `target` is its
+    /// container id (or a unique prefix of it) or `NAMESPACE/POD`.
+    Label {
+        target: String,
+        set: BTreeMap<String, String>,
+        remove: Vec<String>,
+    },
+    /// Changes the labels of a namespace (for namespace selectors).
+    NamespaceLabel {
+        namespace: String,
+        set: BTreeMap<String, String>,
+        remove: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,12 +116,45 @@ pub struct GcRequest {
 pub enum Response {
     Added(Added),
     Done,
-    Collected { released: Vec<AttachmentKey> },
+    Collected {
+        released: Vec<AttachmentKey>,
+    },
     Status(NodeStatus),
-    Reaped { stale: Vec<StaleAttachment> },
+    Reaped {
+        stale: Vec<StaleAttachment>,
+    },
     Network(crate::network::NetworkSpec),
-    Networks { networks: Vec<NetworkStatus> },
+    Networks {
+        networks: Vec<NetworkStatus>,
+    },
+    Policies {
+        policies: Vec<PolicyStatus>,
+    },
+    /// Keys of the policies applied.
+    Applied {
+        keys: Vec<String>,
+    },
+    /// The labels something has now.
+    Labels {
+        labels: BTreeMap<String, String>,
+    },
     Error(CniError),
+}
+
+/// A policy as `muslin policy list|show` and `status` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    pub key: String,
+    pub policy: crate::policy::Policy,
+    pub updated_at_ms: u64,
+    pub updated_by: String,
+    /// Endpoints of this host it protects, by host interface.
+    pub protects_here: Vec<String>,
+    /// Packets this host dropped by the policy's deny rules, and at the
+    /// endpoints it isolates (not matched by any allow rule; shared by
+    /// every allow policy isolating the same endpoint).
+    pub denied_here: u64,
+    pub dropped_isolated_here: u64,
 }
 
 /// A network as `muslin network list` shows it.
@@ -273,6 +331,9 @@ pub struct ClusterStatus {
     /// Runs of `nft` (reads included) since the agent started.
     #[serde(default)]
     pub nft_runs: u64,
+    /// The policies in force, with this host's drop counters.
+    #[serde(default)]
+    pub policies: Vec<PolicyStatus>,
     /// Gossip datagrams refused: unauthenticated, sealed with another
     /// secret, stale or replayed.
     #[serde(default)]

@@ -272,6 +272,70 @@ pub fn protecting<'p>(policies: &'p [Policy], ep: &Member<'_>, d: Direction) -> 
     v
 }
 
+/// One end of a connection: an endpoint, its address, and the ports it
+/// names.
+#[derive(Debug, Clone, Copy)]
+pub struct End<'a> {
+    pub member: Member<'a>,
+    pub addr: std::net::Ipv4Addr,
+    pub ports: &'a BTreeMap<String, NamedPort>,
+}
+
+/// Whether policies let `from` open a connection to `to` on `protocol`
+/// and `port`: the meaning the compiled table must have, written plainly
+/// (the lab's check and the tests judge the data plane by it).
+pub fn allows(
+    policies: &[Policy],
+    from: &End<'_>,
+    to: &End<'_>,
+    protocol: Protocol,
+    port: u16,
+    ns_labels: &dyn Fn(&str) -> BTreeMap<String, String>,
+) -> bool {
+    let side = |me: &End<'_>, peer: &End<'_>, d: Direction| {
+        let rule_matches = |p: &Policy, r: &Rule| {
+            let who = r.peers.as_ref().is_none_or(|peers| {
+                peers.iter().any(|pe| match pe {
+                    Peer::Block { cidr, except } => {
+                        cidr.contains(&peer.addr) && !except.iter().any(|e| e.contains(&peer.addr))
+                    }
+                    Peer::Endpoints { .. } => {
+                        peer.member.network == me.member.network
+                            && p.peer_has(pe, &peer.member, ns_labels)
+                    }
+                })
+            });
+            let on = r.ports.is_empty()
+                || r.ports.iter().any(|pr| {
+                    pr.protocol == protocol
+                        && match &pr.port {
+                            None => true,
+                            Some(Port::Range { first, last }) => (*first..=*last).contains(&port),
+                            Some(Port::Named(n)) => to
+                                .ports
+                                .get(n)
+                                .is_some_and(|np| np.protocol == protocol && np.port == port),
+                        }
+                });
+            who && on
+        };
+        let ps = protecting(policies, &me.member, d);
+        if ps
+            .iter()
+            .filter(|p| p.action == Action::Deny)
+            .any(|p| p.rules(d).iter().any(|r| rule_matches(p, r)))
+        {
+            return false;
+        }
+        let allow: Vec<&&Policy> = ps.iter().filter(|p| p.action == Action::Allow).collect();
+        allow.is_empty()
+            || allow
+                .iter()
+                .any(|p| p.rules(d).iter().any(|r| rule_matches(p, r)))
+    };
+    side(from, to, Direction::Egress) && side(to, from, Direction::Ingress)
+}
+
 /// `block` minus `except`, as disjoint inclusive ranges of addresses.
 pub fn block_ranges(block: Ipv4Net, except: &[Ipv4Net]) -> Vec<(u32, u32)> {
     let mut out = vec![(u32::from(block.network()), u32::from(block.broadcast()))];

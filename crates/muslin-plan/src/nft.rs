@@ -174,6 +174,8 @@ pub enum NftChange {
         nodes: Vec<IpAddr>,
     },
     DeleteTable(NftFamily),
+    /// A transaction on the policy table (`crate::policy_nft`).
+    Policy(crate::policy_nft::PolicyChange),
 }
 
 impl fmt::Display for NftChange {
@@ -201,6 +203,7 @@ impl fmt::Display for NftChange {
                 list(nodes)
             ),
             NftChange::DeleteTable(fam) => write!(f, "delete table {} {TABLE}", fam.name()),
+            NftChange::Policy(c) => write!(f, "{c}"),
         }
     }
 }
@@ -714,6 +717,9 @@ fn load(m: &Masquerade) -> Vec<NfObject<'static>> {
 impl NftChange {
     /// The nft JSON document (for `nft -j -f -`) that carries it out.
     pub fn to_json(&self) -> String {
+        if let NftChange::Policy(c) = self {
+            return c.to_json();
+        }
         let objects: Vec<NfObject<'static>> = match self {
             NftChange::Load(m) => load(m),
             NftChange::AddNodes { family, nodes } | NftChange::DeleteNodes { family, nodes } => {
@@ -729,6 +735,7 @@ impl NftChange {
                 })]
             }
             NftChange::DeleteTable(fam) => vec![NfObject::CmdObject(NfCmd::Delete(table(*fam)))],
+            NftChange::Policy(_) => unreachable!("written above"),
         };
         serde_json::to_string(&Nftables {
             objects: objects.into(),

@@ -22,6 +22,11 @@ pub enum Command {
     /// Isolated networks of the cluster, which may reuse each other's addresses
     #[command(subcommand)]
     Network(NetworkCommand),
+    /// Network policies: who may connect to whom (Kubernetes NetworkPolicy, plus ordered deny)
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Change the labels of an endpoint of this host, or of a namespace (ns:NAME)
+    Label(LabelArgs),
     /// Install this binary as the CNI plugin `muslin` (a symlink)
     InstallCni(InstallCniArgs),
     /// Remove what Muslin added to this host (stop the agent first)
@@ -209,6 +214,61 @@ pub enum NetworkCommand {
         #[arg(long, default_value = muslin_model::agent_config::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Apply every policy of a file (YAML, several documents, or TOML with
+    /// [[policy]]; a Kubernetes NetworkPolicy as it is): all or none
+    Apply {
+        /// The policy file, `-` for standard input
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+        /// yaml or toml [default: by the file's extension, else yaml]
+        #[arg(long)]
+        format: Option<String>,
+        #[arg(long, default_value = muslin_model::agent_config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Every policy, with what it protects on this host and its drops here
+    List {
+        #[arg(long, default_value = muslin_model::agent_config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One policy in detail
+    Show {
+        /// NAME, or NAMESPACE:NAME (or --namespace)
+        name: String,
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+        #[arg(long, default_value = muslin_model::agent_config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a policy
+    Delete {
+        /// NAME, or NAMESPACE:NAME (or --namespace)
+        name: String,
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+        #[arg(long, default_value = muslin_model::agent_config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct LabelArgs {
+    /// A container id (or a unique prefix of it, 6 characters or more),
+    /// NAMESPACE/POD, or ns:NAMESPACE for a namespace's labels
+    pub target: String,
+    /// key=value sets a label, key- removes it
+    #[arg(required = true)]
+    pub labels: Vec<String>,
+    #[arg(long, default_value = muslin_model::agent_config::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
 }
 
 #[derive(Args, Debug)]

@@ -29,6 +29,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             | Command::Lab(_)
             | Command::InstallCni(_)
             | Command::Network(_)
+            | Command::Policy(_)
+            | Command::Label(_)
     ) {
         quiet_on_broken_pipe();
     }
@@ -36,6 +38,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Agent(a) => agent(*a),
         Command::Status(a) => status(a),
         Command::Network(n) => crate::network_cmd::run(n),
+        Command::Policy(p) => crate::policy_cmd::run(p),
+        Command::Label(l) => crate::policy_cmd::label(l),
         Command::Gc(a) => gc(a),
         Command::InstallCni(a) => install_cni(a),
         Command::Uninstall(a) => uninstall(a),
@@ -210,6 +214,10 @@ fn status(a: StatusArgs) -> Result<ExitCode> {
                     println!("{:<16} hosts do not route to it: {why}", "");
                 }
             }
+        }
+        if !c.policies.is_empty() {
+            println!();
+            crate::policy_cmd::print_table(&c.policies);
         }
         for w in &c.warnings {
             println!("WARNING  {w}");

@@ -6,6 +6,7 @@ mod cli;
 mod commands;
 mod lab;
 mod network_cmd;
+mod policy_cmd;
 
 use std::io::Write;
 use std::process::ExitCode;

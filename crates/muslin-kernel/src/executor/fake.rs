@@ -72,6 +72,7 @@ impl Executor {
                             Query::NftGeneration => Ok(Answer::NftGeneration(1)),
                             Query::FirewallLegacy => Ok(Answer::FirewallLegacy(vec![])),
                             Query::Masquerade(_) => Ok(Answer::Masquerade(Default::default())),
+                            Query::PolicyTable => Ok(Answer::PolicyTable(Default::default())),
                             Query::Firewall => {
                                 Ok(Answer::Firewall(muslin_model::host_firewall::Observed {
                                     nft: serde_json::json!({"nftables": []}),

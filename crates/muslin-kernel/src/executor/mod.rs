@@ -112,6 +112,8 @@ pub enum Query {
     Masquerade(NftFamily),
     /// The host's firewalls as `muslin_model::host_firewall` reads them.
     Firewall,
+    /// Our policy table (`muslin_plan::policy_nft`).
+    PolicyTable,
     /// nftables' ruleset generation: it changes with every ruleset change,
     /// so an unchanged number spares reading the ruleset.
     NftGeneration,
@@ -123,6 +125,7 @@ pub enum Query {
 pub enum Answer {
     Namespace(HostState),
     Masquerade(NftObserved),
+    PolicyTable(muslin_plan::policy_nft::PolicyObserved),
     Firewall(muslin_model::host_firewall::Observed),
     FirewallLegacy(Vec<String>),
     NftGeneration(u32),
@@ -231,6 +234,15 @@ impl Executor {
     pub async fn masquerade(&self, fam: NftFamily) -> Result<NftObserved, KernelError> {
         match self.observe(Query::Masquerade(fam)).await? {
             Answer::Masquerade(s) => Ok(s),
+            _ => Err(gone()),
+        }
+    }
+
+    pub async fn policy_table(
+        &self,
+    ) -> Result<muslin_plan::policy_nft::PolicyObserved, KernelError> {
+        match self.observe(Query::PolicyTable).await? {
+            Answer::PolicyTable(s) => Ok(s),
             _ => Err(gone()),
         }
     }

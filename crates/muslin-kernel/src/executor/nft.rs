@@ -65,6 +65,29 @@ pub(super) async fn observe(fam: NftFamily) -> Result<NftObserved, KernelError> 
     .await
 }
 
+pub(super) async fn observe_policy() -> Result<muslin_plan::policy_nft::PolicyObserved, KernelError>
+{
+    use muslin_plan::policy_nft::{parse_observed, POLICY_TABLE};
+    blocking(move || {
+        let out = run(&["-j", "list", "table", "ip", POLICY_TABLE], None)?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            if err.contains("No such file or directory") {
+                return Ok(Default::default());
+            }
+            return Err(KernelError::Io {
+                what: format!("nft list table ip {POLICY_TABLE}: {}", err.trim()),
+                source: std::io::ErrorKind::Other.into(),
+            });
+        }
+        parse_observed(&String::from_utf8_lossy(&out.stdout)).map_err(|e| KernelError::Io {
+            what: e,
+            source: std::io::ErrorKind::InvalidData.into(),
+        })
+    })
+    .await
+}
+
 /// nftables' generation id: every ruleset change bumps it.
 pub(super) async fn generation() -> Result<u32, KernelError> {
     blocking(|| read_generation().map_err(KernelError::io("reading the nftables generation"))).await

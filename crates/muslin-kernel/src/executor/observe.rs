@@ -29,6 +29,7 @@ pub(super) async fn answer(host: &Netlink, q: Query) -> Result<Answer, KernelErr
             Ok(Answer::Namespace(namespace(&nl).await?))
         }
         Query::Masquerade(fam) => Ok(Answer::Masquerade(nft::observe(fam).await?)),
+        Query::PolicyTable => Ok(Answer::PolicyTable(nft::observe_policy().await?)),
         Query::Firewall => Ok(Answer::Firewall(firewall::observe().await?)),
         Query::FirewallLegacy => Ok(Answer::FirewallLegacy(firewall::observe_legacy().await?)),
         Query::NftGeneration => Ok(Answer::NftGeneration(nft::generation().await?)),

@@ -180,6 +180,9 @@ struct RawEgress {
     ports: Option<Vec<RawPort>>,
 }
 
+/// A rule's peers and ports, whichever direction it is.
+type RawRule = (Option<Vec<RawPeer>>, Option<Vec<RawPort>>);
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RawPeer {
@@ -366,7 +369,7 @@ fn build(n: Native, spec: &str, meta: &str) -> Result<Policy, PolicyError> {
             "rules given but policyTypes leaves out Egress",
         ));
     }
-    let rules = |list: Vec<(Option<Vec<RawPeer>>, Option<Vec<RawPort>>)>,
+    let rules = |list: Vec<RawRule>,
                  field: &str,
                  peers_field: &str|
      -> Result<Vec<Rule>, PolicyError> {

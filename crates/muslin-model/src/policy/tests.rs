@@ -285,3 +285,44 @@ fn blocks_with_exceptions_become_disjoint_ranges() {
     // touching ranges stay apart
     assert_eq!(normalize(vec![(1, 1), (2, 2)]), vec![(1, 1), (2, 2)]);
 }
+
+#[test]
+fn the_plain_meaning_of_a_set_of_policies() {
+    let ps = yaml(
+        "name: web\nnamespace: shop\npodSelector: {matchLabels: {app: web}}\ningress:\n- from: [{podSelector: {matchLabels: {role: fe}}}]\n  ports: [{port: 80}, {protocol: UDP, port: 5000, endPort: 5010}]\n---\nname: guard\naction: deny\norder: 1\npodSelector: {}\negress:\n- to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}]\n  ports: [{port: 22}]\n",
+    )
+    .unwrap();
+    let (web_l, fe_l, other_l) = (
+        labels(&[("app", "web")]),
+        labels(&[("role", "fe")]),
+        labels(&[]),
+    );
+    let none = BTreeMap::new();
+    let end = |namespace, l, addr: &str| End {
+        member: Member {
+            network: "default",
+            namespace,
+            labels: l,
+        },
+        addr: addr.parse().unwrap(),
+        ports: &none,
+    };
+    let web = end("shop", &web_l, "10.1.0.2");
+    let fe = end("shop", &fe_l, "10.1.0.3");
+    let other = end("shop", &other_l, "10.1.0.4");
+    let fe_elsewhere = end("ops", &fe_l, "10.1.0.5");
+    let far = end("shop", &other_l, "10.2.0.9");
+    let ns = |_: &str| BTreeMap::new();
+    assert!(allows(&ps, &fe, &web, Protocol::Tcp, 80, &ns));
+    assert!(!allows(&ps, &fe, &web, Protocol::Tcp, 81, &ns));
+    assert!(allows(&ps, &fe, &web, Protocol::Udp, 5005, &ns));
+    assert!(!allows(&ps, &other, &web, Protocol::Tcp, 80, &ns));
+    assert!(!allows(&ps, &fe_elsewhere, &web, Protocol::Tcp, 80, &ns));
+    assert!(
+        allows(&ps, &web, &other, Protocol::Tcp, 80, &ns),
+        "other is not isolated"
+    );
+    // The guard drops ssh to 10/8 but not to its exception.
+    assert!(!allows(&ps, &other, &far, Protocol::Tcp, 22, &ns));
+    assert!(allows(&ps, &other, &fe, Protocol::Tcp, 22, &ns));
+}

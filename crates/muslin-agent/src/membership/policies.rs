@@ -1,0 +1,422 @@
+//! Policies in the cluster loop: the cluster objects they are kept as (with
+//! namespace labels), the operators' requests, and the enforcement of the
+//! policies protecting this host's endpoints in its policy table.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use muslin_kernel::{Executor, Lane, OnFailure};
+use muslin_model::api::PolicyStatus;
+use muslin_model::cluster::{ClusterView, EndpointRecord};
+use muslin_model::cni::{CniError, ErrorCode};
+use muslin_model::object::{self, ObjectKey, ObjectRecord};
+use muslin_model::policy::{self, Format, Policy, NAMESPACE_KIND, POLICY_KIND};
+use muslin_plan::nft::NftChange;
+use muslin_plan::policy_nft::{self, PolicyTable};
+use muslin_plan::{Change, Step};
+use muslin_store::ClusterStore;
+use tokio::sync::oneshot;
+
+use super::Cluster;
+
+/// Operators' requests about policies and namespace labels.
+pub enum PolicyAsk {
+    Apply {
+        text: String,
+        format: Format,
+        reply: oneshot::Sender<Result<Vec<String>, CniError>>,
+    },
+    Delete {
+        key: String,
+        reply: oneshot::Sender<Result<(), CniError>>,
+    },
+    List(oneshot::Sender<Vec<PolicyStatus>>),
+    NamespaceLabel {
+        namespace: String,
+        set: BTreeMap<String, String>,
+        remove: Vec<String>,
+        reply: oneshot::Sender<Result<BTreeMap<String, String>, CniError>>,
+    },
+}
+
+/// Where the objects this node knows are kept across restarts: a restart
+/// while the cluster is away must not leave endpoints unprotected.
+const OBJECTS_FILE: &str = "objects.json";
+
+pub(super) fn load_objects(dir: &std::path::Path) -> BTreeMap<ObjectKey, ObjectRecord> {
+    let file = dir.join(OBJECTS_FILE);
+    match std::fs::read(&file).map(|b| serde_json::from_slice::<Vec<ObjectRecord>>(&b)) {
+        Ok(Ok(v)) => {
+            let mut known = BTreeMap::new();
+            for r in v {
+                object::merge(&mut known, r);
+            }
+            known
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(cause = %e, file = ?file, "ignoring an unreadable object list; the cluster will tell it again");
+            BTreeMap::new()
+        }
+        Err(_) => BTreeMap::new(),
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> CniError {
+    CniError::new(ErrorCode::InvalidConfig, msg)
+}
+
+/// The policy a record holds, if it is one an agent would write.
+fn policy_of(r: &ObjectRecord) -> Result<Policy, String> {
+    let p: Policy = serde_json::from_value(r.body.clone())
+        .map_err(|e| format!("policy record {}: {e}", r.name))?;
+    if p.key() != r.name {
+        return Err(format!(
+            "policy record {} holds policy {}: ignored",
+            r.name,
+            p.key()
+        ));
+    }
+    Ok(p)
+}
+
+fn namespace_labels_of(r: &ObjectRecord) -> BTreeMap<String, String> {
+    r.body
+        .get("labels")
+        .and_then(|l| serde_json::from_value(l.clone()).ok())
+        .unwrap_or_default()
+}
+
+/// What enforcement needs from the objects: policies, namespace labels,
+/// and what was wrong with records that could not be used.
+pub(super) struct PolicyInputs {
+    pub policies: Vec<Policy>,
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    pub warnings: Vec<String>,
+}
+
+pub(super) fn inputs(known: &BTreeMap<ObjectKey, ObjectRecord>) -> PolicyInputs {
+    let mut out = PolicyInputs {
+        policies: vec![],
+        namespaces: BTreeMap::new(),
+        warnings: vec![],
+    };
+    for r in known.values().filter(|r| !r.deleted()) {
+        match r.kind.as_str() {
+            POLICY_KIND => match policy_of(r) {
+                Ok(p) => out.policies.push(p),
+                Err(w) => out.warnings.push(w),
+            },
+            NAMESPACE_KIND => {
+                out.namespaces
+                    .insert(r.name.clone(), namespace_labels_of(r));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The policy table as last applied, and the counters read then.
+#[derive(Default)]
+pub(super) struct PolicyState {
+    applied: Option<PolicyTable>,
+    generation: Option<u32>,
+    checked: Option<Instant>,
+    pub counters: BTreeMap<String, u64>,
+    pub table: PolicyTable,
+}
+
+/// How often an unchanged table is checked for drift (and its counters
+/// read).
+const RECHECK: Duration = Duration::from_secs(5);
+
+impl PolicyState {
+    pub(super) async fn converge(&mut self, host: &Executor, want: PolicyTable) {
+        self.table = want.clone();
+        let unchanged = self.applied.as_ref() == Some(&want);
+        if unchanged && self.checked.is_some_and(|t| t.elapsed() < RECHECK) {
+            return;
+        }
+        self.checked = Some(Instant::now());
+        let generation = host.nft_generation().await.ok();
+        if unchanged && generation.is_some() && generation == self.generation {
+            return;
+        }
+        let observed = match host.policy_table().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(cause = %e, "cannot read the policy table; retrying");
+                return;
+            }
+        };
+        self.counters = observed.counters.clone();
+        if let Some(change) = policy_nft::diff(&observed, &want) {
+            let started = Instant::now();
+            let summary = change.summary.clone();
+            let report = host
+                .apply(
+                    Lane::Masquerade,
+                    vec![Step::host(Change::Nft(NftChange::Policy(change)))],
+                    OnFailure::Stop,
+                )
+                .await;
+            if let Err(e) = report.into_result() {
+                tracing::warn!(cause = %e, "policy table not configured; retrying");
+                self.applied = None;
+                return;
+            }
+            tracing::info!(
+                took_ms = started.elapsed().as_millis() as u64,
+                "policy table: {summary}"
+            );
+        }
+        self.applied = Some(want);
+        self.generation = host.nft_generation().await.ok();
+    }
+
+    /// The policies as `status` and `policy list` show them.
+    pub(super) fn statuses(&self, known: &BTreeMap<ObjectKey, ObjectRecord>) -> Vec<PolicyStatus> {
+        let t = &self.table;
+        known
+            .values()
+            .filter(|r| r.kind == POLICY_KIND && !r.deleted())
+            .filter_map(|r| Some((r, policy_of(r).ok()?)))
+            .map(|(r, p)| {
+                let key = p.key();
+                let chains_with = |needle: &str| -> Vec<String> {
+                    t.ingress
+                        .iter()
+                        .chain(&t.egress)
+                        .filter(|(_, c)| t.chains[*c].iter().any(|rule| rule.tag.contains(needle)))
+                        .map(|(i, _)| i.clone())
+                        .collect()
+                };
+                let mut protects = chains_with(&format!(" {key} "));
+                protects.sort();
+                protects.dedup();
+                let denied = t
+                    .policy_counters
+                    .get(&key)
+                    .and_then(|c| self.counters.get(c))
+                    .copied()
+                    .unwrap_or(0);
+                let isolated = if p.action == policy::Action::Allow {
+                    protects
+                        .iter()
+                        .filter_map(|i| t.isolation_counters.get(i))
+                        .filter_map(|c| self.counters.get(c))
+                        .sum()
+                } else {
+                    0
+                };
+                PolicyStatus {
+                    key,
+                    policy: p,
+                    updated_at_ms: r.updated_at_ms,
+                    updated_by: r.updated_by.clone(),
+                    protects_here: protects,
+                    denied_here: denied,
+                    dropped_isolated_here: isolated,
+                }
+            })
+            .collect()
+    }
+}
+
+/// The policy table this host should have.
+pub(super) fn table(
+    me: &str,
+    inputs: &PolicyInputs,
+    view: &ClusterView,
+    mine: &[EndpointRecord],
+) -> PolicyTable {
+    // Our own endpoints as we hold them now (the store may lag behind).
+    let mut endpoints: Vec<&EndpointRecord> = view
+        .endpoints()
+        .into_iter()
+        .filter(|e| e.node != me)
+        .collect();
+    endpoints.extend(mine.iter());
+    policy_nft::compile(&policy_nft::Inputs {
+        me,
+        policies: &inputs.policies,
+        endpoints: &endpoints,
+        namespaces: &inputs.namespaces,
+    })
+}
+
+impl Cluster {
+    /// Every object this node knows: as for networks, on gossip what the
+    /// store shows merged into what this node kept; on etcd what etcd says
+    /// once it answers, what it said last until then.
+    pub(super) fn learn_objects(
+        &mut self,
+        view: &ClusterView,
+    ) -> BTreeMap<ObjectKey, ObjectRecord> {
+        let now = crate::leases::now_ms();
+        let known = if self.store.name() == "etcd" {
+            if self.store.synced() {
+                view.objects.clone()
+            } else {
+                self.known_objects.clone()
+            }
+        } else {
+            let mut k = self.known_objects.clone();
+            for r in view.objects.values() {
+                object::merge(&mut k, r.clone());
+            }
+            object::expire(&mut k, now);
+            k
+        };
+        if known != self.known_objects {
+            self.known_objects = known.clone();
+            self.save_objects();
+        }
+        known
+    }
+
+    fn save_objects(&self) {
+        let file = self.state_dir.join(OBJECTS_FILE);
+        let list: Vec<&ObjectRecord> = self.known_objects.values().collect();
+        let bytes = serde_json::to_vec(&list).expect("records serialize");
+        if let Err(e) = crate::atomic_file::write(&file, &bytes) {
+            tracing::warn!(cause = %e, file = ?file, "could not save the object list");
+        }
+    }
+
+    /// Writes records to the store, and to disk before answering.
+    async fn put_objects(&mut self, recs: Vec<ObjectRecord>) -> Result<(), CniError> {
+        for r in &recs {
+            object::check_put(r).map_err(invalid)?;
+        }
+        for r in recs {
+            self.store
+                .put_object(&r)
+                .await
+                .map_err(|e| CniError::new(ErrorCode::TryAgainLater, format!("{}: {e}", r.name)))?;
+            object::merge(&mut self.known_objects, r);
+        }
+        self.save_objects();
+        Ok(())
+    }
+
+    fn record(&self, kind: &str, name: &str, body: serde_json::Value) -> ObjectRecord {
+        let now = crate::leases::now_ms();
+        // Later than whatever this node knows of it, even with a clock
+        // behind the writer's: the last write must win.
+        let after = self
+            .known_objects
+            .get(&(kind.to_string(), name.to_string()))
+            .map(|r| r.updated_at_ms.max(r.deleted_at_ms.unwrap_or(0)) + 1)
+            .unwrap_or(0);
+        ObjectRecord {
+            kind: kind.into(),
+            name: name.into(),
+            body,
+            updated_at_ms: now.max(after),
+            updated_by: self.me.clone(),
+            deleted_at_ms: None,
+        }
+    }
+
+    pub(super) async fn answer_policy(&mut self, ask: PolicyAsk) {
+        match ask {
+            PolicyAsk::Apply {
+                text,
+                format,
+                reply,
+            } => {
+                let r = async {
+                    let ps = policy::parse_document(&text, format)
+                        .map_err(|e| invalid(e.to_string()))?;
+                    let recs: Vec<ObjectRecord> = ps
+                        .iter()
+                        .map(|p| {
+                            self.record(
+                                POLICY_KIND,
+                                &p.key(),
+                                serde_json::to_value(p).expect("policy serializes"),
+                            )
+                        })
+                        .collect();
+                    // All checked before any is written.
+                    for r in &recs {
+                        object::check_put(r).map_err(invalid)?;
+                    }
+                    self.put_objects(recs).await?;
+                    Ok(ps.iter().map(Policy::key).collect())
+                }
+                .await;
+                let _ = reply.send(r);
+            }
+            PolicyAsk::Delete { key, reply } => {
+                let k = (POLICY_KIND.to_string(), key.clone());
+                let r = match self.known_objects.get(&k) {
+                    Some(r) if !r.deleted() => {
+                        let mut t = self.record(POLICY_KIND, &key, serde_json::Value::Null);
+                        t.deleted_at_ms = Some(t.updated_at_ms);
+                        self.put_objects(vec![t]).await
+                    }
+                    _ => Err(CniError::new(
+                        ErrorCode::InvalidConfig,
+                        format!("no policy {key} (a namespaced policy is NAMESPACE:NAME)"),
+                    )),
+                };
+                let _ = reply.send(r);
+            }
+            PolicyAsk::List(reply) => {
+                let _ = reply.send(self.policy.statuses(&self.known_objects));
+            }
+            PolicyAsk::NamespaceLabel {
+                namespace,
+                set,
+                remove,
+                reply,
+            } => {
+                let r = async {
+                    if !policy::dns_label(&namespace) {
+                        return Err(invalid(format!(
+                            "namespace {namespace:?}: lowercase letters, digits and '-', at most 63"
+                        )));
+                    }
+                    check_labels(&set, &remove)?;
+                    let k = (NAMESPACE_KIND.to_string(), namespace.clone());
+                    let mut labels = self
+                        .known_objects
+                        .get(&k)
+                        .filter(|r| !r.deleted())
+                        .map(namespace_labels_of)
+                        .unwrap_or_default();
+                    for k in &remove {
+                        labels.remove(k);
+                    }
+                    labels.extend(set);
+                    let rec = self.record(
+                        NAMESPACE_KIND,
+                        &namespace,
+                        serde_json::json!({ "labels": labels }),
+                    );
+                    self.put_objects(vec![rec]).await?;
+                    Ok(labels)
+                }
+                .await;
+                let _ = reply.send(r);
+            }
+        }
+    }
+}
+
+/// Labels as `muslin label` may set them: Kubernetes' syntax.
+pub fn check_labels(set: &BTreeMap<String, String>, remove: &[String]) -> Result<(), CniError> {
+    for (k, v) in set {
+        if let Some(p) = policy::label_key_problem(k).or_else(|| policy::label_value_problem(v)) {
+            return Err(invalid(p));
+        }
+    }
+    for k in remove {
+        if let Some(p) = policy::label_key_problem(k) {
+            return Err(invalid(p));
+        }
+    }
+    Ok(())
+}
