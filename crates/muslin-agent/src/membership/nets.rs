@@ -307,7 +307,7 @@ impl Cluster {
                 }));
                 let _ = reply.send(all);
             }
-            Ask::Policy(p) => self.answer_policy(p).await,
+            Ask::Policy(p) => self.answer_policy(p, host).await,
         }
     }
 

@@ -319,7 +319,7 @@ impl Cluster {
         }
     }
 
-    pub(super) async fn answer_policy(&mut self, ask: PolicyAsk) {
+    pub(super) async fn answer_policy(&mut self, ask: PolicyAsk, host: &Executor) {
         match ask {
             PolicyAsk::Apply {
                 text,
@@ -365,6 +365,14 @@ impl Cluster {
                 let _ = reply.send(r);
             }
             PolicyAsk::List(reply) => {
+                // Counters as they are now (an idle agent reads nothing on
+                // its own).
+                if self.policy.table.wanted() {
+                    match host.policy_table().await {
+                        Ok(o) => self.policy.counters = o.counters,
+                        Err(e) => tracing::warn!(cause = %e, "cannot read the policy counters"),
+                    }
+                }
                 let _ = reply.send(self.policy.statuses(&self.known_objects));
             }
             PolicyAsk::NamespaceLabel {

@@ -369,18 +369,16 @@ fn build(n: Native, spec: &str, meta: &str) -> Result<Policy, PolicyError> {
             "rules given but policyTypes leaves out Egress",
         ));
     }
-    let rules = |list: Vec<RawRule>,
-                 field: &str,
-                 peers_field: &str|
-     -> Result<Vec<Rule>, PolicyError> {
-        list.into_iter()
-            .enumerate()
-            .map(|(i, (peers, ports))| {
-                let base = at(&format!("{field}[{i}]"));
-                rule(peers, ports, &base, peers_field)
-            })
-            .collect()
-    };
+    let rules =
+        |list: Vec<RawRule>, field: &str, peers_field: &str| -> Result<Vec<Rule>, PolicyError> {
+            list.into_iter()
+                .enumerate()
+                .map(|(i, (peers, ports))| {
+                    let base = at(&format!("{field}[{i}]"));
+                    rule(peers, ports, &base, peers_field)
+                })
+                .collect()
+        };
     let ingress = rules(
         ingress.into_iter().map(|r| (r.from, r.ports)).collect(),
         "ingress",
