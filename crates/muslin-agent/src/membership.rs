@@ -592,8 +592,8 @@ impl Cluster {
                 .sync_objects(&objects, crate::leases::now_ms())
                 .await;
             let pin = policies::inputs(&objects);
-            net_warnings.extend(pin.warnings.iter().cloned());
-            let want = policies::table(&self.me, &pin, &view, &mine);
+            net_warnings.extend(pin.warnings.clone());
+            let want = self.policy.want(&self.me, pin, &view, &mine);
             self.policy.converge(&host, want).await;
             self.reconsider_underlay(&view).await;
             let path_mtu = self.tracker.lock().expect("tracker lock").path_mtu();

@@ -37,6 +37,9 @@ fn topology_networks() -> String {
     )
 }
 const U1: &str = "192.168.60.11";
+const POLICY_ENDPOINTS: usize = 1000;
+pub const VXLAN: &str = "Muslin vxlan";
+pub const POLICED: &str = "Muslin vxlan, 100 policies over 1,000 endpoints";
 const U2: &str = "192.168.60.12";
 
 pub struct Path {
@@ -255,9 +258,13 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
         ("mbv", "vxlan", TOPOLOGY),
         ("mba", "auto", TOPOLOGY),
         ("mbn", "vxlan", networks.as_str()),
+        ("mbp", "vxlan", TOPOLOGY),
     ] {
         up(o, lab, backend, topology).map_err(&f)?;
     }
+    // 1,000 endpoints in the cluster (the lab's four and the rest in
+    // groups), 100 policies over the measured pair.
+    crate::policy::set_up(&o.bin, "mbp", &["h1", "h2"], POLICY_ENDPOINTS - 4, 100).map_err(&f)?;
     paths.push(Path {
         name: UNDERLAY,
         from: "mbr-h1".into(),
@@ -285,7 +292,7 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
         addr: "10.99.2.2".parse().expect("literal"),
     });
     paths.push(Path {
-        name: "Muslin vxlan",
+        name: VXLAN,
         from: "mbv-h1-c1".into(),
         to: "mbv-h2-c1".into(),
         addr: pod("mbv", "h2", 0).map_err(&f)?,
@@ -309,6 +316,12 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
         from: "mbn-h1-c1".into(),
         to: "mbn-h2-c1".into(),
         addr: pod("mbn", "h2", 0).map_err(&f)?,
+    });
+    paths.push(Path {
+        name: POLICED,
+        from: "mbp-h1-c1".into(),
+        to: "mbp-h2-c1".into(),
+        addr: pod("mbp", "h2", 0).map_err(&f)?,
     });
     paths.push(Path {
         name: "Muslin second network (own VNI)",
@@ -356,6 +369,28 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
         for ((metric, unit, b), v) in metrics.into_iter().zip(s.iter()) {
             report.add("data plane", p.name, metric, unit, v, b);
         }
+    }
+    // The policed path against the same path without policy.
+    let at = |name: &str| paths.iter().position(|p| p.name == name).expect("listed");
+    let (plain, policed) = (&series[at(VXLAN)], &series[at(POLICED)]);
+    for (k, (metric, unit)) in [
+        ("TCP throughput, 1 stream", "Gbit/s"),
+        ("TCP throughput, 4 streams", "Gbit/s"),
+        ("UDP 64-byte rate", "kpps"),
+        ("TCP request/response p50", "µs"),
+        ("TCP request/response p99", "µs"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        report.add(
+            "policy",
+            "vxlan, 100 policies, 1,000 endpoints (vs no policy)",
+            metric,
+            unit,
+            &policed[k],
+            Some(plain[k].median()),
+        );
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 mod chart;
 mod cni;
 mod dataplane;
+mod policy;
 mod report;
 mod scale;
 mod stats;
@@ -114,6 +115,9 @@ pub fn run(o: &Options) -> Result<Report, BenchError> {
     );
     if want("cni") {
         cni::run(o, &plan, &mut report)?;
+    }
+    if want("policy") || want("cni") {
+        policy::run_apply(&plan, &mut report)?;
     }
     (o.progress)(&format!(
         "[3/3] scale: {}-host lab cold start, convergence, agent memory and CPU, gossip",

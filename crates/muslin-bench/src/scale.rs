@@ -430,6 +430,28 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
         &one(deleted.median()),
         None,
     );
+    let (gain, lose) =
+        crate::policy::label_spread(LAB, &names, plan.rounds.max(3) * 3).map_err(&f)?;
+    for (what, s) in [
+        (
+            "label change -> enforced on all (allowed), p50",
+            gain.median(),
+        ),
+        (
+            "label change -> enforced on all (allowed), p99",
+            gain.pct(0.99),
+        ),
+        (
+            "label removed -> enforced on all (refused), p50",
+            lose.median(),
+        ),
+        (
+            "label removed -> enforced on all (refused), p99",
+            lose.pct(0.99),
+        ),
+    ] {
+        report.add("scale", &label, what, "ms", &one(s), None);
+    }
     let t = Instant::now();
     ops::down(LAB).map_err(|e| f(e.to_string()))?;
     report.add(

@@ -124,6 +124,7 @@ pub(super) struct PolicyState {
     checked: Option<Instant>,
     pub counters: BTreeMap<String, u64>,
     pub table: PolicyTable,
+    compiled: Option<(Compiled, PolicyTable)>,
 }
 
 /// How often an unchanged table is checked for drift (and its counters
@@ -223,26 +224,51 @@ impl PolicyState {
     }
 }
 
-/// The policy table this host should have.
-pub(super) fn table(
-    me: &str,
-    inputs: &PolicyInputs,
-    view: &ClusterView,
-    mine: &[EndpointRecord],
-) -> PolicyTable {
-    // Our own endpoints as we hold them now (the store may lag behind).
-    let mut endpoints: Vec<&EndpointRecord> = view
-        .endpoints()
-        .into_iter()
-        .filter(|e| e.node != me)
-        .collect();
-    endpoints.extend(mine.iter());
-    policy_nft::compile(&policy_nft::Inputs {
-        me,
-        policies: &inputs.policies,
-        endpoints: &endpoints,
-        namespaces: &inputs.namespaces,
-    })
+/// What the table was last compiled from: a round whose inputs are the
+/// same (most rounds) compiles nothing.
+type Compiled = (
+    Vec<Policy>,
+    BTreeMap<String, BTreeMap<String, String>>,
+    Vec<EndpointRecord>,
+);
+
+impl PolicyState {
+    /// The policy table this host should have.
+    pub(super) fn want(
+        &mut self,
+        me: &str,
+        inputs: PolicyInputs,
+        view: &ClusterView,
+        mine: &[EndpointRecord],
+    ) -> PolicyTable {
+        if inputs.policies.is_empty() {
+            self.compiled = None;
+            return PolicyTable::default();
+        }
+        // Our own endpoints as we hold them now (the store may lag behind).
+        let mut endpoints: Vec<EndpointRecord> = view
+            .endpoints()
+            .into_iter()
+            .filter(|e| e.node != me)
+            .cloned()
+            .collect();
+        endpoints.extend(mine.iter().cloned());
+        let key = (inputs.policies, inputs.namespaces, endpoints);
+        if let Some((k, t)) = &self.compiled {
+            if *k == key {
+                return t.clone();
+            }
+        }
+        let refs: Vec<&EndpointRecord> = key.2.iter().collect();
+        let t = policy_nft::compile(&policy_nft::Inputs {
+            me,
+            policies: &key.0,
+            endpoints: &refs,
+            namespaces: &key.1,
+        });
+        self.compiled = Some((key, t.clone()));
+        t
+    }
 }
 
 impl Cluster {
