@@ -619,7 +619,7 @@ fn cni(
             "CNI_ARGS",
             format!(
                 "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={c}",
-                host.name
+                host.namespace_of(c)
             ),
         )
         .stdin(Stdio::piped())
@@ -627,7 +627,11 @@ fn cni(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("running the plugin: {e}"))?;
-    let conf = networks::cni_conf(&registry::socket(&plan.name, &host.name), network);
+    let conf = networks::cni_conf(
+        &registry::socket(&plan.name, &host.name),
+        network,
+        &host.meta_of(c),
+    );
     child
         .stdin
         .take()
