@@ -206,28 +206,13 @@ fn egress_view(policies: &[Policy]) -> Vec<Policy> {
 mod tests {
     use super::*;
 
-    /// The policies of examples/policy.toml, in their own file's words.
-    const SHOP: &str = r#"
-[[policy]]
-name = "db-from-web"
-namespace = "shop"
-podSelector = { matchLabels = { app = "db" } }
-ingress = [{ from = [{ podSelector = { matchLabels = { app = "web" } } }], ports = [{ protocol = "TCP", port = "probe" }] }]
-
-[[policy]]
-name = "web-from-frontend"
-namespace = "shop"
-podSelector = { matchLabels = { app = "web" } }
-ingress = [{ from = [{ podSelector = { matchLabels = { role = "frontend" } } }] }]
-
-[[policy]]
-name = "guard-rail"
-action = "deny"
-order = 10
-podSelector = {}
-policyTypes = ["Ingress"]
-ingress = [{ from = [{ namespaceSelector = { matchLabels = { zone = "untrusted" } } }] }]
-"#;
+    /// The policies of examples/policy.toml, as `up` applies them.
+    fn shop() -> String {
+        crate::topology::Topology::parse(include_str!("../../../examples/policy.toml"))
+            .unwrap()
+            .policy_file()
+            .unwrap()
+    }
 
     fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
         kv.iter()
@@ -278,7 +263,7 @@ ingress = [{ from = [{ namespaceSelector = { matchLabels = { zone = "untrusted" 
 
     #[test]
     fn the_shop_example_denies_what_its_policies_say() {
-        let s = set(SHOP);
+        let s = set(&shop());
         let mut db = pod("shop", &[("app", "db")], "10.244.1.2");
         db.ports.insert(
             "probe".into(),
@@ -371,7 +356,7 @@ egress = [{ to = [{ ipBlock = { cidr = "192.168.56.0/24", except = ["192.168.56.
 
     #[test]
     fn the_port_free_view_keeps_isolation_but_no_port_rule() {
-        let p = policy::parse_document(SHOP, policy::Format::Toml).unwrap();
+        let p = policy::parse_document(&shop(), policy::Format::Toml).unwrap();
         let v = port_free_view(&p);
         assert_eq!(v.len(), 3);
         assert!(v[0].ingress.is_empty(), "db's only rule names a port");
