@@ -5,6 +5,11 @@
 //! is decided by pure functions; probes run in-process, one thread per
 //! source entering the source's namespace, so a 20-host lab is checked in
 //! seconds.
+//!
+//! With policies in force, a pair in a network is expected to connect
+//! only over the protocols the policies allow (`policies::PolicySet`):
+//! a denied protocol passes when nothing gets through, and fails when
+//! something does.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
@@ -16,6 +21,9 @@ use ipnet::IpNet;
 use nix::sched::{setns, CloneFlags};
 use serde::Serialize;
 
+use muslin_model::policy::NamedPort;
+
+use crate::policies::{PolicyEnd, PolicySet, Target};
 use crate::probe::{self, Proto};
 use crate::topology::DEFAULT_NETWORK;
 
@@ -38,6 +46,13 @@ pub struct Member {
     pub label: String,
     pub ns: String,
     pub addresses: Vec<(String, IpAddr)>,
+    /// The host it runs on (traffic to its own host is never policed).
+    pub host: String,
+    /// What policies see of it: its namespace, its labels in each network
+    /// (labels belong to an attachment) and the ports it names.
+    pub namespace: String,
+    pub labels: BTreeMap<String, BTreeMap<String, String>>,
+    pub ports: BTreeMap<String, NamedPort>,
 }
 
 impl Member {
@@ -51,6 +66,17 @@ impl Member {
             .find(|(n, _)| n == network)
             .map(|(_, a)| *a)
     }
+
+    fn policy_end<'a>(&'a self, network: &'a str, address: IpAddr) -> PolicyEnd<'a> {
+        static NONE: BTreeMap<String, String> = BTreeMap::new();
+        PolicyEnd {
+            network,
+            namespace: &self.namespace,
+            labels: self.labels.get(network).unwrap_or(&NONE),
+            ports: &self.ports,
+            address,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -60,6 +86,18 @@ pub struct PairResult {
     pub to: String,
     /// Protocols that failed, with why; empty when the pair works.
     pub failed: Vec<(String, String)>,
+    /// Protocols policies deny that got nothing through, as expected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denied_by_policy: Vec<String>,
+    /// Protocols policies deny that got through: failures.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reached_despite_policy: Vec<String>,
+}
+
+impl PairResult {
+    pub fn ok(&self) -> bool {
+        self.failed.is_empty() && self.reached_despite_policy.is_empty()
+    }
 }
 
 /// A source trying an address of a container it shares no network with.
@@ -110,6 +148,9 @@ pub struct Matrix {
     /// Pairs that share no network, each of which must not work.
     pub isolation: Vec<IsolationResult>,
     pub skipped: Vec<Skipped>,
+    /// Keys of the policies the pairs were judged by; empty without any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +168,9 @@ pub struct Probe {
     pub network: String,
     pub address: IpAddr,
     pub expect: Expect,
+    /// Protocols policies deny on a `Reach` probe: nothing may get
+    /// through over them.
+    pub denied: Vec<Proto>,
 }
 
 /// What to probe, decided before any probe runs.
@@ -189,6 +233,7 @@ pub fn plan(members: &[Member], hosts: &[Endpoint], subnets: &[(String, IpNet)])
                         network: net.clone(),
                         address: *address,
                         expect: Expect::Reach,
+                        denied: vec![],
                     }),
                 }
             }
@@ -253,14 +298,47 @@ fn isolation(members: &[Member], out: &mut CheckPlan) {
                     network: base.2,
                     address: base.3,
                     expect: Expect::Isolated,
+                    denied: vec![],
                 });
             }
         }
     }
 }
 
+/// Marks on each pair the protocols `set` denies over `port`; hosts are
+/// judged as addresses (they are no endpoints).
+pub fn expect_policies(
+    plan: &mut CheckPlan,
+    members: &[Member],
+    hosts: &[Endpoint],
+    set: &PolicySet,
+    protos: &[Proto],
+    port: u16,
+) {
+    for p in plan.probes.iter_mut().filter(|p| p.expect == Expect::Reach) {
+        let Some(src) = members.iter().find(|m| m.label == p.from) else {
+            continue;
+        };
+        let Some(src_addr) = src.address_in(&p.network) else {
+            continue;
+        };
+        let from = src.policy_end(&p.network, src_addr);
+        let to = match members.iter().find(|m| m.label == p.to) {
+            Some(dst) => Target::Container(dst.policy_end(&p.network, p.address)),
+            None => match hosts.iter().find(|h| h.label == p.to) {
+                Some(h) => Target::Host {
+                    address: h.address,
+                    own: h.label == src.host,
+                },
+                None => continue,
+            },
+        };
+        p.denied = set.denied(&from, &to, protos, port);
+    }
+}
+
 /// Makes the planned probes: one thread per source namespace. Isolation
-/// probes wait at most [`ISOLATION_TIMEOUT`].
+/// probes, and protocols policies deny, wait at most [`ISOLATION_TIMEOUT`].
 pub fn run(plan: CheckPlan, protos: &[Proto], port: u16, timeout: Duration) -> Matrix {
     let mut by_ns: BTreeMap<&str, Vec<&Probe>> = BTreeMap::new();
     for p in &plan.probes {
@@ -282,21 +360,11 @@ pub fn run(plan: CheckPlan, protos: &[Proto], port: u16, timeout: Duration) -> M
         pairs: vec![],
         isolation: vec![],
         skipped: plan.skipped.clone(),
+        policies: vec![],
     };
     for (p, outcome) in results {
         match p.expect {
-            Expect::Reach => m.pairs.push(PairResult {
-                network: p.network.clone(),
-                from: p.from.clone(),
-                to: p.to.clone(),
-                failed: match outcome {
-                    Outcome::NoEntry(e) => protos
-                        .iter()
-                        .map(|pr| (pr.name().to_string(), e.clone()))
-                        .collect(),
-                    Outcome::Probed(r) => r.failed,
-                },
-            }),
+            Expect::Reach => m.pairs.push(judge(p, outcome, protos)),
             Expect::Isolated => m.isolation.push(IsolationResult {
                 from: p.from.clone(),
                 to: p.to.clone(),
@@ -314,6 +382,40 @@ pub fn run(plan: CheckPlan, protos: &[Proto], port: u16, timeout: Duration) -> M
         }
     }
     m
+}
+
+/// A pair's result against what was expected of each protocol: allowed
+/// ones must get through, denied ones must not.
+fn judge(p: &Probe, outcome: Outcome, protos: &[Proto]) -> PairResult {
+    let mut pair = PairResult {
+        network: p.network.clone(),
+        from: p.from.clone(),
+        to: p.to.clone(),
+        failed: vec![],
+        denied_by_policy: vec![],
+        reached_despite_policy: vec![],
+    };
+    match outcome {
+        // Unprobed proves nothing, whatever was expected.
+        Outcome::NoEntry(e) => {
+            pair.failed = protos
+                .iter()
+                .map(|pr| (pr.name().to_string(), e.clone()))
+                .collect()
+        }
+        Outcome::Probed(r) => {
+            let denied = |name: &str| p.denied.iter().any(|d| d.name() == name);
+            for (pr, why) in r.failed {
+                if denied(&pr) {
+                    pair.denied_by_policy.push(pr);
+                } else {
+                    pair.failed.push((pr, why));
+                }
+            }
+            pair.reached_despite_policy = r.reached.into_iter().filter(|pr| denied(pr)).collect();
+        }
+    }
+    pair
 }
 
 enum Outcome {
@@ -346,15 +448,18 @@ fn from_ns<'a>(
             let outcome = match &entered {
                 Err(e) => Outcome::NoEntry(e.clone()),
                 Ok(()) => {
-                    let t = match p.expect {
-                        Expect::Reach => timeout,
-                        Expect::Isolated => timeout.min(ISOLATION_TIMEOUT),
-                    };
                     let mut r = Probed {
                         failed: vec![],
                         reached: vec![],
                     };
                     for pr in protos {
+                        // Where no answer is the pass, every pass waits
+                        // the whole timeout: keep it short.
+                        let t = if p.expect == Expect::Isolated || p.denied.contains(pr) {
+                            timeout.min(ISOLATION_TIMEOUT)
+                        } else {
+                            timeout
+                        };
                         match probe::check(p.address, port, *pr, t) {
                             Ok(_) => r.reached.push(pr.name().to_string()),
                             Err(e) => r.failed.push((pr.name().to_string(), e.reason)),
@@ -370,12 +475,13 @@ fn from_ns<'a>(
 
 impl Matrix {
     pub fn ok(&self) -> bool {
-        self.pairs.iter().all(|p| p.failed.is_empty()) && self.isolation.iter().all(|i| i.ok())
+        self.pairs.iter().all(PairResult::ok) && self.isolation.iter().all(|i| i.ok())
     }
 
-    /// Pairs that failed, and pairs that should be isolated but are not.
+    /// Pairs that failed or got through where policies deny, and pairs
+    /// that should be isolated but are not.
     pub fn failures(&self) -> usize {
-        self.pairs.iter().filter(|p| !p.failed.is_empty()).count()
+        self.pairs.iter().filter(|p| !p.ok()).count()
             + self.isolation.iter().filter(|i| !i.ok()).count()
     }
 
@@ -391,6 +497,12 @@ impl Matrix {
             };
             for (proto, why) in &p.failed {
                 out.push(format!("{} -> {}{net} {proto}: {why}", p.from, p.to));
+            }
+            for proto in &p.reached_despite_policy {
+                out.push(format!(
+                    "{} -> {}{net} {proto}: got through, but policy denies it",
+                    p.from, p.to
+                ));
             }
         }
         for i in self.isolation.iter().filter(|i| !i.ok()) {
@@ -425,13 +537,34 @@ impl Matrix {
             }
             out.push_str(&self.table(n));
         }
-        let bad = self.pairs.iter().filter(|p| !p.failed.is_empty()).count();
-        out.push_str(&format!(
-            "{} of {} pairs ok over {} (x: failed; t=tcp u=udp i=icmp r=ip253)\n",
-            self.pairs.len() - bad,
-            self.pairs.len(),
-            self.protocols.join(",")
-        ));
+        let bad = self.pairs.iter().filter(|p| !p.ok()).count();
+        if self.policies.is_empty() {
+            out.push_str(&format!(
+                "{} of {} pairs ok over {} (x: failed; t=tcp u=udp i=icmp r=ip253)\n",
+                self.pairs.len() - bad,
+                self.pairs.len(),
+                self.protocols.join(",")
+            ));
+        } else {
+            let denied = self
+                .pairs
+                .iter()
+                .filter(|p| !p.denied_by_policy.is_empty())
+                .count();
+            out.push_str(&format!(
+                "{} of {} pairs as expected over {} (deny: denied by policy; d:: those protocols \
+                 denied by policy, the rest ok; x: failed; !: got through though policy denies; \
+                 t=tcp u=udp i=icmp r=ip253)\n",
+                self.pairs.len() - bad,
+                self.pairs.len(),
+                self.protocols.join(",")
+            ));
+            out.push_str(&format!(
+                "policy: {} in force ({}); {denied} pairs denied over some protocol, as expected\n",
+                self.policies.len(),
+                self.policies.join(", ")
+            ));
+        }
         if !self.isolation.is_empty() {
             let breached = self.isolation.iter().filter(|i| !i.ok()).count();
             out.push_str(&format!(
@@ -476,20 +609,42 @@ impl Matrix {
                 let cell = match pair {
                     None if skipped => "-".to_string(),
                     None => "·".to_string(),
-                    Some(p) if p.failed.is_empty() => "ok".to_string(),
-                    Some(p) => format!(
-                        "x:{}",
-                        p.failed
-                            .iter()
-                            .map(|(pr, _)| initial(pr))
-                            .collect::<String>()
-                    ),
+                    Some(p) => cell(p, self.protocols.len()),
                 };
                 out.push_str(&format!("{cell:>w$}"));
             }
             out.push('\n');
         }
         out
+    }
+}
+
+/// A pair's cell: `ok`; `deny` when policies deny every protocol and
+/// nothing got through; `d:tu` when they deny those only; else what went
+/// wrong: `x:` protocols that failed, `!:` protocols that got through
+/// though denied.
+fn cell(p: &PairResult, protocols: usize) -> String {
+    let initials = |v: &mut dyn Iterator<Item = &String>| v.map(|s| initial(s)).collect::<String>();
+    if !p.ok() {
+        let mut c = String::new();
+        if !p.failed.is_empty() {
+            c.push_str(&format!(
+                "x:{}",
+                initials(&mut p.failed.iter().map(|(pr, _)| pr))
+            ));
+        }
+        if !p.reached_despite_policy.is_empty() {
+            c.push_str(&format!(
+                "!:{}",
+                initials(&mut p.reached_despite_policy.iter())
+            ));
+        }
+        return c;
+    }
+    match p.denied_by_policy.len() {
+        0 => "ok".to_string(),
+        n if n == protocols => "deny".to_string(),
+        _ => format!("d:{}", initials(&mut p.denied_by_policy.iter())),
     }
 }
 
@@ -513,6 +668,10 @@ mod tests {
                 .iter()
                 .map(|(n, a)| (n.to_string(), a.parse().unwrap()))
                 .collect(),
+            host: label.split('/').next().unwrap().into(),
+            namespace: "default".into(),
+            labels: BTreeMap::new(),
+            ports: BTreeMap::new(),
         }
     }
 
@@ -686,6 +845,185 @@ mod tests {
         assert!(probes(&p, Expect::Reach).contains(&"red h2/r>h1/rb 10.50.0.4".to_string()));
     }
 
+    fn shop() -> (Vec<Member>, Vec<Endpoint>, PolicySet) {
+        let labelled = |label: &str, ns: &str, kv: &[(&str, &str)], a: &str| {
+            let mut m = member(label, &[("default", a)]);
+            m.namespace = ns.into();
+            m.labels.insert(
+                "default".into(),
+                kv.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            );
+            m
+        };
+        let members = vec![
+            labelled("h1/web", "shop", &[("app", "web")], "10.244.0.2"),
+            labelled("h2/db", "shop", &[("app", "db")], "10.244.1.2"),
+            labelled("h2/intruder", "other", &[], "10.244.1.3"),
+        ];
+        let policies = muslin_model::policy::parse_document(
+            r#"
+[[policy]]
+name = "db"
+namespace = "shop"
+podSelector = { matchLabels = { app = "db" } }
+ingress = [{ from = [{ podSelector = { matchLabels = { app = "web" } } }], ports = [{ port = 7777 }] }]
+[[policy]]
+name = "out"
+namespace = "other"
+podSelector = {}
+policyTypes = ["Egress"]
+"#,
+            muslin_model::policy::Format::Toml,
+        )
+        .unwrap();
+        let set = PolicySet {
+            policies,
+            namespaces: BTreeMap::new(),
+        };
+        (members, vec![host("h2", "192.168.56.12")], set)
+    }
+
+    fn denied(p: &CheckPlan) -> Vec<String> {
+        let mut v: Vec<String> = p
+            .probes
+            .iter()
+            .filter(|x| !x.denied.is_empty())
+            .map(|x| {
+                let d: Vec<&str> = x.denied.iter().map(|d| d.name()).collect();
+                format!("{}>{} {}", x.from, x.to, d.join(","))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn policies_mark_the_protocols_each_pair_must_not_get_through() {
+        let (members, hosts, set) = shop();
+        let protos = [Proto::Tcp, Proto::Udp, Proto::Icmp];
+        let mut p = plan(&members, &hosts, &subnets());
+        let before = p.clone();
+        check_expectations(&mut p, &members, &hosts, &set, &protos);
+        assert_eq!(
+            denied(&p),
+            [
+                // Egress-isolated with no rule: nowhere but its own host.
+                "h2/intruder>h1/web tcp,udp,icmp",
+                "h2/intruder>h2/db tcp,udp,icmp",
+                "h1/web>h2/db udp,icmp",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+        );
+        // The same probes, only their expectations differ; none to the
+        // intruder's own host is denied, while another host is.
+        assert_eq!(p.probes.len(), before.probes.len());
+        assert!(p
+            .probes
+            .iter()
+            .all(|x| x.from != "h2/intruder" || x.to != "h2" || x.denied.is_empty()));
+        // No policies: the plan of before.
+        let mut q = before.clone();
+        check_expectations(&mut q, &members, &hosts, &PolicySet::default(), &protos);
+        assert_eq!(q, before);
+    }
+
+    fn check_expectations(
+        p: &mut CheckPlan,
+        members: &[Member],
+        hosts: &[Endpoint],
+        set: &PolicySet,
+        protos: &[Proto],
+    ) {
+        expect_policies(p, members, hosts, set, protos, 7777);
+    }
+
+    #[test]
+    fn a_pair_is_judged_against_its_expectation_in_both_directions() {
+        let probe = Probe {
+            from: "h1/web".into(),
+            ns: "lab-h1-web".into(),
+            to: "h2/db".into(),
+            network: "default".into(),
+            address: "10.244.1.2".parse().unwrap(),
+            expect: Expect::Reach,
+            denied: vec![Proto::Udp, Proto::Icmp],
+        };
+        let protos = [Proto::Tcp, Proto::Udp, Proto::Icmp];
+        let outcome = |failed: &[&str], reached: &[&str]| {
+            Outcome::Probed(Probed {
+                failed: failed
+                    .iter()
+                    .map(|p| (p.to_string(), "timed out".to_string()))
+                    .collect(),
+                reached: reached.iter().map(|p| p.to_string()).collect(),
+            })
+        };
+        // As expected: tcp through, udp and icmp denied.
+        let r = judge(&probe, outcome(&["udp", "icmp"], &["tcp"]), &protos);
+        assert!(r.ok());
+        assert_eq!(r.denied_by_policy, ["udp", "icmp"]);
+        assert_eq!(cell(&r, 3), "d:ui");
+        // An allowed protocol that fails, and a denied one that gets through.
+        let r = judge(&probe, outcome(&["tcp", "icmp"], &["udp"]), &protos);
+        assert!(!r.ok());
+        assert_eq!(r.failed, [("tcp".to_string(), "timed out".to_string())]);
+        assert_eq!(r.reached_despite_policy, ["udp"]);
+        assert_eq!(r.denied_by_policy, ["icmp"]);
+        assert_eq!(cell(&r, 3), "x:t!:u");
+        // Everything denied and nothing through.
+        let all = Probe {
+            denied: protos.to_vec(),
+            ..probe.clone()
+        };
+        let r = judge(&all, outcome(&["tcp", "udp", "icmp"], &[]), &protos);
+        assert!(r.ok());
+        assert_eq!(cell(&r, 3), "deny");
+        // A source that cannot be entered proves nothing: failures all.
+        let r = judge(&all, Outcome::NoEntry("cannot enter".into()), &protos);
+        assert!(!r.ok() && r.failed.len() == 3 && r.denied_by_policy.is_empty());
+    }
+
+    #[test]
+    fn render_with_policies_shows_denied_pairs_apart_from_failures() {
+        let mut m = matrix();
+        m.pairs[0].denied_by_policy = vec!["tcp".into(), "icmp".into()];
+        m.pairs[2].reached_despite_policy = vec!["icmp".into()];
+        m.policies = vec!["shop:db".into(), "guard".into()];
+        let r = m.render();
+        assert!(r.contains("deny"), "{r}");
+        assert!(r.contains("!:i"), "{r}");
+        assert!(r.contains("1 of 3 pairs as expected over tcp,icmp"), "{r}");
+        assert!(
+            r.contains("policy: 2 in force (shop:db, guard); 1 pairs denied over some protocol, as expected"),
+            "{r}"
+        );
+        let problems = m.problems();
+        assert!(
+            problems.contains(
+                &"h1/b -> h1/rb (network blue) icmp: got through, but policy denies it".to_string()
+            ),
+            "{problems:?}"
+        );
+        assert_eq!(m.failures(), 3);
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(
+            v["pairs"][0]["denied_by_policy"],
+            serde_json::json!(["tcp", "icmp"])
+        );
+        assert_eq!(
+            v["pairs"][2]["reached_despite_policy"],
+            serde_json::json!(["icmp"])
+        );
+        assert!(v["pairs"][1].get("denied_by_policy").is_none());
+        assert_eq!(v["policies"], serde_json::json!(["shop:db", "guard"]));
+    }
+
     fn matrix() -> Matrix {
         let pair = |n: &str, f: &str, t: &str, failed: &[&str]| PairResult {
             network: n.into(),
@@ -695,6 +1033,8 @@ mod tests {
                 .iter()
                 .map(|p| (p.to_string(), "timed out".to_string()))
                 .collect(),
+            denied_by_policy: vec![],
+            reached_despite_policy: vec![],
         };
         Matrix {
             protocols: vec!["tcp".into(), "icmp".into()],
@@ -740,6 +1080,7 @@ mod tests {
                 address: "10.50.0.2".parse().unwrap(),
                 why: "ambiguous".into(),
             }],
+            policies: vec![],
         }
     }
 
@@ -796,9 +1137,12 @@ mod tests {
                 from: "h1/c1".into(),
                 to: "h1".into(),
                 failed: vec![],
+                denied_by_policy: vec![],
+                reached_despite_policy: vec![],
             }],
             isolation: vec![],
             skipped: vec![],
+            policies: vec![],
         };
         assert_eq!(
             m.render(),

@@ -9,6 +9,7 @@ pub mod names;
 pub mod networks;
 pub mod ops;
 pub mod plan;
+pub mod policies;
 pub use muslin_kernel::probe;
 pub mod registry;
 pub mod topology;

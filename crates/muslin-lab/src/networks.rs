@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::plan::NetworkPlan;
+use crate::plan::{ContainerMeta, NetworkPlan};
 use crate::topology::DEFAULT_NETWORK;
 
 /// `muslin network create` arguments (after the binary) for `net`, sent to
@@ -68,15 +68,39 @@ pub fn listed(json: &str) -> Result<Vec<String>, String> {
         .collect()
 }
 
-/// The CNI network configuration of an attachment to `network`. The default
-/// network keeps the configuration of labs before networks.
-pub fn cni_conf(socket: &Path, network: &str) -> String {
-    if network == DEFAULT_NETWORK {
+/// The CNI network configuration of an attachment to `network`, with the
+/// container's labels and named ports in `args.cni` as a runtime passes
+/// them. The default network, and a container with neither, keep the
+/// configuration of labs before them.
+pub fn cni_conf(socket: &Path, network: &str, meta: &ContainerMeta) -> String {
+    let mut conf = if network == DEFAULT_NETWORK {
         json!({"cniVersion": "1.1.0", "name": "muslin", "type": "muslin", "socket": socket})
     } else {
         json!({"cniVersion": "1.1.0", "name": network, "type": "muslin", "socket": socket, "network": network})
+    };
+    let mut cni = serde_json::Map::new();
+    if !meta.labels.is_empty() {
+        let labels: Vec<_> = meta
+            .labels
+            .iter()
+            .map(|(k, v)| json!({"key": k, "value": v}))
+            .collect();
+        cni.insert("labels".into(), labels.into());
     }
-    .to_string()
+    if !meta.ports.is_empty() {
+        let ports: Vec<_> = meta
+            .ports
+            .iter()
+            .map(|(name, p)| {
+                json!({"name": name, "port": p.port, "protocol": p.protocol.name().to_uppercase()})
+            })
+            .collect();
+        cni.insert("ports".into(), ports.into());
+    }
+    if !cni.is_empty() {
+        conf["args"] = json!({ "cni": cni });
+    }
+    conf.to_string()
 }
 
 /// The interface of a container's `i`-th network (0-based): eth0, eth1, ...
@@ -141,13 +165,47 @@ mod tests {
         let s = Path::new("/s.sock");
         let v = |t: String| serde_json::from_str::<serde_json::Value>(&t).unwrap();
         assert_eq!(
-            v(cni_conf(s, "default")),
+            v(cni_conf(s, "default", &ContainerMeta::default())),
             json!({"cniVersion": "1.1.0", "name": "muslin", "type": "muslin", "socket": "/s.sock"})
         );
         assert_eq!(
-            v(cni_conf(s, "red")),
+            v(cni_conf(s, "red", &ContainerMeta::default())),
             json!({"cniVersion": "1.1.0", "name": "red", "type": "muslin", "socket": "/s.sock", "network": "red"})
         );
+        // Labels and named ports go where the plugin reads them.
+        let meta = ContainerMeta {
+            labels: [("app", "web"), ("tier", "")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            namespace: Some("shop".into()),
+            ports: [
+                ("dns", muslin_model::policy::Protocol::Udp, 53),
+                ("http", muslin_model::policy::Protocol::Tcp, 8080),
+            ]
+            .into_iter()
+            .map(|(n, protocol, port)| {
+                (
+                    n.to_string(),
+                    muslin_model::policy::NamedPort { protocol, port },
+                )
+            })
+            .collect(),
+        };
+        let text = cni_conf(s, "red", &meta);
+        assert_eq!(
+            v(text.clone())["args"],
+            json!({"cni": {
+                "labels": [{"key": "app", "value": "web"}, {"key": "tier", "value": ""}],
+                "ports": [
+                    {"name": "dns", "port": 53, "protocol": "UDP"},
+                    {"name": "http", "port": 8080, "protocol": "TCP"},
+                ],
+            }})
+        );
+        let (conf, _) = muslin_model::cni::NetConf::parse(text.as_bytes()).unwrap();
+        assert_eq!(conf.labels().unwrap(), meta.labels);
+        assert_eq!(conf.ports().unwrap(), meta.ports);
         assert_eq!(ifname(0), "eth0");
         assert_eq!(ifname(2), "eth2");
     }

@@ -12,10 +12,15 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::build;
+use std::collections::BTreeMap;
+
+use muslin_model::api::{Request, Response};
+
 use crate::check::{self, Endpoint, Matrix, Member};
 use crate::names::invalid_name;
 use crate::networks;
 use crate::plan::{resolve, LabPlan, NodePlan};
+use crate::policies::{self, PolicySet};
 use crate::probe::{Proto, DEFAULT_PORT};
 use crate::registry::{self, Attachment, ContainerRecord, LabRecord, Locked};
 use crate::sys;
@@ -198,6 +203,7 @@ fn build_all(
     let agents_started = Instant::now();
     start_agents(ctx, &plan, &hosts, &o.backend, &endpoints)?;
     create_networks(ctx, &plan, &hosts)?;
+    apply_policies(ctx, &plan, &hosts)?;
 
     let wanted: Vec<(String, String)> = hosts
         .iter()
@@ -219,10 +225,12 @@ fn build_all(
         matrix: None,
     };
     if o.converge_timeout > 0 && !rec.containers.is_empty() {
-        ctx.say(if plan.networks.is_empty() {
+        ctx.say(if plan.networks.is_empty() && plan.policy_file.is_none() {
             "[4/4] check: waiting until every container reaches every container and host"
-        } else {
+        } else if plan.policy_file.is_none() {
             "[4/4] check: waiting until every container reaches every container of its networks (and hosts, on the default network), and no other"
+        } else {
+            "[4/4] check: waiting until every container reaches what the policies allow in its networks (and hosts, on the default network), and nothing else"
         });
         let deadline = Duration::from_secs(o.converge_timeout);
         loop {
@@ -230,7 +238,7 @@ fn build_all(
                 rec,
                 &[Proto::Tcp, Proto::Udp, Proto::Icmp],
                 Duration::from_millis(400),
-            );
+            )?;
             let done = m.ok();
             report.matrix = Some(m);
             if done {
@@ -431,7 +439,8 @@ fn start_agents(
     Ok(())
 }
 
-/// How long every agent has to learn a network created on another host.
+/// How long every agent has to learn a network or policy created on
+/// another host.
 const NETWORK_SPREAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Creates the plan's networks once, on the first host, then waits until
@@ -489,6 +498,88 @@ fn create_networks(ctx: &Ctx, plan: &LabPlan, hosts: &[&NodePlan]) -> Result<(),
                     host: h.name.clone(),
                     reason: format!(
                         "networks created on {} did not reach it within {} s: {why}",
+                        first.name,
+                        NETWORK_SPREAD_TIMEOUT.as_secs()
+                    ),
+                    log: tail(&registry::log_file(&plan.name, &h.name), 15),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}
+
+/// Sets the topology's namespace labels and applies its policies on the
+/// first host, as an operator would with `muslin label` and `muslin policy
+/// apply`, before any container is attached, so containers start out
+/// isolated as the policies say; then waits until every agent lists the
+/// policies.
+fn apply_policies(ctx: &Ctx, plan: &LabPlan, hosts: &[&NodePlan]) -> Result<(), LabError> {
+    let Some(first) = hosts.first() else {
+        return Ok(());
+    };
+    if plan.policy_file.is_none() && plan.namespaces.is_empty() {
+        return Ok(());
+    }
+    let bin = ctx.bin.display().to_string();
+    let socket = registry::socket(&plan.name, &first.name);
+    let run = |rest: Vec<String>| -> Result<String, LabError> {
+        let mut args = vec![bin.as_str()];
+        args.extend(rest.iter().map(String::as_str));
+        sys::in_ns(&first.ns, &args)
+    };
+    for (ns, labels) in &plan.namespaces {
+        if let Some(a) = policies::label_namespace_args(ns, labels, &socket) {
+            run(a)?;
+        }
+    }
+    let Some(text) = &plan.policy_file else {
+        return Ok(());
+    };
+    let file = registry::lab_dir(&plan.name).join("policies.toml");
+    std::fs::write(&file, text).map_err(LabError::io(format!("writing {}", file.display())))?;
+    let keys: Vec<String> =
+        muslin_model::policy::parse_document(text, muslin_model::policy::Format::Toml)
+            .map_err(|e| LabError::Usage(format!("{}: {e}", file.display())))?
+            .iter()
+            .map(|p| p.key())
+            .collect();
+    ctx.say(&format!(
+        "[2/4] policies: applying {} on {}, waiting until all {} agents list them",
+        keys.join(", "),
+        first.name,
+        hosts.len()
+    ));
+    run(policies::apply_args(&file, &socket))?;
+    let deadline = Instant::now() + NETWORK_SPREAD_TIMEOUT;
+    for h in hosts {
+        loop {
+            let listed = match ask(&plan.name, &h.name, &Request::PolicyList) {
+                Ok(Response::Policies { policies }) => Ok(policies),
+                Ok(other) => Err(format!("unexpected reply {other:?}")),
+                Err(e) => Err(e),
+            };
+            let missing: Vec<&str> = match &listed {
+                Ok(l) => keys
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|k| !l.iter().any(|p| p.key == *k))
+                    .collect(),
+                Err(_) => keys.iter().map(String::as_str).collect(),
+            };
+            if missing.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let why = match listed {
+                    Ok(_) => format!("it does not list {}", missing.join(", ")),
+                    Err(e) => format!("listing its policies failed: {e}"),
+                };
+                return Err(LabError::AgentFailed {
+                    host: h.name.clone(),
+                    reason: format!(
+                        "policies applied on {} did not reach it within {} s: {why}",
                         first.name,
                         NETWORK_SPREAD_TIMEOUT.as_secs()
                     ),
@@ -619,7 +710,7 @@ fn cni(
             "CNI_ARGS",
             format!(
                 "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={c}",
-                host.name
+                host.namespace_of(c)
             ),
         )
         .stdin(Stdio::piped())
@@ -627,7 +718,11 @@ fn cni(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("running the plugin: {e}"))?;
-    let conf = networks::cni_conf(&registry::socket(&plan.name, &host.name), network);
+    let conf = networks::cni_conf(
+        &registry::socket(&plan.name, &host.name),
+        network,
+        &host.meta_of(c),
+    );
     child
         .stdin
         .take()
@@ -853,18 +948,106 @@ fn resolve_target(rec: &LabRecord, target: &str) -> Result<String, LabError> {
     }
 }
 
-fn matrix(rec: &LabRecord, protos: &[Proto], timeout: Duration) -> Matrix {
+/// Labels of attachments by (container id, interface), as their agents
+/// hold them now.
+type LiveLabels = BTreeMap<(String, String), BTreeMap<String, String>>;
+
+/// An agent's answer to `req`, or why there is none.
+fn ask(lab: &str, host: &str, req: &Request) -> Result<Response, String> {
+    match muslin_cni::call(&registry::socket(lab, host), req) {
+        Ok(Response::Error(e)) => Err(e.msg),
+        Ok(r) => Ok(r),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The policies in force and the labels endpoints carry, read from the
+/// agents rather than the topology: operators change both with `muslin
+/// policy` and `muslin label` after `up`. Policies are cluster objects, so
+/// the first agent that answers has them all; labels are each host's.
+fn live_policies(rec: &LabRecord) -> Result<(PolicySet, LiveLabels), LabError> {
+    let lab = &rec.plan.name;
+    let mut policies = None;
+    let mut last_error = String::from("no host runs an agent");
+    for h in rec.agent_hosts() {
+        match ask(lab, &h.name, &Request::PolicyList) {
+            Ok(Response::Policies { policies: p }) => {
+                policies = Some(p.into_iter().map(|s| s.policy).collect::<Vec<_>>());
+                break;
+            }
+            Ok(other) => last_error = format!("{}: unexpected reply {other:?}", h.name),
+            Err(e) => last_error = format!("{}: {e}", h.name),
+        }
+    }
+    let policies = match policies {
+        Some(p) => p,
+        // Without policies of its own, a lab whose agents cannot say is
+        // checked as one without policies, as before them.
+        None if rec.plan.policy_file.is_none() => vec![],
+        None => {
+            return Err(LabError::Command {
+                cmd: "policy list".into(),
+                stderr: format!("no agent listed the policies in force: {last_error}"),
+            })
+        }
+    };
+    let set = PolicySet {
+        policies,
+        namespaces: rec.plan.namespaces.clone(),
+    };
+    let mut labels = LiveLabels::new();
+    if set.is_empty() {
+        return Ok((set, labels));
+    }
+    for h in rec.agent_hosts() {
+        // A host that does not answer keeps the topology's labels.
+        if let Ok(Response::Status(s)) = ask(lab, &h.name, &Request::Status) {
+            for e in s.endpoints {
+                labels.insert((e.key.container_id, e.key.ifname), e.labels);
+            }
+        }
+    }
+    Ok((set, labels))
+}
+
+fn matrix(rec: &LabRecord, protos: &[Proto], timeout: Duration) -> Result<Matrix, LabError> {
+    let (set, live) = live_policies(rec)?;
+    let lab = &rec.plan.name;
     let members: Vec<Member> = rec
         .containers
         .iter()
-        .map(|c| Member {
-            label: format!("{}/{}", c.host, c.name),
-            ns: c.ns.clone(),
-            addresses: c
-                .attachments()
-                .into_iter()
-                .filter_map(|a| Some((a.network, a.address?)))
-                .collect(),
+        .map(|c| {
+            let (meta, namespace) = rec
+                .plan
+                .nodes
+                .iter()
+                .find(|n| n.name == c.host)
+                .map(|n| (n.meta_of(&c.name), n.namespace_of(&c.name)))
+                .unwrap_or_else(|| (Default::default(), c.host.clone()));
+            let id = container_id(lab, &c.host, &c.name);
+            Member {
+                label: format!("{}/{}", c.host, c.name),
+                ns: c.ns.clone(),
+                addresses: c
+                    .attachments()
+                    .into_iter()
+                    .filter_map(|a| Some((a.network, a.address?)))
+                    .collect(),
+                host: c.host.clone(),
+                namespace,
+                labels: c
+                    .attachments()
+                    .into_iter()
+                    .map(|a| {
+                        let l = live
+                            .get(&(id.clone(), a.ifname))
+                            .cloned()
+                            .unwrap_or_else(|| meta.labels.clone());
+                        (a.network, l)
+                    })
+                    .collect(),
+                ports: meta.ports,
+            }
         })
         .filter(|m| !m.addresses.is_empty())
         .collect();
@@ -884,15 +1067,18 @@ fn matrix(rec: &LabRecord, protos: &[Proto], timeout: Duration) -> Matrix {
             .collect();
     // Hosts are targets on the default network only: whether they reach
     // another network depends on its `isolated-from-host` and on overlaps.
-    let plan = check::plan(&members, &hosts, &subnets);
-    check::run(plan, protos, DEFAULT_PORT, timeout)
+    let mut plan = check::plan(&members, &hosts, &subnets);
+    check::expect_policies(&mut plan, &members, &hosts, &set, protos, DEFAULT_PORT);
+    let mut m = check::run(plan, protos, DEFAULT_PORT, timeout);
+    m.policies = set.policies.iter().map(|p| p.key()).collect();
+    Ok(m)
 }
 
 /// `lab check`: the full matrix.
 pub fn check(name: Option<&str>, protos: &[Proto], timeout: Duration) -> Result<Matrix, LabError> {
     let lab = registry::pick(name)?;
     let rec = registry::lock(&lab)?.load()?;
-    Ok(matrix(&rec, protos, timeout))
+    matrix(&rec, protos, timeout)
 }
 
 #[derive(Debug, Serialize)]

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use muslin_model::policy::NamedPort;
 use serde::{Deserialize, Serialize};
 
 use crate::names::{container_ns, node_ns, switch_ns};
@@ -25,6 +26,12 @@ pub struct LabPlan {
     /// from before networks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<NetworkPlan>,
+    /// The topology's `[[policy]]` tables as the policy file `up` applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_file: Option<String>,
+    /// Labels of the topology's `[[namespace]]` tables, set at `up`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// A `[[network]]` table as `up` creates it.
@@ -74,6 +81,27 @@ pub struct NodePlan {
     /// attachment order (eth0, eth1, ...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub container_networks: BTreeMap<String, Vec<String>>,
+    /// What policies see of the containers that set any of it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub container_meta: BTreeMap<String, ContainerMeta>,
+}
+
+/// A container's labels, namespace and named ports, as the plugin is given
+/// them at ADD.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerMeta {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<String, NamedPort>,
+}
+
+impl ContainerMeta {
+    fn is_empty(&self) -> bool {
+        self == &ContainerMeta::default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +146,24 @@ impl NodePlan {
             .get(container)
             .cloned()
             .unwrap_or_else(|| vec![DEFAULT_NETWORK.to_string()])
+    }
+
+    /// A container's labels, namespace and named ports; none for
+    /// containers the plan does not list.
+    pub fn meta_of(&self, container: &str) -> ContainerMeta {
+        self.container_meta
+            .get(container)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// A container's namespace: the host's name unless the topology gives
+    /// one, so labs from before namespaces keep theirs.
+    pub fn namespace_of(&self, container: &str) -> String {
+        self.container_meta
+            .get(container)
+            .and_then(|m| m.namespace.clone())
+            .unwrap_or_else(|| self.name.clone())
     }
 }
 
@@ -264,6 +310,7 @@ pub fn resolve(
             containers: vec![],
             agent_args: vec![],
             container_networks: BTreeMap::new(),
+            container_meta: BTreeMap::new(),
         });
     }
     for h in &t.hosts {
@@ -286,6 +333,20 @@ pub fn resolve(
                 container_networks: containers
                     .into_iter()
                     .filter(|(_, nets)| nets != &[DEFAULT_NETWORK])
+                    .collect(),
+                container_meta: h
+                    .containers
+                    .specs()
+                    .iter()
+                    .map(|c| {
+                        let meta = ContainerMeta {
+                            labels: c.labels(),
+                            namespace: c.namespace.as_ref().map(|n| n.get_ref().clone()),
+                            ports: c.named_ports(),
+                        };
+                        (c.name.get_ref().clone(), meta)
+                    })
+                    .filter(|(_, m)| !m.is_empty())
                     .collect(),
             });
         }
@@ -378,6 +439,15 @@ pub fn resolve(
                 backend: n.backend.map(|b| b.as_str().to_string()),
                 vni: n.vni,
                 isolated_from_host: n.isolated_from_host,
+            })
+            .collect(),
+        policy_file: t.policy_file(),
+        namespaces: t
+            .namespaces
+            .iter()
+            .map(|n| {
+                let labels = n.labels.as_ref().map(|l| l.get_ref().clone());
+                (n.name.get_ref().clone(), labels.unwrap_or_default())
             })
             .collect(),
     })
@@ -526,6 +596,45 @@ segment = "a"
                 assert_eq!(h.networks_of("both"), ["red", "green"]);
             }
         }
+    }
+
+    #[test]
+    fn labels_namespaces_ports_and_policies_are_planned() {
+        let p = plan(
+            r#"[[namespace]]
+name = "shop"
+labels = { team = "a" }
+[[policy]]
+name = "web"
+namespace = "shop"
+podSelector = { matchLabels = { app = "web" } }
+[[segment]]
+name = "a"
+cidr = "10.0.0.0/24"
+[[host]]
+name = "h"
+count = 2
+containers = [{ name = "web", namespace = "shop", labels = { app = "web" }, ports = { http = 8080 } }, { name = "c2" }]
+[[host.nic]]
+segment = "a"
+"#,
+        );
+        for h in &p.nodes {
+            let web = h.meta_of("web");
+            assert_eq!(web.labels["app"], "web");
+            assert_eq!(web.ports["http"].port, 8080);
+            assert_eq!(h.namespace_of("web"), "shop");
+            // Without a namespace, a container is in its host's, as before.
+            assert_eq!(h.namespace_of("c2"), h.name);
+            assert_eq!(h.meta_of("c2"), ContainerMeta::default());
+            assert!(!h.container_meta.contains_key("c2"));
+        }
+        assert_eq!(p.namespaces["shop"]["team"], "a");
+        assert!(p.policy_file.as_deref().unwrap().contains("[[policy]]"));
+        // A plan without any of it records none of it.
+        let v = serde_json::to_value(plan(&Topology::default_text(1))).unwrap();
+        assert!(v.get("policy_file").is_none() && v.get("namespaces").is_none());
+        assert!(v["nodes"][0].get("container_meta").is_none());
     }
 
     #[test]

@@ -12,6 +12,8 @@ use serde::de::{self, Deserializer, SeqAccess, Unexpected, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
+use muslin_model::policy::{self, NamedPort, Protocol};
+
 use crate::names::invalid_name;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -37,6 +39,21 @@ pub struct Topology {
     /// Agent settings for every host (`key = value` becomes `--key value`).
     #[serde(default)]
     pub agent: BTreeMap<String, toml::Value>,
+    /// Policies `up` applies: the tables of a TOML policy file, kept as
+    /// written so the file `up` hands to `muslin policy apply` is theirs.
+    #[serde(default, rename = "policy")]
+    pub policies: Vec<Spanned<toml::Table>>,
+    /// Namespace labels `up` sets, for policies' namespace selectors.
+    #[serde(default, rename = "namespace")]
+    pub namespaces: Vec<Namespace>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Namespace {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub labels: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 fn default_pod_cidr() -> IpNet {
@@ -138,9 +155,73 @@ pub struct ContainerSpec {
     /// when absent.
     #[serde(default)]
     pub networks: Option<Spanned<Vec<String>>>,
+    /// What policies select it by (`args.cni.labels` of each attachment).
+    #[serde(default)]
+    pub labels: Option<Spanned<BTreeMap<String, String>>>,
+    /// Its namespace (`K8S_POD_NAMESPACE`); the host's name when absent,
+    /// as in labs before policies.
+    #[serde(default)]
+    pub namespace: Option<Spanned<String>>,
+    /// Ports it names for policies (`args.cni.ports`): `http = 8080`,
+    /// `dns = "53/udp"`.
+    #[serde(default)]
+    pub ports: Option<Spanned<BTreeMap<String, toml::Value>>>,
+}
+
+impl ContainerSpec {
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        self.labels
+            .as_ref()
+            .map(|l| l.get_ref().clone())
+            .unwrap_or_default()
+    }
+
+    /// Its named ports; those that do not parse are left out (validation
+    /// refused them already).
+    pub fn named_ports(&self) -> BTreeMap<String, NamedPort> {
+        self.ports
+            .iter()
+            .flat_map(|p| p.get_ref())
+            .filter_map(|(k, v)| Some((k.clone(), port_value(v).ok()?)))
+            .collect()
+    }
+}
+
+/// A named port's value: a number (TCP), or `"PORT/PROTOCOL"`.
+pub fn port_value(v: &toml::Value) -> Result<NamedPort, String> {
+    let bad = || format!("{v}: a port 1-65535, or \"PORT/PROTOCOL\" such as \"53/udp\"");
+    let number = |n: i64| u16::try_from(n).ok().filter(|n| *n >= 1);
+    match v {
+        toml::Value::Integer(n) => number(*n)
+            .map(|port| NamedPort {
+                protocol: Protocol::Tcp,
+                port,
+            })
+            .ok_or_else(bad),
+        toml::Value::String(s) => {
+            let (port, proto) = s.split_once('/').unwrap_or((s, "tcp"));
+            let protocol = match proto.to_ascii_lowercase().as_str() {
+                "tcp" => Protocol::Tcp,
+                "udp" => Protocol::Udp,
+                "sctp" => Protocol::Sctp,
+                _ => return Err(bad()),
+            };
+            let port = port.parse().ok().and_then(number).ok_or_else(bad)?;
+            Ok(NamedPort { protocol, port })
+        }
+        _ => Err(bad()),
+    }
 }
 
 impl Containers {
+    /// The containers the list form describes; none for a count.
+    pub fn specs(&self) -> &[ContainerSpec] {
+        match self {
+            Containers::Count(_) => &[],
+            Containers::List(v) => v,
+        }
+    }
+
     /// Each container's name and networks, in attachment order.
     pub fn expand(&self) -> Vec<(String, Vec<String>)> {
         match self {
@@ -265,7 +346,12 @@ impl Topology {
     pub fn parse(text: &str) -> Result<Topology, TopologyError> {
         let de = toml::Deserializer::new(text);
         let t: Topology = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
+            // `Spanned` fields deserialize through a private wrapper that
+            // is no field of the file.
+            let path = e
+                .path()
+                .to_string()
+                .replace(".$__serde_spanned_private_value", "");
             let inner = e.into_inner();
             TopologyError {
                 line: inner.span().map(|s| line_of(text, s.start)),
@@ -334,6 +420,8 @@ segment = "cluster"
             ));
         }
         let networks = self.validate_networks(text)?;
+        self.validate_namespaces(text)?;
+        self.validate_policies(text, &networks)?;
         let mut segs = HashMap::new();
         for (i, s) in self.segments.iter().enumerate() {
             let field = format!("segment[{i}].name");
@@ -580,6 +668,113 @@ segment = "cluster"
         Ok(names)
     }
 
+    /// The `[[namespace]]` tables: distinct namespace names, valid labels.
+    fn validate_namespaces(&self, text: &str) -> Result<(), TopologyError> {
+        let err = |span: std::ops::Range<usize>, field: String, msg: String| TopologyError {
+            line: Some(line_of(text, span.start)),
+            field,
+            msg,
+        };
+        let mut seen = HashSet::new();
+        for (i, n) in self.namespaces.iter().enumerate() {
+            let name = n.name.get_ref();
+            if !policy::dns_label(name) {
+                return Err(err(
+                    n.name.span(),
+                    format!("namespace[{i}].name"),
+                    format!("{name:?}: lowercase letters, digits and '-', at most 63"),
+                ));
+            }
+            if !seen.insert(name) {
+                return Err(err(
+                    n.name.span(),
+                    format!("namespace[{i}].name"),
+                    format!("namespace {name:?} is defined twice"),
+                ));
+            }
+            let Some(labels) = &n.labels else { continue };
+            let why = if labels.get_ref().contains_key(policy::NAMESPACE_NAME_LABEL) {
+                // The agent sets it to the name whatever is asked: a
+                // different value here would only mislead.
+                Some(format!(
+                    "{} is every namespace's own name; it cannot be set",
+                    policy::NAMESPACE_NAME_LABEL
+                ))
+            } else {
+                labels_problem(labels.get_ref())
+            };
+            if let Some(why) = why {
+                return Err(err(
+                    labels.span(),
+                    format!("namespace[{i}].labels"),
+                    format!("namespace {name:?}: {why}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The `[[policy]]` tables, through the parser `muslin policy apply`
+    /// uses, so `up` never finds out after building the lab; and the
+    /// networks they name must be the topology's.
+    fn validate_policies(
+        &self,
+        text: &str,
+        networks: &HashSet<String>,
+    ) -> Result<(), TopologyError> {
+        let Some(file) = self.policy_file() else {
+            return Ok(());
+        };
+        let line = |i: usize| self.policies.get(i).map(|p| line_of(text, p.span().start));
+        let parsed = policy::parse_document(&file, policy::Format::Toml).map_err(|e| {
+            // "document N: FIELD" is the file's N-th table: the N-th here.
+            let (i, at) =
+                e.at.strip_prefix("document ")
+                    .and_then(|rest| {
+                        let (n, at) = rest.split_once(": ").unwrap_or((rest, ""));
+                        Some((n.parse::<usize>().ok()?.checked_sub(1)?, at))
+                    })
+                    .unwrap_or((0, e.at.as_str()));
+            let at = at.trim_matches('.');
+            TopologyError {
+                line: line(i),
+                field: if at.is_empty() {
+                    format!("policy[{i}]")
+                } else {
+                    format!("policy[{i}].{at}")
+                },
+                msg: e.message.clone(),
+            }
+        })?;
+        for (i, p) in parsed.iter().enumerate() {
+            if let Some(net) = &p.network {
+                if !networks.contains(net) {
+                    return Err(TopologyError {
+                        line: line(i),
+                        field: format!("policy[{i}].network"),
+                        msg: format!("no network named {net:?}"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The `[[policy]]` tables as a TOML policy file; `None` without any.
+    pub fn policy_file(&self) -> Option<String> {
+        if self.policies.is_empty() {
+            return None;
+        }
+        let tables: Vec<toml::Value> = self
+            .policies
+            .iter()
+            .map(|p| toml::Value::Table(p.get_ref().clone()))
+            .collect();
+        let mut doc = toml::Table::new();
+        doc.insert("policy".into(), toml::Value::Array(tables));
+        Some(toml::to_string(&doc).expect("a TOML table serializes"))
+    }
+
     /// A host's containers: valid, distinct names, and known networks, each
     /// at most once per container.
     fn validate_containers(
@@ -614,8 +809,48 @@ segment = "cluster"
                     ),
                 ));
             }
-            let Some(nets) = &c.networks else { continue };
             let on = || format!("container {name:?} on host {:?}", h.name.get_ref());
+            if let Some(labels) = &c.labels {
+                if let Some(why) = labels_problem(labels.get_ref()) {
+                    return Err(err(
+                        labels.span(),
+                        format!("{field}.labels"),
+                        format!("{}: {why}", on()),
+                    ));
+                }
+            }
+            if let Some(ns) = &c.namespace {
+                if !policy::dns_label(ns.get_ref()) {
+                    return Err(err(
+                        ns.span(),
+                        format!("{field}.namespace"),
+                        format!(
+                            "{}: {:?} is not a namespace name (lowercase letters, digits and '-', at most 63)",
+                            on(),
+                            ns.get_ref()
+                        ),
+                    ));
+                }
+            }
+            if let Some(ports) = &c.ports {
+                for (pname, v) in ports.get_ref() {
+                    if let Some(why) = policy::port_name_problem(pname) {
+                        return Err(err(
+                            ports.span(),
+                            format!("{field}.ports"),
+                            format!("{}: {why}", on()),
+                        ));
+                    }
+                    if let Err(why) = port_value(v) {
+                        return Err(err(
+                            ports.span(),
+                            format!("{field}.ports.{pname}"),
+                            format!("{}: {why}", on()),
+                        ));
+                    }
+                }
+            }
+            let Some(nets) = &c.networks else { continue };
             if nets.get_ref().is_empty() {
                 return Err(err(
                     nets.span(),
@@ -656,6 +891,25 @@ segment = "cluster"
             None => vec![h.name.get_ref().clone()],
         }
     }
+}
+
+/// What is wrong with a label set, as the plugin would refuse it at ADD.
+fn labels_problem(labels: &BTreeMap<String, String>) -> Option<String> {
+    use muslin_model::cni::{LABELS_MAX, LABELS_TOTAL_MAX};
+    if labels.len() > LABELS_MAX {
+        return Some(format!(
+            "{} labels; at most {LABELS_MAX} are accepted",
+            labels.len()
+        ));
+    }
+    if labels.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() > LABELS_TOTAL_MAX {
+        return Some(format!(
+            "more than {LABELS_TOTAL_MAX} bytes of keys and values"
+        ));
+    }
+    labels
+        .iter()
+        .find_map(|(k, v)| policy::label_key_problem(k).or_else(|| policy::label_value_problem(v)))
 }
 
 #[cfg(test)]
@@ -879,6 +1133,231 @@ mod tests {
             let text = with(RED_BLUE, containers);
             let e = Topology::parse(&text).unwrap_err();
             assert_eq!(e.line, Some(17), "{text}\n=> {e}");
+            assert!(e.to_string().contains(field), "{e} should name {field}");
+            assert!(e.to_string().contains(msg), "{e} should say {msg}");
+        }
+    }
+
+    const SHOP: &str = r#"[{ name = "web", namespace = "shop", labels = { app = "web", "example.com/tier" = "front" }, ports = { http = 8080, dns = "53/udp", probe = "7777/TCP" } }, { name = "plain" }]"#;
+
+    #[test]
+    fn container_labels_namespace_and_ports_parse() {
+        let t = Topology::parse(&with("", SHOP)).unwrap();
+        let Containers::List(list) = &t.hosts[0].containers else {
+            panic!("a list")
+        };
+        let web = &list[0];
+        assert_eq!(
+            web.labels(),
+            BTreeMap::from([
+                ("app".to_string(), "web".to_string()),
+                ("example.com/tier".to_string(), "front".to_string()),
+            ])
+        );
+        assert_eq!(web.namespace.as_ref().unwrap().get_ref(), "shop");
+        let np = |protocol, port| NamedPort { protocol, port };
+        assert_eq!(
+            web.named_ports(),
+            BTreeMap::from([
+                ("dns".to_string(), np(Protocol::Udp, 53)),
+                ("http".to_string(), np(Protocol::Tcp, 8080)),
+                ("probe".to_string(), np(Protocol::Tcp, 7777)),
+            ])
+        );
+        let plain = &list[1];
+        assert!(plain.labels().is_empty() && plain.named_ports().is_empty());
+        assert!(plain.namespace.is_none());
+        // Only the list form has them; the networks stay as they were.
+        assert_eq!(
+            t.hosts[0].containers.expand()[0],
+            ("web".to_string(), vec!["default".to_string()])
+        );
+    }
+
+    #[test]
+    fn container_label_namespace_and_port_errors_name_the_field() {
+        let cases = [
+            (
+                r#"[{ name = "c1" }, { name = "c2", labels = { "-app" = "web" } }]"#,
+                "host[0].containers[1].labels",
+                "label key \"-app\"",
+            ),
+            (
+                r#"[{ name = "c1", labels = { app = "a b" } }]"#,
+                "host[0].containers[0].labels",
+                "label value \"a b\"",
+            ),
+            (
+                r#"[{ name = "c1", labels = { app = 1 } }]"#,
+                "host[0].containers[0].labels.app",
+                "invalid type",
+            ),
+            (
+                r#"[{ name = "c1", namespace = "Shop" }]"#,
+                "host[0].containers[0].namespace",
+                "not a namespace name",
+            ),
+            (
+                r#"[{ name = "c1", namespace = "a.b" }]"#,
+                "host[0].containers[0].namespace",
+                "not a namespace name",
+            ),
+            (
+                r#"[{ name = "c1", ports = { HTTP = 80 } }]"#,
+                "host[0].containers[0].ports",
+                "a port name is",
+            ),
+            (
+                r#"[{ name = "c1", ports = { http = 0 } }]"#,
+                "host[0].containers[0].ports.http",
+                "a port 1-65535",
+            ),
+            (
+                r#"[{ name = "c1", ports = { dns = "53/icmp" } }]"#,
+                "host[0].containers[0].ports.dns",
+                "PORT/PROTOCOL",
+            ),
+            (
+                r#"[{ name = "c1", ports = { dns = "x/udp" } }]"#,
+                "host[0].containers[0].ports.dns",
+                "PORT/PROTOCOL",
+            ),
+            (
+                r#"[{ name = "c1", ports = { dns = true } }]"#,
+                "host[0].containers[0].ports.dns",
+                "PORT/PROTOCOL",
+            ),
+        ];
+        for (containers, field, msg) in cases {
+            let text = with("", containers);
+            let e = Topology::parse(&text).unwrap_err();
+            assert_eq!(e.line, Some(7), "{text}\n=> {e}");
+            assert!(e.to_string().contains(field), "{e} should name {field}");
+            assert!(e.to_string().contains(msg), "{e} should say {msg}");
+        }
+    }
+
+    const POLICIES: &str = r#"
+[[namespace]]
+name = "shop"
+labels = { team = "a" }
+
+[[namespace]]
+name = "other"
+
+[[policy]]
+name = "db"
+namespace = "shop"
+podSelector = { matchLabels = { app = "db" } }
+ingress = [{ from = [{ podSelector = { matchLabels = { app = "web" } } }], ports = [{ protocol = "TCP", port = 7777 }] }]
+
+[[policy]]
+name = "guard"
+action = "deny"
+order = 10
+podSelector = {}
+ingress = [{ from = [{ namespaceSelector = { matchLabels = { "kubernetes.io/metadata.name" = "other" } } }] }]
+"#;
+
+    #[test]
+    fn policies_and_namespaces_parse_and_make_a_policy_file() {
+        let t = Topology::parse(&with(POLICIES, "1")).unwrap();
+        assert_eq!(t.namespaces.len(), 2);
+        assert_eq!(t.namespaces[0].name.get_ref(), "shop");
+        assert_eq!(
+            t.namespaces[0].labels.as_ref().unwrap().get_ref(),
+            &BTreeMap::from([("team".to_string(), "a".to_string())])
+        );
+        assert!(t.namespaces[1].labels.is_none());
+        // The file `up` applies holds the same policies.
+        let file = t.policy_file().unwrap();
+        let p = policy::parse_document(&file, policy::Format::Toml).unwrap();
+        let keys: Vec<String> = p.iter().map(|p| p.key()).collect();
+        assert_eq!(keys, ["shop:db", "guard"]);
+        assert_eq!(p[1].action, policy::Action::Deny);
+        assert_eq!(p[1].order, Some(10));
+        assert!(Topology::parse(&with("", "1"))
+            .unwrap()
+            .policy_file()
+            .is_none());
+    }
+
+    #[test]
+    fn policy_and_namespace_errors_name_the_table_and_field() {
+        let pol = |body: &str| format!("[[policy]]\nname = \"p\"\npodSelector = {{}}\n{body}\n");
+        let cases = [
+            (
+                format!("{}{}", pol(""), pol("action = \"maybe\"")),
+                Some(5),
+                "policy[1].action",
+                "allow or deny",
+            ),
+            (
+                pol("ingress = [{ from = [{ podSelector = { matchLabels = { \"-x\" = \"y\" } } }] }]"),
+                Some(1),
+                "policy[0].ingress[0].from[0].podSelector.matchLabels",
+                "label key",
+            ),
+            (
+                pol("colour = 1"),
+                Some(1),
+                "policy[0]",
+                "unknown field `colour`",
+            ),
+            (
+                "[[policy]]\nname = \"p\"\n".to_string(),
+                Some(1),
+                "policy[0].podSelector",
+                "is required",
+            ),
+            (
+                format!("{}{}", pol(""), pol("")),
+                Some(5),
+                "policy[1].name",
+                "appears twice",
+            ),
+            (
+                pol("network = \"red\""),
+                Some(1),
+                "policy[0].network",
+                "no network named \"red\"",
+            ),
+            (
+                "[[namespace]]\nname = \"Shop\"\n".to_string(),
+                Some(2),
+                "namespace[0].name",
+                "lowercase",
+            ),
+            (
+                "[[namespace]]\nname = \"a\"\n[[namespace]]\nname = \"a\"\n".to_string(),
+                Some(4),
+                "namespace[1].name",
+                "defined twice",
+            ),
+            (
+                "[[namespace]]\nname = \"a\"\nlabels = { \"x y\" = \"1\" }\n".to_string(),
+                Some(3),
+                "namespace[0].labels",
+                "label key \"x y\"",
+            ),
+            (
+                "[[namespace]]\nname = \"a\"\nlabels = { \"kubernetes.io/metadata.name\" = \"b\" }\n"
+                    .to_string(),
+                Some(3),
+                "namespace[0].labels",
+                "cannot be set",
+            ),
+            (
+                "[[namespace]]\nname = \"a\"\nteam = \"b\"\n".to_string(),
+                Some(3),
+                "namespace[0]",
+                "unknown field",
+            ),
+        ];
+        for (head, line, field, msg) in cases {
+            let text = with(&head, "1");
+            let e = Topology::parse(&text).unwrap_err();
+            assert_eq!(e.line, line, "{text}\n=> {e}");
             assert!(e.to_string().contains(field), "{e} should name {field}");
             assert!(e.to_string().contains(msg), "{e} should say {msg}");
         }
