@@ -101,7 +101,7 @@ impl Cluster {
     fn up(datastore: &str) -> Cluster {
         let lab = Lab::on(datastore);
         let (dir, topo) = file(TOPOLOGY);
-        lab.up(&[&topo, "--converge-timeout", "60"]);
+        lab.up(&["-f", &topo, "--converge-timeout", "60"]);
         let mut servers = Servers(vec![]);
         let mut addrs = vec![];
         let st = lab.status();
@@ -230,7 +230,11 @@ impl Cluster {
         }
     }
 
-    fn mismatches(&self, combos: &[Combo], allowed: &impl Fn(&str, &str, Combo) -> bool) -> Vec<String> {
+    fn mismatches(
+        &self,
+        combos: &[Combo],
+        allowed: &impl Fn(&str, &str, Combo) -> bool,
+    ) -> Vec<String> {
         let mut jobs = vec![];
         for (i, from) in PODS.iter().enumerate() {
             for (j, to) in PODS.iter().enumerate() {
@@ -269,8 +273,21 @@ impl Cluster {
     fn reaches(&self, from: usize, to: usize, (proto, port): Combo) -> bool {
         let (host, c, _, _) = PODS[from];
         Command::new("ip")
-            .args(["netns", "exec", &ns(&self.lab, host, c), BIN, "probe", "check"])
-            .args([&self.addrs[to], "--port", &port.to_string(), "--proto", proto])
+            .args([
+                "netns",
+                "exec",
+                &ns(&self.lab, host, c),
+                BIN,
+                "probe",
+                "check",
+            ])
+            .args([
+                &self.addrs[to],
+                "--port",
+                &port.to_string(),
+                "--proto",
+                proto,
+            ])
             .args(["--timeout-ms", "700"])
             .output()
             .unwrap()
@@ -302,7 +319,8 @@ fn connect_from(netns: &str, to: SocketAddr) -> TcpStream {
 }
 
 fn echo(s: &mut TcpStream) -> bool {
-    s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
     if s.write_all(b"MSLQ0000000000000001\n").is_err() {
         return false;
     }
@@ -401,21 +419,36 @@ fn suite(datastore: &str) {
     k.expect("after the update", &[TCP80], |from, to, _| {
         to != "xa" || from == "xc"
     });
-    assert_eq!(k.keys(), vec!["x:allow-b".to_string()], "an update, not a second policy");
+    assert_eq!(
+        k.keys(),
+        vec!["x:allow-b".to_string()],
+        "an update, not a second policy"
+    );
     k.only("");
     k.expect("after the delete", &[TCP80], |_, _, _| true);
 
     // An ordered cluster-wide deny beats an allow, and protects pods no
     // allow policy isolates.
     k.only("name: allow-all-to-xa\nnamespace: x\npodSelector: {matchLabels: {pod: a}}\ningress: [{}]\n---\nname: no-c\naction: deny\norder: 10\npodSelector: {}\ningress:\n- from: [{podSelector: {matchLabels: {pod: c}}}]\n");
-    k.expect("ordered deny beats an allow", &both, |from, _, _| from != "xc");
+    k.expect("ordered deny beats an allow", &both, |from, _, _| {
+        from != "xc"
+    });
     let listed = k.cli("h1", &["policy", "show", "no-c"]);
-    assert!(listed.0 && listed.1.contains("deny (order 10)"), "{}", listed.1);
+    assert!(
+        listed.0 && listed.1.contains("deny (order 10)"),
+        "{}",
+        listed.1
+    );
     // Deny drops are counted where they happen (x/a is on h1).
     let (ok, out) = k.cli("h1", &["policy", "list", "--json"]);
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let no_c = v.as_array().unwrap().iter().find(|p| p["key"] == "no-c").unwrap();
+    let no_c = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["key"] == "no-c")
+        .unwrap();
     assert!(no_c["denied_here"].as_u64().unwrap() > 0, "{no_c}");
 
     // Established before a policy: it keeps flowing; a new one is refused.
@@ -425,8 +458,13 @@ fn suite(datastore: &str) {
     let mut held = connect_from(&ns(&k.lab, "h2", "xb"), to);
     assert!(echo(&mut held));
     k.only("name: deny-ingress\nnamespace: x\npodSelector: {}\npolicyTypes: [Ingress]\n");
-    k.expect("deny all ingress in x, again", &[TCP80], |_, to, _| ns_of(to) != "x");
-    assert!(echo(&mut held), "the connection established before the policy goes on");
+    k.expect("deny all ingress in x, again", &[TCP80], |_, to, _| {
+        ns_of(to) != "x"
+    });
+    assert!(
+        echo(&mut held),
+        "the connection established before the policy goes on"
+    );
     assert!(same_ns("xa", "xb"));
     k.only("");
 }
