@@ -37,9 +37,8 @@ fn topology_networks() -> String {
     )
 }
 const U1: &str = "192.168.60.11";
-const POLICY_ENDPOINTS: usize = 1000;
 pub const VXLAN: &str = "Muslin vxlan";
-pub const POLICED: &str = "Muslin vxlan, 100 policies over 1,000 endpoints";
+pub const POLICED: &str = "Muslin vxlan, policed (see the policy stage)";
 const U2: &str = "192.168.60.12";
 
 pub struct Path {
@@ -264,7 +263,14 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
     }
     // 1,000 endpoints in the cluster (the lab's four and the rest in
     // groups), 100 policies over the measured pair.
-    crate::policy::set_up(&o.bin, "mbp", &["h1", "h2"], POLICY_ENDPOINTS - 4, 100).map_err(&f)?;
+    crate::policy::set_up(
+        &o.bin,
+        "mbp",
+        &["h1", "h2"],
+        plan.policy_endpoints - 4,
+        plan.policies,
+    )
+    .map_err(&f)?;
     paths.push(Path {
         name: UNDERLAY,
         from: "mbr-h1".into(),
@@ -385,7 +391,10 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
     {
         report.add(
             "policy",
-            "vxlan, 100 policies, 1,000 endpoints (vs no policy)",
+            &format!(
+                "vxlan, {} policies, {} endpoints (vs no policy)",
+                plan.policies, plan.policy_endpoints
+            ),
             metric,
             unit,
             &policed[k],

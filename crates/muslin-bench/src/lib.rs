@@ -57,6 +57,9 @@ pub(crate) struct Plan {
     pub concurrent_attachments: usize,
     pub scale_hosts: usize,
     pub scale_attachments: usize,
+    /// Endpoints in the policed lab, and policies over its measured pair.
+    pub policy_endpoints: usize,
+    pub policies: usize,
     /// How long probe traffic and kernel writes of an idle cluster are
     /// counted (a path MTU confirmation falls every 30 s per peer).
     pub probe_window: std::time::Duration,
@@ -74,6 +77,8 @@ impl Plan {
                 concurrent_attachments: 16,
                 scale_hosts: 5,
                 scale_attachments: 10,
+                policy_endpoints: 100,
+                policies: 10,
                 probe_window: std::time::Duration::from_secs(10),
             }
         } else {
@@ -86,6 +91,8 @@ impl Plan {
                 concurrent_attachments: 200,
                 scale_hosts: 20,
                 scale_attachments: 50,
+                policy_endpoints: 1000,
+                policies: 100,
                 probe_window: std::time::Duration::from_secs(60),
             }
         }
