@@ -217,6 +217,111 @@ impl Policy {
         }
     }
 
+    /// What is wrong with a policy that did not come through the parser (a
+    /// record from the cluster store, written by another agent): the
+    /// parser's rules checked again, so a record no agent would write is
+    /// never compiled (one nft refuses would stop every later change).
+    pub fn problem(&self) -> Option<String> {
+        use parse::{MAX_EXCEPT, MAX_PEERS, MAX_PORTS, MAX_RULES, MAX_SELECTOR_TERMS};
+        let key = self.key();
+        let bad = |what: String| Some(format!("policy {key}: {what}"));
+        if !dns_subdomain(&self.name) || self.name.len() > 253 {
+            return bad("bad name".into());
+        }
+        if self.namespace.as_deref().is_some_and(|n| !dns_label(n)) {
+            return bad("bad namespace".into());
+        }
+        if self
+            .network
+            .as_deref()
+            .is_some_and(|n| !crate::cluster::valid_network_id(n))
+        {
+            return bad("bad network".into());
+        }
+        if self.order.is_some() && self.action == Action::Allow {
+            return bad("an allow policy with an order".into());
+        }
+        let mut types = self.types.clone();
+        types.dedup();
+        if types.is_empty() || types.len() != self.types.len() {
+            return bad("bad policyTypes".into());
+        }
+        let selector = |s: &Selector| -> Option<String> {
+            if s.match_labels.len() + s.match_expressions.len() > MAX_SELECTOR_TERMS {
+                return Some("a selector with too many terms".into());
+            }
+            for (k, v) in &s.match_labels {
+                if let Some(p) = label_key_problem(k).or_else(|| label_value_problem(v)) {
+                    return Some(p);
+                }
+            }
+            for e in &s.match_expressions {
+                if let Some(p) = label_key_problem(&e.key) {
+                    return Some(p);
+                }
+                let needs = matches!(e.operator, Operator::In | Operator::NotIn);
+                if needs == e.values.is_empty() {
+                    return Some(format!("expression on {} with bad values", e.key));
+                }
+                if let Some(p) = e.values.iter().find_map(|v| label_value_problem(v)) {
+                    return Some(p);
+                }
+            }
+            None
+        };
+        if let Some(p) = selector(&self.selector) {
+            return bad(p);
+        }
+        for d in [Direction::Ingress, Direction::Egress] {
+            let rules = self.rules(d);
+            if rules.len() > MAX_RULES || (!self.applies(d) && !rules.is_empty()) {
+                return bad(format!("bad {} rules", d.name()));
+            }
+            for r in rules {
+                if let Some(peers) = &r.peers {
+                    if peers.is_empty() || peers.len() > MAX_PEERS {
+                        return bad("a rule with a bad peer list".into());
+                    }
+                    for p in peers {
+                        let problem = match p {
+                            Peer::Endpoints { pods, namespaces } => {
+                                if pods.is_none() && namespaces.is_none() {
+                                    Some("a peer naming nobody".into())
+                                } else {
+                                    pods.iter().chain(namespaces).find_map(selector)
+                                }
+                            }
+                            Peer::Block { cidr, except } => (except.len() > MAX_EXCEPT
+                                || cidr.trunc() != *cidr
+                                || except.iter().any(|e| {
+                                    !cidr.contains(e) || e.prefix_len() <= cidr.prefix_len()
+                                }))
+                            .then(|| format!("bad block {cidr}")),
+                        };
+                        if let Some(p) = problem {
+                            return bad(p);
+                        }
+                    }
+                }
+                if r.ports.len() > MAX_PORTS {
+                    return bad("too many ports".into());
+                }
+                for p in &r.ports {
+                    let problem = match &p.port {
+                        None => None,
+                        Some(Port::Range { first, last }) => (*first == 0 || first > last)
+                            .then(|| format!("bad port range {first}-{last}")),
+                        Some(Port::Named(n)) => port_name_problem(n),
+                    };
+                    if let Some(p) = problem {
+                        return bad(p);
+                    }
+                }
+            }
+        }
+        None
+    }
+
     /// Named ports the rules use, for a check that endpoints define them.
     pub fn named_ports(&self) -> impl Iterator<Item = &str> {
         self.ingress

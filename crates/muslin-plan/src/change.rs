@@ -41,6 +41,13 @@ pub enum Change {
         key: String,
         value: String,
     },
+    /// Forgets the tracked connections an endpoint opened (`from`) or was
+    /// opened to (not `from`), so a changed policy judges their next
+    /// packet as it judges a new connection.
+    ForgetConnections {
+        addr: std::net::IpAddr,
+        from: bool,
+    },
 }
 
 /// A change and the namespace it applies in.
@@ -63,7 +70,10 @@ impl Step {
     pub fn is_netlink(&self) -> bool {
         !matches!(
             self.change,
-            Change::Nft(_) | Change::Firewall(_) | Change::Sysctl { .. }
+            Change::Nft(_)
+                | Change::Firewall(_)
+                | Change::Sysctl { .. }
+                | Change::ForgetConnections { .. }
         )
     }
 }
@@ -108,6 +118,11 @@ impl fmt::Display for Change {
             Change::Nft(c) => write!(f, "nft {c}"),
             Change::Firewall(a) => write!(f, "firewall {a:?}"),
             Change::Sysctl { key, value } => write!(f, "sysctl {key}={value}"),
+            Change::ForgetConnections { addr, from } => write!(
+                f,
+                "conntrack -D {} {addr}",
+                if *from { "--orig-src" } else { "--orig-dst" }
+            ),
         }
     }
 }

@@ -63,6 +63,10 @@ pub struct PolicyTable {
     /// endpoint's (by its host interface), for `status`.
     pub policy_counters: BTreeMap<String, String>,
     pub isolation_counters: BTreeMap<String, String>,
+    /// The endpoints (host interfaces) each policy protects here.
+    pub protects: BTreeMap<String, BTreeSet<String>>,
+    /// Addresses of each protected endpoint, by host interface.
+    pub addresses: BTreeMap<String, Vec<std::net::Ipv4Addr>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,6 +219,10 @@ pub fn compile(inputs: &Inputs<'_>) -> PolicyTable {
             let mut rules = Vec::new();
             let mut isolated = false;
             for p in &ps {
+                t.protects
+                    .entry(p.key())
+                    .or_default()
+                    .insert(ifname.clone());
                 let counter = match p.action {
                     Action::Deny => {
                         let c = policy_counter(p);
@@ -233,11 +241,50 @@ pub fn compile(inputs: &Inputs<'_>) -> PolicyTable {
                             "peers_{}",
                             short_hash(&[&p.key(), d.name(), &ri.to_string(), &ep.network])
                         );
-                        let spans = peer_spans(p, peers, ep, inputs.endpoints, &ns_labels);
-                        t.sets.insert(name.clone(), spans);
+                        // One set per rule and network, however many local
+                        // endpoints the policy protects.
+                        if !t.sets.contains_key(&name) {
+                            let spans = peer_spans(p, peers, ep, inputs.endpoints, &ns_labels);
+                            t.sets.insert(name.clone(), spans);
+                        }
                         name
                     });
-                    for (protocol, ports) in port_matches(r, ep, d, p, inputs, &ns_labels) {
+                    if d == Direction::Egress {
+                        for ((protocol, port), spans) in egress_named(r, ep, p, inputs, &ns_labels)
+                        {
+                            let name = format!(
+                                "peers_{}",
+                                short_hash(&[
+                                    &p.key(),
+                                    d.name(),
+                                    &ri.to_string(),
+                                    &ep.network,
+                                    protocol.name(),
+                                    &port.to_string()
+                                ])
+                            );
+                            t.sets.insert(
+                                name.clone(),
+                                policy::normalize(spans).into_iter().collect(),
+                            );
+                            let readable = format!(
+                                "{} {} egress #{ri} {} {port} named",
+                                p.key(),
+                                if counter.is_some() { "deny" } else { "allow" },
+                                protocol.name()
+                            );
+                            let all = format!("{readable} {name} {counter:?} {}", ep.network);
+                            rules.push(PolicyRule {
+                                tag: tag(&readable, &all),
+                                dir: d,
+                                set: Some(name),
+                                protocol: Some(protocol),
+                                ports: vec![(u32::from(port), u32::from(port))],
+                                drop: counter.clone(),
+                            });
+                        }
+                    }
+                    for (protocol, ports) in port_matches(r, ep, d) {
                         let readable = format!(
                             "{} {} {} #{ri}{}",
                             p.key(),
@@ -280,6 +327,12 @@ pub fn compile(inputs: &Inputs<'_>) -> PolicyTable {
             }
             let chain = chain_name(d, &ifname);
             t.chains.insert(chain.clone(), rules);
+            t.addresses.insert(
+                ifname.clone(),
+                policy::v4_addresses(&ep.addresses)
+                    .map(std::net::Ipv4Addr::from)
+                    .collect(),
+            );
             match d {
                 Direction::Egress => t.egress.insert(ifname.clone(), chain),
                 Direction::Ingress => t.ingress.insert(ifname.clone(), chain),
@@ -313,18 +366,63 @@ fn peer_spans(
     policy::normalize(spans).into_iter().collect()
 }
 
+/// The named ports of an egress rule: for each protocol and number some
+/// peer gives one of the names, the peers that give it that number. Each
+/// becomes a rule of its own (those peers, that port), so a peer is
+/// reached only on its own number, as in Kubernetes.
+fn egress_named(
+    r: &policy::Rule,
+    ep: &EndpointRecord,
+    p: &Policy,
+    inputs: &Inputs<'_>,
+    ns_labels: &dyn Fn(&str) -> BTreeMap<String, String>,
+) -> BTreeMap<(Protocol, u16), Vec<Span>> {
+    let mut out: BTreeMap<(Protocol, u16), Vec<Span>> = BTreeMap::new();
+    let names: Vec<(&str, Protocol)> = r
+        .ports
+        .iter()
+        .filter_map(|pr| match &pr.port {
+            Some(Port::Named(n)) => Some((n.as_str(), pr.protocol)),
+            _ => None,
+        })
+        .collect();
+    if names.is_empty() {
+        return out;
+    }
+    for o in inputs.endpoints.iter().filter(|o| o.network == ep.network) {
+        let addrs: Vec<u32> = policy::v4_addresses(&o.addresses).collect();
+        let is_peer = match &r.peers {
+            None => true,
+            Some(peers) => peers.iter().any(|pe| match pe {
+                Peer::Block { cidr, except } => addrs.iter().any(|a| {
+                    let a = std::net::Ipv4Addr::from(*a);
+                    cidr.contains(&a) && !except.iter().any(|e| e.contains(&a))
+                }),
+                Peer::Endpoints { .. } => p.peer_has(pe, &Member::of(o), ns_labels),
+            }),
+        };
+        if !is_peer {
+            continue;
+        }
+        for (name, proto) in &names {
+            if let Some(np) = o.ports.get(*name).filter(|np| np.protocol == *proto) {
+                out.entry((*proto, np.port))
+                    .or_default()
+                    .extend(addrs.iter().map(|a| (*a, *a)));
+            }
+        }
+    }
+    out
+}
+
 /// The protocol and port matches of a rule: one per protocol it names
 /// (none: every protocol). A named port is the number the destination
-/// gives it: for ingress the endpoint itself, for egress any of the peers
-/// (so a name two peers give different numbers allows both towards each).
+/// gives it: for ingress the endpoint itself (egress: `egress_named`).
 /// A name nobody defines matches nothing, as in Kubernetes.
 fn port_matches(
     r: &policy::Rule,
     ep: &EndpointRecord,
     d: Direction,
-    p: &Policy,
-    inputs: &Inputs<'_>,
-    ns_labels: &dyn Fn(&str) -> BTreeMap<String, String>,
 ) -> Vec<(Option<Protocol>, Vec<Span>)> {
     if r.ports.is_empty() {
         return vec![(None, vec![])];
@@ -340,31 +438,13 @@ fn port_matches(
                     v.push((u32::from(*first), u32::from(*last)));
                 }
             }
+            // Egress: each destination's own number, in rules of their own
+            // (`egress_named`).
+            Some(Port::Named(_)) if d == Direction::Egress => {}
             Some(Port::Named(name)) => {
-                let mut numbers: BTreeSet<u16> = BTreeSet::new();
-                let mut add = |e: &EndpointRecord| {
-                    if let Some(np) = e.ports.get(name).filter(|np| np.protocol == pr.protocol) {
-                        numbers.insert(np.port);
-                    }
-                };
-                match d {
-                    Direction::Ingress => add(ep),
-                    Direction::Egress => {
-                        for o in inputs.endpoints.iter().filter(|o| o.network == ep.network) {
-                            let is_peer = match &r.peers {
-                                None => true,
-                                Some(peers) => peers
-                                    .iter()
-                                    .any(|pe| p.peer_has(pe, &Member::of(o), ns_labels)),
-                            };
-                            if is_peer {
-                                add(o);
-                            }
-                        }
-                    }
-                }
-                if let Some(v) = entry {
-                    v.extend(numbers.iter().map(|n| (u32::from(*n), u32::from(*n))));
+                let number = ep.ports.get(name).filter(|np| np.protocol == pr.protocol);
+                if let (Some(v), Some(np)) = (entry, number) {
+                    v.push((u32::from(np.port), u32::from(np.port)));
                 }
             }
         }
@@ -575,8 +655,10 @@ pub fn diff(observed: &PolicyObserved, want: &PolicyTable) -> Option<PolicyChang
     let tags = want.tags();
     let forward = want.forward();
     let mut o = Vec::new();
+    // The table as we build it starts with the established rule; without
+    // it (someone flushed the chain or the table) it is loaded again.
     let full = !observed.exists
-        || observed.rules.get(FORWARD).map(|t| &t[..1]) != Some(&tags[FORWARD][..1]);
+        || observed.rules.get(FORWARD).and_then(|t| t.first()) != tags[FORWARD].first();
     if full {
         o.push(cmd(NfCmd::Add(table())));
         o.push(cmd(NfCmd::Delete(table())));
@@ -701,6 +783,39 @@ pub fn diff(observed: &PolicyObserved, want: &PolicyTable) -> Option<PolicyChang
         summary: format!("{added} addresses added, {removed} removed, {replaced} chains replaced"),
         objects: o,
     })
+}
+
+/// The endpoints whose open connections a change makes a policy refuse
+/// that it allowed: their connections in that direction must be judged
+/// again (`true`: those the address opened; `false`: those opened to it).
+/// A newly protected endpoint, a replaced chain, an allow rule's peers
+/// that lost addresses or a deny rule's that gained some; a peer coming,
+/// or an agent restart finding its table as it left it, re-judges nothing.
+pub fn to_rejudge(observed: &PolicyObserved, want: &PolicyTable) -> Vec<(std::net::IpAddr, bool)> {
+    let mut out = Vec::new();
+    let tags = want.tags();
+    let empty = BTreeSet::new();
+    for (map, from) in [(&want.egress, true), (&want.ingress, false)] {
+        for (ifname, chain) in map {
+            let rules = &want.chains[chain];
+            let replaced = observed.rules.get(chain) != tags.get(chain);
+            let narrowed = rules.iter().any(|r| {
+                let Some(set) = &r.set else { return false };
+                let have = observed.sets.get(set).unwrap_or(&empty);
+                let will = &want.sets[set];
+                match r.drop {
+                    Some(_) => will.difference(have).next().is_some(),
+                    None => have.difference(will).next().is_some(),
+                }
+            });
+            if replaced || narrowed {
+                for a in want.addresses.get(ifname).into_iter().flatten() {
+                    out.push((std::net::IpAddr::V4(*a), from));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Reads `nft -j list table ip muslin_policy`.

@@ -112,7 +112,10 @@ pub fn simulate(world: &mut BTreeMap<Ns, HostState>, step: &Step) -> Result<(), 
             }
         }
         Change::DeleteFdb(e) => s.fdb.retain(|x| x != e),
-        Change::Nft(_) | Change::Firewall(_) | Change::Sysctl { .. } => {}
+        Change::Nft(_)
+        | Change::Firewall(_)
+        | Change::Sysctl { .. }
+        | Change::ForgetConnections { .. } => {}
     }
     Ok(())
 }

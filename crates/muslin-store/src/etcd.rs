@@ -794,6 +794,44 @@ impl ClusterStore for Etcd {
         Ok(())
     }
 
+    async fn put_objects(&self, recs: &[ObjectRecord]) -> Result<(), String> {
+        for r in recs {
+            object::check_put(r)?;
+        }
+        let keyed: Vec<(String, &ObjectRecord)> = recs
+            .iter()
+            .map(|r| (etcd_object_key(&self.cfg.prefix, &r.kind, &r.name), r))
+            .collect();
+        let ops: Vec<TxnOp> = keyed
+            .iter()
+            .map(|(k, r)| {
+                if r.deleted() {
+                    TxnOp::delete(k.as_str(), None)
+                } else {
+                    TxnOp::put(
+                        k.as_str(),
+                        serde_json::to_string(r).expect("record serializes"),
+                        None,
+                    )
+                }
+            })
+            .collect();
+        let mut c = self.client.clone();
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        c.txn(Txn::new().and_then(ops))
+            .await
+            .map_err(|e| format!("etcd: {e}"))?;
+        let mut cache = self.cache.write().expect("cache");
+        for (k, r) in keyed {
+            if r.deleted() {
+                cache.remove(&k);
+            } else {
+                cache.insert(k, serde_json::to_string(r).expect("serializes"));
+            }
+        }
+        Ok(())
+    }
+
     async fn sync_objects(&self, _known: &BTreeMap<ObjectKey, ObjectRecord>, _now_ms: u64) {}
 
     async fn view(&self) -> ClusterView {

@@ -249,6 +249,30 @@ impl ClusterStore for Gossip {
         self.sync_prefix(NETWORK_KEY_PREFIX, want).await;
     }
 
+    async fn put_objects(&self, recs: &[ObjectRecord]) -> Result<(), String> {
+        for r in recs {
+            object::check_put(r)?;
+        }
+        let kv: Vec<(String, String)> = recs
+            .iter()
+            .map(|r| {
+                (
+                    gossip_object_key(&r.kind, &r.name),
+                    serde_json::to_string(r).expect("record serializes"),
+                )
+            })
+            .collect();
+        self.handle
+            .with_chitchat(|c| {
+                let st = c.self_node_state();
+                for (k, v) in &kv {
+                    st.set(k.clone(), v.clone());
+                }
+            })
+            .await;
+        Ok(())
+    }
+
     async fn put_object(&self, rec: &ObjectRecord) -> Result<(), String> {
         object::check_put(rec)?;
         self.set(

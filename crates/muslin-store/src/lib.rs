@@ -59,6 +59,10 @@ pub trait ClusterStore: Send + Sync + 'static {
     /// `deleted_at_ms`); the last write wins. Refuses a record larger than
     /// `object::MAX_BODY_BYTES` on either store.
     fn put_object(&self, rec: &ObjectRecord) -> impl Future<Output = Result<(), String>> + Send;
+    /// Writes several records at once: all of them or, on an error, none
+    /// (one etcd transaction; one change of this node's gossip state).
+    fn put_objects(&self, recs: &[ObjectRecord])
+        -> impl Future<Output = Result<(), String>> + Send;
     /// Gossip makes this node's published objects exactly `known`, less
     /// deletions older than `object::TOMBSTONE_MS`, so an object outlives
     /// its writer. etcd keeps objects itself.
@@ -183,6 +187,12 @@ impl ClusterStore for AnyStore {
         match self {
             AnyStore::Gossip(s) => s.put_object(rec).await,
             AnyStore::Etcd(s) => s.put_object(rec).await,
+        }
+    }
+    async fn put_objects(&self, recs: &[ObjectRecord]) -> Result<(), String> {
+        match self {
+            AnyStore::Gossip(s) => s.put_objects(recs).await,
+            AnyStore::Etcd(s) => s.put_objects(recs).await,
         }
     }
     async fn sync_objects(&self, known: &BTreeMap<ObjectKey, ObjectRecord>, now_ms: u64) {

@@ -3,10 +3,10 @@
 //! on gossip and on etcd: who can and cannot connect, over TCP and UDP,
 //! across hosts and on one host, as each policy set says.
 //!
-//! Connections established before a policy change keep flowing until
-//! they end (conntrack accepts them before any policy is looked at, as in
-//! Calico and Cilium); the new policy decides every new connection. The
-//! last case tests exactly that.
+//! A connection established before a policy change goes on only if the
+//! new policy allows it: the host forgets the tracked connections of the
+//! endpoints whose rules narrowed, and judges their next packet as a new
+//! connection's. The last case tests exactly that.
 
 mod common;
 
@@ -348,6 +348,14 @@ fn suite(datastore: &str) {
     // Deny all ingress in namespace x.
     k.only("name: deny-ingress\nnamespace: x\npodSelector: {}\npolicyTypes: [Ingress]\n");
     k.expect("deny all ingress in x", &both, |_, to, _| ns_of(to) != "x");
+    // h1 shows what it protects (x/a) and what it dropped there.
+    let (ok, out) = k.cli("h1", &["policy", "list", "--json"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let p = &v[0];
+    assert_eq!(p["key"], "x:deny-ingress");
+    assert_eq!(p["protects_here"].as_array().unwrap().len(), 1, "{p}");
+    assert!(p["dropped_isolated_here"].as_u64().unwrap() > 0, "{p}");
 
     // Ingress to x/a from pods labelled pod=b, in x only.
     let from_b = "name: allow-b\nnamespace: x\npodSelector: {matchLabels: {pod: a}}\ningress:\n- from: [{podSelector: {matchLabels: {pod: b}}}]\n";
@@ -451,20 +459,28 @@ fn suite(datastore: &str) {
         .unwrap();
     assert!(no_c["denied_here"].as_u64().unwrap() > 0, "{no_c}");
 
-    // Established before a policy: it keeps flowing; a new one is refused.
+    // Established before a policy: it goes on while the new policy allows
+    // it, and stops when one refuses it.
     k.only("");
     k.expect("open again", &[TCP80], |_, _, _| true);
     let to = SocketAddr::new(k.addr("xa").parse().unwrap(), 7777);
     let mut held = connect_from(&ns(&k.lab, "h2", "xb"), to);
-    assert!(echo(&mut held));
+    let mut other = connect_from(&ns(&k.lab, "h2", "xc"), to);
+    assert!(echo(&mut held) && echo(&mut other));
+    k.only(from_b);
+    k.expect("x/a isolated, x/b allowed", &[TCP80], |from, to, _| {
+        to != "xa" || from == "xb"
+    });
+    assert!(
+        echo(&mut held),
+        "x/b's open connection is allowed by the new policy"
+    );
+    assert!(!echo(&mut other), "x/c's open connection is refused by it");
     k.only("name: deny-ingress\nnamespace: x\npodSelector: {}\npolicyTypes: [Ingress]\n");
     k.expect("deny all ingress in x, again", &[TCP80], |_, to, _| {
         ns_of(to) != "x"
     });
-    assert!(
-        echo(&mut held),
-        "the connection established before the policy goes on"
-    );
+    assert!(!echo(&mut held), "x/b's open connection is refused now");
     assert!(same_ns("xa", "xb"));
     k.only("");
 }

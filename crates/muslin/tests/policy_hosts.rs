@@ -252,6 +252,24 @@ fn policies_follow_labels_and_survive_an_isolated_restart() {
         assert!(!ok, "accepted: {bad}");
         assert!(out.contains(field), "the error names {field}: {out}");
     }
+    // The agent checks too (a client other than the CLI): a file whose
+    // second policy is wrong applies nothing.
+    let two = "name: fine\npodSelector: {}\n---\nname: wrong\npodSelector: {matchExpressions: [{key: a, operator: In}]}\n".to_string();
+    match muslin_cni::call(
+        &w.agents[0].socket,
+        &muslin_model::api::Request::PolicyApply {
+            text: two,
+            toml: false,
+        },
+    ) {
+        Ok(muslin_model::api::Response::Error(e)) => assert!(
+            e.msg
+                .contains("document 2: podSelector.matchExpressions[0].values"),
+            "{}",
+            e.msg
+        ),
+        other => panic!("the agent accepted a bad file: {other:?}"),
+    }
     let (ok, out) = w.cli(0, &["label", &web.id, "bad key!=x"]);
     assert!(!ok && out.contains("bad key!"), "{out}");
     let (ok, out) = w.cli(0, &["label", "no-such-container", "a=b"]);

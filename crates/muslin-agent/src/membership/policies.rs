@@ -39,6 +39,14 @@ pub enum PolicyAsk {
     },
 }
 
+/// How far ahead of this node's clock a record may be dated.
+const CLOCK_SKEW_MS: u64 = 24 * 3600 * 1000;
+
+fn from_the_future(r: &ObjectRecord, now: u64) -> bool {
+    let limit = now.saturating_add(CLOCK_SKEW_MS);
+    r.updated_at_ms > limit || r.deleted_at_ms.is_some_and(|t| t > limit)
+}
+
 /// Where the objects this node knows are kept across restarts: a restart
 /// while the cluster is away must not leave endpoints unprotected.
 const OBJECTS_FILE: &str = "objects.json";
@@ -69,6 +77,9 @@ fn invalid(msg: impl Into<String>) -> CniError {
 fn policy_of(r: &ObjectRecord) -> Result<Policy, String> {
     let p: Policy = serde_json::from_value(r.body.clone())
         .map_err(|e| format!("policy record {}: {e}", r.name))?;
+    if let Some(problem) = p.problem() {
+        return Err(format!("{problem}: ignored"));
+    }
     if p.key() != r.name {
         return Err(format!(
             "policy record {} holds policy {}: ignored",
@@ -125,6 +136,7 @@ pub(super) struct PolicyState {
     pub counters: BTreeMap<String, u64>,
     pub table: PolicyTable,
     compiled: Option<(Compiled, PolicyTable)>,
+    warned_conntrack: bool,
 }
 
 /// How often an unchanged table is checked for drift (and its counters
@@ -135,6 +147,12 @@ impl PolicyState {
     pub(super) async fn converge(&mut self, host: &Executor, want: PolicyTable) {
         self.table = want.clone();
         let unchanged = self.applied.as_ref() == Some(&want);
+        // No table wanted, and none there when last looked: other writers'
+        // changes to the ruleset (our masquerade table's included) are
+        // none of this table's business.
+        if unchanged && !want.wanted() {
+            return;
+        }
         if unchanged && self.checked.is_some_and(|t| t.elapsed() < RECHECK) {
             return;
         }
@@ -151,6 +169,7 @@ impl PolicyState {
             }
         };
         self.counters = observed.counters.clone();
+        let rejudge = policy_nft::to_rejudge(&observed, &want);
         if let Some(change) = policy_nft::diff(&observed, &want) {
             let started = Instant::now();
             let summary = change.summary.clone();
@@ -170,6 +189,25 @@ impl PolicyState {
                 took_ms = started.elapsed().as_millis() as u64,
                 "policy table: {summary}"
             );
+            // Connections the change may now refuse are forgotten, so
+            // their next packet is judged like a new connection's: those
+            // the new rules allow go on (conntrack picks them up again),
+            // the others stop.
+            if !rejudge.is_empty() {
+                let steps = rejudge
+                    .into_iter()
+                    .map(|(addr, from)| Step::host(Change::ForgetConnections { addr, from }))
+                    .collect();
+                let report = host
+                    .apply(Lane::Masquerade, steps, OnFailure::Continue)
+                    .await;
+                if let Err(e) = report.into_result() {
+                    if !self.warned_conntrack {
+                        tracing::warn!(cause = %e, "open connections are not judged again by changed policies (is conntrack-tools installed?)");
+                        self.warned_conntrack = true;
+                    }
+                }
+            }
         }
         self.applied = Some(want);
         self.generation = host.nft_generation().await.ok();
@@ -184,17 +222,11 @@ impl PolicyState {
             .filter_map(|r| Some((r, policy_of(r).ok()?)))
             .map(|(r, p)| {
                 let key = p.key();
-                let chains_with = |needle: &str| -> Vec<String> {
-                    t.ingress
-                        .iter()
-                        .chain(&t.egress)
-                        .filter(|(_, c)| t.chains[*c].iter().any(|rule| rule.tag.contains(needle)))
-                        .map(|(i, _)| i.clone())
-                        .collect()
-                };
-                let mut protects = chains_with(&format!(" {key} "));
-                protects.sort();
-                protects.dedup();
+                let protects: Vec<String> = t
+                    .protects
+                    .get(&key)
+                    .map(|s| s.iter().cloned().collect())
+                    .unwrap_or_default();
                 let denied = t
                     .policy_counters
                     .get(&key)
@@ -245,13 +277,42 @@ impl PolicyState {
             self.compiled = None;
             return PolicyTable::default();
         }
-        // Our own endpoints as we hold them now (the store may lag behind).
-        let mut endpoints: Vec<EndpointRecord> = view
-            .endpoints()
-            .into_iter()
-            .filter(|e| e.node != me)
-            .cloned()
-            .collect();
+        // Our own endpoints as we hold them now (the store may lag behind);
+        // of the others', only addresses in blocks their node holds: a
+        // node publishing another's address (or 0.0.0.0) must not get it
+        // into the peers some policy allows.
+        let mut blocks: BTreeMap<(&str, &str), Vec<ipnet::IpNet>> = BTreeMap::new();
+        let mut owners_of: BTreeMap<&str, BTreeMap<ipnet::IpNet, String>> = BTreeMap::new();
+        let mut endpoints: Vec<EndpointRecord> = Vec::new();
+        for e in view.endpoints().into_iter().filter(|e| e.node != me) {
+            let held = blocks.entry((&e.network, &e.node)).or_insert_with(|| {
+                owners_of
+                    .entry(&e.network)
+                    .or_insert_with(|| {
+                        if e.network == muslin_model::DEFAULT_NETWORK {
+                            view.block_owners()
+                        } else {
+                            view.of_network(&e.network).block_owners()
+                        }
+                    })
+                    .iter()
+                    .filter(|(_, n)| **n == e.node)
+                    .map(|(b, _)| *b)
+                    .collect()
+            });
+            let addresses: Vec<ipnet::IpNet> = e
+                .addresses
+                .iter()
+                .filter(|a| held.iter().any(|b| b.contains(*a)))
+                .copied()
+                .collect();
+            if !addresses.is_empty() {
+                endpoints.push(EndpointRecord {
+                    addresses,
+                    ..e.clone()
+                });
+            }
+        }
         endpoints.extend(mine.iter().cloned());
         let key = (inputs.policies, inputs.namespaces, endpoints);
         if let Some((k, t)) = &self.compiled {
@@ -282,13 +343,19 @@ impl Cluster {
         let now = crate::leases::now_ms();
         let known = if self.store.name() == "etcd" {
             if self.store.synced() {
-                view.objects.clone()
+                view.objects
+                    .iter()
+                    .filter(|(_, r)| !from_the_future(r, now))
+                    .map(|(k, r)| (k.clone(), r.clone()))
+                    .collect()
             } else {
                 self.known_objects.clone()
             }
         } else {
             let mut k = self.known_objects.clone();
-            for r in view.objects.values() {
+            // A record dated far in the future (a forgery, or a clock
+            // years ahead) would win every later write: not taken.
+            for r in view.objects.values().filter(|r| !from_the_future(r, now)) {
                 object::merge(&mut k, r.clone());
             }
             object::expire(&mut k, now);
@@ -315,11 +382,10 @@ impl Cluster {
         for r in &recs {
             object::check_put(r).map_err(invalid)?;
         }
+        self.store.put_objects(&recs).await.map_err(|e| {
+            CniError::new(ErrorCode::TryAgainLater, format!("nothing written: {e}"))
+        })?;
         for r in recs {
-            self.store
-                .put_object(&r)
-                .await
-                .map_err(|e| CniError::new(ErrorCode::TryAgainLater, format!("{}: {e}", r.name)))?;
             object::merge(&mut self.known_objects, r);
         }
         self.save_objects();
@@ -333,7 +399,11 @@ impl Cluster {
         let after = self
             .known_objects
             .get(&(kind.to_string(), name.to_string()))
-            .map(|r| r.updated_at_ms.max(r.deleted_at_ms.unwrap_or(0)) + 1)
+            .map(|r| {
+                r.updated_at_ms
+                    .max(r.deleted_at_ms.unwrap_or(0))
+                    .saturating_add(1)
+            })
             .unwrap_or(0);
         ObjectRecord {
             kind: kind.into(),
@@ -408,6 +478,15 @@ impl Cluster {
                 reply,
             } => {
                 let r = async {
+                    // Labels are read, changed and written whole: from a
+                    // view that may lack the latest write, that write would
+                    // be lost.
+                    if !self.store.synced() {
+                        return Err(CniError::new(
+                            ErrorCode::TryAgainLater,
+                            "not in touch with the cluster: namespace labels are changed once it is heard",
+                        ));
+                    }
                     if !policy::dns_label(&namespace) {
                         return Err(invalid(format!(
                             "namespace {namespace:?}: lowercase letters, digits and '-', at most 63"

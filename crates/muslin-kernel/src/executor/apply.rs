@@ -151,6 +151,7 @@ async fn one(nss: &mut Namespaces, step: &Step) -> Result<(), KernelError> {
         Change::Nft(c) => return nft::apply(c.clone()).await,
         Change::Firewall(a) => return firewall::apply_one(a.clone()).await,
         Change::Sysctl { key, value } => return sysctl(key, value).await,
+        Change::ForgetConnections { addr, from } => return forget(*addr, *from).await,
         _ => {}
     }
     let conn = nss.get(&step.ns)?;
@@ -175,10 +176,40 @@ async fn one(nss: &mut Namespaces, step: &Step) -> Result<(), KernelError> {
         Change::DeleteNeighbour(n) => neighbour::delete(nl, n).await,
         Change::ReplaceFdb(e) => neighbour::replace_fdb(nl, e).await,
         Change::DeleteFdb(e) => neighbour::delete_fdb(nl, e).await,
-        Change::Nft(_) | Change::Firewall(_) | Change::Sysctl { .. } => {
+        Change::Nft(_)
+        | Change::Firewall(_)
+        | Change::Sysctl { .. }
+        | Change::ForgetConnections { .. } => {
             unreachable!("handled above")
         }
     }
+}
+
+/// Deletes the conntrack entries whose original source (or destination)
+/// is `addr`, in every zone, with conntrack-tools (as Calico's Felix
+/// does). None to delete is no error.
+async fn forget(addr: std::net::IpAddr, from: bool) -> Result<(), KernelError> {
+    let a = addr.to_string();
+    let which = if from { "--orig-src" } else { "--orig-dst" };
+    let out = tokio::task::spawn_blocking(move || {
+        super::process::run("conntrack", &["-D", which, &a], None)
+    })
+    .await
+    .map_err(|e| KernelError::Io {
+        what: "conntrack task".into(),
+        source: std::io::Error::other(e),
+    })?
+    .map_err(|(what, source)| KernelError::Io { what, source })?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    // conntrack exits 1 when no entry matched.
+    if out.status.success() || err.contains("0 flow entries") {
+        counters::tool_write();
+        return Ok(());
+    }
+    Err(KernelError::Io {
+        what: format!("conntrack -D {which} {addr}: {}", err.trim()),
+        source: std::io::ErrorKind::Other.into(),
+    })
 }
 
 /// Writes a sysctl unless it already has the value.

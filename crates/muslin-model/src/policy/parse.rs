@@ -50,11 +50,14 @@ impl Format {
 
 /// Bounds that keep one policy small enough to travel as one store record
 /// and cheap to compile.
-const MAX_RULES: usize = 256;
-const MAX_PEERS: usize = 256;
-const MAX_PORTS: usize = 256;
-const MAX_EXCEPT: usize = 256;
-const MAX_SELECTOR_TERMS: usize = 64;
+/// Policies of one file: written in one etcd transaction, whose default
+/// limit is 128 operations.
+const MAX_POLICIES: usize = 128;
+pub(super) const MAX_RULES: usize = 256;
+pub(super) const MAX_PEERS: usize = 256;
+pub(super) const MAX_PORTS: usize = 256;
+pub(super) const MAX_EXCEPT: usize = 256;
+pub(super) const MAX_SELECTOR_TERMS: usize = 64;
 
 /// Every policy of a file.
 pub fn parse_document(text: &str, format: Format) -> Result<Vec<Policy>, PolicyError> {
@@ -88,6 +91,15 @@ pub fn parse_document(text: &str, format: Format) -> Result<Vec<Policy>, PolicyE
     };
     if docs.is_empty() {
         return Err(err("file", "holds no policy"));
+    }
+    if docs.len() > MAX_POLICIES {
+        return Err(err(
+            "file",
+            format!(
+                "holds {} policies; at most {MAX_POLICIES} are applied at once (one etcd transaction)",
+                docs.len()
+            ),
+        ));
     }
     let mut out: Vec<Policy> = Vec::new();
     for (i, d) in docs.into_iter().enumerate() {
@@ -316,35 +328,32 @@ fn build(n: Native, spec: &str, meta: &str) -> Result<Policy, PolicyError> {
             .ok_or_else(|| err(at("podSelector"), "is required ({} selects every endpoint)"))?,
         &at("podSelector"),
     )?;
-    let types = match n.policy_types {
-        Some(list) => {
-            let mut t = Vec::new();
-            for (i, s) in list.iter().enumerate() {
-                let d = match s.to_ascii_lowercase().as_str() {
-                    "ingress" => Direction::Ingress,
-                    "egress" => Direction::Egress,
-                    _ => {
-                        return Err(err(
-                            at(&format!("policyTypes[{i}]")),
-                            format!("{s:?}: Ingress or Egress"),
-                        ))
-                    }
-                };
-                if !t.contains(&d) {
-                    t.push(d);
-                }
+    let has_egress = n.egress.as_ref().is_some_and(|e| !e.is_empty());
+    let mut types = Vec::new();
+    for (i, s) in n.policy_types.iter().flatten().enumerate() {
+        let d = match s.to_ascii_lowercase().as_str() {
+            "ingress" => Direction::Ingress,
+            "egress" => Direction::Egress,
+            _ => {
+                return Err(err(
+                    at(&format!("policyTypes[{i}]")),
+                    format!("{s:?}: Ingress or Egress"),
+                ))
             }
-            if t.is_empty() {
-                return Err(err(at("policyTypes"), "names no direction"));
-            }
-            t.sort();
-            t
+        };
+        if !types.contains(&d) {
+            types.push(d);
         }
-        // Kubernetes' default: always ingress, egress when it has egress
-        // rules.
-        None if n.egress.is_some() => vec![Direction::Ingress, Direction::Egress],
-        None => vec![Direction::Ingress],
-    };
+    }
+    // Kubernetes' default (an empty list is none): always ingress, egress
+    // when it has egress rules.
+    if types.is_empty() {
+        types.push(Direction::Ingress);
+        if has_egress {
+            types.push(Direction::Egress);
+        }
+    }
+    types.sort();
     let ingress = n.ingress.unwrap_or_default();
     let egress = n.egress.unwrap_or_default();
     if ingress.len() > MAX_RULES || egress.len() > MAX_RULES {
@@ -355,18 +364,6 @@ fn build(n: Native, spec: &str, meta: &str) -> Result<Policy, PolicyError> {
                 "egress"
             }),
             format!("at most {MAX_RULES} rules"),
-        ));
-    }
-    if !ingress.is_empty() && !types.contains(&Direction::Ingress) {
-        return Err(err(
-            at("ingress"),
-            "rules given but policyTypes leaves out Ingress",
-        ));
-    }
-    if !egress.is_empty() && !types.contains(&Direction::Egress) {
-        return Err(err(
-            at("egress"),
-            "rules given but policyTypes leaves out Egress",
         ));
     }
     let rules =
@@ -389,6 +386,18 @@ fn build(n: Native, spec: &str, meta: &str) -> Result<Policy, PolicyError> {
         "egress",
         "to",
     )?;
+    // Rules of a direction the policy does not apply to mean nothing, as
+    // in Kubernetes.
+    let ingress = if types.contains(&Direction::Ingress) {
+        ingress
+    } else {
+        vec![]
+    };
+    let egress = if types.contains(&Direction::Egress) {
+        egress
+    } else {
+        vec![]
+    };
     Ok(Policy {
         name,
         namespace: n.namespace,

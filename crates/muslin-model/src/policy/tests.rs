@@ -326,3 +326,47 @@ fn the_plain_meaning_of_a_set_of_policies() {
     assert!(!allows(&ps, &other, &far, Protocol::Tcp, 22, &ns));
     assert!(allows(&ps, &other, &fe, Protocol::Tcp, 22, &ns));
 }
+
+#[test]
+fn empty_lists_default_as_in_kubernetes() {
+    let p = &yaml("name: a\npodSelector: {}\ningress: []\negress: []\n").unwrap()[0];
+    assert_eq!(
+        p.types,
+        vec![Direction::Ingress],
+        "an empty egress list is none"
+    );
+    let p = &yaml("name: a\npodSelector: {}\npolicyTypes: []\n").unwrap()[0];
+    assert_eq!(p.types, vec![Direction::Ingress]);
+    let p = &yaml("name: a\npodSelector: {}\npolicyTypes: [Egress]\ningress: [{}]\n").unwrap()[0];
+    assert_eq!(p.types, vec![Direction::Egress]);
+    assert!(
+        p.ingress.is_empty(),
+        "rules of a direction not applied are ignored"
+    );
+}
+
+#[test]
+fn records_no_agent_would_write_are_found_out() {
+    let good = yaml(K8S).unwrap().remove(0);
+    assert_eq!(good.problem(), None, "what the parser makes passes");
+    let mut bad = good.clone();
+    bad.egress[0].ports[0].port = Some(Port::Range {
+        first: 90,
+        last: 80,
+    });
+    assert!(bad.problem().unwrap().contains("90-80"));
+    let mut bad = good.clone();
+    bad.ingress[0].peers = Some(vec![]);
+    assert!(bad.problem().is_some());
+    let mut bad = good.clone();
+    bad.selector
+        .match_labels
+        .insert("bad key!".into(), "x".into());
+    assert!(bad.problem().is_some());
+    let mut bad = good;
+    bad.types = vec![Direction::Ingress];
+    assert!(
+        bad.problem().is_some(),
+        "egress rules of a direction not applied"
+    );
+}
