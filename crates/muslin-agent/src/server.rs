@@ -174,7 +174,18 @@ async fn dispatch(node: &Node, req: Request) -> Response {
             .gc(r)
             .await
             .map(|released| Response::Collected { released }),
-        Request::Status => Ok(Response::Status(node.status().await)),
+        Request::Status => {
+            let mut s = node.status().await;
+            // The policies' drop counters as they are now (an idle agent
+            // reads its table only when asked).
+            if let (Some(c), Ok(fresh)) = (
+                s.cluster.as_mut(),
+                policy_ask(node, PolicyAsk::List).await,
+            ) {
+                c.policies = fresh;
+            }
+            Ok(Response::Status(s))
+        }
         Request::NetworkCreate(c) => match node.networks() {
             Ok(n) => n.ask(|tx| Ask::Create(c, tx)).await.and_then(|r| r),
             Err(e) => Err(e),
