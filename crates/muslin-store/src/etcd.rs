@@ -770,28 +770,10 @@ impl ClusterStore for Etcd {
     async fn sync_networks(&self, _known: &BTreeMap<String, NetworkSpec>, _now_ms: u64) {}
 
     async fn put_object(&self, rec: &ObjectRecord) -> Result<(), String> {
-        object::check_put(rec)?;
-        let key = etcd_object_key(&self.cfg.prefix, &rec.kind, &rec.name);
-        let mut c = self.client.clone();
-        self.requests.fetch_add(1, Ordering::Relaxed);
         // The cluster's, not this node's: no lease, so it outlives its
         // writer. etcd orders writes itself, so the last one stands and a
         // deletion needs no tombstone.
-        let r = if rec.deleted() {
-            c.delete(key.as_str(), None).await.map(drop)
-        } else {
-            let value = serde_json::to_string(rec).expect("record serializes");
-            c.put(key.as_str(), value, None).await.map(drop)
-        };
-        r.map_err(|e| format!("etcd: {e}"))?;
-        // Seen at once, before the watch brings it back.
-        let mut cache = self.cache.write().expect("cache");
-        if rec.deleted() {
-            cache.remove(&key);
-        } else {
-            cache.insert(key, serde_json::to_string(rec).expect("serializes"));
-        }
-        Ok(())
+        self.put_objects(std::slice::from_ref(rec)).await
     }
 
     async fn put_objects(&self, recs: &[ObjectRecord]) -> Result<(), String> {

@@ -274,13 +274,7 @@ impl ClusterStore for Gossip {
     }
 
     async fn put_object(&self, rec: &ObjectRecord) -> Result<(), String> {
-        object::check_put(rec)?;
-        self.set(
-            gossip_object_key(&rec.kind, &rec.name),
-            serde_json::to_string(rec).expect("record serializes"),
-        )
-        .await;
-        Ok(())
+        self.put_objects(std::slice::from_ref(rec)).await
     }
 
     async fn sync_objects(&self, known: &BTreeMap<ObjectKey, ObjectRecord>, now_ms: u64) {

@@ -14,30 +14,13 @@ fn etcd_process(lab: &Lab, member: &str) -> (i32, Vec<String>) {
     lab.process(member, |a| a.first().is_some_and(|x| x.ends_with("etcd")))
 }
 
-fn container_addr(lab: &Lab, host: &str, name: &str) -> String {
-    let st = lab.status();
-    st["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == host)
-        .unwrap()["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap()["address"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
 
 #[test]
 fn thirty_seconds_without_etcd_lose_no_traffic_and_allow_adds() {
     let lab = Lab::on("etcd");
     let (_d, path) = file(&one_segment(2, 1, ""));
     lab.up(&["-f", &path, "--converge-timeout", "30"]);
-    let target = container_addr(&lab, "h2", "c1");
+    let target = lab.container_addr("h2", "c1");
     let ping = Command::new("ip")
         .args([
             "netns",
@@ -64,7 +47,7 @@ fn thirty_seconds_without_etcd_lose_no_traffic_and_allow_adds() {
     // An ADD that needs no new block still succeeds while etcd is away.
     std::thread::sleep(Duration::from_secs(2));
     lab.ok(&["run", "--name", &lab.name, "h1", "during"]);
-    let during = container_addr(&lab, "h1", "during");
+    let during = lab.container_addr("h1", "during");
     let o = lab.exec(
         "h2/c1",
         &[BIN, "probe", "check", &during, "--proto", "icmp"],
@@ -84,7 +67,7 @@ fn thirty_seconds_without_etcd_lose_no_traffic_and_allow_adds() {
     assert!(out.status.success() && text.contains("lost 0"), "{text}");
     // After etcd returns, a new container on one host is reachable from the other.
     lab.ok(&["run", "--name", &lab.name, "h2", "after"]);
-    let after = container_addr(&lab, "h2", "after");
+    let after = lab.container_addr("h2", "after");
     let o = lab.exec(
         "h1/c1",
         &[BIN, "probe", "check", &after, "--proto", "tcp,icmp"],
@@ -125,7 +108,7 @@ fn a_three_member_etcd_survives_losing_one() {
             BIN,
             "probe",
             "check",
-            &container_addr(&lab, "h1", "x1"),
+            &lab.container_addr("h1", "x1"),
             "--proto",
             "tcp,icmp",
         ],
@@ -137,7 +120,7 @@ fn a_three_member_etcd_survives_losing_one() {
             BIN,
             "probe",
             "check",
-            &container_addr(&lab, "h2", "x2"),
+            &lab.container_addr("h2", "x2"),
             "--proto",
             "tcp,icmp",
         ],
@@ -288,7 +271,7 @@ fn an_agent_restarted_while_etcd_is_away_serves_at_once_and_rejoins() {
     assert!(took < Duration::from_secs(2), "took {took:?}");
     // It serves ADD from the block it holds, and its pods keep their paths.
     lab.ok(&["run", "--name", &lab.name, "h1", "during"]);
-    let during = container_addr(&lab, "h1", "during");
+    let during = lab.container_addr("h1", "during");
     let o = lab.exec(
         "h2/c1",
         &[BIN, "probe", "check", &during, "--proto", "icmp"],

@@ -104,22 +104,8 @@ impl Cluster {
         lab.up(&["-f", &topo, "--converge-timeout", "60"]);
         let mut servers = Servers(vec![]);
         let mut addrs = vec![];
-        let st = lab.status();
         for (host, c, _, _) in PODS {
-            let addr = st["nodes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|n| n["name"] == host)
-                .unwrap()["containers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|x| x["name"] == c)
-                .unwrap()["address"]
-                .as_str()
-                .unwrap()
-                .to_string();
+            let addr = lab.container_addr(host, c);
             addrs.push(addr);
             for port in ["80", "81", "82", "53"] {
                 servers.0.push(

@@ -129,6 +129,25 @@ impl Lab {
         serde_json::from_slice(&o.stdout).unwrap()
     }
 
+    /// The address of a container the lab attached, from `lab status`.
+    pub fn container_addr(&self, host: &str, name: &str) -> String {
+        let st = self.status();
+        st["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == host)
+            .unwrap()["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()["address"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     pub fn ns(&self, node: &str) -> String {
         format!("{}-{node}", self.name)
     }
