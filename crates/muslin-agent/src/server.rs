@@ -178,10 +178,9 @@ async fn dispatch(node: &Node, req: Request) -> Response {
             let mut s = node.status().await;
             // The policies' drop counters as they are now (an idle agent
             // reads its table only when asked).
-            if let (Some(c), Ok(fresh)) = (
-                s.cluster.as_mut(),
-                policy_ask(node, PolicyAsk::List).await,
-            ) {
+            if let (Some(c), Ok(fresh)) =
+                (s.cluster.as_mut(), policy_ask(node, PolicyAsk::List).await)
+            {
                 c.policies = fresh;
             }
             Ok(Response::Status(s))

@@ -14,7 +14,6 @@ fn etcd_process(lab: &Lab, member: &str) -> (i32, Vec<String>) {
     lab.process(member, |a| a.first().is_some_and(|x| x.ends_with("etcd")))
 }
 
-
 #[test]
 fn thirty_seconds_without_etcd_lose_no_traffic_and_allow_adds() {
     let lab = Lab::on("etcd");
