@@ -120,9 +120,16 @@ pub struct Cluster {
         muslin_model::object::ObjectKey,
         muslin_model::object::ObjectRecord,
     >,
+    /// Bumped whenever `known_objects` changes.
+    objects_version: u64,
+    /// The version last published to the store, and when.
+    objects_synced: Option<(u64, Instant)>,
     /// The policy table: what it was brought to, and its counters.
     policy: policies::PolicyState,
 }
+
+/// How often the objects are published again though unchanged.
+const OBJECTS_RESYNC: Duration = Duration::from_secs(10);
 
 /// What the host looks like, refreshed now and then (addresses come and go).
 struct HostFacts {
@@ -449,6 +456,8 @@ pub async fn join(
             .collect(),
         known_networks: known,
         known_objects,
+        objects_version: 0,
+        objects_synced: None,
         policy: Default::default(),
         settling: Default::default(),
         interval,
@@ -587,14 +596,26 @@ impl Cluster {
             }
             let mine = endpoints.borrow_and_update().clone();
             self.store.sync_endpoints(&mine).await;
-            let objects = self.learn_objects(&view);
-            self.store
-                .sync_objects(&objects, crate::leases::now_ms())
-                .await;
-            let pin = policies::inputs(&objects);
-            net_warnings.extend(pin.warnings.clone());
-            let want = self.policy.want(&self.me, pin, &view, &mine);
-            self.policy.converge(&host, want).await;
+            self.learn_objects(&view);
+            // Every node republishes every object: when they change, and
+            // now and then (tombstones expire).
+            if self
+                .objects_synced
+                .is_none_or(|(v, t)| v != self.objects_version || t.elapsed() > OBJECTS_RESYNC)
+            {
+                self.store
+                    .sync_objects(&self.known_objects, crate::leases::now_ms())
+                    .await;
+                self.objects_synced = Some((self.objects_version, Instant::now()));
+            }
+            net_warnings.extend(self.policy.refresh(
+                &self.me,
+                &self.known_objects,
+                self.objects_version,
+                &view,
+                &mine,
+            ));
+            self.policy.converge(&host).await;
             self.reconsider_underlay(&view).await;
             let path_mtu = self.tracker.lock().expect("tracker lock").path_mtu();
             let d = desired(
@@ -1028,7 +1049,9 @@ impl Cluster {
                 .load(std::sync::atomic::Ordering::Relaxed),
             endpoints,
             networks: self.statuses(view, live, None),
-            policies: self.policy.statuses(&self.known_objects),
+            policies: self
+                .policy
+                .statuses(&self.known_objects, self.objects_version),
         };
         for w in s.warnings.iter().filter(|w| !was_warned.contains(w)) {
             tracing::warn!("{w}");

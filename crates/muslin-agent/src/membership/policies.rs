@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use muslin_kernel::{Executor, Lane, OnFailure};
 use muslin_model::api::PolicyStatus;
-use muslin_model::cluster::{ClusterView, EndpointRecord};
+use muslin_model::cluster::{BlockClaim, ClusterView, EndpointRecord};
 use muslin_model::cni::{CniError, ErrorCode};
 use muslin_model::object::{self, ObjectKey, ObjectRecord};
 use muslin_model::policy::{self, Format, Policy, NAMESPACE_KIND, POLICY_KIND};
@@ -130,27 +130,48 @@ pub(super) fn inputs(known: &BTreeMap<ObjectKey, ObjectRecord>) -> PolicyInputs 
 /// The policy table as last applied, and the counters read then.
 #[derive(Default)]
 pub(super) struct PolicyState {
-    applied: Option<PolicyTable>,
+    /// The table wanted now, and its version: bumped whenever a
+    /// compilation gives a different table.
+    pub table: PolicyTable,
+    version: u64,
+    applied: Option<u64>,
     generation: Option<u32>,
     checked: Option<Instant>,
     pub counters: BTreeMap<String, u64>,
-    pub table: PolicyTable,
-    compiled: Option<(Compiled, PolicyTable)>,
+    /// The objects parsed, and the version of the object list they were
+    /// parsed from.
+    inputs: Option<(u64, PolicyInputs)>,
+    /// What the table was last compiled from.
+    seen: Option<Seen>,
     warned_conntrack: bool,
 }
+
+/// The raw inputs of the last compilation: a round whose inputs are the
+/// same (nearly every round) compiles, clones and compares nothing big.
+struct Seen {
+    objects: u64,
+    mine: Vec<EndpointRecord>,
+    others: Vec<EndpointRecord>,
+    claims: Vec<Claims>,
+}
+
+type Claims = (
+    String,
+    BTreeMap<ipnet::IpNet, BlockClaim>,
+    BTreeMap<String, BTreeMap<ipnet::IpNet, BlockClaim>>,
+);
 
 /// How often an unchanged table is checked for drift (and its counters
 /// read).
 const RECHECK: Duration = Duration::from_secs(5);
 
 impl PolicyState {
-    pub(super) async fn converge(&mut self, host: &Executor, want: PolicyTable) {
-        self.table = want.clone();
-        let unchanged = self.applied.as_ref() == Some(&want);
+    pub(super) async fn converge(&mut self, host: &Executor) {
+        let unchanged = self.applied == Some(self.version);
         // No table wanted, and none there when last looked: other writers'
         // changes to the ruleset (our masquerade table's included) are
         // none of this table's business.
-        if unchanged && !want.wanted() {
+        if unchanged && !self.table.wanted() {
             return;
         }
         if unchanged && self.checked.is_some_and(|t| t.elapsed() < RECHECK) {
@@ -169,8 +190,9 @@ impl PolicyState {
             }
         };
         self.counters = observed.counters.clone();
-        let rejudge = policy_nft::to_rejudge(&observed, &want);
-        if let Some(change) = policy_nft::diff(&observed, &want) {
+        let want = &self.table;
+        let rejudge = policy_nft::to_rejudge(&observed, want);
+        if let Some(change) = policy_nft::diff(&observed, want) {
             let started = Instant::now();
             let summary = change.summary.clone();
             let report = host
@@ -209,17 +231,25 @@ impl PolicyState {
                 }
             }
         }
-        self.applied = Some(want);
+        self.applied = Some(self.version);
         self.generation = host.nft_generation().await.ok();
     }
 
     /// The policies as `status` and `policy list` show them.
-    pub(super) fn statuses(&self, known: &BTreeMap<ObjectKey, ObjectRecord>) -> Vec<PolicyStatus> {
+    pub(super) fn statuses(
+        &self,
+        known: &BTreeMap<ObjectKey, ObjectRecord>,
+        version: u64,
+    ) -> Vec<PolicyStatus> {
         let t = &self.table;
-        known
-            .values()
-            .filter(|r| r.kind == POLICY_KIND && !r.deleted())
-            .filter_map(|r| Some((r, policy_of(r).ok()?)))
+        // The policies as parsed for the table (not parsed again per call).
+        let parsed: Vec<Policy> = match &self.inputs {
+            Some((v, pin)) if *v == version => pin.policies.clone(),
+            _ => inputs(known).policies,
+        };
+        parsed
+            .into_iter()
+            .filter_map(|p| Some((known.get(&(POLICY_KIND.to_string(), p.key()))?, p)))
             .map(|(r, p)| {
                 let key = p.key();
                 let protects: Vec<String> = t
@@ -256,26 +286,47 @@ impl PolicyState {
     }
 }
 
-/// What the table was last compiled from: a round whose inputs are the
-/// same (most rounds) compiles nothing.
-type Compiled = (
-    Vec<Policy>,
-    BTreeMap<String, BTreeMap<String, String>>,
-    Vec<EndpointRecord>,
-);
-
 impl PolicyState {
-    /// The policy table this host should have.
-    pub(super) fn want(
+    /// Brings the wanted table up to date with the objects (`version`
+    /// says whether they changed), the view and this node's endpoints;
+    /// returns what was wrong with records that could not be used.
+    pub(super) fn refresh(
         &mut self,
         me: &str,
-        inputs: PolicyInputs,
+        objects: &BTreeMap<ObjectKey, ObjectRecord>,
+        version: u64,
         view: &ClusterView,
         mine: &[EndpointRecord],
-    ) -> PolicyTable {
-        if inputs.policies.is_empty() {
-            self.compiled = None;
-            return PolicyTable::default();
+    ) -> Vec<String> {
+        if self.inputs.as_ref().is_none_or(|(v, _)| *v != version) {
+            self.inputs = Some((version, inputs(objects)));
+            self.seen = None;
+        }
+        let (_, pin) = self.inputs.as_ref().expect("just set");
+        let warnings = pin.warnings.clone();
+        if pin.policies.is_empty() {
+            self.seen = None;
+            self.set(PolicyTable::default());
+            return warnings;
+        }
+        let others: Vec<&EndpointRecord> = view
+            .endpoints()
+            .into_iter()
+            .filter(|e| e.node != me)
+            .collect();
+        let same = self.seen.as_ref().is_some_and(|s| {
+            s.objects == version
+                && s.mine == mine
+                && s.others.len() == others.len()
+                && s.others.iter().zip(&others).all(|(a, b)| a == *b)
+                && s.claims.len() == view.nodes.len()
+                && s.claims
+                    .iter()
+                    .zip(&view.nodes)
+                    .all(|(c, (n, p))| c.0 == *n && c.1 == p.claims && c.2 == p.network_claims)
+        });
+        if same {
+            return warnings;
         }
         // Our own endpoints as we hold them now (the store may lag behind);
         // of the others', only addresses in blocks their node holds: a
@@ -284,7 +335,7 @@ impl PolicyState {
         let mut blocks: BTreeMap<(&str, &str), Vec<ipnet::IpNet>> = BTreeMap::new();
         let mut owners_of: BTreeMap<&str, BTreeMap<ipnet::IpNet, String>> = BTreeMap::new();
         let mut endpoints: Vec<EndpointRecord> = Vec::new();
-        for e in view.endpoints().into_iter().filter(|e| e.node != me) {
+        for e in &others {
             let held = blocks.entry((&e.network, &e.node)).or_insert_with(|| {
                 owners_of
                     .entry(&e.network)
@@ -309,26 +360,37 @@ impl PolicyState {
             if !addresses.is_empty() {
                 endpoints.push(EndpointRecord {
                     addresses,
-                    ..e.clone()
+                    ..(*e).clone()
                 });
             }
         }
         endpoints.extend(mine.iter().cloned());
-        let key = (inputs.policies, inputs.namespaces, endpoints);
-        if let Some((k, t)) = &self.compiled {
-            if *k == key {
-                return t.clone();
-            }
-        }
-        let refs: Vec<&EndpointRecord> = key.2.iter().collect();
+        let refs: Vec<&EndpointRecord> = endpoints.iter().collect();
         let t = policy_nft::compile(&policy_nft::Inputs {
             me,
-            policies: &key.0,
+            policies: &pin.policies,
             endpoints: &refs,
-            namespaces: &key.1,
+            namespaces: &pin.namespaces,
         });
-        self.compiled = Some((key, t.clone()));
-        t
+        self.seen = Some(Seen {
+            objects: version,
+            mine: mine.to_vec(),
+            others: others.into_iter().cloned().collect(),
+            claims: view
+                .nodes
+                .iter()
+                .map(|(n, p)| (n.clone(), p.claims.clone(), p.network_claims.clone()))
+                .collect(),
+        });
+        self.set(t);
+        warnings
+    }
+
+    fn set(&mut self, t: PolicyTable) {
+        if t != self.table {
+            self.table = t;
+            self.version += 1;
+        }
     }
 }
 
@@ -336,36 +398,53 @@ impl Cluster {
     /// Every object this node knows: as for networks, on gossip what the
     /// store shows merged into what this node kept; on etcd what etcd says
     /// once it answers, what it said last until then.
-    pub(super) fn learn_objects(
-        &mut self,
-        view: &ClusterView,
-    ) -> BTreeMap<ObjectKey, ObjectRecord> {
+    pub(super) fn learn_objects(&mut self, view: &ClusterView) {
         let now = crate::leases::now_ms();
         let known = if self.store.name() == "etcd" {
-            if self.store.synced() {
-                view.objects
-                    .iter()
-                    .filter(|(_, r)| !from_the_future(r, now))
-                    .map(|(k, r)| (k.clone(), r.clone()))
-                    .collect()
-            } else {
-                self.known_objects.clone()
+            if !self.store.synced() {
+                // Until etcd answers, what it said last.
+                return;
             }
+            let live = view
+                .objects
+                .iter()
+                .filter(|(_, r)| !from_the_future(r, now));
+            if live.clone().count() == self.known_objects.len()
+                && live
+                    .clone()
+                    .all(|(k, r)| self.known_objects.get(k) == Some(r))
+            {
+                return;
+            }
+            live.map(|(k, r)| (k.clone(), r.clone())).collect()
         } else {
-            let mut k = self.known_objects.clone();
             // A record dated far in the future (a forgery, or a clock
             // years ahead) would win every later write: not taken.
-            for r in view.objects.values().filter(|r| !from_the_future(r, now)) {
+            let fresh: Vec<&ObjectRecord> = view
+                .objects
+                .values()
+                .filter(|r| !from_the_future(r, now))
+                .filter(|r| self.known_objects.get(&r.key()) != Some(*r))
+                .collect();
+            let expiring = self
+                .known_objects
+                .values()
+                .any(|r| !object::remembered(r, now));
+            if fresh.is_empty() && !expiring {
+                return;
+            }
+            let mut k = self.known_objects.clone();
+            for r in fresh {
                 object::merge(&mut k, r.clone());
             }
             object::expire(&mut k, now);
             k
         };
         if known != self.known_objects {
-            self.known_objects = known.clone();
+            self.known_objects = known;
+            self.objects_version += 1;
             self.save_objects();
         }
-        known
     }
 
     fn save_objects(&self) {
@@ -388,6 +467,7 @@ impl Cluster {
         for r in recs {
             object::merge(&mut self.known_objects, r);
         }
+        self.objects_version += 1;
         self.save_objects();
         Ok(())
     }
@@ -469,7 +549,10 @@ impl Cluster {
                         Err(e) => tracing::warn!(cause = %e, "cannot read the policy counters"),
                     }
                 }
-                let _ = reply.send(self.policy.statuses(&self.known_objects));
+                let _ = reply.send(
+                    self.policy
+                        .statuses(&self.known_objects, self.objects_version),
+                );
             }
             PolicyAsk::NamespaceLabel {
                 namespace,
