@@ -1049,9 +1049,9 @@ impl Cluster {
                 .load(std::sync::atomic::Ordering::Relaxed),
             endpoints,
             networks: self.statuses(view, live, None),
-            policies: self
-                .policy
-                .statuses(&self.known_objects, self.objects_version),
+            // Listed when asked (`status`, `policy list`), with fresh
+            // counters: not built every round.
+            policies: Vec::new(),
         };
         for w in s.warnings.iter().filter(|w| !was_warned.contains(w)) {
             tracing::warn!("{w}");

@@ -101,7 +101,7 @@ pub fn valid_name(name: &str) -> bool {
 /// writer's name. The remaining ties (one writer, one millisecond) are
 /// broken too, by the deletion and then the body, so that every node
 /// keeps the same record whatever order they arrived in.
-fn newer(new: &ObjectRecord, have: &ObjectRecord) -> bool {
+pub fn newer(new: &ObjectRecord, have: &ObjectRecord) -> bool {
     let order = |r: &ObjectRecord| (r.written_at(), r.updated_by.clone(), r.deleted());
     match order(new).cmp(&order(have)) {
         std::cmp::Ordering::Equal => {

@@ -317,6 +317,9 @@ impl ClusterStore for Gossip {
         let any_live: std::collections::HashSet<String> =
             live.iter().map(|id| id.node_id.to_string()).collect();
         let mut view = ClusterView::default();
+        // Every node republishes every object, so the same records come
+        // from each: the winners are chosen by reference and cloned once.
+        let mut objects: BTreeMap<ObjectKey, ObjectRecord> = BTreeMap::new();
         let mut decoded = self.decoded.lock().expect("decoded");
         decoded.retain(|n, _| newest.contains_key(n));
         for (name, id) in newest {
@@ -334,9 +337,6 @@ impl ClusterStore for Gossip {
                 view.nodes.insert(name, pv);
                 for n in &d.networks {
                     merge(&mut view.networks, n.clone());
-                }
-                for o in &d.objects {
-                    object::merge(&mut view.objects, o.clone());
                 }
                 continue;
             }
@@ -379,9 +379,6 @@ impl ClusterStore for Gossip {
             for n in &networks {
                 merge(&mut view.networks, n.clone());
             }
-            for o in &objects {
-                object::merge(&mut view.objects, o.clone());
-            }
             decoded.insert(
                 name.clone(),
                 Decoded {
@@ -395,6 +392,20 @@ impl ClusterStore for Gossip {
             );
             view.nodes.insert(name, pv);
         }
+        let mut winners: BTreeMap<ObjectKey, &ObjectRecord> = BTreeMap::new();
+        for o in decoded.values().flat_map(|d| &d.objects) {
+            if !object::valid_kind(&o.kind) || !object::valid_name(&o.name) {
+                continue;
+            }
+            match winners.get(&o.key()) {
+                Some(have) if !object::newer(o, have) => {}
+                _ => {
+                    winners.insert(o.key(), o);
+                }
+            }
+        }
+        objects.extend(winners.into_iter().map(|(k, o)| (k, o.clone())));
+        view.objects = objects;
         view
     }
 
