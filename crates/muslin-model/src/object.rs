@@ -102,12 +102,15 @@ pub fn valid_name(name: &str) -> bool {
 /// broken too, by the deletion and then the body, so that every node
 /// keeps the same record whatever order they arrived in.
 pub fn newer(new: &ObjectRecord, have: &ObjectRecord) -> bool {
-    let order = |r: &ObjectRecord| (r.written_at(), r.updated_by.clone(), r.deleted());
-    match order(new).cmp(&order(have)) {
-        std::cmp::Ordering::Equal => {
-            let (n, h) = (new.body.to_string(), have.body.to_string());
-            n > h
-        }
+    let (a, b) = (
+        (new.written_at(), new.updated_by.as_str(), new.deleted()),
+        (have.written_at(), have.updated_by.as_str(), have.deleted()),
+    );
+    match a.cmp(&b) {
+        // The common tie is the same record, republished by every node:
+        // told apart without writing either body out.
+        std::cmp::Ordering::Equal if new.body == have.body => false,
+        std::cmp::Ordering::Equal => new.body.to_string() > have.body.to_string(),
         o => o.is_gt(),
     }
 }
