@@ -122,6 +122,16 @@ pub struct Cluster {
     >,
     /// Bumped whenever `known_objects` changes.
     objects_version: u64,
+    /// The store's object map last merged (gossip hands out the same map
+    /// while nothing changed).
+    objects_seen: Option<
+        std::sync::Arc<
+            std::collections::BTreeMap<
+                muslin_model::object::ObjectKey,
+                muslin_model::object::ObjectRecord,
+            >,
+        >,
+    >,
     /// The version last published to the store, and when.
     objects_synced: Option<(u64, Instant)>,
     /// The policy table: what it was brought to, and its counters.
@@ -457,6 +467,7 @@ pub async fn join(
         known_networks: known,
         known_objects,
         objects_version: 0,
+        objects_seen: None,
         objects_synced: None,
         policy: Default::default(),
         settling: Default::default(),

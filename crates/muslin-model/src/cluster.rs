@@ -347,7 +347,9 @@ pub struct ClusterView {
     /// Every cluster object known. Gossip keeps tombstones here as it
     /// keeps deleted networks (nodes republish them); etcd shows only
     /// live objects.
-    pub objects: BTreeMap<ObjectKey, ObjectRecord>,
+    /// Shared: a store whose objects did not change hands out the same
+    /// map again, and a reader can tell by the pointer.
+    pub objects: std::sync::Arc<BTreeMap<ObjectKey, ObjectRecord>>,
 }
 
 impl ClusterView {
@@ -929,7 +931,7 @@ mod tests {
             rec("policy", "b", Some(2)),
             rec("labels", "c", None),
         ] {
-            v.objects.insert(r.key(), r);
+            std::sync::Arc::make_mut(&mut v.objects).insert(r.key(), r);
         }
         let names: Vec<&str> = v.objects_of("policy").map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["a"]);

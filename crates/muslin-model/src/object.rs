@@ -110,7 +110,10 @@ pub fn newer(new: &ObjectRecord, have: &ObjectRecord) -> bool {
         // The common tie is the same record, republished by every node:
         // told apart without writing either body out.
         std::cmp::Ordering::Equal if new.body == have.body => false,
-        std::cmp::Ordering::Equal => new.body.to_string() > have.body.to_string(),
+        std::cmp::Ordering::Equal => {
+            let (n, h) = (new.body.to_string(), have.body.to_string());
+            n > h
+        }
         o => o.is_gt(),
     }
 }

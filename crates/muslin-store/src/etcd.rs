@@ -861,7 +861,7 @@ impl ClusterStore for Etcd {
                     if let Ok(o) = serde_json::from_str::<ObjectRecord>(v) {
                         // Only under its own key, as on gossip.
                         if o.kind == kind && o.name == name && !o.deleted() {
-                            view.objects.insert((kind, name), o);
+                            std::sync::Arc::make_mut(&mut view.objects).insert((kind, name), o);
                         }
                     }
                 }

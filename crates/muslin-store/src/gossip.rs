@@ -46,6 +46,8 @@ pub struct Gossip {
     /// round decodes only the nodes whose state changed since, not every
     /// record of every node every few hundred milliseconds.
     decoded: std::sync::Mutex<HashMap<String, Decoded>>,
+    /// The objects merged from `decoded`, while no node's state changed.
+    objects: std::sync::Mutex<Option<Arc<BTreeMap<ObjectKey, ObjectRecord>>>>,
 }
 
 struct Decoded {
@@ -117,6 +119,7 @@ impl Gossip {
             me: cfg.node_name,
             alone: cfg.seeds.is_empty(),
             decoded: Default::default(),
+            objects: Default::default(),
         })
     }
 
@@ -317,11 +320,12 @@ impl ClusterStore for Gossip {
         let any_live: std::collections::HashSet<String> =
             live.iter().map(|id| id.node_id.to_string()).collect();
         let mut view = ClusterView::default();
-        // Every node republishes every object, so the same records come
-        // from each: the winners are chosen by reference and cloned once.
-        let mut objects: BTreeMap<ObjectKey, ObjectRecord> = BTreeMap::new();
         let mut decoded = self.decoded.lock().expect("decoded");
+        let before = decoded.len();
         decoded.retain(|n, _| newest.contains_key(n));
+        // Whether some node's state was decoded again (or left): only then
+        // are the objects merged again.
+        let mut changed = decoded.len() != before;
         for (name, id) in newest {
             let Some(state) = c.node_state(id) else {
                 continue;
@@ -340,6 +344,7 @@ impl ClusterStore for Gossip {
                 }
                 continue;
             }
+            changed = true;
             let mut pv = PeerView {
                 alive,
                 ..Default::default()
@@ -392,20 +397,30 @@ impl ClusterStore for Gossip {
             );
             view.nodes.insert(name, pv);
         }
-        let mut winners: BTreeMap<ObjectKey, &ObjectRecord> = BTreeMap::new();
-        for o in decoded.values().flat_map(|d| &d.objects) {
-            if !object::valid_kind(&o.kind) || !object::valid_name(&o.name) {
-                continue;
-            }
-            match winners.get(&o.key()) {
-                Some(have) if !object::newer(o, have) => {}
-                _ => {
-                    winners.insert(o.key(), o);
+        let mut cached = self.objects.lock().expect("objects");
+        if changed || cached.is_none() {
+            // Every node republishes every object, so the same records
+            // come from each: the winners are chosen by reference and
+            // cloned once.
+            let mut winners: BTreeMap<ObjectKey, &ObjectRecord> = BTreeMap::new();
+            for o in decoded.values().flat_map(|d| &d.objects) {
+                if !object::valid_kind(&o.kind) || !object::valid_name(&o.name) {
+                    continue;
+                }
+                match winners.get(&o.key()) {
+                    Some(have) if !object::newer(o, have) => {}
+                    _ => {
+                        winners.insert(o.key(), o);
+                    }
                 }
             }
+            let merged: BTreeMap<ObjectKey, ObjectRecord> =
+                winners.into_iter().map(|(k, o)| (k, o.clone())).collect();
+            if cached.as_deref() != Some(&merged) {
+                *cached = Some(Arc::new(merged));
+            }
         }
-        objects.extend(winners.into_iter().map(|(k, o)| (k, o.clone())));
-        view.objects = objects;
+        view.objects = cached.clone().expect("just set");
         view
     }
 
@@ -595,7 +610,7 @@ mod tests {
 
         // b republishes what it knows; a stops publishing: it stays.
         let mut known = BTreeMap::new();
-        for r in b.view().await.objects.into_values() {
+        for r in b.view().await.objects.values().cloned() {
             object::merge(&mut known, r);
         }
         b.sync_objects(&known, 2_000).await;

@@ -418,6 +418,21 @@ impl Cluster {
             }
             live.map(|(k, r)| (k.clone(), r.clone())).collect()
         } else {
+            // The same map as last round: nothing new to merge (tombstones
+            // still expire, now and then).
+            let expiring = self
+                .known_objects
+                .values()
+                .any(|r| !object::remembered(r, now));
+            if !expiring
+                && self
+                    .objects_seen
+                    .as_ref()
+                    .is_some_and(|o| std::sync::Arc::ptr_eq(o, &view.objects))
+            {
+                return;
+            }
+            self.objects_seen = Some(view.objects.clone());
             // A record dated far in the future (a forgery, or a clock
             // years ahead) would win every later write: not taken.
             let fresh: Vec<&ObjectRecord> = view
