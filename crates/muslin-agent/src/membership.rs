@@ -374,11 +374,11 @@ pub async fn join(
         tracing::info!(?endpoints, %prefix, "cluster state in etcd");
         s
     } else {
-        AnyStore::Gossip(
+        AnyStore::Gossip(Box::new(
             Gossip::start(gcfg, initial)
                 .await
                 .map_err(|e| AgentError::Join(e.to_string()))?,
-        )
+        ))
     };
     // A first start waits briefly to hear the cluster before claiming; a
     // restart holds its blocks already and serves at once.

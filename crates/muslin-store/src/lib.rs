@@ -88,7 +88,7 @@ pub struct Traffic {
 }
 
 pub enum AnyStore {
-    Gossip(Gossip),
+    Gossip(Box<Gossip>),
     Etcd(Box<Etcd>),
 }
 
