@@ -39,6 +39,7 @@ fn topology_networks() -> String {
 const U1: &str = "192.168.60.11";
 pub const VXLAN: &str = "Muslin vxlan";
 pub const POLICED: &str = "Muslin vxlan, policed (see the policy stage)";
+pub const UNPOLICED: &str = "Muslin vxlan, the same endpoints, no policy";
 const U2: &str = "192.168.60.12";
 
 pub struct Path {
@@ -258,19 +259,23 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
         ("mba", "auto", TOPOLOGY),
         ("mbn", "vxlan", networks.as_str()),
         ("mbp", "vxlan", TOPOLOGY),
+        ("mbe", "vxlan", TOPOLOGY),
     ] {
         up(o, lab, backend, topology).map_err(&f)?;
     }
     // 1,000 endpoints in the cluster (the lab's four and the rest in
     // groups), 100 policies over the measured pair.
-    crate::policy::set_up(
-        &o.bin,
-        "mbp",
-        &["h1", "h2"],
-        plan.policy_endpoints - 4,
-        plan.policies,
-    )
-    .map_err(&f)?;
+    // The same endpoints without any policy: the policed path's baseline.
+    for (lab, policies) in [("mbp", plan.policies), ("mbe", 0)] {
+        crate::policy::set_up(
+            &o.bin,
+            lab,
+            &["h1", "h2"],
+            plan.policy_endpoints - 4,
+            policies,
+        )
+        .map_err(&f)?;
+    }
     paths.push(Path {
         name: UNDERLAY,
         from: "mbr-h1".into(),
@@ -330,6 +335,12 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
         addr: pod("mbp", "h2", 0).map_err(&f)?,
     });
     paths.push(Path {
+        name: UNPOLICED,
+        from: "mbe-h1-c1".into(),
+        to: "mbe-h2-c1".into(),
+        addr: pod("mbe", "h2", 0).map_err(&f)?,
+    });
+    paths.push(Path {
         name: "Muslin second network (own VNI)",
         from: "mbn-h1-n1".into(),
         to: "mbn-h2-n1".into(),
@@ -378,7 +389,7 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
     }
     // The policed path against the same path without policy.
     let at = |name: &str| paths.iter().position(|p| p.name == name).expect("listed");
-    let (plain, policed) = (&series[at(VXLAN)], &series[at(POLICED)]);
+    let (plain, policed) = (&series[at(UNPOLICED)], &series[at(POLICED)]);
     for (k, (metric, unit)) in [
         ("TCP throughput, 1 stream", "Gbit/s"),
         ("TCP throughput, 4 streams", "Gbit/s"),
@@ -392,7 +403,7 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
         report.add(
             "policy",
             &format!(
-                "vxlan, {} policies, {} endpoints (vs no policy)",
+                "vxlan, {} policies, {} endpoints (vs the same endpoints, no policy)",
                 plan.policies, plan.policy_endpoints
             ),
             metric,
