@@ -389,14 +389,6 @@ impl ClusterView {
         }
     }
 
-    /// The live objects of `kind`, by name: what the features built on
-    /// objects read (the map itself holds gossip's tombstones too).
-    pub fn objects_of<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a ObjectRecord> + 'a {
-        self.objects
-            .values()
-            .filter(move |r| r.kind == kind && !r.deleted())
-    }
-
     /// Every endpoint of the cluster, node by node.
     pub fn endpoints(&self) -> Vec<&EndpointRecord> {
         self.nodes
@@ -933,8 +925,13 @@ mod tests {
         ] {
             std::sync::Arc::make_mut(&mut v.objects).insert(r.key(), r);
         }
-        let names: Vec<&str> = v.objects_of("policy").map(|r| r.name.as_str()).collect();
-        assert_eq!(names, ["a"]);
+        let live: Vec<&str> = v
+            .objects
+            .values()
+            .filter(|r| r.kind == "policy" && !r.deleted())
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(live, ["a"]);
         assert_eq!(v.of_network("blue").objects, v.objects, "cluster-wide");
     }
 

@@ -321,18 +321,6 @@ impl Policy {
         }
         None
     }
-
-    /// Named ports the rules use, for a check that endpoints define them.
-    pub fn named_ports(&self) -> impl Iterator<Item = &str> {
-        self.ingress
-            .iter()
-            .chain(&self.egress)
-            .flat_map(|r| &r.ports)
-            .filter_map(|p| match &p.port {
-                Some(Port::Named(n)) => Some(n.as_str()),
-                _ => None,
-            })
-    }
 }
 
 pub fn key(namespace: Option<&str>, name: &str) -> String {

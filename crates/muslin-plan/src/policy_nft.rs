@@ -208,6 +208,9 @@ pub fn compile(inputs: &Inputs<'_>) -> PolicyTable {
         l.insert(policy::NAMESPACE_NAME_LABEL.into(), ns.into());
         l
     };
+    // Egress named ports per policy rule and network, like the peer sets:
+    // computed once, however many local endpoints the policy protects.
+    let mut named: BTreeMap<(String, usize, String), NamedPeers> = BTreeMap::new();
     for ep in inputs.endpoints.iter().filter(|e| e.node == inputs.me) {
         let me = Member::of(ep);
         let ifname = host_ifname(&ep.container_id, &ep.ifname);
@@ -250,8 +253,10 @@ pub fn compile(inputs: &Inputs<'_>) -> PolicyTable {
                         name
                     });
                     if d == Direction::Egress {
-                        for ((protocol, port), spans) in egress_named(r, ep, p, inputs, &ns_labels)
-                        {
+                        let by_port = named
+                            .entry((p.key(), ri, ep.network.clone()))
+                            .or_insert_with(|| egress_named(r, ep, p, inputs, &ns_labels));
+                        for (&(protocol, port), spans) in by_port.iter() {
                             let name = format!(
                                 "peers_{}",
                                 short_hash(&[
@@ -263,10 +268,9 @@ pub fn compile(inputs: &Inputs<'_>) -> PolicyTable {
                                     &port.to_string()
                                 ])
                             );
-                            t.sets.insert(
-                                name.clone(),
-                                policy::normalize(spans).into_iter().collect(),
-                            );
+                            t.sets.entry(name.clone()).or_insert_with(|| {
+                                policy::normalize(spans.clone()).into_iter().collect()
+                            });
                             let readable = format!(
                                 "{} {} egress #{ri} {} {port} named",
                                 p.key(),
@@ -366,6 +370,9 @@ fn peer_spans(
     policy::normalize(spans).into_iter().collect()
 }
 
+/// Peers of an egress rule by the protocol and number they give a name.
+type NamedPeers = BTreeMap<(Protocol, u16), Vec<Span>>;
+
 /// The named ports of an egress rule: for each protocol and number some
 /// peer gives one of the names, the peers that give it that number. Each
 /// becomes a rule of its own (those peers, that port), so a peer is
@@ -376,8 +383,8 @@ fn egress_named(
     p: &Policy,
     inputs: &Inputs<'_>,
     ns_labels: &dyn Fn(&str) -> BTreeMap<String, String>,
-) -> BTreeMap<(Protocol, u16), Vec<Span>> {
-    let mut out: BTreeMap<(Protocol, u16), Vec<Span>> = BTreeMap::new();
+) -> NamedPeers {
+    let mut out = NamedPeers::new();
     let names: Vec<(&str, Protocol)> = r
         .ports
         .iter()
