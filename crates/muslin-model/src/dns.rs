@@ -111,6 +111,7 @@ struct Entry {
 #[derive(Debug, Default)]
 struct NetNames {
     name: String,
+    subnets: Vec<IpNet>,
     by_name: HashMap<Box<str>, Vec<Entry>>,
     /// Each address's first name (PTR).
     by_addr: HashMap<IpAddr, Arc<str>>,
@@ -162,6 +163,7 @@ impl NameIndex {
             ix.positions.insert(n.name.clone(), ix.nets.len() as u32);
             ix.nets.push(NetNames {
                 name: n.name.to_ascii_lowercase(),
+                subnets: n.subnets.clone(),
                 ..Default::default()
             });
             ix.ranges.extend(n.subnets.iter().copied());
@@ -243,6 +245,21 @@ impl NameIndex {
             Some(v) => v.clone(),
             None => Arc::from(vec![pos]),
         }
+    }
+
+    /// Whether `network`'s resolver answers `asker`: an address of the
+    /// network, or the host itself (a query from the host carries a
+    /// resolver address as its source). Anyone else reached the resolver
+    /// from outside the network and would read its names.
+    pub fn admits(&self, network: &str, asker: IpAddr) -> bool {
+        let Some(&pos) = self.positions.get(network) else {
+            return false;
+        };
+        is_listen_address(asker)
+            || self.nets[pos as usize]
+                .subnets
+                .iter()
+                .any(|s| s.contains(&asker))
     }
 
     /// The positions of networks by name (for `muslin dns lookup`).
@@ -408,6 +425,11 @@ pub fn upstreams_of_resolv_conf(text: &str, ours: &dyn Fn(IpAddr) -> bool) -> Ve
         .filter_map(|a| a.split('%').next()?.parse::<IpAddr>().ok())
         .filter(|a| !ours(*a))
         .collect()
+}
+
+/// The first and last listening addresses of all networks.
+pub fn listen_range() -> (Ipv4Addr, Ipv4Addr) {
+    (listen_address(0), listen_address(crate::network::MAX_ID))
 }
 
 /// Whether `addr` is one of the name service's own listening addresses.

@@ -79,6 +79,11 @@ impl RequestHandler for NetHandler {
         let qtype = info.query.query_type();
         let qname = info.query.original().name().clone();
         let index = self.shared.index();
+        if !index.admits(&self.network, request.src().ip()) {
+            self.shared.count_refused();
+            let m = fail(ResponseCode::Refused);
+            return send(&mut response, builder.build_no_records(m)).await;
+        }
         let visible = index.visible(&self.network, request.src().ip());
         let text = qname.to_ascii();
         let answer = index.lookup(&visible, &text, kind(qtype));
