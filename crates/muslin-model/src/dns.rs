@@ -25,8 +25,10 @@ pub const DEFAULT_DOMAIN: &str = "muslin.internal";
 /// container's departure or arrival shows within a few seconds.
 pub const TTL_SECONDS: u32 = 5;
 
-/// Aliases one attachment may carry.
+/// Aliases one attachment may carry, and their bytes in all (they travel
+/// in the endpoint's cluster record).
 pub const MAX_ALIASES: usize = 32;
+pub const ALIASES_TOTAL_MAX: usize = 2048;
 
 /// Network `id`'s resolver address (the default network's id is 0). One
 /// address per network, link-local so no cluster range can hold it, and

@@ -505,6 +505,20 @@ fn names_outside_the_cluster_go_upstream_with_failover_and_fail_fast_when_it_is_
 fn malformed_packets_never_crash_or_stall_the_server() {
     let mut w = world(1, false, &[]);
     let c = w.ctr(0, None, "target", "default", &[]);
+    // A name that is no DNS name is refused before anything is made.
+    let other = Netns::new("bad");
+    let conf = json!({"cniVersion": "1.1.0", "name": "muslin", "type": "muslin",
+                      "socket": w.agents[0].socket, "args": {"cni": {"aliases": ["ok", "Not A Name"]}}});
+    let (v, ok) = plugin(&w.agents[0].ns_name, &conf, "ADD", "bad-alias", &other, &[]);
+    assert!(!ok && v["code"] == 7, "{v}");
+    assert!(
+        v["msg"].as_str().unwrap().contains("args.cni.aliases[1]"),
+        "{v}"
+    );
+    assert_eq!(
+        w.agents[0].status()["endpoints"].as_array().unwrap().len(),
+        1
+    );
     let path = c.ns.path();
     let sent = std::thread::spawn(move || {
         let f = std::fs::File::open(path).unwrap();
