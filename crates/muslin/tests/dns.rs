@@ -312,7 +312,7 @@ fn names_aliases_namespaces_and_networks_resolve_across_hosts_and_follow_churn()
         json!(["shop.muslin.internal", "muslin.internal"])
     );
     until("h1 knows web on h3", 20, || {
-        a(&client, "web.muslin.internal").data == [web.addr.clone()]
+        a(&client, "web.muslin.internal").data == vec![web.addr.clone()]
     });
     let both = sorted(&[&web.addr, &web2.addr]);
     until("h1 knows web2 on h2", 20, || {
@@ -364,7 +364,7 @@ fn names_aliases_namespaces_and_networks_resolve_across_hosts_and_follow_churn()
     // A departure shows everywhere within 2 s; so does an arrival.
     let far = w.ctr(1, None, "watcher", "shop", &[]);
     until("h2 knows web", 20, || {
-        a(&far, "web.muslin.internal").data == [web.addr.clone()]
+        a(&far, "web.muslin.internal").data == vec![web.addr.clone()]
     });
     w.del(&web);
     let t = Instant::now();
@@ -376,12 +376,15 @@ fn names_aliases_namespaces_and_networks_resolve_across_hosts_and_follow_churn()
         "DEL seen everywhere after {:.2} s",
         t.elapsed().as_secs_f64()
     );
-    assert_eq!(a(&client, "www.muslin.internal").data, [web2.addr.clone()]);
+    assert_eq!(
+        a(&client, "www.muslin.internal").data,
+        vec![web2.addr.clone()]
+    );
     let t = Instant::now();
     let late = w.ctr(2, None, "late", "shop", &[]);
     until("late resolves on h1 and h2", 2, || {
-        a(&client, "late.muslin.internal").data == [late.addr.clone()]
-            && a(&far, "late.shop.muslin.internal").data == [late.addr.clone()]
+        a(&client, "late.muslin.internal").data == vec![late.addr.clone()]
+            && a(&far, "late.shop.muslin.internal").data == vec![late.addr.clone()]
     });
     eprintln!(
         "ADD seen everywhere after {:.2} s",
@@ -417,21 +420,27 @@ fn overlapping_networks_each_resolve_only_their_own_db() {
     assert_ne!(red.resolver(), blue.resolver());
     assert_ne!(red.resolver(), "169.254.53.1");
     until("red's db resolves in red", 20, || {
-        a(&red, "only-red.muslin.internal").data == [db_red.addr.clone()]
+        a(&red, "only-red.muslin.internal").data == vec![db_red.addr.clone()]
     });
     until("blue's db resolves in blue", 20, || {
-        a(&blue, "only-blue.muslin.internal").data == [db_blue.addr.clone()]
+        a(&blue, "only-blue.muslin.internal").data == vec![db_blue.addr.clone()]
     });
-    assert_eq!(a(&red, "db.muslin.internal").data, [db_red.addr.clone()]);
+    assert_eq!(
+        a(&red, "db.muslin.internal").data,
+        vec![db_red.addr.clone()]
+    );
     assert_eq!(
         a(&red, "db.red.muslin.internal").data,
-        [db_red.addr.clone()]
+        vec![db_red.addr.clone()]
     );
     assert_eq!(a(&red, "only-blue.muslin.internal").status, "NXDOMAIN");
     assert_eq!(a(&red, "db.blue.muslin.internal").status, "NXDOMAIN");
     assert_eq!(a(&red, "plain.muslin.internal").status, "NXDOMAIN");
     assert_eq!(a(&blue, "only-red.muslin.internal").status, "NXDOMAIN");
-    assert_eq!(a(&blue, "db.muslin.internal").data, [db_blue.addr.clone()]);
+    assert_eq!(
+        a(&blue, "db.muslin.internal").data,
+        vec![db_blue.addr.clone()]
+    );
     let ptr = dig(&red.ns, &red.resolver(), &["-x", &db_red.addr]);
     assert_eq!(ptr.data, ["db.muslin.internal."]);
     // No network reads another's names through its resolver.
@@ -456,7 +465,7 @@ fn overlapping_networks_each_resolve_only_their_own_db() {
     assert_eq!(a(&plain, "db.muslin.internal").status, "NXDOMAIN");
     assert_eq!(
         a(&plain, "plain.muslin.internal").data,
-        [plain.addr.clone()]
+        vec![plain.addr.clone()]
     );
 }
 
@@ -601,10 +610,10 @@ fn malformed_packets_never_crash_or_stall_the_server() {
     // Still answering, at once, and still running.
     let t = Instant::now();
     let r = a(&c, "target.muslin.internal");
-    assert_eq!(r.data, [c.addr.clone()], "{r:?}\n{}", w.agents[0].log());
+    assert_eq!(r.data, vec![c.addr.clone()], "{r:?}\n{}", w.agents[0].log());
     assert!(t.elapsed() < Duration::from_secs(2));
     let tcp = dig(&c.ns, "169.254.53.1", &["+tcp", "target.muslin.internal"]);
-    assert_eq!(tcp.data, [c.addr.clone()]);
+    assert_eq!(tcp.data, vec![c.addr.clone()]);
     assert!(
         w.agents[0]
             .child
@@ -624,7 +633,7 @@ fn names_survive_restarts_and_a_restart_during_a_partition() {
     let client = w.ctr(0, None, "client", "default", &[]);
     let web = w.ctr(2, None, "web", "default", &[]);
     until("h1 knows web", 20, || {
-        a(&client, "web.muslin.internal").data == [web.addr.clone()]
+        a(&client, "web.muslin.internal").data == vec![web.addr.clone()]
     });
     // While the agent is down its address stays (resolv.conf never
     // changes); once it is back it answers again.
@@ -638,7 +647,7 @@ fn names_survive_restarts_and_a_restart_during_a_partition() {
     w.agents[0].spawn();
     w.agents[0].wait_ready(Duration::from_secs(30));
     until("h1 answers after its restart", 10, || {
-        a(&client, "web.muslin.internal").data == [web.addr.clone()]
+        a(&client, "web.muslin.internal").data == vec![web.addr.clone()]
     });
     // h3 falls silent (its agent paused: no gossip from it); h1 restarts
     // meanwhile and still knows h3's names from what it remembered.
@@ -659,7 +668,7 @@ fn names_survive_restarts_and_a_restart_during_a_partition() {
     w.agents[0].spawn();
     w.agents[0].wait_ready(Duration::from_secs(30));
     until("h1 answers for h3 while h3 is silent", 10, || {
-        a(&client, "web.muslin.internal").data == [web.addr.clone()]
+        a(&client, "web.muslin.internal").data == vec![web.addr.clone()]
     });
     let _ = &w.net;
 }
