@@ -552,7 +552,7 @@ fn malformed_packets_never_crash_or_stall_the_server() {
         let mut send = |b: &[u8]| {
             let _ = s.send_to(b, to);
             n += 1;
-            if n % 200 == 0 {
+            if n.is_multiple_of(200) {
                 std::thread::sleep(Duration::from_millis(5));
             }
         };
