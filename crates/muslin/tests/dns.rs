@@ -625,6 +625,28 @@ fn malformed_packets_never_crash_or_stall_the_server() {
         "the agent died: {}",
         w.agents[0].log()
     );
+    // An alias of 40 containers: 40 records, past 512 bytes. Without EDNS
+    // the answer is truncated and dig asks again over TCP; with EDNS it
+    // fits in one datagram.
+    let pool: Vec<Ctr> = (0..40)
+        .map(|i| w.ctr(0, None, &format!("p{i}"), "default", &["pool"]))
+        .collect();
+    let mut want: Vec<String> = pool.iter().map(|p| p.addr.clone()).collect();
+    want.sort();
+    until("the pool resolves", 10, || {
+        a(&c, "pool.muslin.internal").data == want
+    });
+    let plain = dig(&c.ns, "169.254.53.1", &["+noedns", "pool.muslin.internal"]);
+    assert_eq!(plain.data, want);
+    let o = c.ns.exec(&[
+        "dig",
+        "+noedns",
+        "+ignore",
+        "@169.254.53.1",
+        "pool.muslin.internal",
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains(" tc"), "no truncation flag: {text}");
 }
 
 #[test]
