@@ -2,7 +2,7 @@
 //! leases this node holds and that have settled. ADDs wait briefly for a
 //! first block or for one more; the lease manager supplies them.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,9 @@ pub struct BlockSource {
     blocks: watch::Sender<Vec<IpNet>>,
     /// Shared by every network's source: one wake-up for the lease loop.
     wanted: Arc<Notify>,
-    asked: AtomicBool,
+    /// 0: nobody asked; n + 1: an ADD that saw n blocks wants more (the
+    /// most blocks any asker saw).
+    asked: AtomicUsize,
     pub leased: bool,
 }
 
@@ -22,7 +24,7 @@ impl BlockSource {
         BlockSource {
             blocks: watch::Sender::new(initial),
             wanted: Arc::new(Notify::new()),
-            asked: AtomicBool::new(false),
+            asked: AtomicUsize::new(0),
             leased,
         }
     }
@@ -32,14 +34,15 @@ impl BlockSource {
         BlockSource {
             blocks: watch::Sender::new(Vec::new()),
             wanted: self.wanted.clone(),
-            asked: AtomicBool::new(false),
+            asked: AtomicUsize::new(0),
             leased: true,
         }
     }
 
-    /// Whether an ADD asked for a block since the last call.
-    pub fn take_asked(&self) -> bool {
-        self.asked.swap(false, Ordering::Relaxed)
+    /// How many blocks the ADDs that asked for more since the last call
+    /// saw (the most of them), if any asked.
+    pub fn take_asked(&self) -> Option<usize> {
+        self.asked.swap(0, Ordering::Relaxed).checked_sub(1)
     }
 
     pub fn current(&self) -> Vec<IpNet> {
@@ -61,7 +64,7 @@ impl BlockSource {
     /// manager for one; returns the blocks then (or as they are at the end).
     pub async fn more_than(&self, have: usize, wait: Duration) -> Vec<IpNet> {
         let mut rx = self.blocks.subscribe();
-        self.asked.store(true, Ordering::Relaxed);
+        self.asked.fetch_max(have + 1, Ordering::Relaxed);
         self.wanted.notify_one();
         let _ = tokio::time::timeout(wait, rx.wait_for(|b| b.len() > have)).await;
         self.current()

@@ -92,8 +92,6 @@ pub struct Leases {
     /// Claim a first block only when an ADD asks for one (a network not
     /// every node has containers in).
     lazy: bool,
-    /// How many settled blocks IPAM had before this step.
-    handed: usize,
 }
 
 /// What a step decided, for the caller to publish.
@@ -202,7 +200,6 @@ impl Leases {
             claims,
             saved_alive: 0,
             lazy: false,
-            handed: 0,
         })
     }
 
@@ -212,7 +209,8 @@ impl Leases {
 
     /// One round: drop claims another node wins, claim a block when we
     /// hold none (or `more` asks for another), report the settled ones.
-    pub fn step(&mut self, view: &ClusterView, more: bool) -> Step {
+    /// `asked`: an ADD saw that many blocks and wants more.
+    pub fn step(&mut self, view: &ClusterView, asked: Option<usize>) -> Step {
         let mut s = Step::default();
         let owners = view.block_owners();
         let now = now_ms();
@@ -255,13 +253,11 @@ impl Leases {
         settled.sort();
         s.settled = settled.into_iter().map(|(_, b)| b).collect();
         let pending = self.claims.len() > s.settled.len();
-        let first = self.claims.is_empty() && (more || !self.lazy);
-        // A block that settles in this very step serves the ADDs waiting
-        // for one; only an ADD that found every handed block full asks
-        // for another.
-        let fresh = s.settled.len() > self.handed;
-        self.handed = s.settled.len();
-        if (first || (more && !pending && !fresh && !self.claims.is_empty())) && s.claim.is_none() {
+        let first = self.claims.is_empty() && (asked.is_some() || !self.lazy);
+        // Another block only for an ADD that found every settled block
+        // full: one that asked before a block settled is served by it.
+        let more = asked.is_some_and(|saw| saw >= s.settled.len());
+        if (first || (more && !pending && !self.claims.is_empty())) && s.claim.is_none() {
             // Ranges some host routes elsewhere are never leased.
             let avoid: Vec<IpNet> = self.claims.keys().copied().chain(view.reserved()).collect();
             match choose_free_block(view, self.pod_cidr, self.size, &self.me, &avoid) {
@@ -344,35 +340,37 @@ mod tests {
         let pod: IpNet = "10.244.0.0/16".parse().unwrap();
         let mut l =
             Leases::load(&d, "n1", pod, 24, Duration::ZERO, Duration::from_secs(60)).unwrap();
-        let s = l.step(&ClusterView::default(), false);
+        let s = l.step(&ClusterView::default(), None);
         let (b, _) = s.claim.unwrap();
         // Settle time zero: settled as soon as the view shows it ours.
-        let s = l.step(&view_with(&l, &[]), false);
+        let s = l.step(&view_with(&l, &[]), None);
         assert_eq!(s.settled, vec![b]);
         assert!(s.claim.is_none());
         // More was asked for: a second block, while the first stays.
-        let s = l.step(&view_with(&l, &[]), true);
+        let s = l.step(&view_with(&l, &[]), Some(1));
         let (b2, _) = s.claim.unwrap();
         assert_ne!(b, b2);
-        let s = l.step(&view_with(&l, &[("n0", &b2.to_string(), 1)]), false);
+        let s = l.step(&view_with(&l, &[("n0", &b2.to_string(), 1)]), None);
         assert_eq!(s.release, vec![b2]);
         // An ADD waiting for the first block asks in the step the block
         // settles in: that block serves it; no second one is claimed.
         let d2 = dir("a2");
         let mut w =
             Leases::load(&d2, "n1", pod, 24, Duration::ZERO, Duration::from_secs(60)).unwrap();
-        w.step(&ClusterView::default(), true).claim.unwrap();
-        let s = w.step(&view_with(&w, &[]), true);
+        w.step(&ClusterView::default(), Some(0)).claim.unwrap();
+        let s = w.step(&view_with(&w, &[]), Some(0));
         assert_eq!(s.settled.len(), 1);
         assert!(s.claim.is_none(), "{:?}", s.claim);
-        // Asked again with that block handed out: it was full.
-        assert!(w.step(&view_with(&w, &[]), true).claim.is_some());
+        // The same ask read a step late: still served by that block.
+        assert!(w.step(&view_with(&w, &[]), Some(0)).claim.is_none());
+        // An ADD that saw the block and found it full gets another.
+        assert!(w.step(&view_with(&w, &[]), Some(1)).claim.is_some());
         std::fs::remove_dir_all(&d2).unwrap();
-        let s = l.step(&view_with(&l, &[]), true);
+        let s = l.step(&view_with(&l, &[]), Some(1));
         let (b2, _) = s.claim.unwrap();
         assert_ne!(b, b2);
         // Someone claimed b2 earlier: we give it up.
-        let s = l.step(&view_with(&l, &[("n0", &b2.to_string(), 1)]), false);
+        let s = l.step(&view_with(&l, &[("n0", &b2.to_string(), 1)]), None);
         assert_eq!(s.release, vec![b2]);
         assert!(!l.claims.contains_key(&b2));
         // A restart within the TTL keeps the blocks.
@@ -402,7 +400,7 @@ mod tests {
         assert_eq!(l.claims.keys().copied().collect::<Vec<_>>(), vec![b]);
         assert_eq!(l.claims[&b], 1795748641152);
         assert_eq!(l.network(), "default");
-        let s = l.step(&view_with(&l, &[]), false);
+        let s = l.step(&view_with(&l, &[]), None);
         assert_eq!(s.settled, vec![b]);
         let raw: serde_json::Value =
             serde_json::from_slice(&std::fs::read(d.join("leases.json")).unwrap()).unwrap();
@@ -417,7 +415,7 @@ mod tests {
         std::fs::write(d.join("leases.json"), mixed).unwrap();
         let mut l = Leases::load(&d, "fixnode", pod, 24, Duration::ZERO, Duration::MAX).unwrap();
         assert!(l.claims.is_empty(), "blue's block is not default's");
-        l.step(&ClusterView::default(), false);
+        l.step(&ClusterView::default(), None);
         let raw: serde_json::Value =
             serde_json::from_slice(&std::fs::read(d.join("leases.json")).unwrap()).unwrap();
         assert!(raw["blocks"]

@@ -526,7 +526,6 @@ impl Cluster {
         let started = Instant::now();
         let mut last: Option<(Desired, Vec<nets::NetPlane>)> = None;
         let mut last_full = Instant::now() - Duration::from_secs(3600);
-        let mut more = false;
         let mut masq = MasqueradeState::default();
         loop {
             if self.host.at.elapsed() > HOST_REFRESH {
@@ -633,10 +632,7 @@ impl Cluster {
                 .collect();
             self.lease_networks(&view, &live, &networks, &in_use).await;
             if let Some(l) = self.leases.as_mut() {
-                // Both read: an ask left unread would claim again later.
-                let asked = blocks.take_asked();
-                let step = l.step(&view, more || asked);
-                more = false;
+                let step = l.step(&view, blocks.take_asked());
                 let network = l.network();
                 for b in &step.release {
                     self.store.release_block(network, *b).await;
@@ -724,7 +720,8 @@ impl Cluster {
                 Some(ask) = asks.recv() => {
                     self.answer(ask, &view, &live, &host).await
                 }
-                _ = blocks.wanted() => more = true,
+                // The ask itself is read from `blocks` next round.
+                _ = blocks.wanted() => {}
                 r = endpoints.changed() => {
                     // The node is gone (shutting down): rounds go on by time.
                     if r.is_err() {
