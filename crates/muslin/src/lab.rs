@@ -20,6 +20,21 @@ pub fn protos(list: &str) -> Result<Vec<Proto>> {
         .collect()
 }
 
+/// `lab check --proto`: the probe's protocols, and `dns` for names.
+pub fn checks(list: &str) -> Result<(Vec<Proto>, bool)> {
+    let dns = list.split(',').any(|s| s == muslin_lab::check::DNS);
+    let rest: Vec<&str> = list
+        .split(',')
+        .filter(|s| *s != muslin_lab::check::DNS)
+        .collect();
+    let protos = protos(&rest.join(","))
+        .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace(" or ip253", ", ip253 or dns")))?;
+    if protos.is_empty() && !dns {
+        bail!("--proto: nothing to check; expected tcp, udp, icmp, ip253 or dns");
+    }
+    Ok((protos, dns))
+}
+
 fn ctx() -> Result<Ctx> {
     Ok(Ctx {
         bin: std::env::current_exe().context("locating the muslin binary")?,
@@ -130,9 +145,11 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
             timeout_ms,
             json,
         } => {
+            let (protos, dns) = checks(&proto)?;
             let m = ops::check(
                 lab.name.as_deref(),
-                &protos(&proto)?,
+                &protos,
+                dns,
                 Duration::from_millis(timeout_ms),
             )?;
             if json {
