@@ -230,11 +230,11 @@ fn build_all(
     };
     if o.converge_timeout > 0 && !rec.containers.is_empty() {
         ctx.say(if plan.networks.is_empty() && plan.policy_file.is_none() {
-            "[4/4] check: waiting until every container reaches every container and host"
+            "[4/4] check: waiting until every container reaches every container and host, and resolves the containers' names"
         } else if plan.policy_file.is_none() {
-            "[4/4] check: waiting until every container reaches every container of its networks (and hosts, on the default network), and no other"
+            "[4/4] check: waiting until every container reaches every container of its networks (and hosts, on the default network) and resolves their names, and no other"
         } else {
-            "[4/4] check: waiting until every container reaches what the policies allow in its networks (and hosts, on the default network), and nothing else"
+            "[4/4] check: waiting until every container reaches what the policies allow in its networks (and hosts, on the default network), and nothing else, and resolves the names of its networks' containers"
         });
         let deadline = Duration::from_secs(o.converge_timeout);
         loop {
