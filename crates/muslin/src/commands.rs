@@ -532,3 +532,16 @@ fn first_nameserver(text: &str) -> Option<std::net::IpAddr> {
             .flatten()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_first_nameserver_of_resolv_conf_is_asked() {
+        let text = "# muslin lab demo: h1/c1\nsearch a.b\nnameserver bogus\nnameserver 169.254.53.2\nnameserver 10.0.0.1\n";
+        assert_eq!(
+            super::first_nameserver(text),
+            Some("169.254.53.2".parse().unwrap())
+        );
+        assert_eq!(super::first_nameserver("search x\n"), None);
+    }
+}

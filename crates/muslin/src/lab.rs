@@ -20,15 +20,19 @@ pub fn protos(list: &str) -> Result<Vec<Proto>> {
         .collect()
 }
 
-/// `lab check --proto`: the probe's protocols, and `dns` for names.
+/// `lab check --proto`: the probe's protocols, and whether names are
+/// checked (`dns`).
 pub fn checks(list: &str) -> Result<(Vec<Proto>, bool)> {
-    let dns = list.split(',').any(|s| s == muslin_lab::check::DNS);
-    let rest: Vec<&str> = list
-        .split(',')
-        .filter(|s| *s != muslin_lab::check::DNS)
-        .collect();
-    let protos = protos(&rest.join(","))
-        .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace(" or ip253", ", ip253 or dns")))?;
+    let (mut protos, mut dns) = (Vec::new(), false);
+    for s in list.split(',').filter(|s| !s.is_empty()) {
+        if s == muslin_lab::check::DNS {
+            dns = true;
+            continue;
+        }
+        protos.push(Proto::parse(s).with_context(|| {
+            format!("unknown protocol {s:?}; expected tcp, udp, icmp, ip253 or dns")
+        })?);
+    }
     if protos.is_empty() && !dns {
         bail!("--proto: nothing to check; expected tcp, udp, icmp, ip253 or dns");
     }
@@ -193,5 +197,24 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_check_takes_dns_besides_the_probes_protocols() {
+        let (p, dns) = checks("tcp,udp,icmp,dns").unwrap();
+        assert_eq!(p, [Proto::Tcp, Proto::Udp, Proto::Icmp]);
+        assert!(dns);
+        assert_eq!(checks("dns").unwrap(), (vec![], true));
+        assert_eq!(checks("ip253").unwrap(), (vec![Proto::Raw], false));
+        let e = checks("tcp,dnz").unwrap_err().to_string();
+        assert!(e.contains("\"dnz\"") && e.contains("ip253 or dns"), "{e}");
+        assert!(checks("").is_err());
+        // `probe check` has no dns: it probes one address.
+        assert!(protos("dns").is_err());
     }
 }
