@@ -128,8 +128,12 @@ impl Node {
     /// Recomputes what the cluster should see of this node's endpoints.
     /// Level-triggered: called after every change and by the reconciler.
     pub async fn publish_endpoints(&self) {
+        // Computed and sent under the table's lock: two ADDs finishing at
+        // once must not send their snapshots in the wrong order, which
+        // would leave the older one published (its container unnamed and
+        // unknown to other hosts) until the next change or reconcile.
+        let v = self.table.lock().await;
         let records: Vec<EndpointRecord> = {
-            let v = self.table.lock().await;
             let attaching = self.attaching.lock().expect("attaching");
             v.table
                 .endpoints
@@ -146,6 +150,7 @@ impl Node {
                 false
             }
         });
+        drop(v);
     }
 
     /// Returns once a snapshot at least as new as `generation` is on disk.

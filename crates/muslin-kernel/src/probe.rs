@@ -367,6 +367,107 @@ pub fn check(
     })
 }
 
+/// What a resolver answered for a name's A records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsAnswer {
+    /// `NOERROR`, `NXDOMAIN`, ...
+    pub rcode: String,
+    pub addresses: Vec<IpAddr>,
+}
+
+/// Asks `resolver` (UDP port 53) for the A records of `name` (tried as
+/// given, absolute: no search list), at most `tries` times, waiting
+/// `timeout` for each answer. A name the resolver does not know is an
+/// answer (NXDOMAIN, no addresses); silence is the error.
+pub fn resolve(
+    resolver: IpAddr,
+    name: &str,
+    timeout: Duration,
+    tries: u32,
+) -> Result<DnsAnswer, ProbeError> {
+    let fail = |reason: String| ProbeError {
+        proto: "dns",
+        target: resolver,
+        reason,
+    };
+    let id = (nonce() & 0xffff) as u16;
+    let query = dns_query(id, name).map_err(fail)?;
+    let s = UdpSocket::bind(SocketAddr::new(unspecified(resolver), 0))
+        .map_err(io("bind"))
+        .map_err(fail)?;
+    s.connect(SocketAddr::new(resolver, 53))
+        .map_err(io("connect"))
+        .map_err(fail)?;
+    let mut buf = [0u8; 4096];
+    let mut last = String::from("no answer");
+    for _ in 0..tries.max(1) {
+        s.send(&query).map_err(io("send")).map_err(fail)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                last = format!("no answer within {} ms", timeout.as_millis());
+                break;
+            }
+            s.set_read_timeout(Some(left))
+                .map_err(io("socket"))
+                .map_err(fail)?;
+            match s.recv(&mut buf) {
+                Ok(k) => match dns_answer(id, &buf[..k]) {
+                    // Not the answer to this query: a late one of a try before.
+                    None => continue,
+                    Some(a) => return Ok(a),
+                },
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                // ICMP port unreachable: nothing listens there; try again.
+                Err(e) => {
+                    last = format!("receive: {e}");
+                    std::thread::sleep(left.min(RESEND));
+                    break;
+                }
+            }
+        }
+    }
+    Err(fail(last))
+}
+
+/// A recursive query for `name`'s A records with message id `id`.
+fn dns_query(id: u16, name: &str) -> Result<Vec<u8>, String> {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    let mut qname = Name::from_ascii(name).map_err(|e| format!("{name:?}: {e}"))?;
+    qname.set_fqdn(true);
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(qname, RecordType::A));
+    m.to_vec().map_err(|e| format!("encoding the query: {e}"))
+}
+
+/// The answer in `packet` if it answers query `id`.
+fn dns_answer(id: u16, packet: &[u8]) -> Option<DnsAnswer> {
+    use hickory_proto::op::{Message, MessageType};
+    let m = Message::from_vec(packet).ok()?;
+    if m.metadata.id != id || m.metadata.message_type != MessageType::Response {
+        return None;
+    }
+    Some(DnsAnswer {
+        rcode: match u16::from(m.metadata.response_code) {
+            0 => "NOERROR".into(),
+            1 => "FORMERR".into(),
+            2 => "SERVFAIL".into(),
+            3 => "NXDOMAIN".into(),
+            4 => "NOTIMP".into(),
+            5 => "REFUSED".into(),
+            n => format!("RCODE{n}"),
+        },
+        addresses: m.answers.iter().filter_map(|r| r.data.ip_addr()).collect(),
+    })
+}
+
 fn io(what: &str) -> impl Fn(io::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
@@ -539,6 +640,43 @@ fn inet_checksum(data: &[u8]) -> u16 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_dns_answer_is_read_only_for_its_query() {
+        use hickory_proto::op::{Message, ResponseCode};
+        use hickory_proto::rr::rdata::A;
+        use hickory_proto::rr::{Name, RData, Record};
+        let q = dns_query(0x1234, "c1.h3.muslin.internal").unwrap();
+        let asked = Message::from_vec(&q).unwrap();
+        assert!(asked.metadata.recursion_desired);
+        assert_eq!(asked.queries[0].name().to_ascii(), "c1.h3.muslin.internal.");
+        let mut r = asked.clone().into_response();
+        for a in ["10.244.2.3", "10.244.1.9"] {
+            r.add_answer(Record::from_rdata(
+                Name::from_ascii("c1.h3.muslin.internal.").unwrap(),
+                5,
+                RData::A(A(a.parse().unwrap())),
+            ));
+        }
+        let got = dns_answer(0x1234, &r.to_vec().unwrap()).unwrap();
+        assert_eq!(got.rcode, "NOERROR");
+        assert_eq!(
+            got.addresses,
+            [
+                "10.244.2.3".parse::<IpAddr>().unwrap(),
+                "10.244.1.9".parse().unwrap()
+            ]
+        );
+        // Another query's answer, or a query, is not the answer.
+        assert_eq!(dns_answer(0x1235, &r.to_vec().unwrap()), None);
+        assert_eq!(dns_answer(0x1234, &q), None);
+        assert_eq!(dns_answer(0x1234, b"junk"), None);
+        let mut nx = asked.into_response();
+        nx.metadata.response_code = ResponseCode::NXDomain;
+        let got = dns_answer(0x1234, &nx.to_vec().unwrap()).unwrap();
+        assert_eq!((got.rcode.as_str(), got.addresses.len()), ("NXDOMAIN", 0));
+        assert!(dns_query(1, "bad name..x").is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -53,6 +53,19 @@ pub struct Member {
     pub namespace: String,
     pub labels: BTreeMap<String, BTreeMap<String, String>>,
     pub ports: BTreeMap<String, NamedPort>,
+    /// Its name in the name service (`NAME.NAMESPACE.DOMAIN`).
+    pub name: String,
+    /// Per network, the name service of its attachment there, as the ADD
+    /// result gave it; none where the agent serves no names.
+    pub dns: BTreeMap<String, NameService>,
+}
+
+/// What an attachment's resolv.conf says: whom to ask, and the cluster
+/// domain (the last search domain).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameService {
+    pub resolver: IpAddr,
+    pub domain: String,
 }
 
 impl Member {
@@ -65,6 +78,19 @@ impl Member {
             .iter()
             .find(|(n, _)| n == network)
             .map(|(_, a)| *a)
+    }
+
+    /// The name service its resolv.conf names: its first attachment's.
+    fn first_dns(&self) -> Option<&NameService> {
+        self.addresses.first().and_then(|(n, _)| self.dns.get(n))
+    }
+
+    /// The query for `dst`'s name asked of `dns`.
+    fn query_for(dst: &Member, dns: &NameService) -> DnsProbe {
+        DnsProbe {
+            resolver: dns.resolver,
+            qname: format!("{}.{}.{}", dst.name, dst.namespace, dns.domain),
+        }
     }
 
     fn policy_end<'a>(&'a self, network: &'a str, address: IpAddr) -> PolicyEnd<'a> {
@@ -92,6 +118,10 @@ pub struct PairResult {
     /// Protocols policies deny that got through: failures.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reached_despite_policy: Vec<String>,
+    /// The name the source resolved for `dns` and where (a container
+    /// target with the name service checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsProbe>,
 }
 
 impl PairResult {
@@ -113,13 +143,36 @@ pub struct IsolationResult {
     /// Why the probe could not be made at all (also a failure: an
     /// unprobed pair proves nothing).
     pub error: Option<String>,
+    /// The target's name the source resolved, and where: it must not
+    /// resolve to `address` (`dns` in `reached` when it does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsProbe>,
+    /// Protocols whose probe got no answer either way (the resolver was
+    /// silent): failures too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unanswered: Vec<(String, String)>,
 }
 
 impl IsolationResult {
     pub fn ok(&self) -> bool {
-        self.reached.is_empty() && self.error.is_none()
+        self.reached.is_empty() && self.error.is_none() && self.unanswered.is_empty()
     }
 }
+
+/// A name to resolve from the source, and the resolver to ask.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DnsProbe {
+    pub resolver: IpAddr,
+    pub qname: String,
+}
+
+/// The name service column's name in `protocols` and in results.
+pub const DNS: &str = "dns";
+
+/// Each DNS try waits this long, and a query is tried this often: a
+/// resolver that is down fails its probes in seconds, not minutes.
+pub const DNS_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DNS_TRIES: u32 = 2;
 
 /// A probe the matrix does not make, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -171,6 +224,11 @@ pub struct Probe {
     /// Protocols policies deny on a `Reach` probe: nothing may get
     /// through over them.
     pub denied: Vec<Proto>,
+    /// The target's name to resolve, for a container target of a source
+    /// with a name service: to the address on a `Reach` probe, never to it
+    /// on an `Isolated` one. Policies do not apply: the resolver is on the
+    /// source's own host.
+    pub dns: Option<DnsProbe>,
 }
 
 /// What to probe, decided before any probe runs.
@@ -234,6 +292,13 @@ pub fn plan(members: &[Member], hosts: &[Endpoint], subnets: &[(String, IpNet)])
                         address: *address,
                         expect: Expect::Reach,
                         denied: vec![],
+                        // Hosts have no names; a container is asked for
+                        // at the resolver of the network they share.
+                        dns: on
+                            .iter()
+                            .find(|m| &m.label == to)
+                            .zip(src.dns.get(net))
+                            .map(|(dst, dns)| Member::query_for(dst, dns)),
                     }),
                 }
             }
@@ -299,6 +364,8 @@ fn isolation(members: &[Member], out: &mut CheckPlan) {
                     address: base.3,
                     expect: Expect::Isolated,
                     denied: vec![],
+                    // Asked as the source's resolv.conf would ask.
+                    dns: src.first_dns().map(|dns| Member::query_for(dst, dns)),
                 });
             }
         }
@@ -339,7 +406,9 @@ pub fn expect_policies(
 
 /// Makes the planned probes: one thread per source namespace. Isolation
 /// probes, and protocols policies deny, wait at most [`ISOLATION_TIMEOUT`].
-pub fn run(plan: CheckPlan, protos: &[Proto], port: u16, timeout: Duration) -> Matrix {
+/// With `dns`, each probe that names a target also resolves the name (a
+/// `dns` column after the protocols).
+pub fn run(plan: CheckPlan, protos: &[Proto], dns: bool, port: u16, timeout: Duration) -> Matrix {
     let mut by_ns: BTreeMap<&str, Vec<&Probe>> = BTreeMap::new();
     for p in &plan.probes {
         by_ns.entry(&p.ns).or_default().push(p);
@@ -347,7 +416,7 @@ pub fn run(plan: CheckPlan, protos: &[Proto], port: u16, timeout: Duration) -> M
     let results: Vec<(&Probe, Outcome)> = std::thread::scope(|s| {
         let handles: Vec<_> = by_ns
             .into_iter()
-            .map(|(ns, probes)| s.spawn(move || from_ns(ns, probes, protos, port, timeout)))
+            .map(|(ns, probes)| s.spawn(move || from_ns(ns, probes, protos, dns, port, timeout)))
             .collect();
         handles
             .into_iter()
@@ -355,7 +424,11 @@ pub fn run(plan: CheckPlan, protos: &[Proto], port: u16, timeout: Duration) -> M
             .collect()
     });
     let mut m = Matrix {
-        protocols: protos.iter().map(|p| p.name().to_string()).collect(),
+        protocols: protos
+            .iter()
+            .map(|p| p.name().to_string())
+            .chain(dns.then(|| DNS.to_string()))
+            .collect(),
         networks: plan.networks.clone(),
         pairs: vec![],
         isolation: vec![],
@@ -364,7 +437,7 @@ pub fn run(plan: CheckPlan, protos: &[Proto], port: u16, timeout: Duration) -> M
     };
     for (p, outcome) in results {
         match p.expect {
-            Expect::Reach => m.pairs.push(judge(p, outcome, protos)),
+            Expect::Reach => m.pairs.push(judge(p, outcome, protos, dns)),
             Expect::Isolated => m.isolation.push(IsolationResult {
                 from: p.from.clone(),
                 to: p.to.clone(),
@@ -373,6 +446,11 @@ pub fn run(plan: CheckPlan, protos: &[Proto], port: u16, timeout: Duration) -> M
                 reached: match &outcome {
                     Outcome::NoEntry(_) => vec![],
                     Outcome::Probed(r) => r.reached.clone(),
+                },
+                dns: p.dns.clone().filter(|_| dns),
+                unanswered: match &outcome {
+                    Outcome::NoEntry(_) => vec![],
+                    Outcome::Probed(r) => r.unanswered.clone(),
                 },
                 error: match outcome {
                     Outcome::NoEntry(e) => Some(e),
@@ -385,8 +463,10 @@ pub fn run(plan: CheckPlan, protos: &[Proto], port: u16, timeout: Duration) -> M
 }
 
 /// A pair's result against what was expected of each protocol: allowed
-/// ones must get through, denied ones must not.
-fn judge(p: &Probe, outcome: Outcome, protos: &[Proto]) -> PairResult {
+/// ones must get through, denied ones must not. The name must resolve to
+/// the target's address.
+fn judge(p: &Probe, outcome: Outcome, protos: &[Proto], dns: bool) -> PairResult {
+    let dns = p.dns.clone().filter(|_| dns);
     let mut pair = PairResult {
         network: p.network.clone(),
         from: p.from.clone(),
@@ -394,18 +474,21 @@ fn judge(p: &Probe, outcome: Outcome, protos: &[Proto]) -> PairResult {
         failed: vec![],
         denied_by_policy: vec![],
         reached_despite_policy: vec![],
+        dns: dns.clone(),
     };
     match outcome {
         // Unprobed proves nothing, whatever was expected.
         Outcome::NoEntry(e) => {
             pair.failed = protos
                 .iter()
-                .map(|pr| (pr.name().to_string(), e.clone()))
+                .map(|pr| pr.name())
+                .chain(dns.map(|_| DNS))
+                .map(|pr| (pr.to_string(), e.clone()))
                 .collect()
         }
         Outcome::Probed(r) => {
             let denied = |name: &str| p.denied.iter().any(|d| d.name() == name);
-            for (pr, why) in r.failed {
+            for (pr, why) in r.failed.into_iter().chain(r.unanswered) {
                 if denied(&pr) {
                     pair.denied_by_policy.push(pr);
                 } else {
@@ -429,12 +512,16 @@ struct Probed {
     failed: Vec<(String, String)>,
     /// Protocols that got through.
     reached: Vec<String>,
+    /// Protocols whose probe got no answer to judge by (a silent
+    /// resolver), with why.
+    unanswered: Vec<(String, String)>,
 }
 
 fn from_ns<'a>(
     ns: &str,
     probes: Vec<&'a Probe>,
     protos: &[Proto],
+    dns: bool,
     port: u16,
     timeout: Duration,
 ) -> Vec<(&'a Probe, Outcome)> {
@@ -451,6 +538,7 @@ fn from_ns<'a>(
                     let mut r = Probed {
                         failed: vec![],
                         reached: vec![],
+                        unanswered: vec![],
                     };
                     for pr in protos {
                         // Where no answer is the pass, every pass waits
@@ -465,12 +553,42 @@ fn from_ns<'a>(
                             Err(e) => r.failed.push((pr.name().to_string(), e.reason)),
                         }
                     }
+                    if let Some(q) = p.dns.as_ref().filter(|_| dns) {
+                        resolve_into(q, p.address, &mut r);
+                    }
                     Outcome::Probed(r)
                 }
             };
             (p, outcome)
         })
         .collect()
+}
+
+/// Resolves `q` from the current namespace: `dns` reached when the answer
+/// holds `address`, failed when it does not, unanswered when none came.
+fn resolve_into(q: &DnsProbe, address: IpAddr, r: &mut Probed) {
+    let asked = format!("{} at {}", q.qname, q.resolver);
+    match probe::resolve(q.resolver, &q.qname, DNS_TIMEOUT, DNS_TRIES) {
+        Ok(a) if a.addresses.contains(&address) => r.reached.push(DNS.into()),
+        Ok(a) => {
+            let got = if a.addresses.is_empty() {
+                "no address".to_string()
+            } else {
+                a.addresses
+                    .iter()
+                    .map(IpAddr::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            r.failed.push((
+                DNS.into(),
+                format!("{asked}: {} {got}, not {address}", a.rcode),
+            ));
+        }
+        Err(e) => r
+            .unanswered
+            .push((DNS.into(), format!("{asked}: {}", e.reason))),
+    }
 }
 
 impl Matrix {
@@ -506,10 +624,20 @@ impl Matrix {
             }
         }
         for i in self.isolation.iter().filter(|i| !i.ok()) {
-            let what = match &i.error {
+            let mut what = match &i.error {
                 Some(e) => format!("not probed: {e}"),
+                None if i.reached.is_empty() => String::new(),
                 None => format!("reached over {}", i.reached.join(",")),
             };
+            if let (true, Some(q)) = (i.reached.iter().any(|r| r == DNS), &i.dns) {
+                what.push_str(&format!(" ({} at {} names it)", q.qname, q.resolver));
+            }
+            for (proto, why) in &i.unanswered {
+                if !what.is_empty() {
+                    what.push_str("; ");
+                }
+                what.push_str(&format!("{proto} not answered: {why}"));
+            }
             out.push(format!(
                 "{} -> {} at {} (network {}, not shared) should be isolated: {what}",
                 i.from, i.to, i.address, i.network
@@ -540,7 +668,7 @@ impl Matrix {
         let bad = self.pairs.iter().filter(|p| !p.ok()).count();
         if self.policies.is_empty() {
             out.push_str(&format!(
-                "{} of {} pairs ok over {} (x: failed; t=tcp u=udp i=icmp r=ip253)\n",
+                "{} of {} pairs ok over {} (x: failed; t=tcp u=udp i=icmp r=ip253 n=dns)\n",
                 self.pairs.len() - bad,
                 self.pairs.len(),
                 self.protocols.join(",")
@@ -554,7 +682,7 @@ impl Matrix {
             out.push_str(&format!(
                 "{} of {} pairs as expected over {} (deny: denied by policy; d:: those protocols \
                  denied by policy, the rest ok; x: failed; !: got through though policy denies; \
-                 t=tcp u=udp i=icmp r=ip253)\n",
+                 t=tcp u=udp i=icmp r=ip253 n=dns)\n",
                 self.pairs.len() - bad,
                 self.pairs.len(),
                 self.protocols.join(",")
@@ -609,7 +737,7 @@ impl Matrix {
                 let cell = match pair {
                     None if skipped => "-".to_string(),
                     None => "·".to_string(),
-                    Some(p) => cell(p, self.protocols.len()),
+                    Some(p) => cell(p, self.protocols.iter().filter(|p| *p != DNS).count()),
                 };
                 out.push_str(&format!("{cell:>w$}"));
             }
@@ -652,6 +780,7 @@ fn initial(proto: &str) -> char {
     match proto {
         "ip253" => 'r',
         "icmp" => 'i',
+        DNS => 'n',
         p => p.chars().next().unwrap_or('?'),
     }
 }
@@ -672,6 +801,8 @@ mod tests {
             namespace: "default".into(),
             labels: BTreeMap::new(),
             ports: BTreeMap::new(),
+            name: label.split('/').nth(1).unwrap().into(),
+            dns: BTreeMap::new(),
         }
     }
 
@@ -845,6 +976,213 @@ mod tests {
         assert!(probes(&p, Expect::Reach).contains(&"red h2/r>h1/rb 10.50.0.4".to_string()));
     }
 
+    fn named(label: &str, nets: &[(&str, &str, &str)]) -> Member {
+        let mut m = member(
+            label,
+            &nets.iter().map(|(n, a, _)| (*n, *a)).collect::<Vec<_>>(),
+        );
+        m.namespace = label.split('/').next().unwrap().into();
+        m.dns = nets
+            .iter()
+            .map(|(n, _, r)| {
+                (
+                    n.to_string(),
+                    NameService {
+                        resolver: r.parse().unwrap(),
+                        domain: "muslin.internal".into(),
+                    },
+                )
+            })
+            .collect();
+        m
+    }
+
+    #[test]
+    fn names_are_resolved_at_the_resolver_of_the_shared_network_and_not_across() {
+        let m = [
+            named(
+                "h1/rd",
+                &[
+                    ("red", "10.50.0.4", "169.254.53.2"),
+                    ("default", "10.244.0.4", "169.254.53.1"),
+                ],
+            ),
+            named("h2/r", &[("red", "10.50.1.1", "169.254.53.2")]),
+            named("h2/d", &[("default", "10.244.1.2", "169.254.53.1")]),
+            named("h3/g", &[("green", "10.60.0.2", "169.254.53.4")]),
+        ];
+        let p = plan(&m, &[host("h1", "192.168.56.11")], &subnets());
+        let q = |from: &str, to: &str, net: &str| {
+            p.probes
+                .iter()
+                .find(|x| x.from == from && x.to == to && x.network == net)
+                .unwrap_or_else(|| panic!("{from}>{to} {net}"))
+                .dns
+                .clone()
+                .map(|d| format!("{} @{}", d.qname, d.resolver))
+        };
+        // Within a network: the source's resolver there.
+        assert_eq!(
+            q("h2/r", "h1/rd", "red").unwrap(),
+            "rd.h1.muslin.internal @169.254.53.2"
+        );
+        assert_eq!(
+            q("h1/rd", "h2/r", "red").unwrap(),
+            "r.h2.muslin.internal @169.254.53.2"
+        );
+        assert_eq!(
+            q("h1/rd", "h2/d", "default").unwrap(),
+            "d.h2.muslin.internal @169.254.53.1"
+        );
+        assert_eq!(
+            q("h2/d", "h1/rd", "default").unwrap(),
+            "rd.h1.muslin.internal @169.254.53.1"
+        );
+        // Hosts have no names.
+        assert_eq!(q("h2/d", "h1", "default"), None);
+        // Across: the source's resolv.conf (its first attachment's).
+        assert_eq!(
+            q("h2/r", "h2/d", "default").unwrap(),
+            "d.h2.muslin.internal @169.254.53.2"
+        );
+        assert_eq!(
+            q("h3/g", "h2/d", "default").unwrap(),
+            "d.h2.muslin.internal @169.254.53.4"
+        );
+        assert_eq!(
+            q("h2/d", "h3/g", "green").unwrap(),
+            "g.h3.muslin.internal @169.254.53.1"
+        );
+        // A source without a name service asks nothing.
+        let mut m2 = m.to_vec();
+        m2[1].dns.clear();
+        let p = plan(&m2, &[], &subnets());
+        assert!(p
+            .probes
+            .iter()
+            .filter(|x| x.from == "h2/r")
+            .all(|x| x.dns.is_none()));
+        assert!(p
+            .probes
+            .iter()
+            .filter(|x| x.to == "h2/r")
+            .all(|x| x.dns.is_some()));
+    }
+
+    #[test]
+    fn a_name_that_does_not_resolve_fails_the_pair_and_one_that_leaks_breaks_isolation() {
+        let probe = |expect| Probe {
+            from: "h1/a".into(),
+            ns: "lab-h1-a".into(),
+            to: "h2/b".into(),
+            network: "default".into(),
+            address: "10.244.1.2".parse().unwrap(),
+            expect,
+            denied: vec![],
+            dns: Some(DnsProbe {
+                resolver: "169.254.53.1".parse().unwrap(),
+                qname: "b.h2.muslin.internal".into(),
+            }),
+        };
+        let probed = |failed: &[(&str, &str)], reached: &[&str], unanswered: &[(&str, &str)]| {
+            let v = |l: &[(&str, &str)]| {
+                l.iter()
+                    .map(|(p, w)| (p.to_string(), w.to_string()))
+                    .collect::<Vec<_>>()
+            };
+            Outcome::Probed(Probed {
+                failed: v(failed),
+                reached: reached.iter().map(|p| p.to_string()).collect(),
+                unanswered: v(unanswered),
+            })
+        };
+        let protos = [Proto::Tcp];
+        let r = judge(
+            &probe(Expect::Reach),
+            probed(&[], &["tcp", "dns"], &[]),
+            &protos,
+            true,
+        );
+        assert!(r.ok() && r.dns.is_some());
+        assert_eq!(cell(&r, 1), "ok");
+        let r = judge(
+            &probe(Expect::Reach),
+            probed(&[("dns", "NXDOMAIN no address")], &["tcp"], &[]),
+            &protos,
+            true,
+        );
+        assert!(!r.ok());
+        assert_eq!(cell(&r, 1), "x:n");
+        let r = judge(
+            &probe(Expect::Reach),
+            probed(
+                &[],
+                &["tcp"],
+                &[("dns", "b.h2.muslin.internal at 169.254.53.1: no answer")],
+            ),
+            &protos,
+            true,
+        );
+        assert_eq!(cell(&r, 1), "x:n");
+        // Not entered: dns failed too, when checked.
+        let r = judge(
+            &probe(Expect::Reach),
+            Outcome::NoEntry("gone".into()),
+            &protos,
+            true,
+        );
+        assert_eq!(r.failed.len(), 2);
+        let r = judge(
+            &probe(Expect::Reach),
+            Outcome::NoEntry("gone".into()),
+            &protos,
+            false,
+        );
+        assert_eq!(r.failed.len(), 1);
+        assert!(r.dns.is_none());
+
+        // Isolation: a name resolving to the address is a breach; a silent
+        // resolver is a failure; NXDOMAIN is the pass.
+        let mut m = Matrix {
+            protocols: vec!["dns".into()],
+            networks: vec![],
+            pairs: vec![],
+            isolation: vec![IsolationResult {
+                from: "h1/a".into(),
+                to: "h2/b".into(),
+                network: "default".into(),
+                address: "10.244.1.2".parse().unwrap(),
+                reached: vec![],
+                error: None,
+                dns: probe(Expect::Isolated).dns,
+                unanswered: vec![],
+            }],
+            skipped: vec![],
+            policies: vec![],
+        };
+        assert!(m.ok(), "NXDOMAIN, or an answer without the address");
+        m.isolation[0].reached = vec!["dns".into()];
+        assert!(!m.ok());
+        assert!(
+            m.problems()[0]
+                .contains("reached over dns (b.h2.muslin.internal at 169.254.53.1 names it)"),
+            "{:?}",
+            m.problems()
+        );
+        m.isolation[0].reached.clear();
+        m.isolation[0].unanswered = vec![("dns".into(), "no answer within 1000 ms".into())];
+        assert!(!m.ok());
+        assert!(
+            m.problems()[0].contains("h1/a -> h2/b")
+                && m.problems()[0].contains("dns not answered: no answer"),
+            "{:?}",
+            m.problems()
+        );
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["isolation"][0]["dns"]["qname"], "b.h2.muslin.internal");
+        assert_eq!(v["isolation"][0]["unanswered"][0][0], "dns");
+    }
+
     fn shop() -> (Vec<Member>, Vec<Endpoint>, PolicySet) {
         let labelled = |label: &str, ns: &str, kv: &[(&str, &str)], a: &str| {
             let mut m = member(label, &[("default", a)]);
@@ -953,6 +1291,7 @@ policyTypes = ["Egress"]
             address: "10.244.1.2".parse().unwrap(),
             expect: Expect::Reach,
             denied: vec![Proto::Udp, Proto::Icmp],
+            dns: None,
         };
         let protos = [Proto::Tcp, Proto::Udp, Proto::Icmp];
         let outcome = |failed: &[&str], reached: &[&str]| {
@@ -962,15 +1301,16 @@ policyTypes = ["Egress"]
                     .map(|p| (p.to_string(), "timed out".to_string()))
                     .collect(),
                 reached: reached.iter().map(|p| p.to_string()).collect(),
+                unanswered: vec![],
             })
         };
         // As expected: tcp through, udp and icmp denied.
-        let r = judge(&probe, outcome(&["udp", "icmp"], &["tcp"]), &protos);
+        let r = judge(&probe, outcome(&["udp", "icmp"], &["tcp"]), &protos, false);
         assert!(r.ok());
         assert_eq!(r.denied_by_policy, ["udp", "icmp"]);
         assert_eq!(cell(&r, 3), "d:ui");
         // An allowed protocol that fails, and a denied one that gets through.
-        let r = judge(&probe, outcome(&["tcp", "icmp"], &["udp"]), &protos);
+        let r = judge(&probe, outcome(&["tcp", "icmp"], &["udp"]), &protos, false);
         assert!(!r.ok());
         assert_eq!(r.failed, [("tcp".to_string(), "timed out".to_string())]);
         assert_eq!(r.reached_despite_policy, ["udp"]);
@@ -981,11 +1321,16 @@ policyTypes = ["Egress"]
             denied: protos.to_vec(),
             ..probe.clone()
         };
-        let r = judge(&all, outcome(&["tcp", "udp", "icmp"], &[]), &protos);
+        let r = judge(&all, outcome(&["tcp", "udp", "icmp"], &[]), &protos, false);
         assert!(r.ok());
         assert_eq!(cell(&r, 3), "deny");
         // A source that cannot be entered proves nothing: failures all.
-        let r = judge(&all, Outcome::NoEntry("cannot enter".into()), &protos);
+        let r = judge(
+            &all,
+            Outcome::NoEntry("cannot enter".into()),
+            &protos,
+            false,
+        );
         assert!(!r.ok() && r.failed.len() == 3 && r.denied_by_policy.is_empty());
     }
 
@@ -1035,6 +1380,7 @@ policyTypes = ["Egress"]
                 .collect(),
             denied_by_policy: vec![],
             reached_despite_policy: vec![],
+            dns: None,
         };
         Matrix {
             protocols: vec!["tcp".into(), "icmp".into()],
@@ -1063,6 +1409,8 @@ policyTypes = ["Egress"]
                     address: "10.50.0.2".parse().unwrap(),
                     reached: vec![],
                     error: None,
+                    dns: None,
+                    unanswered: vec![],
                 },
                 IsolationResult {
                     from: "h1/b".into(),
@@ -1071,6 +1419,8 @@ policyTypes = ["Egress"]
                     address: "10.50.0.1".parse().unwrap(),
                     reached: vec!["icmp".into()],
                     error: None,
+                    dns: None,
+                    unanswered: vec![],
                 },
             ],
             skipped: vec![Skipped {
@@ -1139,6 +1489,7 @@ policyTypes = ["Egress"]
                 failed: vec![],
                 denied_by_policy: vec![],
                 reached_despite_policy: vec![],
+                dns: None,
             }],
             isolation: vec![],
             skipped: vec![],
@@ -1148,7 +1499,7 @@ policyTypes = ["Egress"]
             m.render(),
             "from\\to   h1/c1      h1\n\
              h1/c1         ·      ok\n\
-             1 of 1 pairs ok over tcp (x: failed; t=tcp u=udp i=icmp r=ip253)\n"
+             1 of 1 pairs ok over tcp (x: failed; t=tcp u=udp i=icmp r=ip253 n=dns)\n"
         );
         assert_eq!(m.problems(), Vec::<String>::new());
     }

@@ -12,6 +12,7 @@ pub mod plan;
 pub mod policies;
 pub use muslin_kernel::probe;
 pub mod registry;
+pub mod resolv;
 pub mod topology;
 
 mod build;

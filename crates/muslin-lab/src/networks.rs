@@ -69,8 +69,8 @@ pub fn listed(json: &str) -> Result<Vec<String>, String> {
 }
 
 /// The CNI network configuration of an attachment to `network`, with the
-/// container's labels and named ports in `args.cni` as a runtime passes
-/// them. The default network, and a container with neither, keep the
+/// container's labels, named ports and aliases in `args.cni` as a runtime
+/// passes them. The default network, and a container with neither, keep the
 /// configuration of labs before them.
 pub fn cni_conf(socket: &Path, network: &str, meta: &ContainerMeta) -> String {
     let mut conf = if network == DEFAULT_NETWORK {
@@ -96,6 +96,9 @@ pub fn cni_conf(socket: &Path, network: &str, meta: &ContainerMeta) -> String {
             })
             .collect();
         cni.insert("ports".into(), ports.into());
+    }
+    if !meta.aliases.is_empty() {
+        cni.insert("aliases".into(), json!(meta.aliases));
     }
     if !cni.is_empty() {
         conf["args"] = json!({ "cni": cni });
@@ -191,6 +194,7 @@ mod tests {
                 )
             })
             .collect(),
+            aliases: vec!["web".into(), "front.shop".into()],
         };
         let text = cni_conf(s, "red", &meta);
         assert_eq!(
@@ -201,11 +205,13 @@ mod tests {
                     {"name": "dns", "port": 53, "protocol": "UDP"},
                     {"name": "http", "port": 8080, "protocol": "TCP"},
                 ],
+                "aliases": ["web", "front.shop"],
             }})
         );
         let (conf, _) = muslin_model::cni::NetConf::parse(text.as_bytes()).unwrap();
         assert_eq!(conf.labels().unwrap(), meta.labels);
         assert_eq!(conf.ports().unwrap(), meta.ports);
+        assert_eq!(conf.aliases().unwrap(), meta.aliases);
         assert_eq!(ifname(0), "eth0");
         assert_eq!(ifname(2), "eth2");
     }

@@ -15,6 +15,7 @@ use crate::build;
 use std::collections::BTreeMap;
 
 use muslin_model::api::{Request, Response};
+use muslin_model::cni::Dns;
 
 use crate::check::{self, Endpoint, Matrix, Member};
 use crate::names::invalid_name;
@@ -23,6 +24,7 @@ use crate::plan::{resolve, LabPlan, NodePlan};
 use crate::policies::{self, PolicySet};
 use crate::probe::{Proto, DEFAULT_PORT};
 use crate::registry::{self, Attachment, ContainerRecord, LabRecord, Locked};
+use crate::resolv;
 use crate::sys;
 use crate::topology::{Topology, DEFAULT_NETWORK};
 use crate::LabError;
@@ -145,6 +147,8 @@ pub fn up(ctx: &Ctx, o: &UpOptions) -> Result<UpReport, LabError> {
     if let Some(taken) = wanted.iter().find(|n| sys::netns_exists(n)) {
         return Err(LabError::Usage(format!("namespace {taken} already exists and is not this lab's; remove it or choose another --name")));
     }
+    // What an earlier lab of this name left in /etc/netns goes first.
+    resolv::remove_leftovers(&o.name)?;
     let lock = registry::lock(&o.name)?;
     let mut rec = LabRecord {
         plan,
@@ -226,17 +230,18 @@ fn build_all(
     };
     if o.converge_timeout > 0 && !rec.containers.is_empty() {
         ctx.say(if plan.networks.is_empty() && plan.policy_file.is_none() {
-            "[4/4] check: waiting until every container reaches every container and host"
+            "[4/4] check: waiting until every container reaches every container and host, and resolves the containers' names"
         } else if plan.policy_file.is_none() {
-            "[4/4] check: waiting until every container reaches every container of its networks (and hosts, on the default network), and no other"
+            "[4/4] check: waiting until every container reaches every container of its networks (and hosts, on the default network) and resolves their names, and no other"
         } else {
-            "[4/4] check: waiting until every container reaches what the policies allow in its networks (and hosts, on the default network), and nothing else"
+            "[4/4] check: waiting until every container reaches what the policies allow in its networks (and hosts, on the default network), and nothing else, and resolves the names of its networks' containers"
         });
         let deadline = Duration::from_secs(o.converge_timeout);
         loop {
             let m = matrix(
                 rec,
                 &[Proto::Tcp, Proto::Udp, Proto::Icmp],
+                true,
                 Duration::from_millis(400),
             )?;
             let done = m.ok();
@@ -635,6 +640,7 @@ fn attach_many(
                     network,
                     ifname: networks::ifname(i),
                     address: None,
+                    dns: None,
                 })
                 .collect(),
         });
@@ -645,7 +651,7 @@ fn attach_many(
         .map(|(h, c)| format!("netns add {}", crate::names::container_ns(&lab, h, c)))
         .collect();
     sys::ip_batch(None, &adds)?;
-    let results: Vec<Result<Vec<IpAddr>, LabError>> = std::thread::scope(|s| {
+    let results: Vec<Result<Vec<Attached>, LabError>> = std::thread::scope(|s| {
         let handles: Vec<_> = wanted
             .iter()
             .map(|(h, c)| {
@@ -661,15 +667,16 @@ fn attach_many(
     let mut first_err = None;
     for ((h, c), r) in wanted.iter().zip(results) {
         match r {
-            Ok(addrs) => {
+            Ok(done) => {
                 if let Some(cr) = rec
                     .containers
                     .iter_mut()
                     .find(|x| &x.host == h && &x.name == c)
                 {
-                    cr.address = addrs.first().copied();
-                    for (at, a) in cr.networks.iter_mut().zip(addrs) {
-                        at.address = Some(a);
+                    cr.address = done.first().map(|a| a.address);
+                    for (at, a) in cr.networks.iter_mut().zip(done) {
+                        at.address = Some(a.address);
+                        at.dns = a.dns;
                     }
                 }
             }
@@ -744,9 +751,16 @@ fn cni(
     serde_json::from_str(&text).map_err(|e| format!("unreadable result ({e}): {text}"))
 }
 
-/// Attaches a container to each of its networks in order (eth0, eth1, ...)
-/// and starts its probe server; returns the address in each.
-fn attach_one(ctx: &Ctx, plan: &LabPlan, host: &str, c: &str) -> Result<Vec<IpAddr>, LabError> {
+/// What an attachment's ADD gave: the address, and the name service to use.
+struct Attached {
+    address: IpAddr,
+    dns: Option<Dns>,
+}
+
+/// Attaches a container to each of its networks in order (eth0, eth1, ...),
+/// writes its resolv.conf from the first result's `dns` as a runtime does,
+/// and starts its probe server; returns what each ADD gave.
+fn attach_one(ctx: &Ctx, plan: &LabPlan, host: &str, c: &str) -> Result<Vec<Attached>, LabError> {
     let h = plan
         .nodes
         .iter()
@@ -764,11 +778,25 @@ fn attach_one(ctx: &Ctx, plan: &LabPlan, host: &str, c: &str) -> Result<Vec<IpAd
         let ifname = networks::ifname(i);
         let on = |e: String| fail(format!("network {network} ({ifname}): {e}"));
         let result = cni(ctx, plan, h, c, "ADD", network, &ifname).map_err(on)?;
-        let addr = result["ips"][0]["address"]
+        let address = result["ips"][0]["address"]
             .as_str()
             .and_then(|a| a.split('/').next()?.parse().ok())
             .ok_or_else(|| on(format!("no address in the result: {result}")))?;
-        addrs.push(addr);
+        let dns = match result.get("dns") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(d) => Some(
+                serde_json::from_value::<Dns>(d.clone())
+                    .map_err(|e| on(format!("unreadable dns in the result ({e}): {d}")))?,
+            ),
+        }
+        .filter(|d| *d != Dns::default());
+        if i == 0 {
+            let who = format!("{host}/{c}");
+            if let Some(text) = dns.as_ref().and_then(|d| resolv::text(&plan.name, &who, d)) {
+                resolv::write(&plan.name, &ns, &text).map_err(|e| on(e.to_string()))?;
+            }
+        }
+        addrs.push(Attached { address, dns });
     }
     let log = registry::host_dir(&plan.name, host).join(format!("probe-{c}.log"));
     sys::spawn_detached(
@@ -895,7 +923,8 @@ fn remove(
         }
     }
     sys::kill_all_in(std::slice::from_ref(&ns), Duration::from_millis(500));
-    sys::delete_ns(&[ns])?;
+    sys::delete_ns(std::slice::from_ref(&ns))?;
+    resolv::remove(&rec.plan.name, &ns)?;
     rec.containers
         .retain(|c| !(c.host == host && c.name == container));
     lock.save(rec)
@@ -1010,7 +1039,12 @@ fn live_policies(rec: &LabRecord) -> Result<(PolicySet, LiveLabels), LabError> {
     Ok((set, labels))
 }
 
-fn matrix(rec: &LabRecord, protos: &[Proto], timeout: Duration) -> Result<Matrix, LabError> {
+fn matrix(
+    rec: &LabRecord,
+    protos: &[Proto],
+    dns: bool,
+    timeout: Duration,
+) -> Result<Matrix, LabError> {
     let (set, live) = live_policies(rec)?;
     let lab = &rec.plan.name;
     let members: Vec<Member> = rec
@@ -1047,6 +1081,12 @@ fn matrix(rec: &LabRecord, protos: &[Proto], timeout: Duration) -> Result<Matrix
                     })
                     .collect(),
                 ports: meta.ports,
+                name: c.name.clone(),
+                dns: c
+                    .attachments()
+                    .into_iter()
+                    .filter_map(|a| Some((a.network, name_service(a.dns.as_ref()?)?)))
+                    .collect(),
             }
         })
         .filter(|m| !m.addresses.is_empty())
@@ -1069,16 +1109,34 @@ fn matrix(rec: &LabRecord, protos: &[Proto], timeout: Duration) -> Result<Matrix
     // another network depends on its `isolated-from-host` and on overlaps.
     let mut plan = check::plan(&members, &hosts, &subnets);
     check::expect_policies(&mut plan, &members, &hosts, &set, protos, DEFAULT_PORT);
-    let mut m = check::run(plan, protos, DEFAULT_PORT, timeout);
+    let mut m = check::run(plan, protos, dns, DEFAULT_PORT, timeout);
     m.policies = set.policies.iter().map(|p| p.key()).collect();
     Ok(m)
 }
 
-/// `lab check`: the full matrix.
-pub fn check(name: Option<&str>, protos: &[Proto], timeout: Duration) -> Result<Matrix, LabError> {
+/// The name service an attachment's ADD result names: its first
+/// nameserver, and the cluster domain, the last of its search domains.
+fn name_service(dns: &Dns) -> Option<check::NameService> {
+    Some(check::NameService {
+        resolver: *dns.nameservers.first()?,
+        domain: dns
+            .search
+            .last()
+            .cloned()
+            .unwrap_or_else(|| muslin_model::dns::DEFAULT_DOMAIN.to_string()),
+    })
+}
+
+/// `lab check`: the full matrix, over `protos` and, with `dns`, names.
+pub fn check(
+    name: Option<&str>,
+    protos: &[Proto],
+    dns: bool,
+    timeout: Duration,
+) -> Result<Matrix, LabError> {
     let lab = registry::pick(name)?;
     let rec = registry::lock(&lab)?.load()?;
-    matrix(&rec, protos, timeout)
+    matrix(&rec, protos, dns, timeout)
 }
 
 #[derive(Debug, Serialize)]
@@ -1227,6 +1285,9 @@ pub fn down(name: &str) -> Result<bool, LabError> {
     registry::check_name(name)?;
     let dir = registry::lab_dir(name);
     if !dir.exists() {
+        // A lab whose record is gone (a reboot empties /run) may still
+        // have left resolv.conf files in /etc/netns.
+        resolv::remove_leftovers(name)?;
         return Ok(false);
     }
     let lock = registry::lock(name)?;
@@ -1238,6 +1299,9 @@ pub fn down(name: &str) -> Result<bool, LabError> {
         sys::kill_all_in(&all, Duration::from_millis(1500));
         sys::delete_ns(&all)?;
     }
+    // With the namespaces gone, every resolv.conf of the lab is a leftover,
+    // recorded or not.
+    resolv::remove_leftovers(name)?;
     std::fs::remove_dir_all(&dir).map_err(LabError::io(format!("removing {}", dir.display())))?;
     drop(lock);
     Ok(true)
@@ -1262,11 +1326,13 @@ mod tests {
                 network: "red".into(),
                 ifname: "eth0".into(),
                 address: Some("10.50.0.4".parse().unwrap()),
+                dns: None,
             },
             Attachment {
                 network: "blue".into(),
                 ifname: "eth1".into(),
                 address: None,
+                dns: None,
             },
         ];
         assert_eq!(container_addresses(&c), "eth0 red 10.50.0.4, eth1 blue -");

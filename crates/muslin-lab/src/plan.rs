@@ -96,6 +96,9 @@ pub struct ContainerMeta {
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub ports: BTreeMap<String, NamedPort>,
+    /// Its names besides its own for the name service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 impl ContainerMeta {
@@ -343,6 +346,7 @@ pub fn resolve(
                             labels: c.labels(),
                             namespace: c.namespace.as_ref().map(|n| n.get_ref().clone()),
                             ports: c.named_ports(),
+                            aliases: c.aliases(),
                         };
                         (c.name.get_ref().clone(), meta)
                     })
@@ -614,7 +618,7 @@ cidr = "10.0.0.0/24"
 [[host]]
 name = "h"
 count = 2
-containers = [{ name = "web", namespace = "shop", labels = { app = "web" }, ports = { http = 8080 } }, { name = "c2" }]
+containers = [{ name = "web", namespace = "shop", labels = { app = "web" }, ports = { http = 8080 }, aliases = ["www"] }, { name = "c2" }]
 [[host.nic]]
 segment = "a"
 "#,
@@ -623,6 +627,7 @@ segment = "a"
             let web = h.meta_of("web");
             assert_eq!(web.labels["app"], "web");
             assert_eq!(web.ports["http"].port, 8080);
+            assert_eq!(web.aliases, ["www"]);
             assert_eq!(h.namespace_of("web"), "shop");
             // Without a namespace, a container is in its host's, as before.
             assert_eq!(h.namespace_of("c2"), h.name);

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use muslin_model::cni::Dns;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +68,10 @@ pub struct Attachment {
     pub network: String,
     pub ifname: String,
     pub address: Option<IpAddr>,
+    /// The ADD result's `dns`: the network's resolver, the search domains.
+    /// Absent before the name service, or where the agent serves no names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Dns>,
 }
 
 impl ContainerRecord {
@@ -80,6 +85,7 @@ impl ContainerRecord {
             network: DEFAULT_NETWORK.into(),
             ifname: "eth0".into(),
             address: self.address,
+            dns: None,
         }]
     }
 
@@ -211,6 +217,7 @@ mod tests {
                 network: "default".into(),
                 ifname: "eth0".into(),
                 address: Some("10.244.0.5".parse().unwrap()),
+                dns: None,
             }]
         );
         assert_eq!(c.address_in("default"), c.address);
@@ -225,6 +232,7 @@ mod tests {
             network: n.into(),
             ifname: i.into(),
             address: Some(x.parse().unwrap()),
+            dns: None,
         };
         let c = ContainerRecord {
             host: "h1".into(),

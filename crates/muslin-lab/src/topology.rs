@@ -166,6 +166,10 @@ pub struct ContainerSpec {
     /// `dns = "53/udp"`.
     #[serde(default)]
     pub ports: Option<Spanned<BTreeMap<String, toml::Value>>>,
+    /// More names for the name service (`args.cni.aliases` of each
+    /// attachment): `aliases = ["web", "shop-web"]`.
+    #[serde(default)]
+    pub aliases: Option<Spanned<Vec<String>>>,
 }
 
 impl ContainerSpec {
@@ -184,6 +188,17 @@ impl ContainerSpec {
             .flat_map(|p| p.get_ref())
             .filter_map(|(k, v)| Some((k.clone(), port_value(v).ok()?)))
             .collect()
+    }
+
+    /// Its aliases, in the order given, each once.
+    pub fn aliases(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for a in self.aliases.iter().flat_map(|a| a.get_ref()) {
+            if !out.contains(a) {
+                out.push(a.clone());
+            }
+        }
+        out
     }
 }
 
@@ -850,6 +865,15 @@ segment = "cluster"
                     }
                 }
             }
+            if let Some(aliases) = &c.aliases {
+                if let Some(why) = aliases_problem(aliases.get_ref()) {
+                    return Err(err(
+                        aliases.span(),
+                        format!("{field}.aliases"),
+                        format!("{}: {why}", on()),
+                    ));
+                }
+            }
             let Some(nets) = &c.networks else { continue };
             if nets.get_ref().is_empty() {
                 return Err(err(
@@ -891,6 +915,22 @@ segment = "cluster"
             None => vec![h.name.get_ref().clone()],
         }
     }
+}
+
+/// What is wrong with a container's aliases, as the plugin would refuse
+/// them at ADD: each a lowercase DNS name, at most `MAX_ALIASES` of them.
+fn aliases_problem(aliases: &[String]) -> Option<String> {
+    use muslin_model::dns::{name_problem, MAX_ALIASES};
+    if let Some(why) = aliases.iter().find_map(|a| name_problem(a)) {
+        return Some(format!("alias {why}"));
+    }
+    let distinct: HashSet<&String> = aliases.iter().collect();
+    (distinct.len() > MAX_ALIASES).then(|| {
+        format!(
+            "{} aliases; at most {MAX_ALIASES} are accepted",
+            distinct.len()
+        )
+    })
 }
 
 /// What is wrong with a label set, as the plugin would refuse it at ADD.
@@ -1167,6 +1207,26 @@ mod tests {
         let plain = &list[1];
         assert!(plain.labels().is_empty() && plain.named_ports().is_empty());
         assert!(plain.namespace.is_none());
+        assert!(plain.aliases().is_empty());
+        let t = Topology::parse(&with(
+            "",
+            r#"[{ name = "web", aliases = ["www", "shop-web.front", "www"] }]"#,
+        ))
+        .unwrap();
+        // Each alias once, in the order given.
+        assert_eq!(
+            t.hosts[0].containers.specs()[0].aliases(),
+            ["www", "shop-web.front"]
+        );
+        let many: Vec<String> = (0..=muslin_model::dns::MAX_ALIASES)
+            .map(|i| format!("\"a{i}\""))
+            .collect();
+        let e = Topology::parse(&with(
+            "",
+            &format!("[{{ name = \"web\", aliases = [{}] }}]", many.join(", ")),
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("aliases; at most"), "{e}");
         // Only the list form has them; the networks stay as they were.
         assert_eq!(
             t.hosts[0].containers.expand()[0],
@@ -1226,6 +1286,26 @@ mod tests {
                 r#"[{ name = "c1", ports = { dns = true } }]"#,
                 "host[0].containers[0].ports.dns",
                 "PORT/PROTOCOL",
+            ),
+            (
+                r#"[{ name = "c1", aliases = ["web", "Web"] }]"#,
+                "host[0].containers[0].aliases",
+                "alias \"Web\" is not a DNS name",
+            ),
+            (
+                r#"[{ name = "c1", aliases = ["a b"] }]"#,
+                "host[0].containers[0].aliases",
+                "not a DNS name",
+            ),
+            (
+                r#"[{ name = "c1", aliases = "web" }]"#,
+                "host[0].containers[0].aliases",
+                "invalid type",
+            ),
+            (
+                r#"[{ name = "c1", aliases = [1] }]"#,
+                "host[0].containers[0].aliases",
+                "invalid type",
             ),
         ];
         for (containers, field, msg) in cases {

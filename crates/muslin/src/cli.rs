@@ -39,7 +39,7 @@ pub enum Command {
     Lab(LabCommand),
     /// Benchmark Muslin against the underlay, hand-built twins and the reference plugins
     Bench(BenchArgs),
-    /// Connectivity probe: an echo server and a checker for tcp, udp, icmp and ip253
+    /// Connectivity probe: an echo server, a checker for tcp, udp, icmp and ip253, a DNS query
     #[command(subcommand)]
     Probe(ProbeCommand),
 }
@@ -134,12 +134,12 @@ pub enum LabCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Probe every container to every container and host; non-zero exit if a pair fails
+    /// Probe every container to every container and host, and resolve every container's name; non-zero exit if a pair fails
     Check {
         #[command(flatten)]
         lab: LabName,
-        /// Comma-separated: tcp, udp, icmp, ip253
-        #[arg(long, default_value = "tcp,udp,icmp")]
+        /// Comma-separated: tcp, udp, icmp, ip253, dns (names resolve, per network)
+        #[arg(long, default_value = "tcp,udp,icmp,dns")]
         proto: String,
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
@@ -366,5 +366,17 @@ pub enum ProbeCommand {
         proto: String,
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
+    },
+    /// Ask a resolver for NAME's IPv4 addresses (NAME as given: no search list); prints each; non-zero exit if none
+    Dns {
+        name: String,
+        /// The resolver [default: the first nameserver of /etc/resolv.conf]
+        #[arg(long)]
+        server: Option<IpAddr>,
+        /// How long each try waits for the answer
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        #[arg(long, default_value_t = 2)]
+        tries: u32,
     },
 }

@@ -495,5 +495,53 @@ fn probe_cmd(p: ProbeCommand) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        ProbeCommand::Dns {
+            name,
+            server,
+            timeout_ms,
+            tries,
+        } => {
+            let server = match server {
+                Some(s) => s,
+                None => first_nameserver(
+                    &std::fs::read_to_string("/etc/resolv.conf")
+                        .context("reading /etc/resolv.conf (or give --server)")?,
+                )
+                .context("/etc/resolv.conf names no nameserver; give --server")?,
+            };
+            let a = probe::resolve(server, &name, Duration::from_millis(timeout_ms), tries)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            for addr in &a.addresses {
+                println!("{addr}");
+            }
+            if a.addresses.is_empty() {
+                eprintln!("{name}: {} from {server}, no address", a.rcode);
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The first `nameserver` of a resolv.conf.
+fn first_nameserver(text: &str) -> Option<std::net::IpAddr> {
+    text.lines().find_map(|l| {
+        let mut w = l.split_whitespace();
+        (w.next() == Some("nameserver"))
+            .then(|| w.next()?.parse().ok())
+            .flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_first_nameserver_of_resolv_conf_is_asked() {
+        let text = "# muslin lab demo: h1/c1\nsearch a.b\nnameserver bogus\nnameserver 169.254.53.2\nnameserver 10.0.0.1\n";
+        assert_eq!(
+            super::first_nameserver(text),
+            Some("169.254.53.2".parse().unwrap())
+        );
+        assert_eq!(super::first_nameserver("search x\n"), None);
     }
 }

@@ -20,6 +20,25 @@ pub fn protos(list: &str) -> Result<Vec<Proto>> {
         .collect()
 }
 
+/// `lab check --proto`: the probe's protocols, and whether names are
+/// checked (`dns`).
+pub fn checks(list: &str) -> Result<(Vec<Proto>, bool)> {
+    let (mut protos, mut dns) = (Vec::new(), false);
+    for s in list.split(',').filter(|s| !s.is_empty()) {
+        if s == muslin_lab::check::DNS {
+            dns = true;
+            continue;
+        }
+        protos.push(Proto::parse(s).with_context(|| {
+            format!("unknown protocol {s:?}; expected tcp, udp, icmp, ip253 or dns")
+        })?);
+    }
+    if protos.is_empty() && !dns {
+        bail!("--proto: nothing to check; expected tcp, udp, icmp, ip253 or dns");
+    }
+    Ok((protos, dns))
+}
+
 fn ctx() -> Result<Ctx> {
     Ok(Ctx {
         bin: std::env::current_exe().context("locating the muslin binary")?,
@@ -130,9 +149,11 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
             timeout_ms,
             json,
         } => {
+            let (protos, dns) = checks(&proto)?;
             let m = ops::check(
                 lab.name.as_deref(),
-                &protos(&proto)?,
+                &protos,
+                dns,
                 Duration::from_millis(timeout_ms),
             )?;
             if json {
@@ -176,5 +197,24 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_check_takes_dns_besides_the_probes_protocols() {
+        let (p, dns) = checks("tcp,udp,icmp,dns").unwrap();
+        assert_eq!(p, [Proto::Tcp, Proto::Udp, Proto::Icmp]);
+        assert!(dns);
+        assert_eq!(checks("dns").unwrap(), (vec![], true));
+        assert_eq!(checks("ip253").unwrap(), (vec![Proto::Raw], false));
+        let e = checks("tcp,dnz").unwrap_err().to_string();
+        assert!(e.contains("\"dnz\"") && e.contains("ip253 or dns"), "{e}");
+        assert!(checks("").is_err());
+        // `probe check` has no dns: it probes one address.
+        assert!(protos("dns").is_err());
     }
 }

@@ -279,3 +279,254 @@ fn two_labs_coexist_without_interfering() {
     );
     assert!(o.status.success(), "b still works after a is gone");
 }
+
+/// `/etc/netns` entries of a lab (`ip netns exec` takes resolv.conf there).
+fn etc_netns(lab: &Lab) -> Vec<String> {
+    let prefix = format!("{}-", lab.name);
+    let mut v: Vec<String> = std::fs::read_dir("/etc/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Pairs whose `dns` failed, as "from -> to".
+fn dns_failures(m: &Value) -> Vec<String> {
+    m["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["failed"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f[0] == "dns")
+        })
+        .map(|p| {
+            format!(
+                "{} -> {}",
+                p["from"].as_str().unwrap(),
+                p["to"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn containers_resolve_names_the_check_covers_them_and_resolv_conf_goes_with_them() {
+    let lab = Lab::new();
+    let r = lab.up(&["--converge-timeout", "60"]);
+    assert!(
+        !r["converge_seconds"].is_null(),
+        "the matrix, names included, passes: {}",
+        r["matrix"]
+    );
+    // `lab check` resolves names by default, each container's at the
+    // resolver of the default network.
+    let m = lab.json(&["check", "--name", &lab.name, "--json"]);
+    assert!(
+        common::lab::failures(&m).is_empty(),
+        "{:?}",
+        common::lab::failures(&m)
+    );
+    assert_eq!(
+        m["protocols"],
+        serde_json::json!(["tcp", "udp", "icmp", "dns"])
+    );
+    let pair = m["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["from"] == "h1/c1" && p["to"] == "h3/c2")
+        .unwrap();
+    assert_eq!(pair["dns"]["qname"], "c2.h3.muslin.internal");
+    assert_eq!(pair["dns"]["resolver"], "169.254.53.1");
+    assert!(
+        m["pairs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["to"] == "h2")
+            .all(|p| p["dns"].is_null()),
+        "hosts have no names"
+    );
+
+    // The lab wrote each container's resolv.conf from its CNI result, so
+    // programs in a container resolve short names as in a real one.
+    let conf =
+        std::fs::read_to_string(format!("/etc/netns/{}-h1-c1/resolv.conf", lab.name)).unwrap();
+    assert!(conf.contains("nameserver 169.254.53.1\n"), "{conf}");
+    assert!(
+        conf.contains("search h1.muslin.internal muslin.internal\n"),
+        "{conf}"
+    );
+    assert!(conf.contains("options ndots:2\n"), "{conf}");
+    let o = lab.exec("h1/c1", &["getent", "hosts", "c2.h3"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let addr = lab.container_addr("h3", "c2");
+    assert!(
+        o.status.success() && out.split_whitespace().next() == Some(addr.as_str()),
+        "getent hosts c2.h3 in h1/c1: {out} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // `muslin probe dns` asks the resolver of resolv.conf.
+    let o = lab.exec("h2/c2", &[BIN, "probe", "dns", "c2.h3.muslin.internal"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), addr);
+    let o = lab.exec("h2/c2", &[BIN, "probe", "dns", "nobody.h3.muslin.internal"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("NXDOMAIN"));
+
+    // A broken name service fails the dns column, naming the pairs: h1's
+    // resolver gets no query through (a table of the test's own, which
+    // the agent leaves alone).
+    let h1 = lab.ns("h1");
+    let nft = |script: &str| {
+        let mut c = Command::new("ip")
+            .args(["netns", "exec", &h1, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(c.wait().unwrap().success(), "nft {script}");
+    };
+    nft(
+        "table inet dnslabtest {\n chain input {\n type filter hook input priority -400;\n \
+         udp dport 53 drop\n tcp dport 53 drop\n }\n}\n",
+    );
+    let o = lab.cmd(&["check", "--name", &lab.name, "--proto", "dns"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success(), "{text}");
+    assert!(
+        text.contains("x:n")
+            && text
+                .contains("h1/c1 -> h2/c1 dns: c1.h2.muslin.internal at 169.254.53.1: no answer"),
+        "{text}"
+    );
+    let m = lab.json(&["check", "--name", &lab.name, "--json", "--proto", "tcp,dns"]);
+    let failed = dns_failures(&m);
+    assert_eq!(
+        failed.len(),
+        10,
+        "h1's two containers, 5 peers each: {failed:?}"
+    );
+    assert!(failed.iter().all(|f| f.starts_with("h1/")), "{failed:?}");
+    assert!(
+        common::lab::failures(&m).iter().all(|f| !f.contains("tcp")),
+        "only names are broken"
+    );
+    nft("delete table inet dnslabtest\n");
+    let m = lab.json(&["check", "--name", &lab.name, "--json", "--proto", "dns"]);
+    assert!(dns_failures(&m).is_empty(), "{m}");
+
+    // resolv.conf goes with its container, and all of them with the lab.
+    let all = etc_netns(&lab);
+    assert_eq!(all.len(), 6, "{all:?}");
+    lab.ok(&["rm", "--name", &lab.name, "h2", "c1"]);
+    assert!(!std::path::Path::new(&format!("/etc/netns/{}-h2-c1", lab.name)).exists());
+    assert_eq!(etc_netns(&lab).len(), 5);
+    lab.ok(&["down", "--name", &lab.name]);
+    assert!(etc_netns(&lab).is_empty(), "left: {:?}", etc_netns(&lab));
+
+    // A crashed lab's leftovers go with `down` even without its record;
+    // an entry that is not the lab's stays.
+    let ours = format!("/etc/netns/{}-h1-c9", lab.name);
+    let theirs = format!("/etc/netns/{}-h1-x9", lab.name);
+    for (d, text) in [
+        (&ours, format!("# muslin lab {}: h1/c9, from its CNI result; removed with the container\nnameserver 169.254.53.1\n", lab.name)),
+        (&theirs, "nameserver 192.0.2.53\n".to_string()),
+    ] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(format!("{d}/resolv.conf"), text).unwrap();
+    }
+    lab.ok(&["down", "--name", &lab.name]);
+    assert!(
+        !std::path::Path::new(&ours).exists(),
+        "the lab's leftover goes"
+    );
+    assert!(
+        std::path::Path::new(&theirs).join("resolv.conf").exists(),
+        "another's stays"
+    );
+    std::fs::remove_dir_all(&theirs).unwrap();
+}
+
+#[test]
+fn containers_sharing_an_alias_are_both_found_by_it() {
+    let lab = Lab::new();
+    let (_d, path) = file(
+        r#"
+[[segment]]
+name = "lan"
+cidr = "192.168.41.0/24"
+[[host]]
+name = "h1"
+containers = [{ name = "a", aliases = ["web"] }, { name = "c" }]
+[[host.nic]]
+segment = "lan"
+default-route = true
+[[host]]
+name = "h2"
+containers = [{ name = "b", namespace = "shop", aliases = ["web", "api.v1"] }]
+[[host.nic]]
+segment = "lan"
+default-route = true
+"#,
+    );
+    let r = lab.up(&["-f", &path, "--converge-timeout", "60"]);
+    assert!(!r["converge_seconds"].is_null(), "{}", r["matrix"]);
+    let (a, b) = (lab.container_addr("h1", "a"), lab.container_addr("h2", "b"));
+    // Names spread by gossip: the check above saw the containers' own
+    // names; aliases travel with them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let listed = loop {
+        let o = lab.exec("h1/c", &["getent", "ahostsv4", "web.muslin.internal"]);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let found = |x: &str| out.lines().any(|l| l.split_whitespace().next() == Some(x));
+        if (found(&a) && found(&b)) || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    for x in [&a, &b] {
+        assert!(
+            listed
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(x.as_str())),
+            "web.muslin.internal lists {x}: {listed}"
+        );
+    }
+    // A dotted alias, and the container's own name in its namespace.
+    let o = lab.exec("h1/c", &["getent", "hosts", "api.v1.muslin.internal"]);
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with(&format!("{b} ")));
+    let o = lab.exec("h1/c", &["getent", "hosts", "b.shop"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with(&format!("{b} ")),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // An invalid alias is refused before anything is made, naming the field.
+    let (_d2, bad) = file(
+        &std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("\"api.v1\"", "\"API\""),
+    );
+    let other = Lab::new();
+    let o = other.cmd(&["up", "--name", &other.name, "-f", &bad]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("host[1].containers[0].aliases") && err.contains("\"API\" is not a DNS name"),
+        "{err}"
+    );
+    assert!(other.namespaces().is_empty());
+}
