@@ -89,18 +89,61 @@ impl RequestHandler for NetHandler {
         };
         let qtype = info.query.query_type();
         let qname = info.query.original().name().clone();
-        let index = self.shared.index();
-        if !index.admits(&self.network, request.src().ip()) {
-            self.shared.count_refused();
-            let m = fail(ResponseCode::Refused);
-            return send(&mut response, builder.build_no_records(m)).await;
-        }
-        let visible = index.visible(&self.network, request.src().ip());
-        let text = qname.to_ascii();
-        let answer = index.lookup(&visible, &text, kind(qtype));
-        self.shared.count(&answer);
         let mut m = Metadata::response_from_request(&request.metadata);
         m.recursion_available = true;
+        match self.decide(request.src().ip(), &qname, qtype) {
+            Outcome::Refused => {
+                let m = fail(ResponseCode::Refused);
+                send(&mut response, builder.build_no_records(m)).await
+            }
+            Outcome::Answer(records) => {
+                m.authoritative = true;
+                send(&mut response, builder.build(m, &records, [], [], [])).await
+            }
+            Outcome::Negative(code, soa) => {
+                m.authoritative = true;
+                m.response_code = code;
+                let soa = [soa];
+                send(&mut response, builder.build(m, [], [], &soa, [])).await
+            }
+            Outcome::Forward => match self.shared.upstream().forward(qname, qtype).await {
+                Ok(records) => send(&mut response, builder.build(m, &records, [], [], [])).await,
+                Err(code) => {
+                    m.response_code = code;
+                    send(&mut response, builder.build_no_records(m)).await
+                }
+            },
+        }
+    }
+}
+
+/// What a query gets, whichever transport it came by.
+pub(super) enum Outcome {
+    /// The asker is not of this resolver's network.
+    Refused,
+    /// Authoritative records of the cluster.
+    Answer(Vec<Record>),
+    /// NXDOMAIN or an empty NOERROR, with the zone's SOA for negative
+    /// caching.
+    Negative(ResponseCode, Record),
+    /// Not the cluster's: ask upstream.
+    Forward,
+}
+
+impl NetHandler {
+    pub(super) fn upstream(&self) -> Arc<super::upstream::Upstream> {
+        self.shared.upstream()
+    }
+
+    pub(super) fn decide(&self, src: IpAddr, qname: &Name, qtype: RecordType) -> Outcome {
+        let index = self.shared.index();
+        if !index.admits(&self.network, src) {
+            self.shared.count_refused();
+            return Outcome::Refused;
+        }
+        let visible = index.visible(&self.network, src);
+        let answer = index.lookup(&visible, &qname.to_ascii(), kind(qtype));
+        self.shared.count(&answer);
         let soa = || {
             let apex =
                 Name::from_ascii(format!("{}.", index.domain())).unwrap_or_else(|_| Name::root());
@@ -117,46 +160,29 @@ impl RequestHandler for NetHandler {
         match answer {
             Lookup::Addresses(mut addrs) => {
                 shuffle(&mut addrs);
-                m.authoritative = true;
-                let records: Vec<Record> = addrs
-                    .into_iter()
-                    .map(|a| {
-                        let data = match a {
-                            IpAddr::V4(v4) => RData::A(A(v4)),
-                            IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
-                        };
-                        Record::from_rdata(qname.clone(), TTL_SECONDS, data)
-                    })
-                    .collect();
-                send(&mut response, builder.build(m, &records, [], [], [])).await
+                Outcome::Answer(
+                    addrs
+                        .into_iter()
+                        .map(|a| {
+                            let data = match a {
+                                IpAddr::V4(v4) => RData::A(A(v4)),
+                                IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+                            };
+                            Record::from_rdata(qname.clone(), TTL_SECONDS, data)
+                        })
+                        .collect(),
+                )
             }
-            Lookup::Names(names) => {
-                m.authoritative = true;
-                let records: Vec<Record> = names
+            Lookup::Names(names) => Outcome::Answer(
+                names
                     .into_iter()
                     .filter_map(|n| Name::from_ascii(format!("{n}.")).ok())
                     .map(|n| Record::from_rdata(qname.clone(), TTL_SECONDS, RData::PTR(PTR(n))))
-                    .collect();
-                send(&mut response, builder.build(m, &records, [], [], [])).await
-            }
-            Lookup::NoData => {
-                m.authoritative = true;
-                let soa = [soa()];
-                send(&mut response, builder.build(m, [], [], &soa, [])).await
-            }
-            Lookup::NxDomain => {
-                m.authoritative = true;
-                m.response_code = ResponseCode::NXDomain;
-                let soa = [soa()];
-                send(&mut response, builder.build(m, [], [], &soa, [])).await
-            }
-            Lookup::Forward => match self.shared.upstream().forward(qname.clone(), qtype).await {
-                Ok(records) => send(&mut response, builder.build(m, &records, [], [], [])).await,
-                Err(code) => {
-                    m.response_code = code;
-                    send(&mut response, builder.build_no_records(m)).await
-                }
-            },
+                    .collect(),
+            ),
+            Lookup::NoData => Outcome::Negative(ResponseCode::NoError, soa()),
+            Lookup::NxDomain => Outcome::Negative(ResponseCode::NXDomain, soa()),
+            Lookup::Forward => Outcome::Forward,
         }
     }
 }

@@ -26,10 +26,26 @@ fn socket(n: &ServedNet, kind: Type, protocol: Protocol) -> std::io::Result<Sock
     Ok(s)
 }
 
+/// A network's server while it runs; dropping it stops it.
+pub(super) struct Listening {
+    _tcp: hickory_server::Server<NetHandler>,
+    udp: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        for t in &self.udp {
+            t.abort();
+        }
+    }
+}
+
+/// UDP answered by our own loop (`udp`), TCP by hickory's server.
 pub(super) fn start(
     n: &ServedNet,
-    handler: NetHandler,
-) -> std::io::Result<hickory_server::Server<NetHandler>> {
+    udp_handler: NetHandler,
+    tcp_handler: NetHandler,
+) -> std::io::Result<Listening> {
     let udp = socket(n, Type::DGRAM, Protocol::UDP)?;
     // Bursts of queries wait in the socket rather than being dropped.
     let _ = udp.set_recv_buffer_size(1 << 20);
@@ -37,8 +53,10 @@ pub(super) fn start(
     let tcp = socket(n, Type::STREAM, Protocol::TCP)?;
     tcp.listen(128)?;
     let tcp = tokio::net::TcpListener::from_std(tcp.into())?;
-    let mut server = hickory_server::Server::new(handler);
-    server.register_socket(udp);
+    let mut server = hickory_server::Server::new(tcp_handler);
     server.register_listener(tcp, TCP_IDLE, 64 * 1024);
-    Ok(server)
+    Ok(Listening {
+        _tcp: server,
+        udp: super::udp::spawn(udp, udp_handler),
+    })
 }

@@ -9,6 +9,7 @@
 
 mod answer;
 mod listen;
+mod udp;
 mod upstream;
 
 use std::collections::BTreeMap;
@@ -160,7 +161,7 @@ impl Shared {
 /// A network's server while it runs; dropping it stops it.
 struct Running {
     net: ServedNet,
-    _server: hickory_server::Server<answer::NetHandler>,
+    _server: listen::Listening,
 }
 
 pub struct NameService {
@@ -272,13 +273,11 @@ impl NameService {
                 continue;
             }
             changed = true;
-            match listen::start(
-                n,
-                answer::NetHandler {
-                    network: n.name.clone(),
-                    shared: self.shared.clone(),
-                },
-            ) {
+            let handler = || answer::NetHandler {
+                network: n.name.clone(),
+                shared: self.shared.clone(),
+            };
+            match listen::start(n, handler(), handler()) {
                 Ok(server) => {
                     tracing::info!(network = %n.name, address = %n.address(), "serving DNS");
                     self.failed.remove(&n.name);
