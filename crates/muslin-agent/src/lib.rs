@@ -3,6 +3,7 @@
 
 mod atomic_file;
 mod blocks;
+mod dns;
 mod host_firewall;
 mod key_locks;
 mod leases;
@@ -183,6 +184,7 @@ pub async fn run_with(
             .saturating_sub(muslin_model::dataplane::VXLAN_OVERHEAD);
         let (networks, asks) = networks::Networks::new(blocks.clone(), tunnel_mtu);
         node.networks = Some(networks.clone());
+        node.dns = c.dns_shared();
         background.spawn(c.run(
             executor.clone(),
             blocks.clone(),

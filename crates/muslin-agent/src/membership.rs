@@ -136,6 +136,8 @@ pub struct Cluster {
     objects_synced: Option<(u64, Instant)>,
     /// The policy table: what it was brought to, and its counters.
     policy: policies::PolicyState,
+    /// The name service, when the agent serves DNS.
+    dns: Option<crate::dns::NameService>,
 }
 
 /// How often the objects are published again though unchanged.
@@ -470,6 +472,7 @@ pub async fn join(
         objects_seen: None,
         objects_synced: None,
         policy: Default::default(),
+        dns: crate::dns::NameService::new(config, me),
         settling: Default::default(),
         interval,
         pod_cidr: config.pod_cidr(),
@@ -478,6 +481,36 @@ pub async fn join(
 }
 
 impl Cluster {
+    /// What `muslin status`, `muslin dns lookup` and ADD's results read of
+    /// the name service.
+    pub fn dns_shared(&self) -> Option<Arc<crate::dns::Shared>> {
+        self.dns.as_ref().map(crate::dns::NameService::shared)
+    }
+
+    /// The networks the name service listens in: the default one and
+    /// every network in force; none without the name service.
+    fn served(
+        &self,
+        live: &std::collections::BTreeMap<String, muslin_model::network::NetworkSpec>,
+    ) -> Vec<crate::dns::ServedNet> {
+        if self.dns.is_none() {
+            return Vec::new();
+        }
+        let mut out = vec![crate::dns::ServedNet {
+            name: muslin_model::DEFAULT_NETWORK.into(),
+            id: 0,
+            mark: 0,
+            subnets: vec![self.pod_cidr],
+        }];
+        out.extend(live.values().map(|n| crate::dns::ServedNet {
+            name: n.name.clone(),
+            id: n.id,
+            mark: n.mark(),
+            subnets: n.subnets.clone(),
+        }));
+        out
+    }
+
     /// Runs until dropped: leases, then the data plane, every gossip round.
     /// `endpoints` is what the node wants the cluster to see of its
     /// endpoints; it is published every round (level-triggered: a store
@@ -554,6 +587,13 @@ impl Cluster {
             networks.set_settling(self.settling.keys().cloned().collect());
             networks.set_live(&live);
             let reach = self.reach(&live);
+            let served = self.served(&live);
+            let resolver = |name: &str| {
+                served
+                    .iter()
+                    .find(|s| s.name == name)
+                    .map(crate::dns::ServedNet::address)
+            };
             for n in live.values() {
                 if let Some(r) = self.shadowed(n) {
                     net_warnings.push(format!(
@@ -578,7 +618,9 @@ impl Cluster {
                     nodes: nodes.into_iter().collect(),
                     networks: live
                         .values()
-                        .map(|n| NftNetwork::of(n, reach.contains(&n.name)))
+                        .map(|n| {
+                            NftNetwork::of(n, reach.contains(&n.name)).with_dns(resolver(&n.name))
+                        })
                         .collect(),
                     vxlan_port: self.vx.port,
                 },
@@ -607,6 +649,9 @@ impl Cluster {
             }
             let mine = endpoints.borrow_and_update().clone();
             self.store.sync_endpoints(&mine).await;
+            if let Some(dns) = self.dns.as_mut() {
+                dns.refresh(&served, &view, &mine);
+            }
             self.learn_objects(&view);
             // Every node republishes every object: when they change, and
             // now and then (tombstones expire).
@@ -653,7 +698,12 @@ impl Cluster {
             let full = last_full.elapsed() > Duration::from_secs(5);
             let wanted = (d.clone(), planes);
             if full || last.as_ref() != Some(&wanted) {
-                if let Err(e) = self.converge(&host, &d, &wanted.1, allow_deletes).await {
+                let listen: Vec<std::net::Ipv4Addr> =
+                    served.iter().map(crate::dns::ServedNet::address).collect();
+                if let Err(e) = self
+                    .converge(&host, &d, &wanted.1, &listen, allow_deletes)
+                    .await
+                {
                     tracing::warn!(cause = %e, "data plane not converged; retrying");
                 } else {
                     last = Some(wanted.clone());
@@ -859,10 +909,16 @@ impl Cluster {
         host: &Executor,
         d: &Desired,
         planes: &[nets::NetPlane],
+        dns: &[std::net::Ipv4Addr],
         allow_deletes: bool,
     ) -> Result<(), muslin_kernel::KernelError> {
         let observed = host.host().await?;
         let mut want = data_plane::host_state(d);
+        if !dns.is_empty() {
+            let s = data_plane::dns_state(dns);
+            want.links.extend(s.links);
+            want.addresses.extend(s.addresses);
+        }
         let specs: Vec<&muslin_model::network::NetworkSpec> =
             planes.iter().map(|p| &p.spec).collect();
         let ranges = muslin_model::network::cluster_ranges(

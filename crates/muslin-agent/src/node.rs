@@ -36,6 +36,8 @@ pub struct Node {
     pub cluster: Option<Arc<RwLock<ClusterStatus>>>,
     /// Networks besides the default one; `None` without a cluster.
     pub networks: Option<Arc<crate::networks::Networks>>,
+    /// The name service; `None` when the agent serves no DNS.
+    pub dns: Option<Arc<crate::dns::Shared>>,
     executor: Executor,
     table: Mutex<Versioned>,
     writer: Mutex<u64>,
@@ -99,6 +101,7 @@ impl Node {
             blocks,
             cluster: None,
             networks: None,
+            dns: None,
             executor,
             table: Mutex::new(Versioned {
                 table,
@@ -305,8 +308,12 @@ impl Node {
         let p = plan_in(&req.key, &addresses, mtu, &place);
         // A retried ADD (the runtime timed out, the plugin was killed) of an
         // attachment that is complete gets its result, not a rebuilt veth.
+        let dns = self.dns_for(
+            net.as_ref().map_or(0, |n| n.id),
+            req.pod_namespace.as_deref(),
+        );
         if !fresh && matches!(self.problems(&p, &req.netns).await, Ok(v) if v.is_empty()) {
-            return Ok(added(&p));
+            return Ok(added(&p, dns));
         }
         let report = self
             .executor
@@ -322,7 +329,7 @@ impl Node {
             return Err(kernel_error(e));
         }
         tracing::info!(container = %req.key.container_id, ifname = %req.key.ifname, addresses = ?p.addresses, host_if = %p.host_ifname, "attached");
-        Ok(added(&p))
+        Ok(added(&p, dns))
     }
 
     /// Records the attachment with an address, waiting for a first block
@@ -367,8 +374,21 @@ impl Node {
                         group: net.map(NetworkSpec::group),
                         routes: match (further, net) {
                             (false, _) => vec![],
-                            (true, Some(n)) => n.subnets.clone(),
-                            (true, None) => self.config.pod_cidrs().to_vec(),
+                            (true, n) => {
+                                let mut r = n.map_or_else(
+                                    || self.config.pod_cidrs().to_vec(),
+                                    |n| n.subnets.clone(),
+                                );
+                                // The network's resolver, which the
+                                // default route of the first interface
+                                // would reach in the wrong network.
+                                if self.dns.is_some() {
+                                    let at =
+                                        muslin_model::dns::listen_address(n.map_or(0, |n| n.id));
+                                    r.push(IpNet::from(std::net::IpAddr::from(at)));
+                                }
+                                r
+                            }
                         },
                     };
                     t.allocate(req.key.clone(), &network_id, &blocks, |address| Endpoint {
@@ -379,6 +399,7 @@ impl Node {
                         pod_name: req.pod_name.clone(),
                         labels: req.labels.clone(),
                         ports: req.ports.clone(),
+                        aliases: req.aliases.clone(),
                         place,
                         ..Endpoint::new(
                             address,
@@ -534,6 +555,31 @@ impl Node {
         Ok(stale)
     }
 
+    /// The resolv.conf of a container in network `id` and `namespace`:
+    /// the network's resolver; its namespace's names first, so a short
+    /// name finds the container of its own namespace; `ndots:2`, so that
+    /// `name.namespace` and `name.network` are tried in the cluster domain
+    /// before upstream.
+    fn dns_for(&self, id: u16, namespace: Option<&str>) -> Option<muslin_model::cni::Dns> {
+        self.dns.as_ref()?;
+        let domain = self
+            .config
+            .dns_domain
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        let mut search = Vec::new();
+        if let Some(ns) = namespace.filter(|ns| muslin_model::policy::dns_label(ns)) {
+            search.push(format!("{ns}.{domain}"));
+        }
+        search.push(domain);
+        Some(muslin_model::cni::Dns {
+            nameservers: vec![muslin_model::dns::listen_address(id).into()],
+            domain: None,
+            search,
+            options: vec!["ndots:2".into()],
+        })
+    }
+
     pub async fn status(&self) -> NodeStatus {
         let v = self.table.lock().await;
         let blocks = self
@@ -575,6 +621,7 @@ impl Node {
                 Some(c) => Some(Box::new(c.read().await.clone())),
                 None => None,
             },
+            dns: self.dns.as_ref().map(|d| Box::new(d.status())),
         }
     }
 
@@ -708,10 +755,11 @@ fn endpoint_record(node: &str, k: &AttachmentKey, e: &Endpoint) -> EndpointRecor
         pod_name: e.pod_name.clone(),
         labels: e.labels.clone(),
         ports: e.ports.clone(),
+        aliases: e.aliases.clone(),
     }
 }
 
-fn added(p: &AttachmentPlan) -> Added {
+fn added(p: &AttachmentPlan, dns: Option<muslin_model::cni::Dns>) -> Added {
     Added {
         host_ifname: p.host_ifname.clone(),
         host_mac: format_mac(&p.host_mac),
@@ -720,5 +768,6 @@ fn added(p: &AttachmentPlan) -> Added {
         addresses: p.addresses.clone(),
         mtu: p.mtu,
         routes: p.place.routes.clone(),
+        dns,
     }
 }

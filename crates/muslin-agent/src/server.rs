@@ -240,6 +240,24 @@ async fn dispatch(node: &Node, req: Request) -> Response {
             .reap(apply)
             .await
             .map(|stale| Response::Reaped { stale }),
+        Request::DnsLookup { name, networks } => match &node.dns {
+            None => Err(CniError::new(
+                ErrorCode::InvalidConfig,
+                "this agent serves no DNS (started with --dns false, or without a cluster)",
+            )),
+            Some(_) if name.is_empty() || name.len() > 255 => Err(CniError::new(
+                ErrorCode::InvalidConfig,
+                "name: 1 to 255 characters",
+            )),
+            Some(d) => {
+                let nets: Vec<&str> = if networks.is_empty() {
+                    vec![muslin_model::DEFAULT_NETWORK]
+                } else {
+                    networks.iter().map(String::as_str).collect()
+                };
+                Ok(Response::Dns(d.lookup(&name, &nets).await))
+            }
+        },
     };
     res.unwrap_or_else(Response::Error)
 }

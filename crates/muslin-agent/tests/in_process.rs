@@ -96,6 +96,7 @@ fn add(c: &str, netns: &str) -> Request {
         pod_name: None,
         labels: Default::default(),
         ports: Default::default(),
+        aliases: Vec::new(),
         network: None,
     })
 }

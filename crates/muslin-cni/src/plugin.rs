@@ -78,7 +78,9 @@ fn invoke(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<String, 
             // Checked before the agent is asked: a refused ADD changes nothing.
             let labels = conf.labels()?;
             let ports = conf.ports()?;
+            let aliases = conf.aliases()?;
             let (pod_namespace, pod_name) = pod_identity(&env.args)?;
+            let pod_name = conf.container_name()?.or(pod_name);
             let pod = match (&pod_namespace, &pod_name) {
                 (Some(ns), Some(n)) => Some(format!("{ns}/{n}")),
                 (None, Some(n)) => Some(n.clone()),
@@ -93,11 +95,13 @@ fn invoke(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<String, 
                 pod_name,
                 labels,
                 ports,
+                aliases,
                 network: conf.network.clone(),
             });
             match agent(&socket, &req, ErrorCode::TryAgainLater)? {
                 Response::Added(a) => {
-                    let result = success(&a, &netns, conf.dns.clone().unwrap_or_default());
+                    let dns = merge_dns(conf.dns.clone(), a.dns.clone());
+                    let result = success(&a, &netns, dns);
                     Ok(result.to_json(version).to_string())
                 }
                 other => Err(unexpected(other)),
@@ -215,6 +219,32 @@ fn unexpected(r: Response) -> CniError {
         ErrorCode::AgentProtocol,
         format!("unexpected reply from the agent: {r:?}"),
     )
+}
+
+/// What the configuration says of DNS wins, field by field: an operator
+/// who names resolvers or search domains in the network configuration
+/// means them. The rest comes from the agent's name service.
+fn merge_dns(conf: Option<Dns>, agent: Option<Dns>) -> Dns {
+    let conf = conf.unwrap_or_default();
+    let agent = agent.unwrap_or_default();
+    Dns {
+        nameservers: if conf.nameservers.is_empty() {
+            agent.nameservers
+        } else {
+            conf.nameservers
+        },
+        domain: conf.domain.or(agent.domain),
+        search: if conf.search.is_empty() {
+            agent.search
+        } else {
+            conf.search
+        },
+        options: if conf.options.is_empty() {
+            agent.options
+        } else {
+            conf.options
+        },
+    }
 }
 
 fn success(a: &Added, netns: &std::path::Path, dns: Dns) -> SuccessResult {
@@ -372,6 +402,7 @@ mod tests {
             ],
             mtu: 1450,
             routes: vec![],
+            dns: None,
         };
         let r = success(&a, std::path::Path::new("/run/netns/x"), Dns::default())
             .to_json(CniVersion::V1_1_0);
@@ -404,5 +435,28 @@ mod tests {
         let check = [("CNI_COMMAND", "CHECK"), ADD[1], ADD[2], ADD[3]];
         let (v, _) = run_with(&check, CONF);
         assert!(v["msg"].as_str().unwrap().contains("prevResult"));
+    }
+
+    #[test]
+    fn the_configurations_dns_wins_field_by_field() {
+        let agent = Dns {
+            nameservers: vec!["169.254.53.1".parse().unwrap()],
+            domain: None,
+            search: vec!["muslin.internal".into()],
+            options: vec!["ndots:2".into()],
+        };
+        let conf = Dns {
+            nameservers: vec!["10.96.0.10".parse().unwrap()],
+            ..Default::default()
+        };
+        let d = merge_dns(Some(conf), Some(agent.clone()));
+        assert_eq!(
+            d.nameservers,
+            vec!["10.96.0.10".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert_eq!(d.search, agent.search);
+        assert_eq!(d.options, agent.options);
+        assert_eq!(merge_dns(None, Some(agent.clone())), agent);
+        assert_eq!(merge_dns(None, None), Dns::default());
     }
 }

@@ -87,6 +87,35 @@ crate::settings! {
     reconcile_interval: u64 = 30;
     /// Log filter (tracing), such as info or muslin=debug
     log_level: String = "info".into();
+    /// Serve the name service to containers (an embedded DNS per network)
+    dns: bool = true;
+    /// The cluster domain: containers are NAME.DOMAIN, NAME.NAMESPACE.DOMAIN
+    /// and NAME.NETWORK.DOMAIN
+    dns_domain: String = crate::dns::DEFAULT_DOMAIN.into();
+    /// Resolvers for names outside the cluster domain, ADDR or ADDR:PORT
+    /// (repeatable or comma-separated) [default: the nameservers of
+    /// dns-resolv-conf]
+    #[arg(long = "dns-upstream", value_delimiter = ',')]
+    dns_upstreams: Vec<String>;
+    /// The host's resolv.conf, whose nameservers are the upstream resolvers
+    dns_resolv_conf: PathBuf = "/etc/resolv.conf".into();
+    /// Milliseconds an upstream resolver has to answer before the next one
+    /// is asked
+    dns_upstream_timeout_ms: u64 = 1500;
+}
+
+/// An upstream resolver as configured: `ADDR` (port 53) or `ADDR:PORT`
+/// (`[V6]:PORT`). One of the name service's own addresses is refused: the
+/// agent would forward to itself.
+pub fn upstream_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    let a = s
+        .parse::<std::net::SocketAddr>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+        .map_err(|_| format!("{s:?} is not ADDR or ADDR:PORT"))?;
+    if a.port() == 0 || a.ip().is_unspecified() || crate::dns::is_listen_address(a.ip()) {
+        return Err(format!("{s:?} cannot be an upstream resolver"));
+    }
+    Ok(a)
 }
 
 /// Which store holds cluster state: the key `datastore`.
@@ -385,6 +414,27 @@ impl AgentConfig {
                 format!("{} is out of range 10..=10000", self.gossip_interval_ms),
             ));
         }
+        if let Some(p) = crate::dns::domain_problem(&self.dns_domain) {
+            return Err(err("dns-domain", p));
+        }
+        for u in &self.dns_upstreams {
+            crate::agent_config::upstream_addr(u).map_err(|m| err("dns-upstream", m))?;
+        }
+        if !(50..=30_000).contains(&self.dns_upstream_timeout_ms) {
+            return Err(err(
+                "dns-upstream-timeout-ms",
+                format!(
+                    "{} is out of range 50..=30000",
+                    self.dns_upstream_timeout_ms
+                ),
+            ));
+        }
+        if !self.dns_resolv_conf.is_absolute() {
+            return Err(err(
+                "dns-resolv-conf",
+                format!("{:?} must be an absolute path", self.dns_resolv_conf),
+            ));
+        }
         self.validate_pod_cidr()?;
         let pod_cidr = self.pod_cidr();
         let (lo, hi) = if pod_cidr.addr().is_ipv4() {
@@ -655,6 +705,11 @@ blocks = ["10.244.1.0/24"]
             etcd_key_file: Some("/etc/key.pem".into()),
             reconcile_interval: 5,
             log_level: "debug".into(),
+            dns: false,
+            dns_domain: "cluster.example".into(),
+            dns_upstreams: vec!["192.0.2.53".into(), "192.0.2.54:5353".into()],
+            dns_resolv_conf: "/run/resolv.conf".into(),
+            dns_upstream_timeout_ms: 700,
         }
     }
 

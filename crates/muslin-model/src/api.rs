@@ -63,6 +63,14 @@ pub enum Request {
         set: BTreeMap<String, String>,
         remove: Vec<String>,
     },
+    /// What the name service answers for `name` (a name, or an address
+    /// for its PTR) to a container attached to `networks` (the default
+    /// network when empty).
+    DnsLookup {
+        name: String,
+        #[serde(default)]
+        networks: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +91,10 @@ pub struct AddRequest {
     /// The configuration's `args.cni.ports`, checked by the plugin.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub ports: BTreeMap<String, crate::policy::NamedPort>,
+    /// The configuration's `args.cni.aliases` (and the runtime's aliases
+    /// for this network), checked by the plugin.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
     /// The Muslin network asked for by the configuration's `network` key;
     /// without it, the network named like the configuration, else the
     /// default network.
@@ -138,6 +150,7 @@ pub enum Response {
     Labels {
         labels: BTreeMap<String, String>,
     },
+    Dns(DnsAnswer),
     Error(CniError),
 }
 
@@ -225,6 +238,9 @@ pub struct Added {
     /// Destinations the container routes through this interface; empty
     /// for the default route.
     pub routes: Vec<IpNet>,
+    /// The name service's resolver for this attachment's network, for
+    /// the container's resolv.conf; `None` when the agent serves no DNS.
+    pub dns: Option<crate::cni::Dns>,
 }
 
 /// [`Added`] on the wire, readable by the previous version too: while a
@@ -246,6 +262,8 @@ struct AddedWire {
     mtu: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     routes: Vec<IpNet>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dns: Option<crate::cni::Dns>,
 }
 
 impl From<AddedWire> for Added {
@@ -261,6 +279,7 @@ impl From<AddedWire> for Added {
             },
             mtu: w.mtu,
             routes: w.routes,
+            dns: w.dns,
         }
     }
 }
@@ -278,8 +297,51 @@ impl From<Added> for AddedWire {
             addresses: a.addresses,
             mtu: a.mtu,
             routes: a.routes,
+            dns: a.dns,
         }
     }
+}
+
+/// The name service of a node, as `muslin status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsStatus {
+    pub domain: String,
+    /// Distinct names known.
+    pub names: u64,
+    pub listeners: Vec<DnsListener>,
+    pub upstreams: Vec<String>,
+    /// Queries answered from the cluster's names, refused as unknown
+    /// inside the domain, and forwarded upstream.
+    pub answered: u64,
+    pub nxdomain: u64,
+    pub forwarded: u64,
+}
+
+/// One network's resolver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsListener {
+    pub network: String,
+    pub address: IpAddr,
+    /// Why it does not listen, when it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `muslin dns lookup`'s answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsAnswer {
+    /// The name as asked in the cluster domain.
+    pub query: String,
+    /// The networks whose names were visible.
+    pub networks: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<IpAddr>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// Records from upstream, for a name outside the domain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forwarded: Vec<String>,
+    pub outcome: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -295,6 +357,9 @@ pub struct NodeStatus {
     /// Absent when the node runs alone (no underlay, no cluster).
     #[serde(default)]
     pub cluster: Option<Box<ClusterStatus>>,
+    /// Absent when the agent serves no DNS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Box<DnsStatus>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -215,6 +215,10 @@ pub struct EndpointRecord {
     /// allow a port by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub ports: BTreeMap<String, crate::policy::NamedPort>,
+    /// Further names of the endpoint (`args.cni.aliases`), which the name
+    /// service answers beside `pod_name`; several endpoints may share one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// What a node publishes about itself.
@@ -861,6 +865,7 @@ mod tests {
             pod_name: Some("web-0".into()),
             labels: [("app".to_string(), "web".to_string())].into(),
             ports: Default::default(),
+            aliases: Vec::new(),
         };
         v.nodes.get_mut("a").unwrap().endpoints.push(rec.clone());
         v.nodes.entry("b".into()).or_default();

@@ -46,6 +46,9 @@ pub struct Endpoint {
     /// From `args.cni.ports`: ports the endpoint names for policies.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub ports: BTreeMap<String, crate::policy::NamedPort>,
+    /// From `args.cni.aliases`: further names for the name service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
     /// Where it sits in the host's routing (a network's table and group).
     #[serde(default, skip_serializing_if = "crate::ipam::is_default")]
     pub place: crate::plumbing::Placement,
@@ -69,6 +72,7 @@ impl Endpoint {
             pod_name: None,
             labels: BTreeMap::new(),
             ports: BTreeMap::new(),
+            aliases: Vec::new(),
             place: Default::default(),
         }
     }

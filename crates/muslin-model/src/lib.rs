@@ -7,6 +7,7 @@ pub mod api;
 pub mod cluster;
 pub mod cni;
 pub mod dataplane;
+pub mod dns;
 pub mod health;
 pub mod host_firewall;
 pub mod ipam;

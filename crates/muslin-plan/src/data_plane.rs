@@ -139,6 +139,33 @@ pub fn network_guards(networks: &[&NetworkSpec], default_cidr: IpNet) -> Vec<Rul
         .collect()
 }
 
+/// The name service's device: it holds each served network's resolver
+/// address (`dns::listen_address`), local to the host and reached by the
+/// networks' containers through their gateway.
+pub const DNS_DEV: &str = "msl-dns";
+
+/// The kernel objects of the name service listening at `addresses`.
+pub fn dns_state(addresses: &[std::net::Ipv4Addr]) -> HostState {
+    HostState {
+        links: vec![Link {
+            name: DNS_DEV.into(),
+            kind: LinkKind::Other(None),
+            mtu: None,
+            mac: None,
+            up: true,
+            group: None,
+        }],
+        addresses: addresses
+            .iter()
+            .map(|a| Address {
+                link: DNS_DEV.into(),
+                net: IpNet::from(std::net::IpAddr::from(*a)),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
 /// Tunnel devices of networks not in `live`, to remove.
 pub fn stale_tunnels(observed: &HostState, live: &[&NetworkSpec]) -> Vec<Change> {
     observed

@@ -116,6 +116,10 @@ pub struct NftNetwork {
     /// the host routes to), the network's containers do not reach the
     /// host either: the host's replies would go to the other network.
     pub reach: bool,
+    /// The network's resolver on this host (the agent's name service),
+    /// which its containers reach even where they reach nothing else of
+    /// the host.
+    pub dns: Option<std::net::Ipv4Addr>,
 }
 
 impl NftNetwork {
@@ -128,7 +132,14 @@ impl NftNetwork {
             zone: n.zone(),
             isolated: n.isolated_from_host,
             reach,
+            dns: None,
         }
+    }
+
+    /// With the network's resolver at `dns`.
+    pub fn with_dns(mut self, dns: Option<std::net::Ipv4Addr>) -> Self {
+        self.dns = dns;
+        self
     }
 
     /// Tags of the rules counting the packets dropped on their way out
@@ -451,6 +462,38 @@ impl Masquerade {
                     Statement::Accept(Some(Accept {})),
                 ],
             ));
+            if let Some(dns) = n.dns {
+                // Queries to the network's resolver, marked so that the
+                // answer's route and rp_filter use the network's table.
+                chain.push((
+                    n.tag(&format!("dns {dns}")),
+                    vec![
+                        is(
+                            field(fam, "daddr"),
+                            Expression::String(Cow::Owned(dns.to_string())),
+                        ),
+                        is(
+                            meta(MetaKey::L4proto),
+                            Expression::Named(NamedExpression::Set(vec![
+                                SetItem::Element(Expression::String(Cow::Borrowed("udp"))),
+                                SetItem::Element(Expression::String(Cow::Borrowed("tcp"))),
+                            ])),
+                        ),
+                        is(
+                            Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+                                PayloadField {
+                                    protocol: Cow::Borrowed("th"),
+                                    field: Cow::Borrowed("dport"),
+                                },
+                            ))),
+                            num(53),
+                        ),
+                        mark(),
+                        zone(Some(nftables::expr::CTDir::Original)),
+                        Statement::Accept(Some(Accept {})),
+                    ],
+                ));
+            }
             if n.isolated {
                 // Nothing leaves an isolated network: not to another
                 // network, the hosts, or beyond.

@@ -58,6 +58,8 @@ pub enum LinkKind {
     /// A veth; the peer is known only when we create the pair.
     Veth(Option<VethPeer>),
     /// Any other kind (`bridge`, `ethernet`, ...), as the kernel names it.
+    /// `None` in a desired link: a device that only holds addresses
+    /// (created as a dummy, or a bridge where the kernel has no dummy).
     Other(Option<String>),
 }
 

@@ -504,6 +504,7 @@ mod tests {
             pod_name: None,
             labels: [("app".to_string(), "web".to_string())].into(),
             ports: Default::default(),
+            aliases: Vec::new(),
         };
         a.sync_endpoints(&[ep("c1"), ep("c2")]).await;
         until("b sees a's endpoints", async || {

@@ -27,6 +27,9 @@ pub enum Command {
     Policy(PolicyCommand),
     /// Change the labels of an endpoint of this host, or of a namespace (ns:NAME)
     Label(LabelArgs),
+    /// The name service: what containers resolve
+    #[command(subcommand)]
+    Dns(DnsCommand),
     /// Install this binary as the CNI plugin `muslin` (a symlink)
     InstallCni(InstallCniArgs),
     /// Remove what Muslin added to this host (stop the agent first)
@@ -256,6 +259,24 @@ pub enum PolicyCommand {
         namespace: Option<String>,
         #[arg(long, default_value = muslin_model::agent_config::DEFAULT_SOCKET)]
         socket: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DnsCommand {
+    /// What a container gets for NAME (NAME, NAME.NAMESPACE, NAME.NETWORK,
+    /// a name in the cluster domain, an address for its PTR, or a name
+    /// outside the cluster, which is forwarded)
+    Lookup {
+        name: String,
+        /// Answer as a container attached to this network (repeatable)
+        /// [default: the default network]
+        #[arg(long = "network")]
+        networks: Vec<String>,
+        #[arg(long, default_value = muslin_model::agent_config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
 }
 

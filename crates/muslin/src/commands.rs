@@ -31,6 +31,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             | Command::Network(_)
             | Command::Policy(_)
             | Command::Label(_)
+            | Command::Dns(_)
     ) {
         quiet_on_broken_pipe();
     }
@@ -40,6 +41,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Network(n) => crate::network_cmd::run(n),
         Command::Policy(p) => crate::policy_cmd::run(p),
         Command::Label(l) => crate::policy_cmd::label(l),
+        Command::Dns(d) => crate::dns_cmd::run(d),
         Command::Gc(a) => gc(a),
         Command::InstallCni(a) => install_cni(a),
         Command::Uninstall(a) => uninstall(a),
@@ -72,10 +74,16 @@ fn agent(a: AgentArgs) -> Result<ExitCode> {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
     let config = agent_config(&a)?;
+    // The DNS library logs every query at info; containers' lookups are
+    // not the agent's news. A filter that names hickory still wins.
+    let mut filter = config.log_level.clone();
+    if !filter.contains("hickory") {
+        filter.push_str(
+            ",hickory_server=warn,hickory_resolver=warn,hickory_net=warn,hickory_proto=warn",
+        );
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&config.log_level).context("log-level")?,
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).context("log-level")?)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -221,6 +229,9 @@ fn status(a: StatusArgs) -> Result<ExitCode> {
         }
         for w in &c.warnings {
             println!("WARNING  {w}");
+        }
+        if let Some(d) = &s.dns {
+            crate::dns_cmd::print_status(d);
         }
         let mut by_network = c.endpoints.clone();
         by_network.sort_by(|a, b| (&a.network, &a.node).cmp(&(&b.network, &b.node)));

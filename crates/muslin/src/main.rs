@@ -4,6 +4,7 @@
 
 mod cli;
 mod commands;
+mod dns_cmd;
 mod lab;
 mod network_cmd;
 mod policy_cmd;

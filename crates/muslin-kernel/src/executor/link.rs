@@ -17,11 +17,46 @@ pub(super) async fn create(nl: &Conn, l: &Link) -> Result<(), KernelError> {
     match &l.kind {
         LinkKind::Veth(Some(peer)) => veth(nl, l, peer).await,
         LinkKind::Vxlan(v) => vxlan(nl, l, v).await,
+        LinkKind::Other(None) => holder(nl, l).await,
         other => Err(KernelError::Io {
             what: format!("creating a link of kind {other:?} is not supported"),
             source: std::io::ErrorKind::Unsupported.into(),
         }),
     }
+}
+
+/// A device that only holds addresses (`LinkKind::Other(None)`): a dummy,
+/// or, on a kernel built without dummy devices, a bridge without ports
+/// (its addresses are the host's all the same).
+async fn holder(nl: &Conn, l: &Link) -> Result<(), KernelError> {
+    let build = |kind: InfoKind| {
+        let mut b = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(kind).name(l.name.clone());
+        if let Some(m) = l.mtu {
+            b = b.mtu(m);
+        }
+        if let Some(g) = l.group {
+            b = b.link_group(g);
+        }
+        if l.up {
+            b = b.up();
+        }
+        b.build()
+    };
+    let mut res = nl.handle.link().add(build(InfoKind::Dummy)).execute().await;
+    let mut kind = "dummy";
+    if matches!(&res, Err(e) if matches!(errno(e), Some(libc::EOPNOTSUPP) | Some(libc::EINVAL))) {
+        kind = "bridge";
+        res = nl
+            .handle
+            .link()
+            .add(build(InfoKind::Bridge))
+            .execute()
+            .await;
+    }
+    res.map_err(KernelError::netlink(format!("creating {}", l.name)))?;
+    netlink_write();
+    tracing::info!(link = %l.name, kind, "created an address-holding device");
+    Ok(())
 }
 
 async fn veth(nl: &Conn, l: &Link, peer: &VethPeer) -> Result<(), KernelError> {

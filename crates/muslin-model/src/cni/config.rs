@@ -331,6 +331,74 @@ impl NetConf {
         }
         Ok(out)
     }
+
+    /// `args.cni.name`: the container's name for the name service, which
+    /// wins over `K8S_POD_NAME`.
+    pub fn container_name(&self) -> Result<Option<String>, CniError> {
+        let Some(v) = self
+            .args
+            .as_ref()
+            .and_then(|a| a.get("cni"))
+            .and_then(|c| c.get("name"))
+        else {
+            return Ok(None);
+        };
+        let name = v
+            .as_str()
+            .ok_or_else(|| invalid("args.cni.name: a string is required".into()))?;
+        if let Some(problem) = crate::dns::name_problem(name) {
+            return Err(invalid(format!("args.cni.name: {problem}")));
+        }
+        Ok(Some(name.to_string()))
+    }
+
+    /// The attachment's aliases: `args.cni.aliases`, then what the runtime
+    /// passes for this network through the `aliases` capability
+    /// (`runtimeConfig.aliases`, keyed by network name, as podman does).
+    pub fn aliases(&self) -> Result<Vec<String>, CniError> {
+        let mut out: Vec<String> = Vec::new();
+        let sources = [
+            (
+                "args.cni.aliases".to_string(),
+                self.args
+                    .as_ref()
+                    .and_then(|a| a.get("cni"))
+                    .and_then(|c| c.get("aliases")),
+            ),
+            (
+                format!("runtimeConfig.aliases.{}", self.name),
+                self.runtime_config
+                    .as_ref()
+                    .and_then(|r| r.get("aliases"))
+                    .and_then(|a| a.get(&self.name)),
+            ),
+        ];
+        for (field, v) in sources {
+            let Some(v) = v else { continue };
+            let list = v
+                .as_array()
+                .ok_or_else(|| invalid(format!("{field}: must be a list of names")))?;
+            for (i, a) in list.iter().enumerate() {
+                let a = a
+                    .as_str()
+                    .ok_or_else(|| invalid(format!("{field}[{i}]: a string is required")))?;
+                if let Some(problem) = crate::dns::name_problem(a) {
+                    return Err(invalid(format!("{field}[{i}]: {problem}")));
+                }
+                if !out.iter().any(|o| o == a) {
+                    out.push(a.to_string());
+                }
+            }
+        }
+        if out.len() > crate::dns::MAX_ALIASES {
+            return Err(invalid(format!(
+                "aliases: {} given; at most {} are accepted",
+                out.len(),
+                crate::dns::MAX_ALIASES
+            )));
+        }
+        Ok(out)
+    }
 }
 
 /// Best-effort `cniVersion` of a config that may not parse, so that even a

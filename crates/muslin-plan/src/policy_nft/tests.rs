@@ -19,6 +19,7 @@ fn ep(node: &str, c: &str, addr: &str, labels: &[(&str, &str)]) -> EndpointRecor
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         ports: Default::default(),
+        aliases: Vec::new(),
     }
 }
 

@@ -38,6 +38,7 @@ fn with_networks() -> Masquerade {
         zone: id,
         isolated,
         reach,
+        dns: None,
     };
     Masquerade {
         networks: vec![
