@@ -191,15 +191,31 @@ fn dnsperf(server: &str, queries: &Path, secs: u32, rate: Option<u32>) -> Result
     Ok(p)
 }
 
-/// The address `server` gives `name`, asked from the client.
-fn dig(server: &str, name: &str) -> Option<Ipv4Addr> {
-    let ns = format!("{LAB}-{HOST}-{CLIENT}");
+/// dig in lab `lab`'s client: the address `server` gives `name`
+/// (`Ok(None)`: an answer without one, NXDOMAIN say), or no answer.
+fn dig(lab: &str, server: &str, name: &str) -> Result<Option<Ipv4Addr>, String> {
+    let ns = format!("{lab}-{HOST}-{CLIENT}");
     let at = format!("@{server}");
     let out = sh(&[
         "ip", "netns", "exec", &ns, "dig", "+short", "+time=1", "+tries=1", &at, name, "A",
-    ])
-    .ok()?;
-    out.lines().find_map(|l| l.trim().parse().ok())
+    ])?;
+    Ok(out.lines().find_map(|l| l.trim().parse().ok()))
+}
+
+/// Waits until the agent of lab `lab` answers at all (its server starts
+/// with the agent; its first answers may set up buffers and caches that
+/// belong in the empty agent's memory, not in the names').
+fn until_serving(lab: &str) -> Result<(), String> {
+    let t = Instant::now();
+    while dig(lab, MUSLIN_ADDR, &format!("nobody.{DOMAIN}")).is_err() {
+        if t.elapsed() > Duration::from_secs(15) {
+            return Err(format!(
+                "the agent of lab {lab} does not answer DNS at {MUSLIN_ADDR} after 15 s"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
 }
 
 /// Waits until `server` answers each `(name, address)` pair rightly.
@@ -207,7 +223,7 @@ fn until_answers(server: &str, who: &str, want: &[(String, Ipv4Addr)]) -> Result
     let t = Instant::now();
     for (name, addr) in want {
         loop {
-            let got = dig(server, name);
+            let got = dig(LAB, server, name).ok().flatten();
             if got == Some(*addr) {
                 break;
             }
@@ -279,6 +295,7 @@ fn set_up(o: &Options, lab: &'static str, n: usize, named: bool) -> Result<SetUp
         })
         .ok_or("the client container has no IPv4 address")?;
     let pid = agent_pid(lab, HOST).ok_or("no agent process")?;
+    until_serving(lab)?;
     let rss_empty = rss_kib(pid);
     let t = Instant::now();
     let mut containers: Vec<Container> = Vec::with_capacity(n + 1);
