@@ -77,6 +77,12 @@ fn shuffled(containers: usize) -> Vec<String> {
     v
 }
 
+/// Ten (container, name) positions spread from the first container's
+/// first name to the last container's last alias.
+fn sample(containers: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..NAMES_PER_CONTAINER).map(move |k| (k * (containers - 1) / (NAMES_PER_CONTAINER - 1), k))
+}
+
 /// dnsperf's input: one A query a line.
 fn query_file(names: &[String], suffix: &str) -> String {
     names.iter().map(|n| format!("{n}{suffix} A\n")).collect()
@@ -489,14 +495,13 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
     let mut named = set_up(o, LAB, n, true).map_err(&f)?;
     let (pid, client, rss_empty) = (named.pid, named.client, named.rss_empty);
     let containers = &mut named.containers;
-    // The first name and the last alias of the last container: every
-    // attachment's names are in.
+    // Ten names from first to last (the first container's name, the last
+    // one's last alias): every attachment's names are in, and an answer
+    // is an address, not an empty NOERROR that dnsperf would count.
     let check = |suffix: &str| -> Vec<(String, Ipv4Addr)> {
-        let (first, last) = (&containers[0], &containers[n - 1]);
-        vec![
-            (format!("{}{suffix}", first.2[0]), first.1),
-            (format!("{}{suffix}", last.2[ALIASES]), last.1),
-        ]
+        sample(n)
+            .map(|(i, j)| (format!("{}{suffix}", containers[i].2[j]), containers[i].1))
+            .collect()
     };
     until_answers(
         MUSLIN_ADDR,
@@ -697,6 +702,14 @@ mod tests {
         assert!(parse_dnsperf(&bad).unwrap_err().contains("NXDOMAIN"));
         let silent = "  Queries sent:         5\n  Queries lost:         5 (100.00%)\n  Queries per second:   0.0\n";
         assert!(parse_dnsperf(silent).is_err());
+    }
+
+    #[test]
+    fn the_sample_spans_first_to_last() {
+        let v: Vec<(usize, usize)> = sample(1000).collect();
+        assert_eq!(v.len(), 10);
+        assert_eq!((v[0], v[9]), ((0, 0), (999, 9)));
+        assert_eq!(sample(1).last(), Some((0, 9)));
     }
 
     #[test]
