@@ -1,6 +1,6 @@
 //! `muslin uninstall`: removes everything of the cluster data plane Muslin
 //! made on this host (the VXLAN devices, the default network's and each
-//! network's, and with them the routes through them, its other routes to
+//! network's, the name service's `msl-dns`, and with them the routes through them, its other routes to
 //! peers, the pod and network rules, our nftables table, our accept rules
 //! in the host's firewalls). Pod veths stay: they belong to
 //! containers that may still run. Computed like everything else: observe,
@@ -30,7 +30,7 @@ pub async fn uninstall() -> Result<Vec<String>, KernelError> {
     let mut steps: Vec<Step> = observed
         .links
         .iter()
-        .filter(|l| tunnel(&l.name))
+        .filter(|l| tunnel(&l.name) || l.name == muslin_plan::data_plane::DNS_DEV)
         .map(|l| Step::host(Change::DeleteLink(l.name.clone())))
         .collect();
     let d = diff(&observed, &HostState::default(), &all_ownership(&[], true));

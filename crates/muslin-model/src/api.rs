@@ -315,6 +315,9 @@ pub struct DnsStatus {
     pub answered: u64,
     pub nxdomain: u64,
     pub forwarded: u64,
+    /// Queries from outside the resolver's network, refused.
+    #[serde(default)]
+    pub refused: u64,
 }
 
 /// One network's resolver.

@@ -25,8 +25,10 @@ pub const DEFAULT_DOMAIN: &str = "muslin.internal";
 /// container's departure or arrival shows within a few seconds.
 pub const TTL_SECONDS: u32 = 5;
 
-/// Aliases one attachment may carry.
+/// Aliases one attachment may carry, and their bytes in all (they travel
+/// in the endpoint's cluster record).
 pub const MAX_ALIASES: usize = 32;
+pub const ALIASES_TOTAL_MAX: usize = 2048;
 
 /// Network `id`'s resolver address (the default network's id is 0). One
 /// address per network, link-local so no cluster range can hold it, and
@@ -111,6 +113,7 @@ struct Entry {
 #[derive(Debug, Default)]
 struct NetNames {
     name: String,
+    subnets: Vec<IpNet>,
     by_name: HashMap<Box<str>, Vec<Entry>>,
     /// Each address's first name (PTR).
     by_addr: HashMap<IpAddr, Arc<str>>,
@@ -162,6 +165,7 @@ impl NameIndex {
             ix.positions.insert(n.name.clone(), ix.nets.len() as u32);
             ix.nets.push(NetNames {
                 name: n.name.to_ascii_lowercase(),
+                subnets: n.subnets.clone(),
                 ..Default::default()
             });
             ix.ranges.extend(n.subnets.iter().copied());
@@ -243,6 +247,21 @@ impl NameIndex {
             Some(v) => v.clone(),
             None => Arc::from(vec![pos]),
         }
+    }
+
+    /// Whether `network`'s resolver answers `asker`: an address of the
+    /// network, or the host itself (a query from the host carries a
+    /// resolver address as its source). Anyone else reached the resolver
+    /// from outside the network and would read its names.
+    pub fn admits(&self, network: &str, asker: IpAddr) -> bool {
+        let Some(&pos) = self.positions.get(network) else {
+            return false;
+        };
+        is_listen_address(asker)
+            || self.nets[pos as usize]
+                .subnets
+                .iter()
+                .any(|s| s.contains(&asker))
     }
 
     /// The positions of networks by name (for `muslin dns lookup`).
@@ -408,6 +427,11 @@ pub fn upstreams_of_resolv_conf(text: &str, ours: &dyn Fn(IpAddr) -> bool) -> Ve
         .filter_map(|a| a.split('%').next()?.parse::<IpAddr>().ok())
         .filter(|a| !ours(*a))
         .collect()
+}
+
+/// The first and last listening addresses of all networks.
+pub fn listen_range() -> (Ipv4Addr, Ipv4Addr) {
+    (listen_address(0), listen_address(crate::network::MAX_ID))
 }
 
 /// Whether `addr` is one of the name service's own listening addresses.

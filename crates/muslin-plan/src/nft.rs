@@ -435,6 +435,14 @@ impl Masquerade {
                 vec![is(field(fam, "daddr"), anon_set(&guarded)), count(), drop()],
             ));
         }
+        if self.networks.iter().any(|n| n.dns.is_some()) {
+            // The default network's pods ask their own resolver only: the
+            // others answer with their networks' names.
+            default_pods.push((
+                format!("muslin v{RULES_VERSION} networks default other resolvers"),
+                vec![is(field(fam, "daddr"), resolvers_from(1)), count(), drop()],
+            ));
+        }
         out.insert(DEFAULT_PODS.to_string(), default_pods);
         for n in &self.networks {
             let mut chain = Vec::new();
@@ -492,6 +500,10 @@ impl Masquerade {
                         zone(Some(nftables::expr::CTDir::Original)),
                         Statement::Accept(Some(Accept {})),
                     ],
+                ));
+                chain.push((
+                    n.tag("other resolvers"),
+                    vec![is(field(fam, "daddr"), resolvers_from(0)), count(), drop()],
                 ));
             }
             if n.isolated {
@@ -603,6 +615,18 @@ fn masquerade() -> Statement<'static> {
         family: None,
         port: None,
         flags: Some(HashSet::from([NATFlag::FullyRandom])),
+    }))
+}
+
+/// The name service's listening addresses from network id `first` on.
+fn resolvers_from(first: u16) -> Expression<'static> {
+    let (_, last) = muslin_model::dns::listen_range();
+    let first = muslin_model::dns::listen_address(first);
+    Expression::Range(Box::new(nftables::expr::Range {
+        range: [
+            Expression::String(Cow::Owned(first.to_string())),
+            Expression::String(Cow::Owned(last.to_string())),
+        ],
     }))
 }
 

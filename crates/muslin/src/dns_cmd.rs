@@ -51,8 +51,8 @@ pub fn print_status(d: &DnsStatus) {
         d.upstreams.join(", ")
     };
     println!(
-        "dns      {} names in {}; upstream {upstreams}; {} answered, {} NXDOMAIN, {} forwarded",
-        d.names, d.domain, d.answered, d.nxdomain, d.forwarded
+        "dns      {} names in {}; upstream {upstreams}; {} answered, {} NXDOMAIN, {} forwarded, {} refused",
+        d.names, d.domain, d.answered, d.nxdomain, d.forwarded, d.refused
     );
     for l in &d.listeners {
         match &l.error {

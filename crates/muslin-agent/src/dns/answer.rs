@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use hickory_proto::op::{Metadata, ResponseCode};
+use hickory_proto::op::{Edns, Metadata, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, PTR, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::net::runtime::Time;
@@ -62,7 +62,18 @@ impl RequestHandler for NetHandler {
         request: &Request,
         mut response: R,
     ) -> ResponseInfo {
-        let builder = MessageResponseBuilder::from_message_request(request);
+        // A client that speaks EDNS gets answers up to its buffer (at
+        // most 1232 bytes, which fits any path's MTU); one that does not,
+        // 512 bytes and the truncation bit beyond (then it asks over TCP).
+        let edns = request.edns.as_ref().map(|e| {
+            let mut ours = Edns::new();
+            ours.set_max_payload(e.max_payload().clamp(512, 1232));
+            ours
+        });
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if let Some(e) = &edns {
+            builder.edns(e);
+        }
         let fail = |code| {
             let mut m = Metadata::response_from_request(&request.metadata);
             m.response_code = code;
@@ -79,6 +90,11 @@ impl RequestHandler for NetHandler {
         let qtype = info.query.query_type();
         let qname = info.query.original().name().clone();
         let index = self.shared.index();
+        if !index.admits(&self.network, request.src().ip()) {
+            self.shared.count_refused();
+            let m = fail(ResponseCode::Refused);
+            return send(&mut response, builder.build_no_records(m)).await;
+        }
         let visible = index.visible(&self.network, request.src().ip());
         let text = qname.to_ascii();
         let answer = index.lookup(&visible, &text, kind(qtype));

@@ -56,6 +56,7 @@ pub struct Shared {
     answered: AtomicU64,
     nxdomain: AtomicU64,
     forwarded: AtomicU64,
+    refused: AtomicU64,
 }
 
 impl Shared {
@@ -65,6 +66,10 @@ impl Shared {
 
     fn upstream(&self) -> Arc<Upstream> {
         self.upstream.read().expect("upstream lock").clone()
+    }
+
+    fn count_refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
     }
 
     fn count(&self, l: &Lookup) {
@@ -92,6 +97,7 @@ impl Shared {
             answered: self.answered.load(Ordering::Relaxed),
             nxdomain: self.nxdomain.load(Ordering::Relaxed),
             forwarded: self.forwarded.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
         }
     }
 
@@ -190,6 +196,7 @@ impl NameService {
                 answered: AtomicU64::new(0),
                 nxdomain: AtomicU64::new(0),
                 forwarded: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
             }),
             domain,
             me: me.to_string(),

@@ -390,6 +390,13 @@ impl NetConf {
                 }
             }
         }
+        let total: usize = out.iter().map(String::len).sum();
+        if total > crate::dns::ALIASES_TOTAL_MAX {
+            return Err(invalid(format!(
+                "aliases: {total} bytes in all; at most {} are accepted",
+                crate::dns::ALIASES_TOTAL_MAX
+            )));
+        }
         if out.len() > crate::dns::MAX_ALIASES {
             return Err(invalid(format!(
                 "aliases: {} given; at most {} are accepted",
@@ -605,5 +612,52 @@ mod tests {
         assert_eq!(cni_version_hint(br#"{"cniVersion":"0.4.0","x":"#), "1.1.0");
         assert_eq!(cni_version_hint(br#"{"cniVersion":"0.4.0"}"#), "0.4.0");
         assert_eq!(cni_version_hint(b"junk"), "1.1.0");
+    }
+
+    #[test]
+    fn names_and_aliases_are_dns_names_and_bounded() {
+        let conf = |args: &str, rc: &str| {
+            NetConf::parse(
+                format!(r#"{{"cniVersion":"1.1.0","name":"net","type":"muslin","args":{args},"runtimeConfig":{rc}}}"#)
+                    .as_bytes(),
+            )
+            .unwrap()
+            .0
+        };
+        let c = conf(
+            r#"{"cni":{"name":"web-0","aliases":["www","api"]}}"#,
+            r#"{"aliases":{"net":["www","extra"],"other":["no"]}}"#,
+        );
+        assert_eq!(c.container_name().unwrap(), Some("web-0".into()));
+        assert_eq!(c.aliases().unwrap(), vec!["www", "api", "extra"]);
+        let bad = conf(r#"{"cni":{"name":"Web_0"}}"#, "{}");
+        assert!(bad
+            .container_name()
+            .unwrap_err()
+            .msg
+            .contains("args.cni.name"));
+        let bad = conf(r#"{"cni":{"aliases":["ok","a b"]}}"#, "{}");
+        assert!(bad
+            .aliases()
+            .unwrap_err()
+            .msg
+            .contains("args.cni.aliases[1]"));
+        let bad = conf(r#"{"cni":{"aliases":"www"}}"#, "{}");
+        assert!(bad.aliases().unwrap_err().msg.contains("args.cni.aliases"));
+        let many: Vec<String> = (0..33).map(|i| format!("\"a{i}\"")).collect();
+        let bad = conf(
+            &format!(r#"{{"cni":{{"aliases":[{}]}}}}"#, many.join(",")),
+            "{}",
+        );
+        assert!(bad.aliases().unwrap_err().msg.contains("at most 32"));
+        let long: Vec<String> = (0..12)
+            .map(|i| format!("\"{}{i}\"", "x".repeat(200)))
+            .collect();
+        let bad = conf(
+            &format!(r#"{{"cni":{{"aliases":[{}]}}}}"#, long.join(",")),
+            "{}",
+        );
+        assert!(bad.aliases().unwrap_err().msg.contains("bytes"));
+        assert_eq!(conf("{}", "{}").aliases().unwrap(), Vec::<String>::new());
     }
 }
