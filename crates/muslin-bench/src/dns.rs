@@ -37,13 +37,14 @@ containers = [{ name = "client" }]
 segment = "lan"
 default-route = true
 "#;
-const DOMAIN: &str = "muslin.internal";
-/// The default network's server (network N listens at .1+N).
+const DOMAIN: &str = muslin_model::dns::DEFAULT_DOMAIN;
+/// The default network's server (network N listens at .1+N); the
+/// agent's own address function is checked against it in the tests.
 const MUSLIN_ADDR: &str = "169.254.53.1";
 /// Local to the host's namespace like the agent's, so the client reaches
-/// both through the same default route; outside 169.254.53.0/24, which
-/// the agent owns.
-const AARDVARK_ADDR: &str = "169.254.54.1";
+/// both through the same default route; below the agent's range
+/// (169.254.53.1 up, one address per network).
+const AARDVARK_ADDR: &str = "169.254.52.1";
 /// The `msl` prefix keeps the agent from taking it for an underlay NIC.
 const AARDVARK_LINK: &str = "mslbaard";
 const AARDVARK_BIN: &str = "/usr/lib/podman/aardvark-dns";
@@ -674,14 +675,14 @@ mod tests {
     #[test]
     fn aardvark_config_has_its_listen_line_and_an_empty_ipv6_field() {
         let c = aardvark_config(
-            "169.254.54.1",
+            "169.254.52.1",
             &[(
                 "x0".into(),
                 Ipv4Addr::new(10, 0, 0, 2),
                 names_of(0)[..3].to_vec(),
             )],
         );
-        assert_eq!(c, "169.254.54.1\nx0 10.0.0.2  c0,c0-a1,c0-a2\n");
+        assert_eq!(c, "169.254.52.1\nx0 10.0.0.2  c0,c0-a1,c0-a2\n");
     }
 
     #[test]
@@ -702,6 +703,14 @@ mod tests {
         assert!(parse_dnsperf(&bad).unwrap_err().contains("NXDOMAIN"));
         let silent = "  Queries sent:         5\n  Queries lost:         5 (100.00%)\n  Queries per second:   0.0\n";
         assert!(parse_dnsperf(silent).is_err());
+    }
+
+    #[test]
+    fn the_servers_addresses_are_the_agents_and_outside_its_range() {
+        let muslin = muslin_model::dns::listen_address(0);
+        assert_eq!(muslin.to_string(), MUSLIN_ADDR);
+        let aardvark: Ipv4Addr = AARDVARK_ADDR.parse().unwrap();
+        assert!(aardvark < muslin);
     }
 
     #[test]
