@@ -182,9 +182,14 @@ fn dnsperf(server: &str, queries: &Path, secs: u32, rate: Option<u32>) -> Result
         .map_err(|e| format!("dnsperf: {e}"))?;
     let out = String::from_utf8_lossy(&o.stdout);
     if !o.status.success() {
+        // dnsperf says why on stdout or stderr, or `ip netns exec` does
+        // (a namespace gone under us).
+        let err = String::from_utf8_lossy(&o.stderr);
+        let why: Vec<&str> = err.lines().chain(out.lines()).rev().take(3).collect();
         return Err(format!(
-            "dnsperf against {server}: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
+            "dnsperf against {server} ({}): {}",
+            o.status,
+            why.join(" / ")
         ));
     }
     let mut p = parse_dnsperf(&out).map_err(|e| format!("dnsperf against {server}: {e}"))?;
