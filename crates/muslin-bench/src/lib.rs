@@ -116,6 +116,21 @@ pub fn run(o: &Options) -> Result<Report, BenchError> {
     let plan = Plan::new(o.quick);
     let started = std::time::Instant::now();
     let root = std::env::temp_dir().join("muslin-bench");
+    // Two runs at once would take each other's labs down: each removes
+    // every lab under the root before and after its stages.
+    let lock_path = std::env::temp_dir().join("muslin-bench.lock");
+    let lock_file = std::fs::File::create(&lock_path).map_err(|source| BenchError::Write {
+        path: lock_path.display().to_string(),
+        source,
+    })?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| BenchError::Stage {
+            stage: "start",
+            msg: format!(
+                "another muslin bench is running on this machine (it holds {})",
+                lock_path.display()
+            ),
+        })?;
     // A previous run that died leaves its labs behind; remove them first.
     std::env::set_var("MUSLIN_LAB_ROOT", &root);
     sys::cleanup(&root);
