@@ -92,6 +92,8 @@ pub struct Leases {
     /// Claim a first block only when an ADD asks for one (a network not
     /// every node has containers in).
     lazy: bool,
+    /// How many settled blocks IPAM had before this step.
+    handed: usize,
 }
 
 /// What a step decided, for the caller to publish.
@@ -200,6 +202,7 @@ impl Leases {
             claims,
             saved_alive: 0,
             lazy: false,
+            handed: 0,
         })
     }
 
@@ -253,7 +256,12 @@ impl Leases {
         s.settled = settled.into_iter().map(|(_, b)| b).collect();
         let pending = self.claims.len() > s.settled.len();
         let first = self.claims.is_empty() && (more || !self.lazy);
-        if (first || (more && !pending && !self.claims.is_empty())) && s.claim.is_none() {
+        // A block that settles in this very step serves the ADDs waiting
+        // for one; only an ADD that found every handed block full asks
+        // for another.
+        let fresh = s.settled.len() > self.handed;
+        self.handed = s.settled.len();
+        if (first || (more && !pending && !fresh && !self.claims.is_empty())) && s.claim.is_none() {
             // Ranges some host routes elsewhere are never leased.
             let avoid: Vec<IpNet> = self.claims.keys().copied().chain(view.reserved()).collect();
             match choose_free_block(view, self.pod_cidr, self.size, &self.me, &avoid) {
@@ -343,6 +351,23 @@ mod tests {
         assert_eq!(s.settled, vec![b]);
         assert!(s.claim.is_none());
         // More was asked for: a second block, while the first stays.
+        let s = l.step(&view_with(&l, &[]), true);
+        let (b2, _) = s.claim.unwrap();
+        assert_ne!(b, b2);
+        let s = l.step(&view_with(&l, &[("n0", &b2.to_string(), 1)]), false);
+        assert_eq!(s.release, vec![b2]);
+        // An ADD waiting for the first block asks in the step the block
+        // settles in: that block serves it; no second one is claimed.
+        let d2 = dir("a2");
+        let mut w =
+            Leases::load(&d2, "n1", pod, 24, Duration::ZERO, Duration::from_secs(60)).unwrap();
+        w.step(&ClusterView::default(), true).claim.unwrap();
+        let s = w.step(&view_with(&w, &[]), true);
+        assert_eq!(s.settled.len(), 1);
+        assert!(s.claim.is_none(), "{:?}", s.claim);
+        // Asked again with that block handed out: it was full.
+        assert!(w.step(&view_with(&w, &[]), true).claim.is_some());
+        std::fs::remove_dir_all(&d2).unwrap();
         let s = l.step(&view_with(&l, &[]), true);
         let (b2, _) = s.claim.unwrap();
         assert_ne!(b, b2);

@@ -633,7 +633,9 @@ impl Cluster {
                 .collect();
             self.lease_networks(&view, &live, &networks, &in_use).await;
             if let Some(l) = self.leases.as_mut() {
-                let step = l.step(&view, more || blocks.take_asked());
+                // Both read: an ask left unread would claim again later.
+                let asked = blocks.take_asked();
+                let step = l.step(&view, more || asked);
                 more = false;
                 let network = l.network();
                 for b in &step.release {
