@@ -8,6 +8,7 @@
 mod chart;
 mod cni;
 mod dataplane;
+mod dns;
 mod policy;
 mod report;
 mod scale;
@@ -42,7 +43,7 @@ pub struct Options {
     pub datastore: String,
     /// A previous build whose CNI latency is measured in the same run.
     pub baseline: Option<PathBuf>,
-    /// Run only this stage: `dataplane`, `cni` or `scale`.
+    /// Run only this stage: `dataplane`, `cni`, `policy`, `scale` or `dns`.
     pub only: Option<String>,
     pub progress: Box<dyn Fn(&str) + Send + Sync>,
 }
@@ -63,6 +64,11 @@ pub(crate) struct Plan {
     /// How long probe traffic and kernel writes of an idle cluster are
     /// counted (a path MTU confirmation falls every 30 s per peer).
     pub probe_window: std::time::Duration,
+    /// Containers of the name-service lab, ten names each.
+    pub dns_containers: usize,
+    pub dns_rounds: usize,
+    /// Each dnsperf run's length.
+    pub dns_seconds: u32,
 }
 
 impl Plan {
@@ -80,6 +86,9 @@ impl Plan {
                 policy_endpoints: 100,
                 policies: 10,
                 probe_window: std::time::Duration::from_secs(10),
+                dns_containers: 100,
+                dns_rounds: 1,
+                dns_seconds: 2,
             }
         } else {
             Plan {
@@ -94,6 +103,9 @@ impl Plan {
                 policy_endpoints: 1000,
                 policies: 100,
                 probe_window: std::time::Duration::from_secs(60),
+                dns_containers: 1000,
+                dns_rounds: 3,
+                dns_seconds: 5,
             }
         }
     }
@@ -104,12 +116,27 @@ pub fn run(o: &Options) -> Result<Report, BenchError> {
     let plan = Plan::new(o.quick);
     let started = std::time::Instant::now();
     let root = std::env::temp_dir().join("muslin-bench");
+    // Two runs at once would take each other's labs down: each removes
+    // every lab under the root before and after its stages.
+    let lock_path = std::env::temp_dir().join("muslin-bench.lock");
+    let lock_file = std::fs::File::create(&lock_path).map_err(|source| BenchError::Write {
+        path: lock_path.display().to_string(),
+        source,
+    })?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| BenchError::Stage {
+            stage: "start",
+            msg: format!(
+                "another muslin bench is running on this machine (it holds {})",
+                lock_path.display()
+            ),
+        })?;
     // A previous run that died leaves its labs behind; remove them first.
     std::env::set_var("MUSLIN_LAB_ROOT", &root);
     sys::cleanup(&root);
     let mut report = Report::new(o.quick);
     (o.progress)(
-        "[1/3] data plane: underlay, pods on one host, Muslin routed/vxlan/auto, hand-built twins",
+        "[1/4] data plane: underlay, pods on one host, Muslin routed/vxlan/auto, hand-built twins",
     );
     let want = |stage: &str| o.only.as_deref().is_none_or(|s| s == stage);
     if want("dataplane") {
@@ -118,7 +145,7 @@ pub fn run(o: &Options) -> Result<Report, BenchError> {
         dp?;
     }
     (o.progress)(
-        "[2/3] control plane: CNI ADD/DEL against bridge+host-local, concurrent attachments",
+        "[2/4] control plane: CNI ADD/DEL against bridge+host-local, concurrent attachments",
     );
     if want("cni") {
         cni::run(o, &plan, &mut report)?;
@@ -127,13 +154,22 @@ pub fn run(o: &Options) -> Result<Report, BenchError> {
         policy::run_apply(&plan, &mut report)?;
     }
     (o.progress)(&format!(
-        "[3/3] scale: {}-host lab cold start, convergence, agent memory and CPU, gossip",
+        "[3/4] scale: {}-host lab cold start, convergence, agent memory and CPU, gossip",
         plan.scale_hosts
     ));
     if want("scale") {
         let sc = scale::run(o, &plan, &mut report);
         sys::cleanup(&root);
         sc?;
+    }
+    (o.progress)(&format!(
+        "[4/4] name service: Muslin and aardvark-dns, {} names, dnsperf",
+        plan.dns_containers * dns::NAMES_PER_CONTAINER
+    ));
+    if want("dns") {
+        let dns = dns::run(o, &plan, &mut report);
+        sys::cleanup(&root);
+        dns?;
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)

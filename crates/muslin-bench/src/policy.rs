@@ -35,46 +35,61 @@ fn ask(lab: &str, host: &str, req: &Request) -> Result<Response, String> {
     }
 }
 
+/// One CNI ADD through the plugin, as a runtime makes it from the host's
+/// namespace, for a container in namespace `ns` with `args` as the
+/// configuration's `args`; returns the plugin's result.
+pub fn cni_add(
+    bin: &std::path::Path,
+    lab: &str,
+    host: &str,
+    ns: &str,
+    args: serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let conf = serde_json::json!({
+        "cniVersion": "1.1.0", "name": "muslin", "type": "muslin",
+        "socket": registry::socket(lab, host),
+        "args": args
+    });
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &format!("{lab}-{host}")])
+        .arg(bin)
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", ns)
+        .env("CNI_NETNS", format!("/var/run/netns/{ns}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(conf.to_string().as_bytes())
+        .map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "ADD {ns}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("ADD {ns}: the result: {e}"))
+}
+
 /// Attaches `n` endpoints on `host` of lab `lab` through the plugin, as a
 /// runtime does, in groups `g0`..`g99` of label `group`.
 pub fn populate(bin: &std::path::Path, lab: &str, host: &str, n: usize) -> Result<(), String> {
     for i in 0..n {
         let ns = extra_ns(lab, host, i);
         sh(&["ip", "netns", "add", &ns])?;
-        let conf = serde_json::json!({
-            "cniVersion": "1.1.0", "name": "muslin", "type": "muslin",
-            "socket": registry::socket(lab, host),
-            "args": {"cni": {"labels": [
-                {"key": "group", "value": format!("g{}", i % 100)},
-                {"key": "bench", "value": "peer"}
-            ]}}
-        });
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &format!("{lab}-{host}")])
-            .arg(bin)
-            .env("CNI_COMMAND", "ADD")
-            .env("CNI_CONTAINERID", &ns)
-            .env("CNI_NETNS", format!("/var/run/netns/{ns}"))
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", "/usr/lib/cni")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(conf.to_string().as_bytes())
-            .map_err(|e| e.to_string())?;
-        let out = child.wait_with_output().map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!(
-                "ADD {ns}: {}",
-                String::from_utf8_lossy(&out.stdout)
-            ));
-        }
+        let args = serde_json::json!({"cni": {"labels": [
+            {"key": "group", "value": format!("g{}", i % 100)},
+            {"key": "bench", "value": "peer"}
+        ]}});
+        cni_add(bin, lab, host, &ns, args)?;
     }
     Ok(())
 }

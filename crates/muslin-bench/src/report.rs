@@ -86,9 +86,10 @@ impl Report {
     }
 
     /// Figures that came out empty: what a smoke test fails on. Shares
-    /// and write counts may be zero (an idle agent should write nothing).
+    /// and write counts may be zero (an idle agent should write nothing),
+    /// and so may memory differences (within the readings' noise).
     pub fn missing(&self) -> Vec<String> {
-        const MAY_BE_ZERO: &[&str] = &["%", "writes/min", "runs/min"];
+        const MAY_BE_ZERO: &[&str] = &["%", "writes/min", "runs/min", "B"];
         self.figures
             .iter()
             .filter(|f| {
