@@ -311,12 +311,9 @@ impl Node {
         let mtu = req.mtu.unwrap_or(default_mtu);
         let (addresses, place, fresh) = self.allocate(req, net.as_ref(), mtu).await?;
         let p = plan_in(&req.key, &addresses, mtu, &place);
+        let dns = self.dns_for(net.as_ref(), req.pod_namespace.as_deref(), &addresses);
         // A retried ADD (the runtime timed out, the plugin was killed) of an
         // attachment that is complete gets its result, not a rebuilt veth.
-        let dns = self.dns_for(
-            net.as_ref().map_or(0, |n| n.id),
-            req.pod_namespace.as_deref(),
-        );
         if !fresh && matches!(self.problems(&p, &req.netns).await, Ok(v) if v.is_empty()) {
             return Ok(added(&p, dns));
         }
@@ -405,6 +402,7 @@ impl Node {
                         labels: req.labels.clone(),
                         ports: req.ports.clone(),
                         aliases: req.aliases.clone(),
+                        name: req.name.clone(),
                         place,
                         ..Endpoint::new(
                             address,
@@ -565,8 +563,20 @@ impl Node {
     /// name finds the container of its own namespace; `ndots:2`, so that
     /// `name.namespace` and `name.network` are tried in the cluster domain
     /// before upstream.
-    fn dns_for(&self, id: u16, namespace: Option<&str>) -> Option<muslin_model::cni::Dns> {
-        self.dns.as_ref()?;
+    /// None for a container without an IPv4 address (the resolvers
+    /// listen on IPv4 only), and while the network's resolver cannot
+    /// listen (its address might be another server's).
+    fn dns_for(
+        &self,
+        net: Option<&NetworkSpec>,
+        namespace: Option<&str>,
+        addresses: &[IpNet],
+    ) -> Option<muslin_model::cni::Dns> {
+        let network = net.map_or(muslin_model::DEFAULT_NETWORK, |n| n.name.as_str());
+        let id = net.map_or(0, |n| n.id);
+        if self.dns.as_ref()?.failing(network) || !addresses.iter().any(|a| a.addr().is_ipv4()) {
+            return None;
+        }
         let domain = self
             .config
             .dns_domain
@@ -761,6 +771,7 @@ fn endpoint_record(node: &str, k: &AttachmentKey, e: &Endpoint) -> EndpointRecor
         labels: e.labels.clone(),
         ports: e.ports.clone(),
         aliases: e.aliases.clone(),
+        name: e.name.clone(),
     }
 }
 

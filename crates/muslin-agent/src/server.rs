@@ -249,6 +249,13 @@ async fn dispatch(node: &Node, req: Request) -> Response {
                 ErrorCode::InvalidConfig,
                 "name: 1 to 255 characters",
             )),
+            Some(d) if networks.iter().any(|n| !d.knows(n)) => Err(CniError::new(
+                ErrorCode::InvalidConfig,
+                format!(
+                    "network: {:?} is not a network this agent serves",
+                    networks.iter().find(|n| !d.knows(n)).expect("checked")
+                ),
+            )),
             Some(d) => {
                 let nets: Vec<&str> = if networks.is_empty() {
                     vec![muslin_model::DEFAULT_NETWORK]

@@ -97,6 +97,7 @@ fn add(c: &str, netns: &str) -> Request {
         labels: Default::default(),
         ports: Default::default(),
         aliases: Vec::new(),
+        name: None,
         network: None,
     })
 }

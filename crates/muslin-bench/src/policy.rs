@@ -180,6 +180,7 @@ fn apply_cost(peers: usize) -> Result<(f64, f64), String> {
         labels: BTreeMap::from([("bench".to_string(), group.to_string())]),
         ports: Default::default(),
         aliases: Vec::new(),
+        name: None,
     };
     let mut eps: Vec<EndpointRecord> = (0..peers).map(|i| rec("other", i, "peer")).collect();
     eps.extend((0..10).map(|i| rec("me", 60_000 + i, "server")));

@@ -79,8 +79,8 @@ fn invoke(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<String, 
             let labels = conf.labels()?;
             let ports = conf.ports()?;
             let aliases = conf.aliases()?;
+            let name = conf.container_name()?;
             let (pod_namespace, pod_name) = pod_identity(&env.args)?;
-            let pod_name = conf.container_name()?.or(pod_name);
             let pod = match (&pod_namespace, &pod_name) {
                 (Some(ns), Some(n)) => Some(format!("{ns}/{n}")),
                 (None, Some(n)) => Some(n.clone()),
@@ -96,6 +96,7 @@ fn invoke(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<String, 
                 labels,
                 ports,
                 aliases,
+                name,
                 network: conf.network.clone(),
             });
             match agent(&socket, &req, ErrorCode::TryAgainLater)? {
@@ -227,6 +228,12 @@ fn unexpected(r: Response) -> CniError {
 fn merge_dns(conf: Option<Dns>, agent: Option<Dns>) -> Dns {
     let conf = conf.unwrap_or_default();
     let agent = agent.unwrap_or_default();
+    // Resolvers of the operator's own (kube-dns) come with their own
+    // search list and options, or none: ours would send every short name
+    // through extra lookups there.
+    if !conf.nameservers.is_empty() {
+        return conf;
+    }
     Dns {
         nameservers: if conf.nameservers.is_empty() {
             agent.nameservers
@@ -438,7 +445,7 @@ mod tests {
     }
 
     #[test]
-    fn the_configurations_dns_wins_field_by_field() {
+    fn the_configurations_dns_wins() {
         let agent = Dns {
             nameservers: vec!["169.254.53.1".parse().unwrap()],
             domain: None,
@@ -449,12 +456,16 @@ mod tests {
             nameservers: vec!["10.96.0.10".parse().unwrap()],
             ..Default::default()
         };
-        let d = merge_dns(Some(conf), Some(agent.clone()));
-        assert_eq!(
-            d.nameservers,
-            vec!["10.96.0.10".parse::<std::net::IpAddr>().unwrap()]
-        );
-        assert_eq!(d.search, agent.search);
+        // Resolvers of its own: the configuration's block as it is.
+        assert_eq!(merge_dns(Some(conf.clone()), Some(agent.clone())), conf);
+        // Only a search list: that, with the agent's resolver.
+        let search = Dns {
+            search: vec!["example.org".into()],
+            ..Default::default()
+        };
+        let d = merge_dns(Some(search), Some(agent.clone()));
+        assert_eq!(d.nameservers, agent.nameservers);
+        assert_eq!(d.search, vec!["example.org".to_string()]);
         assert_eq!(d.options, agent.options);
         assert_eq!(merge_dns(None, Some(agent.clone())), agent);
         assert_eq!(merge_dns(None, None), Dns::default());

@@ -95,6 +95,10 @@ pub struct AddRequest {
     /// for this network), checked by the plugin.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// The configuration's `args.cni.name`: the name service's name for
+    /// it, instead of `pod_name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// The Muslin network asked for by the configuration's `network` key;
     /// without it, the network named like the configuration, else the
     /// default network.

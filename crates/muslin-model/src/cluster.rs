@@ -219,6 +219,10 @@ pub struct EndpointRecord {
     /// service answers beside `pod_name`; several endpoints may share one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// The name the name service answers for (`args.cni.name`), when it
+    /// is not `pod_name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// What a node publishes about itself.
@@ -866,6 +870,7 @@ mod tests {
             labels: [("app".to_string(), "web".to_string())].into(),
             ports: Default::default(),
             aliases: Vec::new(),
+            name: None,
         };
         v.nodes.get_mut("a").unwrap().endpoints.push(rec.clone());
         v.nodes.entry("b".into()).or_default();

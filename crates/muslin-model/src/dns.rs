@@ -25,10 +25,9 @@ pub const DEFAULT_DOMAIN: &str = "muslin.internal";
 /// container's departure or arrival shows within a few seconds.
 pub const TTL_SECONDS: u32 = 5;
 
-/// Aliases one attachment may carry, and their bytes in all (they travel
-/// in the endpoint's cluster record).
+/// Aliases one attachment may carry (with labels of at most 63 bytes,
+/// about 2 KiB in the endpoint's cluster record).
 pub const MAX_ALIASES: usize = 32;
-pub const ALIASES_TOTAL_MAX: usize = 2048;
 
 /// Network `id`'s resolver address (the default network's id is 0). One
 /// address per network, link-local so no cluster range can hold it, and
@@ -65,14 +64,15 @@ pub fn domain_problem(domain: &str) -> Option<String> {
     None
 }
 
-/// Why `alias` cannot name a container, if it cannot: names are DNS
-/// subdomains (lowercase), as Kubernetes' object names.
+/// Why `alias` cannot name a container, if it cannot: a name is one
+/// lowercase DNS label. A dot would let a container of one namespace
+/// stand in for `NAME.NAMESPACE` of another (an alias `db.shop`).
 pub fn name_problem(alias: &str) -> Option<String> {
-    if crate::policy::dns_subdomain(alias) {
+    if crate::policy::dns_label(alias) {
         None
     } else {
         Some(format!(
-            "{alias:?} is not a DNS name (lowercase letters, digits, '-' and '.', at most 253 characters)"
+            "{alias:?} is not a DNS name of one label (lowercase letters, digits and '-', at most 63 characters)"
         ))
     }
 }
@@ -186,7 +186,8 @@ impl NameIndex {
                 .clone();
             let net = &mut ix.nets[pos as usize];
             let mut first: Option<Arc<str>> = None;
-            for name in e.pod_name.iter().chain(e.aliases.iter()) {
+            let own = e.name.as_ref().or(e.pod_name.as_ref());
+            for name in own.into_iter().chain(e.aliases.iter()) {
                 let name = name.to_ascii_lowercase();
                 if name_problem(&name).is_some() {
                     continue;
@@ -264,6 +265,10 @@ impl NameIndex {
                 .any(|s| s.contains(&asker))
     }
 
+    pub fn has_network(&self, network: &str) -> bool {
+        self.positions.contains_key(network)
+    }
+
     /// The positions of networks by name (for `muslin dns lookup`).
     pub fn visible_by_name(&self, networks: &[&str]) -> Visible {
         networks
@@ -291,29 +296,40 @@ impl NameIndex {
             return Lookup::Forward;
         };
         let mut found: Vec<IpAddr> = Vec::new();
-        let mut add = |entries: &[Entry], keep: &dyn Fn(&Entry) -> bool| {
+        fn add(found: &mut Vec<IpAddr>, entries: &[Entry], keep: &dyn Fn(&Entry) -> bool) {
             for e in entries.iter().filter(|e| keep(e)) {
                 if !found.contains(&e.addr) {
                     found.push(e.addr);
                 }
             }
-        };
-        for &pos in visible {
-            let Some(net) = self.nets.get(pos as usize) else {
-                continue;
-            };
-            if let Some(entries) = net.by_name.get(rest) {
-                add(entries, &|_| true);
-            }
-            if let Some((name, scope)) = rest.rsplit_once('.') {
-                if let Some(entries) = net.by_name.get(name) {
-                    if scope == net.name {
-                        add(entries, &|_| true);
-                    } else {
-                        add(entries, &|e| &*e.namespace == scope);
+        }
+        let nets = || visible.iter().filter_map(|&p| self.nets.get(p as usize));
+        match rest.split_once('.') {
+            None => {
+                for net in nets() {
+                    if let Some(entries) = net.by_name.get(rest) {
+                        add(&mut found, entries, &|_| true);
                     }
                 }
             }
+            // NAME.NAMESPACE, else NAME.NETWORK: a namespace and a network
+            // of one name (`default`) give the namespace's containers, so a
+            // short name resolves in the asker's namespace first.
+            Some((name, scope)) if !scope.contains('.') => {
+                for net in nets() {
+                    if let Some(entries) = net.by_name.get(name) {
+                        add(&mut found, entries, &|e| &*e.namespace == scope);
+                    }
+                }
+                if found.is_empty() {
+                    for net in nets().filter(|n| n.name == scope) {
+                        if let Some(entries) = net.by_name.get(name) {
+                            add(&mut found, entries, &|_| true);
+                        }
+                    }
+                }
+            }
+            Some(_) => {}
         }
         if found.is_empty() {
             return Lookup::NxDomain;

@@ -49,6 +49,9 @@ pub struct Endpoint {
     /// From `args.cni.aliases`: further names for the name service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// From `args.cni.name`: its name for the name service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Where it sits in the host's routing (a network's table and group).
     #[serde(default, skip_serializing_if = "crate::ipam::is_default")]
     pub place: crate::plumbing::Placement,
@@ -73,6 +76,7 @@ impl Endpoint {
             labels: BTreeMap::new(),
             ports: BTreeMap::new(),
             aliases: Vec::new(),
+            name: None,
             place: Default::default(),
         }
     }

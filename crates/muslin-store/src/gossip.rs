@@ -505,6 +505,7 @@ mod tests {
             labels: [("app".to_string(), "web".to_string())].into(),
             ports: Default::default(),
             aliases: Vec::new(),
+            name: None,
         };
         a.sync_endpoints(&[ep("c1"), ep("c2")]).await;
         until("b sees a's endpoints", async || {

@@ -73,6 +73,21 @@ fn agent(a: AgentArgs) -> Result<ExitCode> {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
+    // The name service holds sockets for containers' queries in flight
+    // (two per network, one per forwarded query, one per TCP client): the
+    // usual soft limit of 1024 descriptors is too few to be sure CNI
+    // requests always find one. The hard limit is ours to take.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
     let config = agent_config(&a)?;
     // The DNS library logs every query at info; containers' lookups are
     // not the agent's news. A filter that names hickory still wins.

@@ -443,30 +443,74 @@ fn overlapping_networks_each_resolve_only_their_own_db() {
     );
     let ptr = dig(&red.ns, &red.resolver(), &["-x", &db_red.addr]);
     assert_eq!(ptr.data, ["db.muslin.internal."]);
-    // No network reads another's names through its resolver.
-    assert_eq!(
-        dig(&red.ns, &blue.resolver(), &["db.muslin.internal"])
-            .data
-            .len(),
-        0
-    );
-    assert_eq!(
-        dig(&red.ns, "169.254.53.1", &["plain.muslin.internal"])
-            .data
-            .len(),
-        0
-    );
-    assert_eq!(
-        dig(&plain.ns, &red.resolver(), &["db.muslin.internal"])
-            .data
-            .len(),
-        0
-    );
+    // No network reads another's names through its resolver: the
+    // firewall drops the query before routing (no answer at all)...
+    let dropped = |from: &Netns, server: &str| dig(from, server, &["db.muslin.internal"]).status;
+    assert_eq!(dropped(&red.ns, &blue.resolver()), "NO ANSWER");
+    assert_eq!(dropped(&red.ns, "169.254.53.1"), "NO ANSWER");
+    assert_eq!(dropped(&plain.ns, &red.resolver()), "NO ANSWER");
     assert_eq!(a(&plain, "db.muslin.internal").status, "NXDOMAIN");
     assert_eq!(
         a(&plain, "plain.muslin.internal").data,
         vec![plain.addr.clone()]
     );
+    // ...and the resolver itself refuses an asker from outside its
+    // network (here the host, asking from its underlay address), while
+    // the host asking as itself is answered.
+    let host = &w.hosts[0];
+    let o = host.exec(&[
+        "dig",
+        "+time=1",
+        "+tries=1",
+        "-b",
+        "192.168.56.11",
+        &format!("@{}", red.resolver()),
+        "db.muslin.internal",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("status: REFUSED"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert_eq!(
+        dig(host, &red.resolver(), &["db.muslin.internal"]).data,
+        vec![db_red.addr.clone()]
+    );
+    // A container on two networks (eth0 default, eth1 red) sees both
+    // networks' names, at either resolver; red's is reached through eth1.
+    let conf = json!({"cniVersion": "1.1.0", "name": "red", "type": "muslin",
+                      "socket": w.agents[0].socket, "network": "red"});
+    let (r, ok) = plugin(
+        &w.agents[0].ns_name,
+        &conf,
+        "ADD",
+        &plain.id,
+        &plain.ns,
+        &[
+            ("CNI_IFNAME", "eth1".to_string()),
+            ("CNI_ARGS", plain.args.clone()),
+        ],
+    );
+    assert!(ok, "{r}");
+    let red_resolver = r["dns"]["nameservers"][0].as_str().unwrap().to_string();
+    assert_eq!(red_resolver, red.resolver());
+    let route = plain.ns.ip(&["route", "get", &red_resolver]);
+    assert!(route.contains("dev eth1"), "{route}");
+    until("plain sees red's names", 10, || {
+        dig(&plain.ns, &red_resolver, &["only-red.muslin.internal"]).data
+            == vec![db_red.addr.clone()]
+    });
+    assert_eq!(
+        dig(&plain.ns, &red_resolver, &["plain.muslin.internal"])
+            .data
+            .len(),
+        2
+    );
+    assert_eq!(
+        a(&plain, "only-red.muslin.internal").data,
+        vec![db_red.addr.clone()]
+    );
+    assert_eq!(a(&plain, "only-blue.muslin.internal").status, "NXDOMAIN");
 }
 
 #[test]

@@ -476,7 +476,7 @@ segment = "lan"
 default-route = true
 [[host]]
 name = "h2"
-containers = [{ name = "b", namespace = "shop", aliases = ["web", "api.v1"] }]
+containers = [{ name = "b", namespace = "shop", aliases = ["web", "api-v1"] }]
 [[host.nic]]
 segment = "lan"
 default-route = true
@@ -505,8 +505,8 @@ default-route = true
             "web.muslin.internal lists {x}: {listed}"
         );
     }
-    // A dotted alias, and the container's own name in its namespace.
-    let o = lab.exec("h1/c", &["getent", "hosts", "api.v1.muslin.internal"]);
+    // Another alias, and the container's own name in its namespace.
+    let o = lab.exec("h1/c", &["getent", "hosts", "api-v1.muslin.internal"]);
     assert!(String::from_utf8_lossy(&o.stdout).starts_with(&format!("{b} ")));
     let o = lab.exec("h1/c", &["getent", "hosts", "b.shop"]);
     assert!(
@@ -518,14 +518,15 @@ default-route = true
     let (_d2, bad) = file(
         &std::fs::read_to_string(&path)
             .unwrap()
-            .replace("\"api.v1\"", "\"API\""),
+            .replace("\"api-v1\"", "\"api.v1\""),
     );
     let other = Lab::new();
     let o = other.cmd(&["up", "--name", &other.name, "-f", &bad]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("host[1].containers[0].aliases") && err.contains("\"API\" is not a DNS name"),
+        err.contains("host[1].containers[0].aliases")
+            && err.contains("\"api.v1\" is not a DNS name"),
         "{err}"
     );
     assert!(other.namespaces().is_empty());

@@ -103,7 +103,7 @@ impl RequestHandler for NetHandler {
             Outcome::Negative(code, soa) => {
                 m.authoritative = true;
                 m.response_code = code;
-                let soa = [soa];
+                let soa = [*soa];
                 send(&mut response, builder.build(m, [], [], &soa, [])).await
             }
             Outcome::Forward => match self.shared.upstream().forward(qname, qtype).await {
@@ -125,7 +125,7 @@ pub(super) enum Outcome {
     Answer(Vec<Record>),
     /// NXDOMAIN or an empty NOERROR, with the zone's SOA for negative
     /// caching.
-    Negative(ResponseCode, Record),
+    Negative(ResponseCode, Box<Record>),
     /// Not the cluster's: ask upstream.
     Forward,
 }
@@ -180,8 +180,8 @@ impl NetHandler {
                     .map(|n| Record::from_rdata(qname.clone(), TTL_SECONDS, RData::PTR(PTR(n))))
                     .collect(),
             ),
-            Lookup::NoData => Outcome::Negative(ResponseCode::NoError, soa()),
-            Lookup::NxDomain => Outcome::Negative(ResponseCode::NXDomain, soa()),
+            Lookup::NoData => Outcome::Negative(ResponseCode::NoError, Box::new(soa())),
+            Lookup::NxDomain => Outcome::Negative(ResponseCode::NXDomain, Box::new(soa())),
             Lookup::Forward => Outcome::Forward,
         }
     }

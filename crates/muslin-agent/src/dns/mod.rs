@@ -82,6 +82,20 @@ impl Shared {
         .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Whether `network`'s resolver failed to listen, last it tried.
+    pub fn failing(&self, network: &str) -> bool {
+        self.listeners
+            .read()
+            .expect("listeners lock")
+            .iter()
+            .any(|l| l.network == network && l.error.is_some())
+    }
+
+    /// Whether the name service serves `network`.
+    pub fn knows(&self, network: &str) -> bool {
+        self.index().has_network(network)
+    }
+
     /// What `muslin status` shows.
     pub fn status(&self) -> DnsStatus {
         let index = self.index();

@@ -23,13 +23,7 @@ pub(super) fn spawn(socket: UdpSocket, handler: NetHandler) -> Vec<tokio::task::
     let handler = Arc::new(handler);
     let forwards = Arc::new(Semaphore::new(FORWARDS_IN_FLIGHT));
     (0..RECEIVERS)
-        .map(|_| {
-            tokio::spawn(receive(
-                socket.clone(),
-                handler.clone(),
-                forwards.clone(),
-            ))
-        })
+        .map(|_| tokio::spawn(receive(socket.clone(), handler.clone(), forwards.clone())))
         .collect()
 }
 
@@ -110,7 +104,7 @@ fn first_pass(h: &NetHandler, bytes: &[u8], src: SocketAddr) -> Step {
         Outcome::Negative(code, soa) => {
             r.metadata.authoritative = true;
             r.metadata.response_code = code;
-            r.authorities.push(soa);
+            r.authorities.push(*soa);
         }
         Outcome::Forward => return Step::Forward(query),
     }

@@ -24,7 +24,10 @@ pub(super) struct Upstream {
 
 impl Upstream {
     pub fn new(servers: Vec<SocketAddr>, timeout: Duration) -> Upstream {
-        let deadline = (timeout * servers.len().max(1) as u32).min(CLIENT_PATIENCE);
+        // Every upstream gets its turn within the client's patience.
+        let n = servers.len().max(1) as u32;
+        let timeout = timeout.min(CLIENT_PATIENCE / n);
+        let deadline = (timeout * n).min(CLIENT_PATIENCE);
         let resolver = (!servers.is_empty()).then(|| {
             let name_servers = servers
                 .iter()

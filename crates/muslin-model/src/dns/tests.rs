@@ -20,6 +20,7 @@ fn ep(
         labels: Default::default(),
         ports: Default::default(),
         aliases: aliases.iter().map(|a| a.to_string()).collect(),
+        name: None,
     }
 }
 
@@ -281,6 +282,8 @@ fn domains_are_checked() {
     }
     assert!(name_problem("web-0").is_none());
     assert!(name_problem("Web").is_some());
+    // One label: `db.shop` would stand in for db in namespace shop.
+    assert!(name_problem("db.shop").is_some());
     assert!(name_problem("a b").is_some());
 }
 
@@ -319,5 +322,62 @@ fn ten_thousand_names_build_fast_and_answer() {
     assert_eq!(
         addrs(ix.lookup(&v, "c9999.muslin.internal", Kind::A)),
         ["10.244.39.251"]
+    );
+}
+
+#[test]
+fn a_namespace_wins_over_a_network_of_the_same_name() {
+    let mut named = ep(
+        "h2",
+        "c9",
+        "default",
+        "10.244.2.9",
+        None,
+        Some("pod-xyz"),
+        &[],
+    );
+    named.name = Some("api".into());
+    let eps = [
+        ep(
+            "h1",
+            "c1",
+            "default",
+            "10.244.1.2",
+            Some("shop"),
+            Some("web"),
+            &[],
+        ),
+        ep("h1", "c2", "default", "10.244.1.3", None, Some("web"), &[]),
+        named,
+    ];
+    let ix = NameIndex::build(DEFAULT_DOMAIN, &nets(), eps.iter(), "h1");
+    let v = ix.visible("default", "10.244.1.3".parse().unwrap());
+    // `default` is a namespace and a network: the namespace's web only.
+    assert_eq!(
+        addrs(ix.lookup(&v, "web.default.muslin.internal", Kind::A)),
+        ["10.244.1.3"]
+    );
+    assert_eq!(
+        addrs(ix.lookup(&v, "web.muslin.internal", Kind::A)),
+        ["10.244.1.2", "10.244.1.3"]
+    );
+    // A network's name when no namespace of that name has the name.
+    assert_eq!(
+        addrs(ix.lookup(&v, "web.shop.muslin.internal", Kind::A)),
+        ["10.244.1.2"]
+    );
+    // `args.cni.name` is the name; the pod's name is not.
+    assert_eq!(
+        addrs(ix.lookup(&v, "api.muslin.internal", Kind::A)),
+        ["10.244.2.9"]
+    );
+    assert_eq!(
+        ix.lookup(&v, "pod-xyz.muslin.internal", Kind::A),
+        Lookup::NxDomain
+    );
+    // Deeper names are nobody's.
+    assert_eq!(
+        ix.lookup(&v, "web.shop.default.muslin.internal", Kind::A),
+        Lookup::NxDomain
     );
 }

@@ -20,6 +20,7 @@ fn ep(node: &str, c: &str, addr: &str, labels: &[(&str, &str)]) -> EndpointRecor
             .collect(),
         ports: Default::default(),
         aliases: Vec::new(),
+        name: None,
     }
 }
 
