@@ -40,7 +40,24 @@ impl Drop for Listening {
     }
 }
 
-/// UDP answered by our own loop (`udp`), TCP by hickory's server.
+/// The name service's own threads: a query is answered at once, never
+/// behind the agent's rounds (a full reconciliation reads every
+/// interface and route of the host, tens of milliseconds with a thousand
+/// containers), and the scheduler wakes them as soon as a query comes.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("muslin-dns")
+            .enable_all()
+            .build()
+            .expect("the name service's threads")
+    })
+}
+
+/// UDP answered by our own loop (`udp`), TCP by hickory's server, both
+/// on the name service's threads.
 pub(super) fn start(
     n: &ServedNet,
     udp_handler: NetHandler,
@@ -49,6 +66,7 @@ pub(super) fn start(
     let udp = socket(n, Type::DGRAM, Protocol::UDP)?;
     // Bursts of queries wait in the socket rather than being dropped.
     let _ = udp.set_recv_buffer_size(1 << 20);
+    let _on = runtime().enter();
     let udp = tokio::net::UdpSocket::from_std(udp.into())?;
     let tcp = socket(n, Type::STREAM, Protocol::TCP)?;
     tcp.listen(128)?;
