@@ -104,56 +104,56 @@ fn names_aliases_namespaces_and_networks_resolve() {
     let ix = index();
     let from_client = ix.visible("default", "10.244.1.2".parse().unwrap());
     assert_eq!(
-        addrs(ix.lookup(&from_client, "web.muslin.internal", Kind::A)),
+        addrs(ix.lookup(from_client, "web.muslin.internal", Kind::A)),
         ["10.244.3.2"]
     );
     assert_eq!(
-        addrs(ix.lookup(&from_client, "WEB.muslin.internal.", Kind::A)),
+        addrs(ix.lookup(from_client, "WEB.muslin.internal.", Kind::A)),
         ["10.244.3.2"]
     );
     assert_eq!(
-        addrs(ix.lookup(&from_client, "www.muslin.internal", Kind::A)),
+        addrs(ix.lookup(from_client, "www.muslin.internal", Kind::A)),
         ["10.244.2.2", "10.244.3.2"]
     );
     assert_eq!(
-        addrs(ix.lookup(&from_client, "front.shop.muslin.internal", Kind::A)),
+        addrs(ix.lookup(from_client, "front.shop.muslin.internal", Kind::A)),
         ["10.244.3.2"]
     );
     assert_eq!(
-        addrs(ix.lookup(&from_client, "web.default.muslin.internal", Kind::A)),
+        addrs(ix.lookup(from_client, "web.default.muslin.internal", Kind::A)),
         ["10.244.3.2"]
     );
     assert_eq!(
-        ix.lookup(&from_client, "web.other.muslin.internal", Kind::A),
+        ix.lookup(from_client, "web.other.muslin.internal", Kind::A),
         Lookup::NxDomain
     );
     assert_eq!(
-        ix.lookup(&from_client, "web.muslin.internal", Kind::Aaaa),
+        ix.lookup(from_client, "web.muslin.internal", Kind::Aaaa),
         Lookup::NoData
     );
     assert_eq!(
-        ix.lookup(&from_client, "web.muslin.internal", Kind::Other),
+        ix.lookup(from_client, "web.muslin.internal", Kind::Other),
         Lookup::NoData
     );
     assert_eq!(
-        ix.lookup(&from_client, "nobody.muslin.internal", Kind::A),
+        ix.lookup(from_client, "nobody.muslin.internal", Kind::A),
         Lookup::NxDomain
     );
     assert_eq!(
-        ix.lookup(&from_client, "muslin.internal", Kind::A),
+        ix.lookup(from_client, "muslin.internal", Kind::A),
         Lookup::NoData
     );
     assert_eq!(
-        ix.lookup(&from_client, "example.com", Kind::A),
+        ix.lookup(from_client, "example.com", Kind::A),
         Lookup::Forward
     );
     assert_eq!(
-        ix.lookup(&from_client, "xmuslin.internal", Kind::A),
+        ix.lookup(from_client, "xmuslin.internal", Kind::A),
         Lookup::Forward
     );
     // Endpoints of a network not served are not named.
     assert_eq!(
-        ix.lookup(&from_client, "ghost.muslin.internal", Kind::A),
+        ix.lookup(from_client, "ghost.muslin.internal", Kind::A),
         Lookup::NxDomain
     );
     // Per network: web, www, front, web2, client; db, client; db, app.
@@ -166,35 +166,35 @@ fn a_container_sees_the_networks_it_is_attached_to() {
     // client is in default and blue: blue's db, never green's.
     let v = ix.visible("default", "10.244.1.2".parse().unwrap());
     assert_eq!(
-        addrs(ix.lookup(&v, "db.muslin.internal", Kind::A)),
+        addrs(ix.lookup(v, "db.muslin.internal", Kind::A)),
         ["10.50.0.2"]
     );
     assert_eq!(
-        addrs(ix.lookup(&v, "db.blue.muslin.internal", Kind::A)),
+        addrs(ix.lookup(v, "db.blue.muslin.internal", Kind::A)),
         ["10.50.0.2"]
     );
     assert_eq!(
-        ix.lookup(&v, "db.green.muslin.internal", Kind::A),
+        ix.lookup(v, "db.green.muslin.internal", Kind::A),
         Lookup::NxDomain
     );
     assert_eq!(
-        ix.lookup(&v, "app.muslin.internal", Kind::A),
+        ix.lookup(v, "app.muslin.internal", Kind::A),
         Lookup::NxDomain
     );
     // app is in green only: green's db, not the default network's names.
     let g = ix.visible("green", "10.50.0.3".parse().unwrap());
     assert_eq!(
-        addrs(ix.lookup(&g, "db.muslin.internal", Kind::A)),
+        addrs(ix.lookup(g, "db.muslin.internal", Kind::A)),
         ["10.50.0.2"]
     );
     assert_eq!(
-        ix.lookup(&g, "web.muslin.internal", Kind::A),
+        ix.lookup(g, "web.muslin.internal", Kind::A),
         Lookup::NxDomain
     );
     // An address no local container holds sees the resolver's network.
     let stranger = ix.visible("blue", "10.50.0.77".parse().unwrap());
     assert_eq!(
-        ix.lookup(&stranger, "client.muslin.internal", Kind::A),
+        ix.lookup(stranger, "client.muslin.internal", Kind::A),
         addrs_of(&["10.50.0.9"])
     );
     assert!(ix
@@ -213,30 +213,30 @@ fn reverse_answers_only_within_the_askers_networks() {
     let q = reverse_name("10.244.3.2".parse().unwrap());
     assert_eq!(q, "2.3.244.10.in-addr.arpa");
     assert_eq!(
-        ix.lookup(&v, &q, Kind::Ptr),
+        ix.lookup(v, &q, Kind::Ptr),
         Lookup::Names(vec!["web.muslin.internal".into()])
     );
-    assert_eq!(ix.lookup(&v, &q, Kind::A), Lookup::NoData);
+    assert_eq!(ix.lookup(v, &q, Kind::A), Lookup::NoData);
     // 10.50.0.2 is db in blue and in green; the client sees blue's.
     let q = reverse_name("10.50.0.2".parse().unwrap());
     assert_eq!(
-        ix.lookup(&v, &q, Kind::Ptr),
+        ix.lookup(v, &q, Kind::Ptr),
         Lookup::Names(vec!["db.muslin.internal".into()])
     );
     // app's address is in green: not the client's.
     let q = reverse_name("10.50.0.3".parse().unwrap());
-    assert_eq!(ix.lookup(&v, &q, Kind::Ptr), Lookup::NxDomain);
+    assert_eq!(ix.lookup(v, &q, Kind::Ptr), Lookup::NxDomain);
     // Cluster ranges never go upstream; the rest does.
     assert_eq!(
-        ix.lookup(&v, "9.9.244.10.in-addr.arpa", Kind::Ptr),
+        ix.lookup(v, "9.9.244.10.in-addr.arpa", Kind::Ptr),
         Lookup::NxDomain
     );
     assert_eq!(
-        ix.lookup(&v, "1.1.168.192.in-addr.arpa", Kind::Ptr),
+        ix.lookup(v, "1.1.168.192.in-addr.arpa", Kind::Ptr),
         Lookup::Forward
     );
     assert_eq!(
-        ix.lookup(&v, "168.192.in-addr.arpa", Kind::Ptr),
+        ix.lookup(v, "168.192.in-addr.arpa", Kind::Ptr),
         Lookup::Forward
     );
 }
@@ -320,7 +320,7 @@ fn ten_thousand_names_build_fast_and_answer() {
     assert_eq!(ix.names(), 10_000);
     let v = ix.visible("default", "10.244.0.2".parse().unwrap());
     assert_eq!(
-        addrs(ix.lookup(&v, "c9999.muslin.internal", Kind::A)),
+        addrs(ix.lookup(v, "c9999.muslin.internal", Kind::A)),
         ["10.244.39.251"]
     );
 }
@@ -354,30 +354,30 @@ fn a_namespace_wins_over_a_network_of_the_same_name() {
     let v = ix.visible("default", "10.244.1.3".parse().unwrap());
     // `default` is a namespace and a network: the namespace's web only.
     assert_eq!(
-        addrs(ix.lookup(&v, "web.default.muslin.internal", Kind::A)),
+        addrs(ix.lookup(v, "web.default.muslin.internal", Kind::A)),
         ["10.244.1.3"]
     );
     assert_eq!(
-        addrs(ix.lookup(&v, "web.muslin.internal", Kind::A)),
+        addrs(ix.lookup(v, "web.muslin.internal", Kind::A)),
         ["10.244.1.2", "10.244.1.3"]
     );
     // A network's name when no namespace of that name has the name.
     assert_eq!(
-        addrs(ix.lookup(&v, "web.shop.muslin.internal", Kind::A)),
+        addrs(ix.lookup(v, "web.shop.muslin.internal", Kind::A)),
         ["10.244.1.2"]
     );
     // `args.cni.name` is the name; the pod's name is not.
     assert_eq!(
-        addrs(ix.lookup(&v, "api.muslin.internal", Kind::A)),
+        addrs(ix.lookup(v, "api.muslin.internal", Kind::A)),
         ["10.244.2.9"]
     );
     assert_eq!(
-        ix.lookup(&v, "pod-xyz.muslin.internal", Kind::A),
+        ix.lookup(v, "pod-xyz.muslin.internal", Kind::A),
         Lookup::NxDomain
     );
     // Deeper names are nobody's.
     assert_eq!(
-        ix.lookup(&v, "web.shop.default.muslin.internal", Kind::A),
+        ix.lookup(v, "web.shop.default.muslin.internal", Kind::A),
         Lookup::NxDomain
     );
 }
