@@ -12,15 +12,9 @@ use super::ServedNet;
 /// A TCP client that sends nothing for this long is dropped.
 const TCP_IDLE: Duration = Duration::from_secs(5);
 
-/// UDP sockets per network, one per thread of the name service.
-const UDP_SOCKETS: usize = 2;
-
 fn socket(n: &ServedNet, kind: Type, protocol: Protocol) -> std::io::Result<Socket> {
     let s = Socket::new(Domain::IPV4, kind, Some(protocol))?;
     s.set_reuse_address(true)?;
-    if kind == Type::DGRAM {
-        s.set_reuse_port(true)?;
-    }
     // The address sits on msl-dns, which the data plane may program a
     // moment later than this bind (at start, or for a new network).
     s.set_freebind(true)?;
@@ -70,13 +64,10 @@ pub(super) fn start(
     tcp_handler: NetHandler,
 ) -> std::io::Result<Listening> {
     let _on = runtime().enter();
-    let mut udp = Vec::new();
-    for _ in 0..UDP_SOCKETS {
-        let s = socket(n, Type::DGRAM, Protocol::UDP)?;
-        // Bursts of queries wait in the socket rather than being dropped.
-        let _ = s.set_recv_buffer_size(1 << 20);
-        udp.push(tokio::net::UdpSocket::from_std(s.into())?);
-    }
+    let udp = socket(n, Type::DGRAM, Protocol::UDP)?;
+    // Bursts of queries wait in the socket rather than being dropped.
+    let _ = udp.set_recv_buffer_size(1 << 20);
+    let udp = tokio::net::UdpSocket::from_std(udp.into())?;
     let tcp = socket(n, Type::STREAM, Protocol::TCP)?;
     tcp.listen(128)?;
     let tcp = tokio::net::TcpListener::from_std(tcp.into())?;
