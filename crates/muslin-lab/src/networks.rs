@@ -194,7 +194,7 @@ mod tests {
                 )
             })
             .collect(),
-            aliases: vec!["web".into(), "front.shop".into()],
+            aliases: vec!["web".into(), "front-shop".into()],
         };
         let text = cni_conf(s, "red", &meta);
         assert_eq!(
@@ -205,7 +205,7 @@ mod tests {
                     {"name": "dns", "port": 53, "protocol": "UDP"},
                     {"name": "http", "port": 8080, "protocol": "TCP"},
                 ],
-                "aliases": ["web", "front.shop"],
+                "aliases": ["web", "front-shop"],
             }})
         );
         let (conf, _) = muslin_model::cni::NetConf::parse(text.as_bytes()).unwrap();

@@ -1210,13 +1210,13 @@ mod tests {
         assert!(plain.aliases().is_empty());
         let t = Topology::parse(&with(
             "",
-            r#"[{ name = "web", aliases = ["www", "shop-web.front", "www"] }]"#,
+            r#"[{ name = "web", aliases = ["www", "shop-web-front", "www"] }]"#,
         ))
         .unwrap();
         // Each alias once, in the order given.
         assert_eq!(
             t.hosts[0].containers.specs()[0].aliases(),
-            ["www", "shop-web.front"]
+            ["www", "shop-web-front"]
         );
         let many: Vec<String> = (0..=muslin_model::dns::MAX_ALIASES)
             .map(|i| format!("\"a{i}\""))

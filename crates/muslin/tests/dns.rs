@@ -138,22 +138,7 @@ struct Ctr {
 fn world(n: usize, with_upstream: bool, extra: &[&str]) -> World {
     let net = Net::new();
     let hosts: Vec<Netns> = (1..=n).map(|i| Netns::new(&format!("h{i}"))).collect();
-    let shared = net.segment(1500);
-    for (i, h) in hosts.iter().enumerate() {
-        for k in ["all", "default"] {
-            h.exec(&["sysctl", "-qw", &format!("net.ipv4.conf.{k}.rp_filter=1")]);
-        }
-        let nat = net.segment(1500);
-        net.wire(h, "eth0", &nat, "10.0.2.15/24", 1500);
-        net.wire(
-            h,
-            "eth1",
-            &shared,
-            &format!("192.168.56.1{}/24", i + 1),
-            1500,
-        );
-        h.ip(&["route", "add", "default", "via", "10.0.2.2"]);
-    }
+    let shared = net.as_readme_hosts(&hosts);
     let upstream = with_upstream.then(|| Upstream::start(&net, &shared));
     let secret = net.secret();
     // The first upstream is down (no such host): every forwarded query

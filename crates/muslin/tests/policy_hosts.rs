@@ -22,22 +22,7 @@ struct World {
 fn world() -> World {
     let net = Net::new();
     let hosts: Vec<Netns> = (1..=3).map(|i| Netns::new(&format!("ph{i}"))).collect();
-    let shared = net.segment(1500);
-    for (i, h) in hosts.iter().enumerate() {
-        for k in ["all", "default"] {
-            h.exec(&["sysctl", "-qw", &format!("net.ipv4.conf.{k}.rp_filter=1")]);
-        }
-        let nat = net.segment(1500);
-        net.wire(h, "eth0", &nat, "10.0.2.15/24", 1500);
-        net.wire(
-            h,
-            "eth1",
-            &shared,
-            &format!("192.168.56.1{}/24", i + 1),
-            1500,
-        );
-        h.ip(&["route", "add", "default", "via", "10.0.2.2"]);
-    }
+    net.as_readme_hosts(&hosts);
     let secret = net.secret();
     let mut agents = vec![Agent::start(&hosts[0], "h1", &secret, &[])];
     for (i, h) in hosts.iter().enumerate().skip(1) {

@@ -74,6 +74,25 @@ impl Net {
         ns.ip(&["link", "set", ifname, "up"]);
     }
 
+    /// Hosts as README's Install section has them: a first NIC on a private
+    /// NAT network with the same address on every host (as on Vagrant
+    /// hosts) and the default route, a second NIC on a shared segment at
+    /// 192.168.56.1N, strict rp_filter. Returns the shared segment.
+    pub fn as_readme_hosts(&self, hosts: &[Netns]) -> String {
+        let shared = self.segment(1500);
+        for (i, h) in hosts.iter().enumerate() {
+            for k in ["all", "default"] {
+                h.exec(&["sysctl", "-qw", &format!("net.ipv4.conf.{k}.rp_filter=1")]);
+            }
+            let nat = self.segment(1500);
+            self.wire(h, "eth0", &nat, "10.0.2.15/24", 1500);
+            let at = format!("192.168.56.1{}/24", i + 1);
+            self.wire(h, "eth1", &shared, &at, 1500);
+            h.ip(&["route", "add", "default", "via", "10.0.2.2"]);
+        }
+        shared
+    }
+
     /// A namespace that forwards between its NICs.
     pub fn router(&self) -> Netns {
         let r = Netns::new("rt");
