@@ -385,20 +385,7 @@ fn containers_resolve_names_the_check_covers_them_and_resolv_conf_goes_with_them
     // resolver gets no query through (a table of the test's own, which
     // the agent leaves alone).
     let h1 = lab.ns("h1");
-    let nft = |script: &str| {
-        let mut c = Command::new("ip")
-            .args(["netns", "exec", &h1, "nft", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        c.stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        assert!(c.wait().unwrap().success(), "nft {script}");
-    };
+    let nft = |script: &str| common::hosts::nft_in(&h1, script);
     nft(
         "table inet dnslabtest {\n chain input {\n type filter hook input priority -400;\n \
          udp dport 53 drop\n tcp dport 53 drop\n }\n}\n",

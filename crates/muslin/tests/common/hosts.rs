@@ -111,8 +111,13 @@ impl Net {
 
 /// Runs an nftables script inside `ns`.
 pub fn nft(ns: &Netns, script: &str) {
+    nft_in(&ns.name, script)
+}
+
+/// `nft -f -` with `script` in the namespace named `ns`.
+pub fn nft_in(ns: &str, script: &str) {
     let mut c = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "nft", "-f", "-"])
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
