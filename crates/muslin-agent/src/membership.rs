@@ -687,6 +687,7 @@ impl Cluster {
                     table: muslin_model::dataplane::MAIN_TABLE,
                     pod_table: Some(muslin_model::dataplane::POD_TABLE),
                     tunnel_always: false,
+                    health: &self.record.health,
                 },
             );
             let planes = self.network_planes(&view, &live, &path_mtu);
@@ -824,6 +825,13 @@ impl Cluster {
                         if d.routes.iter().any(|r| r.dst == b) =>
                     {
                         Some((b.network(), path.clone()))
+                    }
+                    // Relayed: the direct path is still probed, over its
+                    // route to the peer's VTEP address alone.
+                    (Some(Path::Relay(r)), Some(b))
+                        if d.routes.iter().any(|x| x.dst == ipnet::IpNet::from(b.network())) =>
+                    {
+                        Some((b.network(), (*r.direct).clone()))
                     }
                     _ => None,
                 };
@@ -1048,6 +1056,9 @@ impl Cluster {
                 warnings.push(format!("{name}: {why}"));
             }
         }
+        for (name, why) in &d.stuck {
+            warnings.push(format!("{name}: {why}"));
+        }
         let nodes = view
             .nodes
             .iter()
@@ -1065,9 +1076,18 @@ impl Cluster {
                     match d.paths.get(name) {
                         Some(Path::Routed) => "routed".into(),
                         Some(Path::Vxlan) => "vxlan".into(),
+                        Some(Path::Relay(r)) => format!("via {}", r.via),
                         Some(Path::Unreachable(why)) => format!("unreachable: {why}"),
                         None => "unknown".into(),
                     }
+                },
+                relay: match d.paths.get(name) {
+                    Some(Path::Relay(r)) => Some(r.via.clone()),
+                    _ => None,
+                },
+                path_why: match d.paths.get(name) {
+                    Some(Path::Relay(r)) => Some(r.why.clone()),
+                    _ => d.stuck.get(name).cloned(),
                 },
                 alive: p.alive,
                 data_path: match self.record.health.get(name) {

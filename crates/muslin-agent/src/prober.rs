@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use muslin_model::health::{PeerPlan, Purpose, Tracker, FAST};
+use muslin_model::health::{PeerPlan, Purpose, Tracker, TICK};
 use muslin_store::probe_wire::{name_tag, ProbeWire};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -71,7 +71,7 @@ async fn run(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(1);
-    let mut tick = tokio::time::interval(FAST);
+    let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut round = 0u64;
     let mut buf = vec![0u8; 65_536];

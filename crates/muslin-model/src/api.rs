@@ -430,8 +430,16 @@ pub struct PeerStatus {
     pub name: String,
     pub address: Option<IpAddr>,
     pub blocks: Vec<IpNet>,
-    /// `self`, `routed`, `vxlan`, or `unreachable: why`.
+    /// `self`, `routed`, `vxlan`, `via RELAY`, or `unreachable: why`.
     pub path: String,
+    /// The node relaying our traffic to this peer, when its direct data
+    /// path fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
+    /// Why the peer is relayed, or why it cannot be though its direct
+    /// path fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_why: Option<String>,
     /// Gossip's verdict (the failure detector).
     pub alive: bool,
     /// The data path's verdict: `ok`, `failing: why`, or `-` (no data path

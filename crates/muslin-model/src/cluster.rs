@@ -281,7 +281,11 @@ impl NodeRecord {
             mtu,
             version: env!("CARGO_PKG_VERSION").to_string(),
             address_reason: String::new(),
-            capabilities: vec!["routed".into(), "vxlan".into()],
+            capabilities: vec![
+                "routed".into(),
+                "vxlan".into(),
+                crate::relay::CAPABILITY.into(),
+            ],
             addresses: vec![address],
             reach: BTreeMap::new(),
             health: BTreeMap::new(),

@@ -60,8 +60,21 @@ impl std::fmt::Display for Backend {
 pub enum Path {
     Routed,
     Vxlan,
+    /// Through another node acting as a router, because the direct path
+    /// fails; the direct path stays programmed for its probes alone.
+    Relay(Relayed),
     /// No path: the backend cannot reach this peer (routed across a router).
     Unreachable(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Relayed {
+    pub via: String,
+    /// The direct path, still probed to tell when it heals.
+    pub direct: Box<Path>,
+    /// How packets reach the relay.
+    pub hop: Box<Path>,
+    pub why: String,
 }
 
 /// Our end of the underlay.
@@ -114,6 +127,9 @@ pub struct Desired {
     pub paths: BTreeMap<String, Path>,
     /// Source range whose traffic looks up [`POD_TABLE`] first.
     pub pod_rule: Option<IpNet>,
+    /// Peers whose direct path fails with no node to relay through, and
+    /// why: their direct routes stay, in case the path half works.
+    pub stuck: BTreeMap<String, String>,
 }
 
 /// Everything besides the cluster view that the data plane depends on.
@@ -143,6 +159,9 @@ pub struct Params<'a> {
     /// each peer's next hop in the tunnel is the peer's node address, so a
     /// peer without a block is reachable too.
     pub tunnel_always: bool,
+    /// What this node's probes found of the data path to each peer just
+    /// now; with the peers' reports in the view, it decides relays.
+    pub health: &'a BTreeMap<String, crate::cluster::PathHealth>,
 }
 
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -218,6 +237,8 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
         address,
     });
     d.pod_rule = d.vxlan.as_ref().map(|_| pod_cidr);
+    // Each peer's direct path first: a relay is reached over its own.
+    let mut direct: BTreeMap<&str, (&NodeRecord, Path)> = BTreeMap::new();
     for (name, peer) in &view.nodes {
         if name == me {
             continue;
@@ -235,66 +256,192 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
             )),
             _ => path_to(p.backend, local, rec),
         };
-        let blocks = blocks_of(name);
-        // Until a probe measured it, the smaller of the two interfaces.
-        let pmtu = p
-            .path_mtu
+        direct.insert(name.as_str(), (rec, path));
+    }
+    let graph = crate::relay::Graph::new(view, me, p.health, p.backend);
+    // Until a probe measured it, the smaller of the two interfaces.
+    let pmtu_of = |name: &str, rec: &NodeRecord| {
+        p.path_mtu
             .get(name)
             .copied()
             .unwrap_or(local.mtu.min(rec.mtu))
-            .min(local.mtu);
-        match &path {
-            Path::Routed => {
-                let pin = (pmtu < local.mtu).then_some(pmtu);
-                for b in &blocks {
-                    d.routes.push(ClusterRoute {
-                        dst: *b,
-                        via: rec.address,
-                        dev: local.ifname.clone(),
-                        onlink: false,
-                        mtu: pin,
-                        table: p.table,
-                    });
-                }
+            .min(local.mtu)
+    };
+    let hop_to = |d: &Desired, name: &str| -> Option<NextHop> {
+        let (rec, path) = direct.get(name)?;
+        next_hop(p, d, rec, &blocks_of(name), path, pmtu_of(name, rec))
+    };
+    for (name, (rec, path)) in &direct {
+        let name = *name;
+        let blocks = blocks_of(name);
+        let relay = match path {
+            Path::Routed | Path::Vxlan => graph.route(name),
+            _ => crate::relay::Route::Direct,
+        };
+        let relayed = match relay {
+            crate::relay::Route::Direct => None,
+            crate::relay::Route::Stuck(why) => {
+                d.stuck.insert(name.to_string(), why);
+                None
             }
-            Path::Vxlan => {
-                let vtep = match p.tunnel_always {
-                    true => Some(rec.address),
-                    false => blocks.first().map(|b| b.network()),
-                };
-                let (Some(vtep), Some(mac), Some(_)) = (vtep, parse_mac(&rec.vtep_mac), &d.vxlan)
-                else {
-                    d.paths.insert(name.clone(), path);
-                    continue;
-                };
-                let inner = pmtu.saturating_sub(VXLAN_OVERHEAD).max(576);
-                let pin = (p.backend == Backend::Auto || inner < vx_mtu).then_some(inner);
-                let via_tunnel = |dst: IpNet, table: u32| ClusterRoute {
-                    dst,
-                    via: vtep,
-                    dev: p.dev.into(),
-                    onlink: true,
-                    mtu: pin,
-                    table,
-                };
+            crate::relay::Route::Relay { via, why } => match hop_to(&d, &via) {
+                Some(h) => Some((via, why, h)),
+                None => {
+                    d.stuck.insert(
+                        name.to_string(),
+                        format!("{why}; relay {via} has no programmable path from here"),
+                    );
+                    None
+                }
+            },
+        };
+        let own = hop_to(&d, name);
+        match (relayed, own) {
+            (Some((via, why, h)), own) => {
+                // The far hop's MTU as the relay measured it.
+                let far = view
+                    .nodes
+                    .get(&via)
+                    .and_then(|v| v.record.as_ref())
+                    .map(|r| {
+                        let m = r
+                            .health
+                            .get(name)
+                            .and_then(|x| x.path_mtu)
+                            .unwrap_or(r.mtu.min(rec.mtu));
+                        match graph.hop(&via, name) {
+                            Some(crate::relay::Hop::Vxlan) => m.saturating_sub(VXLAN_OVERHEAD),
+                            _ => m,
+                        }
+                    })
+                    .unwrap_or(h.mtu);
+                let mtu = h.mtu.min(far).max(576);
+                let pin = (mtu < pod_mtu(p.backend, local.mtu)).then_some(mtu);
                 for b in &blocks {
-                    d.routes.push(via_tunnel(*b, p.table));
+                    d.routes.push(h.route(*b, p.table, pin));
+                }
+                // Pods' packets to the peer node itself cross the relay
+                // too: the direct path fails for them as well.
+                if let Some(t) = p.pod_table {
+                    d.routes
+                        .push(h.route(IpNet::from(rec.address), t, pin));
+                }
+                // The direct path stays, for its probes alone: to the
+                // peer's VTEP address, which no pod uses.
+                if let (Some(o), false) = (own, p.tunnel_always) {
+                    if let Some(b) = blocks.first() {
+                        d.routes.push(o.route(IpNet::from(b.network()), p.table, o.pin));
+                    }
+                    o.entries(&mut d);
+                }
+                let hop = direct.get(via.as_str()).map(|(_, x)| x.clone());
+                d.paths.insert(
+                    name.to_string(),
+                    Path::Relay(Relayed {
+                        via,
+                        direct: Box::new(path.clone()),
+                        hop: Box::new(hop.unwrap_or(Path::Routed)),
+                        why,
+                    }),
+                );
+                continue;
+            }
+            (None, Some(o)) => {
+                for b in &blocks {
+                    d.routes.push(o.route(*b, p.table, o.pin));
                 }
                 // A pod's packet to the peer node itself goes through the
                 // tunnel too, so it arrives where the node's route back to
                 // the pod points: strict rp_filter there accepts it.
-                if let Some(t) = p.pod_table {
-                    d.routes.push(via_tunnel(IpNet::from(rec.address), t));
+                if let (Some(t), true) = (p.pod_table, o.vxlan) {
+                    d.routes
+                        .push(o.route(IpNet::from(rec.address), t, o.pin));
                 }
-                d.neighbours.push((vtep, mac));
-                d.fdb.push((mac, rec.address));
+                o.entries(&mut d);
             }
-            Path::Unreachable(_) => {}
+            (None, None) => {}
         }
-        d.paths.insert(name.clone(), path);
+        d.paths.insert(name.to_string(), path.clone());
     }
     d.routes.sort();
     d
+}
+
+/// How packets for a directly reached peer leave this node.
+struct NextHop {
+    via: IpAddr,
+    dev: String,
+    onlink: bool,
+    vxlan: bool,
+    /// Largest IP packet a pod may send over it.
+    mtu: u32,
+    /// The MTU pinned on its routes, if any.
+    pin: Option<u32>,
+    /// The tunnel's neighbour and forwarding entries for the peer.
+    entry: Option<(IpAddr, [u8; 6], IpAddr)>,
+}
+
+impl NextHop {
+    fn route(&self, dst: IpNet, table: u32, mtu: Option<u32>) -> ClusterRoute {
+        ClusterRoute {
+            dst,
+            via: self.via,
+            dev: self.dev.clone(),
+            onlink: self.onlink,
+            mtu,
+            table,
+        }
+    }
+
+    fn entries(&self, d: &mut Desired) {
+        if let Some((vtep, mac, underlay)) = self.entry {
+            d.neighbours.push((vtep, mac));
+            d.fdb.push((mac, underlay));
+        }
+    }
+}
+
+/// The next hop towards a peer reached over `path`, or `None` when there
+/// is none to program (no path, or a tunnel without the peer's VTEP).
+fn next_hop(
+    p: &Params,
+    d: &Desired,
+    rec: &NodeRecord,
+    blocks: &[IpNet],
+    path: &Path,
+    pmtu: u32,
+) -> Option<NextHop> {
+    let local = p.local;
+    match path {
+        Path::Routed => Some(NextHop {
+            via: rec.address,
+            dev: local.ifname.clone(),
+            onlink: false,
+            vxlan: false,
+            mtu: pmtu,
+            pin: (pmtu < local.mtu).then_some(pmtu),
+            entry: None,
+        }),
+        Path::Vxlan => {
+            let vtep = match p.tunnel_always {
+                true => Some(rec.address),
+                false => blocks.first().map(|b| b.network()),
+            };
+            let (vtep, mac, _) = (vtep?, parse_mac(&rec.vtep_mac)?, d.vxlan.as_ref()?);
+            let inner = pmtu.saturating_sub(VXLAN_OVERHEAD).max(576);
+            let vx_mtu = local.mtu - VXLAN_OVERHEAD;
+            Some(NextHop {
+                via: vtep,
+                dev: p.dev.into(),
+                onlink: true,
+                vxlan: true,
+                mtu: inner,
+                pin: (p.backend == Backend::Auto || inner < vx_mtu).then_some(inner),
+                entry: Some((vtep, mac, rec.address)),
+            })
+        }
+        Path::Relay(_) | Path::Unreachable(_) => None,
+    }
 }
 
 #[cfg(test)]
@@ -360,6 +507,7 @@ mod tests {
                 table: MAIN_TABLE,
                 pod_table: Some(POD_TABLE),
                 tunnel_always: false,
+                health: &BTreeMap::new(),
             },
         )
     }

@@ -10,15 +10,25 @@ use std::time::{Duration, Instant};
 use crate::cluster::PathHealth;
 use crate::dataplane::Path;
 
-/// How often the advertised address and the data path are probed.
+/// How often the prober wakes, and how often the data path is probed: a
+/// cut link is noticed within [`DATA_DOWN`] and half a tick.
+pub const TICK: Duration = Duration::from_millis(500);
+/// How often the advertised address is probed (while the data path does
+/// not answer for it).
 pub const FAST: Duration = Duration::from_secs(1);
+/// The data path counts as failing once it left this long unanswered:
+/// three probes lost in a row, so one lost datagram is not an outage.
+pub const DATA_DOWN: Duration = Duration::from_millis(1600);
+/// A data path that failed counts as working again only after answering
+/// this long without a gap: a flapping link does not flap routes.
+pub const HOLD: Duration = Duration::from_secs(5);
 /// How often a peer's other addresses are probed.
 pub const SLOW: Duration = Duration::from_secs(4);
 /// How often the path MTU is confirmed.
 pub const MTU_EVERY: Duration = Duration::from_secs(30);
-/// A peer silent this long is probed only every [`QUIET_EVERY`] rounds.
+/// A peer silent this long is probed only every [`QUIET_EVERY`] ticks.
 const QUIET: Duration = Duration::from_secs(30);
-const QUIET_EVERY: u64 = 10;
+const QUIET_EVERY: u64 = 20;
 /// A target counts as answering while its last answer is younger than two
 /// probe periods and a half: one lost datagram is not an outage.
 fn window(period: Duration) -> Duration {
@@ -54,6 +64,9 @@ struct PeerState {
     period: BTreeMap<IpAddr, Duration>,
     data_since: Option<Instant>,
     data_answered: Option<Instant>,
+    /// Start of the data path's current run of answers without a gap of
+    /// [`DATA_DOWN`].
+    data_run: Option<Instant>,
     pmtu: Option<u32>,
     /// The address the MTU was measured to: a new one starts over.
     mtu_target: Option<IpAddr>,
@@ -148,7 +161,7 @@ const MTU_STEPS: &[u32] = &[
 
 impl Tracker {
     /// Forgets peers no longer planned and returns what to probe now;
-    /// `round` counts rounds of [`FAST`].
+    /// `round` counts ticks of [`TICK`].
     pub fn due(
         &mut self,
         plan: &[PeerPlan],
@@ -157,16 +170,19 @@ impl Tracker {
         now: Instant,
     ) -> Vec<(String, IpAddr, Purpose)> {
         self.peers.retain(|n, _| plan.iter().any(|p| p.name == *n));
-        let slow = (SLOW.as_secs() / FAST.as_secs()).max(1);
+        let per = |d: Duration| (d.as_millis() / TICK.as_millis()).max(1) as u64;
+        let (fast, slow) = (per(FAST), per(SLOW));
         let mut out = Vec::new();
         for (i, p) in plan.iter().enumerate() {
             let st = self.peers.entry(p.name.clone()).or_default();
+            // Ticks of this peer, spread so that peers' rounds interleave.
+            let turn = round + i as u64;
             st.first_probe.get_or_insert(now);
             // A peer that answered nothing for a while (gone, or its probe
             // port closed) is asked far less often.
             let last = st.answered.values().max().copied().or(st.first_probe);
             let quiet = last.is_some_and(|t| now.duration_since(t) > QUIET);
-            if quiet && !(round + i as u64).is_multiple_of(QUIET_EVERY) {
+            if quiet && !turn.is_multiple_of(QUIET_EVERY) {
                 continue;
             }
             st.period.retain(|a, _| p.addresses.contains(a));
@@ -178,10 +194,21 @@ impl Tracker {
                     .get(a)
                     .is_none_or(|t| now.duration_since(*t) >= window(FAST))
             });
+            // An answer over the data path answers for the advertised
+            // address too (the path crosses it), so a peer whose data path
+            // works costs one probe stream, not two.
+            let data_answers = p.data.is_some()
+                && st
+                    .data_answered
+                    .is_some_and(|t| now.duration_since(t) < DATA_DOWN);
             for (k, a) in p.addresses.iter().enumerate() {
                 st.period.insert(*a, if k == 0 { FAST } else { SLOW });
-                // Spread the slow probes of different peers over rounds.
-                if k == 0 || silent || (round + i as u64).is_multiple_of(slow) {
+                let due = match k {
+                    0 => !data_answers && turn.is_multiple_of(fast),
+                    // Spread the slow probes of different peers over ticks.
+                    _ => (silent && turn.is_multiple_of(fast)) || turn.is_multiple_of(slow),
+                };
+                if due {
                     out.push((p.name.clone(), *a, Purpose::Address(*a)));
                 }
             }
@@ -193,6 +220,7 @@ impl Tracker {
                 None => {
                     st.data_since = None;
                     st.data_answered = None;
+                    st.data_run = None;
                 }
             }
             let Some(adv) = p.addresses.first() else {
@@ -203,6 +231,7 @@ impl Tracker {
                 st.mtu_target = Some(*adv);
                 st.data_since = p.data.as_ref().map(|_| now);
                 st.data_answered = None;
+                st.data_run = None;
                 st.pmtu = None;
                 st.mtu_due = None;
                 st.mtu_burst = None;
@@ -229,7 +258,18 @@ impl Tracker {
             Purpose::Address(a) => {
                 st.answered.insert(*a, now);
             }
-            Purpose::Data => st.data_answered = Some(now),
+            Purpose::Data => {
+                let gap = st
+                    .data_answered
+                    .is_none_or(|t| now.duration_since(t) >= DATA_DOWN);
+                if gap {
+                    st.data_run = Some(now);
+                }
+                st.data_answered = Some(now);
+                if let Some(adv) = st.mtu_target {
+                    st.answered.insert(adv, now);
+                }
+            }
             Purpose::Mtu(s) => {
                 if let Some(b) = &mut st.mtu_burst {
                     b.acked.insert(*s);
@@ -308,16 +348,27 @@ impl Tracker {
                 continue;
             };
             let Some(since) = st.data_since else { continue };
-            let ok = st
+            let answering = st
                 .data_answered
-                .is_some_and(|t| now.duration_since(t) < window(FAST));
-            if !ok && now.duration_since(since) < window(FAST) {
+                .is_some_and(|t| now.duration_since(t) < DATA_DOWN);
+            if !answering && now.duration_since(since) < DATA_DOWN {
                 continue;
             }
+            // Down at once, up again only after [`HOLD`] of answers; a
+            // path that answered from its first probes never waits.
+            let ok = answering
+                && st.data_run.is_some_and(|r| {
+                    r.duration_since(since) < DATA_DOWN || now.duration_since(r) >= HOLD
+                });
             let underlay = self.answers(&p.name, *adv, now);
             let cause = (!ok).then(|| match (path, underlay) {
+                _ if answering => format!(
+                    "answering again for {}s, trusted after {}s without a gap",
+                    st.data_run.map_or(0, |r| now.duration_since(r).as_secs()),
+                    HOLD.as_secs()
+                ),
                 (Path::Vxlan, true) => format!("UDP {vxlan_port} to {adv} unanswered, gossip fine"),
-                (Path::Routed | Path::Unreachable(_), true) => {
+                (_, true) => {
                     format!("routed packets to {vtep} via {adv} unanswered, gossip fine")
                 }
                 (_, false) => format!("{adv} does not answer on the underlay either"),
@@ -387,14 +438,82 @@ mod tests {
             h["h2"].cause.as_deref(),
             Some("UDP 4789 to 192.168.20.12 unanswered, gossip fine")
         );
+        // It heals: trusted only after answering for HOLD.
         t.answered("h2", &Purpose::Data, t1);
-        assert!(t.health(&plan(), 4789, t1)["h2"].ok);
-        let h = t.health(&plan(), 4789, t1 + FAST * 3);
+        let h = t.health(&plan(), 4789, t1);
+        assert!(!h["h2"].ok);
+        assert!(h["h2"].cause.as_deref().unwrap().contains("answering again"));
+        let mut at = t1;
+        while at < t1 + HOLD {
+            at += TICK;
+            t.answered("h2", &Purpose::Data, at);
+        }
+        assert!(t.health(&plan(), 4789, at)["h2"].ok);
+        let h = t.health(&plan(), 4789, at + FAST * 3);
         assert!(h["h2"]
             .cause
             .as_deref()
             .unwrap()
             .contains("underlay either"));
+    }
+
+    #[test]
+    fn the_data_path_fails_fast_and_returns_slowly() {
+        let mut t = Tracker::default();
+        let t0 = Instant::now();
+        t.due(&plan(), 1500, 0, t0);
+        // Answering from the first probes: trusted at once.
+        let mut at = t0;
+        for _ in 0..4 {
+            at += TICK;
+            t.answered("h2", &Purpose::Data, at);
+        }
+        assert!(t.health(&plan(), 4789, at)["h2"].ok);
+        // Two probes lost is not an outage; three are.
+        assert!(t.health(&plan(), 4789, at + TICK * 3)["h2"].ok);
+        let cut = at + DATA_DOWN;
+        assert!(!t.health(&plan(), 4789, cut)["h2"].ok);
+        // Back, but flapping: a gap of DATA_DOWN starts the wait over.
+        let back = cut + TICK;
+        t.answered("h2", &Purpose::Data, back);
+        t.answered("h2", &Purpose::Data, back + HOLD / 2);
+        let h = t.health(&plan(), 4789, back + HOLD / 2);
+        assert!(!h["h2"].ok, "the gap reset the run");
+        let mut at = back + HOLD / 2;
+        let start = at;
+        while at < start + HOLD {
+            assert!(!t.health(&plan(), 4789, at)["h2"].ok);
+            at += TICK;
+            t.answered("h2", &Purpose::Data, at);
+        }
+        assert!(t.health(&plan(), 4789, at)["h2"].ok);
+    }
+
+    #[test]
+    fn a_working_data_path_answers_for_the_advertised_address() {
+        let adv = ip("192.168.20.12");
+        let mut t = Tracker::default();
+        let t0 = Instant::now();
+        let probes = |due: &[(String, IpAddr, Purpose)]| -> Vec<Purpose> {
+            due.iter().map(|(_, _, p)| p.clone()).collect()
+        };
+        assert!(probes(&t.due(&plan(), 1500, 0, t0)).contains(&Purpose::Address(adv)));
+        t.answered("h2", &Purpose::Data, t0);
+        assert!(t.answers("h2", adv, t0));
+        // While the data path answers, one probe stream per peer.
+        for k in 1..=8u64 {
+            let at = t0 + TICK * k as u32;
+            let due = probes(&t.due(&plan(), 1500, k, at));
+            assert!(!due.contains(&Purpose::Address(adv)), "tick {k}: {due:?}");
+            assert!(due.contains(&Purpose::Data));
+            t.answered("h2", &Purpose::Data, at);
+        }
+        // It stops answering: the address is asked again.
+        let later = t0 + TICK * 8 + DATA_DOWN;
+        let due: Vec<Purpose> = (9..11)
+            .flat_map(|k| probes(&t.due(&plan(), 1500, k, later)))
+            .collect();
+        assert!(due.contains(&Purpose::Address(adv)));
     }
 
     fn mtu_sizes(due: &[(String, IpAddr, Purpose)]) -> Vec<u32> {

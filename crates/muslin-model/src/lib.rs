@@ -16,6 +16,7 @@ pub mod network;
 pub mod object;
 pub mod plumbing;
 pub mod policy;
+pub mod relay;
 pub mod settings;
 pub mod underlay;
 

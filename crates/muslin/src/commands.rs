@@ -186,17 +186,17 @@ fn status(a: StatusArgs) -> Result<ExitCode> {
             );
         }
         println!(
-            "\n{:<12} {:<16} {:<20} {:<7} {:<8} {:<6} {:<5} DATA PATH",
+            "\n{:<12} {:<16} {:<20} {:<7} {:<11} {:<6} {:<5} DATA PATH",
             "NODE", "ADDRESS", "BLOCKS", "GOSSIP", "PATH", "MTU", "EPS"
         );
         for n in &c.nodes {
             let blocks: Vec<String> = n.blocks.iter().map(|b| b.to_string()).collect();
             let (path, why) = match n.path.split_once(": ") {
                 Some((p, why)) => (p.to_string(), Some(why)),
-                None => (n.path.clone(), None),
+                None => (n.path.clone(), n.path_why.as_deref()),
             };
             println!(
-                "{:<12} {:<16} {:<20} {:<7} {:<8} {:<6} {:<5} {}",
+                "{:<12} {:<16} {:<20} {:<7} {:<11} {:<6} {:<5} {}",
                 n.name,
                 n.address
                     .map(|a| a.to_string())

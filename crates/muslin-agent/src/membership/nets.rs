@@ -262,6 +262,7 @@ impl Cluster {
                         // the main routing, where they are dropped.
                         pod_table: (!n.isolated_from_host).then(|| n.pod_table()),
                         tunnel_always: true,
+                        health: &self.record.health,
                     },
                 );
                 NetPlane {

@@ -1,0 +1,236 @@
+//! Which peers this node reaches directly and which through another node,
+//! computed over the cluster's verified links. Every node publishes what
+//! its probes found of the data path to each peer (`NodeRecord::health`);
+//! from the same records every node draws the same graph and picks the
+//! same relay for a pair, whichever end asks (a relay's choice depends on
+//! the pair, not on who computes it), so both directions of a connection
+//! cross the same relay.
+//!
+//! A link is down when either end says its data path fails, and a relay
+//! must have verified links (both ends say they work) to both ends. A
+//! relay forwards to the far end over its own direct path, so a packet
+//! crosses at most one relay and never comes back: no loops. The
+//! hysteresis lives in the reports (`health::HOLD`): a path that failed is
+//! reported working only after answering for a while.
+
+use std::collections::BTreeMap;
+
+use crate::cluster::{ClusterView, NodeRecord, PathHealth};
+use crate::dataplane::Backend;
+
+/// Capability a node advertises when it forwards relayed traffic: nodes
+/// of older versions are never chosen.
+pub const CAPABILITY: &str = "relay";
+
+/// How one hop of a path carries packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Hop {
+    Routed,
+    Vxlan,
+}
+
+impl Hop {
+    /// Routed costs less than an encapsulated hop.
+    fn cost(self) -> u32 {
+        match self {
+            Hop::Routed => 1,
+            Hop::Vxlan => 2,
+        }
+    }
+}
+
+/// How this node should reach one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Direct,
+    /// Through `via`, because the direct path fails (`why`).
+    Relay { via: String, why: String },
+    /// The direct path fails and no node can relay: why, in an
+    /// operator's words.
+    Stuck(String),
+}
+
+/// The cluster's links as this node sees them.
+pub struct Graph<'a> {
+    view: &'a ClusterView,
+    me: &'a str,
+    /// What this node's own probes found just now: fresher than its
+    /// record in the view.
+    mine: &'a BTreeMap<String, PathHealth>,
+    backend: Backend,
+}
+
+impl<'a> Graph<'a> {
+    pub fn new(
+        view: &'a ClusterView,
+        me: &'a str,
+        mine: &'a BTreeMap<String, PathHealth>,
+        backend: Backend,
+    ) -> Self {
+        Graph {
+            view,
+            me,
+            mine,
+            backend,
+        }
+    }
+
+    fn record(&self, n: &str) -> Option<&'a NodeRecord> {
+        self.view.nodes.get(n)?.record.as_ref()
+    }
+
+    /// What `a` says of its data path to `b`. Our own judgement wins;
+    /// until it exists (right after a restart) the one we published last
+    /// stands, so a relayed peer stays relayed across a restart.
+    fn says(&self, a: &str, b: &str) -> Option<&'a PathHealth> {
+        let published = || self.record(a)?.health.get(b);
+        match a == self.me {
+            true => self.mine.get(b).or_else(published),
+            false => published(),
+        }
+    }
+
+    /// Why the link a–b is down, if either end says so.
+    pub fn down(&self, a: &str, b: &str) -> Option<String> {
+        let failing = |x: &str, y: &str| {
+            let h = self.says(x, y).filter(|h| !h.ok)?;
+            Some(h.cause.clone().unwrap_or_else(|| "no answer".into()))
+        };
+        if let Some(c) = failing(a, b) {
+            return Some(match a == self.me {
+                true => c,
+                false => format!("{a} reports {c}"),
+            });
+        }
+        failing(b, a).map(|c| format!("{b} reports {c}"))
+    }
+
+    /// Both ends say the link works.
+    fn verified(&self, a: &str, b: &str) -> bool {
+        let ok = |x: &str, y: &str| self.says(x, y).is_some_and(|h| h.ok);
+        ok(a, b) && ok(b, a)
+    }
+
+    /// How `a` would carry packets to `b` directly, by the backend's rule
+    /// (the same one `dataplane::path_to` applies to our own peers).
+    pub fn hop(&self, a: &str, b: &str) -> Option<Hop> {
+        let (ra, rb) = (self.record(a)?, self.record(b)?);
+        let same_l2 = ra.underlay_prefix.contains(&rb.address)
+            && rb.underlay_prefix.contains(&ra.address);
+        match (self.backend, same_l2) {
+            (Backend::Vxlan, _) | (Backend::Auto, false) => Some(Hop::Vxlan),
+            (Backend::Auto | Backend::Routed, true) => Some(Hop::Routed),
+            (Backend::Routed, false) => None,
+        }
+    }
+
+    /// Why `r` cannot relay between us and `peer`, if it cannot.
+    fn unfit(&self, r: &str, peer: &str) -> Option<String> {
+        let Some(rec) = self.record(r) else {
+            return Some("no record".into());
+        };
+        if !self.view.nodes.get(r).is_some_and(|p| p.alive) {
+            return Some("not alive".into());
+        }
+        if !rec.capabilities.iter().any(|c| c == CAPABILITY) {
+            return Some(format!("runs {}, which does not relay", rec.version));
+        }
+        for (x, y) in [(self.me, r), (r, peer)] {
+            if self.hop(x, y).is_none() {
+                return Some(format!("no {x}–{y} path with this backend"));
+            }
+            if let Some(c) = self.down(x, y) {
+                return Some(format!("{x}–{y} failing ({c})"));
+            }
+            if !self.verified(x, y) {
+                return Some(format!("{x}–{y} not verified yet"));
+            }
+        }
+        None
+    }
+
+    /// How to reach `peer`: directly unless the link is down, else through
+    /// the relay with the cheapest two hops; among equals, one picked by a
+    /// hash of the pair, so pairs spread over relays.
+    pub fn route(&self, peer: &str) -> Route {
+        let Some(cause) = self.down(self.me, peer) else {
+            return Route::Direct;
+        };
+        let mut fit = Vec::new();
+        let mut unfit = Vec::new();
+        for r in self.view.nodes.keys() {
+            if r == self.me || r == peer {
+                continue;
+            }
+            match self.unfit(r, peer) {
+                None => {
+                    let cost = self.hop(self.me, r).map_or(0, Hop::cost)
+                        + self.hop(r, peer).map_or(0, Hop::cost);
+                    fit.push((cost, spread(self.me, peer, r), r.clone()));
+                }
+                Some(why) => unfit.push(format!("{r}: {why}")),
+            }
+        }
+        fit.sort();
+        if let Some((_, _, via)) = fit.into_iter().next() {
+            return Route::Relay {
+                via,
+                why: format!("direct path failing: {cause}"),
+            };
+        }
+        let mut why = format!("direct path failing: {cause}; ");
+        if let Some(nat) = self.outbound_only(peer) {
+            why.push_str(&nat);
+            why.push_str("; ");
+        }
+        why.push_str(&match unfit.is_empty() {
+            true => "no other node to relay through".to_string(),
+            false => {
+                let more = unfit.len().saturating_sub(3);
+                let mut s = format!("no relay: {}", unfit[..unfit.len().min(3)].join(", "));
+                if more > 0 {
+                    s.push_str(&format!(" and {more} more"));
+                }
+                s
+            }
+        });
+        Route::Stuck(why)
+    }
+
+    /// Pitfall 20: a node that reaches its peers while none of them
+    /// reaches it sits behind a NAT or a firewall that admits only what it
+    /// opens. Every data path here needs inbound reachability.
+    fn outbound_only(&self, n: &str) -> Option<String> {
+        let rec = self.record(n)?;
+        let peers: Vec<&String> = self.view.nodes.keys().filter(|x| *x != n).collect();
+        let reaches_out = peers
+            .iter()
+            .any(|x| rec.reach.get(*x).is_some_and(|r| !r.is_empty()));
+        let reached = peers.iter().any(|x| {
+            self.record(x)
+                .and_then(|r| r.reach.get(n))
+                .is_some_and(|r| !r.is_empty())
+        });
+        (reaches_out && !reached).then(|| {
+            format!(
+                "no node reaches {n} while {n} reaches them: it is behind a NAT or a firewall that admits only connections it opens, and routed and VXLAN paths need {n} to accept packets; open UDP to it (the gossip port and VXLAN) or give it an address peers reach"
+            )
+        })
+    }
+}
+
+/// A stable hash of the pair (either order) and the candidate relay.
+fn spread(a: &str, b: &str, r: &str) -> u64 {
+    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [lo, "\0", hi, "\0", r] {
+        for byte in part.bytes() {
+            h ^= u64::from(byte);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,218 @@
+use super::*;
+use crate::cluster::{test_record, PeerView};
+
+/// Four nodes on one segment; `links` lists the pairs whose data path
+/// both ends report working, `cut` the pairs both report failing.
+fn ring(links: &[(&str, &str)], cut: &[(&str, &str)]) -> ClusterView {
+    let mut v = ClusterView::default();
+    for (i, n) in ["h1", "h2", "h3", "h4"].iter().enumerate() {
+        let mut r = test_record(n, &format!("192.168.77.1{}", i + 1), "192.168.77.0/24");
+        r.capabilities.push(CAPABILITY.into());
+        v.nodes.insert(
+            n.to_string(),
+            PeerView {
+                record: Some(r),
+                alive: true,
+                ..Default::default()
+            },
+        );
+    }
+    let set = |v: &mut ClusterView, a: &str, b: &str, ok: bool| {
+        let h = PathHealth {
+            ok,
+            cause: (!ok).then(|| "routed packets unanswered".to_string()),
+            path_mtu: None,
+        };
+        let rec = v.nodes.get_mut(a).unwrap().record.as_mut().unwrap();
+        rec.health.insert(b.into(), h);
+    };
+    for (a, b) in links {
+        set(&mut v, a, b, true);
+        set(&mut v, b, a, true);
+    }
+    for (a, b) in cut {
+        set(&mut v, a, b, false);
+        set(&mut v, b, a, false);
+    }
+    v
+}
+
+const RING: &[(&str, &str)] = &[("h1", "h2"), ("h2", "h3"), ("h3", "h4"), ("h4", "h1")];
+const ACROSS: &[(&str, &str)] = &[("h1", "h3"), ("h2", "h4")];
+
+fn route(v: &ClusterView, me: &str, peer: &str) -> Route {
+    let mine = v.nodes[me].record.as_ref().unwrap().health.clone();
+    Graph::new(v, me, &mine, Backend::Auto).route(peer)
+}
+
+fn via(r: Route) -> String {
+    match r {
+        Route::Relay { via, .. } => via,
+        o => panic!("not relayed: {o:?}"),
+    }
+}
+
+#[test]
+fn working_and_unjudged_links_are_direct() {
+    let v = ring(RING, &[]);
+    assert_eq!(route(&v, "h1", "h2"), Route::Direct);
+    // Nobody judged h1–h3 yet: direct, as before any probe.
+    assert_eq!(route(&v, "h1", "h3"), Route::Direct);
+}
+
+#[test]
+fn opposite_pairs_relay_through_a_neighbour_and_both_ends_pick_the_same() {
+    let v = ring(RING, ACROSS);
+    for (a, b) in ACROSS {
+        let there = via(route(&v, a, b));
+        let back = via(route(&v, b, a));
+        assert_eq!(there, back, "{a}–{b}: both directions cross one relay");
+        assert!(RING
+            .iter()
+            .any(|(x, y)| (*x == there || *y == there) && (x == a || y == a)));
+        assert_ne!(&there, a);
+        assert_ne!(&there, b);
+    }
+    match route(&v, "h1", "h3") {
+        Route::Relay { why, .. } => assert!(why.contains("routed packets unanswered"), "{why}"),
+        o => panic!("{o:?}"),
+    }
+}
+
+#[test]
+fn one_end_reporting_failure_is_enough_and_its_report_is_named() {
+    let mut v = ring(RING, &[]);
+    let h3 = v.nodes.get_mut("h3").unwrap().record.as_mut().unwrap();
+    h3.health.insert(
+        "h1".into(),
+        PathHealth {
+            ok: false,
+            cause: Some("UDP 4789 unanswered".into()),
+            path_mtu: None,
+        },
+    );
+    match route(&v, "h1", "h3") {
+        Route::Relay { why, .. } => assert!(why.contains("h3 reports UDP 4789"), "{why}"),
+        o => panic!("{o:?}"),
+    }
+}
+
+#[test]
+fn relays_need_verified_links_to_both_ends_and_must_be_alive_and_able() {
+    // h2–h3 is only unjudged: h2 cannot relay h1–h3 yet, h4 can.
+    let links = &[("h1", "h2"), ("h3", "h4"), ("h4", "h1")];
+    let v = ring(links, ACROSS);
+    assert_eq!(via(route(&v, "h1", "h3")), "h4");
+    // h4 dies: nobody is left.
+    let mut dead = v.clone();
+    dead.nodes.get_mut("h4").unwrap().alive = false;
+    match route(&dead, "h1", "h3") {
+        Route::Stuck(why) => {
+            assert!(why.contains("h2: h2–h3 not verified yet"), "{why}");
+            assert!(why.contains("h4: not alive"), "{why}");
+        }
+        o => panic!("{o:?}"),
+    }
+    // An older node does not relay.
+    let mut old = v.clone();
+    let r = old.nodes.get_mut("h4").unwrap().record.as_mut().unwrap();
+    r.capabilities.retain(|c| c != CAPABILITY);
+    assert!(matches!(route(&old, "h1", "h3"), Route::Stuck(w) if w.contains("does not relay")));
+}
+
+#[test]
+fn our_fresh_judgement_wins_over_what_we_published() {
+    let v = ring(RING, &[]);
+    let mut mine = v.nodes["h1"].record.as_ref().unwrap().health.clone();
+    mine.insert(
+        "h3".into(),
+        PathHealth {
+            ok: false,
+            cause: Some("cut".into()),
+            path_mtu: None,
+        },
+    );
+    // h3 has not noticed; h1's own probes decide for h1 at once. (h2 and
+    // h4 are verified with both ends, so either may relay.)
+    let g = Graph::new(&v, "h1", &mine, Backend::Auto);
+    assert!(matches!(g.route("h3"), Route::Relay { .. }));
+    assert_eq!(g.down("h1", "h3").as_deref(), Some("cut"));
+}
+
+#[test]
+fn relay_choice_prefers_routed_hops_then_spreads_pairs() {
+    // h1 and h2 share a segment; h3 and h4 another (VXLAN between).
+    let mut v = ring(&[], &[]);
+    for (n, a, p) in [
+        ("h3", "192.168.20.13", "192.168.20.0/24"),
+        ("h4", "192.168.20.14", "192.168.20.0/24"),
+    ] {
+        let r = v.nodes.get_mut(n).unwrap().record.as_mut().unwrap();
+        r.address = a.parse().unwrap();
+        r.underlay_prefix = p.parse().unwrap();
+    }
+    let all: Vec<(&str, &str)> = vec![("h1", "h2"), ("h1", "h4"), ("h2", "h3"), ("h3", "h4")];
+    let mut v2 = v.clone();
+    let set = |v: &mut ClusterView, a: &str, b: &str, ok: bool| {
+        v.nodes
+            .get_mut(a)
+            .unwrap()
+            .record
+            .as_mut()
+            .unwrap()
+            .health
+            .insert(
+                b.into(),
+                PathHealth {
+                    ok,
+                    cause: None,
+                    path_mtu: None,
+                },
+            );
+    };
+    for (a, b) in &all {
+        set(&mut v2, a, b, true);
+        set(&mut v2, b, a, true);
+    }
+    set(&mut v2, "h1", "h3", false);
+    set(&mut v2, "h3", "h1", false);
+    // h1→h2 routed + h2→h3 VXLAN costs 3; h1→h4 VXLAN + h4→h3 routed too:
+    // a tie, broken by the pair's hash the same way from both ends.
+    let a = via(route(&v2, "h1", "h3"));
+    assert_eq!(a, via(route(&v2, "h3", "h1")));
+    let _ = v;
+}
+
+#[test]
+fn a_node_only_reaching_out_is_named_behind_a_nat() {
+    let mut v = ring(RING, &[]);
+    // Nobody reaches h3; h3 reaches everyone; every data path to h3 fails.
+    for n in ["h1", "h2", "h4"] {
+        let r = v.nodes.get_mut(n).unwrap().record.as_mut().unwrap();
+        r.reach.insert("h3".into(), vec![]);
+        r.health.insert(
+            "h3".into(),
+            PathHealth {
+                ok: false,
+                cause: Some("192.168.77.13 does not answer on the underlay either".into()),
+                path_mtu: None,
+            },
+        );
+        let addr = r.address;
+        let h3 = v.nodes.get_mut("h3").unwrap().record.as_mut().unwrap();
+        h3.reach.insert(n.into(), vec![addr]);
+    }
+    match route(&v, "h1", "h3") {
+        Route::Stuck(why) => {
+            assert!(why.contains("behind a NAT"), "{why}");
+            assert!(why.contains("h2: h2–h3 failing"), "{why}");
+        }
+        o => panic!("{o:?}"),
+    }
+}
+
+#[test]
+fn the_spread_hash_is_symmetric_in_the_pair() {
+    assert_eq!(spread("h1", "h3", "h2"), spread("h3", "h1", "h2"));
+    assert_ne!(spread("h1", "h3", "h2"), spread("h1", "h3", "h4"));
+}
