@@ -676,6 +676,105 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_whose_direct_path_fails_is_routed_through_a_relay_and_still_probed_directly() {
+        let mut v = view();
+        // h1–h2 share a segment (routed); h3 is across a router (VXLAN).
+        // h1's data path to h3 fails; h2 reaches both.
+        let ok = |ok: bool| crate::cluster::PathHealth {
+            ok,
+            cause: (!ok).then(|| "UDP 4789 unanswered".into()),
+            path_mtu: Some(1500),
+        };
+        for (a, b, good) in [
+            ("h1", "h2", true),
+            ("h2", "h1", true),
+            ("h2", "h3", true),
+            ("h3", "h2", true),
+            ("h3", "h1", false),
+        ] {
+            let r = v.nodes.get_mut(a).unwrap().record.as_mut().unwrap();
+            r.health.insert(b.into(), ok(good));
+            r.capabilities = vec![crate::relay::CAPABILITY.into()];
+        }
+        let mine: BTreeMap<String, crate::cluster::PathHealth> =
+            [("h2".to_string(), ok(true)), ("h3".to_string(), ok(false))].into();
+        let d = desired(
+            &v,
+            &Params {
+                me: "h1",
+                backend: Backend::Auto,
+                local: &local(),
+                vx: VX,
+                vtep_mac: [2; 6],
+                pod_cidr: POD,
+                local_addresses: &[],
+                path_mtu: &BTreeMap::new(),
+                dev: VXLAN_DEV,
+                table: MAIN_TABLE,
+                pod_table: Some(POD_TABLE),
+                tunnel_always: false,
+                health: &mine,
+            },
+        );
+        match &d.paths["h3"] {
+            Path::Relay(r) => {
+                assert_eq!(r.via, "h2");
+                assert_eq!(*r.direct, Path::Vxlan);
+                assert_eq!(*r.hop, Path::Routed);
+                assert!(r.why.contains("UDP 4789"), "{}", r.why);
+            }
+            o => panic!("{o:?}"),
+        }
+        let find = |dst: &str, table: u32| {
+            d.routes
+                .iter()
+                .find(|r| r.dst.to_string() == dst && r.table == table)
+                .unwrap_or_else(|| panic!("no route to {dst} in {table}: {:?}", d.routes))
+        };
+        // h3's block via h2 as a router, at the far hop's (VXLAN) MTU.
+        let r3 = find("10.244.3.0/24", MAIN_TABLE);
+        assert_eq!(
+            (r3.via.to_string().as_str(), r3.dev.as_str(), r3.mtu),
+            ("192.168.10.12", "eth1", Some(1450))
+        );
+        // Pods' packets to h3 itself too.
+        assert_eq!(find("192.168.20.11/32", POD_TABLE).via.to_string(), "192.168.10.12");
+        // The direct path stays for the probes: h3's VTEP address through
+        // the tunnel, with its neighbour and forwarding entries.
+        let probe = find("10.244.3.0/32", MAIN_TABLE);
+        assert_eq!(
+            (probe.via.to_string().as_str(), probe.dev.as_str()),
+            ("10.244.3.0", VXLAN_DEV)
+        );
+        assert_eq!(d.fdb.len(), 1);
+        assert!(d.stuck.is_empty());
+        // h2 gone bad as well: no relay is left, the direct routes stay,
+        // and why is said.
+        let mine: BTreeMap<String, crate::cluster::PathHealth> =
+            [("h2".to_string(), ok(false)), ("h3".to_string(), ok(false))].into();
+        let d = desired(
+            &v,
+            &Params {
+                me: "h1",
+                backend: Backend::Auto,
+                local: &local(),
+                vx: VX,
+                vtep_mac: [2; 6],
+                pod_cidr: POD,
+                local_addresses: &[],
+                path_mtu: &BTreeMap::new(),
+                dev: VXLAN_DEV,
+                table: MAIN_TABLE,
+                pod_table: Some(POD_TABLE),
+                tunnel_always: false,
+                health: &mine,
+            },
+        );
+        assert_eq!(d.paths["h3"], Path::Vxlan);
+        assert!(d.stuck["h3"].contains("no relay: h2: h1–h2 failing"), "{:?}", d.stuck);
+    }
+
+    #[test]
     fn measured_path_mtu_is_pinned_on_the_peer_routes() {
         let pmtu: BTreeMap<String, u32> =
             [("h2".to_string(), 1400), ("h3".to_string(), 1400)].into();
