@@ -1,0 +1,228 @@
+//! Partially connected networks (privileged, real labs): a pair whose data
+//! path fails is relayed through a node that reaches both ends, the status
+//! says through whom and why, a healed path goes back to direct, and a
+//! relay that dies hands its pairs to another.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::lab::{file, Lab};
+use common::BIN;
+use serde_json::Value;
+
+/// Hosts on one segment, each with one container, nothing blocked.
+const MESH: &str = r#"
+[[segment]]
+name = "s"
+cidr = "192.168.79.0/24"
+[[host]]
+name = "h"
+count = 3
+containers = 1
+[[host.nic]]
+segment = "s"
+default-route = true
+"#;
+
+/// `from`'s view of `peer`: its status entry.
+fn peer(lab: &Lab, from: &str, peer: &str) -> Value {
+    let st = lab.agent_status(from);
+    st["cluster"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == peer)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Waits until `from`'s entry for `to` satisfies `ok`; returns it and
+/// how long it took.
+fn wait_for(
+    lab: &Lab,
+    from: &str,
+    to: &str,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> (Value, Duration) {
+    let t = Instant::now();
+    loop {
+        let p = peer(lab, from, to);
+        if ok(&p) {
+            return (p, t.elapsed());
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(40),
+            "{from} never saw {to} {what}: {p}\n{}",
+            String::from_utf8_lossy(&lab.cmd(&["logs", "--name", &lab.name, from]).stdout)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn relayed(p: &Value) -> bool {
+    p["relay"].is_string()
+}
+
+fn check_all(lab: &Lab, protos: &str) {
+    let m = lab.json(&["check", "--name", &lab.name, "--json", "--proto", protos]);
+    let f = common::lab::failures(&m);
+    assert!(f.is_empty(), "{f:?}");
+}
+
+/// Moves `bytes` from one container to another's probe server over TCP.
+fn transfer(lab: &Lab, from: &str, to_host: &str, to: &str, bytes: u64) {
+    let addr = lab.container_addr(to_host, to);
+    let o = lab.exec(
+        from,
+        &[BIN, "probe", "transfer", &addr, "--bytes", &bytes.to_string()],
+    );
+    assert!(
+        o.status.success(),
+        "transfer {from} -> {to_host}/{to}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn partial_ring_passes_the_full_matrix_through_relays() {
+    let lab = Lab::new();
+    let ring = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/partial-ring.toml");
+    let r = lab.up(&["-f", ring, "--converge-timeout", "90"]);
+    assert!(
+        !r["converge_seconds"].is_null(),
+        "the matrix passes through relays: {}",
+        r["matrix"]
+    );
+    // Both ends of each blocked pair relay, through the same neighbour.
+    for (a, b) in [("h1", "h3"), ("h2", "h4")] {
+        let (there, _) = wait_for(&lab, a, b, "relayed", relayed);
+        let (back, _) = wait_for(&lab, b, a, "relayed", relayed);
+        assert_eq!(there["relay"], back["relay"], "{there} {back}");
+        assert_ne!(there["relay"], a);
+        assert_ne!(there["relay"], b);
+        assert_eq!(there["path"], format!("via {}", there["relay"].as_str().unwrap()));
+        assert!(
+            there["path_why"]
+                .as_str()
+                .unwrap()
+                .starts_with("direct path failing"),
+            "{there}"
+        );
+        // Neighbours stay direct.
+        assert_eq!(peer(&lab, a, "h2")["relay"], Value::Null);
+    }
+    check_all(&lab, "tcp,udp,icmp");
+    // Multi-megabyte TCP both ways across a relay.
+    transfer(&lab, "h1/c1", "h3", "c1", 16_000_000);
+    transfer(&lab, "h4/c2", "h2", "c2", 16_000_000);
+}
+
+#[test]
+fn a_blocked_vxlan_port_relays_names_the_port_and_heals() {
+    let lab = Lab::new();
+    let cross = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/cross-subnet.toml");
+    lab.up(&["-f", cross, "--converge-timeout", "60"]);
+    wait_for(&lab, "h1", "h3", "on VXLAN and ok", |p| {
+        p["path"] == "vxlan" && p["data_path"] == "ok"
+    });
+    // Only VXLAN between h1 and h3: gossip and probes still flow.
+    lab.ok(&["block", "--name", &lab.name, "h1", "h3", "--udp-port", "4789"]);
+    let (p, took) = wait_for(&lab, "h1", "h3", "relayed", relayed);
+    eprintln!("h1 relays h3 through {} after {took:?}", p["relay"]);
+    let why = p["path_why"].as_str().unwrap();
+    assert!(why.contains("UDP 4789"), "the blocked port is named: {p}");
+    assert!(p["data_path"].as_str().unwrap().contains("UDP 4789"), "{p}");
+    assert!(p["alive"].as_bool().unwrap(), "gossip still flows: {p}");
+    wait_for(&lab, "h3", "h1", "relayed", relayed);
+    // Pairs that do not use the blocked port stay direct.
+    assert_eq!(peer(&lab, "h1", "h4")["path"], "vxlan");
+    assert_eq!(peer(&lab, "h2", "h3")["path"], "vxlan");
+    check_all(&lab, "tcp,udp,icmp");
+    lab.ok(&["unblock", "--name", &lab.name, "h1", "h3", "--udp-port", "4789"]);
+    let (_, took) = wait_for(&lab, "h1", "h3", "direct again", |p| {
+        p["path"] == "vxlan" && p["data_path"] == "ok"
+    });
+    eprintln!("h1 back to direct for h3 {took:?} after the unblock");
+    wait_for(&lab, "h3", "h1", "direct again", |p| p["path"] == "vxlan");
+    check_all(&lab, "tcp,udp,icmp");
+}
+
+/// Parses `muslin probe ping` output: (sent, received).
+fn ping_counts(out: &str) -> (u64, u64) {
+    let n = |key: &str| -> u64 {
+        let words: Vec<&str> = out.split_whitespace().collect();
+        let i = words.iter().position(|w| *w == key).unwrap_or_else(|| panic!("{out}"));
+        words[i + 1].parse().unwrap()
+    };
+    (n("sent"), n("received"))
+}
+
+#[test]
+fn a_link_cut_under_a_running_ping_reroutes_and_spares_other_pairs() {
+    let lab = Lab::new();
+    let (_d, mesh) = file(MESH);
+    lab.up(&["-f", &mesh, "--converge-timeout", "60"]);
+    for p in ["h2", "h3"] {
+        wait_for(&lab, "h1", p, "ok", |x| x["data_path"] == "ok");
+    }
+    let h3 = lab.container_addr("h3", "c1");
+    let h2 = lab.container_addr("h2", "c1");
+    // 10 ms pings for 10 s; the link goes 2 s in.
+    let ping = |to: &str| {
+        std::process::Command::new(BIN)
+            .env("MUSLIN_LAB_ROOT", &lab.root.0)
+            .args(["lab", "exec", "--name", &lab.name, "h1/c1", "--"])
+            .args([BIN, "probe", "ping", to, "--count", "1000", "--interval-ms", "10"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let cut = ping(&h3);
+    let spared = ping(&h2);
+    std::thread::sleep(Duration::from_secs(2));
+    lab.ok(&["block", "--name", &lab.name, "h1", "h3"]);
+    let (p, took) = wait_for(&lab, "h1", "h3", "relayed", relayed);
+    assert_eq!(p["relay"], "h2");
+    eprintln!("rerouted {took:?} after the cut");
+    let cut = cut.wait_with_output().unwrap();
+    let spared = spared.wait_with_output().unwrap();
+    let (sent, got) = ping_counts(&String::from_utf8_lossy(&cut.stdout));
+    let outage_ms = (sent - got) * 10;
+    eprintln!("outage of the cut pair: {outage_ms} ms ({} of {sent} lost)", sent - got);
+    // Traffic resumed well before the ping ended (a generous bound that
+    // catches a route that never moved).
+    assert!(outage_ms < 6_000, "traffic did not resume: {outage_ms} ms lost");
+    let (sent, got) = ping_counts(&String::from_utf8_lossy(&spared.stdout));
+    assert_eq!(sent, got, "the pair not using the cut link lost packets");
+}
+
+#[test]
+fn a_relay_that_dies_hands_its_pairs_to_another() {
+    let lab = Lab::new();
+    let ring = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/partial-ring.toml");
+    lab.up(&["-f", ring, "--converge-timeout", "90"]);
+    let (p, _) = wait_for(&lab, "h1", "h3", "relayed", relayed);
+    let first = p["relay"].as_str().unwrap().to_string();
+    let other = if first == "h2" { "h4" } else { "h2" };
+    lab.ok(&["kill", "--name", &lab.name, &first]);
+    let (p, took) = wait_for(&lab, "h1", "h3", "relayed elsewhere", |p| {
+        p["relay"] == other
+    });
+    eprintln!("h1–h3 moved from {first} to {other} {took:?} after {first} died: {p}");
+    wait_for(&lab, "h3", "h1", "relayed elsewhere", |p| p["relay"] == other);
+    let to = lab.container_addr("h3", "c1");
+    let o = lab.exec(
+        "h1/c1",
+        &[BIN, "probe", "check", &to, "--proto", "tcp,udp,icmp"],
+    );
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
