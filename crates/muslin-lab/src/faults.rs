@@ -257,7 +257,12 @@ fn delete_lines(handles: &[u64]) -> Vec<String> {
 }
 
 fn nft_apply(plan: &LabPlan, lines: &[String]) -> Result<(), LabError> {
-    sys::in_ns_input(&plan.switch_ns, &["nft", "-f", "-"], &(lines.join("\n") + "\n")).map(|_| ())
+    sys::in_ns_input(
+        &plan.switch_ns,
+        &["nft", "-f", "-"],
+        &(lines.join("\n") + "\n"),
+    )
+    .map(|_| ())
 }
 
 fn report(plan: &LabPlan, cut: Cut, changed: bool) -> CutReport {
@@ -351,10 +356,7 @@ pub fn kill(name: Option<&str>, host: &str) -> Result<KillReport, LabError> {
     let n = node(&plan, host)?;
     let killed = sys::kill_now(&n.ns)?;
     let nics: Vec<String> = n.nics.iter().map(|x| x.ifname.clone()).collect();
-    let down: Vec<String> = nics
-        .iter()
-        .map(|i| format!("link set {i} down"))
-        .collect();
+    let down: Vec<String> = nics.iter().map(|i| format!("link set {i} down")).collect();
     sys::ip_batch(Some(&n.ns), &down)?;
     Ok(KillReport {
         lab,
