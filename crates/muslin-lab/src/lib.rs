@@ -5,6 +5,7 @@
 //! first run, the end-to-end test rig and the benchmark stage.
 
 pub mod check;
+pub mod faults;
 pub mod names;
 pub mod networks;
 pub mod ops;

@@ -1145,6 +1145,9 @@ pub struct Status {
     pub backend: String,
     pub datastore: String,
     pub nodes: Vec<NodeStatus>,
+    /// Cuts made with `lab block` and not undone.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cuts: Vec<crate::faults::Cut>,
 }
 
 #[derive(Debug, Serialize)]
@@ -1195,6 +1198,9 @@ pub fn status(name: Option<&str>) -> Result<Status, LabError> {
         })
         .collect();
     Ok(Status {
+        // A switch that cannot be listed shows no cuts: status is for
+        // looking, and the rest of it is still worth seeing.
+        cuts: crate::faults::cuts(&rec.plan).unwrap_or_default(),
         name: lab,
         backend: rec.backend,
         datastore: rec.datastore,
@@ -1232,6 +1238,9 @@ impl Status {
                     c.ns
                 ));
             }
+        }
+        for c in &self.cuts {
+            out.push_str(&format!("cut      {}\n", c.describe()));
         }
         out
     }

@@ -89,19 +89,20 @@ pub fn spawn_detached(ns: &str, args: &[String], log: &Path) -> Result<Child, La
         .map_err(LabError::io(format!("starting {} in {ns}", args.join(" "))))
 }
 
+fn pids_in(ns: &str) -> Vec<i32> {
+    run(Command::new("ip").args(["netns", "pids", ns]), None)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
 /// Kills every process inside `ns` (TERM, then KILL after a grace period).
 pub fn kill_all_in(ns: &[String], grace: Duration) {
-    let pids = |ns: &str| -> Vec<i32> {
-        run(Command::new("ip").args(["netns", "pids", ns]), None)
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect()
-    };
     let all: Vec<i32> = ns
         .iter()
         .filter(|n| netns_exists(n))
-        .flat_map(|n| pids(n))
+        .flat_map(|n| pids_in(n))
         .collect();
     for p in &all {
         let _ = nix::sys::signal::kill(
@@ -119,6 +120,46 @@ pub fn kill_all_in(ns: &[String], grace: Duration) {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+}
+
+/// SIGKILLs every process inside `ns` at once, as a host that loses power
+/// would stop, and waits until they are gone; returns (pid, command line)
+/// of each.
+pub fn kill_now(ns: &str) -> Result<Vec<(i32, String)>, LabError> {
+    if !netns_exists(ns) {
+        return Err(LabError::Usage(format!("namespace {ns} does not exist")));
+    }
+    let killed: Vec<(i32, String)> = pids_in(ns)
+        .into_iter()
+        .filter(|p| alive(*p))
+        .map(|p| (p, cmdline(p)))
+        .collect();
+    for (p, _) in &killed {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while killed.iter().any(|(p, _)| alive(*p)) {
+        if Instant::now() > deadline {
+            return Err(LabError::Usage(format!(
+                "processes in {ns} survived SIGKILL for 5 s"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(killed)
+}
+
+fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Running, not a zombie: orphans of `lab up` may never be reaped here.

@@ -146,6 +146,31 @@ pub enum LabCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Drop the underlay traffic between hosts A and B, both directions (on the lab's switches)
+    Block {
+        #[command(flatten)]
+        lab: LabName,
+        a: String,
+        b: String,
+        /// Drop only UDP to this destination port (4789: VXLAN, while gossip flows)
+        #[arg(long)]
+        udp_port: Option<u16>,
+    },
+    /// Undo exactly one `lab block` (the same hosts and --udp-port); nothing blocked is fine
+    Unblock {
+        #[command(flatten)]
+        lab: LabName,
+        a: String,
+        b: String,
+        #[arg(long)]
+        udp_port: Option<u16>,
+    },
+    /// Make HOST die: SIGKILL every process in it (its agent) and set its NICs down
+    Kill {
+        #[command(flatten)]
+        lab: LabName,
+        host: String,
+    },
     /// Print the agent log of HOST
     Logs {
         #[command(flatten)]

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use muslin_lab::faults::{self, Cut};
 use muslin_lab::ops::{self, Ctx, UpOptions};
 use muslin_lab::probe::Proto;
 
@@ -169,6 +170,30 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        LabCommand::Block {
+            lab,
+            a,
+            b,
+            udp_port,
+        } => {
+            let r = faults::block(lab.name.as_deref(), Cut::new(&a, &b, udp_port))?;
+            print!("{}", r.render(true));
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Unblock {
+            lab,
+            a,
+            b,
+            udp_port,
+        } => {
+            let r = faults::unblock(lab.name.as_deref(), Cut::new(&a, &b, udp_port))?;
+            print!("{}", r.render(false));
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Kill { lab, host } => {
+            print!("{}", faults::kill(lab.name.as_deref(), &host)?.render());
+            Ok(ExitCode::SUCCESS)
         }
         LabCommand::Logs { lab, host } => {
             print!("{}", ops::logs(lab.name.as_deref(), &host)?);

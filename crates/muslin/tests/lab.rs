@@ -518,3 +518,258 @@ default-route = true
     );
     assert!(other.namespaces().is_empty());
 }
+
+/// Two segments joined by a router: a1 and a2 on the left (routed to each
+/// other by `auto`), b1 and b2 on the right (VXLAN to the left).
+const CUTS_TOPOLOGY: &str = r#"
+[[segment]]
+name = "left"
+cidr = "192.168.10.0/24"
+[[segment]]
+name = "right"
+cidr = "192.168.20.0/24"
+[[router]]
+name = "r1"
+[[router.nic]]
+segment = "left"
+[[router.nic]]
+segment = "right"
+[[host]]
+name = "a"
+count = 2
+containers = 1
+[[host.nic]]
+segment = "left"
+default-route = true
+[[host]]
+name = "b"
+count = 2
+containers = 0
+[[host.nic]]
+segment = "right"
+default-route = true
+"#;
+const A1: &str = "192.168.10.11";
+const A2: &str = "192.168.10.12";
+const B1: &str = "192.168.20.11";
+const B2: &str = "192.168.20.12";
+
+/// Whether `from` (a host or HOST/CONTAINER) gets an answer from `to`
+/// over each of `protos` (comma-separated).
+fn reaches(lab: &Lab, from: &str, to: &str, protos: &str) -> bool {
+    lab.exec(
+        from,
+        &[
+            BIN,
+            "probe",
+            "check",
+            to,
+            "--proto",
+            protos,
+            "--timeout-ms",
+            "600",
+        ],
+    )
+    .status
+    .success()
+}
+
+/// The drop rules of the lab's runtime cuts, as `nft` lists them.
+fn cut_rules(lab: &Lab) -> Vec<String> {
+    let o = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("switch"),
+            "nft",
+            "list",
+            "ruleset",
+            "bridge",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let mut in_cuts = false;
+    let mut rules = vec![];
+    for line in text.lines() {
+        if line.starts_with("table ") {
+            in_cuts = line.contains("muslinlab_cuts");
+        } else if in_cuts && line.contains(" drop comment ") {
+            rules.push(line.trim().to_string());
+        }
+    }
+    rules
+}
+
+#[test]
+fn block_cuts_only_the_pair_across_a_router_and_unblock_restores_it() {
+    let lab = Lab::new();
+    let (_d, path) = file(CUTS_TOPOLOGY);
+    lab.up(&["-f", &path]);
+    assert!(reaches(&lab, "a1", B1, "icmp"), "before the cut");
+
+    let out = lab.ok(&["block", "--name", &lab.name, "a1", "b1"]);
+    assert!(
+        out.contains("blocked: a1 <-> b1, all traffic") && out.contains(A1) && out.contains(B1),
+        "says what it blocked: {out}"
+    );
+    assert!(!reaches(&lab, "a1", B1, "icmp"), "a1 -> b1 is cut");
+    assert!(!reaches(&lab, "b1", A1, "icmp"), "b1 -> a1 is cut");
+    assert!(reaches(&lab, "a1", B2, "icmp"), "a1 still reaches b2");
+    assert!(reaches(&lab, "a2", B1, "icmp"), "a2 still reaches b1");
+    assert!(reaches(&lab, "b1", A2, "tcp,udp,icmp"));
+    // Across the router the cut is by address: one rule per direction.
+    assert_eq!(cut_rules(&lab).len(), 2, "{:?}", cut_rules(&lab));
+
+    // Twice is once, in either order.
+    let out = lab.ok(&["block", "--name", &lab.name, "b1", "a1"]);
+    assert!(out.contains("already blocked"), "{out}");
+    assert_eq!(cut_rules(&lab).len(), 2, "{:?}", cut_rules(&lab));
+    let st = lab.status();
+    assert_eq!(st["cuts"], serde_json::json!([{"a": "a1", "b": "b1"}]));
+
+    // Unknown hosts are named; nothing changes.
+    let o = lab.cmd(&["block", "--name", &lab.name, "a1", "h9"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no host \"h9\"") && err.contains("a1, a2"),
+        "{err}"
+    );
+    let o = lab.cmd(&["unblock", "--name", &lab.name, "zz", "a1"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("\"zz\""));
+    assert_eq!(cut_rules(&lab).len(), 2);
+
+    // Unblocking another cut (a UDP port of the same pair) leaves this one.
+    let out = lab.ok(&[
+        "unblock",
+        "--name",
+        &lab.name,
+        "a1",
+        "b1",
+        "--udp-port",
+        "4789",
+    ]);
+    assert!(out.contains("was not blocked"), "{out}");
+    assert!(!reaches(&lab, "a1", B1, "icmp"));
+
+    let out = lab.ok(&["unblock", "--name", &lab.name, "a1", "b1"]);
+    assert!(out.contains("unblocked: a1 <-> b1"), "{out}");
+    assert!(reaches(&lab, "a1", B1, "tcp,udp,icmp"), "restored");
+    assert!(reaches(&lab, "b1", A1, "tcp,udp,icmp"), "restored");
+    assert!(cut_rules(&lab).is_empty(), "{:?}", cut_rules(&lab));
+    assert!(lab.status().get("cuts").is_none());
+    // Unblocking what is not blocked succeeds.
+    let out = lab.ok(&["unblock", "--name", &lab.name, "b1", "a1"]);
+    assert!(out.contains("was not blocked"), "{out}");
+}
+
+#[test]
+fn a_udp_port_cut_drops_only_that_port_and_a_cut_on_one_segment_stops_routed_pods() {
+    let lab = Lab::new();
+    let (_d, path) = file(CUTS_TOPOLOGY);
+    let r = lab.up(&["-f", &path, "--converge-timeout", "30"]);
+    assert!(!r["converge_seconds"].is_null(), "{}", r["matrix"]);
+    let pod_a2 = lab.container_addr("a2", "c1");
+
+    // UDP to the probe port only, on the segment a1 and a2 share.
+    lab.ok(&[
+        "block",
+        "--name",
+        &lab.name,
+        "a1",
+        "a2",
+        "--udp-port",
+        "7777",
+    ]);
+    assert!(!reaches(&lab, "a1", A2, "udp"), "UDP 7777 a1 -> a2 dropped");
+    assert!(!reaches(&lab, "a2", A1, "udp"), "UDP 7777 a2 -> a1 dropped");
+    assert!(reaches(&lab, "a1", A2, "icmp,tcp"), "the rest passes");
+    assert!(reaches(&lab, "b1", A2, "udp"), "other pairs keep UDP 7777");
+    // Pods routed between them cross the same wire.
+    assert!(!reaches(&lab, "a1/c1", &pod_a2, "udp"));
+    assert!(reaches(&lab, "a1/c1", &pod_a2, "icmp,tcp"));
+
+    // The whole pair too: the routed pod path carries the pods' addresses,
+    // and still it is cut.
+    lab.ok(&["block", "--name", &lab.name, "a1", "a2"]);
+    assert!(!reaches(&lab, "a1", A2, "icmp"));
+    assert!(
+        !reaches(&lab, "a1/c1", &pod_a2, "icmp"),
+        "routed pods are cut"
+    );
+    assert_eq!(
+        lab.status()["cuts"],
+        serde_json::json!([{"a": "a1", "b": "a2"}, {"a": "a1", "b": "a2", "udp_port": 7777}])
+    );
+
+    // Each unblock removes exactly its own cut.
+    lab.ok(&["unblock", "--name", &lab.name, "a1", "a2"]);
+    assert!(reaches(&lab, "a1/c1", &pod_a2, "icmp,tcp"));
+    assert!(
+        !reaches(&lab, "a1/c1", &pod_a2, "udp"),
+        "the port cut stays"
+    );
+    lab.ok(&[
+        "unblock",
+        "--name",
+        &lab.name,
+        "a2",
+        "a1",
+        "--udp-port",
+        "7777",
+    ]);
+    assert!(reaches(&lab, "a1/c1", &pod_a2, "tcp,udp,icmp"));
+    assert!(reaches(&lab, "a1", A2, "udp"));
+    assert!(cut_rules(&lab).is_empty(), "{:?}", cut_rules(&lab));
+}
+
+#[test]
+fn kill_makes_a_host_unreachable_and_its_agent_gone() {
+    let lab = Lab::new();
+    let (_d, path) = file(CUTS_TOPOLOGY);
+    lab.up(&["-f", &path]);
+    let (agent, _) = lab.agent_process("b2");
+    assert!(reaches(&lab, "a1", B2, "icmp"));
+
+    let out = lab.ok(&["kill", "--name", &lab.name, "b2"]);
+    assert!(
+        out.contains("b2 is dead") && out.contains(&format!("killed {agent}:")),
+        "{out}"
+    );
+    let alive = std::fs::read_to_string(format!("/proc/{agent}/stat"))
+        .map(|s| !s.contains(") Z"))
+        .unwrap_or(false);
+    assert!(!alive, "the agent {agent} survived");
+    let st = lab.status();
+    let b2 = st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "b2")
+        .unwrap();
+    assert_eq!(b2["agent_up"], false);
+    let o = lab.exec("b2", &["ip", "-j", "link", "show", "eth0"]);
+    let link: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        !link[0]["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "UP"),
+        "eth0 is down: {link}"
+    );
+    assert!(!reaches(&lab, "a1", B2, "icmp"), "nothing reaches b2");
+    assert!(!reaches(&lab, "b1", B2, "icmp"), "not even its neighbour");
+    assert!(reaches(&lab, "a1", B1, "icmp"), "the others are fine");
+
+    // A dead host dies again without complaint; an unknown one is named.
+    let out = lab.ok(&["kill", "--name", &lab.name, "b2"]);
+    assert!(out.contains("no process was running"), "{out}");
+    let o = lab.cmd(&["kill", "--name", &lab.name, "b9"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no host \"b9\""));
+    // And down still removes everything.
+    lab.ok(&["down", "--name", &lab.name]);
+    assert!(lab.namespaces().is_empty(), "{:?}", lab.namespaces());
+}
