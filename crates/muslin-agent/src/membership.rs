@@ -829,7 +829,9 @@ impl Cluster {
                     // Relayed: the direct path is still probed, over its
                     // route to the peer's VTEP address alone.
                     (Some(Path::Relay(r)), Some(b))
-                        if d.routes.iter().any(|x| x.dst == ipnet::IpNet::from(b.network())) =>
+                        if d.routes
+                            .iter()
+                            .any(|x| x.dst == ipnet::IpNet::from(b.network())) =>
                     {
                         Some((b.network(), (*r.direct).clone()))
                     }

@@ -323,14 +323,14 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
                 // Pods' packets to the peer node itself cross the relay
                 // too: the direct path fails for them as well.
                 if let Some(t) = p.pod_table {
-                    d.routes
-                        .push(h.route(IpNet::from(rec.address), t, pin));
+                    d.routes.push(h.route(IpNet::from(rec.address), t, pin));
                 }
                 // The direct path stays, for its probes alone: to the
                 // peer's VTEP address, which no pod uses.
                 if let (Some(o), false) = (own, p.tunnel_always) {
                     if let Some(b) = blocks.first() {
-                        d.routes.push(o.route(IpNet::from(b.network()), p.table, o.pin));
+                        d.routes
+                            .push(o.route(IpNet::from(b.network()), p.table, o.pin));
                     }
                     o.entries(&mut d);
                 }
@@ -354,8 +354,7 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
                 // tunnel too, so it arrives where the node's route back to
                 // the pod points: strict rp_filter there accepts it.
                 if let (Some(t), true) = (p.pod_table, o.vxlan) {
-                    d.routes
-                        .push(o.route(IpNet::from(rec.address), t, o.pin));
+                    d.routes.push(o.route(IpNet::from(rec.address), t, o.pin));
                 }
                 o.entries(&mut d);
             }
@@ -738,7 +737,10 @@ mod tests {
             ("192.168.10.12", "eth1", Some(1450))
         );
         // Pods' packets to h3 itself too.
-        assert_eq!(find("192.168.20.11/32", POD_TABLE).via.to_string(), "192.168.10.12");
+        assert_eq!(
+            find("192.168.20.11/32", POD_TABLE).via.to_string(),
+            "192.168.10.12"
+        );
         // The direct path stays for the probes: h3's VTEP address through
         // the tunnel, with its neighbour and forwarding entries.
         let probe = find("10.244.3.0/32", MAIN_TABLE);
@@ -771,7 +773,11 @@ mod tests {
             },
         );
         assert_eq!(d.paths["h3"], Path::Vxlan);
-        assert!(d.stuck["h3"].contains("no relay: h2: h1–h2 failing"), "{:?}", d.stuck);
+        assert!(
+            d.stuck["h3"].contains("no relay: h2: h1–h2 failing"),
+            "{:?}",
+            d.stuck
+        );
     }
 
     #[test]

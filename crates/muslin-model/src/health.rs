@@ -442,7 +442,11 @@ mod tests {
         t.answered("h2", &Purpose::Data, t1);
         let h = t.health(&plan(), 4789, t1);
         assert!(!h["h2"].ok);
-        assert!(h["h2"].cause.as_deref().unwrap().contains("answering again"));
+        assert!(h["h2"]
+            .cause
+            .as_deref()
+            .unwrap()
+            .contains("answering again"));
         let mut at = t1;
         while at < t1 + HOLD {
             at += TICK;

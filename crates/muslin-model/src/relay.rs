@@ -44,7 +44,10 @@ impl Hop {
 pub enum Route {
     Direct,
     /// Through `via`, because the direct path fails (`why`).
-    Relay { via: String, why: String },
+    Relay {
+        via: String,
+        why: String,
+    },
     /// The direct path fails and no node can relay: why, in an
     /// operator's words.
     Stuck(String),
@@ -115,8 +118,8 @@ impl<'a> Graph<'a> {
     /// (the same one `dataplane::path_to` applies to our own peers).
     pub fn hop(&self, a: &str, b: &str) -> Option<Hop> {
         let (ra, rb) = (self.record(a)?, self.record(b)?);
-        let same_l2 = ra.underlay_prefix.contains(&rb.address)
-            && rb.underlay_prefix.contains(&ra.address);
+        let same_l2 =
+            ra.underlay_prefix.contains(&rb.address) && rb.underlay_prefix.contains(&ra.address);
         match (self.backend, same_l2) {
             (Backend::Vxlan, _) | (Backend::Auto, false) => Some(Hop::Vxlan),
             (Backend::Auto | Backend::Routed, true) => Some(Hop::Routed),

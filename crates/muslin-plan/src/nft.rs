@@ -46,6 +46,8 @@ const CHAIN: &str = "postrouting";
 const RAW: &str = "networks_raw";
 const RESTORE: &str = "networks_restore";
 const DEFAULT_PODS: &str = "networks_default_pods";
+/// Drops what arrives through our tunnels for anywhere but the cluster.
+const TUNNEL_GUARD: &str = "tunnel_guard";
 
 /// The chain of a network's packets.
 fn net_chain(n: &NftNetwork) -> String {
@@ -343,6 +345,7 @@ impl Masquerade {
             }
         }
         out.insert(CHAIN.to_string(), post);
+        out.insert(TUNNEL_GUARD.to_string(), self.tunnel_guard());
         if self.networks.is_empty() {
             return out;
         }
@@ -567,6 +570,39 @@ impl Masquerade {
     }
 }
 
+impl Masquerade {
+    /// A node forwards what its peers send through a tunnel, relayed
+    /// traffic included, only into the cluster: its pods, its networks
+    /// and the nodes. Anyone who can reach the VXLAN port could otherwise
+    /// have a node forward anything anywhere, as an open relay.
+    fn tunnel_guard(&self) -> Vec<(String, Vec<Statement<'static>>)> {
+        let fam = self.family();
+        vec![(
+            format!("muslin v{RULES_VERSION} tunnels carry only cluster traffic"),
+            vec![
+                is(
+                    meta(MetaKey::Iifname),
+                    Expression::String(Cow::Borrowed("msl-vx*")),
+                ),
+                not(field(fam, "daddr"), anon_set(&self.cluster_ranges())),
+                not(
+                    field(fam, "daddr"),
+                    Expression::String(Cow::Owned(format!("@{NODES}"))),
+                ),
+                not(
+                    Expression::Named(NamedExpression::Fib(Fib {
+                        result: FibResult::Type,
+                        flags: HashSet::from([FibFlag::Daddr]),
+                    })),
+                    Expression::String(Cow::Borrowed("local")),
+                ),
+                count(),
+                drop(),
+            ],
+        )]
+    }
+}
+
 /// Tag of the rule counting the default network's packets dropped on
 /// their way to another network.
 pub fn default_leaving_tag() -> String {
@@ -753,6 +789,7 @@ fn load(m: &Masquerade) -> Vec<NfObject<'static>> {
             CHAIN => Some((NfChainType::NAT, NfHook::Postrouting, SRCNAT)),
             RAW => Some((NfChainType::Filter, NfHook::Prerouting, -300)),
             RESTORE => Some((NfChainType::Filter, NfHook::Prerouting, -150)),
+            TUNNEL_GUARD => Some((NfChainType::Filter, NfHook::Prerouting, -140)),
             _ => None,
         };
         v.push(add(NfListObject::Chain(Chain {

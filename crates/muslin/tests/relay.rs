@@ -76,7 +76,14 @@ fn transfer(lab: &Lab, from: &str, to_host: &str, to: &str, bytes: u64) {
     let addr = lab.container_addr(to_host, to);
     let o = lab.exec(
         from,
-        &[BIN, "probe", "transfer", &addr, "--bytes", &bytes.to_string()],
+        &[
+            BIN,
+            "probe",
+            "transfer",
+            &addr,
+            "--bytes",
+            &bytes.to_string(),
+        ],
     );
     assert!(
         o.status.success(),
@@ -89,7 +96,10 @@ fn transfer(lab: &Lab, from: &str, to_host: &str, to: &str, bytes: u64) {
 #[test]
 fn partial_ring_passes_the_full_matrix_through_relays() {
     let lab = Lab::new();
-    let ring = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/partial-ring.toml");
+    let ring = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/partial-ring.toml"
+    );
     let r = lab.up(&["-f", ring, "--converge-timeout", "90"]);
     assert!(
         !r["converge_seconds"].is_null(),
@@ -103,7 +113,10 @@ fn partial_ring_passes_the_full_matrix_through_relays() {
         assert_eq!(there["relay"], back["relay"], "{there} {back}");
         assert_ne!(there["relay"], a);
         assert_ne!(there["relay"], b);
-        assert_eq!(there["path"], format!("via {}", there["relay"].as_str().unwrap()));
+        assert_eq!(
+            there["path"],
+            format!("via {}", there["relay"].as_str().unwrap())
+        );
         assert!(
             there["path_why"]
                 .as_str()
@@ -123,13 +136,24 @@ fn partial_ring_passes_the_full_matrix_through_relays() {
 #[test]
 fn a_blocked_vxlan_port_relays_names_the_port_and_heals() {
     let lab = Lab::new();
-    let cross = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/cross-subnet.toml");
+    let cross = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/cross-subnet.toml"
+    );
     lab.up(&["-f", cross, "--converge-timeout", "60"]);
     wait_for(&lab, "h1", "h3", "on VXLAN and ok", |p| {
         p["path"] == "vxlan" && p["data_path"] == "ok"
     });
     // Only VXLAN between h1 and h3: gossip and probes still flow.
-    lab.ok(&["block", "--name", &lab.name, "h1", "h3", "--udp-port", "4789"]);
+    lab.ok(&[
+        "block",
+        "--name",
+        &lab.name,
+        "h1",
+        "h3",
+        "--udp-port",
+        "4789",
+    ]);
     let (p, took) = wait_for(&lab, "h1", "h3", "relayed", relayed);
     eprintln!("h1 relays h3 through {} after {took:?}", p["relay"]);
     let why = p["path_why"].as_str().unwrap();
@@ -141,7 +165,15 @@ fn a_blocked_vxlan_port_relays_names_the_port_and_heals() {
     assert_eq!(peer(&lab, "h1", "h4")["path"], "vxlan");
     assert_eq!(peer(&lab, "h2", "h3")["path"], "vxlan");
     check_all(&lab, "tcp,udp,icmp");
-    lab.ok(&["unblock", "--name", &lab.name, "h1", "h3", "--udp-port", "4789"]);
+    lab.ok(&[
+        "unblock",
+        "--name",
+        &lab.name,
+        "h1",
+        "h3",
+        "--udp-port",
+        "4789",
+    ]);
     let (_, took) = wait_for(&lab, "h1", "h3", "direct again", |p| {
         p["path"] == "vxlan" && p["data_path"] == "ok"
     });
@@ -154,7 +186,10 @@ fn a_blocked_vxlan_port_relays_names_the_port_and_heals() {
 fn ping_counts(out: &str) -> (u64, u64) {
     let n = |key: &str| -> u64 {
         let words: Vec<&str> = out.split_whitespace().collect();
-        let i = words.iter().position(|w| *w == key).unwrap_or_else(|| panic!("{out}"));
+        let i = words
+            .iter()
+            .position(|w| *w == key)
+            .unwrap_or_else(|| panic!("{out}"));
         words[i + 1].parse().unwrap()
     };
     (n("sent"), n("received"))
@@ -175,7 +210,16 @@ fn a_link_cut_under_a_running_ping_reroutes_and_spares_other_pairs() {
         std::process::Command::new(BIN)
             .env("MUSLIN_LAB_ROOT", &lab.root.0)
             .args(["lab", "exec", "--name", &lab.name, "h1/c1", "--"])
-            .args([BIN, "probe", "ping", to, "--count", "1000", "--interval-ms", "10"])
+            .args([
+                BIN,
+                "probe",
+                "ping",
+                to,
+                "--count",
+                "1000",
+                "--interval-ms",
+                "10",
+            ])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -192,10 +236,16 @@ fn a_link_cut_under_a_running_ping_reroutes_and_spares_other_pairs() {
     let spared = spared.wait_with_output().unwrap();
     let (sent, got) = ping_counts(&String::from_utf8_lossy(&cut.stdout));
     let outage_ms = (sent - got) * 10;
-    eprintln!("outage of the cut pair: {outage_ms} ms ({} of {sent} lost)", sent - got);
+    eprintln!(
+        "outage of the cut pair: {outage_ms} ms ({} of {sent} lost)",
+        sent - got
+    );
     // Traffic resumed well before the ping ended (a generous bound that
     // catches a route that never moved).
-    assert!(outage_ms < 6_000, "traffic did not resume: {outage_ms} ms lost");
+    assert!(
+        outage_ms < 6_000,
+        "traffic did not resume: {outage_ms} ms lost"
+    );
     let (sent, got) = ping_counts(&String::from_utf8_lossy(&spared.stdout));
     assert_eq!(sent, got, "the pair not using the cut link lost packets");
 }
@@ -203,7 +253,10 @@ fn a_link_cut_under_a_running_ping_reroutes_and_spares_other_pairs() {
 #[test]
 fn a_relay_that_dies_hands_its_pairs_to_another() {
     let lab = Lab::new();
-    let ring = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/partial-ring.toml");
+    let ring = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/partial-ring.toml"
+    );
     lab.up(&["-f", ring, "--converge-timeout", "90"]);
     let (p, _) = wait_for(&lab, "h1", "h3", "relayed", relayed);
     let first = p["relay"].as_str().unwrap().to_string();
@@ -213,7 +266,9 @@ fn a_relay_that_dies_hands_its_pairs_to_another() {
         p["relay"] == other
     });
     eprintln!("h1–h3 moved from {first} to {other} {took:?} after {first} died: {p}");
-    wait_for(&lab, "h3", "h1", "relayed elsewhere", |p| p["relay"] == other);
+    wait_for(&lab, "h3", "h1", "relayed elsewhere", |p| {
+        p["relay"] == other
+    });
     let to = lab.container_addr("h3", "c1");
     let o = lab.exec(
         "h1/c1",
@@ -225,4 +280,88 @@ fn a_relay_that_dies_hands_its_pairs_to_another() {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+#[test]
+fn a_node_forwards_from_its_tunnel_only_into_the_cluster() {
+    let lab = Lab::new();
+    let (_d, mesh) = file(MESH);
+    lab.up(&[
+        "-f",
+        &mesh,
+        "--backend",
+        "vxlan",
+        "--converge-timeout",
+        "60",
+    ]);
+    // h2 sends a packet for an address outside the cluster into h1's end
+    // of the tunnel, as anyone reaching the VXLAN port could.
+    let vtep = peer(&lab, "h2", "h1")["blocks"][0]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let ns = |h: &str| format!("{}-{h}", lab.name);
+    let run = |h: &str, args: &[&str]| {
+        let o = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns(h)])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let dropped = || -> u64 {
+        let v: Value = serde_json::from_str(&run(
+            "h1",
+            &["nft", "-j", "list", "chain", "ip", "muslin", "tunnel_guard"],
+        ))
+        .unwrap();
+        v["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o["rule"]["expr"].as_array())
+            .flatten()
+            .filter_map(|e| e["counter"]["packets"].as_u64())
+            .sum()
+    };
+    let before = dropped();
+    run(
+        "h2",
+        &[
+            "ip",
+            "route",
+            "add",
+            "203.0.113.9/32",
+            "via",
+            &vtep,
+            "dev",
+            "msl-vxlan",
+            "onlink",
+        ],
+    );
+    let o = lab.exec(
+        "h2",
+        &[
+            BIN,
+            "probe",
+            "ping",
+            "203.0.113.9",
+            "--count",
+            "5",
+            "--interval-ms",
+            "20",
+        ],
+    );
+    assert!(!o.status.success(), "nothing answers outside the cluster");
+    assert!(dropped() >= before + 5, "h1 dropped them at its tunnel");
+    // Cluster traffic through the same tunnel is untouched.
+    check_all(&lab, "tcp,icmp");
 }

@@ -98,6 +98,7 @@ pub fn desired(v: &ClusterView, backend: Backend) -> Desired {
             table: muslin_model::dataplane::MAIN_TABLE,
             pod_table: Some(muslin_model::dataplane::POD_TABLE),
             tunnel_always: false,
+            health: &BTreeMap::new(),
         },
     )
 }
@@ -144,6 +145,7 @@ pub fn render_paths(d: &Desired) -> String {
         let p = match p {
             Path::Routed => "routed".to_string(),
             Path::Vxlan => "vxlan".to_string(),
+            Path::Relay(r) => format!("via {}: {}", r.via, r.why),
             Path::Unreachable(why) => format!("unreachable: {why}"),
         };
         out.push_str(&format!("  {n}: {p}\n"));

@@ -392,6 +392,7 @@ fn golden_network() {
             table: red.table(),
             pod_table: Some(red.pod_table()),
             tunnel_always: true,
+            health: &Default::default(),
         },
     );
     let ranges = [net("10.50.0.0/16"), net(POD_CIDR)];

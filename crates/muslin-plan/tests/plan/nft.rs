@@ -84,7 +84,8 @@ fn golden_load_with_networks() {
             "networks_default_pods",
             "networks_raw",
             "networks_restore",
-            "postrouting"
+            "postrouting",
+            "tunnel_guard"
         ]
     );
     // The default network's rules are as they were without networks.
@@ -155,7 +156,7 @@ fn loaded(m: &Masquerade) -> NftObserved {
         .collect();
     NftObserved {
         exists: true,
-        rules: BTreeMap::from([("postrouting".to_string(), m.tags())]),
+        rules: m.chains(),
         sets: BTreeMap::from([("nodes".to_string(), set)]),
         counters: BTreeMap::new(),
     }
