@@ -11,6 +11,7 @@ mod membership;
 mod networks;
 mod node;
 mod prober;
+mod relay_state;
 mod remembered_state;
 mod server;
 mod state_store;

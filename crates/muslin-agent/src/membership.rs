@@ -103,6 +103,8 @@ pub struct Cluster {
     memory: crate::remembered_state::Memory,
     /// Blocks held from the previous run.
     held: Vec<ipnet::IpNet>,
+    /// The relay each relayed peer goes through, kept across restarts.
+    relays: std::collections::BTreeMap<String, String>,
     ttl: Duration,
     /// How long a new claim waits before IPAM uses it.
     settle: Duration,
@@ -316,6 +318,7 @@ pub async fn join(
         addresses: facts.usable(underlay.address),
         reserved: facts.reserved.clone(),
         gossip_port: config.gossip_port,
+        started_ms: crate::leases::now_ms(),
         ..NodeRecord::new(me, underlay.address, underlay.prefix, underlay.mtu)
     };
     if !facts.reserved.is_empty() {
@@ -439,6 +442,7 @@ pub async fn join(
         state_dir: config.state_dir.clone(),
         kept_basis: basis,
         memory: crate::remembered_state::Memory::load(&config.state_dir, me),
+        relays: crate::relay_state::load(&config.state_dir),
         held: leases
             .as_ref()
             .map(|l| l.claims.keys().copied().collect())
@@ -688,8 +692,22 @@ impl Cluster {
                     pod_table: Some(muslin_model::dataplane::POD_TABLE),
                     tunnel_always: false,
                     health: &self.record.health,
+                    relays: &self.relays,
                 },
             );
+            let relays: std::collections::BTreeMap<String, String> = d
+                .paths
+                .iter()
+                .filter_map(|(n, p)| match p {
+                    Path::Relay(r) => Some((n.clone(), r.via.clone())),
+                    _ => None,
+                })
+                .collect();
+            if relays != self.relays {
+                tracing::info!(?relays, "relays in use changed");
+                crate::relay_state::save(&self.state_dir, &relays);
+                self.relays = relays;
+            }
             let planes = self.network_planes(&view, &live, &path_mtu);
             // Deleting needs a complete view: not before we heard from the
             // cluster, and not in the first rounds after a restart.
@@ -840,6 +858,7 @@ impl Cluster {
                 Some(PeerPlan {
                     name: n.clone(),
                     addresses: addresses_of(rec),
+                    incarnation: rec.started_ms,
                     port: match rec.gossip_port {
                         0 => self.gossip_port,
                         p => p,

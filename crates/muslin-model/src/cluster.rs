@@ -267,6 +267,15 @@ pub struct NodeRecord {
     /// address, kept when the node moves (peers redirect to a working one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gossip_address: Option<IpAddr>,
+    /// When this run of the agent started (ms since the epoch): peers
+    /// judge the data path of a new run afresh, so an agent's restart is
+    /// not mistaken for a link that failed and must prove itself.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub started_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl NodeRecord {
@@ -292,6 +301,7 @@ impl NodeRecord {
             reserved: vec![],
             gossip_port: 0,
             gossip_address: Some(address),
+            started_ms: 0,
         }
     }
 }

@@ -162,6 +162,9 @@ pub struct Params<'a> {
     /// What this node's probes found of the data path to each peer just
     /// now; with the peers' reports in the view, it decides relays.
     pub health: &'a BTreeMap<String, crate::cluster::PathHealth>,
+    /// The relay each relayed peer went through until now (kept across
+    /// restarts): it stays while no relay can be verified.
+    pub relays: &'a BTreeMap<String, String>,
 }
 
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -275,7 +278,7 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
         let name = *name;
         let blocks = blocks_of(name);
         let relay = match path {
-            Path::Routed | Path::Vxlan => graph.route(name),
+            Path::Routed | Path::Vxlan => graph.route(name, p.relays.get(name).map(String::as_str)),
             _ => crate::relay::Route::Direct,
         };
         let relayed = match relay {
@@ -507,6 +510,7 @@ mod tests {
                 pod_table: Some(POD_TABLE),
                 tunnel_always: false,
                 health: &BTreeMap::new(),
+                relays: &BTreeMap::new(),
             },
         )
     }
@@ -713,6 +717,7 @@ mod tests {
                 pod_table: Some(POD_TABLE),
                 tunnel_always: false,
                 health: &mine,
+                relays: &BTreeMap::new(),
             },
         );
         match &d.paths["h3"] {
@@ -770,6 +775,7 @@ mod tests {
                 pod_table: Some(POD_TABLE),
                 tunnel_always: false,
                 health: &mine,
+                relays: &BTreeMap::new(),
             },
         );
         assert_eq!(d.paths["h3"], Path::Vxlan);

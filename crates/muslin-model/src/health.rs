@@ -45,6 +45,8 @@ pub struct PeerPlan {
     pub port: u16,
     /// Its VTEP address when a data path to it is programmed, and how.
     pub data: Option<(IpAddr, Path)>,
+    /// Which run of its agent it is (`NodeRecord::started_ms`).
+    pub incarnation: u64,
 }
 
 /// What one probe was for.
@@ -67,6 +69,9 @@ struct PeerState {
     /// Start of the data path's current run of answers without a gap of
     /// [`DATA_DOWN`].
     data_run: Option<Instant>,
+    incarnation: Option<u64>,
+    /// When a new run of the peer's agent was seen.
+    restarted: Option<Instant>,
     pmtu: Option<u32>,
     /// The address the MTU was measured to: a new one starts over.
     mtu_target: Option<IpAddr>,
@@ -186,6 +191,15 @@ impl Tracker {
                 continue;
             }
             st.period.retain(|a, _| p.addresses.contains(a));
+            // A new run of the peer's agent: its last run's silence said
+            // nothing of the path, so answers need not prove themselves.
+            if st
+                .incarnation
+                .replace(p.incarnation)
+                .is_some_and(|i| i != p.incarnation)
+            {
+                st.restarted = Some(now);
+            }
             // While the advertised address is silent, the others are asked
             // every round: whether they answer decides whether the peer
             // is down or only that address is.
@@ -355,10 +369,16 @@ impl Tracker {
                 continue;
             }
             // Down at once, up again only after [`HOLD`] of answers; a
-            // path that answered from its first probes never waits.
+            // path that answered from its first probes, or from a new run
+            // of the peer's agent, never waits.
+            let restarted = st
+                .restarted
+                .is_some_and(|x| now.duration_since(x) < HOLD * 2);
             let ok = answering
                 && st.data_run.is_some_and(|r| {
-                    r.duration_since(since) < DATA_DOWN || now.duration_since(r) >= HOLD
+                    r.duration_since(since) < DATA_DOWN
+                        || now.duration_since(r) >= HOLD
+                        || restarted
                 });
             let underlay = self.answers(&p.name, *adv, now);
             let cause = (!ok).then(|| match (path, underlay) {
@@ -400,6 +420,7 @@ mod tests {
             addresses: vec![ip("192.168.20.12"), ip("10.0.2.15")],
             port: 7331,
             data: Some((ip("10.244.2.0"), Path::Vxlan)),
+            incarnation: 1,
         }]
     }
 
@@ -491,6 +512,33 @@ mod tests {
             t.answered("h2", &Purpose::Data, at);
         }
         assert!(t.health(&plan(), 4789, at)["h2"].ok);
+    }
+
+    #[test]
+    fn a_restarted_agent_is_judged_afresh_not_held() {
+        let mut t = Tracker::default();
+        let t0 = Instant::now();
+        t.due(&plan(), 1500, 0, t0);
+        t.answered("h2", &Purpose::Data, t0 + TICK);
+        // Its agent stops for 3 s: failing.
+        let t1 = t0 + TICK + Duration::from_secs(3);
+        t.due(&plan(), 1500, 1, t1);
+        assert!(!t.health(&plan(), 4789, t1)["h2"].ok);
+        // The old run answers again: held.
+        t.answered("h2", &Purpose::Data, t1);
+        assert!(!t.health(&plan(), 4789, t1)["h2"].ok);
+        // A new run: still failing until it answers, then trusted at its
+        // first answer.
+        let mut p = plan();
+        p[0].incarnation = 2;
+        t.due(&p, 1500, 2, t1 + TICK);
+        t.answered("h2", &Purpose::Data, t1);
+        let silent = t1 + TICK + DATA_DOWN;
+        assert!(!t.health(&p, 4789, silent)["h2"].ok);
+        t.answered("h2", &Purpose::Data, silent + TICK);
+        assert!(t.health(&p, 4789, silent + TICK)["h2"].ok);
+        t.answered("h2", &Purpose::Data, t1 + TICK);
+        assert!(t.health(&p, 4789, t1 + TICK)["h2"].ok);
     }
 
     #[test]

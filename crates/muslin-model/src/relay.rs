@@ -154,8 +154,14 @@ impl<'a> Graph<'a> {
 
     /// How to reach `peer`: directly unless the link is down, else through
     /// the relay with the cheapest two hops; among equals, one picked by a
-    /// hash of the pair, so pairs spread over relays.
-    pub fn route(&self, peer: &str) -> Route {
+    /// hash of the pair, so pairs spread over relays. `kept`: the relay
+    /// used until now, which stays while no relay is verified and it does
+    /// not say the far end fails: while a relay's agent restarts (or ours,
+    /// or the far end's) nobody can verify it and gossip may call it dead
+    /// for a while, yet its kernel forwards, and the direct path is known
+    /// to fail. Keeping a relay that really died loses nothing the direct
+    /// path would not; a verified relay or a healed direct path wins.
+    pub fn route(&self, peer: &str, kept: Option<&str>) -> Route {
         let Some(cause) = self.down(self.me, peer) else {
             return Route::Direct;
         };
@@ -181,6 +187,12 @@ impl<'a> Graph<'a> {
                 why: format!("direct path failing: {cause}"),
             };
         }
+        if let Some(r) = kept.filter(|r| self.may_keep(r, peer)) {
+            return Route::Relay {
+                via: r.to_string(),
+                why: format!("direct path failing: {cause}; kept {r}: no relay is verified now"),
+            };
+        }
         let mut why = format!("direct path failing: {cause}; ");
         if let Some(nat) = self.outbound_only(peer) {
             why.push_str(&nat);
@@ -198,6 +210,28 @@ impl<'a> Graph<'a> {
             }
         });
         Route::Stuck(why)
+    }
+
+    fn may_keep(&self, r: &str, peer: &str) -> bool {
+        // A far end nobody hears (its agent restarts) says nothing
+        // against the relay.
+        let heard = self
+            .view
+            .nodes
+            .keys()
+            .any(|x| x != peer && x != r && self.says(x, peer).is_some_and(|h| h.ok));
+        let far_fails = heard
+            && self
+                .record(r)
+                .and_then(|x| x.health.get(peer))
+                .is_some_and(|h| !h.ok);
+        r != self.me
+            && r != peer
+            && self
+                .record(r)
+                .is_some_and(|x| x.capabilities.iter().any(|c| c == CAPABILITY))
+            && self.hop(self.me, r).is_some()
+            && !far_fails
     }
 
     /// Pitfall 20: a node that reaches its peers while none of them

@@ -263,6 +263,7 @@ impl Cluster {
                         pod_table: (!n.isolated_from_host).then(|| n.pod_table()),
                         tunnel_always: true,
                         health: &self.record.health,
+                        relays: &self.relays,
                     },
                 );
                 NetPlane {

@@ -42,7 +42,7 @@ const ACROSS: &[(&str, &str)] = &[("h1", "h3"), ("h2", "h4")];
 
 fn route(v: &ClusterView, me: &str, peer: &str) -> Route {
     let mine = v.nodes[me].record.as_ref().unwrap().health.clone();
-    Graph::new(v, me, &mine, Backend::Auto).route(peer)
+    Graph::new(v, me, &mine, Backend::Auto).route(peer, None)
 }
 
 fn via(r: Route) -> String {
@@ -135,7 +135,7 @@ fn our_fresh_judgement_wins_over_what_we_published() {
     // h3 has not noticed; h1's own probes decide for h1 at once. (h2 and
     // h4 are verified with both ends, so either may relay.)
     let g = Graph::new(&v, "h1", &mine, Backend::Auto);
-    assert!(matches!(g.route("h3"), Route::Relay { .. }));
+    assert!(matches!(g.route("h3", None), Route::Relay { .. }));
     assert_eq!(g.down("h1", "h3").as_deref(), Some("cut"));
 }
 
@@ -215,4 +215,74 @@ fn a_node_only_reaching_out_is_named_behind_a_nat() {
 fn the_spread_hash_is_symmetric_in_the_pair() {
     assert_eq!(spread("h1", "h3", "h2"), spread("h3", "h1", "h2"));
     assert_ne!(spread("h1", "h3", "h2"), spread("h1", "h3", "h4"));
+}
+
+#[test]
+fn the_relay_in_use_is_kept_while_nothing_can_be_verified() {
+    // h2's agent restarts: nobody hears it on the data path, yet its
+    // kernel forwards, and h1–h3 is cut.
+    let mut v = ring(&[("h1", "h2"), ("h2", "h3")], &[("h1", "h3")]);
+    for n in ["h1", "h3"] {
+        let r = v.nodes.get_mut(n).unwrap().record.as_mut().unwrap();
+        r.health.insert(
+            "h2".into(),
+            PathHealth {
+                ok: false,
+                cause: Some("no answer".into()),
+                path_mtu: None,
+            },
+        );
+    }
+    v.nodes.get_mut("h4").unwrap().alive = false;
+    let mine = v.nodes["h1"].record.as_ref().unwrap().health.clone();
+    let g = Graph::new(&v, "h1", &mine, Backend::Auto);
+    assert!(matches!(g.route("h3", None), Route::Stuck(_)));
+    match g.route("h3", Some("h2")) {
+        Route::Relay { via, why } => {
+            assert_eq!(via, "h2");
+            assert!(why.contains("kept h2"), "{why}");
+        }
+        o => panic!("{o:?}"),
+    }
+    // Gossip calling it dead (its agent is away) changes nothing; its
+    // saying the far end fails does.
+    let mut dead = v.clone();
+    dead.nodes.get_mut("h2").unwrap().alive = false;
+    let g = Graph::new(&dead, "h1", &mine, Backend::Auto);
+    assert!(matches!(g.route("h3", Some("h2")), Route::Relay { .. }));
+    let mut far = v.clone();
+    far.nodes
+        .get_mut("h2")
+        .unwrap()
+        .record
+        .as_mut()
+        .unwrap()
+        .health
+        .insert(
+            "h3".into(),
+            PathHealth {
+                ok: false,
+                cause: None,
+                path_mtu: None,
+            },
+        );
+    // (It says so while h3 itself is silent to everyone: no evidence.)
+    let g = Graph::new(&far, "h1", &mine, Backend::Auto);
+    assert!(matches!(g.route("h3", Some("h2")), Route::Relay { .. }));
+    let r4 = far.nodes.get_mut("h4").unwrap().record.as_mut().unwrap();
+    r4.health.insert(
+        "h3".into(),
+        PathHealth {
+            ok: true,
+            cause: None,
+            path_mtu: None,
+        },
+    );
+    let g = Graph::new(&far, "h1", &mine, Backend::Auto);
+    assert!(matches!(g.route("h3", Some("h2")), Route::Stuck(_)));
+    // A healed direct path wins over any kept relay.
+    let healed = ring(RING, &[]);
+    let mine = healed.nodes["h1"].record.as_ref().unwrap().health.clone();
+    let g = Graph::new(&healed, "h1", &mine, Backend::Auto);
+    assert_eq!(g.route("h3", Some("h2")), Route::Direct);
 }

@@ -99,6 +99,7 @@ pub fn desired(v: &ClusterView, backend: Backend) -> Desired {
             pod_table: Some(muslin_model::dataplane::POD_TABLE),
             tunnel_always: false,
             health: &BTreeMap::new(),
+            relays: &BTreeMap::new(),
         },
     )
 }

@@ -393,6 +393,7 @@ fn golden_network() {
             pod_table: Some(red.pod_table()),
             tunnel_always: true,
             health: &Default::default(),
+            relays: &Default::default(),
         },
     );
     let ranges = [net("10.50.0.0/16"), net(POD_CIDR)];
