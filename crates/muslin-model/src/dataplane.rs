@@ -114,6 +114,9 @@ pub struct ClusterRoute {
     /// ICMP "fragmentation needed" from its own host at once.
     pub mtu: Option<u32>,
     pub table: u32,
+    /// Source address of the host's own packets by this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -321,7 +324,16 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
                 let mtu = h.mtu.min(far).max(576);
                 let pin = (mtu < pod_mtu(p.backend, local.mtu)).then_some(mtu);
                 for b in &blocks {
-                    d.routes.push(h.route(*b, p.table, pin));
+                    // Through a tunnel the host's packets would leave from
+                    // its VTEP address, whose replies the far end sends
+                    // down the direct path (its probe route): they leave
+                    // from the node address, which the far end routes back
+                    // through the relay.
+                    let src = h.vxlan.then_some(local.address);
+                    d.routes.push(ClusterRoute {
+                        src,
+                        ..h.route(*b, p.table, pin)
+                    });
                 }
                 // Pods' packets to the peer node itself cross the relay
                 // too: the direct path fails for them as well.
@@ -332,8 +344,15 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
                 // peer's VTEP address, which no pod uses.
                 if let (Some(o), false) = (own, p.tunnel_always) {
                     if let Some(b) = blocks.first() {
-                        d.routes
-                            .push(o.route(IpNet::from(b.network()), p.table, o.pin));
+                        // From our own VTEP address, which the far end's
+                        // probe route sends straight back: a node address
+                        // would be checked against the relayed routes by
+                        // strict rp_filter at either end.
+                        let src = d.vxlan.as_ref().map(|v| v.address);
+                        d.routes.push(ClusterRoute {
+                            src,
+                            ..o.route(IpNet::from(b.network()), p.table, o.pin)
+                        });
                     }
                     o.entries(&mut d);
                 }
@@ -392,6 +411,7 @@ impl NextHop {
             onlink: self.onlink,
             mtu,
             table,
+            src: None,
         }
     }
 

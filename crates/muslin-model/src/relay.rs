@@ -83,8 +83,8 @@ impl<'a> Graph<'a> {
     }
 
     /// What `a` says of its data path to `b`. Our own judgement wins;
-    /// until it exists (right after a restart) the one we published last
-    /// stands, so a relayed peer stays relayed across a restart.
+    /// until it exists (a peer just appeared) the record we published
+    /// stands.
     fn says(&self, a: &str, b: &str) -> Option<&'a PathHealth> {
         let published = || self.record(a)?.health.get(b);
         match a == self.me {
@@ -146,7 +146,10 @@ impl<'a> Graph<'a> {
                 return Some(format!("{x}–{y} failing ({c})"));
             }
             if !self.verified(x, y) {
-                return Some(format!("{x}–{y} not verified yet"));
+                // A node without a block has no VTEP address to probe.
+                return Some(format!(
+                    "{x}–{y} not verified yet (no report from both ends)"
+                ));
             }
         }
         None
@@ -181,7 +184,13 @@ impl<'a> Graph<'a> {
             }
         }
         fit.sort();
-        if let Some((_, _, via)) = fit.into_iter().next() {
+        // The relay in use stays while it is fit: a new node or another
+        // candidate coming and going moves no pair.
+        let keep = kept.and_then(|k| fit.iter().position(|(_, _, r)| r == k));
+        if let Some((_, _, via)) = keep
+            .map(|i| fit.swap_remove(i))
+            .or_else(|| fit.into_iter().next())
+        {
             return Route::Relay {
                 via,
                 why: format!("direct path failing: {cause}"),
@@ -194,9 +203,11 @@ impl<'a> Graph<'a> {
             };
         }
         let mut why = format!("direct path failing: {cause}; ");
-        if let Some(nat) = self.outbound_only(peer) {
-            why.push_str(&nat);
-            why.push_str("; ");
+        for n in [peer, self.me] {
+            if let Some(nat) = self.outbound_only(n) {
+                why.push_str(&nat);
+                why.push_str("; ");
+            }
         }
         why.push_str(&match unfit.is_empty() {
             true => "no other node to relay through".to_string(),

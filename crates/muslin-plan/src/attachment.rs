@@ -37,6 +37,7 @@ pub fn host_route(p: &AttachmentPlan, address: IpNet) -> Route {
         dev: Some(p.host_ifname.clone()),
         onlink: false,
         mtu: None,
+        src: None,
         scope: Scope::Link,
         protocol: ROUTE_PROTOCOL,
     }
@@ -82,6 +83,7 @@ pub fn container_state(p: &AttachmentPlan) -> HostState {
                 dev: Some(cif.clone()),
                 onlink: true,
                 mtu: None,
+                src: None,
                 scope: Scope::Universe,
                 protocol: ROUTE_PROTOCOL,
             });
@@ -107,6 +109,7 @@ pub fn container_state(p: &AttachmentPlan) -> HostState {
             dev: Some(cif.clone()),
             onlink: false,
             mtu: None,
+            src: None,
             scope: Scope::Link,
             protocol: ROUTE_PROTOCOL,
         });
@@ -119,6 +122,7 @@ pub fn container_state(p: &AttachmentPlan) -> HostState {
             dev: Some(cif.clone()),
             onlink: false,
             mtu: None,
+            src: None,
             scope: Scope::Universe,
             protocol: ROUTE_PROTOCOL,
         });

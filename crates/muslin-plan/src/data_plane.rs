@@ -231,6 +231,7 @@ fn tunnel_state(d: &Desired, dev: &str, group: Option<u32>) -> HostState {
             dev: Some(r.dev.clone()),
             onlink: r.onlink,
             mtu: r.mtu,
+            src: r.src,
             scope: Scope::Universe,
             protocol: ROUTE_PROTOCOL,
         })

@@ -263,6 +263,7 @@ mod tests {
                 dev: None,
                 onlink: false,
                 mtu: None,
+                src: None,
                 scope: Scope::Link,
                 protocol: 77,
             }],

@@ -255,9 +255,10 @@ impl Masquerade {
             .collect()
     }
 
-    /// The table is needed while masquerading or keeping networks apart.
+    /// The table is always needed: its tunnel guard, whether or not it
+    /// masquerades or keeps networks apart.
     fn wanted(&self) -> bool {
-        self.enabled || !self.networks.is_empty()
+        true
     }
 
     /// The networks' ranges the pod network does not overlap: where the

@@ -114,6 +114,9 @@ pub struct Route {
     pub onlink: bool,
     /// Path MTU pinned on the route.
     pub mtu: Option<u32>,
+    /// Preferred source address of packets the host sends by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<IpAddr>,
     pub scope: Scope,
     pub protocol: u8,
 }
@@ -125,8 +128,9 @@ impl Route {
 
     /// Same forwarding behaviour (what a reconciliation compares).
     pub fn same_as(&self, o: &Route) -> bool {
-        (self.table, self.dst, self.via, &self.dev, self.mtu)
-            == (o.table, o.dst, o.via, &o.dev, o.mtu)
+        (
+            self.table, self.dst, self.via, &self.dev, self.mtu, self.src,
+        ) == (o.table, o.dst, o.via, &o.dev, o.mtu, o.src)
     }
 }
 
@@ -253,6 +257,9 @@ impl fmt::Display for Route {
         }
         if let Some(m) = self.mtu {
             write!(f, " mtu lock {m}")?;
+        }
+        if let Some(s) = self.src {
+            write!(f, " src {s}")?;
         }
         write!(f, " proto {} table {}", self.protocol, self.table)
     }

@@ -25,6 +25,26 @@ segment = "s"
 default-route = true
 "#;
 
+/// Strict reverse-path filtering on every host, as hardened hosts have.
+fn strict_rp(lab: &Lab, hosts: &[&str]) {
+    for h in hosts {
+        let o = lab.exec(h, &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1"]);
+        assert!(o.status.success());
+    }
+}
+
+/// A host (not a container) reaches a container on another host.
+fn host_reaches(lab: &Lab, host: &str, to_host: &str, to: &str) {
+    let addr = lab.container_addr(to_host, to);
+    let o = lab.exec(host, &[BIN, "probe", "check", &addr, "--proto", "tcp,icmp"]);
+    assert!(
+        o.status.success(),
+        "{host} -> {to_host}/{to}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// `from`'s view of `peer`: its status entry.
 fn peer(lab: &Lab, from: &str, peer: &str) -> Value {
     let st = lab.agent_status(from);
@@ -141,6 +161,7 @@ fn a_blocked_vxlan_port_relays_names_the_port_and_heals() {
         "/../../examples/cross-subnet.toml"
     );
     lab.up(&["-f", cross, "--converge-timeout", "60"]);
+    strict_rp(&lab, &["h1", "h2", "h3", "h4"]);
     wait_for(&lab, "h1", "h3", "on VXLAN and ok", |p| {
         p["path"] == "vxlan" && p["data_path"] == "ok"
     });
@@ -170,6 +191,10 @@ fn a_blocked_vxlan_port_relays_names_the_port_and_heals() {
     assert_eq!(peer(&lab, "h1", "h4")["path"], "vxlan");
     assert_eq!(peer(&lab, "h2", "h3")["path"], "vxlan");
     check_all(&lab, "tcp,udp,icmp");
+    // The hosts themselves too (their packets leave from the node
+    // address, which the far end routes back through the relay).
+    host_reaches(&lab, "h1", "h3", "c1");
+    host_reaches(&lab, "h3", "h1", "c1");
     lab.ok(&[
         "unblock",
         "--name",
@@ -455,4 +480,67 @@ fn restarting_the_relay_or_an_end_loses_nothing() {
         p["relay"] == "h2"
     });
     drop(agents);
+}
+
+/// h1 and h3 share a segment (routed between them); h2 is across a
+/// router, so relaying h1–h3 through it takes two VXLAN hops.
+const MIXED: &str = r#"
+[[segment]]
+name = "left"
+cidr = "192.168.81.0/24"
+[[segment]]
+name = "right"
+cidr = "192.168.82.0/24"
+[[router]]
+name = "r1"
+[[router.nic]]
+segment = "left"
+[[router.nic]]
+segment = "right"
+[[host]]
+name = "h1"
+containers = 1
+[[host.nic]]
+segment = "left"
+default-route = true
+[[host]]
+name = "h3"
+containers = 1
+[[host.nic]]
+segment = "left"
+default-route = true
+[[host]]
+name = "h2"
+containers = 1
+[[host.nic]]
+segment = "right"
+default-route = true
+"#;
+
+#[test]
+fn a_routed_pair_relayed_over_tunnels_works_and_heals_under_strict_rp_filter() {
+    let lab = Lab::new();
+    let (_d, topo) = file(MIXED);
+    lab.up(&["-f", &topo, "--converge-timeout", "60"]);
+    strict_rp(&lab, &["h1", "h2", "h3"]);
+    wait_for(&lab, "h1", "h3", "routed and ok", |p| {
+        p["path"] == "routed" && p["data_path"] == "ok"
+    });
+    lab.ok(&["block", "--name", &lab.name, "h1", "h3"]);
+    for (a, b) in [("h1", "h3"), ("h3", "h1")] {
+        wait_for(&lab, a, b, "relayed through h2", |p| p["relay"] == "h2");
+    }
+    check_all(&lab, "tcp,udp,icmp");
+    host_reaches(&lab, "h1", "h3", "c1");
+    host_reaches(&lab, "h3", "h1", "c1");
+    // The direct probes still cross the routed path, and pass strict
+    // rp_filter, so the heal is seen.
+    lab.ok(&["unblock", "--name", &lab.name, "h1", "h3"]);
+    for (a, b) in [("h1", "h3"), ("h3", "h1")] {
+        wait_for(&lab, a, b, "routed again", |p| {
+            p["path"] == "routed" && p["data_path"] == "ok"
+        });
+    }
+    check_all(&lab, "tcp,udp,icmp");
+    host_reaches(&lab, "h1", "h3", "c1");
 }

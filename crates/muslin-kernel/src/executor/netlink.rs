@@ -27,6 +27,7 @@ pub struct RouteInfo {
     pub oif: Option<u32>,
     pub protocol: u8,
     pub mtu: Option<u32>,
+    pub src: Option<IpAddr>,
     pub onlink: bool,
     pub table: u32,
     pub scope_link: bool,
@@ -228,11 +229,13 @@ fn route_info(m: &RouteMessage) -> Option<RouteInfo> {
     let mut gateway = None;
     let mut oif = None;
     let mut mtu = None;
+    let mut src = None;
     let mut table = u32::from(m.header.table);
     for a in &m.attributes {
         match a {
             RouteAttribute::Destination(d) => dst = route_ip(d)?,
             RouteAttribute::Gateway(g) => gateway = route_ip(g),
+            RouteAttribute::PrefSource(s) => src = route_ip(s),
             RouteAttribute::Oif(i) => oif = Some(*i),
             RouteAttribute::Table(t) => table = *t,
             RouteAttribute::Metrics(ms) => {
@@ -251,6 +254,7 @@ fn route_info(m: &RouteMessage) -> Option<RouteInfo> {
         oif,
         protocol: u8::from(m.header.protocol),
         mtu,
+        src,
         onlink: m
             .header
             .flags

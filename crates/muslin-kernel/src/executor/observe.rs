@@ -87,6 +87,7 @@ pub(super) async fn namespace(nl: &Netlink) -> Result<HostState, KernelError> {
                 dev: r.oif.and_then(name),
                 onlink: r.onlink,
                 mtu: r.mtu,
+                src: r.src,
                 scope: if r.scope_link {
                     Scope::Link
                 } else {

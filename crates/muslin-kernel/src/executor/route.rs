@@ -33,6 +33,12 @@ async fn message(nl: &Conn, r: &Route) -> Result<RouteMessage, KernelError> {
     if r.onlink {
         b = b.onlink();
     }
+    if let Some(s) = r.src {
+        b = b.pref_source(s).map_err(|_| KernelError::Io {
+            what: format!("route to {} src {s}: families differ", r.dst),
+            source: std::io::ErrorKind::InvalidInput.into(),
+        })?;
+    }
     let mut m = b.build();
     if let Some(mtu) = r.mtu {
         m.attributes

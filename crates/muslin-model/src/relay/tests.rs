@@ -140,47 +140,46 @@ fn our_fresh_judgement_wins_over_what_we_published() {
 }
 
 #[test]
-fn relay_choice_prefers_routed_hops_then_spreads_pairs() {
-    // h1 and h2 share a segment; h3 and h4 another (VXLAN between).
+fn relay_choice_prefers_routed_hops_and_keeps_the_relay_in_use() {
+    // h1, h2 and h4 share a segment; h3 is across a router (VXLAN).
     let mut v = ring(&[], &[]);
-    for (n, a, p) in [
-        ("h3", "192.168.20.13", "192.168.20.0/24"),
-        ("h4", "192.168.20.14", "192.168.20.0/24"),
-    ] {
-        let r = v.nodes.get_mut(n).unwrap().record.as_mut().unwrap();
-        r.address = a.parse().unwrap();
-        r.underlay_prefix = p.parse().unwrap();
-    }
-    let all: Vec<(&str, &str)> = vec![("h1", "h2"), ("h1", "h4"), ("h2", "h3"), ("h3", "h4")];
-    let mut v2 = v.clone();
+    let r = v.nodes.get_mut("h3").unwrap().record.as_mut().unwrap();
+    r.address = "192.168.20.13".parse().unwrap();
+    r.underlay_prefix = "192.168.20.0/24".parse().unwrap();
+    // h4 sits on a third subnet: two VXLAN hops through it.
+    let r = v.nodes.get_mut("h4").unwrap().record.as_mut().unwrap();
+    r.address = "192.168.30.14".parse().unwrap();
+    r.underlay_prefix = "192.168.30.0/24".parse().unwrap();
     let set = |v: &mut ClusterView, a: &str, b: &str, ok: bool| {
-        v.nodes
-            .get_mut(a)
-            .unwrap()
-            .record
-            .as_mut()
-            .unwrap()
-            .health
-            .insert(
-                b.into(),
-                PathHealth {
-                    ok,
-                    cause: None,
-                    path_mtu: None,
-                },
-            );
+        for (x, y) in [(a, b), (b, a)] {
+            v.nodes
+                .get_mut(x)
+                .unwrap()
+                .record
+                .as_mut()
+                .unwrap()
+                .health
+                .insert(
+                    y.into(),
+                    PathHealth {
+                        ok,
+                        cause: None,
+                        path_mtu: None,
+                    },
+                );
+        }
     };
-    for (a, b) in &all {
-        set(&mut v2, a, b, true);
-        set(&mut v2, b, a, true);
+    for (a, b) in [("h1", "h2"), ("h1", "h4"), ("h2", "h3"), ("h3", "h4")] {
+        set(&mut v, a, b, true);
     }
-    set(&mut v2, "h1", "h3", false);
-    set(&mut v2, "h3", "h1", false);
-    // h1→h2 routed + h2→h3 VXLAN costs 3; h1→h4 VXLAN + h4→h3 routed too:
-    // a tie, broken by the pair's hash the same way from both ends.
-    let a = via(route(&v2, "h1", "h3"));
-    assert_eq!(a, via(route(&v2, "h3", "h1")));
-    let _ = v;
+    set(&mut v, "h1", "h3", false);
+    // h1→h2 routed + h2→h3 VXLAN (3) beats two VXLAN hops through h4 (4).
+    assert_eq!(via(route(&v, "h1", "h3")), "h2");
+    assert_eq!(via(route(&v, "h3", "h1")), "h2");
+    // The relay in use stays while it is fit, though h2 costs less.
+    let mine = v.nodes["h1"].record.as_ref().unwrap().health.clone();
+    let g = Graph::new(&v, "h1", &mine, Backend::Auto);
+    assert_eq!(via(g.route("h3", Some("h4"))), "h4");
 }
 
 #[test]

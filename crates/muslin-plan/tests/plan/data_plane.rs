@@ -204,6 +204,7 @@ fn routes_to_pod_veths_and_other_protocols_are_never_deleted() {
         dev: Some(dev.into()),
         onlink: false,
         mtu: None,
+        src: None,
         scope: Scope::Link,
         protocol,
     };

@@ -217,17 +217,24 @@ fn other_pod_cidr_or_missing_table_is_a_load() {
 }
 
 #[test]
-fn disabled_deletes_a_present_table_only() {
+fn without_masquerade_the_table_keeps_its_tunnel_guard() {
     let off = Masquerade {
         enabled: false,
         ..masquerade()
     };
     assert!(off.networks.is_empty());
+    let chains = off.chains();
+    assert!(chains["postrouting"].is_empty());
+    assert_eq!(chains["tunnel_guard"].len(), 1);
     assert_eq!(
         diff(&loaded(&masquerade()), &off),
-        [NftChange::DeleteTable(NftFamily::Ip)]
+        [NftChange::Load(off.clone())]
     );
-    assert_eq!(diff(&NftObserved::default(), &off), []);
+    assert_eq!(
+        diff(&NftObserved::default(), &off),
+        [NftChange::Load(off.clone())]
+    );
+    assert_eq!(diff(&loaded(&off), &off), []);
 }
 
 /// `nft -j list table ip muslin` after loading `nft-load-ip.txt` and
