@@ -179,7 +179,10 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 }
 
 pub fn path_to(backend: Backend, local: &Underlay, peer: &NodeRecord) -> Path {
-    let same_l2 = local.prefix.contains(&peer.address);
+    // Both ends must agree, or each would take another kind of path to
+    // the other and strict rp_filter would drop what arrives.
+    let same_l2 =
+        local.prefix.contains(&peer.address) && peer.underlay_prefix.contains(&local.address);
     match backend {
         Backend::Vxlan => Path::Vxlan,
         Backend::Auto if same_l2 => Path::Routed,

@@ -230,6 +230,7 @@ impl<'a> Graph<'a> {
             .view
             .nodes
             .keys()
+            .filter(|x| *x == self.me || self.view.nodes.get(*x).is_some_and(|p| p.alive))
             .any(|x| x != peer && x != r && self.says(x, peer).is_some_and(|h| h.ok));
         let far_fails = heard
             && self

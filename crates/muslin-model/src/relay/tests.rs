@@ -268,6 +268,8 @@ fn the_relay_in_use_is_kept_while_nothing_can_be_verified() {
     // (It says so while h3 itself is silent to everyone: no evidence.)
     let g = Graph::new(&far, "h1", &mine, Backend::Auto);
     assert!(matches!(g.route("h3", Some("h2")), Route::Relay { .. }));
+    // (A dead node's report is no evidence: h4 lives again.)
+    far.nodes.get_mut("h4").unwrap().alive = true;
     let r4 = far.nodes.get_mut("h4").unwrap().record.as_mut().unwrap();
     r4.health.insert(
         "h3".into(),
