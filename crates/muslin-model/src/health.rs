@@ -226,11 +226,19 @@ impl Tracker {
                 && st
                     .data_answered
                     .is_some_and(|t| now.duration_since(t) < TICK * 2 + TICK / 2);
+            // The advertised address's answers age by the slow period
+            // while the data path answered lately: a moment of missing
+            // data probes must not make its last answer look stale, and
+            // the node look unreached there.
+            let data_lately = st
+                .data_answered
+                .is_some_and(|t| now.duration_since(t) < window(SLOW));
             for (k, a) in p.addresses.iter().enumerate() {
-                let every = if k == 0 && !data_fresh { FAST } else { SLOW };
+                let every = if k == 0 && !data_lately { FAST } else { SLOW };
                 st.period.insert(*a, every);
                 let due = match k {
-                    0 if data_fresh => turn.is_multiple_of(slow),
+                    // Slowly only while it is known to answer.
+                    0 if data_fresh && !silent => turn.is_multiple_of(slow),
                     0 => turn.is_multiple_of(fast),
                     // Spread the slow probes of different peers over ticks.
                     _ => (silent && turn.is_multiple_of(fast)) || turn.is_multiple_of(slow),
@@ -389,7 +397,12 @@ impl Tracker {
                         || now.duration_since(r) >= HOLD
                         || restarted
                 });
-            let underlay = self.answers(&p.name, *adv, now);
+            // Whether the underlay answers now, not lately: the address
+            // is asked every second again once data probes go missing.
+            let underlay = st
+                .answered
+                .get(adv)
+                .is_some_and(|t| now.duration_since(*t) < window(FAST));
             let cause = (!ok).then(|| match (path, underlay) {
                 // Worded the same all along: the record is not published
                 // again every second of the wait.
