@@ -73,6 +73,9 @@ pub(crate) struct Plan {
     pub dns_seconds: u32,
     /// Cuts and heals of the relay stage, per backend.
     pub relay_rounds: usize,
+    /// How long each cut is held before it heals: past the outage (3 s
+    /// at most, when the relay works), with relayed traffic after it.
+    pub relay_hold: std::time::Duration,
 }
 
 impl Plan {
@@ -94,6 +97,7 @@ impl Plan {
                 dns_rounds: 1,
                 dns_seconds: 2,
                 relay_rounds: 3,
+                relay_hold: std::time::Duration::from_secs(5),
             }
         } else {
             Plan {
@@ -112,6 +116,7 @@ impl Plan {
                 dns_rounds: 3,
                 dns_seconds: 5,
                 relay_rounds: 10,
+                relay_hold: std::time::Duration::from_secs(7),
             }
         }
     }

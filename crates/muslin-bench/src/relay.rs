@@ -52,8 +52,6 @@ const PATH_TIMEOUT: Duration = Duration::from_secs(30);
 const PING_INTERVAL: Duration = Duration::from_millis(10);
 /// From the start of the pings to the cut: direct traffic on record first.
 const BEFORE_CUT: Duration = Duration::from_secs(1);
-/// From the cut to the heal: the outage and the relayed traffic after it.
-const CUT_HELD: Duration = Duration::from_secs(7);
 /// Pinging on after the path is direct again, so late losses count.
 const AFTER_RETURN: Duration = Duration::from_secs(1);
 
@@ -285,7 +283,7 @@ struct Round {
 
 /// Cuts h1-h3 while c1@h1 pings c1@h3 (cut) and c1@h2 (not cut), holds
 /// the cut, heals it, and waits until h1 is direct to h3 again.
-fn cut_and_heal(o: &Options, p: &Pods) -> Result<Round, String> {
+fn cut_and_heal(o: &Options, p: &Pods, hold: Duration) -> Result<Round, String> {
     wait_direct(o, p.lab)?;
     let cut_pair = Pinger::start(&p.from_ns, p.to);
     let other_pair = Pinger::start(&p.from_ns, p.via);
@@ -294,7 +292,7 @@ fn cut_and_heal(o: &Options, p: &Pods) -> Result<Round, String> {
         let cut_at = Instant::now();
         block(p.lab)?;
         let relay_seen = wait_relayed(o, p.lab)?;
-        std::thread::sleep(CUT_HELD.saturating_sub(cut_at.elapsed()));
+        std::thread::sleep(hold.saturating_sub(cut_at.elapsed()));
         let heal_at = Instant::now();
         unblock(p.lab)?;
         let returned = wait_direct(o, p.lab)?;
@@ -323,59 +321,24 @@ fn cut_and_heal(o: &Options, p: &Pods) -> Result<Round, String> {
     })
 }
 
-/// Every figure of one backend.
-fn measure(
-    o: &Options,
-    plan: &Plan,
-    lab: &'static str,
-    label: &str,
-    report: &mut Report,
-) -> Result<(), String> {
-    let p = Pods::of(lab)?;
-    let [direct, relayed, ratio] = throughput(o, plan, &p)?;
+fn add_throughput(report: &mut Report, label: &str, [direct, relayed, ratio]: &[Series; 3]) {
     let base = Some(direct.median());
     let tcp = "TCP throughput c1@h1 -> c1@h3, 1 stream";
-    report.add(
-        "relay",
-        &format!("{label}: direct"),
-        tcp,
-        "Gbit/s",
-        &direct,
-        base,
-    );
-    report.add(
-        "relay",
-        &format!("{label}: relayed via {VIA}"),
-        tcp,
-        "Gbit/s",
-        &relayed,
-        base,
-    );
-    report.add(
-        "relay",
-        label,
-        "relayed / direct throughput, per round",
-        "x",
-        &ratio,
-        None,
-    );
+    let direct_label = format!("{label}: direct");
+    let relayed_label = format!("{label}: relayed via {VIA}");
+    report.add("relay", &direct_label, tcp, "Gbit/s", direct, base);
+    report.add("relay", &relayed_label, tcp, "Gbit/s", relayed, base);
+    let per_round = "relayed / direct throughput, per round";
+    report.add("relay", label, per_round, "x", ratio, None);
+}
 
-    let mut rounds = vec![];
-    for k in 0..plan.relay_rounds {
-        rounds.push(cut_and_heal(o, &p)?);
-        (o.progress)(&format!(
-            "      relay {label}: cut {}/{} done",
-            k + 1,
-            plan.relay_rounds
-        ));
-    }
+fn add_cuts(report: &mut Report, label: &str, rounds: &[Round]) {
     let ms = |f: fn(&Round) -> Duration| {
         Series(rounds.iter().map(|r| f(r).as_secs_f64() * 1e3).collect())
     };
     let count = |f: fn(&Round) -> usize| Series(rounds.iter().map(|r| f(r) as f64).collect());
-    let outage = ms(|r| r.outage);
-    let returned = ms(|r| r.returned);
-    let one = |v: f64| Series(vec![v]);
+    let (outage, returned) = (ms(|r| r.outage), ms(|r| r.returned));
+    let p99 = |s: &Series| Series(vec![s.pct(0.99)]);
     let figures = [
         (
             "relay shown in status after a cut",
@@ -387,18 +350,14 @@ fn measure(
             "ms",
             outage.clone(),
         ),
-        ("outage after a cut, p99", "ms", one(outage.pct(0.99))),
+        ("outage after a cut, p99", "ms", p99(&outage)),
         (
             "echoes lost by the pair not cut (h1 -> h2)",
             "packets",
             count(|r| r.unaffected_lost),
         ),
         ("return to direct after the heal", "ms", returned.clone()),
-        (
-            "return to direct after the heal, p99",
-            "ms",
-            one(returned.pct(0.99)),
-        ),
+        ("return to direct after the heal, p99", "ms", p99(&returned)),
         (
             "echoes lost during the return",
             "packets",
@@ -408,6 +367,28 @@ fn measure(
     for (metric, unit, s) in figures {
         report.add("relay", label, metric, unit, &s, None);
     }
+}
+
+/// Every figure of one backend.
+fn measure(
+    o: &Options,
+    plan: &Plan,
+    lab: &'static str,
+    label: &str,
+    report: &mut Report,
+) -> Result<(), String> {
+    let p = Pods::of(lab)?;
+    add_throughput(report, label, &throughput(o, plan, &p)?);
+    let mut rounds = vec![];
+    for k in 0..plan.relay_rounds {
+        rounds.push(cut_and_heal(o, &p, plan.relay_hold)?);
+        (o.progress)(&format!(
+            "      relay {label}: cut {}/{} done",
+            k + 1,
+            plan.relay_rounds
+        ));
+    }
+    add_cuts(report, label, &rounds);
     Ok(())
 }
 
