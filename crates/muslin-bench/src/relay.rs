@@ -68,9 +68,13 @@ impl PeerView {
         self.relay.is_some()
     }
 
-    /// Straight to the peer over the backend's own path.
+    /// Straight to the peer over the backend's own path, and that path
+    /// answers: a pair no node can relay for stays on its failing direct
+    /// path, which is not what a round may start from.
     fn direct(&self) -> bool {
-        self.relay.is_none() && (self.path == "routed" || self.path == "vxlan")
+        self.relay.is_none()
+            && (self.path == "routed" || self.path == "vxlan")
+            && self.data_path.starts_with("ok")
     }
 
     fn describe(&self) -> String {
@@ -415,7 +419,7 @@ mod tests {
             {"name": "h2", "path": "routed", "relay": null, "data_path": "ok"},
             {"name": "h3", "path": "via h2", "relay": "h2", "data_path": "failing: x"},
             {"name": "h4", "path": "unreachable: routed across a router"},
-            {"name": "h5", "path": "vxlan", "relay": ""},
+            {"name": "h5", "path": "vxlan", "relay": "", "data_path": "ok"},
         ]}});
         let v = |p: &str| peer_view(&status, p).unwrap();
         assert!(v("h2").direct() && !v("h2").relayed());
@@ -426,8 +430,16 @@ mod tests {
         assert!(!v("h1").direct(), "not ourselves");
         assert_eq!(peer_view(&status, "h9"), None);
         // A build from before relays has no `relay` at all: direct.
-        let old = json!({"cluster": {"nodes": [{"name": "h3", "path": "vxlan"}]}});
+        let old =
+            json!({"cluster": {"nodes": [{"name": "h3", "path": "vxlan", "data_path": "ok"}]}});
         assert!(peer_view(&old, "h3").unwrap().direct());
+        let stuck = json!({"cluster": {"nodes": [
+            {"name": "h3", "path": "routed", "data_path": "failing: x", "path_why": "no relay"}
+        ]}});
+        assert!(
+            !peer_view(&stuck, "h3").unwrap().direct(),
+            "stuck is not direct"
+        );
         assert!(v("h3").describe().contains("relay h2"));
     }
 
