@@ -51,7 +51,7 @@ pub struct Path {
 
 pub const UNDERLAY: &str = "underlay, host to host";
 
-fn up(o: &Options, name: &str, backend: &str, topology: &str) -> Result<(), String> {
+pub(crate) fn up(o: &Options, name: &str, backend: &str, topology: &str) -> Result<(), String> {
     let ctx = Ctx {
         bin: o.bin.clone(),
         progress: Box::new(|_| {}),
@@ -72,7 +72,7 @@ fn up(o: &Options, name: &str, backend: &str, topology: &str) -> Result<(), Stri
     Ok(())
 }
 
-fn pod(lab: &str, host: &str, c: usize) -> Result<IpAddr, String> {
+pub(crate) fn pod(lab: &str, host: &str, c: usize) -> Result<IpAddr, String> {
     let st = ops::status(Some(lab)).map_err(|e| e.to_string())?;
     st.nodes
         .iter()
@@ -200,7 +200,13 @@ fn iperf(from: &str, to: &str, addr: IpAddr, extra: &[&str], secs: u32) -> Resul
     Ok(v)
 }
 
-fn tcp_gbps(from: &str, to: &str, addr: IpAddr, streams: u32, secs: u32) -> Result<f64, String> {
+pub(crate) fn tcp_gbps(
+    from: &str,
+    to: &str,
+    addr: IpAddr,
+    streams: u32,
+    secs: u32,
+) -> Result<f64, String> {
     let v = iperf(from, to, addr, &["-P", &streams.to_string()], secs)?;
     Ok(v["end"]["sum_received"]["bits_per_second"]
         .as_f64()

@@ -10,6 +10,7 @@ mod cni;
 mod dataplane;
 mod dns;
 mod policy;
+mod relay;
 mod report;
 mod scale;
 mod stats;
@@ -43,7 +44,8 @@ pub struct Options {
     pub datastore: String,
     /// A previous build whose CNI latency is measured in the same run.
     pub baseline: Option<PathBuf>,
-    /// Run only this stage: `dataplane`, `cni`, `policy`, `scale` or `dns`.
+    /// Run only this stage: `dataplane`, `cni`, `policy`, `scale`, `dns`
+    /// or `relay`.
     pub only: Option<String>,
     pub progress: Box<dyn Fn(&str) + Send + Sync>,
 }
@@ -69,6 +71,11 @@ pub(crate) struct Plan {
     pub dns_rounds: usize,
     /// Each dnsperf run's length.
     pub dns_seconds: u32,
+    /// Cuts and heals of the relay stage, per backend.
+    pub relay_rounds: usize,
+    /// How long each cut is held before it heals: past the outage (3 s
+    /// at most, when the relay works), with relayed traffic after it.
+    pub relay_hold: std::time::Duration,
 }
 
 impl Plan {
@@ -89,6 +96,8 @@ impl Plan {
                 dns_containers: 100,
                 dns_rounds: 1,
                 dns_seconds: 2,
+                relay_rounds: 3,
+                relay_hold: std::time::Duration::from_secs(5),
             }
         } else {
             Plan {
@@ -106,6 +115,8 @@ impl Plan {
                 dns_containers: 1000,
                 dns_rounds: 3,
                 dns_seconds: 5,
+                relay_rounds: 10,
+                relay_hold: std::time::Duration::from_secs(7),
             }
         }
     }
@@ -136,7 +147,7 @@ pub fn run(o: &Options) -> Result<Report, BenchError> {
     sys::cleanup(&root);
     let mut report = Report::new(o.quick);
     (o.progress)(
-        "[1/4] data plane: underlay, pods on one host, Muslin routed/vxlan/auto, hand-built twins",
+        "[1/5] data plane: underlay, pods on one host, Muslin routed/vxlan/auto, hand-built twins",
     );
     let want = |stage: &str| o.only.as_deref().is_none_or(|s| s == stage);
     if want("dataplane") {
@@ -145,7 +156,7 @@ pub fn run(o: &Options) -> Result<Report, BenchError> {
         dp?;
     }
     (o.progress)(
-        "[2/4] control plane: CNI ADD/DEL against bridge+host-local, concurrent attachments",
+        "[2/5] control plane: CNI ADD/DEL against bridge+host-local, concurrent attachments",
     );
     if want("cni") {
         cni::run(o, &plan, &mut report)?;
@@ -154,7 +165,7 @@ pub fn run(o: &Options) -> Result<Report, BenchError> {
         policy::run_apply(&plan, &mut report)?;
     }
     (o.progress)(&format!(
-        "[3/4] scale: {}-host lab cold start, convergence, agent memory and CPU, gossip",
+        "[3/5] scale: {}-host lab cold start, convergence, agent memory and CPU, gossip",
         plan.scale_hosts
     ));
     if want("scale") {
@@ -163,13 +174,21 @@ pub fn run(o: &Options) -> Result<Report, BenchError> {
         sc?;
     }
     (o.progress)(&format!(
-        "[4/4] name service: Muslin and aardvark-dns, {} names, dnsperf",
+        "[4/5] name service: Muslin and aardvark-dns, {} names, dnsperf",
         plan.dns_containers * dns::NAMES_PER_CONTAINER
     ));
     if want("dns") {
         let dns = dns::run(o, &plan, &mut report);
         sys::cleanup(&root);
         dns?;
+    }
+    (o.progress)(
+        "[5/5] relay: 3 hosts, h1-h3 cut: throughput through h2, outage, the pair not cut, return after the heal",
+    );
+    if want("relay") {
+        let relay = relay::run(o, &plan, &mut report);
+        sys::cleanup(&root);
+        relay?;
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)

@@ -290,6 +290,22 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
         &probe_pair,
         None,
     );
+    // What one node's uplink carries for probing all its peers: its own
+    // probes and their answers, and as much again answering theirs.
+    let probe_node = Series(
+        pw0.iter()
+            .zip(&pw1)
+            .map(|(a, b)| 2.0 * (b.0 - a.0) as f64 / secs)
+            .collect(),
+    );
+    report.add(
+        "scale",
+        &label,
+        "health probes per node, idle",
+        "B/s",
+        &probe_node,
+        None,
+    );
     report.add(
         "scale",
         &label,

@@ -243,6 +243,68 @@ pub fn ping_series(
     count: u16,
     interval: Duration,
 ) -> Result<(u16, u16), ProbeError> {
+    let log = ping_log(target, interval, |sent| sent >= usize::from(count))?;
+    Ok((log.sent() as u16, log.received() as u16))
+}
+
+/// Which echoes of a series were answered, in the order they were sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PingLog {
+    pub interval: Duration,
+    pub answered: Vec<bool>,
+}
+
+impl PingLog {
+    pub fn sent(&self) -> usize {
+        self.answered.len()
+    }
+
+    pub fn received(&self) -> usize {
+        self.answered.iter().filter(|a| **a).count()
+    }
+
+    pub fn lost(&self) -> usize {
+        self.sent() - self.received()
+    }
+
+    /// The longest run of consecutive unanswered echoes among those sent
+    /// in `range` (indices): (first index, length). An outage lasts about
+    /// length x interval, whatever the loss around it.
+    pub fn longest_loss_run(&self, range: std::ops::Range<usize>) -> (usize, usize) {
+        let range = range.start.min(self.sent())..range.end.min(self.sent());
+        let (mut best, mut run_start, mut run) = ((range.start, 0), range.start, 0);
+        for i in range {
+            if self.answered[i] {
+                run = 0;
+                continue;
+            }
+            if run == 0 {
+                run_start = i;
+            }
+            run += 1;
+            if run > best.1 {
+                best = (run_start, run);
+            }
+        }
+        best
+    }
+
+    /// How many echoes were sent before `t` had passed since the first.
+    pub fn index_at(&self, t: Duration) -> usize {
+        let k = t.as_nanos() / self.interval.as_nanos().max(1);
+        usize::try_from(k).unwrap_or(usize::MAX).min(self.sent())
+    }
+}
+
+/// Sends an ICMP echo every `interval` until `done(sent so far)` (at most
+/// 65,536: sequence numbers are 16 bits), then waits a second for late
+/// answers. Echo k leaves at k x interval after the first, so an index
+/// in the log is a time.
+pub fn ping_log(
+    target: IpAddr,
+    interval: Duration,
+    done: impl Fn(usize) -> bool,
+) -> Result<PingLog, ProbeError> {
     let fail = |reason: String| ProbeError {
         proto: "icmp",
         target,
@@ -252,23 +314,25 @@ pub fn ping_series(
         .map_err(|e| fail(e.to_string()))?;
     let id = (nonce() & 0xffff) as u16;
     let to = SockAddr::from(SocketAddr::new(target, 0));
-    let mut seen = std::collections::HashSet::new();
+    let mut answered: Vec<bool> = Vec::new();
     let start = Instant::now();
     let mut buf = [0u8; 2048];
-    let mut sent = 0u16;
-    let end = |sent: u16| start + interval * u32::from(sent.max(1)) + Duration::from_secs(1);
-    while sent < count || Instant::now() < end(sent) {
-        if sent < count && Instant::now() >= start + interval * u32::from(sent) {
-            s.send_to(&icmp_echo(id, sent, b"muslin"), &to)
-                .map_err(|e| fail(format!("send: {e}")))?;
-            sent += 1;
+    let at = |k: usize| start + interval * u32::try_from(k).unwrap_or(u32::MAX);
+    let mut end: Option<Instant> = None;
+    while end.is_none_or(|e| Instant::now() < e) {
+        let sending = end.is_none();
+        if sending && (done(answered.len()) || answered.len() > usize::from(u16::MAX)) {
+            end = Some(at(answered.len().max(1)) + Duration::from_secs(1));
             continue;
         }
-        let next = if sent < count {
-            start + interval * u32::from(sent)
-        } else {
-            end(sent)
-        };
+        if sending && Instant::now() >= at(answered.len()) {
+            let seq = answered.len() as u16;
+            s.send_to(&icmp_echo(id, seq, b"muslin"), &to)
+                .map_err(|e| fail(format!("send: {e}")))?;
+            answered.push(false);
+            continue;
+        }
+        let next = end.unwrap_or_else(|| at(answered.len()));
         let wait = next
             .saturating_duration_since(Instant::now())
             .max(Duration::from_micros(100));
@@ -282,12 +346,15 @@ pub fn ping_series(
                     && icmp[0] == 0
                     && icmp[4..6] == id.to_be_bytes()
                 {
-                    seen.insert(u16::from_be_bytes([icmp[6], icmp[7]]));
+                    let seq = usize::from(u16::from_be_bytes([icmp[6], icmp[7]]));
+                    if let Some(a) = answered.get_mut(seq) {
+                        *a = true;
+                    }
                 }
             }
         }
     }
-    Ok((sent, seen.len() as u16))
+    Ok(PingLog { interval, answered })
 }
 
 /// Answers each datagram from the address it was sent to: on a host with
@@ -678,6 +745,25 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_ping_log_finds_the_longest_outage_within_a_window() {
+        let log = PingLog {
+            interval: Duration::from_millis(10),
+            answered: [1, 0, 1, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0]
+                .iter()
+                .map(|a| *a == 1)
+                .collect(),
+        };
+        assert_eq!((log.sent(), log.received(), log.lost()), (14, 4, 10));
+        assert_eq!(log.longest_loss_run(0..14), (10, 4), "the tail counts");
+        assert_eq!(log.longest_loss_run(0..9), (3, 3));
+        assert_eq!(log.longest_loss_run(4..6), (4, 2), "clipped to the window");
+        assert_eq!(log.longest_loss_run(0..1), (0, 0), "no loss, no run");
+        assert_eq!(log.longest_loss_run(20..30), (14, 0));
+        assert_eq!(log.index_at(Duration::from_millis(35)), 3);
+        assert_eq!(log.index_at(Duration::from_secs(9)), 14);
+    }
 
     #[test]
     fn echo_framing() {

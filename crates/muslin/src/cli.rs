@@ -63,7 +63,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     pub baseline: Option<PathBuf>,
     /// Run only one stage
-    #[arg(long, value_parser = ["dataplane", "cni", "policy", "scale", "dns"])]
+    #[arg(long, value_parser = ["dataplane", "cni", "policy", "scale", "dns", "relay"])]
     pub only: Option<String>,
 }
 
@@ -362,7 +362,7 @@ pub enum ProbeCommand {
         #[arg(long, default_value_t = muslin_lab::probe::DEFAULT_PORT)]
         port: u16,
     },
-    /// ICMP echo every INTERVAL; prints sent, received, lost; non-zero exit on loss
+    /// ICMP echo every INTERVAL; prints sent, received, lost and the longest run of losses; non-zero exit on loss
     Ping {
         target: IpAddr,
         #[arg(long, default_value_t = 100)]

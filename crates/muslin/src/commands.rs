@@ -447,9 +447,21 @@ fn probe_cmd(p: ProbeCommand) -> Result<ExitCode> {
             count,
             interval_ms,
         } => {
-            let (sent, got) = probe::ping_series(target, count, Duration::from_millis(interval_ms))
+            let interval = Duration::from_millis(interval_ms);
+            let log = probe::ping_log(target, interval, |sent| sent >= usize::from(count))
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!("{target}: sent {sent} received {got} lost {}", sent - got);
+            let (sent, got) = (log.sent(), log.received());
+            print!("{target}: sent {sent} received {got} lost {}", log.lost());
+            // The longest outage, as the lost echoes alone cannot tell one
+            // long gap from scattered drops.
+            let (first, run) = log.longest_loss_run(0..sent);
+            if run > 0 {
+                print!(
+                    ", longest loss run {run} ({} ms) from echo {first}",
+                    run as u128 * interval.as_millis()
+                );
+            }
+            println!();
             Ok(if got == sent {
                 ExitCode::SUCCESS
             } else {
