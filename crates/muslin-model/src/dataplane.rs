@@ -345,18 +345,8 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
                 }
                 // The direct path stays, for its probes alone: to the
                 // peer's VTEP address, which no pod uses.
-                if let (Some(o), false) = (own, p.tunnel_always) {
-                    if let Some(b) = blocks.first() {
-                        // From our own VTEP address, which the far end's
-                        // probe route sends straight back: a node address
-                        // would be checked against the relayed routes by
-                        // strict rp_filter at either end.
-                        let src = d.vxlan.as_ref().map(|v| v.address);
-                        d.routes.push(ClusterRoute {
-                            src,
-                            ..o.route(IpNet::from(b.network()), p.table, o.pin)
-                        });
-                    }
+                if let Some(o) = own.filter(|_| !p.tunnel_always) {
+                    d.routes.extend(probe_route(&d, &o, &blocks, p.table));
                     o.entries(&mut d);
                 }
                 let hop = direct.get(via.as_str()).map(|(_, x)| x.clone());
@@ -381,6 +371,12 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
                 if let (Some(t), true) = (p.pod_table, o.vxlan) {
                     d.routes.push(o.route(IpNet::from(rec.address), t, o.pin));
                 }
+                // A routed peer's probes would leave from the node address
+                // by the block's route: they take the probe route always,
+                // so what is probed never changes with relaying.
+                if !o.vxlan && !p.tunnel_always {
+                    d.routes.extend(probe_route(&d, &o, &blocks, p.table));
+                }
                 o.entries(&mut d);
             }
             (None, None) => {}
@@ -389,6 +385,21 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
     }
     d.routes.sort();
     d
+}
+
+/// The route of the data-path probes to a peer: to its VTEP address (no
+/// pod has it) over the direct path, from our own VTEP address, as the
+/// peer's probe route to ours is. A probe and its answer cross the direct
+/// path whether or not pods' traffic is relayed, and look like pods'
+/// traffic: a node address would be checked by strict rp_filter against
+/// the routes to that node, which may point to a relay.
+fn probe_route(d: &Desired, o: &NextHop, blocks: &[IpNet], table: u32) -> Option<ClusterRoute> {
+    let ours = d.vxlan.as_ref()?.address;
+    let theirs = blocks.first()?.network();
+    Some(ClusterRoute {
+        src: Some(ours),
+        ..o.route(IpNet::from(theirs), table, o.pin)
+    })
 }
 
 /// How packets for a directly reached peer leave this node.
@@ -565,7 +576,8 @@ mod tests {
             .filter(|r| r.table == MAIN_TABLE)
             .map(|r| r.dst.to_string())
             .collect();
-        assert_eq!(dsts, ["10.244.2.0/24", "10.244.3.0/24"]);
+        // (h2's VTEP address by its probe route.)
+        assert_eq!(dsts, ["10.244.2.0/24", "10.244.2.0/32", "10.244.3.0/24"]);
     }
 
     const VX: VxlanSettings = VxlanSettings {
@@ -578,7 +590,17 @@ mod tests {
         let d = run(&view(), Backend::Auto, crate::cluster::vtep_mac("h1"));
         assert_eq!(d.paths["h2"], Path::Routed);
         assert_eq!(d.paths["h3"], Path::Vxlan);
-        assert_eq!(d.routes.len(), 3);
+        // h2's block, its probe route, h3's block, h3 for pods.
+        assert_eq!(d.routes.len(), 4);
+        let probe = d
+            .routes
+            .iter()
+            .find(|r| r.dst.to_string() == "10.244.2.0/32")
+            .unwrap();
+        assert_eq!(
+            (probe.via.to_string(), probe.src.map(|s| s.to_string())),
+            ("192.168.10.12".into(), Some("10.244.1.0".into()))
+        );
         // h3's node address, for pod-sourced traffic only, via the tunnel.
         let n3 = d.routes.iter().find(|r| r.table == POD_TABLE).unwrap();
         assert_eq!(
@@ -643,7 +665,8 @@ mod tests {
     fn routed_refuses_peers_across_a_router_and_vxlan_tunnels_everyone() {
         let d = run(&view(), Backend::Routed, [2; 6]);
         assert!(matches!(&d.paths["h3"], Path::Unreachable(why) if why.contains("shared L2")));
-        assert_eq!(d.routes.len(), 1);
+        // h2's block and its probe route.
+        assert_eq!(d.routes.len(), 2);
         let d = run(&view(), Backend::Vxlan, [2; 6]);
         assert!(d.paths.values().all(|p| *p == Path::Vxlan));
         assert!(d

@@ -59,6 +59,7 @@ fn routes_through_a_missing_device_are_skipped() {
         d.skipped,
         [
             "10.244.2.0/24: device eth1 is missing",
+            "10.244.2.0/32: device eth1 is missing",
             "10.244.12.0/24: device eth1 is missing"
         ]
     );
@@ -103,7 +104,7 @@ fn peer_joins_adds_only_its_objects() {
             format!("fdb replace {m} dev msl-vxlan dst 192.168.20.13 permanent"),
         ]
     );
-    // A routed peer joining is one route per block.
+    // A routed peer joining is one route per block, and its probe route.
     let before = {
         let mut v = cluster();
         v.nodes.remove("h2");
@@ -113,6 +114,7 @@ fn peer_joins_adds_only_its_objects() {
         transition(&before, &cluster(), Backend::Auto, true),
         [
             "route replace 10.244.2.0/24 via 192.168.10.12 dev eth1 proto 77 table 254",
+            "route replace 10.244.2.0/32 via 192.168.10.12 dev eth1 src 10.244.1.0 proto 77 table 254",
             "route replace 10.244.12.0/24 via 192.168.10.12 dev eth1 proto 77 table 254",
         ]
     );

@@ -400,6 +400,8 @@ pub fn peer_routes(ns: &str) -> Vec<String> {
     let mut v: Vec<String> = must(&["ip", "-n", ns, "route", "show", "proto", "77"])
         .lines()
         .filter(|l| l.contains(" via "))
+        // Not the probe routes to peers' VTEP addresses (host routes).
+        .filter(|l| l.split_whitespace().next().is_some_and(|d| d.contains('/')))
         .map(String::from)
         .collect();
     v.sort();
