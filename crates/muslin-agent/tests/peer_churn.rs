@@ -116,13 +116,22 @@ async fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn routes_via(k: &FakeKernel, via: &str) -> Vec<String> {
-    k.state(&Ns::Host)
+/// Routes to blocks via `via`, and the probe routes to VTEP addresses
+/// (host routes) via it.
+fn routes_via(k: &FakeKernel, via: &str) -> (Vec<String>, Vec<String>) {
+    let all: Vec<_> = k
+        .state(&Ns::Host)
         .routes
-        .iter()
+        .into_iter()
         .filter(|r| r.via.is_some_and(|v| v.to_string() == via))
-        .map(|r| r.to_string())
-        .collect()
+        .collect();
+    let (probes, blocks): (Vec<_>, Vec<_>) = all
+        .into_iter()
+        .partition(|r| r.dst.prefix_len() == r.dst.max_prefix_len());
+    (
+        blocks.iter().map(|r| r.to_string()).collect(),
+        probes.iter().map(|r| r.to_string()).collect(),
+    )
 }
 
 #[test]
@@ -165,49 +174,57 @@ async fn churn(dir: &Path) {
     );
 
     // h2 joins: h1 routes h2's block via h2's address on the shared
-    // segment, and h2 routes h1's; nothing else goes through the peer.
-    until("h1 routes to h2's block", 20, || {
-        routes_via(&k1, "192.0.2.2").len() == 1
-    })
-    .await;
-    until("h2 routes to h1's block", 20, || {
-        routes_via(&k2, "192.0.2.1").len() == 1
-    })
-    .await;
-    let r = routes_via(&k1, "192.0.2.2").remove(0);
+    // segment, and h2 routes h1's; nothing else goes through the peer but
+    // the probe route to its VTEP address.
+    let one_each = |k: &FakeKernel, via: &str| {
+        let (b, p) = routes_via(k, via);
+        b.len() == 1 && p.len() == 1
+    };
+    until("h1 routes to h2's block", 20, || one_each(&k1, "192.0.2.2")).await;
+    until("h2 routes to h1's block", 20, || one_each(&k2, "192.0.2.1")).await;
+    let (mut blocks, mut probes) = routes_via(&k1, "192.0.2.2");
+    let (r, probe) = (blocks.remove(0), probes.remove(0));
     assert!(
         r.starts_with("10.244.") && r.ends_with("via 192.0.2.2 dev eth0 proto 77 table 254"),
         "{r}"
     );
-    let joined: Vec<String> = k1
+    assert!(
+        probe.starts_with("10.244.") && probe.contains("/32 via 192.0.2.2 dev eth0 src 10.244."),
+        "{probe}"
+    );
+    let mut joined: Vec<String> = k1
         .take_log()
         .into_iter()
         .filter(|s| s.contains("192.0.2.2"))
         .collect();
-    assert_eq!(
-        joined,
-        vec![format!("[host] route replace {r}")],
-        "one change for the peer"
-    );
+    joined.sort();
+    let mut want = vec![
+        format!("[host] route replace {r}"),
+        format!("[host] route replace {probe}"),
+    ];
+    want.sort();
+    assert_eq!(joined, want, "one change per route for the peer");
 
     // h2 leaves for good: once its TTL passed, h1 removes that route and
     // only that route.
     let _ = a2.stop.send(());
     a2.done.await.unwrap().unwrap();
     until("h1 drops the route to the departed h2", 30, || {
-        routes_via(&k1, "192.0.2.2").is_empty()
+        routes_via(&k1, "192.0.2.2") == (vec![], vec![])
     })
     .await;
-    let left: Vec<String> = k1
+    let mut left: Vec<String> = k1
         .take_log()
         .into_iter()
         .filter(|s| s.contains("route"))
         .collect();
-    assert_eq!(
-        left,
-        vec![format!("[host] route del {r}")],
-        "one change for the departure"
-    );
+    left.sort();
+    let mut want = vec![
+        format!("[host] route del {r}"),
+        format!("[host] route del {probe}"),
+    ];
+    want.sort();
+    assert_eq!(left, want, "one change per route for the departure");
     let _ = a1.stop.send(());
     a1.done.await.unwrap().unwrap();
 }

@@ -544,3 +544,25 @@ fn a_routed_pair_relayed_over_tunnels_works_and_heals_under_strict_rp_filter() {
     check_all(&lab, "tcp,udp,icmp");
     host_reaches(&lab, "h1", "h3", "c1");
 }
+
+#[test]
+fn networks_relay_too_and_stay_apart() {
+    let lab = Lab::new();
+    let nets = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/networks.toml");
+    lab.up(&["-f", nets, "--converge-timeout", "90"]);
+    lab.ok(&["block", "--name", &lab.name, "h1", "h3"]);
+    for (a, b) in [("h1", "h3"), ("h3", "h1")] {
+        wait_for(&lab, a, b, "relayed", relayed);
+    }
+    // Every network's containers reach each other across the cut, and
+    // nothing of another network.
+    let m = lab.json(&[
+        "check", "--name", &lab.name, "--json", "--proto", "tcp,icmp",
+    ]);
+    let f = common::lab::failures(&m);
+    assert!(f.is_empty(), "{f:?}");
+    assert!(
+        !m["isolation"].as_array().unwrap().is_empty(),
+        "isolation was checked: {m}"
+    );
+}
