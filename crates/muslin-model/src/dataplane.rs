@@ -521,6 +521,29 @@ mod tests {
         run_with(v, backend, mac, &[], &BTreeMap::new())
     }
 
+    /// h1's plane under `auto`, with what its own probes found.
+    fn run_judged(v: &ClusterView, mine: &BTreeMap<String, crate::cluster::PathHealth>) -> Desired {
+        desired(
+            v,
+            &Params {
+                me: "h1",
+                backend: Backend::Auto,
+                local: &local(),
+                vx: VX,
+                vtep_mac: [2; 6],
+                pod_cidr: POD,
+                local_addresses: &[],
+                path_mtu: &BTreeMap::new(),
+                dev: VXLAN_DEV,
+                table: MAIN_TABLE,
+                pod_table: Some(POD_TABLE),
+                tunnel_always: false,
+                health: mine,
+                relays: &BTreeMap::new(),
+            },
+        )
+    }
+
     fn run_with(
         v: &ClusterView,
         backend: Backend,
@@ -747,25 +770,7 @@ mod tests {
         }
         let mine: BTreeMap<String, crate::cluster::PathHealth> =
             [("h2".to_string(), ok(true)), ("h3".to_string(), ok(false))].into();
-        let d = desired(
-            &v,
-            &Params {
-                me: "h1",
-                backend: Backend::Auto,
-                local: &local(),
-                vx: VX,
-                vtep_mac: [2; 6],
-                pod_cidr: POD,
-                local_addresses: &[],
-                path_mtu: &BTreeMap::new(),
-                dev: VXLAN_DEV,
-                table: MAIN_TABLE,
-                pod_table: Some(POD_TABLE),
-                tunnel_always: false,
-                health: &mine,
-                relays: &BTreeMap::new(),
-            },
-        );
+        let d = run_judged(&v, &mine);
         match &d.paths["h3"] {
             Path::Relay(r) => {
                 assert_eq!(r.via, "h2");
@@ -805,25 +810,7 @@ mod tests {
         // and why is said.
         let mine: BTreeMap<String, crate::cluster::PathHealth> =
             [("h2".to_string(), ok(false)), ("h3".to_string(), ok(false))].into();
-        let d = desired(
-            &v,
-            &Params {
-                me: "h1",
-                backend: Backend::Auto,
-                local: &local(),
-                vx: VX,
-                vtep_mac: [2; 6],
-                pod_cidr: POD,
-                local_addresses: &[],
-                path_mtu: &BTreeMap::new(),
-                dev: VXLAN_DEV,
-                table: MAIN_TABLE,
-                pod_table: Some(POD_TABLE),
-                tunnel_always: false,
-                health: &mine,
-                relays: &BTreeMap::new(),
-            },
-        );
+        let d = run_judged(&v, &mine);
         assert_eq!(d.paths["h3"], Path::Vxlan);
         assert!(
             d.stuck["h3"].contains("no relay: h2: h1–h2 failing"),

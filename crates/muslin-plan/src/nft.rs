@@ -533,13 +533,7 @@ impl Masquerade {
                 chain.push((
                     n.tag("to the host"),
                     vec![
-                        is(
-                            Expression::Named(NamedExpression::Fib(Fib {
-                                result: FibResult::Type,
-                                flags: HashSet::from([FibFlag::Daddr]),
-                            })),
-                            Expression::String(Cow::Borrowed("local")),
-                        ),
+                        is(daddr_type(), Expression::String(Cow::Borrowed("local"))),
                         count(),
                         drop(),
                     ],
@@ -590,13 +584,7 @@ impl Masquerade {
                     field(fam, "daddr"),
                     Expression::String(Cow::Owned(format!("@{NODES}"))),
                 ),
-                not(
-                    Expression::Named(NamedExpression::Fib(Fib {
-                        result: FibResult::Type,
-                        flags: HashSet::from([FibFlag::Daddr]),
-                    })),
-                    Expression::String(Cow::Borrowed("local")),
-                ),
+                not(daddr_type(), Expression::String(Cow::Borrowed("local"))),
                 count(),
                 drop(),
             ],
@@ -636,6 +624,15 @@ fn not(left: Expression<'static>, right: Expression<'static>) -> Statement<'stat
         right,
         op: Operator::NEQ,
     })
+}
+
+/// The kind of route the destination has (`local` for this host's own
+/// addresses).
+fn daddr_type() -> Expression<'static> {
+    Expression::Named(NamedExpression::Fib(Fib {
+        result: FibResult::Type,
+        flags: HashSet::from([FibFlag::Daddr]),
+    }))
 }
 
 fn count() -> Statement<'static> {
