@@ -921,6 +921,7 @@ impl Cluster {
         }
         rec.reserved = self.host.reserved.clone();
         rec.addresses = self.host.usable(self.underlay.address);
+        rec.relays = self.relays.clone();
         if rec != self.record {
             tracing::debug!(reach = ?rec.reach, "record changed");
             self.store.publish_record(&rec).await;

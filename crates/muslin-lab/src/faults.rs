@@ -286,6 +286,12 @@ pub fn block(name: Option<&str>, cut: Cut) -> Result<CutReport, LabError> {
     let lock = registry::lock(&lab)?;
     let plan = lock.load()?.plan;
     let wanted = cut_lines(&plan, &cut)?;
+    if wanted.is_empty() {
+        return Err(LabError::Usage(format!(
+            "{} share no segment and no address family: there is nothing between them to cut",
+            cut.describe()
+        )));
+    }
     let present = handles_of(&cut_rules(&plan)?, &cut);
     if present.len() == wanted.len() {
         return Ok(report(&plan, cut, false));

@@ -272,6 +272,10 @@ pub struct NodeRecord {
     /// not mistaken for a link that failed and must prove itself.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub started_ms: u64,
+    /// The relay this node sends each relayed peer's traffic through: the
+    /// two ends of a pair settle on one (see `relay::Graph::route`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub relays: BTreeMap<String, String>,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -302,6 +306,7 @@ impl NodeRecord {
             gossip_port: 0,
             gossip_address: Some(address),
             started_ms: 0,
+            relays: BTreeMap::new(),
         }
     }
 }

@@ -399,10 +399,15 @@ impl Tracker {
                 });
             // Whether the underlay answers now, not lately: the address
             // is asked every second again once data probes go missing.
-            let underlay = st
-                .answered
-                .get(adv)
-                .is_some_and(|t| now.duration_since(*t) < window(FAST));
+            // Until those have had their window, its slower answers stand,
+            // so the cause does not flip right after the failure.
+            let settling = st
+                .data_answered
+                .is_some_and(|t| now.duration_since(t) < DATA_DOWN + window(FAST));
+            let underlay = st.answered.get(adv).is_some_and(|t| {
+                let age = now.duration_since(*t);
+                age < window(FAST) || (settling && age < window(SLOW))
+            });
             let cause = (!ok).then(|| match (path, underlay) {
                 // Worded the same all along: the record is not published
                 // again every second of the wait.
@@ -497,7 +502,11 @@ mod tests {
             t.answered("h2", &Purpose::Data, at);
         }
         assert!(t.health(&plan(), 4789, at)["h2"].ok);
-        let h = t.health(&plan(), 4789, at + FAST * 3);
+        // Right after the failure the address's last answer stands; once
+        // it had its chances to answer again, it is named as silent too.
+        let h = t.health(&plan(), 4789, at + DATA_DOWN);
+        assert!(h["h2"].cause.as_deref().unwrap().contains("gossip fine"));
+        let h = t.health(&plan(), 4789, at + FAST * 5);
         assert!(h["h2"]
             .cause
             .as_deref()

@@ -184,9 +184,19 @@ impl<'a> Graph<'a> {
             }
         }
         fit.sort();
-        // The relay in use stays while it is fit: a new node or another
-        // candidate coming and going moves no pair.
-        let keep = kept.and_then(|k| fit.iter().position(|(_, _, r)| r == k));
+        // A relay in use stays while it is fit: a new node or another
+        // candidate coming and going moves no pair. Both ends must agree,
+        // and each knows its own choice before the other's: where they
+        // differ, the choice of the end whose name sorts first wins.
+        let theirs = self.record(peer).and_then(|r| r.relays.get(self.me));
+        let (first, second) = match self.me < peer {
+            true => (kept, theirs.map(String::as_str)),
+            false => (theirs.map(String::as_str), kept),
+        };
+        let keep = [first, second]
+            .into_iter()
+            .flatten()
+            .find_map(|k| fit.iter().position(|(_, _, r)| r == k));
         if let Some((_, _, via)) = keep
             .map(|i| fit.swap_remove(i))
             .or_else(|| fit.into_iter().next())

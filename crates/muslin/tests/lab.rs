@@ -567,7 +567,7 @@ fn reaches(lab: &Lab, from: &str, to: &str, protos: &str) -> bool {
             "--proto",
             protos,
             "--timeout-ms",
-            "600",
+            "1500",
         ],
     )
     .status

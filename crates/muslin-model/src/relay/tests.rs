@@ -287,3 +287,40 @@ fn the_relay_in_use_is_kept_while_nothing_can_be_verified() {
     let g = Graph::new(&healed, "h1", &mine, Backend::Auto);
     assert_eq!(g.route("h3", Some("h2")), Route::Direct);
 }
+
+#[test]
+fn ends_that_kept_different_relays_settle_on_the_first_ends_choice() {
+    // h1 and h3 are cut; h2 and h4 both reach both. h1 kept h4, h3 kept
+    // h2 (each saw the other fail first): h1 sorts first, so both take h4.
+    let mut v = ring(RING, ACROSS);
+    v.nodes
+        .get_mut("h1")
+        .unwrap()
+        .record
+        .as_mut()
+        .unwrap()
+        .relays
+        .insert("h3".into(), "h4".into());
+    v.nodes
+        .get_mut("h3")
+        .unwrap()
+        .record
+        .as_mut()
+        .unwrap()
+        .relays
+        .insert("h1".into(), "h2".into());
+    let at = |me: &str, peer: &str, kept: &str| {
+        let mine = v.nodes[me].record.as_ref().unwrap().health.clone();
+        via(Graph::new(&v, me, &mine, Backend::Auto).route(peer, Some(kept)))
+    };
+    assert_eq!(at("h1", "h3", "h4"), "h4");
+    assert_eq!(at("h3", "h1", "h2"), "h4");
+    // The first end's choice unfit: the other's stands for both.
+    let mut v2 = v.clone();
+    v2.nodes.get_mut("h4").unwrap().alive = false;
+    let mine = v2.nodes["h3"].record.as_ref().unwrap().health.clone();
+    assert_eq!(
+        via(Graph::new(&v2, "h3", &mine, Backend::Auto).route("h1", Some("h2"))),
+        "h2"
+    );
+}
