@@ -693,6 +693,7 @@ impl Cluster {
                     tunnel_always: false,
                     health: &self.record.health,
                     relays: &self.relays,
+                    encrypt: self.encrypt,
                 },
             );
             let relays: std::collections::BTreeMap<String, String> = d

@@ -275,7 +275,10 @@ pub struct NodeRecord {
     /// The relay this node sends each relayed peer's traffic through: the
     /// two ends of a pair settle on one (see `relay::Graph::route`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub relays: BTreeMap<String, String>,
+    pub relays: BTreeMap<String, String>,    /// This node's WireGuard end when it encrypts pod traffic (see
+    /// `encryption`); absent in records of nodes that do not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<crate::encryption::WireguardEnd>,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -307,6 +310,7 @@ impl NodeRecord {
             gossip_address: Some(address),
             started_ms: 0,
             relays: BTreeMap::new(),
+            wireguard: None,
         }
     }
 }

@@ -60,6 +60,8 @@ impl std::fmt::Display for Backend {
 pub enum Path {
     Routed,
     Vxlan,
+    /// Encrypted, through our WireGuard device.
+    Wireguard,
     /// Through another node acting as a router, because the direct path
     /// fails; the direct path stays programmed for its probes alone.
     Relay(Relayed),
@@ -133,6 +135,21 @@ pub struct Desired {
     /// Peers whose direct path fails with no node to relay through, and
     /// why: their direct routes stay, in case the path half works.
     pub stuck: BTreeMap<String, String>,
+    /// With encryption: our WireGuard device and its peers (no VXLAN
+    /// device then: every peer is reached through this one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<crate::encryption::WgDevice>,
+}
+
+impl Desired {
+    /// Our end of the data-path probes: the VTEP or tunnel address.
+    pub fn tunnel_address(&self) -> Option<IpAddr> {
+        match (&self.vxlan, &self.wireguard) {
+            (Some(v), _) => Some(v.address),
+            (None, Some(w)) => w.address,
+            (None, None) => None,
+        }
+    }
 }
 
 /// Everything besides the cluster view that the data plane depends on.
@@ -168,6 +185,9 @@ pub struct Params<'a> {
     /// The relay each relayed peer went through until now (kept across
     /// restarts): it stays while no relay can be verified.
     pub relays: &'a BTreeMap<String, String>,
+    /// Pod traffic to peers goes through WireGuard (the default network;
+    /// see `encryption`): peers that do not encrypt get none.
+    pub encrypt: bool,
 }
 
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -236,7 +256,15 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
         (Some(b), false) => Some(b.network()),
         (None, false) => None,
     };
-    d.vxlan = vtep_address.map(|address| VxlanDevice {
+    let encrypt = p.encrypt && !p.tunnel_always;
+    if encrypt {
+        d.wireguard = Some(crate::encryption::WgDevice {
+            mtu: local.mtu - crate::encryption::overhead(local.address),
+            address: vtep_address,
+            peers: vec![],
+        });
+    }
+    d.vxlan = vtep_address.filter(|_| !encrypt).map(|address| VxlanDevice {
         vni: p.vx.vni,
         port: p.vx.port,
         local: local.address,
@@ -245,7 +273,7 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
         mac: p.vtep_mac,
         address,
     });
-    d.pod_rule = d.vxlan.as_ref().map(|_| pod_cidr);
+    d.pod_rule = d.tunnel_address().map(|_| pod_cidr);
     // Each peer's direct path first: a relay is reached over its own.
     let mut direct: BTreeMap<&str, (&NodeRecord, Path)> = BTreeMap::new();
     for (name, peer) in &view.nodes {
@@ -263,11 +291,22 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
                 rec.address,
                 names.join(", ")
             )),
+            _ if encrypt => match crate::encryption::peer_refusal(rec) {
+                Some(why) => Path::Unreachable(why),
+                None => Path::Wireguard,
+            },
             _ => path_to(p.backend, local, rec),
         };
         direct.insert(name.as_str(), (rec, path));
     }
-    let graph = crate::relay::Graph::new(view, me, p.health, p.backend);
+    // Encrypted, every hop is a WireGuard tunnel: the same cost each.
+    let hop_backend = if encrypt { Backend::Vxlan } else { p.backend };
+    let graph = crate::relay::Graph::new(view, me, p.health, hop_backend);
+    // For the WireGuard peers: whose blocks go straight to whom, and
+    // through whom.
+    let mut wg_direct: BTreeMap<String, Vec<IpNet>> = BTreeMap::new();
+    let mut wg_relayed: BTreeMap<String, (String, Vec<IpNet>)> = BTreeMap::new();
+    let mut wg_probe: BTreeMap<String, IpAddr> = BTreeMap::new();
     // Until a probe measured it, the smaller of the two interfaces.
     let pmtu_of = |name: &str, rec: &NodeRecord| {
         p.path_mtu
@@ -284,7 +323,9 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
         let name = *name;
         let blocks = blocks_of(name);
         let relay = match path {
-            Path::Routed | Path::Vxlan => graph.route(name, p.relays.get(name).map(String::as_str)),
+            Path::Routed | Path::Vxlan | Path::Wireguard => {
+                graph.route(name, p.relays.get(name).map(String::as_str))
+            }
             _ => crate::relay::Route::Direct,
         };
         let relayed = match relay {
@@ -319,6 +360,9 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
                             .and_then(|x| x.path_mtu)
                             .unwrap_or(r.mtu.min(rec.mtu));
                         match graph.hop(&via, name) {
+                            _ if encrypt => {
+                                m.saturating_sub(crate::encryption::overhead(rec.address))
+                            }
                             Some(crate::relay::Hop::Vxlan) => m.saturating_sub(VXLAN_OVERHEAD),
                             _ => m,
                         }
@@ -349,6 +393,12 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
                     d.routes.extend(probe_route(&d, &o, &blocks, p.table));
                     o.entries(&mut d);
                 }
+                if encrypt {
+                    wg_relayed.insert(name.to_string(), (via.clone(), blocks.clone()));
+                    if let Some(b) = blocks.first() {
+                        wg_probe.insert(name.to_string(), b.network());
+                    }
+                }
                 let hop = direct.get(via.as_str()).map(|(_, x)| x.clone());
                 d.paths.insert(
                     name.to_string(),
@@ -362,19 +412,22 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
                 continue;
             }
             (None, Some(o)) => {
+                if encrypt {
+                    wg_direct.insert(name.to_string(), blocks.clone());
+                }
                 for b in &blocks {
                     d.routes.push(o.route(*b, p.table, o.pin));
                 }
                 // A pod's packet to the peer node itself goes through the
                 // tunnel too, so it arrives where the node's route back to
                 // the pod points: strict rp_filter there accepts it.
-                if let (Some(t), true) = (p.pod_table, o.vxlan) {
+                if let (Some(t), true) = (p.pod_table, o.vxlan || encrypt) {
                     d.routes.push(o.route(IpNet::from(rec.address), t, o.pin));
                 }
                 // A routed peer's probes would leave from the node address
                 // by the block's route: they take the probe route always,
                 // so what is probed never changes with relaying.
-                if !o.vxlan && !p.tunnel_always {
+                if (!o.vxlan || encrypt) && !p.tunnel_always {
                     d.routes.extend(probe_route(&d, &o, &blocks, p.table));
                 }
                 o.entries(&mut d);
@@ -382,6 +435,16 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
             (None, None) => {}
         }
         d.paths.insert(name.to_string(), path.clone());
+    }
+    if let Some(w) = d.wireguard.as_mut() {
+        w.peers = crate::encryption::peers(view, me, &wg_direct, &wg_relayed, &wg_probe);
+        // The host's own packets into the tunnel leave from the node
+        // address, which every peer's device admits from us (directly or
+        // through the relay that carries us), whether or not we hold a
+        // block; probes keep their tunnel address.
+        for r in d.routes.iter_mut().filter(|r| r.src.is_none()) {
+            r.src = Some(local.address);
+        }
     }
     d.routes.sort();
     d
@@ -394,7 +457,7 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
 /// traffic: a node address would be checked by strict rp_filter against
 /// the routes to that node, which may point to a relay.
 fn probe_route(d: &Desired, o: &NextHop, blocks: &[IpNet], table: u32) -> Option<ClusterRoute> {
-    let ours = d.vxlan.as_ref()?.address;
+    let ours = d.tunnel_address()?;
     let theirs = blocks.first()?.network();
     Some(ClusterRoute {
         src: Some(ours),
@@ -476,6 +539,23 @@ fn next_hop(
                 entry: Some((vtep, mac, rec.address)),
             })
         }
+        // The device is L3: the next hop only names the peer; WireGuard
+        // picks the peer by the packet's destination.
+        Path::Wireguard => {
+            let w = d.wireguard.as_ref()?;
+            let inner = pmtu
+                .saturating_sub(crate::encryption::overhead(rec.address))
+                .max(576);
+            Some(NextHop {
+                via: rec.address,
+                dev: crate::encryption::WG_DEV.into(),
+                onlink: true,
+                vxlan: false,
+                mtu: inner,
+                pin: (inner < w.mtu).then_some(inner),
+                entry: None,
+            })
+        }
         Path::Relay(_) | Path::Unreachable(_) => None,
     }
 }
@@ -540,6 +620,7 @@ mod tests {
                 tunnel_always: false,
                 health: mine,
                 relays: &BTreeMap::new(),
+                encrypt: false,
             },
         )
     }
@@ -568,6 +649,7 @@ mod tests {
                 tunnel_always: false,
                 health: &BTreeMap::new(),
                 relays: &BTreeMap::new(),
+                encrypt: false,
             },
         )
     }

@@ -264,6 +264,7 @@ impl Cluster {
                         tunnel_always: true,
                         health: &self.record.health,
                         relays: &self.relays,
+                        encrypt: self.encrypt,
                     },
                 );
                 NetPlane {

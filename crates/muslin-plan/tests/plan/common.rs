@@ -100,6 +100,7 @@ pub fn desired(v: &ClusterView, backend: Backend) -> Desired {
             tunnel_always: false,
             health: &BTreeMap::new(),
             relays: &BTreeMap::new(),
+            encrypt: false,
         },
     )
 }

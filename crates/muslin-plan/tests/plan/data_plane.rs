@@ -397,6 +397,7 @@ fn golden_network() {
             tunnel_always: true,
             health: &Default::default(),
             relays: &Default::default(),
+            encrypt: false,
         },
     );
     let ranges = [net("10.50.0.0/16"), net(POD_CIDR)];
