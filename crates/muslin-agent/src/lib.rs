@@ -18,6 +18,7 @@ mod state_store;
 mod underlay_select;
 mod underlay_state;
 mod uninstall;
+mod wireguard;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -141,6 +142,9 @@ pub async fn run_with(
     forwarding.into_result()?;
     let cluster = membership::join(&config, &node_name, &executor).await?;
     let mtu = config.mtu.unwrap_or_else(|| match &cluster {
+        Some(c) if c.encrypt => {
+            c.underlay.mtu - muslin_model::encryption::overhead(c.underlay.address)
+        }
         Some(c) => muslin_model::dataplane::pod_mtu(c.backend, c.underlay.mtu),
         None => 1500,
     });

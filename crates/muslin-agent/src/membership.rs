@@ -13,6 +13,7 @@ use muslin_model::cluster::{
     gossip_block_keys, reserved_in, vtep_mac, BlockClaim, ClusterView, EndpointRecord, NodeRecord,
 };
 use muslin_model::dataplane::{desired, Backend, Desired, Params, Path, Underlay, VxlanSettings};
+use muslin_model::encryption::Encryption;
 use muslin_model::health::{PeerPlan, Tracker};
 use muslin_model::underlay::{
     range_conflict, reconsider, usable_addresses, Candidate, Choice, Method,
@@ -140,6 +141,9 @@ pub struct Cluster {
     policy: policies::PolicyState,
     /// The name service, when the agent serves DNS.
     dns: Option<crate::dns::NameService>,
+    /// Pod traffic to peers goes through WireGuard.
+    pub encrypt: bool,
+    wireguard: Option<crate::wireguard::Wireguard>,
 }
 
 /// How often the objects are published again though unchanged.
@@ -313,14 +317,32 @@ pub async fn join(
     };
     let known = nets::load_known(&config.state_dir);
     let known_objects = policies::load_objects(&config.state_dir);
-    let record = NodeRecord {
+    let encrypt = config.encryption == Encryption::Wireguard;
+    let wireguard = match encrypt {
+        true => Some(
+            crate::wireguard::Wireguard::start(
+                &config.state_dir,
+                config.wireguard_port,
+                underlay.mtu - muslin_model::encryption::overhead(underlay.address),
+            )
+            .await?,
+        ),
+        false => None,
+    };
+    let mut record = NodeRecord {
         address_reason: reason.clone(),
         addresses: facts.usable(underlay.address),
         reserved: facts.reserved.clone(),
         gossip_port: config.gossip_port,
         started_ms: crate::leases::now_ms(),
+        wireguard: wireguard.as_ref().map(crate::wireguard::Wireguard::end),
         ..NodeRecord::new(me, underlay.address, underlay.prefix, underlay.mtu)
     };
+    if encrypt {
+        record
+            .capabilities
+            .push(muslin_model::encryption::CAPABILITY.into());
+    }
     if !facts.reserved.is_empty() {
         tracing::info!(ranges = ?facts.reserved, "routes of this host lie inside the pod network: no node will lease blocks overlapping them");
     }
@@ -401,6 +423,14 @@ pub async fn join(
         }
         if store.synced() {
             tracing::info!("joined the cluster");
+            // Refused rather than left half in: peers that encrypt send
+            // nothing in clear, so our pods would reach none of theirs.
+            if !encrypt {
+                if let Some(why) = muslin_model::encryption::join_refusal(me, &store.view().await)
+                {
+                    return Err(AgentError::Join(why));
+                }
+            }
         } else {
             let hint = store.auth_problem().unwrap_or_default();
             tracing::warn!(peers = ?peers, %hint, "no join peer answered yet; going on and retrying in the background");
@@ -481,10 +511,39 @@ pub async fn join(
         interval,
         pod_cidr: config.pod_cidr(),
         masquerade: config.masquerade,
+        encrypt,
+        wireguard,
     }))
 }
 
 impl Cluster {
+    /// The WireGuard device as `muslin status` shows it.
+    pub(crate) async fn wireguard_status(&self) -> Option<muslin_model::api::WireguardStatus> {
+        match &self.wireguard {
+            Some(w) => Some(w.status().await),
+            None => None,
+        }
+    }
+
+    /// A new key pair, published at once: peers drop the old key as they
+    /// hear the new record, and renew sessions with the new one.
+    pub(crate) async fn rotate_key(&mut self) -> Result<String, muslin_model::cni::CniError> {
+        use muslin_model::cni::{CniError, ErrorCode};
+        let Some(wg) = self.wireguard.as_mut() else {
+            return Err(CniError::new(
+                ErrorCode::InvalidConfig,
+                "this node does not encrypt (encryption = \"none\"): it has no key to rotate",
+            ));
+        };
+        let key = wg
+            .rotate()
+            .await
+            .map_err(|e| CniError::new(ErrorCode::Internal, e))?;
+        self.record.wireguard = Some(wg.end());
+        self.store.publish_record(&self.record).await;
+        Ok(key)
+    }
+
     /// What `muslin status`, `muslin dns lookup` and ADD's results read of
     /// the name service.
     pub fn dns_shared(&self) -> Option<Arc<crate::dns::Shared>> {
@@ -709,6 +768,9 @@ impl Cluster {
                 crate::relay_state::save(&self.state_dir, &relays);
                 self.relays = relays;
             }
+            if let (Some(wg), Some(w)) = (self.wireguard.as_mut(), &d.wireguard) {
+                wg.converge(&w.peers).await;
+            }
             let planes = self.network_planes(&view, &live, &path_mtu);
             // Deleting needs a complete view: not before we heard from the
             // cluster, and not in the first rounds after a restart.
@@ -840,7 +902,10 @@ impl Cluster {
                 let rec = p.record.as_ref()?;
                 let first = owners.iter().find(|(_, o)| *o == n).map(|(b, _)| *b);
                 let data = match (d.paths.get(n), first) {
-                    (Some(path @ (Path::Routed | Path::Vxlan)), Some(b))
+                    (
+                        Some(path @ (Path::Routed | Path::Vxlan | Path::Wireguard)),
+                        Some(b),
+                    )
                         if d.routes.iter().any(|r| r.dst == b) =>
                     {
                         Some((b.network(), path.clone()))
@@ -1082,6 +1147,14 @@ impl Cluster {
         for (name, why) in &d.stuck {
             warnings.push(format!("{name}: {why}"));
         }
+        if !self.encrypt {
+            warnings.extend(muslin_model::encryption::join_refusal(&self.me, view));
+        } else if !live.is_empty() {
+            warnings.push(format!(
+                "networks {} cross between hosts in VXLAN without encryption: only the default network is encrypted yet",
+                live.keys().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
         let nodes = view
             .nodes
             .iter()
@@ -1099,6 +1172,7 @@ impl Cluster {
                     match d.paths.get(name) {
                         Some(Path::Routed) => "routed".into(),
                         Some(Path::Vxlan) => "vxlan".into(),
+                        Some(Path::Wireguard) => "wireguard".into(),
                         Some(Path::Relay(r)) => format!("via {}", r.via),
                         Some(Path::Unreachable(why)) => format!("unreachable: {why}"),
                         None => "unknown".into(),

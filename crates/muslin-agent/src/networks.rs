@@ -23,6 +23,9 @@ pub enum Ask {
     Delete(String, oneshot::Sender<Result<(), CniError>>),
     List(oneshot::Sender<Vec<NetworkStatus>>),
     Policy(crate::membership::policies::PolicyAsk),
+    /// A new WireGuard key: the new public key, or why not.
+    RotateKey(oneshot::Sender<Result<String, CniError>>),
+    WireguardStatus(oneshot::Sender<Option<muslin_model::api::WireguardStatus>>),
 }
 
 pub struct Networks {

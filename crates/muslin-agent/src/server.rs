@@ -183,6 +183,9 @@ async fn dispatch(node: &Node, req: Request) -> Response {
             {
                 c.policies = fresh;
             }
+            if let (Some(c), Ok(n)) = (s.cluster.as_mut(), node.networks()) {
+                c.wireguard = n.ask(Ask::WireguardStatus).await.ok().flatten();
+            }
             Ok(Response::Status(s))
         }
         Request::NetworkCreate(c) => match node.networks() {
@@ -264,6 +267,14 @@ async fn dispatch(node: &Node, req: Request) -> Response {
                 };
                 Ok(Response::Dns(d.lookup(&name, &nets).await))
             }
+        },
+        Request::RotateKey => match node.networks() {
+            Ok(n) => n
+                .ask(Ask::RotateKey)
+                .await
+                .and_then(|r| r)
+                .map(|public_key| Response::Rotated { public_key }),
+            Err(e) => Err(e),
         },
     };
     res.unwrap_or_else(Response::Error)

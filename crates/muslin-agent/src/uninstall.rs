@@ -26,7 +26,11 @@ pub async fn uninstall() -> Result<Vec<String>, KernelError> {
         .collect();
     let observed = ex.host().await?;
     let tunnel =
-        |name: &str| name == VXLAN_DEV || muslin_model::network::parse_vxlan_dev(name).is_some();
+        |name: &str| {
+            name == VXLAN_DEV
+                || name == muslin_model::encryption::WG_DEV
+                || muslin_model::network::parse_vxlan_dev(name).is_some()
+        };
     let mut steps: Vec<Step> = observed
         .links
         .iter()

@@ -61,6 +61,7 @@ pub(crate) fn up(o: &Options, name: &str, backend: &str, topology: &str) -> Resu
         hosts: None,
         topology: Some(("bench topology".into(), topology.into())),
         backend: backend.into(),
+        encryption: "none".into(),
         datastore: "gossip".into(),
         etcd_members: 1,
         converge_timeout: 30,

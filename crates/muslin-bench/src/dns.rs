@@ -288,6 +288,7 @@ fn set_up(o: &Options, lab: &'static str, n: usize, named: bool) -> Result<SetUp
         hosts: None,
         topology: Some(("dns bench topology".into(), TOPOLOGY.into())),
         backend: "routed".into(),
+        encryption: "none".into(),
         datastore: "gossip".into(),
         etcd_members: 1,
         converge_timeout: 30,

@@ -176,6 +176,7 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
         hosts: Some(hosts),
         topology: None,
         backend: "auto".into(),
+        encryption: "none".into(),
         datastore: o.datastore.clone(),
         etcd_members: 1,
         converge_timeout: 120,

@@ -48,6 +48,8 @@ pub struct UpOptions {
     /// (path shown in errors, text) of a topology file.
     pub topology: Option<(String, String)>,
     pub backend: String,
+    /// Encryption of pod traffic between hosts: none or wireguard.
+    pub encryption: String,
     pub datastore: String,
     /// etcd members with `--datastore etcd`: 1 or 3.
     pub etcd_members: usize,
@@ -76,6 +78,9 @@ pub fn up(ctx: &Ctx, o: &UpOptions) -> Result<UpReport, LabError> {
     o.backend
         .parse::<muslin_model::dataplane::Backend>()
         .map_err(|m| LabError::Usage(format!("--backend: {m}")))?;
+    o.encryption
+        .parse::<muslin_model::encryption::Encryption>()
+        .map_err(|m| LabError::Usage(format!("--encryption: {m}")))?;
     o.datastore
         .parse::<muslin_model::agent_config::DatastoreKind>()
         .map_err(|m| LabError::Usage(format!("--datastore: {m}")))?;
@@ -205,7 +210,7 @@ fn build_all(
         hosts.len()
     ));
     let agents_started = Instant::now();
-    start_agents(ctx, &plan, &hosts, &o.backend, &endpoints)?;
+    start_agents(ctx, &plan, &hosts, &o.backend, &o.encryption, &endpoints)?;
     create_networks(ctx, &plan, &hosts)?;
     apply_policies(ctx, &plan, &hosts)?;
 
@@ -267,6 +272,7 @@ fn lab_agent_flags(
     hosts: &[&NodePlan],
     h: &NodePlan,
     backend: &str,
+    encryption: &str,
     secret: &std::path::Path,
     etcd: &[String],
 ) -> Vec<String> {
@@ -279,6 +285,7 @@ fn lab_agent_flags(
         ("--pod-cidr", plan.pod_cidr.to_string()),
         ("--block-size", plan.block_prefix.to_string()),
         ("--backend", backend.to_string()),
+        ("--encryption", encryption.to_string()),
         ("--gossip-interval-ms", "100".into()),
     ];
     if etcd.is_empty() {
@@ -394,6 +401,7 @@ fn start_agents(
     plan: &LabPlan,
     hosts: &[&NodePlan],
     backend: &str,
+    encryption: &str,
     etcd: &[String],
 ) -> Result<(), LabError> {
     let bin = ctx.bin.display().to_string();
@@ -414,7 +422,9 @@ fn start_agents(
             "--state-dir".into(),
             dir.join("state").display().to_string(),
         ];
-        args.extend(lab_agent_flags(plan, hosts, h, backend, &secret, etcd));
+        args.extend(lab_agent_flags(
+            plan, hosts, h, backend, encryption, &secret, etcd,
+        ));
         let child = sys::spawn_detached(&h.ns, &args, &registry::log_file(&plan.name, &h.name))?;
         sys::spawn_detached(
             &h.ns,

@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::dataplane::Backend;
+use crate::encryption::Encryption;
 use crate::underlay::Method;
 
 /// IPv6 needs at least 1280, and dual-stack is on the roadmap.
@@ -63,6 +64,12 @@ crate::settings! {
     vxlan_vni: u32 = 4242;
     /// VXLAN UDP port
     vxlan_port: u16 = 4789;
+    /// Encryption of pod traffic between hosts: none or wireguard; the
+    /// same on every node (a node that does not encrypt cannot join a
+    /// cluster that does)
+    encryption: Encryption = Encryption::None;
+    /// WireGuard UDP port (with encryption = wireguard)
+    wireguard_port: u16 = crate::encryption::DEFAULT_PORT;
     /// How to choose the underlay address: reachability, first-found,
     /// interface=REGEX, skip-interface=REGEX, cidr=CIDR, can-reach=ADDR or
     /// address=ADDR
@@ -408,6 +415,23 @@ impl AgentConfig {
         if self.gossip_port == 0 {
             return Err(err("gossip-port", "must not be 0"));
         }
+        if self.encryption == Encryption::Wireguard {
+            let clash = [
+                (self.gossip_port, "gossip-port"),
+                (self.vxlan_port, "vxlan-port"),
+            ]
+            .into_iter()
+            .find(|(p, _)| *p == self.wireguard_port);
+            if self.wireguard_port == 0 {
+                return Err(err("wireguard-port", "must not be 0"));
+            }
+            if let Some((p, other)) = clash {
+                return Err(err(
+                    "wireguard-port",
+                    format!("{p} is the {other} too: each needs a port of its own"),
+                ));
+            }
+        }
         if !(10..=10_000).contains(&self.gossip_interval_ms) {
             return Err(err(
                 "gossip-interval-ms",
@@ -546,6 +570,8 @@ blocks = ["10.244.1.0/24"]
             ("bloks = []", "bloks"),
             ("socket = 3", "socket"),
             ("backend = \"bgp\"", "backend"),
+            ("encryption = \"ipsec\"", "encryption"),
+            ("wireguard-port = 70000", "wireguard-port"),
             ("underlay = \"interface=(\"", "underlay"),
             ("underlay = \"nearest\"", "underlay"),
             ("datastore = \"consul\"", "datastore"),
@@ -571,6 +597,20 @@ blocks = ["10.244.1.0/24"]
             (Box::new(|c| c.block_size = 16), "block-size"),
             (Box::new(|c| c.block_size = 29), "block-size"),
             (Box::new(|c| c.vxlan_vni = 0), "vxlan-vni"),
+            (
+                Box::new(|c| {
+                    c.encryption = Encryption::Wireguard;
+                    c.wireguard_port = c.gossip_port;
+                }),
+                "wireguard-port",
+            ),
+            (
+                Box::new(|c| {
+                    c.encryption = Encryption::Wireguard;
+                    c.wireguard_port = 0;
+                }),
+                "wireguard-port",
+            ),
             (
                 Box::new(|c| c.pod_cidr = "10.244.1.0/16".parse().unwrap()),
                 "pod-cidr",
@@ -695,6 +735,8 @@ blocks = ["10.244.1.0/24"]
             backend: Backend::Vxlan,
             vxlan_vni: 7,
             vxlan_port: 8472,
+            encryption: Encryption::Wireguard,
+            wireguard_port: 51821,
             underlay: "interface=eth.*,en.*".parse().unwrap(),
             masquerade: false,
             datastore: DatastoreKind::Etcd,

@@ -71,6 +71,8 @@ pub enum Request {
         #[serde(default)]
         networks: Vec<String>,
     },
+    /// A new WireGuard key pair for this node, published at once.
+    RotateKey,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +157,10 @@ pub enum Response {
         labels: BTreeMap<String, String>,
     },
     Dns(DnsAnswer),
+    /// The node's new WireGuard public key.
+    Rotated {
+        public_key: String,
+    },
     Error(CniError),
 }
 
@@ -423,6 +429,31 @@ pub struct ClusterStatus {
     /// holding blocks of each and whether this host routes to it.
     #[serde(default)]
     pub networks: Vec<NetworkStatus>,
+    /// The WireGuard device when the node encrypts pod traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<WireguardStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireguardStatus {
+    pub device: String,
+    /// Which implementation carries the traffic, and why.
+    pub path: String,
+    pub public_key: String,
+    pub port: u16,
+    pub peers: Vec<WireguardPeerStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireguardPeerStatus {
+    /// The node, or empty for a peer no node of the view names.
+    pub name: String,
+    pub public_key: String,
+    pub endpoint: Option<std::net::SocketAddr>,
+    /// Seconds since the last handshake; none yet.
+    pub handshake_age_s: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

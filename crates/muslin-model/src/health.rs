@@ -416,6 +416,9 @@ impl Tracker {
                     HOLD.as_secs()
                 ),
                 (Path::Vxlan, true) => format!("UDP {vxlan_port} to {adv} unanswered, gossip fine"),
+                (Path::Wireguard, true) => format!(
+                    "WireGuard to {adv} unanswered (its UDP port, or a key it does not know), gossip fine"
+                ),
                 (_, true) => {
                     format!("routed packets to {vtep} via {adv} unanswered, gossip fine")
                 }

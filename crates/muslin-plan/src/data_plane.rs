@@ -5,6 +5,7 @@
 
 use ipnet::IpNet;
 use muslin_model::dataplane::{Desired, MAIN_TABLE, POD_RULE_PRIORITY, POD_TABLE, VXLAN_DEV};
+use muslin_model::encryption::WG_DEV;
 use muslin_model::naming::is_pod_veth;
 use muslin_model::network::{
     parse_vxlan_dev, NetworkSpec, GUARD_PRIORITY, MARK_MASK, MARK_RULE_PRIORITY, MAX_ID,
@@ -59,6 +60,22 @@ fn rule(family: Family, priority: u32, table: u32) -> Rule {
 /// The kernel objects of the default network's `d`.
 pub fn host_state(d: &Desired) -> HostState {
     let mut s = tunnel_state(d, VXLAN_DEV, None);
+    // The WireGuard device is the agent's own TUN (created before the data
+    // plane converges); only its MTU, state and address are set here.
+    if let Some(w) = &d.wireguard {
+        s.links.push(Link {
+            name: WG_DEV.into(),
+            kind: LinkKind::Other(Some("tun".into())),
+            mtu: Some(w.mtu),
+            mac: None,
+            up: true,
+            group: None,
+        });
+        s.addresses.extend(w.address.map(|a| Address {
+            link: WG_DEV.into(),
+            net: IpNet::from(a),
+        }));
+    }
     s.rules = d
         .pod_rule
         .iter()

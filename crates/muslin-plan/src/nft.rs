@@ -572,23 +572,30 @@ impl Masquerade {
     /// have a node forward anything anywhere, as an open relay.
     fn tunnel_guard(&self) -> Vec<(String, Vec<Statement<'static>>)> {
         let fam = self.family();
-        vec![(
-            format!("muslin v{RULES_VERSION} tunnels carry only cluster traffic"),
-            vec![
-                is(
-                    meta(MetaKey::Iifname),
-                    Expression::String(Cow::Borrowed("msl-vx*")),
-                ),
-                not(field(fam, "daddr"), anon_set(&self.cluster_ranges())),
-                not(
-                    field(fam, "daddr"),
-                    Expression::String(Cow::Owned(format!("@{NODES}"))),
-                ),
-                not(daddr_type(), Expression::String(Cow::Borrowed("local"))),
-                count(),
-                drop(),
-            ],
-        )]
+        // WireGuard admits only peers' keys, but a peer is no more
+        // entitled than a VXLAN sender to use us as a router to anywhere.
+        [("tunnels", "msl-vx*"), ("wireguard", "msl-wg*")]
+            .into_iter()
+            .map(|(what, devices)| {
+                (
+                    format!("muslin v{RULES_VERSION} {what} carry only cluster traffic"),
+                    vec![
+                        is(
+                            meta(MetaKey::Iifname),
+                            Expression::String(Cow::Borrowed(devices)),
+                        ),
+                        not(field(fam, "daddr"), anon_set(&self.cluster_ranges())),
+                        not(
+                            field(fam, "daddr"),
+                            Expression::String(Cow::Owned(format!("@{NODES}"))),
+                        ),
+                        not(daddr_type(), Expression::String(Cow::Borrowed("local"))),
+                        count(),
+                        drop(),
+                    ],
+                )
+            })
+            .collect()
     }
 }
 

@@ -42,6 +42,8 @@ pub enum Command {
     /// Connectivity probe: an echo server, a checker for tcp, udp, icmp and ip253, a DNS query
     #[command(subcommand)]
     Probe(ProbeCommand),
+    /// Give this node a new WireGuard key pair and publish it (encryption = wireguard)
+    RotateKey(StatusArgs),
 }
 
 #[derive(Args, Debug)]
@@ -87,6 +89,9 @@ pub enum LabCommand {
         /// Data plane between hosts: auto, routed or vxlan
         #[arg(long, default_value = "auto")]
         backend: String,
+        /// Encryption of pod traffic between hosts: none or wireguard
+        #[arg(long, default_value = "none")]
+        encryption: String,
         /// Cluster state: gossip (embedded) or etcd (started in the lab)
         #[arg(long, default_value = "gossip")]
         datastore: String,

@@ -48,6 +48,18 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Lab(l) => crate::lab::run(l),
         Command::Bench(b) => bench(b),
         Command::Probe(p) => probe_cmd(p),
+        Command::RotateKey(a) => rotate_key(a),
+    }
+}
+
+fn rotate_key(a: StatusArgs) -> Result<ExitCode> {
+    match muslin_cni::call(&a.socket, &Request::RotateKey).map_err(|e| anyhow::anyhow!("{e}"))? {
+        Response::Rotated { public_key } => {
+            println!("new WireGuard public key {public_key}: published; peers renew their sessions as they hear it");
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Error(e) => bail!("{}", e.msg),
+        r => bail!("unexpected reply from the agent: {r:?}"),
     }
 }
 
@@ -216,6 +228,31 @@ fn status(a: StatusArgs) -> Result<ExitCode> {
             );
             if let Some(why) = why {
                 println!("{:<12} {why}", "");
+            }
+        }
+        if let Some(w) = &c.wireguard {
+            println!(
+                "\nwireguard {} port {}, {}\n          public key {}",
+                w.device, w.port, w.path, w.public_key
+            );
+            println!(
+                "{:<12} {:<46} {:<22} {:<10} {:>12} {:>12}",
+                "PEER", "PUBLIC KEY", "ENDPOINT", "HANDSHAKE", "RX BYTES", "TX BYTES"
+            );
+            for p in &w.peers {
+                println!(
+                    "{:<12} {:<46} {:<22} {:<10} {:>12} {:>12}",
+                    if p.name.is_empty() { "?" } else { &p.name },
+                    p.public_key,
+                    p.endpoint
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    p.handshake_age_s
+                        .map(|s| format!("{s}s ago"))
+                        .unwrap_or_else(|| "none".into()),
+                    p.rx_bytes,
+                    p.tx_bytes
+                );
             }
         }
         if !c.networks.is_empty() {

@@ -311,6 +311,12 @@ impl Cluster {
                 let _ = reply.send(all);
             }
             Ask::Policy(p) => self.answer_policy(p, host).await,
+            Ask::RotateKey(reply) => {
+                let _ = reply.send(self.rotate_key().await);
+            }
+            Ask::WireguardStatus(reply) => {
+                let _ = reply.send(self.wireguard_status().await);
+            }
         }
     }
 

@@ -147,6 +147,7 @@ pub fn render_paths(d: &Desired) -> String {
         let p = match p {
             Path::Routed => "routed".to_string(),
             Path::Vxlan => "vxlan".to_string(),
+            Path::Wireguard => "wireguard".to_string(),
             Path::Relay(r) => format!("via {}: {}", r.via, r.why),
             Path::Unreachable(why) => format!("unreachable: {why}"),
         };

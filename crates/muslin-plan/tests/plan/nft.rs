@@ -225,7 +225,7 @@ fn without_masquerade_the_table_keeps_its_tunnel_guard() {
     assert!(off.networks.is_empty());
     let chains = off.chains();
     assert!(chains["postrouting"].is_empty());
-    assert_eq!(chains["tunnel_guard"].len(), 1);
+    assert_eq!(chains["tunnel_guard"].len(), 2, "VXLAN and WireGuard");
     assert_eq!(
         diff(&loaded(&masquerade()), &off),
         [NftChange::Load(off.clone())]

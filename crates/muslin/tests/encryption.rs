@@ -1,0 +1,330 @@
+//! WireGuard encryption on hosts built by hand as README's Install
+//! section has them (a NAT NIC first with the same address on every host,
+//! the shared segment on eth1, strict rp_filter, the first host without
+//! --join), each agent started with `--encryption wireguard`.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::hosts::{until, Agent, Net};
+use common::{Netns, ProbeServer, TempDir, BIN};
+
+const ENCRYPT: [&str; 2] = ["--encryption", "wireguard"];
+
+struct Cluster {
+    net: Net,
+    /// The hosts' shared segment.
+    segment: String,
+    hosts: Vec<Netns>,
+    agents: Vec<Agent>,
+    /// (container namespace, address, its probe server) per host.
+    pods: Vec<(Netns, String, ProbeServer)>,
+    secret: std::path::PathBuf,
+}
+
+/// Three README hosts with encryption and a container each, every pair
+/// encrypted and answering.
+fn cluster() -> Cluster {
+    let net = Net::new();
+    let hosts: Vec<Netns> = (1..=3).map(|i| Netns::new(&format!("h{i}"))).collect();
+    let segment = net.as_readme_hosts(&hosts);
+    let secret = net.secret();
+    let mut agents = vec![Agent::start(&hosts[0], "h1", &secret, &ENCRYPT)];
+    for (i, h) in hosts.iter().enumerate().skip(1) {
+        let args = [&ENCRYPT[..], &["--join", "192.168.56.11"]].concat();
+        agents.push(Agent::start(h, &format!("h{}", i + 1), &secret, &args));
+    }
+    let pods = agents
+        .iter()
+        .map(|a| {
+            let c = Netns::new("c");
+            let ip = a.add(&format!("{}-c1", a.name), &c);
+            let s = ProbeServer::start(&c, 7777);
+            (c, ip, s)
+        })
+        .collect();
+    let c = Cluster {
+        net,
+        segment,
+        hosts,
+        agents,
+        pods,
+        secret,
+    };
+    for (i, a) in c.agents.iter().enumerate() {
+        for j in (0..3).filter(|j| *j != i) {
+            let peer = format!("h{}", j + 1);
+            until(&format!("{} reaches {peer} encrypted", a.name), 60, || {
+                let p = a.peer(&peer);
+                p["path"] == "wireguard" && p["data_path"] == "ok"
+            });
+        }
+    }
+    c
+}
+
+/// Parses `muslin probe ping` output: (sent, received).
+fn ping_counts(out: &str) -> (u64, u64) {
+    let words: Vec<&str> = out.split_whitespace().collect();
+    let n = |key: &str| -> u64 {
+        let i = words
+            .iter()
+            .position(|w| *w == key)
+            .unwrap_or_else(|| panic!("{out}"));
+        words[i + 1].parse().unwrap()
+    };
+    (n("sent"), n("received"))
+}
+
+/// 10 ms pings from `from` to `to` for `count` echoes, in the background.
+fn ping(from: &Netns, to: &str, count: u32) -> std::process::Child {
+    Command::new("ip")
+        .args(["netns", "exec", &from.name, BIN, "probe", "ping", to])
+        .args(["--count", &count.to_string(), "--interval-ms", "10"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Echoes lost by a ping started with [`ping`].
+fn lost(child: std::process::Child) -> (u64, u64) {
+    let o = child.wait_with_output().unwrap();
+    let (sent, got) = ping_counts(&String::from_utf8_lossy(&o.stdout));
+    (sent - got, sent)
+}
+
+/// A capture running on `ifname` in `ns` until dropped; `bytes()` reads it.
+struct Capture {
+    child: Option<std::process::Child>,
+    _dir: TempDir,
+    file: std::path::PathBuf,
+}
+
+impl Capture {
+    fn start(ns: &Netns, ifname: &str) -> Capture {
+        let dir = TempDir::new("pcap");
+        let file = dir.0.join("cap.pcap");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "tcpdump", "-i", ifname, "-U"])
+            .args(["-s", "0", "-w", file.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        until("tcpdump writes its capture", 10, || file.exists());
+        // tcpdump opens the file before its socket is bound.
+        std::thread::sleep(Duration::from_millis(500));
+        Capture {
+            child: Some(child),
+            _dir: dir,
+            file,
+        }
+    }
+
+    /// Stops the capture and returns what it holds.
+    fn finish(mut self) -> Vec<u8> {
+        std::thread::sleep(Duration::from_millis(300));
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
+            let _ = c.wait();
+        }
+        std::fs::read(&self.file).unwrap()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Sends `marker` from `c` to `to` over TCP, UDP and ICMP (as the echo's
+/// pattern).
+fn send_marker(c: &Netns, to: &str, marker: &str) {
+    let script = format!(
+        "exec 3<>/dev/tcp/{to}/7777 && for i in $(seq 20); do echo {marker} >&3; done; exec 3>&-; \
+         for i in $(seq 20); do echo {marker} > /dev/udp/{to}/7777; done"
+    );
+    let o = c.exec(&["bash", "-c", &script]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pattern: String = marker.bytes().take(16).map(|b| format!("{b:02x}")).collect();
+    let o = c.exec(&["ping", "-c", "5", "-i", "0.05", "-p", &pattern, to]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+}
+
+#[test]
+fn readme_hosts_encrypt_every_pair_and_no_pod_payload_crosses_in_clear() {
+    let c = cluster();
+    // The full matrix over TCP, UDP and ICMP, and multi-MB transfers.
+    for (i, (from, _, _)) in c.pods.iter().enumerate() {
+        for (j, (_, to, _)) in c.pods.iter().enumerate() {
+            if i != j {
+                from.probe(to, "tcp,udp,icmp")
+                    .unwrap_or_else(|e| panic!("h{} -> h{}: {e}", i + 1, j + 1));
+            }
+        }
+    }
+    let (h1c, _, _) = &c.pods[0];
+    let h3ip = &c.pods[2].1;
+    let o = h1c.exec(&[BIN, "probe", "transfer", h3ip, "--bytes", "8000000"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Hosts reach pods too, through the tunnel.
+    c.hosts[0].probe(h3ip, "tcp,icmp").unwrap();
+
+    // On the wire only WireGuard: the marker is seen in the pod, never on
+    // the host's NIC, where WireGuard's port is.
+    let marker = format!("MUSLIN-PLAINTEXT-{}", std::process::id());
+    let wire = Capture::start(&c.hosts[0], "eth1");
+    let pod = Capture::start(h1c, "eth0");
+    send_marker(h1c, h3ip, &marker);
+    let (wire, pod) = (wire.finish(), pod.finish());
+    assert!(
+        contains(&pod, marker.as_bytes()),
+        "the capture in the pod misses the marker: the search proves nothing"
+    );
+    assert!(
+        !contains(&wire, marker.as_bytes()),
+        "the marker crossed the wire in clear"
+    );
+    assert!(wire.len() > 4096, "the wire capture holds almost nothing");
+
+    // Operators see the tunnel with the standard tool.
+    let o = c.hosts[0].exec(&["wg", "show", "msl-wg0"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    let st = c.agents[2].status();
+    let h3key = st["cluster"]["wireguard"]["public_key"].as_str().unwrap();
+    assert!(out.contains(h3key), "wg show lacks h3's key {h3key}: {out}");
+    assert!(out.contains("latest handshake"), "{out}");
+    assert!(out.contains("10.244."), "{out}");
+    // Status names each peer with its handshake.
+    let w = &c.agents[0].status()["cluster"]["wireguard"];
+    assert!(w["path"].as_str().unwrap().contains("userspace"), "{w}");
+    let peers = w["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 2, "{w}");
+    assert!(peers.iter().all(|p| p["handshake_age_s"].is_u64()), "{w}");
+    // Pods get the MTU less WireGuard's overhead.
+    let mtu = c.pods[0].0.ip_json(&["link", "show", "eth0"])[0]["mtu"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(mtu, 1500 - 60);
+}
+
+#[test]
+fn a_node_that_does_not_encrypt_is_refused_and_told_why() {
+    let c = cluster();
+    let h4 = Netns::new("h4");
+    let nat = c.net.segment(1500);
+    c.net.wire(&h4, "eth0", &nat, "10.0.2.15/24", 1500);
+    c.net.wire(&h4, "eth1", &c.segment, "192.168.56.14/24", 1500);
+    h4.ip(&["route", "add", "default", "via", "10.0.2.2"]);
+    let said = Agent::refused(&h4, &c.secret, &["--join", "192.168.56.11"]);
+    assert!(
+        said.contains("encrypts pod traffic") && said.contains("encryption = \"wireguard\""),
+        "{said}"
+    );
+    // A bad port is refused at start, naming the field.
+    let said = Agent::refused(
+        &h4,
+        &c.secret,
+        &["--encryption", "wireguard", "--wireguard-port", "7331"],
+    );
+    assert!(said.contains("wireguard-port"), "{said}");
+}
+
+#[test]
+fn a_key_peers_do_not_know_is_refused_until_it_is_published() {
+    let c = cluster();
+    let (h1c, _, _) = &c.pods[0];
+    let h3ip = c.pods[2].1.clone();
+    let old = c.agents[2].status()["cluster"]["wireguard"]["public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // h1 and h2 stop hearing h3's gossip: its next record cannot reach
+    // them.
+    let deaf = "table inet encdeaf {\n chain in {\n  type filter hook input priority 0;\n  ip saddr 192.168.56.13 udp dport 7331 drop\n }\n}\n";
+    for h in &c.hosts[..2] {
+        common::hosts::nft(h, deaf);
+    }
+    let o = c.hosts[2].exec(&[BIN, "rotate-key", "--socket", c.agents[2].socket.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let new = c.agents[2].status()["cluster"]["wireguard"]["public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(old, new);
+    // h3 now speaks with a key h1 does not know: refused.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        h1c.probe(&h3ip, "icmp").is_err(),
+        "h1 accepted traffic from a key it never heard of"
+    );
+    for h in &c.hosts[..2] {
+        h.exec(&["nft", "delete", "table", "inet", "encdeaf"]);
+    }
+    let t = Instant::now();
+    until("h1 accepts h3's new key", 30, || {
+        h1c.probe(&h3ip, "icmp").is_ok()
+    });
+    eprintln!("h3's new key accepted {:?} after its record could travel", t.elapsed());
+    let keys = String::from_utf8_lossy(&c.hosts[0].exec(&["wg", "show", "msl-wg0", "peers"]).stdout)
+        .to_string();
+    assert!(keys.contains(&new) && !keys.contains(&old), "{keys}");
+}
+
+#[test]
+fn rotation_keeps_a_running_connection_and_costs_at_most_a_handshake() {
+    let c = cluster();
+    let (h1c, _, _) = &c.pods[0];
+    let h3ip = c.pods[2].1.clone();
+    let p = ping(h1c, &h3ip, 500);
+    std::thread::sleep(Duration::from_secs(1));
+    let o = c.hosts[2].exec(&[BIN, "rotate-key", "--socket", c.agents[2].socket.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (lost, sent) = lost(p);
+    eprintln!("key rotation: {lost} of {sent} echoes lost ({} ms)", lost * 10);
+    // A handshake is a round trip; gossip carries the new key in a few
+    // rounds (100-200 ms). Generous: catches a tunnel that waited for a
+    // rekey timer (5 s) or never came back.
+    assert!(lost < 300, "{lost} of {sent} echoes lost");
+    h1c.probe(&h3ip, "tcp,udp,icmp").unwrap();
+}
+
+#[test]
+fn an_agent_killed_and_restarted_under_a_ping_resumes_encrypted_traffic() {
+    let mut c = cluster();
+    let (h1c, _, _) = &c.pods[0];
+    let h3ip = c.pods[2].1.clone();
+    let p = ping(h1c, &h3ip, 1000);
+    std::thread::sleep(Duration::from_secs(2));
+    let mut child = c.agents[2].child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The interface outlives the agent (its routes too); only the
+    // process that encrypts is gone.
+    assert!(c.hosts[2].links().contains(&"msl-wg0".to_string()));
+    c.agents[2].spawn();
+    c.agents[2].wait_ready(Duration::from_secs(30));
+    let (lost, sent) = lost(p);
+    eprintln!(
+        "agent SIGKILL and restart: {lost} of {sent} echoes lost ({} ms)",
+        lost * 10
+    );
+    assert!(lost < 800, "traffic did not resume: {lost} of {sent} lost");
+    let (h1c, _, _) = &c.pods[0];
+    h1c.probe(&h3ip, "tcp,udp,icmp").unwrap();
+}
