@@ -15,7 +15,7 @@ use crate::stats::Series;
 use crate::sys::{enter, ip, probe_server, sh};
 use crate::{fail, BenchError, Options, Plan};
 
-const TOPOLOGY: &str = r#"
+pub(crate) const TOPOLOGY: &str = r#"
 [[segment]]
 name = "lan"
 cidr = "192.168.60.0/24"
@@ -36,11 +36,11 @@ fn topology_networks() -> String {
         TOPOLOGY.replace("containers = 2", containers)
     )
 }
-const U1: &str = "192.168.60.11";
+pub(crate) const U1: &str = "192.168.60.11";
 pub const VXLAN: &str = "Muslin vxlan";
 pub const POLICED: &str = "Muslin vxlan, policed (see the policy stage)";
 pub const UNPOLICED: &str = "Muslin vxlan, the same endpoints, no policy";
-const U2: &str = "192.168.60.12";
+pub(crate) const U2: &str = "192.168.60.12";
 
 pub struct Path {
     pub name: &'static str,
@@ -84,13 +84,24 @@ pub(crate) fn pod(lab: &str, host: &str, c: usize) -> Result<IpAddr, String> {
 }
 
 /// A pod built by hand with `ip`, the same shape as Muslin's: a veth, a /32
-/// and a link-local gateway with a static neighbour.
-fn hand_pod(lab: &str, host: &str, addr: &str, mtu: u32) -> Result<String, String> {
-    let ns = format!("{lab}-{host}-hand");
+/// and a link-local gateway with a static neighbour. `tag` tells apart
+/// several hand pods on one host (names stay short: veth `hand{tag}`).
+pub(crate) fn hand_pod(
+    lab: &str,
+    host: &str,
+    tag: &str,
+    addr: &str,
+    mtu: u32,
+) -> Result<String, String> {
+    let (ns, veth) = if tag.is_empty() {
+        (format!("{lab}-{host}-hand"), "hand0".to_string())
+    } else {
+        (format!("{lab}-{host}-{tag}-hand"), format!("hand{tag}"))
+    };
     let hns = format!("{lab}-{host}");
     sh(&["ip", "netns", "add", &ns])?;
-    ip(&hns, &format!("link add hand0 mtu {mtu} address ee:ee:ee:ee:ee:ee type veth peer name eth0 mtu {mtu} netns {ns}"))?;
-    ip(&hns, "link set hand0 up")?;
+    ip(&hns, &format!("link add {veth} mtu {mtu} address ee:ee:ee:ee:ee:ee type veth peer name eth0 mtu {mtu} netns {ns}"))?;
+    ip(&hns, &format!("link set {veth} up"))?;
     ip(&ns, "link set lo up")?;
     ip(&ns, &format!("addr add {addr}/32 dev eth0"))?;
     ip(&ns, "link set eth0 up")?;
@@ -100,14 +111,14 @@ fn hand_pod(lab: &str, host: &str, addr: &str, mtu: u32) -> Result<String, Strin
         &ns,
         "neigh add 169.254.1.1 lladdr ee:ee:ee:ee:ee:ee dev eth0 nud permanent",
     )?;
-    ip(&hns, &format!("route add {addr}/32 dev hand0 scope link"))?;
+    ip(&hns, &format!("route add {addr}/32 dev {veth} scope link"))?;
     Ok(ns)
 }
 
 /// Flannel host-gw / Calico without encapsulation: routes to the peer's pods.
-fn hand_routed(lab: &str) -> Result<(String, String), String> {
-    let a = hand_pod(lab, "h1", "10.99.1.2", 1500)?;
-    let b = hand_pod(lab, "h2", "10.99.2.2", 1500)?;
+pub(crate) fn hand_routed(lab: &str) -> Result<(String, String), String> {
+    let a = hand_pod(lab, "h1", "", "10.99.1.2", 1500)?;
+    let b = hand_pod(lab, "h2", "", "10.99.2.2", 1500)?;
     ip(
         &format!("{lab}-h1"),
         &format!("route add 10.99.2.0/24 via {U2} dev eth0"),
@@ -121,9 +132,9 @@ fn hand_routed(lab: &str) -> Result<(String, String), String> {
 
 /// Flannel's vxlan backend / Docker's overlay: a kernel VXLAN device with
 /// static FDB and neighbour entries (its own VNI and port).
-fn hand_vxlan(lab: &str) -> Result<(String, String), String> {
-    let a = hand_pod(lab, "h1", "10.99.1.2", 1450)?;
-    let b = hand_pod(lab, "h2", "10.99.2.2", 1450)?;
+pub(crate) fn hand_vxlan(lab: &str) -> Result<(String, String), String> {
+    let a = hand_pod(lab, "h1", "", "10.99.1.2", 1450)?;
+    let b = hand_pod(lab, "h2", "", "10.99.2.2", 1450)?;
     for (h, local, peer, me, them, mac, peer_mac) in [
         (
             "h1",
@@ -226,7 +237,7 @@ fn udp_kpps(from: &str, to: &str, addr: IpAddr, secs: u32) -> Result<f64, String
 
 /// Request/response over one TCP connection to the probe server (a short
 /// line echoed): round-trip times in microseconds.
-fn rr(from: &str, addr: IpAddr, n: usize) -> Result<Series, String> {
+pub(crate) fn rr(from: &str, addr: IpAddr, n: usize) -> Result<Series, String> {
     let from = from.to_string();
     std::thread::spawn(move || -> Result<Series, String> {
         enter(&from)?;

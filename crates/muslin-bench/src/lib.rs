@@ -9,6 +9,7 @@ mod chart;
 mod cni;
 mod dataplane;
 mod dns;
+mod encryption;
 mod policy;
 mod relay;
 mod report;
@@ -18,7 +19,7 @@ mod sys;
 
 use std::path::PathBuf;
 
-pub use report::{Figure, Report};
+pub use report::{Figure, Report, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -44,8 +45,8 @@ pub struct Options {
     pub datastore: String,
     /// A previous build whose CNI latency is measured in the same run.
     pub baseline: Option<PathBuf>,
-    /// Run only this stage: `dataplane`, `cni`, `policy`, `scale`, `dns`
-    /// or `relay`.
+    /// Run only this stage: `dataplane`, `cni`, `policy`, `scale`, `dns`,
+    /// `relay` or `encryption`.
     pub only: Option<String>,
     pub progress: Box<dyn Fn(&str) + Send + Sync>,
 }
@@ -147,7 +148,7 @@ pub fn run(o: &Options) -> Result<Report, BenchError> {
     sys::cleanup(&root);
     let mut report = Report::new(o.quick);
     (o.progress)(
-        "[1/5] data plane: underlay, pods on one host, Muslin routed/vxlan/auto, hand-built twins",
+        "[1/6] data plane: underlay, pods on one host, Muslin routed/vxlan/auto, hand-built twins",
     );
     let want = |stage: &str| o.only.as_deref().is_none_or(|s| s == stage);
     if want("dataplane") {
@@ -156,7 +157,7 @@ pub fn run(o: &Options) -> Result<Report, BenchError> {
         dp?;
     }
     (o.progress)(
-        "[2/5] control plane: CNI ADD/DEL against bridge+host-local, concurrent attachments",
+        "[2/6] control plane: CNI ADD/DEL against bridge+host-local, concurrent attachments",
     );
     if want("cni") {
         cni::run(o, &plan, &mut report)?;
@@ -165,7 +166,7 @@ pub fn run(o: &Options) -> Result<Report, BenchError> {
         policy::run_apply(&plan, &mut report)?;
     }
     (o.progress)(&format!(
-        "[3/5] scale: {}-host lab cold start, convergence, agent memory and CPU, gossip",
+        "[3/6] scale: {}-host lab cold start, convergence, agent memory and CPU, gossip",
         plan.scale_hosts
     ));
     if want("scale") {
@@ -174,7 +175,7 @@ pub fn run(o: &Options) -> Result<Report, BenchError> {
         sc?;
     }
     (o.progress)(&format!(
-        "[4/5] name service: Muslin and aardvark-dns, {} names, dnsperf",
+        "[4/6] name service: Muslin and aardvark-dns, {} names, dnsperf",
         plan.dns_containers * dns::NAMES_PER_CONTAINER
     ));
     if want("dns") {
@@ -183,12 +184,20 @@ pub fn run(o: &Options) -> Result<Report, BenchError> {
         dns?;
     }
     (o.progress)(
-        "[5/5] relay: 3 hosts, h1-h3 cut: throughput through h2, outage, the pair not cut, return after the heal",
+        "[5/6] relay: 3 hosts, h1-h3 cut: throughput through h2, outage, the pair not cut, return after the heal",
     );
     if want("relay") {
         let relay = relay::run(o, &plan, &mut report);
         sys::cleanup(&root);
         relay?;
+    }
+    (o.progress)(
+        "[6/6] encryption: userspace WireGuard (wireguard-go, boringtun-cli, Muslin) against plain veth and vxlan",
+    );
+    if want("encryption") {
+        let enc = encryption::run(o, &plan, &mut report);
+        sys::cleanup(&root);
+        enc?;
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)

@@ -22,6 +22,42 @@ pub struct Figure {
     pub repetitions: usize,
     /// Median over the underlay's median, measured in the same run.
     pub ratio_to_underlay: Option<f64>,
+    /// What the median is held to, e.g. `≥ 3`, and whether it made it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub met: Option<bool>,
+}
+
+/// A bound a figure's median is judged against.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    AtLeast(f64),
+    AtMost(f64),
+}
+
+impl Target {
+    fn text(self) -> String {
+        match self {
+            Target::AtLeast(v) => format!("≥ {v}"),
+            Target::AtMost(v) => format!("≤ {v}"),
+        }
+    }
+
+    fn met(self, median: f64) -> bool {
+        match self {
+            Target::AtLeast(v) => median >= v,
+            Target::AtMost(v) => median <= v,
+        }
+    }
+}
+
+fn verdict(f: &Figure) -> String {
+    match (&f.target, f.met) {
+        (Some(t), Some(true)) => format!("target {t}: met"),
+        (Some(t), _) => format!("target {t}: NOT met"),
+        _ => String::new(),
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -30,6 +66,8 @@ pub struct Report {
     pub machine: String,
     pub seconds: f64,
     pub figures: Vec<Figure>,
+    /// What a stage skipped or could not measure, and why.
+    pub notes: Vec<String>,
 }
 
 fn machine() -> String {
@@ -59,6 +97,7 @@ impl Report {
             machine: machine(),
             seconds: 0.0,
             figures: vec![],
+            notes: vec![],
         }
     }
 
@@ -82,7 +121,29 @@ impl Report {
             max: s.max(),
             repetitions: s.0.len(),
             ratio_to_underlay: base.filter(|b| *b > 0.0).map(|b| median / b),
+            target: None,
+            met: None,
         });
+    }
+
+    /// A figure judged against a target (a ratio, usually).
+    pub fn add_target(
+        &mut self,
+        stage: &str,
+        scenario: &str,
+        metric: &str,
+        unit: &str,
+        s: &Series,
+        target: Target,
+    ) {
+        self.add(stage, scenario, metric, unit, s, None);
+        let f = self.figures.last_mut().expect("just added");
+        f.target = Some(target.text());
+        f.met = Some(target.met(f.median));
+    }
+
+    pub fn note(&mut self, stage: &str, text: &str) {
+        self.notes.push(format!("{stage}: {text}"));
     }
 
     /// Figures that came out empty: what a smoke test fails on. Shares
@@ -133,15 +194,24 @@ impl Report {
                 .ratio_to_underlay
                 .map(|r| format!("x{r:.2}"))
                 .unwrap_or_default();
-            out.push_str(&format!(
-                "  {:<30} {:<44} {:>9} {:<7} {:>16} {:>6}\n",
+            let line = format!(
+                "  {:<30} {:<44} {:>9} {:<7} {:>16} {:>6} {}",
                 f.scenario,
                 f.metric,
                 fmt(f.median),
                 f.unit,
                 spread,
-                ratio
-            ));
+                ratio,
+                verdict(f)
+            );
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        if !self.notes.is_empty() {
+            out.push_str("\nNOTES\n");
+            for n in &self.notes {
+                out.push_str(&format!("  - {n}\n"));
+            }
         }
         out
     }
@@ -172,11 +242,20 @@ impl Report {
                         .unwrap_or_default()
                 ));
             }
+            for f in figs.iter().filter(|f| f.target.is_some()) {
+                out.push_str(&format!("\n{}: {}.\n", f.scenario, verdict(f)));
+            }
             if figs.len() > 1 {
                 out.push_str(&format!(
                     "\n![{metric}]({}.svg)\n",
                     slug(&format!("{stage} {metric}"))
                 ));
+            }
+        }
+        if !self.notes.is_empty() {
+            out.push_str("\n## Notes\n\n");
+            for n in &self.notes {
+                out.push_str(&format!("- {n}\n"));
             }
         }
         out
@@ -276,5 +355,30 @@ mod tests {
         assert!(md.contains("| Muslin routed | 9.00 Gbit/s"));
         assert!(md.contains("data-plane-tcp-throughput-1-stream.svg"));
         assert_eq!(slug("data plane: TCP, 1 stream"), "data-plane-tcp-1-stream");
+        r.add_target(
+            "encryption",
+            "a / b",
+            "ratio (target ≥ 3)",
+            "x",
+            &Series(vec![2.0, 4.0, 3.5]),
+            Target::AtLeast(3.0),
+        );
+        r.add_target(
+            "encryption",
+            "c / d",
+            "p50 ratio",
+            "x",
+            &Series(vec![2.0]),
+            Target::AtMost(1.5),
+        );
+        r.note("encryption", "boringtun-cli skipped");
+        let t = r.table();
+        assert!(t.contains("target ≥ 3: met"), "{t}");
+        assert!(t.contains("target ≤ 1.5: NOT met"), "{t}");
+        assert!(
+            t.contains("NOTES\n  - encryption: boringtun-cli skipped"),
+            "{t}"
+        );
+        assert!(r.markdown().contains("a / b: target ≥ 3: met."));
     }
 }

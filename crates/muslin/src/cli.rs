@@ -65,7 +65,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     pub baseline: Option<PathBuf>,
     /// Run only one stage
-    #[arg(long, value_parser = ["dataplane", "cni", "policy", "scale", "dns", "relay"])]
+    #[arg(long, value_parser = ["dataplane", "cni", "policy", "scale", "dns", "relay", "encryption"])]
     pub only: Option<String>,
 }
 
