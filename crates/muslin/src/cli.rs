@@ -42,6 +42,8 @@ pub enum Command {
     /// Connectivity probe: an echo server, a checker for tcp, udp, icmp and ip253, a DNS query
     #[command(subcommand)]
     Probe(ProbeCommand),
+    #[command(hide = true)]
+    WireguardDevice(crate::wireguard_device_cmd::WireguardDeviceArgs),
 }
 
 #[derive(Args, Debug)]

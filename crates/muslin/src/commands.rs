@@ -48,6 +48,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Lab(l) => crate::lab::run(l),
         Command::Bench(b) => bench(b),
         Command::Probe(p) => probe_cmd(p),
+        Command::WireguardDevice(a) => crate::wireguard_device_cmd::run(a),
     }
 }
 
