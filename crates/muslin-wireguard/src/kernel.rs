@@ -43,7 +43,7 @@ async fn probe_link() -> Result<(), String> {
     static N: AtomicU32 = AtomicU32::new(0);
     let name = format!(
         "mwgp{:x}.{}",
-        std::process::id() & 0xffff_ff,
+        std::process::id() & 0x00ff_ffff,
         N.fetch_add(1, Ordering::Relaxed) & 0xff
     );
     let (conn, handle, _) =
@@ -92,7 +92,7 @@ mod tests {
         for l in links {
             let name = l.unwrap().file_name().to_string_lossy().into_owned();
             assert!(
-                !name.starts_with(&format!("mwgp{:x}.", std::process::id() & 0xffff_ff)),
+                !name.starts_with(&format!("mwgp{:x}.", std::process::id() & 0x00ff_ffff)),
                 "probe link {name} left behind"
             );
         }
