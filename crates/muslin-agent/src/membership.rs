@@ -426,8 +426,7 @@ pub async fn join(
             // Refused rather than left half in: peers that encrypt send
             // nothing in clear, so our pods would reach none of theirs.
             if !encrypt {
-                if let Some(why) = muslin_model::encryption::join_refusal(me, &store.view().await)
-                {
+                if let Some(why) = muslin_model::encryption::join_refusal(me, &store.view().await) {
                     return Err(AgentError::Join(why));
                 }
             }
@@ -902,10 +901,7 @@ impl Cluster {
                 let rec = p.record.as_ref()?;
                 let first = owners.iter().find(|(_, o)| *o == n).map(|(b, _)| *b);
                 let data = match (d.paths.get(n), first) {
-                    (
-                        Some(path @ (Path::Routed | Path::Vxlan | Path::Wireguard)),
-                        Some(b),
-                    )
+                    (Some(path @ (Path::Routed | Path::Vxlan | Path::Wireguard)), Some(b))
                         if d.routes.iter().any(|r| r.dst == b) =>
                     {
                         Some((b.network(), path.clone()))
@@ -1235,6 +1231,7 @@ impl Cluster {
             // Listed when asked (`status`, `policy list`), with fresh
             // counters: not built every round.
             policies: Vec::new(),
+            wireguard: None,
         };
         for w in s.warnings.iter().filter(|w| !was_warned.contains(w)) {
             tracing::warn!("{w}");

@@ -25,12 +25,11 @@ pub async fn uninstall() -> Result<Vec<String>, KernelError> {
         .map(|x| format!("our accept rule from {}", x.chain()))
         .collect();
     let observed = ex.host().await?;
-    let tunnel =
-        |name: &str| {
-            name == VXLAN_DEV
-                || name == muslin_model::encryption::WG_DEV
-                || muslin_model::network::parse_vxlan_dev(name).is_some()
-        };
+    let tunnel = |name: &str| {
+        name == VXLAN_DEV
+            || name == muslin_model::encryption::WG_DEV
+            || muslin_model::network::parse_vxlan_dev(name).is_some()
+    };
     let mut steps: Vec<Step> = observed
         .links
         .iter()

@@ -87,7 +87,9 @@ impl Wireguard {
         };
         if let Some(peers) = load_peers(dir) {
             wg.converge(&peers).await;
-            wg.device.force_handshakes().await;
+            wg.device
+                .force_handshakes(std::time::Duration::from_millis(300))
+                .await;
         }
         Ok(wg)
     }

@@ -275,7 +275,8 @@ pub struct NodeRecord {
     /// The relay this node sends each relayed peer's traffic through: the
     /// two ends of a pair settle on one (see `relay::Graph::route`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub relays: BTreeMap<String, String>,    /// This node's WireGuard end when it encrypts pod traffic (see
+    pub relays: BTreeMap<String, String>,
+    /// This node's WireGuard end when it encrypts pod traffic (see
     /// `encryption`); absent in records of nodes that do not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wireguard: Option<crate::encryption::WireguardEnd>,

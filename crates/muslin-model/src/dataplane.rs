@@ -264,15 +264,17 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
             peers: vec![],
         });
     }
-    d.vxlan = vtep_address.filter(|_| !encrypt).map(|address| VxlanDevice {
-        vni: p.vx.vni,
-        port: p.vx.port,
-        local: local.address,
-        underlay_if: local.ifname.clone(),
-        mtu: vx_mtu,
-        mac: p.vtep_mac,
-        address,
-    });
+    d.vxlan = vtep_address
+        .filter(|_| !encrypt)
+        .map(|address| VxlanDevice {
+            vni: p.vx.vni,
+            port: p.vx.port,
+            local: local.address,
+            underlay_if: local.ifname.clone(),
+            mtu: vx_mtu,
+            mac: p.vtep_mac,
+            address,
+        });
     d.pod_rule = d.tunnel_address().map(|_| pod_cidr);
     // Each peer's direct path first: a relay is reached over its own.
     let mut direct: BTreeMap<&str, (&NodeRecord, Path)> = BTreeMap::new();

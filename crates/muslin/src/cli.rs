@@ -44,6 +44,9 @@ pub enum Command {
     Probe(ProbeCommand),
     /// Give this node a new WireGuard key pair and publish it (encryption = wireguard)
     RotateKey(StatusArgs),
+    /// A userspace WireGuard device configured only by `wg` (benchmarks, interop tests)
+    #[command(hide = true)]
+    WireguardDevice(crate::wireguard_device_cmd::WireguardDeviceArgs),
 }
 
 #[derive(Args, Debug)]

@@ -49,6 +49,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(b) => bench(b),
         Command::Probe(p) => probe_cmd(p),
         Command::RotateKey(a) => rotate_key(a),
+        Command::WireguardDevice(a) => crate::wireguard_device_cmd::run(a),
     }
 }
 

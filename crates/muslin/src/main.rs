@@ -8,6 +8,7 @@ mod dns_cmd;
 mod lab;
 mod network_cmd;
 mod policy_cmd;
+mod wireguard_device_cmd;
 
 use std::io::Write;
 use std::process::ExitCode;

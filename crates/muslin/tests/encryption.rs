@@ -160,7 +160,11 @@ fn send_marker(c: &Netns, to: &str, marker: &str) {
     );
     let o = c.exec(&["bash", "-c", &script]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let pattern: String = marker.bytes().take(16).map(|b| format!("{b:02x}")).collect();
+    let pattern: String = marker
+        .bytes()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let o = c.exec(&["ping", "-c", "5", "-i", "0.05", "-p", &pattern, to]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
 }
@@ -204,7 +208,11 @@ fn readme_hosts_encrypt_every_pair_and_no_pod_payload_crosses_in_clear() {
     // Operators see the tunnel with the standard tool.
     let o = c.hosts[0].exec(&["wg", "show", "msl-wg0"]);
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let st = c.agents[2].status();
     let h3key = st["cluster"]["wireguard"]["public_key"].as_str().unwrap();
     assert!(out.contains(h3key), "wg show lacks h3's key {h3key}: {out}");
@@ -229,7 +237,8 @@ fn a_node_that_does_not_encrypt_is_refused_and_told_why() {
     let h4 = Netns::new("h4");
     let nat = c.net.segment(1500);
     c.net.wire(&h4, "eth0", &nat, "10.0.2.15/24", 1500);
-    c.net.wire(&h4, "eth1", &c.segment, "192.168.56.14/24", 1500);
+    c.net
+        .wire(&h4, "eth1", &c.segment, "192.168.56.14/24", 1500);
     h4.ip(&["route", "add", "default", "via", "10.0.2.2"]);
     let said = Agent::refused(&h4, &c.secret, &["--join", "192.168.56.11"]);
     assert!(
@@ -260,7 +269,12 @@ fn a_key_peers_do_not_know_is_refused_until_it_is_published() {
     for h in &c.hosts[..2] {
         common::hosts::nft(h, deaf);
     }
-    let o = c.hosts[2].exec(&[BIN, "rotate-key", "--socket", c.agents[2].socket.to_str().unwrap()]);
+    let o = c.hosts[2].exec(&[
+        BIN,
+        "rotate-key",
+        "--socket",
+        c.agents[2].socket.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let new = c.agents[2].status()["cluster"]["wireguard"]["public_key"]
         .as_str()
@@ -280,9 +294,13 @@ fn a_key_peers_do_not_know_is_refused_until_it_is_published() {
     until("h1 accepts h3's new key", 30, || {
         h1c.probe(&h3ip, "icmp").is_ok()
     });
-    eprintln!("h3's new key accepted {:?} after its record could travel", t.elapsed());
-    let keys = String::from_utf8_lossy(&c.hosts[0].exec(&["wg", "show", "msl-wg0", "peers"]).stdout)
-        .to_string();
+    eprintln!(
+        "h3's new key accepted {:?} after its record could travel",
+        t.elapsed()
+    );
+    let keys =
+        String::from_utf8_lossy(&c.hosts[0].exec(&["wg", "show", "msl-wg0", "peers"]).stdout)
+            .to_string();
     assert!(keys.contains(&new) && !keys.contains(&old), "{keys}");
 }
 
@@ -293,10 +311,18 @@ fn rotation_keeps_a_running_connection_and_costs_at_most_a_handshake() {
     let h3ip = c.pods[2].1.clone();
     let p = ping(h1c, &h3ip, 500);
     std::thread::sleep(Duration::from_secs(1));
-    let o = c.hosts[2].exec(&[BIN, "rotate-key", "--socket", c.agents[2].socket.to_str().unwrap()]);
+    let o = c.hosts[2].exec(&[
+        BIN,
+        "rotate-key",
+        "--socket",
+        c.agents[2].socket.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let (lost, sent) = lost(p);
-    eprintln!("key rotation: {lost} of {sent} echoes lost ({} ms)", lost * 10);
+    eprintln!(
+        "key rotation: {lost} of {sent} echoes lost ({} ms)",
+        lost * 10
+    );
     // A handshake is a round trip; gossip carries the new key in a few
     // rounds (100-200 ms). Generous: catches a tunnel that waited for a
     // rekey timer (5 s) or never came back.

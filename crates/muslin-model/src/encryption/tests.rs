@@ -56,10 +56,7 @@ fn plane(v: &ClusterView, health: &BTreeMap<String, PathHealth>) -> crate::datap
             me: "h1",
             backend: Backend::Auto,
             local: &local,
-            vx: VxlanSettings {
-                vni: 1,
-                port: 4789,
-            },
+            vx: VxlanSettings { vni: 1, port: 4789 },
             vtep_mac: [2; 6],
             pod_cidr: net("10.244.0.0/16"),
             local_addresses: &[],
@@ -114,7 +111,10 @@ fn every_peer_is_reached_through_the_tunnel_with_its_blocks_and_node_address() {
     assert_eq!(r.src, Some(ip("192.168.10.11")));
     assert_eq!(r.table, crate::dataplane::MAIN_TABLE);
     let n = to("192.168.20.11/32");
-    assert_eq!((n.dev.as_str(), n.table), (WG_DEV, crate::dataplane::POD_TABLE));
+    assert_eq!(
+        (n.dev.as_str(), n.table),
+        (WG_DEV, crate::dataplane::POD_TABLE)
+    );
     // Probes from our tunnel address to theirs.
     let p = to("10.244.3.0/32");
     assert_eq!(p.src, Some(ip("10.244.1.0")));
@@ -171,7 +171,14 @@ fn a_relayed_peer_is_carried_by_the_relay_and_keeps_its_probe_address() {
         d.paths
     );
     let w = d.wireguard.unwrap();
-    let peer = |n: &str| w.peers.iter().find(|p| p.name == n).unwrap().allowed_ips.clone();
+    let peer = |n: &str| {
+        w.peers
+            .iter()
+            .find(|p| p.name == n)
+            .unwrap()
+            .allowed_ips
+            .clone()
+    };
     assert_eq!(
         peer("h2"),
         vec![
@@ -188,7 +195,10 @@ fn a_relayed_peer_is_carried_by_the_relay_and_keeps_its_probe_address() {
 fn a_clear_node_may_not_join_an_encrypting_cluster() {
     let v = view(&["h1"]);
     let why = join_refusal("h1", &v).unwrap();
-    assert!(why.contains("h2, h3") && why.contains("encryption = \"wireguard\""), "{why}");
+    assert!(
+        why.contains("h2, h3") && why.contains("encryption = \"wireguard\""),
+        "{why}"
+    );
     assert_eq!(join_refusal("h1", &view(&["h1", "h2", "h3"])), None);
     // A dead encrypting node does not decide.
     let mut v = view(&["h1", "h2"]);
