@@ -324,6 +324,7 @@ pub async fn join(
                 &config.state_dir,
                 config.wireguard_port,
                 underlay.mtu - muslin_model::encryption::overhead(underlay.address),
+                &config.wireguard_uapi,
             )
             .await?,
         ),
@@ -425,10 +426,20 @@ pub async fn join(
             tracing::info!("joined the cluster");
             // Refused rather than left half in: peers that encrypt send
             // nothing in clear, so our pods would reach none of theirs.
-            if !encrypt {
-                if let Some(why) = muslin_model::encryption::join_refusal(me, &store.view().await) {
+            // Their records arrive a round or two after the first answer.
+            while !encrypt && Instant::now() < deadline {
+                let view = store.view().await;
+                if let Some(why) = muslin_model::encryption::join_refusal(me, &view) {
                     return Err(AgentError::Join(why));
                 }
+                let heard = view
+                    .nodes
+                    .iter()
+                    .any(|(n, p)| n != me && p.alive && p.record.is_some());
+                if heard {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         } else {
             let hint = store.auth_problem().unwrap_or_default();

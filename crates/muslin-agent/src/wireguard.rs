@@ -28,6 +28,7 @@ pub struct Wireguard {
     port: u16,
     /// Which implementation runs, for the log and `status`.
     path: String,
+    uapi: String,
     applied: Option<Vec<WgPeer>>,
 }
 
@@ -47,13 +48,19 @@ fn join_err(what: &str, e: impl std::fmt::Display) -> AgentError {
 impl Wireguard {
     /// Loads or makes the key, starts the device (reattaching to the one a
     /// previous run left) with the peers that run last applied.
-    pub async fn start(dir: &Path, port: u16, mtu: u32) -> Result<Wireguard, AgentError> {
+    pub async fn start(
+        dir: &Path,
+        port: u16,
+        mtu: u32,
+        uapi: &str,
+    ) -> Result<Wireguard, AgentError> {
         std::fs::create_dir_all(dir).map_err(|e| join_err("state directory", e))?;
         let key = PrivateKey::load_or_create(&dir.join(KEY_FILE))
             .map_err(|e| join_err(&format!("key {}", dir.join(KEY_FILE).display()), e))?;
         let kernel = muslin_wireguard::kernel_wireguard_available().await;
         let mut config = DeviceConfig::new(WG_DEV, key.clone());
         config.listen_port = port;
+        config.uapi = Some(uapi.to_string());
         config.mtu = u16::try_from(mtu).unwrap_or(u16::MAX);
         let device = UserspaceDevice::start(config).await.map_err(|e| {
             join_err(
@@ -83,6 +90,7 @@ impl Wireguard {
             key,
             port,
             path,
+            uapi: uapi.to_string(),
             applied: None,
         };
         if let Some(peers) = load_peers(dir) {
@@ -171,6 +179,7 @@ impl Wireguard {
             .collect();
         WireguardStatus {
             device: WG_DEV.into(),
+            uapi: self.uapi.clone(),
             path: self.path.clone(),
             public_key: self.key.public_key().to_base64(),
             port: self.port,

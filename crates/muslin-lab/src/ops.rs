@@ -265,6 +265,17 @@ fn build_all(
     Ok(report)
 }
 
+/// The WireGuard control socket's name of the agent in `ns`: every lab
+/// host's device is `msl-wg0`, but their sockets share the machine's
+/// /var/run/wireguard, so each gets a name of its own (15 characters at
+/// most, as an interface name).
+pub fn wireguard_uapi(ns: &str) -> String {
+    let h = ns.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("mwg{:08x}", h as u32)
+}
+
 /// The flags a lab gives every agent, unless the topology sets them: the
 /// pod network, the other hosts to join, the backend and the lab's secret.
 fn lab_agent_flags(
@@ -286,6 +297,7 @@ fn lab_agent_flags(
         ("--block-size", plan.block_prefix.to_string()),
         ("--backend", backend.to_string()),
         ("--encryption", encryption.to_string()),
+        ("--wireguard-uapi", wireguard_uapi(&h.ns)),
         ("--gossip-interval-ms", "100".into()),
     ];
     if etcd.is_empty() {

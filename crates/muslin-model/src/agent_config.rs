@@ -70,6 +70,10 @@ crate::settings! {
     encryption: Encryption = Encryption::None;
     /// WireGuard UDP port (with encryption = wireguard)
     wireguard_port: u16 = crate::encryption::DEFAULT_PORT;
+    /// Name of the WireGuard control socket, /var/run/wireguard/NAME.sock
+    /// (`wg show NAME`); agents sharing one machine's files (a lab) need
+    /// one each
+    wireguard_uapi: String = crate::encryption::WG_DEV.into();
     /// How to choose the underlay address: reachability, first-found,
     /// interface=REGEX, skip-interface=REGEX, cidr=CIDR, can-reach=ADDR or
     /// address=ADDR
@@ -425,6 +429,21 @@ impl AgentConfig {
             if self.wireguard_port == 0 {
                 return Err(err("wireguard-port", "must not be 0"));
             }
+            if self.wireguard_uapi.is_empty()
+                || self.wireguard_uapi.len() > 15
+                || !self
+                    .wireguard_uapi
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.=+".contains(c))
+            {
+                return Err(err(
+                    "wireguard-uapi",
+                    format!(
+                        "{:?} must be 1-15 letters, digits or -_.=+ (an interface name)",
+                        self.wireguard_uapi
+                    ),
+                ));
+            }
             if let Some((p, other)) = clash {
                 return Err(err(
                     "wireguard-port",
@@ -612,6 +631,13 @@ blocks = ["10.244.1.0/24"]
                 "wireguard-port",
             ),
             (
+                Box::new(|c| {
+                    c.encryption = Encryption::Wireguard;
+                    c.wireguard_uapi = "../etc/passwd".into();
+                }),
+                "wireguard-uapi",
+            ),
+            (
                 Box::new(|c| c.pod_cidr = "10.244.1.0/16".parse().unwrap()),
                 "pod-cidr",
             ),
@@ -737,6 +763,7 @@ blocks = ["10.244.1.0/24"]
             vxlan_port: 8472,
             encryption: Encryption::Wireguard,
             wireguard_port: 51821,
+            wireguard_uapi: "msl-wg0".into(),
             underlay: "interface=eth.*,en.*".parse().unwrap(),
             masquerade: false,
             datastore: DatastoreKind::Etcd,

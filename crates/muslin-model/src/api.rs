@@ -437,6 +437,8 @@ pub struct ClusterStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireguardStatus {
     pub device: String,
+    /// What `wg show` takes: the name of the control socket.
+    pub uapi: String,
     /// Which implementation carries the traffic, and why.
     pub path: String,
     pub public_key: String,

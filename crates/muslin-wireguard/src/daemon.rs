@@ -53,7 +53,7 @@ pub async fn run_uapi_daemon_until(
             offload: opts.offload,
             persistent: false,
         },
-        true,
+        Some(ifname),
     )
     .await?;
     tracing::info!(

@@ -48,8 +48,10 @@ pub struct DeviceConfig {
     /// 0 picks any free port; see [`UserspaceDevice::listen_port`].
     pub listen_port: u16,
     pub mtu: u16,
-    /// Serve the standard UAPI socket so `wg show` works.
-    pub uapi: bool,
+    /// Serve the standard UAPI socket under this name (`wg show NAME`),
+    /// usually the interface's: machines that run several devices of one
+    /// name in different namespaces (labs) give each its own.
+    pub uapi: Option<String>,
     /// Keep the interface when the process dies, and reattach to it on the
     /// next start.
     pub persistent: bool,
@@ -59,12 +61,13 @@ pub struct DeviceConfig {
 
 impl DeviceConfig {
     pub fn new(ifname: impl Into<String>, private_key: PrivateKey) -> Self {
+        let ifname: String = ifname.into();
         DeviceConfig {
-            ifname: ifname.into(),
+            ifname: ifname.clone(),
             private_key,
             listen_port: 0,
             mtu: 1420,
-            uapi: true,
+            uapi: Some(ifname.clone()),
             persistent: true,
             offload: true,
         }
@@ -92,7 +95,7 @@ impl UserspaceDevice {
                 offload: config.offload,
                 persistent: config.persistent,
             },
-            config.uapi,
+            config.uapi.as_deref(),
         )
         .await?;
         // gotatun binds its socket only when a reconfiguration asks for it,
@@ -257,7 +260,7 @@ pub(crate) async fn build(
     ifname: &str,
     key: Option<&PrivateKey>,
     tun_opts: TunOptions,
-    uapi: bool,
+    uapi: Option<&str>,
 ) -> Result<(Device<Transports>, Option<PathBuf>, bool)> {
     if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ', '\0']) {
         return Err(Error::BadName(ifname.to_string()));
@@ -273,9 +276,12 @@ pub(crate) async fn build(
         builder = builder.with_private_key(k.to_x25519());
     }
     let mut uapi_path = None;
-    if uapi {
-        let path = uapi_socket_path(ifname);
-        builder = builder.with_uapi(serve_uapi(ifname, &path)?);
+    if let Some(name) = uapi {
+        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
+            return Err(Error::BadName(name.to_string()));
+        }
+        let path = uapi_socket_path(name);
+        builder = builder.with_uapi(serve_uapi(name, &path)?);
         uapi_path = Some(path);
     }
     Ok((builder.build().await?, uapi_path, offloaded))

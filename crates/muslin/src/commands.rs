@@ -233,8 +233,8 @@ fn status(a: StatusArgs) -> Result<ExitCode> {
         }
         if let Some(w) = &c.wireguard {
             println!(
-                "\nwireguard {} port {}, {}\n          public key {}",
-                w.device, w.port, w.path, w.public_key
+                "\nwireguard {} port {}, {} (wg show {})\n          public key {}",
+                w.device, w.port, w.path, w.uapi, w.public_key
             );
             println!(
                 "{:<12} {:<46} {:<22} {:<10} {:>12} {:>12}",

@@ -11,7 +11,45 @@ use std::time::{Duration, Instant};
 use common::hosts::{until, Agent, Net};
 use common::{Netns, ProbeServer, TempDir, BIN};
 
-const ENCRYPT: [&str; 2] = ["--encryption", "wireguard"];
+/// `--encryption wireguard` with a control socket of its own: the hosts
+/// of every test share this machine's /var/run/wireguard.
+fn encrypt() -> Vec<String> {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("mw{}-{n}", std::process::id() % 1_000_000);
+    ["--encryption", "wireguard", "--wireguard-uapi", &name]
+        .map(String::from)
+        .to_vec()
+}
+
+fn start(ns: &Netns, name: &str, secret: &std::path::Path, join: bool) -> Agent {
+    let mut args = encrypt();
+    if join {
+        args.extend(["--join".to_string(), "192.168.56.11".to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Agent::start(ns, name, secret, &args)
+}
+
+/// `wg ARGS...` in `ns` against `agent`'s device; (success, output).
+fn wg(ns: &Netns, agent: &Agent, args: &[&str]) -> (bool, String) {
+    let st = agent.status();
+    let name = st["cluster"]["wireguard"]["uapi"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut all = vec!["wg", args[0], &name];
+    all.extend(&args[1..]);
+    let o = ns.exec(&all);
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
 
 struct Cluster {
     net: Net,
@@ -31,10 +69,9 @@ fn cluster() -> Cluster {
     let hosts: Vec<Netns> = (1..=3).map(|i| Netns::new(&format!("h{i}"))).collect();
     let segment = net.as_readme_hosts(&hosts);
     let secret = net.secret();
-    let mut agents = vec![Agent::start(&hosts[0], "h1", &secret, &ENCRYPT)];
+    let mut agents = vec![start(&hosts[0], "h1", &secret, false)];
     for (i, h) in hosts.iter().enumerate().skip(1) {
-        let args = [&ENCRYPT[..], &["--join", "192.168.56.11"]].concat();
-        agents.push(Agent::start(h, &format!("h{}", i + 1), &secret, &args));
+        agents.push(start(h, &format!("h{}", i + 1), &secret, true));
     }
     let pods = agents
         .iter()
@@ -206,13 +243,8 @@ fn readme_hosts_encrypt_every_pair_and_no_pod_payload_crosses_in_clear() {
     assert!(wire.len() > 4096, "the wire capture holds almost nothing");
 
     // Operators see the tunnel with the standard tool.
-    let o = c.hosts[0].exec(&["wg", "show", "msl-wg0"]);
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let (ok, out) = wg(&c.hosts[0], &c.agents[0], &["show"]);
+    assert!(ok, "{out}");
     let st = c.agents[2].status();
     let h3key = st["cluster"]["wireguard"]["public_key"].as_str().unwrap();
     assert!(out.contains(h3key), "wg show lacks h3's key {h3key}: {out}");
@@ -298,10 +330,11 @@ fn a_key_peers_do_not_know_is_refused_until_it_is_published() {
         "h3's new key accepted {:?} after its record could travel",
         t.elapsed()
     );
-    let keys =
-        String::from_utf8_lossy(&c.hosts[0].exec(&["wg", "show", "msl-wg0", "peers"]).stdout)
-            .to_string();
-    assert!(keys.contains(&new) && !keys.contains(&old), "{keys}");
+    let (_, keys) = wg(&c.hosts[0], &c.agents[0], &["show", "peers"]);
+    assert!(
+        keys.contains(&new) && !keys.contains(&old),
+        "h1's peers {keys} should hold h3's new {new}, not its old {old}"
+    );
 }
 
 #[test]
