@@ -225,6 +225,13 @@ pub async fn run_with(
     let _ = stop.send(true);
     let _ = server.await;
     background.shutdown().await;
+    // The WireGuard interface stays (routes through it with it, for the
+    // next run); its control socket would answer no one.
+    if node.config.encryption == muslin_model::encryption::Encryption::Wireguard {
+        let _ = std::fs::remove_file(muslin_wireguard::uapi_socket_path(
+            &node.config.wireguard_uapi,
+        ));
+    }
     firewall.abort();
     // Jobs already submitted (a DEL's veth removal, a handler's changes)
     // finish before the runtime goes: nothing is left half-made.

@@ -62,6 +62,17 @@ struct Cluster {
     secret: std::path::PathBuf,
 }
 
+impl Drop for Cluster {
+    /// Killed agents leave their control sockets behind.
+    fn drop(&mut self) {
+        for a in &self.agents {
+            if let Some(n) = a.status()["cluster"]["wireguard"]["uapi"].as_str() {
+                let _ = std::fs::remove_file(format!("/var/run/wireguard/{n}.sock"));
+            }
+        }
+    }
+}
+
 /// Three README hosts with encryption and a container each, every pair
 /// encrypted and answering.
 fn cluster() -> Cluster {
