@@ -478,7 +478,7 @@ fn persistent_interface_survives_the_process_and_is_reattached() {
     let (rta, rtb) = (ns_runtime(&p.a.0), ns_runtime(&p.b.0));
     let mut ca = DeviceConfig::new(&p.if_a, ka.private.clone());
     ca.listen_port = 51820;
-    ca.uapi = false;
+    ca.uapi = None;
     let da = on(&rta, {
         let ca = ca.clone();
         async move { UserspaceDevice::start(ca).await.unwrap() }
