@@ -183,10 +183,14 @@ pub async fn run_with(
     let mut background = tokio::task::JoinSet::new();
     if let Some(c) = cluster {
         node.cluster = Some(c.status.clone());
+        let wg = match c.encrypt {
+            true => muslin_model::encryption::overhead(c.underlay.address),
+            false => 0,
+        };
         let tunnel_mtu = c
             .underlay
             .mtu
-            .saturating_sub(muslin_model::dataplane::VXLAN_OVERHEAD);
+            .saturating_sub(muslin_model::dataplane::VXLAN_OVERHEAD + wg);
         let (networks, asks) = networks::Networks::new(blocks.clone(), tunnel_mtu);
         node.networks = Some(networks.clone());
         node.dns = c.dns_shared();

@@ -330,6 +330,24 @@ pub async fn join(
         ),
         false => None,
     };
+    if encrypt {
+        // The networks' VXLAN arrives from the device marked (see
+        // `encryption::WG_MARK`): strict rp_filter must look its source up
+        // with the mark, in the WireGuard table.
+        host.apply(
+            Lane::Host,
+            vec![Step::host(Change::Sysctl {
+                key: format!(
+                    "net/ipv4/conf/{}/src_valid_mark",
+                    muslin_model::encryption::WG_DEV
+                ),
+                value: "1".into(),
+            })],
+            OnFailure::Stop,
+        )
+        .await
+        .into_result()?;
+    }
     let mut record = NodeRecord {
         address_reason: reason.clone(),
         addresses: facts.usable(underlay.address),
@@ -695,6 +713,7 @@ impl Cluster {
                         })
                         .collect(),
                     vxlan_port: self.vx.port,
+                    wireguard: self.encrypt,
                 },
             )
             .await;
@@ -1156,11 +1175,6 @@ impl Cluster {
         }
         if !self.encrypt {
             warnings.extend(muslin_model::encryption::join_refusal(&self.me, view));
-        } else if !live.is_empty() {
-            warnings.push(format!(
-                "networks {} cross between hosts in VXLAN without encryption: only the default network is encrypted yet",
-                live.keys().cloned().collect::<Vec<_>>().join(", ")
-            ));
         }
         let nodes = view
             .nodes

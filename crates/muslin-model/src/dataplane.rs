@@ -297,6 +297,12 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
                 Some(why) => Path::Unreachable(why),
                 None => Path::Wireguard,
             },
+            // A network's VXLAN rides in WireGuard (see `WG_MARK`): only
+            // to peers that encrypt.
+            _ if p.encrypt => match crate::encryption::peer_refusal(rec) {
+                Some(why) => Path::Unreachable(why),
+                None => Path::Vxlan,
+            },
             _ => path_to(p.backend, local, rec),
         };
         direct.insert(name.as_str(), (rec, path));
@@ -446,6 +452,23 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
         // block; probes keep their tunnel address.
         for r in d.routes.iter_mut().filter(|r| r.src.is_none()) {
             r.src = Some(local.address);
+        }
+        // The networks' VXLAN to each peer we reach directly, marked on
+        // its way out, goes into the device, which carries that peer's
+        // node address.
+        for peer in &w.peers {
+            let at = peer.endpoint.ip();
+            if peer.allowed_ips.contains(&IpNet::from(at)) {
+                d.routes.push(ClusterRoute {
+                    dst: IpNet::from(at),
+                    via: at,
+                    dev: crate::encryption::WG_DEV.into(),
+                    onlink: true,
+                    mtu: None,
+                    table: crate::encryption::WG_TABLE,
+                    src: Some(local.address),
+                });
+            }
         }
     }
     d.routes.sort();

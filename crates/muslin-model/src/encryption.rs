@@ -15,6 +15,14 @@ use crate::cluster::{ClusterView, NodeRecord};
 /// The node's WireGuard device (our prefix).
 pub const WG_DEV: &str = "msl-wg0";
 pub const DEFAULT_PORT: u16 = 51820;
+/// The networks' VXLAN between encrypting nodes is carried by WireGuard
+/// too: marked with this bit (clear of the networks' bits and of
+/// kube-proxy's, Cilium's and Tailscale's), it looks up [`WG_TABLE`],
+/// which sends each peer's node address into our device.
+pub const WG_MARK: u32 = 0x0002_0000;
+pub const WG_TABLE: u32 = 78;
+/// After the networks' rules (1070-1074), before the pod rule (1077).
+pub const WG_RULE_PRIORITY: u32 = 1076;
 /// Capability of a node that encrypts pod traffic with WireGuard.
 pub const CAPABILITY: &str = "wireguard";
 /// Outer IPv4 (20) + UDP (8) + WireGuard data header (16) + tag (16).

@@ -5,7 +5,7 @@
 
 use ipnet::IpNet;
 use muslin_model::dataplane::{Desired, MAIN_TABLE, POD_RULE_PRIORITY, POD_TABLE, VXLAN_DEV};
-use muslin_model::encryption::WG_DEV;
+use muslin_model::encryption::{WG_DEV, WG_MARK, WG_RULE_PRIORITY, WG_TABLE};
 use muslin_model::naming::is_pod_veth;
 use muslin_model::network::{
     parse_vxlan_dev, NetworkSpec, GUARD_PRIORITY, MARK_MASK, MARK_RULE_PRIORITY, MAX_ID,
@@ -84,6 +84,12 @@ pub fn host_state(d: &Desired) -> HostState {
             ..rule(Family::of(&src.addr()), POD_RULE_PRIORITY, POD_TABLE)
         })
         .collect();
+    if d.wireguard.is_some() {
+        s.rules.push(Rule {
+            fwmark: Some((WG_MARK, WG_MARK)),
+            ..rule(Family::V4, WG_RULE_PRIORITY, WG_TABLE)
+        });
+    }
     s
 }
 
@@ -197,7 +203,7 @@ pub fn stale_tunnels(observed: &HostState, live: &[&NetworkSpec]) -> Vec<Change>
 pub fn all_ownership(networks: &[&NetworkSpec], allow_deletes: bool) -> Ownership {
     let ours = TABLE_BASE + 1..=TABLE_BASE + u32::from(MAX_ID);
     let pods = POD_TABLE_BASE + 1..=POD_TABLE_BASE + u32::from(MAX_ID);
-    let mut tables = vec![MAIN_TABLE, POD_TABLE];
+    let mut tables = vec![MAIN_TABLE, POD_TABLE, WG_TABLE];
     tables.extend(networks.iter().flat_map(|n| [n.table(), n.pod_table()]));
     Ownership {
         protocol: ROUTE_PROTOCOL,
@@ -205,6 +211,7 @@ pub fn all_ownership(networks: &[&NetworkSpec], allow_deletes: bool) -> Ownershi
         foreign_dev: is_pod_veth,
         rules: vec![
             (POD_RULE_PRIORITY, POD_TABLE..=POD_TABLE),
+            (WG_RULE_PRIORITY, WG_TABLE..=WG_TABLE),
             (MARK_RULE_PRIORITY, ours.clone()),
             (REACH_RULE_PRIORITY, ours),
             (NET_POD_RULE_PRIORITY, pods),

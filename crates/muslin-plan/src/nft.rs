@@ -48,6 +48,7 @@ const RESTORE: &str = "networks_restore";
 const DEFAULT_PODS: &str = "networks_default_pods";
 /// Drops what arrives through our tunnels for anywhere but the cluster.
 const TUNNEL_GUARD: &str = "tunnel_guard";
+const WG_OUT: &str = "wireguard_out";
 
 /// The chain of a network's packets.
 fn net_chain(n: &NftNetwork) -> String {
@@ -102,6 +103,9 @@ pub struct Masquerade {
     /// dropped, or a container could wrap a packet in another network's
     /// VNI and have a host unwrap it there.
     pub vxlan_port: u16,
+    /// Pod traffic is encrypted: the networks' VXLAN between nodes goes
+    /// through WireGuard (marked out, admitted in).
+    pub wireguard: bool,
 }
 
 /// A network other than the default, as its firewall rules see it.
@@ -365,12 +369,8 @@ impl Masquerade {
                 Expression::String(Cow::Borrowed("msl*")),
             )
         };
-        // VXLAN only ever comes in on the underlay: from one of our own
-        // interfaces (a container) it is a forgery, wrapped by hand in
-        // another network's VNI to be unwrapped into that network.
-        let forged = || {
-            vec![
-                is(field(fam, "daddr"), nodes()),
+        let vxlan = || {
+            [
                 is(
                     meta(MetaKey::L4proto),
                     Expression::String(Cow::Borrowed("udp")),
@@ -384,10 +384,55 @@ impl Masquerade {
                     ))),
                     num(u32::from(self.vxlan_port)),
                 ),
-                count(),
-                drop(),
             ]
         };
+        // VXLAN only ever comes in on the underlay: from one of our own
+        // interfaces (a container) it is a forgery, wrapped by hand in
+        // another network's VNI to be unwrapped into that network.
+        let forged = || {
+            let mut v = vec![is(field(fam, "daddr"), nodes())];
+            v.extend(vxlan());
+            v.extend([count(), drop()]);
+            v
+        };
+        // Or through WireGuard from a node (a container's forgery never
+        // leaves its own host, see above): marked, so strict rp_filter
+        // checks its source against the WireGuard table.
+        let set_wg_mark = || {
+            Statement::Mangle(Mangle {
+                key: meta(MetaKey::Mark),
+                value: Expression::BinaryOperation(Box::new(BinaryOperation::OR(vec![
+                    meta(MetaKey::Mark),
+                    num(muslin_model::encryption::WG_MARK),
+                ]))),
+            })
+        };
+        let mut raw = Vec::new();
+        if self.wireguard {
+            let mut v = vec![
+                is(
+                    meta(MetaKey::Iifname),
+                    Expression::String(Cow::Borrowed(muslin_model::encryption::WG_DEV)),
+                ),
+                is(field(fam, "saddr"), nodes()),
+            ];
+            v.extend(vxlan());
+            v.extend([set_wg_mark(), Statement::Accept(None)]);
+            raw.push((
+                format!("muslin v{RULES_VERSION} vxlan through wireguard in"),
+                v,
+            ));
+            let mut out_rule = vec![is(field(fam, "daddr"), nodes())];
+            out_rule.extend(vxlan());
+            out_rule.push(set_wg_mark());
+            out.insert(
+                WG_OUT.to_string(),
+                vec![(
+                    format!("muslin v{RULES_VERSION} vxlan through wireguard out"),
+                    out_rule,
+                )],
+            );
+        }
         let vmap = Expression::Named(NamedExpression::Set(
             self.networks
                 .iter()
@@ -404,30 +449,28 @@ impl Masquerade {
                 .collect(),
         ));
         let groups: Vec<String> = self.networks.iter().map(|n| n.group.to_string()).collect();
-        out.insert(
-            RAW.to_string(),
-            vec![
-                (
-                    format!(
-                        "muslin v{RULES_VERSION} networks by group {}",
-                        groups.join(",")
-                    ),
-                    vec![Statement::VerdictMap(VerdictMap {
-                        key: meta(MetaKey::Iifgroup),
-                        data: vmap,
-                    })],
+        raw.extend([
+            (
+                format!(
+                    "muslin v{RULES_VERSION} networks by group {}",
+                    groups.join(",")
                 ),
-                (
-                    format!("muslin v{RULES_VERSION} networks default pods"),
-                    vec![
-                        from_ours(),
-                        Statement::Goto(JumpTarget {
-                            target: Cow::Borrowed(DEFAULT_PODS),
-                        }),
-                    ],
-                ),
-            ],
-        );
+                vec![Statement::VerdictMap(VerdictMap {
+                    key: meta(MetaKey::Iifgroup),
+                    data: vmap,
+                })],
+            ),
+            (
+                format!("muslin v{RULES_VERSION} networks default pods"),
+                vec![
+                    from_ours(),
+                    Statement::Goto(JumpTarget {
+                        target: Cow::Borrowed(DEFAULT_PODS),
+                    }),
+                ],
+            ),
+        ]);
+        out.insert(RAW.to_string(), raw);
         let mut default_pods = vec![(
             format!("muslin v{RULES_VERSION} networks no vxlan from containers"),
             forged(),
@@ -795,6 +838,9 @@ fn load(m: &Masquerade) -> Vec<NfObject<'static>> {
             RAW => Some((NfChainType::Filter, NfHook::Prerouting, -300)),
             RESTORE => Some((NfChainType::Filter, NfHook::Prerouting, -150)),
             TUNNEL_GUARD => Some((NfChainType::Filter, NfHook::Prerouting, -140)),
+            // A route chain: a mark set here makes the kernel route the
+            // packet again.
+            WG_OUT => Some((NfChainType::Route, NfHook::Output, -150)),
             _ => None,
         };
         v.push(add(NfListObject::Chain(Chain {

@@ -398,3 +398,72 @@ fn an_agent_killed_and_restarted_under_a_ping_resumes_encrypted_traffic() {
     let (h1c, _, _) = &c.pods[0];
     h1c.probe(&h3ip, "tcp,udp,icmp").unwrap();
 }
+
+/// Attaches a container on `a`'s host to `network`; its namespace and
+/// address.
+fn attach(a: &Agent, network: &str) -> (Netns, String) {
+    let ns = Netns::new("n");
+    let conf = serde_json::json!({"cniVersion": "1.1.0", "name": network, "type": "muslin",
+                                  "socket": a.socket, "network": network});
+    let (v, ok) = common::hosts::plugin(&a.ns_name, &conf, "ADD", &common::unique("ctr"), &ns, &[]);
+    assert!(ok, "ADD to {network} on {}: {v}\n{}", a.name, a.log());
+    (ns, common::result_ip(&v))
+}
+
+#[test]
+fn overlapping_networks_cross_between_hosts_inside_wireguard_and_stay_apart() {
+    let c = cluster();
+    for (name, subnet) in [("red", "10.50.0.0/16"), ("blue", "10.50.0.0/16")] {
+        let o = c.hosts[0].exec(&[
+            BIN,
+            "network",
+            "create",
+            name,
+            "--subnet",
+            subnet,
+            "--socket",
+            c.agents[0].socket.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    until("both networks in force on h1 and h3", 30, || {
+        [0, 2].iter().all(|h| {
+            let n = c.agents[*h].status()["cluster"]["networks"].clone();
+            ["red", "blue"].iter().all(|x| {
+                n.as_array()
+                    .is_some_and(|l| l.iter().any(|y| y["name"] == *x))
+            })
+        })
+    });
+    let (red1, _) = attach(&c.agents[0], "red");
+    let (red3, red3ip) = attach(&c.agents[2], "red");
+    let (blue1, _) = attach(&c.agents[0], "blue");
+    let _srv = ProbeServer::start(&red3, 7777);
+    until("red reaches across hosts", 30, || {
+        red1.probe(&red3ip, "tcp,udp,icmp").is_ok()
+    });
+    // blue's container has the same addresses in its own network: it
+    // does not reach red's.
+    assert!(blue1.probe(&red3ip, "tcp").is_err());
+    // Pods of a network get the MTU less VXLAN and WireGuard.
+    let mtu = red1.ip_json(&["link", "show", "eth0"])[0]["mtu"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(mtu, 1500 - 50 - 60);
+    let o = red1.exec(&[BIN, "probe", "transfer", &red3ip, "--bytes", "4000000"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // On the wire, no VXLAN and no marker: only WireGuard.
+    let marker = format!("MUSLIN-NETWORK-PLAINTEXT-{}", std::process::id());
+    let wire = Capture::start(&c.hosts[0], "eth1");
+    let pod = Capture::start(&red1, "eth0");
+    send_marker(&red1, &red3ip, &marker);
+    let (wire, pod) = (wire.finish(), pod.finish());
+    assert!(
+        contains(&pod, marker.as_bytes()),
+        "the pod's capture misses the marker"
+    );
+    assert!(
+        !contains(&wire, marker.as_bytes()),
+        "a network's payload crossed the wire in clear"
+    );
+}

@@ -239,6 +239,20 @@ impl Cluster {
         path_mtu: &BTreeMap<String, u32>,
     ) -> Vec<NetPlane> {
         let reach = self.reach(live);
+        // Encrypted, a network's VXLAN crosses inside WireGuard: its
+        // packets are that much smaller.
+        let wg = match self.encrypt {
+            true => muslin_model::encryption::overhead(self.underlay.address),
+            false => 0,
+        };
+        let underlay = muslin_model::dataplane::Underlay {
+            mtu: self.underlay.mtu - wg,
+            ..self.underlay.clone()
+        };
+        let path_mtu: BTreeMap<String, u32> = path_mtu
+            .iter()
+            .map(|(n, m)| (n.clone(), m.saturating_sub(wg)))
+            .collect();
         live.values()
             .map(|n| {
                 let dev = n.vxlan_dev();
@@ -247,7 +261,7 @@ impl Cluster {
                     &Params {
                         me: &self.me,
                         backend: Backend::Vxlan,
-                        local: &self.underlay,
+                        local: &underlay,
                         vx: VxlanSettings {
                             vni: n.vni,
                             port: self.vx.port,
@@ -255,7 +269,7 @@ impl Cluster {
                         vtep_mac: muslin_model::cluster::vtep_mac(&self.me),
                         pod_cidr: n.subnets[0],
                         local_addresses: &self.host.addresses,
-                        path_mtu,
+                        path_mtu: &path_mtu,
                         dev: &dev,
                         table: n.table(),
                         // An isolated network's packets to the hosts take

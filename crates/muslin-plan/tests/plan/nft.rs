@@ -26,6 +26,7 @@ fn masquerade() -> Masquerade {
         .collect(),
         networks: vec![],
         vxlan_port: 4789,
+        wireguard: false,
     }
 }
 
@@ -63,6 +64,33 @@ fn golden_load() {
         ..masquerade()
     };
     golden::check("nft-load-ip6", &pretty(&NftChange::Load(v6)));
+}
+
+/// Encrypted, the networks' VXLAN between nodes goes into WireGuard
+/// (marked in a route chain on the way out) and is admitted from it
+/// (marked, for rp_filter to look up the WireGuard table).
+#[test]
+fn golden_load_with_networks_through_wireguard() {
+    let m = Masquerade {
+        wireguard: true,
+        ..with_networks()
+    };
+    golden::check(
+        "nft-load-networks-wireguard",
+        &pretty(&NftChange::Load(m.clone())),
+    );
+    let chains = m.chains();
+    assert_eq!(
+        chains["networks_raw"][0],
+        "muslin v1 vxlan through wireguard in"
+    );
+    assert_eq!(chains["wireguard_out"].len(), 1);
+    // Without networks there is no VXLAN to carry.
+    let plain = Masquerade {
+        wireguard: true,
+        ..masquerade()
+    };
+    assert!(!plain.chains().contains_key("wireguard_out"));
 }
 
 /// Networks: marks and zones from their interfaces' groups, drops between
