@@ -3,11 +3,18 @@
 //! `ip` or the iptables tools. Everything else computes changes as values
 //! and submits them. The lab and the benchmark build simulated hosts and
 //! hand-built twins with `ip`: they are test rigs, not Muslin's data
-//! plane, and are exempt.
+//! plane, and are exempt. The WireGuard device (`muslin-wireguard`) is a
+//! driver, not a decision maker: it owns its TUN and its socket, or
+//! drives the kernel's WireGuard by generic netlink; the agent hands it
+//! peers as values, and the executor makes every route and rule to it.
 
 use std::path::{Path, PathBuf};
 
-const EXEMPT: &[&str] = &["crates/muslin-lab/", "crates/muslin-bench/"];
+const EXEMPT: &[&str] = &[
+    "crates/muslin-lab/",
+    "crates/muslin-bench/",
+    "crates/muslin-wireguard/",
+];
 const EXECUTOR: &str = "crates/muslin-kernel/src/executor/";
 
 /// What only the executor may write.

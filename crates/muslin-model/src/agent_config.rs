@@ -763,7 +763,7 @@ blocks = ["10.244.1.0/24"]
             vxlan_port: 8472,
             encryption: Encryption::Wireguard,
             wireguard_port: 51821,
-            wireguard_uapi: "msl-wg0".into(),
+            wireguard_uapi: "msl-wg9".into(),
             underlay: "interface=eth.*,en.*".parse().unwrap(),
             masquerade: false,
             datastore: DatastoreKind::Etcd,

@@ -467,3 +467,50 @@ fn overlapping_networks_cross_between_hosts_inside_wireguard_and_stay_apart() {
         "a network's payload crossed the wire in clear"
     );
 }
+
+/// Drops every frame `ns` receives from `from` on eth1.
+fn cut(ns: &Netns, from: &Netns) {
+    let mac = from.ip_json(&["link", "show", "eth1"])[0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    common::hosts::nft(
+        ns,
+        &format!(
+            "table netdev enccut {{\n chain in {{\n  type filter hook ingress device eth1 priority 0;\n  ether saddr {mac} drop\n }}\n}}\n"
+        ),
+    );
+}
+
+#[test]
+fn a_cut_link_is_relayed_inside_wireguard_and_heals() {
+    let c = cluster();
+    cut(&c.hosts[0], &c.hosts[2]);
+    cut(&c.hosts[2], &c.hosts[0]);
+    until("both ends relay through h2", 30, || {
+        c.agents[0].peer("h3")["relay"] == "h2" && c.agents[2].peer("h1")["relay"] == "h2"
+    });
+    // h2's device carries h3's blocks for h1 (and h1's for h3); each end
+    // keeps the other's tunnel address as a peer of its own, for probes.
+    let (h1c, _, _) = &c.pods[0];
+    let (h3c, h3ip, _) = &c.pods[2];
+    h1c.probe(h3ip, "tcp,udp,icmp").unwrap();
+    h3c.probe(&c.pods[0].1, "tcp,udp,icmp").unwrap();
+    c.hosts[0].probe(h3ip, "tcp,icmp").unwrap();
+    let o = h1c.exec(&[BIN, "probe", "transfer", h3ip, "--bytes", "4000000"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (_, peers) = wg(&c.hosts[1], &c.agents[1], &["show", "allowed-ips"]);
+    let h3block = c.agents[2].status()["blocks"][0]["cidr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(peers.contains(&h3block), "{peers}");
+    for h in [&c.hosts[0], &c.hosts[2]] {
+        h.exec(&["nft", "delete", "table", "netdev", "enccut"]);
+    }
+    until("both ends direct again", 40, || {
+        c.agents[0].peer("h3")["path"] == "wireguard"
+            && c.agents[2].peer("h1")["path"] == "wireguard"
+    });
+    h1c.probe(h3ip, "tcp,udp,icmp").unwrap();
+}
