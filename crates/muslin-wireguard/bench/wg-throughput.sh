@@ -5,19 +5,25 @@
 #   veth       plain veth, no tunnel
 #   wggo       Debian wireguard-go
 #   boringtun  boringtun-cli
-#   gotatun    muslin wireguard-device --no-offload (gotatun, plain TUN)
-#   muslin     muslin wireguard-device (gotatun, TUN with TSO/GRO)
+#   gotatun    $GOTATUN wireguard-device: the earlier device on gotatun's
+#              Device (per-packet channels and locks), if GOTATUN is set
+#   nooffload  muslin wireguard-device --no-offload (plain TUN)
+#   nogso      muslin, UDP GSO off (MUSLIN_WG_NO_GSO=1)
+#   nogro      muslin, UDP GRO off (MUSLIN_WG_NO_GRO=1)
+#   muslin     muslin wireguard-device (TUN TSO/GRO, UDP GSO/GRO)
 #
 # Usage: bench/wg-throughput.sh [RUNS] [SECONDS]
 # Env:   MUSLIN=path/to/muslin  BORINGTUN=path/to/boringtun-cli  VARIANTS="..."
+#        GOTATUN=path/to/an/older/muslin
 # Needs root, iperf3, wg, ping, wireguard-go.
 set -euo pipefail
 
 RUNS=${1:-3}
 SECS=${2:-10}
-MUSLIN=${MUSLIN:-/work/target-wgdev/release/muslin}
+MUSLIN=${MUSLIN:-/work/target-wgfast/release/muslin}
+GOTATUN=${GOTATUN:-}
 BORINGTUN=${BORINGTUN:-/work/tools/bin/boringtun-cli}
-VARIANTS=${VARIANTS:-"veth wggo boringtun gotatun muslin"}
+VARIANTS=${VARIANTS:-"veth wggo boringtun muslin"}
 ID=$$
 A=wgbA$ID B=wgbB$ID IFA=wgba$ID IFB=wgbb$ID
 OUT=$(mktemp -d)
@@ -54,7 +60,10 @@ start_daemon() { # ns ifname variant
     case $v in
     wggo) ip netns exec "$ns" env WG_PROCESS_FOREGROUND=1 wireguard-go -f "$ifn" >/dev/null 2>&1 & ;;
     boringtun) ip netns exec "$ns" "$BORINGTUN" -f --disable-drop-privileges "$ifn" >/dev/null 2>&1 & ;;
-    gotatun) ip netns exec "$ns" "$MUSLIN" wireguard-device --no-offload "$ifn" >/dev/null 2>&1 & ;;
+    gotatun) ip netns exec "$ns" "$GOTATUN" wireguard-device "$ifn" >/dev/null 2>&1 & ;;
+    nooffload) ip netns exec "$ns" "$MUSLIN" wireguard-device --no-offload "$ifn" >/dev/null 2>&1 & ;;
+    nogso) ip netns exec "$ns" env MUSLIN_WG_NO_GSO=1 "$MUSLIN" wireguard-device "$ifn" >/dev/null 2>&1 & ;;
+    nogro) ip netns exec "$ns" env MUSLIN_WG_NO_GRO=1 "$MUSLIN" wireguard-device "$ifn" >/dev/null 2>&1 & ;;
     muslin) ip netns exec "$ns" "$MUSLIN" wireguard-device "$ifn" >/dev/null 2>&1 & ;;
     esac
     DAEMONS+=($!)
@@ -93,6 +102,11 @@ measure() { # variant run
     local gbps
     gbps=$(ip netns exec "$A" iperf3 -c "$dst" -t "$SECS" -J |
         python3 -c 'import json,sys; print("%.3f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))')
+    if [ -n "${DEBUG:-}" ] && [ "$v" != veth ]; then
+        ip -n "$A" -s link show "$IFA" >&2
+        ip -n "$B" -s link show "$IFB" >&2
+        ip -n "$B" -s link show vb >&2
+    fi
     # Request/response latency: 200 pings 10 ms apart, median RTT.
     local p50
     p50=$(ip netns exec "$A" ping -c 200 -i 0.01 -W 1 "$dst" |

@@ -35,7 +35,7 @@ use gotatun::x25519;
 use ipnet::IpNet;
 use tun_rs::{GROTable, SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
-use crate::routes::{packet_addr, Routes};
+use crate::routes::{packet_addr, unpadded, Routes};
 use crate::udp::{Udp, MAX_GSO_BYTES, MAX_GSO_SEGMENTS};
 
 /// Timer resolution. WireGuard's timers are in seconds (rekey after 120 s,
@@ -139,11 +139,9 @@ impl Config<'_> {
             let mut st = peer.lock();
             match (&id, st.tunn.as_mut()) {
                 (None, _) => st.tunn = None,
-                (Some(id), Some(t)) => t.set_static_private(
-                    id.secret.clone(),
-                    id.public,
-                    Arc::clone(&id.limiter),
-                ),
+                (Some(id), Some(t)) => {
+                    t.set_static_private(id.secret.clone(), id.public, Arc::clone(&id.limiter))
+                }
                 (Some(id), None) => {
                     let t = self.engine.new_tunn(id, &peer.public, &st);
                     st.tunn = Some(t);
@@ -482,7 +480,10 @@ fn tx_loop(e: &Engine) {
             let mut j = i + 1;
             while j < n {
                 let d = packet_addr(&bufs[j][..sizes[j]], true);
-                if d != dst && d.and_then(|d| snap.routes.get(d)).map(Arc::as_ptr) != Some(Arc::as_ptr(peer)) {
+                if d != dst
+                    && d.and_then(|d| snap.routes.get(d)).map(Arc::as_ptr)
+                        != Some(Arc::as_ptr(peer))
+                {
                     break;
                 }
                 j += 1;
@@ -542,7 +543,8 @@ impl TunBatch {
         if self.n == 0 {
             return;
         }
-        if let Err(err) = tun.send_multiple(&mut self.gro, &mut self.bufs[..self.n], VIRTIO_NET_HDR_LEN)
+        if let Err(err) =
+            tun.send_multiple(&mut self.gro, &mut self.bufs[..self.n], VIRTIO_NET_HDR_LEN)
         {
             tracing::debug!("TUN write: {err}");
         }
@@ -557,8 +559,11 @@ fn rx_loop(e: &Engine) {
     let mut reads: Vec<(BytesMut, usize, SocketAddr)> = Vec::with_capacity(RX_READS);
     let mut items: Vec<(Packet, SocketAddr)> = Vec::with_capacity(IDEAL_BATCH_SIZE * 2);
     let mut tun = TunBatch {
+        // tun-rs coalesces a flow into the buffer of its first segment and
+        // refuses (writes segment by segment) when that buffer would have to
+        // grow, so each must hold a full 64 KB super-packet up front.
         bufs: (0..IDEAL_BATCH_SIZE)
-            .map(|_| Vec::with_capacity(VIRTIO_NET_HDR_LEN + 2048))
+            .map(|_| Vec::with_capacity(2 * VIRTIO_NET_HDR_LEN + 65_535))
             .collect(),
         n: 0,
         gro: GROTable::default(),
@@ -659,10 +664,10 @@ fn rx_batch(
                     last_ok = Some(from);
                     // Keepalives are empty; anything else must come from an
                     // address this peer is allowed to use (cryptokey routing).
-                    if !plain.is_empty() {
-                        let owner = packet_addr(&plain, false).and_then(|s| snap.routes.get(s));
+                    if let Some(ip) = unpadded(&plain) {
+                        let owner = packet_addr(ip, false).and_then(|s| snap.routes.get(s));
                         if owner.is_some_and(|o| Arc::ptr_eq(o, &peer)) {
-                            tun.push(&e.tun, &plain);
+                            tun.push(&e.tun, ip);
                         }
                     }
                 }

@@ -7,10 +7,10 @@
 
 pub mod daemon;
 pub mod device;
+mod engine;
 pub mod kernel;
 pub mod keys;
 pub mod peers;
-mod engine;
 mod routes;
 mod tun;
 mod uapi;

@@ -61,15 +61,11 @@ impl<T: Clone> Routes<T> {
         match a {
             IpAddr::V4(a) => {
                 let a = u32::from(a);
-                self.v4
-                    .iter()
-                    .find_map(|(len, m)| m.get(&mask4(a, *len)))
+                self.v4.iter().find_map(|(len, m)| m.get(&mask4(a, *len)))
             }
             IpAddr::V6(a) => {
                 let a = u128::from(a);
-                self.v6
-                    .iter()
-                    .find_map(|(len, m)| m.get(&mask6(a, *len)))
+                self.v6.iter().find_map(|(len, m)| m.get(&mask6(a, *len)))
             }
         }
     }
@@ -103,6 +99,18 @@ pub(crate) fn packet_addr(p: &[u8], dst: bool) -> Option<IpAddr> {
     }
 }
 
+/// The packet without the zero padding WireGuard adds to a multiple of 16
+/// bytes: the TUN's GRO coalesces only segments whose IP length is the
+/// buffer's. None when the header claims more than there is.
+pub(crate) fn unpadded(p: &[u8]) -> Option<&[u8]> {
+    let len = match p.first()? >> 4 {
+        4 if p.len() >= 20 => usize::from(u16::from_be_bytes([p[2], p[3]])),
+        6 if p.len() >= 40 => 40 + usize::from(u16::from_be_bytes([p[4], p[5]])),
+        _ => return None,
+    };
+    p.get(..len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +141,10 @@ mod tests {
         assert_eq!(packet_addr(&v4, true), Some("10.0.0.2".parse().unwrap()));
         assert_eq!(packet_addr(&v4, false), Some("10.0.0.1".parse().unwrap()));
         assert_eq!(packet_addr(&v4[..10], true), None);
+        v4[3] = 20;
+        let padded = [&v4[..], &[0u8; 12]].concat();
+        assert_eq!(unpadded(&padded), Some(&v4[..]));
+        v4[3] = 40;
+        assert_eq!(unpadded(&v4), None);
     }
 }

@@ -36,8 +36,9 @@ impl Udp {
             Err(_) => (bind_one(Domain::IPV4, port)?, false),
         };
         // GRO is an optimisation: a kernel without it still works, we just
-        // get one datagram per read.
-        let on: libc::c_int = 1;
+        // get one datagram per read. The variables exist for the benchmark,
+        // to measure what each offload buys.
+        let on: libc::c_int = (std::env::var_os("MUSLIN_WG_NO_GRO").is_none()).into();
         // SAFETY: a valid socket and a c_int option value of the right size.
         unsafe {
             libc::setsockopt(
@@ -51,7 +52,7 @@ impl Udp {
         Ok(Udp {
             sock: sock.into(),
             v6,
-            gso: AtomicBool::new(true),
+            gso: AtomicBool::new(std::env::var_os("MUSLIN_WG_NO_GSO").is_none()),
         })
     }
 
@@ -93,7 +94,9 @@ impl Udp {
                 Err(e)
                     if matches!(
                         e.raw_os_error(),
-                        Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)
+                        Some(libc::EIO)
+                            | Some(libc::EINVAL)
+                            | Some(libc::EOPNOTSUPP)
                             | Some(libc::ENOPROTOOPT)
                     ) =>
                 {
@@ -142,7 +145,10 @@ impl Udp {
     /// One read, without blocking. Returns the bytes read, the size of the
     /// datagrams GRO glued together (== bytes when it did not), and the
     /// sender.
-    pub(crate) fn recv(&self, buf: &mut [MaybeUninit<u8>]) -> io::Result<(usize, usize, SocketAddr)> {
+    pub(crate) fn recv(
+        &self,
+        buf: &mut [MaybeUninit<u8>],
+    ) -> io::Result<(usize, usize, SocketAddr)> {
         let mut control = [0u64; 8];
         let mut iov = libc::iovec {
             iov_base: buf.as_mut_ptr() as *mut libc::c_void,
