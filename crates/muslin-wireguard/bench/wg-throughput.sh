@@ -3,6 +3,7 @@
 # network namespaces joined by a veth (MTU 1500, WireGuard MTU 1420).
 # Variants, interleaved run by run so load drifts hit all of them alike:
 #   veth       plain veth, no tunnel
+#   vxlan      kernel VXLAN over the veth, unencrypted (the latency yardstick)
 #   wggo       Debian wireguard-go
 #   boringtun  boringtun-cli
 #   gotatun    $GOTATUN wireguard-device: the earlier device on gotatun's
@@ -98,7 +99,18 @@ down_tunnel() {
 
 measure() { # variant run
     local v=$1 r=$2 dst=10.88.0.2
-    if [ "$v" = veth ]; then dst=192.168.88.2; else up_tunnel "$v"; fi
+    if [ "$v" = veth ]; then
+        dst=192.168.88.2
+    elif [ "$v" = vxlan ]; then
+        ip -n "$A" link add vxa type vxlan id 42 remote 192.168.88.2 dstport 4789 dev va
+        ip -n "$B" link add vxb type vxlan id 42 remote 192.168.88.1 dstport 4789 dev vb
+        ip -n "$A" addr add 10.88.0.1/24 dev vxa
+        ip -n "$B" addr add 10.88.0.2/24 dev vxb
+        ip -n "$A" link set vxa up mtu 1450
+        ip -n "$B" link set vxb up mtu 1450
+    else
+        up_tunnel "$v"
+    fi
     local gbps
     gbps=$(ip netns exec "$A" iperf3 -c "$dst" -t "$SECS" -J |
         python3 -c 'import json,sys; print("%.3f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))')
@@ -112,7 +124,12 @@ measure() { # variant run
     p50=$(ip netns exec "$A" ping -c 200 -i 0.01 -W 1 "$dst" |
         sed -n 's/.*time=\([0-9.]*\) ms/\1/p' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
     echo "$v $r $gbps $p50" | tee -a "$OUT/results"
-    [ "$v" = veth ] || down_tunnel
+    if [ "$v" = vxlan ]; then
+        ip -n "$A" link del vxa
+        ip -n "$B" link del vxb
+    elif [ "$v" != veth ]; then
+        down_tunnel
+    fi
 }
 
 for r in $(seq "$RUNS"); do

@@ -129,6 +129,11 @@ pub(crate) struct Config<'a> {
 
 impl Config<'_> {
     pub(crate) fn set_private_key(&mut self, key: Option<[u8; 32]>) {
+        // `wg setconf` and friends resend the key with every change; only a
+        // different key may end the sessions.
+        if self.snap.key.as_ref().map(|id| id.secret.to_bytes()) == key {
+            return;
+        }
         let id = key.map(|k| Arc::new(Identity::new(x25519::StaticSecret::from(k))));
         if let Some(id) = &id {
             // WireGuard drops a peer whose key is our own.
