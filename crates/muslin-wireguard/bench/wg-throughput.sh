@@ -3,21 +3,28 @@
 # network namespaces joined by a veth (MTU 1500, WireGuard MTU 1420).
 # Variants, interleaved run by run so load drifts hit all of them alike:
 #   veth       plain veth, no tunnel
+#   vxlan      kernel VXLAN over the veth, unencrypted (the latency yardstick)
 #   wggo       Debian wireguard-go
 #   boringtun  boringtun-cli
-#   gotatun    muslin wireguard-device --no-offload (gotatun, plain TUN)
-#   muslin     muslin wireguard-device (gotatun, TUN with TSO/GRO)
+#   gotatun    $GOTATUN wireguard-device: the earlier device on gotatun's
+#              Device (per-packet channels and locks), if GOTATUN is set
+#   nooffload  muslin wireguard-device --no-offload (plain TUN)
+#   nogso      muslin, UDP GSO off (MUSLIN_WG_NO_GSO=1)
+#   nogro      muslin, UDP GRO off (MUSLIN_WG_NO_GRO=1)
+#   muslin     muslin wireguard-device (TUN TSO/GRO, UDP GSO/GRO)
 #
 # Usage: bench/wg-throughput.sh [RUNS] [SECONDS]
 # Env:   MUSLIN=path/to/muslin  BORINGTUN=path/to/boringtun-cli  VARIANTS="..."
+#        GOTATUN=path/to/an/older/muslin
 # Needs root, iperf3, wg, ping, wireguard-go.
 set -euo pipefail
 
 RUNS=${1:-3}
 SECS=${2:-10}
-MUSLIN=${MUSLIN:-/work/target-wgdev/release/muslin}
+MUSLIN=${MUSLIN:-/work/target-wgfast/release/muslin}
+GOTATUN=${GOTATUN:-}
 BORINGTUN=${BORINGTUN:-/work/tools/bin/boringtun-cli}
-VARIANTS=${VARIANTS:-"veth wggo boringtun gotatun muslin"}
+VARIANTS=${VARIANTS:-"veth wggo boringtun muslin"}
 ID=$$
 A=wgbA$ID B=wgbB$ID IFA=wgba$ID IFB=wgbb$ID
 OUT=$(mktemp -d)
@@ -54,7 +61,10 @@ start_daemon() { # ns ifname variant
     case $v in
     wggo) ip netns exec "$ns" env WG_PROCESS_FOREGROUND=1 wireguard-go -f "$ifn" >/dev/null 2>&1 & ;;
     boringtun) ip netns exec "$ns" "$BORINGTUN" -f --disable-drop-privileges "$ifn" >/dev/null 2>&1 & ;;
-    gotatun) ip netns exec "$ns" "$MUSLIN" wireguard-device --no-offload "$ifn" >/dev/null 2>&1 & ;;
+    gotatun) ip netns exec "$ns" "$GOTATUN" wireguard-device "$ifn" >/dev/null 2>&1 & ;;
+    nooffload) ip netns exec "$ns" "$MUSLIN" wireguard-device --no-offload "$ifn" >/dev/null 2>&1 & ;;
+    nogso) ip netns exec "$ns" env MUSLIN_WG_NO_GSO=1 "$MUSLIN" wireguard-device "$ifn" >/dev/null 2>&1 & ;;
+    nogro) ip netns exec "$ns" env MUSLIN_WG_NO_GRO=1 "$MUSLIN" wireguard-device "$ifn" >/dev/null 2>&1 & ;;
     muslin) ip netns exec "$ns" "$MUSLIN" wireguard-device "$ifn" >/dev/null 2>&1 & ;;
     esac
     DAEMONS+=($!)
@@ -89,16 +99,37 @@ down_tunnel() {
 
 measure() { # variant run
     local v=$1 r=$2 dst=10.88.0.2
-    if [ "$v" = veth ]; then dst=192.168.88.2; else up_tunnel "$v"; fi
+    if [ "$v" = veth ]; then
+        dst=192.168.88.2
+    elif [ "$v" = vxlan ]; then
+        ip -n "$A" link add vxa type vxlan id 42 remote 192.168.88.2 dstport 4789 dev va
+        ip -n "$B" link add vxb type vxlan id 42 remote 192.168.88.1 dstport 4789 dev vb
+        ip -n "$A" addr add 10.88.0.1/24 dev vxa
+        ip -n "$B" addr add 10.88.0.2/24 dev vxb
+        ip -n "$A" link set vxa up mtu 1450
+        ip -n "$B" link set vxb up mtu 1450
+    else
+        up_tunnel "$v"
+    fi
     local gbps
     gbps=$(ip netns exec "$A" iperf3 -c "$dst" -t "$SECS" -J |
         python3 -c 'import json,sys; print("%.3f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))')
+    if [ -n "${DEBUG:-}" ] && [ "$v" != veth ]; then
+        ip -n "$A" -s link show "$IFA" >&2
+        ip -n "$B" -s link show "$IFB" >&2
+        ip -n "$B" -s link show vb >&2
+    fi
     # Request/response latency: 200 pings 10 ms apart, median RTT.
     local p50
     p50=$(ip netns exec "$A" ping -c 200 -i 0.01 -W 1 "$dst" |
         sed -n 's/.*time=\([0-9.]*\) ms/\1/p' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
     echo "$v $r $gbps $p50" | tee -a "$OUT/results"
-    [ "$v" = veth ] || down_tunnel
+    if [ "$v" = vxlan ]; then
+        ip -n "$A" link del vxa
+        ip -n "$B" link del vxb
+    elif [ "$v" != veth ]; then
+        down_tunnel
+    fi
 }
 
 for r in $(seq "$RUNS"); do

@@ -4,7 +4,7 @@
 
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::device::{build, Result, UserspaceDevice};
+use crate::device::{Result, UserspaceDevice};
 use crate::tun::TunOptions;
 
 #[derive(Debug, Clone)]
@@ -45,7 +45,7 @@ pub async fn run_uapi_daemon_until(
     opts: DaemonOptions,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let (mut device, _, offloaded) = build(
+    let device = UserspaceDevice::open(
         ifname,
         None,
         TunOptions {
@@ -54,16 +54,16 @@ pub async fn run_uapi_daemon_until(
             persistent: false,
         },
         Some(ifname),
-    )
-    .await?;
+        0,
+    )?;
     tracing::info!(
         ifname,
-        offload = offloaded,
+        offload = device.offloaded(),
         "wireguard device ready for `wg`"
     );
     tokio::select! {
         _ = stop => {}
-        _ = device.wait() => tracing::warn!(ifname, "device failed"),
+        _ = device.failed() => tracing::warn!(ifname, "device failed"),
     }
     device.stop().await;
     UserspaceDevice::remove(ifname).await

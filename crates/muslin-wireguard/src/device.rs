@@ -3,24 +3,21 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use futures::TryStreamExt;
-use gotatun::device::uapi::UapiServer;
-use gotatun::device::{Device, DeviceBuilder, Peer};
 use tokio::sync::Mutex;
 
+use crate::engine::{Config, Engine};
 use crate::keys::{PrivateKey, PublicKey};
 use crate::peers::{diff_peers, PeerDiff, PeerListError, PeerSpec, PeerStatus};
-use crate::tun::{self, TunOptions, TunReader, TunWriter};
-use crate::udp::RebindingUdp;
+use crate::tun::{self, TunOptions};
+use crate::uapi::UapiServer;
 
 /// Where wireguard-go and `wg` agree the control sockets live.
 pub const UAPI_DIR: &str = "/var/run/wireguard";
-
-type Transports = (RebindingUdp, TunWriter, TunReader);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -31,7 +28,7 @@ pub enum Error {
     #[error("UAPI socket {path}: {message}")]
     Uapi { path: PathBuf, message: String },
     #[error("wireguard device: {0}")]
-    Device(#[from] gotatun::device::Error),
+    Device(#[from] io::Error),
     #[error(transparent)]
     Peers(#[from] PeerListError),
     #[error("removing interface {ifname}: {message}")]
@@ -77,17 +74,17 @@ impl DeviceConfig {
 /// A running userspace WireGuard interface.
 pub struct UserspaceDevice {
     ifname: String,
-    device: Device<Transports>,
+    engine: Arc<Engine>,
     applied: Mutex<HashMap<PublicKey, PeerSpec>>,
-    uapi_path: Option<PathBuf>,
+    uapi: Option<UapiServer>,
     offloaded: bool,
 }
 
 impl UserspaceDevice {
-    /// Opens (or reattaches to) the TUN and starts the device on the
-    /// caller's tokio runtime, in the current network namespace.
+    /// Opens (or reattaches to) the TUN and starts the device's threads in
+    /// the current network namespace (the caller's thread's).
     pub async fn start(config: DeviceConfig) -> Result<UserspaceDevice> {
-        let (device, uapi_path, offloaded) = build(
+        let dev = Self::open(
             &config.ifname,
             Some(&config.private_key),
             TunOptions {
@@ -96,30 +93,56 @@ impl UserspaceDevice {
                 persistent: config.persistent,
             },
             config.uapi.as_deref(),
-        )
-        .await?;
-        // gotatun binds its socket only when a reconfiguration asks for it,
-        // and a port change is the public way to ask.
-        let port = config.listen_port;
-        device
-            .write(async |d| {
-                d.set_listen_port(if port == 0 { 1 } else { 0 });
-                d.set_listen_port(port);
-            })
-            .await?;
+            config.listen_port,
+        )?;
         tracing::info!(
             ifname = %config.ifname,
-            offload = offloaded,
+            offload = dev.offloaded,
             public_key = %config.private_key.public_key(),
             "userspace wireguard device up"
         );
-        Ok(UserspaceDevice {
-            ifname: config.ifname,
-            device,
+        Ok(dev)
+    }
+
+    pub(crate) fn open(
+        ifname: &str,
+        key: Option<&PrivateKey>,
+        tun_opts: TunOptions,
+        uapi: Option<&str>,
+        port: u16,
+    ) -> Result<UserspaceDevice> {
+        if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ', '\0']) {
+            return Err(Error::BadName(ifname.to_string()));
+        }
+        let (tun, offloaded) = tun::open(ifname, tun_opts).map_err(|source| Error::Tun {
+            ifname: ifname.to_string(),
+            source,
+        })?;
+        let engine = Engine::start(tun, tun_opts.mtu, port)?;
+        if let Some(k) = key {
+            let bytes = k.to_x25519().to_bytes();
+            engine.configure(|c| c.set_private_key(Some(bytes)));
+        }
+        let mut dev = UserspaceDevice {
+            ifname: ifname.to_string(),
+            engine,
             applied: Mutex::new(HashMap::new()),
-            uapi_path,
+            uapi: None,
             offloaded,
-        })
+        };
+        if let Some(name) = uapi {
+            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
+                return Err(Error::BadName(name.to_string()));
+            }
+            let path = uapi_socket_path(name);
+            let server = UapiServer::start(Path::new(UAPI_DIR), &path, Arc::clone(&dev.engine))
+                .map_err(|e| Error::Uapi {
+                    path,
+                    message: e.to_string(),
+                })?;
+            dev.uapi = Some(server);
+        }
+        Ok(dev)
     }
 
     pub fn ifname(&self) -> &str {
@@ -133,7 +156,7 @@ impl UserspaceDevice {
 
     /// The UDP port actually bound (useful when the config said 0).
     pub async fn listen_port(&self) -> u16 {
-        self.device.read(async |d| d.listen_port()).await
+        self.engine.listen_port()
     }
 
     /// Makes the device's peers exactly `peers`. Unchanged peers are not
@@ -142,36 +165,24 @@ impl UserspaceDevice {
     pub async fn set_peers(&self, peers: &[PeerSpec]) -> Result<PeerDiff> {
         let mut applied = self.applied.lock().await;
         let live: HashSet<PublicKey> = self
-            .device
-            .peers()
-            .await
-            .iter()
-            .map(|p| PublicKey::from_x25519(&p.peer.public_key))
+            .engine
+            .snapshot()
+            .peers
+            .keys()
+            .map(|k| PublicKey(*k))
             .collect();
         let diff = diff_peers(&applied, &live, peers)?;
         if diff.is_empty() {
             return Ok(diff);
         }
-        let (add, update, remove) = (&diff.add, &diff.update, &diff.remove);
-        self.device
-            .write(async |d| {
-                for k in remove {
-                    d.remove_peer(&k.to_x25519()).await;
-                }
-                for s in update {
-                    d.modify_peer(&s.public_key.to_x25519(), |p| {
-                        p.set_endpoint(Some(s.endpoint));
-                        p.set_keepalive(s.persistent_keepalive);
-                        p.clear_allowed_ips();
-                        p.add_allowed_ips(s.allowed_set().into_iter().map(to_ipnetwork));
-                    })
-                    .await;
-                }
-                for s in add {
-                    d.add_peer(to_peer(s));
-                }
-            })
-            .await?;
+        self.engine.configure(|c| {
+            for k in &diff.remove {
+                c.remove_peer(&k.0);
+            }
+            for s in diff.update.iter().chain(&diff.add) {
+                apply_spec(c, s);
+            }
+        });
         for k in &diff.remove {
             applied.remove(k);
         }
@@ -191,7 +202,8 @@ impl UserspaceDevice {
     /// Rotates the device's key. Peers stay configured; their sessions end
     /// and new handshakes follow as soon as the peers know the new public key.
     pub async fn set_private_key(&self, key: &PrivateKey) -> Result<()> {
-        self.device.set_private_key(key.to_x25519()).await?;
+        let bytes = key.to_x25519().to_bytes();
+        self.engine.configure(|c| c.set_private_key(Some(bytes)));
         Ok(())
     }
 
@@ -199,46 +211,67 @@ impl UserspaceDevice {
     /// `wait` for the answers. A restarted node holds no session, while
     /// its peers keep sending on theirs (which it drops) until their own
     /// timers renew them: a handshake from us ends that at once.
-    pub async fn force_handshakes(&self, wait: std::time::Duration) {
-        let keys: Vec<_> = self
-            .device
-            .peers()
-            .await
-            .into_iter()
-            .map(|p| p.peer.public_key)
-            .collect();
-        let all = futures::future::join_all(keys.iter().map(|k| self.device.force_handshake(k)));
-        let _ = tokio::time::timeout(wait, all).await;
+    pub async fn force_handshakes(&self, wait: Duration) {
+        let pending = self.engine.initiate_handshakes();
+        let deadline = tokio::time::Instant::now() + wait;
+        while tokio::time::Instant::now() < deadline {
+            let done = pending.iter().all(|p| {
+                p.lock()
+                    .tunn
+                    .as_ref()
+                    .is_none_or(|t| t.has_active_session())
+            });
+            if done {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Per-peer state for `muslin status`, sorted by public key.
     pub async fn peers_status(&self) -> Vec<PeerStatus> {
         let now = SystemTime::now();
-        let mut out: Vec<PeerStatus> = self
-            .device
-            .peers()
-            .await
-            .into_iter()
-            .map(|p| PeerStatus {
-                public_key: PublicKey::from_x25519(&p.peer.public_key),
-                endpoint: p.peer.endpoint,
-                last_handshake: p.stats.last_handshake.and_then(|d| now.checked_sub(d)),
-                rx_bytes: p.stats.rx_bytes as u64,
-                tx_bytes: p.stats.tx_bytes as u64,
+        self.engine
+            .snapshot()
+            .peers
+            .iter()
+            .map(|(k, p)| {
+                let st = p.lock();
+                let (since, tx, rx) = st.tunn.as_ref().map_or((None, 0, 0), |t| {
+                    let (since, tx, rx, _, _) = t.stats();
+                    (since, tx, rx)
+                });
+                PeerStatus {
+                    public_key: PublicKey(*k),
+                    endpoint: st.endpoint,
+                    last_handshake: since.and_then(|d| now.checked_sub(d)),
+                    rx_bytes: rx as u64,
+                    tx_bytes: tx as u64,
+                }
             })
-            .collect();
-        out.sort_by_key(|p| p.public_key);
-        out
+            .collect()
+    }
+
+    /// Resolves when the device failed (its TUN went away).
+    pub(crate) async fn failed(&self) {
+        loop {
+            let notified = self.engine.dead_notify.notified();
+            if self.engine.is_dead() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Stops the device. A persistent interface stays (down to no reader)
     /// for the next start to reattach to; use [`UserspaceDevice::remove`]
     /// to delete it.
-    pub async fn stop(self) {
-        self.device.stop().await;
-        if let Some(p) = &self.uapi_path {
-            let _ = fs::remove_file(p);
+    pub async fn stop(mut self) {
+        if let Some(mut u) = self.uapi.take() {
+            u.stop();
         }
+        let e = Arc::clone(&self.engine);
+        let _ = tokio::task::spawn_blocking(move || e.shutdown()).await;
     }
 
     /// Deletes the interface `ifname` in the current network namespace,
@@ -252,68 +285,35 @@ impl UserspaceDevice {
     }
 }
 
+impl Drop for UserspaceDevice {
+    /// The threads hold the TUN open; a device dropped without `stop` must
+    /// still let go of it.
+    fn drop(&mut self) {
+        if let Some(mut u) = self.uapi.take() {
+            u.stop();
+        }
+        self.engine.shutdown();
+    }
+}
+
+fn apply_spec(c: &mut Config<'_>, s: &PeerSpec) {
+    let p = c.peer(s.public_key.0);
+    {
+        let mut st = p.lock();
+        st.endpoint = Some(s.endpoint);
+        st.keepalive = s.persistent_keepalive;
+        if let Some(t) = st.tunn.as_mut() {
+            t.set_persistent_keepalive(s.persistent_keepalive);
+        }
+        st.allowed.clear();
+    }
+    for n in s.allowed_set() {
+        c.add_allowed(&p, n);
+    }
+}
+
 pub fn uapi_socket_path(ifname: &str) -> PathBuf {
     Path::new(UAPI_DIR).join(format!("{ifname}.sock"))
-}
-
-pub(crate) async fn build(
-    ifname: &str,
-    key: Option<&PrivateKey>,
-    tun_opts: TunOptions,
-    uapi: Option<&str>,
-) -> Result<(Device<Transports>, Option<PathBuf>, bool)> {
-    if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ', '\0']) {
-        return Err(Error::BadName(ifname.to_string()));
-    }
-    let (writer, reader, offloaded) = tun::open(ifname, tun_opts).map_err(|source| Error::Tun {
-        ifname: ifname.to_string(),
-        source,
-    })?;
-    let mut builder = DeviceBuilder::new()
-        .with_udp(RebindingUdp::default())
-        .with_ip_pair(writer, reader);
-    if let Some(k) = key {
-        builder = builder.with_private_key(k.to_x25519());
-    }
-    let mut uapi_path = None;
-    if let Some(name) = uapi {
-        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
-            return Err(Error::BadName(name.to_string()));
-        }
-        let path = uapi_socket_path(name);
-        builder = builder.with_uapi(serve_uapi(name, &path)?);
-        uapi_path = Some(path);
-    }
-    Ok((builder.build().await?, uapi_path, offloaded))
-}
-
-/// Same directory and socket modes as wireguard-go (0755, 0600), and a
-/// stale socket from a killed predecessor is replaced.
-fn serve_uapi(ifname: &str, path: &Path) -> Result<UapiServer> {
-    let err = |message: String| Error::Uapi {
-        path: path.to_path_buf(),
-        message,
-    };
-    fs::create_dir_all(UAPI_DIR).map_err(|e| err(e.to_string()))?;
-    fs::set_permissions(UAPI_DIR, fs::Permissions::from_mode(0o755))
-        .map_err(|e| err(e.to_string()))?;
-    let server =
-        UapiServer::default_unix_socket(ifname, None, None).map_err(|e| err(e.to_string()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|e| err(e.to_string()))?;
-    Ok(server)
-}
-
-fn to_ipnetwork(n: ipnet::IpNet) -> ipnetwork::IpNetwork {
-    // Both sides validate the prefix length the same way, so this cannot fail.
-    ipnetwork::IpNetwork::new(n.addr(), n.prefix_len()).expect("valid prefix")
-}
-
-fn to_peer(s: &PeerSpec) -> Peer {
-    let mut p = Peer::new(s.public_key.to_x25519())
-        .with_endpoint(s.endpoint)
-        .with_allowed_ips(s.allowed_set().into_iter().map(to_ipnetwork));
-    p.keepalive = s.persistent_keepalive;
-    p
 }
 
 async fn delete_link(ifname: &str) -> std::result::Result<(), String> {

@@ -50,10 +50,6 @@ impl PublicKey {
         STANDARD.encode(self.0)
     }
 
-    pub(crate) fn to_x25519(self) -> x25519::PublicKey {
-        x25519::PublicKey::from(self.0)
-    }
-
     pub(crate) fn from_x25519(k: &x25519::PublicKey) -> Self {
         PublicKey(*k.as_bytes())
     }

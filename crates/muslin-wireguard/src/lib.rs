@@ -1,15 +1,19 @@
 //! Userspace WireGuard for hosts whose kernel has no WireGuard module.
 //!
-//! The protocol engine is gotatun (Mullvad's boringtun fork); the TUN side
-//! is ours, built on tun-rs with the kernel's segmentation offloads so bulk
-//! TCP crosses the TUN in 64 KB super-packets rather than 1420-byte ones.
+//! The protocol core is gotatun's `noise` (Mullvad's boringtun fork): the
+//! handshake, sessions, timers and the per-packet AEAD. The I/O around it
+//! is ours and batched end to end: TSO super-packets from the TUN go out as
+//! UDP GSO sends, UDP GRO reads come back as GRO-coalesced TUN writes.
 
 pub mod daemon;
 pub mod device;
+mod engine;
 pub mod kernel;
 pub mod keys;
 pub mod peers;
+mod routes;
 mod tun;
+mod uapi;
 mod udp;
 
 pub use daemon::{run_uapi_daemon, run_uapi_daemon_blocking, run_uapi_daemon_until, DaemonOptions};
