@@ -375,8 +375,8 @@ fn private_bytes(key: &PrivateKey) -> [u8; 32] {
 /// Creates the wireguard link `ifname` or finds an existing one, and sets
 /// its MTU. Returns whether it was created.
 async fn ensure_link(ifname: &str, mtu: u32) -> KernelResult<bool> {
-    let (conn, handle, _) = rtnetlink::new_connection()
-        .map_err(|e| netlink_err("opening rtnetlink")(e.to_string()))?;
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| netlink_err("opening rtnetlink")(e.to_string()))?;
     let conn = tokio::spawn(conn);
     let result = async {
         let mut created = false;
@@ -394,9 +394,9 @@ async fn ensure_link(ifname: &str, mtu: u32) -> KernelResult<bool> {
                     Err(rtnetlink::Error::NetlinkError(e))
                         if e.code.map(|c| c.get()) == Some(-libc::EEXIST) => {}
                     Err(e) => {
-                        return Err(netlink_err(format!(
-                            "creating wireguard link {ifname}"
-                        ))(e.to_string()))
+                        return Err(netlink_err(format!("creating wireguard link {ifname}"))(
+                            e.to_string(),
+                        ))
                     }
                 }
                 find_link(&handle, ifname).await?.ok_or_else(|| {
@@ -439,7 +439,9 @@ async fn find_link(handle: &rtnetlink::Handle, ifname: &str) -> KernelResult<Opt
         .await
     {
         Ok(l) => Ok(l),
-        Err(rtnetlink::Error::NetlinkError(e)) if e.code.map(|c| c.get()) == Some(-libc::ENODEV) => {
+        Err(rtnetlink::Error::NetlinkError(e))
+            if e.code.map(|c| c.get()) == Some(-libc::ENODEV) =>
+        {
             Ok(None)
         }
         Err(e) => Err(netlink_err(format!("looking up link {ifname}"))(
@@ -584,7 +586,10 @@ fn pack(
         if !peers.is_empty() {
             out.push(WireguardMessage {
                 cmd: WireguardCmd::SetDevice,
-                attributes: vec![device.clone(), WireguardAttribute::Peers(std::mem::take(peers))],
+                attributes: vec![
+                    device.clone(),
+                    WireguardAttribute::Peers(std::mem::take(peers)),
+                ],
             });
         }
         *used = overhead;
@@ -595,7 +600,9 @@ fn pack(
         let mut ips = &e.ips[..];
         loop {
             let base = NLA_HEADER_SIZE + head.as_slice().buffer_len();
-            let first_ip = ips.first().map_or(0, |ip| NLA_HEADER_SIZE + ip.buffer_len());
+            let first_ip = ips
+                .first()
+                .map_or(0, |ip| NLA_HEADER_SIZE + ip.buffer_len());
             if used + base + first_ip > budget && !peers.is_empty() {
                 flush(&mut peers, &mut used);
                 continue;
@@ -717,9 +724,9 @@ fn merge_peer(p: &mut LivePeer, attrs: Vec<WireguardPeerAttribute>) {
             WireguardPeerAttribute::LastHandshake(t) => p.last_handshake = handshake_time(t),
             WireguardPeerAttribute::RxBytes(n) => p.rx_bytes = n,
             WireguardPeerAttribute::TxBytes(n) => p.tx_bytes = n,
-            WireguardPeerAttribute::AllowedIps(ips) => {
-                p.allowed_ips.extend(ips.iter().filter_map(parse_allowed_ip))
-            }
+            WireguardPeerAttribute::AllowedIps(ips) => p
+                .allowed_ips
+                .extend(ips.iter().filter_map(parse_allowed_ip)),
             _ => {}
         }
     }
@@ -890,10 +897,15 @@ pub async fn start_device(
     prefer: Implementation,
 ) -> Result<(AnyDevice, String), AnyError> {
     let userspace = |config: DeviceConfig| async move {
-        UserspaceDevice::start(config).await.map(AnyDevice::Userspace)
+        UserspaceDevice::start(config)
+            .await
+            .map(AnyDevice::Userspace)
     };
     if prefer == Implementation::Userspace {
-        return Ok((userspace(config).await?, "userspace was asked for".to_string()));
+        return Ok((
+            userspace(config).await?,
+            "userspace was asked for".to_string(),
+        ));
     }
     let probe = kernel_wireguard_available().await;
     if !probe.is_available() {

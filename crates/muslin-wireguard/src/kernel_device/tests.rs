@@ -143,7 +143,13 @@ fn a_small_diff_is_one_message_with_every_field_in_place() {
             WireguardAllowedIpAttr::Cidr(24),
         ]
     );
-    assert_eq!(ips(p), vec!["10.0.1.0/24".parse::<IpNet>().unwrap(), "10.9.0.0/16".parse().unwrap()]);
+    assert_eq!(
+        ips(p),
+        vec![
+            "10.0.1.0/24".parse::<IpNet>().unwrap(),
+            "10.9.0.0/16".parse().unwrap()
+        ]
+    );
 
     // Addition over IPv6, keepalive set, mixed families.
     let p = &peers[2];
@@ -157,7 +163,11 @@ fn a_small_diff_is_one_message_with_every_field_in_place() {
     };
     let v6 = v
         .iter()
-        .find(|ip| ip.contains(&WireguardAllowedIpAttr::Family(WireguardAddressFamily::Ipv6)))
+        .find(|ip| {
+            ip.contains(&WireguardAllowedIpAttr::Family(
+                WireguardAddressFamily::Ipv6,
+            ))
+        })
         .unwrap();
     assert!(v6.contains(&WireguardAllowedIpAttr::IpAddr(
         "fd00:2::".parse::<Ipv6Addr>().unwrap().into()
@@ -187,7 +197,8 @@ fn large_diffs_are_split_within_the_budget_and_reassemble() {
         .map(|i| format!("172.{}.{}.0/24", 16 + i / 256, i % 256))
         .collect();
     let many: Vec<&str> = many.iter().map(String::as_str).collect();
-    diff.update.push(spec(200, "198.51.100.1:51820", &many, Some(10)));
+    diff.update
+        .push(spec(200, "198.51.100.1:51820", &many, Some(10)));
     diff.remove = (201..=230).map(key).collect();
 
     let msgs = set_peers_messages("wg0", &diff, SET_DEVICE_BUDGET);
@@ -201,7 +212,11 @@ fn large_diffs_are_split_within_the_budget_and_reassemble() {
         assert!(bytes.len() <= SET_DEVICE_BUDGET, "{} bytes", bytes.len());
         // Packed, not merely under budget: only the last may be short.
         if i + 1 < msgs.len() {
-            assert!(bytes.len() > SET_DEVICE_BUDGET - 200, "message {i}: {} bytes", bytes.len());
+            assert!(
+                bytes.len() > SET_DEVICE_BUDGET - 200,
+                "message {i}: {} bytes",
+                bytes.len()
+            );
         }
         for p in peers_of(&back) {
             let k = peer_key(p);
@@ -239,15 +254,26 @@ fn large_diffs_are_split_within_the_budget_and_reassemble() {
 #[test]
 fn a_budget_too_small_for_anything_still_sends_everything() {
     let diff = PeerDiff {
-        add: vec![spec(1, "192.0.2.1:1", &["10.0.0.0/8", "10.1.0.0/16", "10.2.0.0/16"], None)],
+        add: vec![spec(
+            1,
+            "192.0.2.1:1",
+            &["10.0.0.0/8", "10.1.0.0/16", "10.2.0.0/16"],
+            None,
+        )],
         remove: vec![key(2)],
         ..Default::default()
     };
     let msgs = set_peers_messages("wg0", &diff, 1);
     // One removal, then the addition one IP at a time.
     assert_eq!(msgs.len(), 4);
-    let all: Vec<IpNet> = msgs.iter().flat_map(|m| peers_of(m).iter().flat_map(ips)).collect();
-    assert_eq!(all.into_iter().collect::<BTreeSet<_>>(), diff.add[0].allowed_set());
+    let all: Vec<IpNet> = msgs
+        .iter()
+        .flat_map(|m| peers_of(m).iter().flat_map(ips))
+        .collect();
+    assert_eq!(
+        all.into_iter().collect::<BTreeSet<_>>(),
+        diff.add[0].allowed_set()
+    );
 }
 
 #[test]
@@ -275,7 +301,10 @@ fn handshake_toggles_take_keepalive_through_zero_and_back() {
             (peer_key(p), k)
         })
         .collect();
-    assert_eq!(got, vec![(key(1), 1), (key(1), 0), (key(2), 0), (key(2), 25)]);
+    assert_eq!(
+        got,
+        vec![(key(1), 1), (key(1), 0), (key(2), 0), (key(2), 25)]
+    );
 }
 
 fn reply(attributes: Vec<WireguardAttribute>) -> WireguardMessage {
@@ -314,7 +343,9 @@ fn a_dump_split_mid_peer_parses_into_one_peer_each() {
                 WireguardPeerAttribute::RxBytes(5678),
                 WireguardPeerAttribute::ProtocolVersion(1),
                 WireguardPeerAttribute::Endpoint("192.0.2.1:51820".parse().unwrap()),
-                WireguardPeerAttribute::AllowedIps(vec![allowed_ip(&"10.0.1.0/24".parse().unwrap())]),
+                WireguardPeerAttribute::AllowedIps(vec![allowed_ip(
+                    &"10.0.1.0/24".parse().unwrap(),
+                )]),
             ]),
             WireguardPeer(vec![
                 WireguardPeerAttribute::PublicKey(key(2).0),
@@ -323,7 +354,9 @@ fn a_dump_split_mid_peer_parses_into_one_peer_each() {
                 WireguardPeerAttribute::TxBytes(0),
                 WireguardPeerAttribute::RxBytes(0),
                 WireguardPeerAttribute::Endpoint("[2001:db8::2]:4500".parse().unwrap()),
-                WireguardPeerAttribute::AllowedIps(vec![allowed_ip(&"10.0.2.0/24".parse().unwrap())]),
+                WireguardPeerAttribute::AllowedIps(vec![allowed_ip(
+                    &"10.0.2.0/24".parse().unwrap(),
+                )]),
             ]),
         ]),
     ]);
@@ -393,5 +426,8 @@ fn implementation_names_round_trip() {
     }
     assert_eq!(Implementation::default(), Implementation::Auto);
     let err = "wireguard-go".parse::<Implementation>().unwrap_err();
-    assert!(err.to_string().contains("auto, kernel or userspace"), "{err}");
+    assert!(
+        err.to_string().contains("auto, kernel or userspace"),
+        "{err}"
+    );
 }
