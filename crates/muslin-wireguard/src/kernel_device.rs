@@ -264,21 +264,24 @@ impl KernelDevice {
             }
         }
         loop {
+            let Ok(dev) = self.get_device().await else {
+                return;
+            };
+            // Read after the dump: a handshake it reports is then never
+            // in the future.
             let now = SystemTime::now();
             let fresh = |t: &Option<SystemTime>| {
                 t.and_then(|t| now.duration_since(t).ok())
                     .is_some_and(|age| age < SESSION_LIFETIME)
             };
-            match self.get_device().await {
-                Ok(d) if d.peers.iter().all(|p| fresh(&p.last_handshake)) => return,
-                Ok(_) => {}
-                Err(_) => return,
+            if dev.peers.iter().all(|p| fresh(&p.last_handshake)) {
+                return;
             }
             if tokio::time::Instant::now() >= deadline {
                 return;
             }
             tokio::time::sleep_until(
-                (tokio::time::Instant::now() + Duration::from_millis(20)).min(deadline),
+                (tokio::time::Instant::now() + Duration::from_millis(50)).min(deadline),
             )
             .await;
         }
