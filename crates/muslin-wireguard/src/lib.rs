@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod device;
 mod engine;
 pub mod kernel;
+pub mod kernel_device;
 pub mod keys;
 pub mod peers;
 mod routes;
@@ -19,5 +20,9 @@ mod udp;
 pub use daemon::{run_uapi_daemon, run_uapi_daemon_blocking, run_uapi_daemon_until, DaemonOptions};
 pub use device::{uapi_socket_path, DeviceConfig, Error, UserspaceDevice, UAPI_DIR};
 pub use kernel::{kernel_wireguard_available, KernelWireguard};
+pub use kernel_device::{
+    start_device, AnyDevice, AnyError, Implementation, KernelDevice, KernelError,
+    ParseImplementationError,
+};
 pub use keys::{KeyError, KeyPair, PrivateKey, PublicKey};
 pub use peers::{diff_peers, PeerDiff, PeerListError, PeerSpec, PeerStatus};
