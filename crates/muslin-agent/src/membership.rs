@@ -143,6 +143,8 @@ pub struct Cluster {
     dns: Option<crate::dns::NameService>,
     /// Pod traffic to peers goes through WireGuard.
     pub encrypt: bool,
+    /// The kind of its device (`tun` in userspace, `wireguard`).
+    wg_kind: &'static str,
     wireguard: Option<crate::wireguard::Wireguard>,
 }
 
@@ -325,6 +327,7 @@ pub async fn join(
                 config.wireguard_port,
                 underlay.mtu - muslin_model::encryption::overhead(underlay.address),
                 &config.wireguard_uapi,
+                config.wireguard_implementation,
             )
             .await?,
         ),
@@ -540,6 +543,9 @@ pub async fn join(
         pod_cidr: config.pod_cidr(),
         masquerade: config.masquerade,
         encrypt,
+        wg_kind: wireguard
+            .as_ref()
+            .map_or("tun", crate::wireguard::Wireguard::kind),
         wireguard,
     }))
 }
@@ -782,6 +788,7 @@ impl Cluster {
                     health: &self.record.health,
                     relays: &self.relays,
                     encrypt: self.encrypt,
+                    wg_kind: self.wg_kind,
                 },
             );
             let relays: std::collections::BTreeMap<String, String> = d

@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use muslin_model::api::WireguardStatus;
+use muslin_model::encryption::Implementation;
 use muslin_model::encryption::{WgPeer, WireguardEnd, WG_DEV};
-use muslin_wireguard::{DeviceConfig, PeerSpec, PrivateKey, PublicKey, UserspaceDevice};
+use muslin_wireguard::{AnyDevice, DeviceConfig, PeerSpec, PrivateKey, PublicKey};
 
 use crate::AgentError;
 
@@ -22,7 +23,7 @@ const KEY_FILE: &str = "wireguard.key";
 const PEERS_FILE: &str = "wireguard-peers.json";
 
 pub struct Wireguard {
-    device: UserspaceDevice,
+    device: AnyDevice,
     dir: PathBuf,
     key: PrivateKey,
     port: u16,
@@ -53,36 +54,34 @@ impl Wireguard {
         port: u16,
         mtu: u32,
         uapi: &str,
+        prefer: Implementation,
     ) -> Result<Wireguard, AgentError> {
         std::fs::create_dir_all(dir).map_err(|e| join_err("state directory", e))?;
         let key = PrivateKey::load_or_create(&dir.join(KEY_FILE))
             .map_err(|e| join_err(&format!("key {}", dir.join(KEY_FILE).display()), e))?;
-        let kernel = muslin_wireguard::kernel_wireguard_available().await;
         let mut config = DeviceConfig::new(WG_DEV, key.clone());
         config.listen_port = port;
         config.uapi = Some(uapi.to_string());
         config.mtu = u16::try_from(mtu).unwrap_or(u16::MAX);
-        let device = UserspaceDevice::start(config).await.map_err(|e| {
-            join_err(
-                "this node cannot encrypt (no kernel WireGuard module and no usable userspace device)",
-                e,
-            )
-        })?;
-        // The kernel module would be faster still; it is detected so the
-        // log tells operators what a kernel path would buy.
-        let path = format!(
-            "userspace (gotatun{}); kernel module: {}",
-            if device.offloaded() {
-                ", TUN offloads"
-            } else {
-                ", no TUN offloads"
-            },
-            if kernel.is_available() {
-                "present, not used yet"
-            } else {
-                "absent"
-            }
-        );
+        let prefer = match prefer {
+            Implementation::Auto => muslin_wireguard::Implementation::Auto,
+            Implementation::Kernel => muslin_wireguard::Implementation::Kernel,
+            Implementation::Userspace => muslin_wireguard::Implementation::Userspace,
+        };
+        let (device, why) = muslin_wireguard::start_device(config, prefer)
+            .await
+            .map_err(|e| join_err("this node cannot encrypt", e))?;
+        let path = match &device {
+            AnyDevice::Kernel(_) => format!("kernel: {why}"),
+            AnyDevice::Userspace(d) => format!(
+                "userspace, in the agent ({}): {why}",
+                if d.offloaded() {
+                    "TUN offloads, UDP GSO/GRO"
+                } else {
+                    "no TUN offloads"
+                }
+            ),
+        };
         tracing::info!(device = WG_DEV, port, %path, public_key = %key.public_key().to_base64(), "WireGuard encryption");
         let mut wg = Wireguard {
             device,
@@ -100,6 +99,14 @@ impl Wireguard {
                 .await;
         }
         Ok(wg)
+    }
+
+    /// The device's kind as the kernel names it.
+    pub fn kind(&self) -> &'static str {
+        match self.device {
+            AnyDevice::Kernel(_) => "wireguard",
+            AnyDevice::Userspace(_) => "tun",
+        }
     }
 
     pub fn end(&self) -> WireguardEnd {

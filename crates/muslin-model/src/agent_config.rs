@@ -68,6 +68,10 @@ crate::settings! {
     /// same on every node (a node that does not encrypt cannot join a
     /// cluster that does)
     encryption: Encryption = Encryption::None;
+    /// Which WireGuard: auto (the kernel's where present, else the
+    /// agent's own in userspace), kernel or userspace
+    wireguard_implementation: crate::encryption::Implementation =
+        crate::encryption::Implementation::Auto;
     /// WireGuard UDP port (with encryption = wireguard)
     wireguard_port: u16 = crate::encryption::DEFAULT_PORT;
     /// Name of the WireGuard control socket, /var/run/wireguard/NAME.sock
@@ -764,6 +768,7 @@ blocks = ["10.244.1.0/24"]
             encryption: Encryption::Wireguard,
             wireguard_port: 51821,
             wireguard_uapi: "msl-wg9".into(),
+            wireguard_implementation: crate::encryption::Implementation::Userspace,
             underlay: "interface=eth.*,en.*".parse().unwrap(),
             masquerade: false,
             datastore: DatastoreKind::Etcd,

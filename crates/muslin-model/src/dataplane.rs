@@ -188,6 +188,8 @@ pub struct Params<'a> {
     /// Pod traffic to peers goes through WireGuard (the default network;
     /// see `encryption`): peers that do not encrypt get none.
     pub encrypt: bool,
+    /// The kind of our WireGuard device (`tun` or `wireguard`).
+    pub wg_kind: &'a str,
 }
 
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -259,6 +261,7 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
     let encrypt = p.encrypt && !p.tunnel_always;
     if encrypt {
         d.wireguard = Some(crate::encryption::WgDevice {
+            kind: p.wg_kind.into(),
             mtu: local.mtu - crate::encryption::overhead(local.address),
             address: vtep_address,
             peers: vec![],
@@ -646,6 +649,7 @@ mod tests {
                 health: mine,
                 relays: &BTreeMap::new(),
                 encrypt: false,
+                wg_kind: "tun",
             },
         )
     }
@@ -675,6 +679,7 @@ mod tests {
                 health: &BTreeMap::new(),
                 relays: &BTreeMap::new(),
                 encrypt: false,
+                wg_kind: "tun",
             },
         )
     }

@@ -66,6 +66,39 @@ impl std::fmt::Display for Encryption {
     }
 }
 
+/// Which WireGuard carries the traffic: the kernel's where it has one
+/// (`auto`), or the agent's own in userspace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Implementation {
+    #[default]
+    Auto,
+    Kernel,
+    Userspace,
+}
+
+impl FromStr for Implementation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Implementation::Auto),
+            "kernel" => Ok(Implementation::Kernel),
+            "userspace" => Ok(Implementation::Userspace),
+            o => Err(format!("{o:?} is not one of auto, kernel, userspace")),
+        }
+    }
+}
+
+impl std::fmt::Display for Implementation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Implementation::Auto => "auto",
+            Implementation::Kernel => "kernel",
+            Implementation::Userspace => "userspace",
+        })
+    }
+}
+
 /// What a node publishes of its WireGuard end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireguardEnd {
@@ -110,11 +143,19 @@ pub struct WgPeer {
 /// The node's WireGuard device as the cluster view wants it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WgDevice {
+    /// The device's kind as the kernel names it: `tun` for ours in
+    /// userspace, `wireguard` for the kernel's.
+    #[serde(default = "tun")]
+    pub kind: String,
     pub mtu: u32,
     /// The tunnel address: the network address of our first block (no pod
     /// has it), the source of data-path probes.
     pub address: Option<IpAddr>,
     pub peers: Vec<WgPeer>,
+}
+
+fn tun() -> String {
+    "tun".into()
 }
 
 /// Why a peer cannot be reached encrypted, or `None` when it can.

@@ -65,7 +65,7 @@ pub fn host_state(d: &Desired) -> HostState {
     if let Some(w) = &d.wireguard {
         s.links.push(Link {
             name: WG_DEV.into(),
-            kind: LinkKind::Other(Some("tun".into())),
+            kind: LinkKind::Other(Some(w.kind.clone())),
             mtu: Some(w.mtu),
             mac: None,
             up: true,

@@ -295,6 +295,21 @@ fn a_node_that_does_not_encrypt_is_refused_and_told_why() {
         &["--encryption", "wireguard", "--wireguard-port", "7331"],
     );
     assert!(said.contains("wireguard-port"), "{said}");
+    // A node that cannot encrypt as asked refuses, saying why (this
+    // kernel has no WireGuard; on one that has, it starts).
+    if !std::path::Path::new("/sys/module/wireguard").exists() {
+        let args = [
+            &encrypt()[..],
+            &["--wireguard-implementation".into(), "kernel".into()],
+        ]
+        .concat();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let said = Agent::refused(&h4, &c.secret, &args);
+        assert!(
+            said.contains("cannot encrypt") && said.contains("kernel"),
+            "{said}"
+        );
+    }
 }
 
 #[test]

@@ -279,6 +279,7 @@ impl Cluster {
                         health: &self.record.health,
                         relays: &self.relays,
                         encrypt: self.encrypt,
+                        wg_kind: self.wg_kind,
                     },
                 );
                 NetPlane {

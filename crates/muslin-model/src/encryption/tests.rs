@@ -68,6 +68,7 @@ fn plane(v: &ClusterView, health: &BTreeMap<String, PathHealth>) -> crate::datap
             health,
             relays: &BTreeMap::new(),
             encrypt: true,
+            wg_kind: "tun",
         },
     )
 }

@@ -101,6 +101,7 @@ pub fn desired(v: &ClusterView, backend: Backend) -> Desired {
             health: &BTreeMap::new(),
             relays: &BTreeMap::new(),
             encrypt: false,
+            wg_kind: "tun",
         },
     )
 }

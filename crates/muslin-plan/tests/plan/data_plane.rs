@@ -398,6 +398,7 @@ fn golden_network() {
             health: &Default::default(),
             relays: &Default::default(),
             encrypt: false,
+            wg_kind: "tun",
         },
     );
     let ranges = [net("10.50.0.0/16"), net(POD_CIDR)];
