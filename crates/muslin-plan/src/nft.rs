@@ -49,6 +49,8 @@ const DEFAULT_PODS: &str = "networks_default_pods";
 /// Drops what arrives through our tunnels for anywhere but the cluster.
 const TUNNEL_GUARD: &str = "tunnel_guard";
 const WG_OUT: &str = "wireguard_out";
+const WG_IN: &str = "wireguard_in";
+const WG_CLEAR: &str = "wireguard_clear";
 
 /// The chain of a network's packets.
 fn net_chain(n: &NftNetwork) -> String {
@@ -351,6 +353,9 @@ impl Masquerade {
         }
         out.insert(CHAIN.to_string(), post);
         out.insert(TUNNEL_GUARD.to_string(), self.tunnel_guard());
+        if self.wireguard {
+            out.extend(self.wireguard_only());
+        }
         if self.networks.is_empty() {
             return out;
         }
@@ -609,6 +614,86 @@ impl Masquerade {
 }
 
 impl Masquerade {
+    /// Encrypted, the cluster's traffic between hosts exists only inside
+    /// WireGuard: whatever would leave in clear (a peer with no route into
+    /// the device, a device gone) is dropped and counted, and what claims
+    /// to come from the cluster on any other interface (spoofed on the
+    /// underlay, or VXLAN into a network) is refused.
+    fn wireguard_only(&self) -> Vec<(String, Vec<(String, Vec<Statement<'static>>)>)> {
+        let fam = self.family();
+        let ranges = || anon_set(&self.cluster_ranges());
+        let nodes = || Expression::String(Cow::Owned(format!("@{NODES}")));
+        let name = |n: &'static str| Expression::String(Cow::Borrowed(n));
+        let vxlan = || {
+            [
+                is(meta(MetaKey::L4proto), name("udp")),
+                is(
+                    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+                        PayloadField {
+                            protocol: Cow::Borrowed("udp"),
+                            field: Cow::Borrowed("dport"),
+                        },
+                    ))),
+                    num(u32::from(self.vxlan_port)),
+                ),
+            ]
+        };
+        let tag = |what: &str| format!("muslin v{RULES_VERSION} encrypted: {what}");
+        let mut vx_in = vec![not(meta(MetaKey::Iifname), name("msl-wg*"))];
+        vx_in.extend(vxlan());
+        vx_in.extend([count(), drop()]);
+        let mut vx_out = vec![
+            not(meta(MetaKey::Oifname), name("msl-wg*")),
+            is(field(fam, "daddr"), nodes()),
+        ];
+        vx_out.extend(vxlan());
+        vx_out.extend([count(), drop()]);
+        vec![
+            (
+                WG_IN.to_string(),
+                vec![
+                    (
+                        tag("cluster sources come from pods or wireguard"),
+                        vec![
+                            not(meta(MetaKey::Iifname), name("msl*")),
+                            not(meta(MetaKey::Iifname), name("lo")),
+                            is(field(fam, "saddr"), ranges()),
+                            count(),
+                            drop(),
+                        ],
+                    ),
+                    (tag("vxlan comes through wireguard"), vx_in),
+                ],
+            ),
+            (
+                WG_CLEAR.to_string(),
+                vec![
+                    (
+                        tag("no pod traffic between hosts in clear"),
+                        vec![
+                            not(meta(MetaKey::Oifname), name("msl*")),
+                            is(field(fam, "saddr"), ranges()),
+                            is(field(fam, "daddr"), ranges()),
+                            count(),
+                            drop(),
+                        ],
+                    ),
+                    (
+                        tag("no pod traffic to nodes in clear"),
+                        vec![
+                            not(meta(MetaKey::Oifname), name("msl*")),
+                            is(field(fam, "saddr"), ranges()),
+                            is(field(fam, "daddr"), nodes()),
+                            count(),
+                            drop(),
+                        ],
+                    ),
+                    (tag("no vxlan in clear"), vx_out),
+                ],
+            ),
+        ]
+    }
+
     /// A node forwards what its peers send through a tunnel, relayed
     /// traffic included, only into the cluster: its pods, its networks
     /// and the nodes. Anyone who can reach the VXLAN port could otherwise
@@ -841,6 +926,10 @@ fn load(m: &Masquerade) -> Vec<NfObject<'static>> {
             // A route chain: a mark set here makes the kernel route the
             // packet again.
             WG_OUT => Some((NfChainType::Route, NfHook::Output, -150)),
+            // Before the networks' raw chain; after every rewrite but
+            // masquerade (a pod's source is still its own).
+            WG_IN => Some((NfChainType::Filter, NfHook::Prerouting, -310)),
+            WG_CLEAR => Some((NfChainType::Filter, NfHook::Postrouting, 0)),
             _ => None,
         };
         v.push(add(NfListObject::Chain(Chain {
