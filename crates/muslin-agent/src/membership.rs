@@ -804,14 +804,14 @@ impl Cluster {
                 crate::relay_state::save(&self.state_dir, &relays);
                 self.relays = relays;
             }
-            if let (Some(wg), Some(w)) = (self.wireguard.as_mut(), &d.wireguard) {
-                wg.converge(&w.peers).await;
-            }
             let planes = self.network_planes(&view, &live, &path_mtu);
             // Deleting needs a complete view: not before we heard from the
             // cluster, and not in the first rounds after a restart.
             let allow_deletes = self.store.synced() && started.elapsed() > self.interval * 10;
             let full = last_full.elapsed() > Duration::from_secs(5);
+            if let (Some(wg), Some(w)) = (self.wireguard.as_mut(), &d.wireguard) {
+                wg.converge(&w.peers, full, allow_deletes).await;
+            }
             let wanted = (d.clone(), planes);
             if full || last.as_ref() != Some(&wanted) {
                 let listen: Vec<std::net::Ipv4Addr> =

@@ -83,6 +83,21 @@ impl Wireguard {
             ),
         };
         tracing::info!(device = WG_DEV, port, %path, public_key = %key.public_key().to_base64(), "WireGuard encryption");
+        // Our userspace device dies with its TUN; nothing here could bring
+        // it back in place, and traffic through the interface would stop
+        // (the firewall drops what would leave in clear). A new run of the
+        // agent reattaches within a second.
+        if let AnyDevice::Userspace(d) = &device {
+            let failed = d.failure();
+            tokio::spawn(async move {
+                failed.await;
+                tracing::error!(
+                    device = WG_DEV,
+                    "the WireGuard device failed (its TUN is gone); exiting so the agent is restarted"
+                );
+                std::process::exit(75);
+            });
+        }
         let mut wg = Wireguard {
             device,
             dir: dir.to_path_buf(),
@@ -93,7 +108,7 @@ impl Wireguard {
             applied: None,
         };
         if let Some(peers) = load_peers(dir) {
-            wg.converge(&peers).await;
+            wg.converge(&peers, false, true).await;
             wg.device
                 .force_handshakes(std::time::Duration::from_millis(300))
                 .await;
@@ -116,10 +131,23 @@ impl Wireguard {
         }
     }
 
-    /// Makes the device's peers `peers` when they changed since last time
-    /// (the device itself keeps unchanged peers' sessions).
-    pub async fn converge(&mut self, peers: &[WgPeer]) {
-        if self.applied.as_deref() == Some(peers) {
+    /// Makes the device's peers `peers` when they changed since last time,
+    /// or always when `full` (someone may have changed the device behind
+    /// our back: the device compares with what it holds and keeps
+    /// unchanged peers' sessions). Until `deletes`, a peer missing from
+    /// `peers` stays: the view of the first rounds after a start lacks
+    /// records that are on their way.
+    pub async fn converge(&mut self, peers: &[WgPeer], full: bool, deletes: bool) {
+        let mut peers = peers.to_vec();
+        if !deletes {
+            for old in self.applied.iter().flatten() {
+                if !peers.iter().any(|p| p.public_key == old.public_key) {
+                    peers.push(old.clone());
+                }
+            }
+            peers.sort();
+        }
+        if !full && self.applied.as_deref() == Some(&peers[..]) {
             return;
         }
         let specs: Vec<PeerSpec> = peers.iter().filter_map(spec).collect();
@@ -133,8 +161,8 @@ impl Wireguard {
                         "WireGuard peers changed"
                     );
                 }
-                save_peers(&self.dir, peers);
-                self.applied = Some(peers.to_vec());
+                save_peers(&self.dir, &peers);
+                self.applied = Some(peers);
             }
             Err(e) => tracing::warn!(cause = %e, "WireGuard peers not applied; retrying"),
         }

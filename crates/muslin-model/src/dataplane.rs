@@ -296,13 +296,13 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
                 rec.address,
                 names.join(", ")
             )),
-            _ if encrypt => match crate::encryption::peer_refusal(rec) {
+            _ if encrypt => match crate::encryption::refusal(view, me, name, rec) {
                 Some(why) => Path::Unreachable(why),
                 None => Path::Wireguard,
             },
             // A network's VXLAN rides in WireGuard (see `WG_MARK`): only
             // to peers that encrypt.
-            _ if p.encrypt => match crate::encryption::peer_refusal(rec) {
+            _ if p.encrypt => match crate::encryption::refusal(view, me, name, rec) {
                 Some(why) => Path::Unreachable(why),
                 None => Path::Vxlan,
             },
@@ -319,11 +319,18 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
     let mut wg_relayed: BTreeMap<String, (String, Vec<IpNet>)> = BTreeMap::new();
     let mut wg_probe: BTreeMap<String, IpAddr> = BTreeMap::new();
     // Until a probe measured it, the smaller of the two interfaces.
+    // A network's tunnel inside WireGuard: the caller gave our MTU and the
+    // measured ones less WireGuard's overhead; peers' own figures need it
+    // taken off here.
+    let beneath = match p.encrypt && p.tunnel_always {
+        true => crate::encryption::overhead(local.address),
+        false => 0,
+    };
     let pmtu_of = |name: &str, rec: &NodeRecord| {
         p.path_mtu
             .get(name)
             .copied()
-            .unwrap_or(local.mtu.min(rec.mtu))
+            .unwrap_or(local.mtu.min(rec.mtu.saturating_sub(beneath)))
             .min(local.mtu)
     };
     let hop_to = |d: &Desired, name: &str| -> Option<NextHop> {
@@ -369,7 +376,8 @@ pub fn desired(view: &ClusterView, p: &Params) -> Desired {
                             .health
                             .get(name)
                             .and_then(|x| x.path_mtu)
-                            .unwrap_or(r.mtu.min(rec.mtu));
+                            .unwrap_or(r.mtu.min(rec.mtu))
+                            .saturating_sub(beneath);
                         match graph.hop(&via, name) {
                             _ if encrypt => {
                                 m.saturating_sub(crate::encryption::overhead(rec.address))

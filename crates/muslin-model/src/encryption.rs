@@ -174,6 +174,39 @@ pub fn peer_refusal(rec: &NodeRecord) -> Option<String> {
     }
 }
 
+/// Why peer `name` cannot be reached encrypted in `view`, or `None`: its
+/// own record's faults, or a key another node (we included) publishes
+/// too, as a copied state directory or a cloned VM would. WireGuard
+/// knows a peer by its key alone; two nodes with one key would take each
+/// other's traffic.
+pub fn refusal(view: &ClusterView, me: &str, name: &str, rec: &NodeRecord) -> Option<String> {
+    if let Some(why) = peer_refusal(rec) {
+        return Some(why);
+    }
+    let key = &rec.wireguard.as_ref()?.public_key;
+    let mut twins: Vec<&str> = view
+        .nodes
+        .iter()
+        .filter(|(n, _)| n.as_str() != name)
+        .filter(|(_, p)| {
+            p.record
+                .as_ref()
+                .and_then(|r| r.wireguard.as_ref())
+                .is_some_and(|w| &w.public_key == key)
+        })
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if twins.is_empty() {
+        return None;
+    }
+    twins.sort();
+    Some(format!(
+        "publishes the WireGuard key of {}{}: a copied state directory or cloned host; run `muslin rotate-key` on one of them",
+        twins.join(", "),
+        if twins.contains(&me) { " (ours)" } else { "" }
+    ))
+}
+
 /// Why a node that does not encrypt must not join the cluster of `view`,
 /// or `None`: some live peer encrypts, so the cluster's pod traffic is
 /// meant to be encrypted and ours would reach no one (they refuse us).
@@ -210,7 +243,7 @@ pub fn peers(
         view.nodes
             .get(n)
             .and_then(|p| p.record.as_ref())
-            .filter(|r| r.name != me && peer_refusal(r).is_none())
+            .filter(|r| n != me && refusal(view, me, n, r).is_none())
     };
     let mut out: BTreeMap<String, WgPeer> = BTreeMap::new();
     let mut add = |n: &str, nets: &mut dyn Iterator<Item = IpNet>| {

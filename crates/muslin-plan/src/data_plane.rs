@@ -60,8 +60,10 @@ fn rule(family: Family, priority: u32, table: u32) -> Rule {
 /// The kernel objects of the default network's `d`.
 pub fn host_state(d: &Desired) -> HostState {
     let mut s = tunnel_state(d, VXLAN_DEV, None);
-    // The WireGuard device is the agent's own TUN (created before the data
-    // plane converges); only its MTU, state and address are set here.
+    // The WireGuard device is made by the agent before the data plane
+    // converges (a TUN of its own, or the kernel's WireGuard link, which
+    // needs its key before it is of use); only its MTU, state and address
+    // are set here.
     if let Some(w) = &d.wireguard {
         s.links.push(Link {
             name: WG_DEV.into(),

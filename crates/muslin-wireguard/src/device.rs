@@ -253,6 +253,21 @@ impl UserspaceDevice {
     }
 
     /// Resolves when the device failed (its TUN went away).
+    /// Resolves when the device's threads have died (its TUN failed): the
+    /// owner must replace it, or traffic through the interface stops.
+    pub fn failure(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let engine = Arc::clone(&self.engine);
+        async move {
+            loop {
+                let notified = engine.dead_notify.notified();
+                if engine.is_dead() {
+                    return;
+                }
+                notified.await;
+            }
+        }
+    }
+
     pub(crate) async fn failed(&self) {
         loop {
             let notified = self.engine.dead_notify.notified();

@@ -159,6 +159,10 @@ impl PrivateKey {
             name.to_string_lossy(),
             std::process::id()
         ));
+        // A crash between create and rename leaves the temporary file; a
+        // restart with the same pid (pid 1 in a container) must not trip
+        // over it.
+        let _ = fs::remove_file(&tmp);
         let result = (|| {
             // Mode at creation, so the secret is never readable by others,
             // not even between create and chmod.

@@ -197,6 +197,11 @@ pub(crate) fn get(engine: &Engine) -> String {
 type SetError = (i32, String);
 
 fn bad(what: &str, v: &str) -> SetError {
+    // A malformed key is still a secret (base64 sent where hex belongs):
+    // it is never echoed, and the message is logged.
+    if what.ends_with("_key") {
+        return (libc::EINVAL, format!("bad {what} ({} characters)", v.len()));
+    }
     (libc::EINVAL, format!("bad {what}: {v:?}"))
 }
 

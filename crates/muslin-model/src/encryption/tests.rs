@@ -4,6 +4,7 @@ use crate::dataplane::{desired, Backend, Params, Path, Underlay, VxlanSettings};
 
 const K1: &str = "YLmSOmZ0XAmLqzQDsiUh5dBHOiF+5EFaw9R8JuLukFs=";
 const K2: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+const K3: &str = "bhQRfzgb2jX3rNHIGczsfUD1dJHRYh3Yv05uk/6gSCI=";
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -28,7 +29,7 @@ fn view(clear: &[&str]) -> ClusterView {
         rec.capabilities.push(CAPABILITY.into());
         if !clear.contains(&n) {
             rec.wireguard = Some(WireguardEnd {
-                public_key: [K1, K2, K1][i].into(),
+                public_key: [K1, K2, K3][i].into(),
                 port: DEFAULT_PORT,
             });
         }
@@ -99,7 +100,7 @@ fn every_peer_is_reached_through_the_tunnel_with_its_blocks_and_node_address() {
     assert_eq!(d.paths["h3"], Path::Wireguard);
     let h3 = w.peers.iter().find(|p| p.name == "h3").unwrap();
     assert_eq!(h3.endpoint, "192.168.20.11:51820".parse().unwrap());
-    assert_eq!(h3.public_key, K1);
+    assert_eq!(h3.public_key, K3);
     assert_eq!(
         h3.allowed_ips,
         vec![net("10.244.3.0/24"), net("192.168.20.11/32")]
@@ -213,4 +214,18 @@ fn settings_parse_and_print() {
         assert_eq!(e.to_string().parse::<Encryption>().unwrap(), e);
     }
     assert!("ipsec".parse::<Encryption>().is_err());
+}
+
+#[test]
+fn nodes_sharing_a_key_are_refused_with_the_twin_named() {
+    let mut v = view(&[]);
+    let r = v.nodes.get_mut("h3").unwrap().record.as_mut().unwrap();
+    r.wireguard.as_mut().unwrap().public_key = K1.into();
+    let d = plane(&v, &BTreeMap::new());
+    match &d.paths["h3"] {
+        Path::Unreachable(why) => assert!(why.contains("h1 (ours)"), "{why}"),
+        o => panic!("{o:?}"),
+    }
+    assert!(d.wireguard.unwrap().peers.iter().all(|p| p.name != "h3"));
+    assert_eq!(d.paths["h2"], Path::Wireguard);
 }
