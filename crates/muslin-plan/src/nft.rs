@@ -613,13 +613,16 @@ impl Masquerade {
     }
 }
 
+/// A rule's comment (its identity when the table is compared) and body.
+type TaggedRule = (String, Vec<Statement<'static>>);
+
 impl Masquerade {
     /// Encrypted, the cluster's traffic between hosts exists only inside
     /// WireGuard: whatever would leave in clear (a peer with no route into
     /// the device, a device gone) is dropped and counted, and what claims
     /// to come from the cluster on any other interface (spoofed on the
     /// underlay, or VXLAN into a network) is refused.
-    fn wireguard_only(&self) -> Vec<(String, Vec<(String, Vec<Statement<'static>>)>)> {
+    fn wireguard_only(&self) -> Vec<(String, Vec<TaggedRule>)> {
         let fam = self.family();
         let ranges = || anon_set(&self.cluster_ranges());
         let nodes = || Expression::String(Cow::Owned(format!("@{NODES}")));
