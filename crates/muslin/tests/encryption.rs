@@ -529,3 +529,99 @@ fn a_cut_link_is_relayed_inside_wireguard_and_heals() {
     });
     h1c.probe(h3ip, "tcp,udp,icmp").unwrap();
 }
+
+/// Packets counted by the rule of `chain` (table `ip muslin`) whose
+/// comment contains `what`, in `ns`.
+fn dropped(ns: &Netns, chain: &str, what: &str) -> u64 {
+    let o = ns.exec(&["nft", "-j", "list", "chain", "ip", "muslin", chain]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.get("rule"))
+        .filter(|r| r["comment"].as_str().is_some_and(|c| c.contains(what)))
+        .flat_map(|r| r["expr"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e["counter"]["packets"].as_u64())
+        .sum()
+}
+
+#[test]
+fn nothing_of_the_cluster_crosses_in_clear_or_enters_around_wireguard() {
+    let c = cluster();
+    let (h1c, _, _) = &c.pods[0];
+    let h3ip = c.pods[2].1.clone();
+    let h3block = c.agents[2].status()["blocks"][0]["cidr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The route into the device gone (as for a peer refused, or a device
+    // lost): the pod's packets would take the default route, in clear.
+    let marker = format!("MUSLIN-LEAK-{}", std::process::id());
+    let eth0 = Capture::start(&c.hosts[0], "eth0");
+    let eth1 = Capture::start(&c.hosts[0], "eth1");
+    let before = dropped(&c.hosts[0], "wireguard_clear", "between hosts in clear");
+    c.hosts[0].ip(&["route", "del", &h3block]);
+    let _ = h1c.exec(&[
+        "bash",
+        "-c",
+        &format!("for i in $(seq 20); do echo {marker} > /dev/udp/{h3ip}/7777; done"),
+    ]);
+    let (eth0, eth1) = (eth0.finish(), eth1.finish());
+    assert!(
+        !contains(&eth0, marker.as_bytes()),
+        "the marker left on eth0 in clear"
+    );
+    assert!(
+        !contains(&eth1, marker.as_bytes()),
+        "the marker left on eth1 in clear"
+    );
+    let after = dropped(&c.hosts[0], "wireguard_clear", "between hosts in clear");
+    assert!(
+        after >= before + 20,
+        "{before} -> {after}: not dropped and counted"
+    );
+    // The agent puts the route back (level-triggered).
+    until("the route into the device is back", 15, || {
+        h1c.probe(&h3ip, "icmp").is_ok()
+    });
+
+    // A host on the segment that spoofs a pod source: refused at h1.
+    let h4 = Netns::new("h4");
+    c.net
+        .wire(&h4, "eth1", &c.segment, "192.168.56.14/24", 1500);
+    let h1ip = &c.pods[0].1;
+    h4.ip(&["addr", "add", "10.244.250.9/32", "dev", "eth1"]);
+    // Its ARP would carry the spoofed address and be refused: the
+    // neighbour is known, as an attacker would make it.
+    let h1mac = c.hosts[0].ip_json(&["link", "show", "eth1"])[0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    h4.ip(&[
+        "neigh",
+        "replace",
+        "192.168.56.11",
+        "lladdr",
+        &h1mac,
+        "dev",
+        "eth1",
+    ]);
+    h4.ip(&[
+        "route",
+        "add",
+        h1ip,
+        "via",
+        "192.168.56.11",
+        "src",
+        "10.244.250.9",
+    ]);
+    let before = dropped(&c.hosts[0], "wireguard_in", "cluster sources");
+    let o = h4.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", h1ip]);
+    assert!(!o.status.success(), "a spoofed pod source got an answer");
+    let after = dropped(&c.hosts[0], "wireguard_in", "cluster sources");
+    assert!(
+        after >= before + 3,
+        "{before} -> {after}: spoofed packets not counted"
+    );
+}
