@@ -374,23 +374,7 @@ impl Masquerade {
                 Expression::String(Cow::Borrowed("msl*")),
             )
         };
-        let vxlan = || {
-            [
-                is(
-                    meta(MetaKey::L4proto),
-                    Expression::String(Cow::Borrowed("udp")),
-                ),
-                is(
-                    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-                        PayloadField {
-                            protocol: Cow::Borrowed("udp"),
-                            field: Cow::Borrowed("dport"),
-                        },
-                    ))),
-                    num(u32::from(self.vxlan_port)),
-                ),
-            ]
-        };
+        let vxlan = || self.vxlan_match();
         // VXLAN only ever comes in on the underlay: from one of our own
         // interfaces (a container) it is a forgery, wrapped by hand in
         // another network's VNI to be unwrapped into that network.
@@ -617,6 +601,25 @@ impl Masquerade {
 type TaggedRule = (String, Vec<Statement<'static>>);
 
 impl Masquerade {
+    /// Matches VXLAN: UDP to our VXLAN port.
+    fn vxlan_match(&self) -> [Statement<'static>; 2] {
+        [
+            is(
+                meta(MetaKey::L4proto),
+                Expression::String(Cow::Borrowed("udp")),
+            ),
+            is(
+                Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+                    PayloadField {
+                        protocol: Cow::Borrowed("udp"),
+                        field: Cow::Borrowed("dport"),
+                    },
+                ))),
+                num(u32::from(self.vxlan_port)),
+            ),
+        ]
+    }
+
     /// Encrypted, the cluster's traffic between hosts exists only inside
     /// WireGuard: whatever would leave in clear (a peer with no route into
     /// the device, a device gone) is dropped and counted, and what claims
@@ -627,20 +630,7 @@ impl Masquerade {
         let ranges = || anon_set(&self.cluster_ranges());
         let nodes = || Expression::String(Cow::Owned(format!("@{NODES}")));
         let name = |n: &'static str| Expression::String(Cow::Borrowed(n));
-        let vxlan = || {
-            [
-                is(meta(MetaKey::L4proto), name("udp")),
-                is(
-                    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-                        PayloadField {
-                            protocol: Cow::Borrowed("udp"),
-                            field: Cow::Borrowed("dport"),
-                        },
-                    ))),
-                    num(u32::from(self.vxlan_port)),
-                ),
-            ]
-        };
+        let vxlan = || self.vxlan_match();
         let tag = |what: &str| format!("muslin v{RULES_VERSION} encrypted: {what}");
         let mut vx_in = vec![not(meta(MetaKey::Iifname), name("msl-wg*"))];
         vx_in.extend(vxlan());

@@ -331,7 +331,8 @@ pub fn uapi_socket_path(ifname: &str) -> PathBuf {
     Path::new(UAPI_DIR).join(format!("{ifname}.sock"))
 }
 
-async fn delete_link(ifname: &str) -> std::result::Result<(), String> {
+/// Deletes link `ifname` whatever its kind; absent is not an error.
+pub(crate) async fn delete_link(ifname: &str) -> std::result::Result<(), String> {
     let (conn, handle, _) =
         rtnetlink::new_connection().map_err(|e| format!("opening netlink: {e}"))?;
     let conn = tokio::spawn(conn);

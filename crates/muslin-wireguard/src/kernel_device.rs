@@ -141,7 +141,7 @@ impl KernelDevice {
                 // A link we made but could not configure would only block
                 // the name for a fallback device; one we found stays.
                 if created {
-                    let _ = delete_link(&ifname).await;
+                    let _ = crate::device::delete_link(&ifname).await;
                 }
                 Err(e)
             }
@@ -313,7 +313,7 @@ impl KernelDevice {
     /// Deletes the interface `ifname` in the current network namespace.
     /// Absent is not an error.
     pub async fn remove(ifname: &str) -> KernelResult<()> {
-        delete_link(ifname)
+        crate::device::delete_link(ifname)
             .await
             .map_err(netlink_err(format!("removing interface {ifname}")))
     }
@@ -463,31 +463,6 @@ fn link_kind(link: &LinkMessage) -> Option<InfoKind> {
     })
 }
 
-async fn delete_link(ifname: &str) -> Result<(), String> {
-    let (conn, handle, _) =
-        rtnetlink::new_connection().map_err(|e| format!("opening netlink: {e}"))?;
-    let conn = tokio::spawn(conn);
-    let result = async {
-        let Some(link) = find_link(&handle, ifname)
-            .await
-            .map_err(|e| e.to_string())?
-        else {
-            return Ok(());
-        };
-        match handle.link().del(link.header.index).execute().await {
-            Ok(()) => Ok(()),
-            Err(rtnetlink::Error::NetlinkError(e))
-                if e.code.map(|c| c.get()) == Some(-libc::ENODEV) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e.to_string()),
-        }
-    }
-    .await;
-    conn.abort();
-    result
-}
 
 // ---- Pure: requests from diffs, state from replies ----
 

@@ -84,15 +84,7 @@ fn cluster() -> Cluster {
     for (i, h) in hosts.iter().enumerate().skip(1) {
         agents.push(start(h, &format!("h{}", i + 1), &secret, true));
     }
-    let pods = agents
-        .iter()
-        .map(|a| {
-            let c = Netns::new("c");
-            let ip = a.add(&format!("{}-c1", a.name), &c);
-            let s = ProbeServer::start(&c, 7777);
-            (c, ip, s)
-        })
-        .collect();
+    let pods = common::hosts::pod_per_host(&agents);
     let c = Cluster {
         net,
         segment,
@@ -113,17 +105,11 @@ fn cluster() -> Cluster {
     c
 }
 
-/// Parses `muslin probe ping` output: (sent, received).
-fn ping_counts(out: &str) -> (u64, u64) {
-    let words: Vec<&str> = out.split_whitespace().collect();
-    let n = |key: &str| -> u64 {
-        let i = words
-            .iter()
-            .position(|w| *w == key)
-            .unwrap_or_else(|| panic!("{out}"));
-        words[i + 1].parse().unwrap()
-    };
-    (n("sent"), n("received"))
+/// `muslin rotate-key` on host `i`.
+fn rotate_key(c: &Cluster, i: usize) {
+    let socket = c.agents[i].socket.to_str().unwrap();
+    let o = c.hosts[i].exec(&[BIN, "rotate-key", "--socket", socket]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// 10 ms pings from `from` to `to` for `count` echoes, in the background.
@@ -140,7 +126,7 @@ fn ping(from: &Netns, to: &str, count: u32) -> std::process::Child {
 /// Echoes lost by a ping started with [`ping`].
 fn lost(child: std::process::Child) -> (u64, u64) {
     let o = child.wait_with_output().unwrap();
-    let (sent, got) = ping_counts(&String::from_utf8_lossy(&o.stdout));
+    let (sent, got) = common::ping_counts(&String::from_utf8_lossy(&o.stdout));
     (sent - got, sent)
 }
 
@@ -327,13 +313,7 @@ fn a_key_peers_do_not_know_is_refused_until_it_is_published() {
     for h in &c.hosts[..2] {
         common::hosts::nft(h, deaf);
     }
-    let o = c.hosts[2].exec(&[
-        BIN,
-        "rotate-key",
-        "--socket",
-        c.agents[2].socket.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    rotate_key(&c, 2);
     let new = c.agents[2].status()["cluster"]["wireguard"]["public_key"]
         .as_str()
         .unwrap()
@@ -370,13 +350,7 @@ fn rotation_keeps_a_running_connection_and_costs_at_most_a_handshake() {
     let h3ip = c.pods[2].1.clone();
     let p = ping(h1c, &h3ip, 500);
     std::thread::sleep(Duration::from_secs(1));
-    let o = c.hosts[2].exec(&[
-        BIN,
-        "rotate-key",
-        "--socket",
-        c.agents[2].socket.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    rotate_key(&c, 2);
     let (lost, sent) = lost(p);
     eprintln!(
         "key rotation: {lost} of {sent} echoes lost ({} ms)",

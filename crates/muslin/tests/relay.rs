@@ -215,19 +215,6 @@ fn a_blocked_vxlan_port_relays_names_the_port_and_heals() {
     check_all(&lab, "tcp,udp,icmp");
 }
 
-/// Parses `muslin probe ping` output: (sent, received).
-fn ping_counts(out: &str) -> (u64, u64) {
-    let n = |key: &str| -> u64 {
-        let words: Vec<&str> = out.split_whitespace().collect();
-        let i = words
-            .iter()
-            .position(|w| *w == key)
-            .unwrap_or_else(|| panic!("{out}"));
-        words[i + 1].parse().unwrap()
-    };
-    (n("sent"), n("received"))
-}
-
 #[test]
 fn a_link_cut_under_a_running_ping_reroutes_and_spares_other_pairs() {
     let lab = Lab::new();
@@ -267,7 +254,7 @@ fn a_link_cut_under_a_running_ping_reroutes_and_spares_other_pairs() {
     eprintln!("rerouted {took:?} after the cut");
     let cut = cut.wait_with_output().unwrap();
     let spared = spared.wait_with_output().unwrap();
-    let (sent, got) = ping_counts(&String::from_utf8_lossy(&cut.stdout));
+    let (sent, got) = common::ping_counts(&String::from_utf8_lossy(&cut.stdout));
     let outage_ms = (sent - got) * 10;
     eprintln!(
         "outage of the cut pair: {outage_ms} ms ({} of {sent} lost)",
@@ -279,7 +266,7 @@ fn a_link_cut_under_a_running_ping_reroutes_and_spares_other_pairs() {
         outage_ms < 6_000,
         "traffic did not resume: {outage_ms} ms lost"
     );
-    let (sent, got) = ping_counts(&String::from_utf8_lossy(&spared.stdout));
+    let (sent, got) = common::ping_counts(&String::from_utf8_lossy(&spared.stdout));
     // A moved route would cost over a hundred echoes; a few lost to a
     // loaded machine are not the feature (the bench counts them exactly).
     assert!(
@@ -478,7 +465,7 @@ fn restarting_the_relay_or_an_end_loses_nothing() {
     std::thread::sleep(Duration::from_secs(3));
     agents.push(restart_agent(&lab, "h1", Duration::from_secs(3)));
     let out = ping.wait_with_output().unwrap();
-    let (sent, got) = ping_counts(&String::from_utf8_lossy(&out.stdout));
+    let (sent, got) = common::ping_counts(&String::from_utf8_lossy(&out.stdout));
     // A route that moved would cost over a hundred echoes.
     assert!(
         sent - got <= 3,

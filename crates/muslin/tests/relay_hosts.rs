@@ -45,15 +45,7 @@ fn readme_hosts_relay_a_cut_link_and_return_when_it_heals() {
             &["--join", "192.168.56.11"],
         ));
     }
-    let pods: Vec<(Netns, String, ProbeServer)> = agents
-        .iter()
-        .map(|a| {
-            let c = Netns::new("c");
-            let ip = a.add(&format!("{}-c1", a.name), &c);
-            let s = ProbeServer::start(&c, 7777);
-            (c, ip, s)
-        })
-        .collect();
+    let pods: Vec<(Netns, String, ProbeServer)> = common::hosts::pod_per_host(&agents);
     let direct = |a: usize, peer: &str| {
         let p = agents[a].peer(peer);
         p["path"] == "routed" && p["data_path"] == "ok"

@@ -32,15 +32,7 @@ fn cluster(n: usize) -> Cluster {
         };
         agents.push(Agent::start(h, &format!("h{}", i + 1), &net.secret(), join));
     }
-    let pods: Vec<(Netns, String, ProbeServer)> = agents
-        .iter()
-        .map(|a| {
-            let c = Netns::new("c");
-            let ip = a.add(&format!("{}-c1", a.name), &c);
-            let s = ProbeServer::start(&c, 7777);
-            (c, ip, s)
-        })
-        .collect();
+    let pods: Vec<(Netns, String, ProbeServer)> = common::hosts::pod_per_host(&agents);
     let c = Cluster {
         hosts,
         agents,

@@ -344,3 +344,17 @@ pub fn run_in(ns: &Netns, args: &[&str]) -> (bool, String) {
         ),
     )
 }
+
+/// A container `NAME-c1` on each agent's host, with a probe server on
+/// port 7777: (its namespace, address, server).
+pub fn pod_per_host(agents: &[Agent]) -> Vec<(Netns, String, super::ProbeServer)> {
+    agents
+        .iter()
+        .map(|a| {
+            let c = Netns::new("c");
+            let ip = a.add(&format!("{}-c1", a.name), &c);
+            let s = super::ProbeServer::start(&c, 7777);
+            (c, ip, s)
+        })
+        .collect()
+}

@@ -464,3 +464,16 @@ pub fn eventually(what: &str, f: impl Fn() -> bool) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Parses `muslin probe ping` output: (sent, received).
+pub fn ping_counts(out: &str) -> (u64, u64) {
+    let words: Vec<&str> = out.split_whitespace().collect();
+    let n = |key: &str| -> u64 {
+        let i = words
+            .iter()
+            .position(|w| *w == key)
+            .unwrap_or_else(|| panic!("{out}"));
+        words[i + 1].parse().unwrap()
+    };
+    (n("sent"), n("received"))
+}
