@@ -463,7 +463,6 @@ fn link_kind(link: &LinkMessage) -> Option<InfoKind> {
     })
 }
 
-
 // ---- Pure: requests from diffs, state from replies ----
 
 /// One peer's part of a SET_DEVICE request before it is split.

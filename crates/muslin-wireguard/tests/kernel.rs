@@ -3,9 +3,7 @@
 //! first and return early, saying so, on kernels without it: they run for
 //! real wherever the module is present.
 
-use std::os::fd::AsFd;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use muslin_wireguard::{
@@ -13,73 +11,9 @@ use muslin_wireguard::{
     KernelDevice, KernelError, KeyPair, PeerSpec, PublicKey,
 };
 
-fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}{}k{}",
-        std::process::id() % 100_000,
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+mod common;
 
-fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Netns {
-        let ns = Netns(unique("mwk"));
-        run(&["ip", "netns", "add", &ns.0]);
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn ip(&self, args: &[&str]) -> String {
-        let mut v = vec!["ip", "-n", &self.0];
-        v.extend_from_slice(args);
-        run(&v)
-    }
-
-    fn has_link(&self, name: &str) -> bool {
-        Command::new("ip")
-            .args(["-n", &self.0, "link", "show", name])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    }
-
-    /// A runtime whose every thread joins this namespace as it starts, so
-    /// the netlink sockets the device opens are this namespace's. Work must
-    /// be spawned onto it, not run by `block_on` on the caller's thread.
-    fn runtime(&self) -> tokio::runtime::Runtime {
-        let path = format!("/run/netns/{}", self.0);
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .on_thread_start(move || {
-                let f = std::fs::File::open(&path).unwrap();
-                nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            })
-            .build()
-            .unwrap()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
+use common::{run, Netns};
 
 fn on<T: Send + 'static>(
     rt: &tokio::runtime::Runtime,
@@ -138,7 +72,7 @@ fn kernel_devices_ping_across_namespaces() {
     if !kernel_wireguard_or_skip("kernel_devices_ping_across_namespaces") {
         return;
     }
-    let (a, b) = (Netns::new(), Netns::new());
+    let (a, b) = (Netns::new("mwk"), Netns::new("mwk"));
     run(&[
         "ip", "link", "add", "va", "netns", &a.0, "type", "veth", "peer", "name", "vb", "netns",
         &b.0,
@@ -256,7 +190,7 @@ fn kernel_takes_large_peer_lists_in_pieces() {
     if !kernel_wireguard_or_skip("kernel_takes_large_peer_lists_in_pieces") {
         return;
     }
-    let ns = Netns::new();
+    let ns = Netns::new("mwk");
     let rt = ns.runtime();
     let k = KeyPair::generate().unwrap();
     let peers: Vec<PeerSpec> = (0..300u32)
@@ -293,7 +227,7 @@ fn kernel_takes_large_peer_lists_in_pieces() {
 
 #[test]
 fn kernel_device_refuses_a_link_of_another_kind() {
-    let ns = Netns::new();
+    let ns = Netns::new("mwk");
     ns.ip(&[
         "link", "add", "taken", "type", "veth", "peer", "name", "taken1",
     ]);
@@ -320,7 +254,7 @@ fn kernel_device_fails_cleanly_without_the_module() {
         );
         return;
     }
-    let ns = Netns::new();
+    let ns = Netns::new("mwk");
     let rt = ns.runtime();
     let k = KeyPair::generate().unwrap();
     let err = on(&rt, async move {
@@ -342,7 +276,7 @@ fn start_device_honours_the_preference() {
              checking the fallback and the refusal instead of the kernel device"
         );
     }
-    let ns = Netns::new();
+    let ns = Netns::new("mwk");
     let rt = ns.runtime();
     let k = KeyPair::generate().unwrap();
     let (auto, forced, user) = on(&rt, async move {

@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use muslin_wireguard::{
@@ -14,49 +13,9 @@ use muslin_wireguard::{
     PrivateKey, UserspaceDevice,
 };
 
-fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}{}x{}",
-        std::process::id() % 100_000,
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+mod common;
 
-fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn in_ns(ns: &str, args: &[&str]) -> String {
-    let mut v = vec!["ip", "netns", "exec", ns];
-    v.extend_from_slice(args);
-    run(&v)
-}
-
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Netns {
-        let n = unique("mwt");
-        run(&["ip", "netns", "add", &n]);
-        let ns = Netns(n);
-        in_ns(&ns.0, &["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
+use common::{in_ns, run, unique, Netns};
 
 /// Two namespaces, a veth between them: underlay 192.168.77.1/.2, tunnel
 /// addresses 10.77.0.1/.2 (namespaces are separate, so every pair may reuse
@@ -75,7 +34,7 @@ const TUN_B: &str = "10.77.0.2";
 
 impl Pair {
     fn new() -> Pair {
-        let (a, b) = (Netns::new(), Netns::new());
+        let (a, b) = (Netns::new("mwt"), Netns::new("mwt"));
         run(&[
             "ip", "link", "add", "va", "netns", &a.0, "type", "veth", "peer", "name", "vb",
             "netns", &b.0,
