@@ -4,7 +4,6 @@
 //! remove what they made even when an assertion fails.
 
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -68,23 +67,6 @@ impl Pair {
     }
 }
 
-/// A tokio runtime whose threads all live in `ns`: each joins it as it
-/// starts, since tokio may create threads later and from any thread. Work
-/// must be `spawn`ed onto it (a `block_on` future would run on the caller's
-/// thread and namespace).
-fn ns_runtime(ns: &str) -> tokio::runtime::Runtime {
-    let path = format!("/run/netns/{ns}");
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .on_thread_start(move || {
-            let f = std::fs::File::open(&path).unwrap();
-            nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        })
-        .build()
-        .unwrap()
-}
-
 fn on<T: Send + 'static>(
     rt: &tokio::runtime::Runtime,
     f: impl std::future::Future<Output = T> + Send + 'static,
@@ -102,7 +84,7 @@ struct Daemon {
 
 impl Daemon {
     fn start(ns: &Netns, ifname: &str) -> Daemon {
-        let rt = ns_runtime(&ns.0);
+        let rt = ns.runtime();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let name = ifname.to_string();
         let done = rt.spawn(async move {
@@ -159,6 +141,14 @@ fn key_file(dir: &tempfile::TempDir, k: &PrivateKey) -> String {
 }
 
 /// `wg set` on one side: our key, port, and the other side as the peer.
+/// Each end of `p` with its key and the other as its peer, by `wg`.
+fn wg_set_both(p: &Pair, dir: &tempfile::TempDir, ka: &KeyPair, kb: &KeyPair) {
+    let (ea, eb) = (format!("{UNDER_A}:51820"), format!("{UNDER_B}:51820"));
+    let (fa, fb) = (key_file(dir, &ka.private), key_file(dir, &kb.private));
+    wg_set(&p.a, &p.if_a, &fa, 51820, kb, TUN_B, &eb);
+    wg_set(&p.b, &p.if_b, &fb, 51820, ka, TUN_A, &ea);
+}
+
 fn wg_set(
     ns: &Netns,
     ifname: &str,
@@ -258,24 +248,7 @@ fn two_muslin_devices_configured_with_wg() {
     let (ka, kb) = (KeyPair::generate().unwrap(), KeyPair::generate().unwrap());
     let _da = Daemon::start(&p.a, &p.if_a);
     let _db = Daemon::start(&p.b, &p.if_b);
-    wg_set(
-        &p.a,
-        &p.if_a,
-        &key_file(&dir, &ka.private),
-        51820,
-        &kb,
-        TUN_B,
-        &format!("{UNDER_B}:51820"),
-    );
-    wg_set(
-        &p.b,
-        &p.if_b,
-        &key_file(&dir, &kb.private),
-        51820,
-        &ka,
-        TUN_A,
-        &format!("{UNDER_A}:51820"),
-    );
+    wg_set_both(&p, &dir, &ka, &kb);
     p.address_tunnels();
     if !ping(&p.a, TUN_B) {
         eprintln!("{}", in_ns(&p.a.0, &["wg", "show"]));
@@ -307,24 +280,7 @@ fn interop_with_wireguard_go() {
         || uapi_socket_path(&p.if_b).exists(),
         "wireguard-go's socket",
     );
-    wg_set(
-        &p.a,
-        &p.if_a,
-        &key_file(&dir, &ka.private),
-        51820,
-        &kb,
-        TUN_B,
-        &format!("{UNDER_B}:51820"),
-    );
-    wg_set(
-        &p.b,
-        &p.if_b,
-        &key_file(&dir, &kb.private),
-        51820,
-        &ka,
-        TUN_A,
-        &format!("{UNDER_A}:51820"),
-    );
+    wg_set_both(&p, &dir, &ka, &kb);
     p.address_tunnels();
     assert!(ping(&p.a, TUN_B), "ping from ours to wireguard-go");
     assert!(ping(&p.b, TUN_A), "ping from wireguard-go to ours");
@@ -364,7 +320,7 @@ fn set_peers_is_idempotent_and_key_rotation_recovers() {
         .try_init();
     let p = Pair::new();
     let (ka, kb) = (KeyPair::generate().unwrap(), KeyPair::generate().unwrap());
-    let (rta, rtb) = (ns_runtime(&p.a.0), ns_runtime(&p.b.0));
+    let (rta, rtb) = (p.a.runtime(), p.b.runtime());
     let da = std::sync::Arc::new(start_api(&rta, &p.if_a, &ka.private, 51820));
     let db = std::sync::Arc::new(start_api(&rtb, &p.if_b, &kb.private, 51820));
     p.address_tunnels();
@@ -434,7 +390,7 @@ fn set_peers_is_idempotent_and_key_rotation_recovers() {
 fn persistent_interface_survives_the_process_and_is_reattached() {
     let p = Pair::new();
     let (ka, kb) = (KeyPair::generate().unwrap(), KeyPair::generate().unwrap());
-    let (rta, rtb) = (ns_runtime(&p.a.0), ns_runtime(&p.b.0));
+    let (rta, rtb) = (p.a.runtime(), p.b.runtime());
     let mut ca = DeviceConfig::new(&p.if_a, ka.private.clone());
     ca.listen_port = 51820;
     ca.uapi = None;
@@ -470,7 +426,7 @@ fn persistent_interface_survives_the_process_and_is_reattached() {
     assert!(routes.contains("10.99.0.0/16"), "route kept: {routes}");
 
     // A new process reattaches, with offloads, and traffic resumes.
-    let rta = ns_runtime(&p.a.0);
+    let rta = p.a.runtime();
     let da = on(
         &rta,
         async move { UserspaceDevice::start(ca).await.unwrap() },

@@ -65,7 +65,7 @@ impl Netns {
     pub fn runtime(&self) -> tokio::runtime::Runtime {
         let path = format!("/run/netns/{}", self.0);
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+            .worker_threads(2)
             .enable_all()
             .on_thread_start(move || {
                 let f = std::fs::File::open(&path).unwrap();
