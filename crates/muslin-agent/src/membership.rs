@@ -1223,6 +1223,8 @@ impl Cluster {
                 path_mtu: path_mtu.get(name).copied(),
                 reached: self.record.reach.get(name).cloned().unwrap_or_default(),
                 endpoints: p.endpoints.len() as u64,
+                mtu: p.record.as_ref().map(|r| r.mtu).unwrap_or(0),
+                clock_skew_ms: None,
             })
             .collect();
         let traffic = self.store.traffic();
@@ -1264,6 +1266,9 @@ impl Cluster {
             // counters: not built every round.
             policies: Vec::new(),
             wireguard: None,
+            pod_cidrs: std::iter::once(self.pod_cidr)
+                .chain(self.known_networks.values().flat_map(|n| n.subnets.clone()))
+                .collect(),
         };
         for w in s.warnings.iter().filter(|w| !was_warned.contains(w)) {
             tracing::warn!("{w}");

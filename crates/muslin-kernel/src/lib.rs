@@ -2,7 +2,9 @@
 //! which observes namespaces and carries out the changes `muslin-plan`
 //! computes, and the probe tool's sockets. It decides nothing on its own.
 
+pub mod ethtool;
 pub mod executor;
+pub mod host_facts;
 pub mod probe;
 mod route_lookup;
 

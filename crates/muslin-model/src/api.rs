@@ -432,6 +432,10 @@ pub struct ClusterStatus {
     /// The WireGuard device when the node encrypts pod traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wireguard: Option<WireguardStatus>,
+    /// The cluster's pod network (`pod-cidr`) and the subnets of the
+    /// networks in force: what must not overlap the host's own routes.
+    #[serde(default)]
+    pub pod_cidrs: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -488,6 +492,13 @@ pub struct PeerStatus {
     /// How many endpoints the peer publishes.
     #[serde(default)]
     pub endpoints: u64,
+    /// MTU of the peer's underlay interface, as it publishes it.
+    #[serde(default)]
+    pub mtu: u32,
+    /// How far the peer's clock is ahead of ours (negative: behind), in
+    /// ms, as its latest probe's send time told; none before it probed us.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

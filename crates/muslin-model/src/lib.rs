@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod cni;
 pub mod dataplane;
 pub mod dns;
+pub mod doctor;
 pub mod encryption;
 pub mod health;
 pub mod host_firewall;

@@ -42,6 +42,8 @@ pub enum Command {
     /// Connectivity probe: an echo server, a checker for tcp, udp, icmp and ip253, a DNS query
     #[command(subcommand)]
     Probe(ProbeCommand),
+    /// Check this host for the known pitfalls: one line per check, exit 1 on a problem
+    Doctor(StatusArgs),
     /// Give this node a new WireGuard key pair and publish it (encryption = wireguard)
     RotateKey(StatusArgs),
     /// A userspace WireGuard device configured only by `wg` (benchmarks, interop tests)

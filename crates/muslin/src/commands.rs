@@ -48,6 +48,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Lab(l) => crate::lab::run(l),
         Command::Bench(b) => bench(b),
         Command::Probe(p) => probe_cmd(p),
+        Command::Doctor(a) => crate::doctor_cmd::doctor(a),
         Command::RotateKey(a) => rotate_key(a),
         Command::WireguardDevice(a) => crate::wireguard_device_cmd::run(a),
     }

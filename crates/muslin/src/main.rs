@@ -5,6 +5,7 @@
 mod cli;
 mod commands;
 mod dns_cmd;
+mod doctor_cmd;
 mod lab;
 mod network_cmd;
 mod policy_cmd;

@@ -77,7 +77,7 @@ pub(super) async fn apply_one(a: Action) -> Result<(), crate::KernelError> {
 /// FORWARD chain of every iptables variant in use. The legacy tables are
 /// read only when they already exist: running iptables-legacy would
 /// otherwise load the legacy kernel module and create them.
-fn observe_now() -> Result<Observed, FirewallError> {
+pub fn observe_now() -> Result<Observed, FirewallError> {
     let nft = nft_ruleset()?;
     let mut iptables = Vec::new();
     for family in model::iptables_nft_families(&nft).map_err(parse_error)? {

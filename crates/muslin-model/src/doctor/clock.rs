@@ -1,0 +1,9 @@
+//! Clock skew between nodes (to be written).
+
+use super::{AgentView, Finding, HostFacts};
+
+pub const CHECK: &str = "clock-skew";
+
+pub fn check(_host: &HostFacts, _agent: AgentView<'_>) -> Vec<Finding> {
+    vec![Finding::ok(CHECK, "not checked yet")]
+}

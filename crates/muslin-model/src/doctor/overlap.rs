@@ -1,0 +1,9 @@
+//! Pod CIDR overlapping host routes or addresses (to be written).
+
+use super::{AgentView, Finding, HostFacts};
+
+pub const CHECK: &str = "pod-cidr-overlap";
+
+pub fn check(_host: &HostFacts, _agent: AgentView<'_>) -> Vec<Finding> {
+    vec![Finding::ok(CHECK, "not checked yet")]
+}
