@@ -20,6 +20,14 @@ pub fn check(_host: &HostFacts, agent: AgentView<'_>) -> Vec<Finding> {
                     s.node_name, s.version
                 ),
             ),
+            Some(c) if c.underlay_if.is_empty() => Finding::warning(
+                CHECK,
+                format!(
+                    "agent {} (muslin {}) answers, but is still starting: it has not chosen its underlay address yet",
+                    s.node_name, s.version
+                ),
+                "wait a few seconds; if it stays so, read the agent's log for the address it cannot verify",
+            ),
             Some(c) if !c.synced => Finding::warning(
                 CHECK,
                 format!(

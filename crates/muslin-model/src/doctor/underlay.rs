@@ -15,6 +15,12 @@ pub fn check(host: &HostFacts, agent: AgentView<'_>) -> Vec<Finding> {
             Finding::ok(DUPLICATE, "no cluster view (agent down or running alone)"),
         ];
     };
+    if c.underlay_if.is_empty() {
+        return vec![
+            Finding::ok(CHECK, "the agent has not chosen its address yet"),
+            Finding::ok(DUPLICATE, "the agent has not chosen its address yet"),
+        ];
+    }
     let chosen = c
         .underlay_address
         .map(|a| a.to_string())

@@ -358,3 +358,47 @@ pub fn pod_per_host(agents: &[Agent]) -> Vec<(Netns, String, super::ProbeServer)
         })
         .collect()
 }
+
+/// `muslin doctor --json` run in host namespace `ns` against the agent at
+/// `socket`: its exit code and report.
+pub fn doctor(ns: &str, socket: &Path) -> (i32, Value) {
+    let o = Command::new("ip")
+        .args(["netns", "exec", ns, BIN, "doctor", "--json", "--socket"])
+        .arg(socket)
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor printed no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    (o.status.code().unwrap_or(-1), v)
+}
+
+/// The findings of `report` for `check`.
+pub fn findings<'a>(report: &'a Value, check: &str) -> Vec<&'a Value> {
+    report["findings"]
+        .as_array()
+        .map(|f| f.iter().filter(|x| x["check"] == check).collect())
+        .unwrap_or_default()
+}
+
+/// The worst level among `report`'s findings for `check`.
+pub fn level(report: &Value, check: &str) -> String {
+    let rank = |l: &str| ["ok", "warning", "problem"].iter().position(|x| *x == l);
+    findings(report, check)
+        .iter()
+        .filter_map(|f| f["level"].as_str())
+        .max_by_key(|l| rank(l))
+        .unwrap_or("missing")
+        .to_string()
+}
+
+impl Agent {
+    /// `muslin doctor` on this agent's host.
+    pub fn doctor(&self) -> (i32, Value) {
+        doctor(&self.ns_name, &self.socket)
+    }
+}
