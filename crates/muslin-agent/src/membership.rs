@@ -1183,6 +1183,7 @@ impl Cluster {
         if !self.encrypt {
             warnings.extend(muslin_model::encryption::join_refusal(&self.me, view));
         }
+        let clocks = muslin_store::probe_wire::clocks::offsets();
         let nodes = view
             .nodes
             .iter()
@@ -1224,7 +1225,7 @@ impl Cluster {
                 reached: self.record.reach.get(name).cloned().unwrap_or_default(),
                 endpoints: p.endpoints.len() as u64,
                 mtu: p.record.as_ref().map(|r| r.mtu).unwrap_or(0),
-                clock_skew_ms: None,
+                clock_skew_ms: clocks.get(name).copied(),
             })
             .collect();
         let traffic = self.store.traffic();

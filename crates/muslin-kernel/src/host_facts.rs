@@ -227,28 +227,60 @@ fn is_kernel_wide(key: &str) -> bool {
     key.starts_with("net.ipv4.neigh.default.gc_thresh") || key == "net.netfilter.nf_conntrack_max"
 }
 
-/// Reads `keys` from the initial network namespace (PID 1's), on a thread
-/// of its own that enters it, so this process stays where it is.
+/// Reads `keys` from the initial network namespace, on a thread of its
+/// own that enters it, so this process stays where it is. That namespace
+/// is PID 1's; where PID 1 is out of reach (a container), it is the first
+/// namespace of a running process in which the keys are visible.
 fn read_in_initial_namespace(keys: &[&str]) -> BTreeMap<String, String> {
     if keys.is_empty() {
         return BTreeMap::new();
     }
     let keys: Vec<String> = keys.iter().map(|s| s.to_string()).collect();
     std::thread::spawn(move || {
-        let Ok(f) = std::fs::File::open("/proc/1/ns/net") else {
-            return BTreeMap::new();
-        };
-        if nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
-            return BTreeMap::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for ns in namespaces_of_processes() {
+            let Ok(f) = std::fs::File::open(&ns) else {
+                continue;
+            };
+            let inode = std::os::unix::fs::MetadataExt::ino(&f.metadata().ok()?);
+            if !seen.insert(inode) {
+                continue;
+            }
+            if nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
+                continue;
+            }
+            // /proc/sys/net shows the namespace of the task that opens it:
+            // this thread's, now that one.
+            let read: BTreeMap<String, String> = keys
+                .iter()
+                .filter_map(|k| Some((k.clone(), read_sysctl(k)?)))
+                .collect();
+            if !read.is_empty() {
+                return Some(read);
+            }
         }
-        // /proc/sys/net shows the namespace of the task that opens it:
-        // this thread's, now the initial one.
-        keys.into_iter()
-            .filter_map(|k| Some((k.clone(), read_sysctl(&k)?)))
-            .collect()
+        None
     })
     .join()
+    .ok()
+    .flatten()
     .unwrap_or_default()
+}
+
+/// `/proc/PID/ns/net` of PID 1 first, then of every other process.
+fn namespaces_of_processes() -> impl Iterator<Item = std::path::PathBuf> {
+    let others = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .map(|e| e.path().join("ns/net"));
+    std::iter::once(std::path::PathBuf::from("/proc/1/ns/net")).chain(others)
 }
 
 /// Loaded, built in, or installed to be loaded on first use. Never loads

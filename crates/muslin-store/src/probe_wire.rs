@@ -18,6 +18,8 @@ use chacha20poly1305::aead::{Aead, AeadCore, OsRng, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use sha2::{Digest, Sha256};
 
+pub mod clocks;
+
 pub(crate) const PROBE_REQ: u8 = 4;
 pub(crate) const PROBE_ACK: u8 = 5;
 const NONCE: usize = 12;
@@ -97,7 +99,11 @@ impl ProbeWire {
         let plain = self.open(PROBE_REQ, frame)?;
         let id = u64::from_be_bytes(plain.get(..8)?.try_into().ok()?);
         let at = u64::from_be_bytes(plain.get(12..20)?.try_into().ok()?);
-        if now_ms().abs_diff(at) > FRESH_MS || !self.within_rate(from) {
+        let now = now_ms();
+        if let Some(sender) = sender_name(&plain) {
+            clocks::record(sender, at as i64 - now as i64);
+        }
+        if now.abs_diff(at) > FRESH_MS || !self.within_rate(from) {
             return None;
         }
         let mut b = id.to_be_bytes().to_vec();
@@ -174,6 +180,12 @@ impl ProbeWire {
     }
 }
 
+/// The sender's node name in a request's body (after id, size and time).
+fn sender_name(plain: &[u8]) -> Option<&str> {
+    let len = usize::from(*plain.get(20)?);
+    std::str::from_utf8(plain.get(21..21 + len)?).ok()
+}
+
 /// Whether a datagram is a probe request, for a socket that also carries
 /// other traffic.
 pub fn is_request(frame: &[u8]) -> bool {
@@ -222,6 +234,16 @@ mod tests {
         // An answer is no request, and a request no answer.
         assert!(a.answer(&ans, src()).is_none());
         assert!(a.ack(&req).is_none());
+    }
+
+    #[test]
+    fn a_request_from_a_clock_far_off_is_refused_but_its_skew_is_told() {
+        let a = ProbeWire::new(Some(SECRET), "skewed-sender");
+        let b = ProbeWire::new(Some(SECRET), "b");
+        let req = a.request_at(1, 100, now_ms() - 90_000);
+        assert!(b.answer(&req, src()).is_none(), "stale");
+        let skew = clocks::offsets()["skewed-sender"];
+        assert!((-91_000..=-89_000).contains(&skew), "{skew}");
     }
 
     #[test]

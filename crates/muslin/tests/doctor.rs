@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::hosts::{level, until, Agent, Net};
+use common::hosts::{findings, level, until, Agent, Net};
 use common::Netns;
 
 #[test]
@@ -31,4 +31,132 @@ fn a_stopped_agent_is_a_problem_and_a_running_one_is_ok() {
     let (code, r) = a.doctor();
     assert_eq!(level(&r, "agent"), "problem", "{r:#}");
     assert_eq!(code, 1, "{r:#}");
+}
+
+/// Opens `flows` distinct UDP flows from inside `ns` towards `to` (a
+/// conntrack entry each: nothing answers, so they stay for the UDP timeout).
+/// `to` needs a resolved neighbour: datagrams waiting for ARP would hold
+/// the socket's buffer and block the sender.
+fn open_flows(ns: &Netns, to: std::net::Ipv4Addr, flows: u32) {
+    let path = ns.path();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(path).unwrap();
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let mut sent = 0u32;
+        while sent < flows {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            for port in 1..=u16::MAX {
+                if sent == flows {
+                    break;
+                }
+                // A full neighbour queue refuses some sends; the entry
+                // exists once the packet passed the firewall hooks.
+                let _ = s.send_to(b"x", (to, port));
+                sent += 1;
+            }
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn a_full_conntrack_table_is_a_problem() {
+    let net = Net::new();
+    let h = [Netns::new("dct")];
+    net.as_readme_hosts(&h);
+    let a = Agent::start(&h[0], "h1", &net.secret(), &[]);
+    until("the agent chose its address", 30, || {
+        a.status()["cluster"]["underlay_if"] != ""
+    });
+    let (_, r) = a.doctor();
+    assert_eq!(level(&r, "conntrack"), "ok", "{r:#}");
+    let max: u32 = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The limit is the kernel's; the count is this namespace's own, so
+    // filling it leaves every other namespace alone.
+    h[0].ip(&[
+        "neigh",
+        "add",
+        "192.168.56.200",
+        "lladdr",
+        "02:00:00:00:00:c8",
+        "dev",
+        "eth1",
+        "nud",
+        "permanent",
+    ]);
+    open_flows(&h[0], "192.168.56.200".parse().unwrap(), max / 100 * 93);
+    let (code, r) = a.doctor();
+    assert_eq!(level(&r, "conntrack"), "problem", "{r:#}");
+    let saw = findings(&r, "conntrack")[0]["saw"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(saw.contains(&format!("of nf_conntrack_max {max}")), "{saw}");
+    assert_eq!(code, 1);
+}
+
+#[test]
+fn the_neighbour_table_limits_are_read_from_the_kernel() {
+    let net = Net::new();
+    let h = [Netns::new("dnb")];
+    net.as_readme_hosts(&h);
+    let a = Agent::start(&h[0], "h1", &net.secret(), &[]);
+    let (_, r) = a.doctor();
+    assert_eq!(level(&r, "neighbour-table"), "ok", "{r:#}");
+    let saw = findings(&r, "neighbour-table")[0]["saw"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let t3 = std::fs::read_to_string("/proc/sys/net/ipv4/neigh/default/gc_thresh3").unwrap();
+    assert!(
+        saw.contains(&format!("gc_thresh3 {}", t3.trim())),
+        "read from the initial namespace: {saw}"
+    );
+}
+
+#[test]
+fn a_node_whose_clock_is_off_is_named() {
+    let net = Net::new();
+    let h = [Netns::new("dck"), Netns::new("dck"), Netns::new("dck")];
+    net.as_readme_hosts(&h);
+    let join = ["--join", "192.168.56.11"];
+    let a1 = Agent::start(&h[0], "h1", &net.secret(), &[]);
+    let _a2 = Agent::start(&h[1], "h2", &net.secret(), &join);
+    let skew = |a: &Agent, peer: &str| a.peer(peer)["clock_skew_ms"].as_i64();
+    until("h1 reads h2's clock", 60, || skew(&a1, "h2").is_some());
+    let (_, r) = a1.doctor();
+    assert_eq!(level(&r, "clock-skew"), "ok", "{r:#}");
+    // libfaketime moves the wall clock of h3's agent only; within the 30 s
+    // that probes and sealed gossip allow, so h3 still joins.
+    let mut a3 = Agent::start_wrapped(
+        &h[2],
+        "h3",
+        &net.secret(),
+        &join,
+        &[
+            "env",
+            "FAKETIME_DONT_FAKE_MONOTONIC=1",
+            "faketime",
+            "-f",
+            "+12s",
+        ],
+    );
+    a3.wait_ready(std::time::Duration::from_secs(60));
+    until("h1 reads h3's clock", 60, || skew(&a1, "h3").is_some());
+    let s = skew(&a1, "h3").unwrap();
+    assert!((11_000..13_500).contains(&s), "h3 is 12 s ahead: {s}");
+    let (code, r) = a1.doctor();
+    assert_eq!(level(&r, "clock-skew"), "problem", "{r:#}");
+    let saw = findings(&r, "clock-skew")[0]["saw"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(saw.starts_with("h3 is 1"), "{saw}");
+    assert!(!saw.contains("h2"), "h2's clock is right: {saw}");
+    assert_eq!(code, 1);
 }

@@ -144,6 +144,8 @@ pub struct Agent {
     pub name: String,
     pub ns_name: String,
     args: Vec<String>,
+    /// A command the agent runs under, such as `faketime -f +12s`.
+    wrapper: Vec<String>,
 }
 
 impl Agent {
@@ -158,6 +160,18 @@ impl Agent {
 
     /// Like `start`, without waiting until it serves.
     pub fn start_detached(ns: &Netns, name: &str, secret: &Path, args: &[&str]) -> Agent {
+        Agent::start_wrapped(ns, name, secret, args, &[])
+    }
+
+    /// Like `start_detached`, the agent running under `wrapper` (a command
+    /// and its arguments, such as `faketime -f +12s`).
+    pub fn start_wrapped(
+        ns: &Netns,
+        name: &str,
+        secret: &Path,
+        args: &[&str],
+        wrapper: &[&str],
+    ) -> Agent {
         let dir = TempDir::new("agent");
         let mut a = Agent {
             child: None,
@@ -173,6 +187,7 @@ impl Agent {
             .iter()
             .map(|s| s.to_string())
             .collect(),
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
         };
         a.spawn();
         a
@@ -186,7 +201,9 @@ impl Agent {
             .open(self.dir.0.join("agent.log"))
             .unwrap();
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns_name, BIN, "agent"])
+            .args(["netns", "exec", &self.ns_name])
+            .args(&self.wrapper)
+            .args([BIN, "agent"])
             .args(["--socket", self.socket.to_str().unwrap()])
             .args(["--state-dir", self.dir.0.join("state").to_str().unwrap()])
             .args(["--node-name", &self.name])
