@@ -88,6 +88,17 @@ struct DnsOutcome {
     outcome: &'static str,
 }
 
+/// The values of `muslin_peers`' labels.
+const PATHS: [&str; 6] = [
+    "routed",
+    "vxlan",
+    "wireguard",
+    "relay",
+    "unreachable",
+    "unknown",
+];
+const HEALTHS: [&str; 4] = ["ok", "failing", "unprobed", "down"];
+
 /// The kind of a peer's path, without the free text (`via RELAY`,
 /// `unreachable: why`) that would make a series per cause.
 pub fn path_kind(path: &str) -> &'static str {
@@ -299,7 +310,12 @@ fn build(r: &mut Registry, s: &Snapshot) {
 
 fn cluster(r: &mut Registry, c: &muslin_model::api::ClusterStatus, p: Process) {
     let peers: Vec<&PeerStatus> = c.nodes.iter().filter(|n| n.path != "self").collect();
-    let mut by_path: BTreeMap<(&'static str, &'static str), u64> = BTreeMap::new();
+    // Every combination, zeros included: a sum over `health="ok"` must
+    // fall to 0 rather than vanish when the last such peer leaves it.
+    let mut by_path: BTreeMap<(&'static str, &'static str), u64> = PATHS
+        .iter()
+        .flat_map(|p| HEALTHS.iter().map(move |h| ((*p, *h), 0)))
+        .collect();
     for n in &peers {
         *by_path.entry((path_kind(&n.path), health(n))).or_default() += 1;
     }
@@ -641,6 +657,7 @@ mod tests {
             (r#"muslin_peers{path="routed",health="ok"}"#, 2.0),
             (r#"muslin_peers{path="relay",health="failing"}"#, 1.0),
             (r#"muslin_peers{path="unreachable",health="down"}"#, 1.0),
+            (r#"muslin_peers{path="vxlan",health="ok"}"#, 0.0),
             (r#"muslin_peer_up{peer="h5"}"#, 0.0),
             (r#"muslin_peer_data_path_up{peer="h4"}"#, 0.0),
             (r#"muslin_peer_data_path_up{peer="h2"}"#, 1.0),
