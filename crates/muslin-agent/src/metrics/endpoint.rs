@@ -20,6 +20,8 @@ const MAX_REQUEST: usize = 8 * 1024;
 const CLIENT_TIME: Duration = Duration::from_secs(10);
 /// Scrapes served at once; each reads the host's firewall counters.
 const AT_ONCE: usize = 4;
+/// Connections held at once, served or waiting; more are closed at once.
+const MAX_CONNECTIONS: usize = 64;
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -40,14 +42,18 @@ pub async fn serve(
             _ = stopping(&mut stop) => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = listener.accept() => match accepted {
+                Ok((stream, _)) if conns.len() >= MAX_CONNECTIONS => drop(stream),
                 Ok((stream, _)) => {
                     let (node, slots) = (node.clone(), slots.clone());
                     conns.spawn(async move {
-                        let Ok(_slot) = slots.acquire().await else { return };
-                        if let Err(e) = tokio::time::timeout(CLIENT_TIME, answer(stream, &node)).await
-                            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
-                        {
-                            tracing::debug!(cause = %e, "metrics client left early");
+                        // The wait for a slot counts against the client's
+                        // time too: nothing waits forever.
+                        let served =
+                            tokio::time::timeout(CLIENT_TIME, answer(stream, &node, &slots)).await;
+                        match served {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => tracing::debug!(cause = %e, "metrics client left early"),
+                            Err(_) => tracing::debug!("metrics client timed out"),
                         }
                     });
                 }
@@ -67,13 +73,22 @@ async fn stopping(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await.map(|_| ());
 }
 
-async fn answer(mut stream: TcpStream, node: &Node) -> std::io::Result<()> {
+/// Reads one request and answers it; a scrape waits for one of `slots`
+/// (a slow client's request is read without holding one).
+async fn answer(
+    mut stream: TcpStream,
+    node: &Node,
+    slots: &tokio::sync::Semaphore,
+) -> std::io::Result<()> {
     let head = match read_head(&mut stream).await? {
         Some(h) => h,
         None => return reply(&mut stream, 431, "text/plain", b"request too large\n", true).await,
     };
     let (status, body): (u16, Vec<u8>) = match route(&head) {
-        Route::Metrics => (200, super::scrape(node).await.into_bytes()),
+        Route::Metrics => {
+            let _slot = slots.acquire().await;
+            (200, super::scrape(node).await.into_bytes())
+        }
         Route::NotFound => (404, b"not found: the metrics are at /metrics\n".to_vec()),
         Route::NotAllowed => (405, b"only GET and HEAD\n".to_vec()),
         Route::Bad => (400, b"bad request\n".to_vec()),
