@@ -8,6 +8,7 @@ mod host_firewall;
 mod key_locks;
 mod leases;
 mod membership;
+mod metrics;
 mod networks;
 mod node;
 mod prober;
@@ -113,6 +114,17 @@ pub async fn run_with(
                     .map_err(|_| AgentError::AlreadyRunning)?,
             )
         }
+    };
+    // Bound before anything is changed: an address that cannot be served
+    // stops the agent at once, by the setting's name.
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(metrics::bind(addr).await.map_err(|e| {
+            AgentError::Config(muslin_model::agent_config::ConfigError {
+                field: "metrics-addr".into(),
+                msg: format!("cannot listen on {addr}: {e}"),
+            })
+        })?),
+        None => None,
     };
     let store = StateStore::open(&config.state_dir)?;
     let table = store.load()?;
@@ -223,11 +235,18 @@ pub async fn run_with(
     }
     tracing::info!(socket = ?socket, blocks = ?node.config.blocks, "agent ready");
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let metrics_server = metrics_listener.map(|l| {
+        tracing::info!(address = ?node.config.metrics_addr, "serving metrics at /metrics");
+        tokio::spawn(metrics::serve(l, node.clone(), stopped.clone()))
+    });
     let server = tokio::spawn(server::serve(listener, node.clone(), stopped, DRAIN));
     shutdown.await;
     tracing::info!("shutting down: no new requests; letting those in flight finish; kernel state is left in place");
     let _ = stop.send(true);
     let _ = server.await;
+    if let Some(m) = metrics_server {
+        let _ = m.await;
+    }
     background.shutdown().await;
     // The WireGuard interface stays (routes through it with it, for the
     // next run); its control socket would answer no one.

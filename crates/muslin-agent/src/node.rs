@@ -49,6 +49,8 @@ pub struct Node {
     /// New attachments between their record and their interface: not
     /// published until the ADD succeeds.
     attaching: std::sync::Mutex<HashSet<AttachmentKey>>,
+    /// The CNI requests' latencies and outcomes, for the metrics.
+    pub metrics: crate::metrics::Live,
 }
 
 /// The table and a counter bumped on every change, so that one durable
@@ -112,6 +114,7 @@ impl Node {
             locks: KeyLocks::new(),
             endpoints: watch::Sender::new(Vec::new()),
             attaching: std::sync::Mutex::new(HashSet::new()),
+            metrics: crate::metrics::Live::default(),
         }
     }
 

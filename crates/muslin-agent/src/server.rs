@@ -13,6 +13,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::membership::policies::PolicyAsk;
+use crate::metrics::Op;
 use crate::networks::Ask;
 use crate::node::Node;
 use muslin_model::policy::Format;
@@ -165,29 +166,45 @@ async fn policy_ask<T>(
     node.networks()?.ask(|tx| Ask::Policy(make(tx))).await
 }
 
+/// The node's status as `muslin status` and the metrics show it.
+pub(crate) async fn status(node: &Node) -> muslin_model::api::NodeStatus {
+    let mut s = node.status().await;
+    // The policies' drop counters as they are now (an idle agent reads its
+    // table only when asked).
+    if let (Some(c), Ok(fresh)) = (s.cluster.as_mut(), policy_ask(node, PolicyAsk::List).await) {
+        c.policies = fresh;
+    }
+    if let (Some(c), Ok(n)) = (s.cluster.as_mut(), node.networks()) {
+        c.wireguard = n.ask(Ask::WireguardStatus).await.ok().flatten();
+    }
+    s
+}
+
+/// Runs one CNI request, recording its outcome and latency.
+async fn cni<T>(
+    node: &Node,
+    op: Op,
+    run: impl std::future::Future<Output = Result<T, CniError>>,
+) -> Result<T, CniError> {
+    let start = std::time::Instant::now();
+    let res = run.await;
+    node.metrics.cni(op, res.is_ok(), start.elapsed());
+    res
+}
+
 async fn dispatch(node: &Node, req: Request) -> Response {
     let res = match req {
-        Request::Add(r) => node.add(r).await.map(Response::Added),
-        Request::Del(r) => node.del(r).await.map(|_| Response::Done),
-        Request::Check(r) => node.check(r).await.map(|_| Response::Done),
-        Request::Gc(r) => node
-            .gc(r)
+        Request::Add(r) => cni(node, Op::Add, node.add(r)).await.map(Response::Added),
+        Request::Del(r) => cni(node, Op::Del, node.del(r))
+            .await
+            .map(|_| Response::Done),
+        Request::Check(r) => cni(node, Op::Check, node.check(r))
+            .await
+            .map(|_| Response::Done),
+        Request::Gc(r) => cni(node, Op::Gc, node.gc(r))
             .await
             .map(|released| Response::Collected { released }),
-        Request::Status => {
-            let mut s = node.status().await;
-            // The policies' drop counters as they are now (an idle agent
-            // reads its table only when asked).
-            if let (Some(c), Ok(fresh)) =
-                (s.cluster.as_mut(), policy_ask(node, PolicyAsk::List).await)
-            {
-                c.policies = fresh;
-            }
-            if let (Some(c), Ok(n)) = (s.cluster.as_mut(), node.networks()) {
-                c.wireguard = n.ask(Ask::WireguardStatus).await.ok().flatten();
-            }
-            Ok(Response::Status(s))
-        }
+        Request::Status => Ok(Response::Status(status(node).await)),
         Request::NetworkCreate(c) => match node.networks() {
             Ok(n) => n.ask(|tx| Ask::Create(c, tx)).await.and_then(|r| r),
             Err(e) => Err(e),

@@ -117,6 +117,10 @@ crate::settings! {
     /// Milliseconds an upstream resolver has to answer before the next one
     /// is asked
     dns_upstream_timeout_ms: u64 = 1500;
+    /// Address of the Prometheus metrics endpoint, ADDR:PORT (off when
+    /// unset)
+    #[arg(value_name = "ADDR:PORT")]
+    metrics_addr: Option<SocketAddr>;
 }
 
 /// An upstream resolver as configured: `ADDR` (port 53) or `ADDR:PORT`
@@ -560,6 +564,10 @@ impl AgentConfig {
         if self.reconcile_interval == 0 {
             return Err(err("reconcile-interval", "must be at least 1 second"));
         }
+        if self.metrics_addr.is_some_and(|a| a.port() == 0) {
+            // A port the kernel picks is one no scraper knows.
+            return Err(err("metrics-addr", "the port must not be 0"));
+        }
         Ok(())
     }
 }
@@ -693,6 +701,10 @@ blocks = ["10.244.1.0/24"]
                 "node-name",
             ),
             (Box::new(|c| c.reconcile_interval = 0), "reconcile-interval"),
+            (
+                Box::new(|c| c.metrics_addr = Some("127.0.0.1:0".parse().unwrap())),
+                "metrics-addr",
+            ),
         ];
         for (mutate, field) in cases {
             let mut c = base.clone();
@@ -784,6 +796,7 @@ blocks = ["10.244.1.0/24"]
             dns_upstreams: vec!["192.0.2.53".into(), "192.0.2.54:5353".into()],
             dns_resolv_conf: "/run/resolv.conf".into(),
             dns_upstream_timeout_ms: 700,
+            metrics_addr: Some("127.0.0.1:9331".parse().unwrap()),
         }
     }
 
@@ -884,6 +897,7 @@ etcd-prefix = "/file/"
             ("--datastore", "consul"),
             ("--pod-cidr", "10.0.0.0"),
             ("--block", "10.0.0.0/99"),
+            ("--metrics-addr", "nonsense"),
         ] {
             let e = flags(&[flag, value]).unwrap_err().to_string();
             assert!(e.contains(flag), "{flag} {value}: {e}");

@@ -78,6 +78,19 @@ fn err(setting: &str, msg: impl std::fmt::Display) -> StoreError {
     StoreError::Etcd(format!("{setting}: {msg}"))
 }
 
+/// Requests to etcd that failed (unreachable, timed out, refused), since
+/// the process started: the metrics show them, as an outage that the
+/// data plane rides out is otherwise seen only in the log.
+static ERRORS: AtomicU64 = AtomicU64::new(0);
+
+pub fn errors() -> u64 {
+    ERRORS.load(Ordering::Relaxed)
+}
+
+fn failed_request() {
+    ERRORS.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Logs an outage once per interval, not once per attempt.
 struct Outage {
     since: Option<Instant>,
@@ -92,6 +105,7 @@ impl Outage {
         }
     }
     fn failed(&mut self, what: &str, e: &dyn std::fmt::Display) {
+        failed_request();
         let now = Instant::now();
         let since = *self.since.get_or_insert(now);
         if self
@@ -210,13 +224,16 @@ impl Etcd {
         match tokio::time::timeout(Duration::from_millis(500), s.resync()).await {
             Ok(Ok(_)) => {
                 if let Err(e) = s.grant_leases().await {
+                    failed_request();
                     tracing::warn!(cause = %e, "etcd lease grant failed; retrying in the background");
                 }
             }
             Ok(Err(e)) => {
+                failed_request();
                 tracing::warn!(endpoints = %s.cfg.endpoints.join(","), cause = %e, "etcd unreachable at start; serving from what this node holds and retrying in the background")
             }
             Err(_) => {
+                failed_request();
                 tracing::warn!(endpoints = %s.cfg.endpoints.join(","), "etcd does not answer at start; serving from what this node holds and retrying in the background")
             }
         }
@@ -290,6 +307,7 @@ impl Etcd {
         {
             Ok(_) => false,
             Err(e) => {
+                failed_request();
                 tracing::debug!(cause = %e, "etcd put failed; will retry");
                 true
             }
@@ -312,6 +330,9 @@ impl Etcd {
         let mut c = self.client.clone();
         self.requests.fetch_add(1, Ordering::Relaxed);
         let failed = c.delete(key.clone(), None).await.is_err();
+        if failed {
+            failed_request();
+        }
         self.mark(key, failed);
     }
 
@@ -639,6 +660,7 @@ impl ClusterStore for Etcd {
                 reassert_claim(&mut c, &keys, &value, lease).await
             }
             Err(e) => {
+                failed_request();
                 tracing::debug!(cause = %e, block = %block, "claim failed; will retry");
                 false
             }
@@ -763,7 +785,10 @@ impl ClusterStore for Etcd {
                 rec.name
             )),
             Ok(_) => Err(format!("network {} exists already", rec.name)),
-            Err(e) => Err(format!("etcd: {e}")),
+            Err(e) => {
+                failed_request();
+                Err(format!("etcd: {e}"))
+            }
         }
     }
 
@@ -800,9 +825,10 @@ impl ClusterStore for Etcd {
             .collect();
         let mut c = self.client.clone();
         self.requests.fetch_add(1, Ordering::Relaxed);
-        c.txn(Txn::new().and_then(ops))
-            .await
-            .map_err(|e| format!("etcd: {e}"))?;
+        c.txn(Txn::new().and_then(ops)).await.map_err(|e| {
+            failed_request();
+            format!("etcd: {e}")
+        })?;
         let mut cache = self.cache.write().expect("cache");
         for (k, r) in keyed {
             if r.deleted() {

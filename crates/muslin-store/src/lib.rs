@@ -18,7 +18,7 @@ use muslin_model::cluster::{BlockClaim, ClusterView, EndpointRecord, NodeRecord}
 use muslin_model::network::NetworkSpec;
 use muslin_model::object::{ObjectKey, ObjectRecord};
 
-pub use etcd::{Etcd, EtcdConfig};
+pub use etcd::{errors as etcd_errors, Etcd, EtcdConfig};
 pub use gossip::{Gossip, GossipConfig, GossipStats};
 pub use sealed::{load_secret, SecretError};
 
