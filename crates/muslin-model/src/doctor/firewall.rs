@@ -52,7 +52,11 @@ fn finding(d: &PodDrop, cidrs: &[IpNet], agent: AgentView<'_>) -> Finding {
         return Finding::warning(
             CHECK,
             format!("{saw}; Muslin's accept rules ahead of it let pod traffic through"),
-            "nothing to do: the agent re-asserts its accept rules every 10 s; allow pod traffic in the host's own firewall to stop depending on them",
+            if agent.is_ok() {
+                "nothing to do: the agent re-asserts its accept rules every 10 s; allow pod traffic in the host's own firewall to stop depending on them"
+            } else {
+                "start the agent, which re-asserts these accept rules every 10 s; until then a flush of the chain stops pod traffic"
+            },
         );
     }
     let fix = match (&d.cause, agent) {

@@ -172,10 +172,10 @@ mod tests {
             "[Match]\nName=msl*\n[Link]\nUnmanaged=yes\n",
         );
         assert_eq!(
-            hit(&[all.clone()], &d).as_deref(),
+            hit(std::slice::from_ref(&all), &d).as_deref(),
             Some("/etc/systemd/network/80-all.network")
         );
-        assert_eq!(hit(&[all.clone(), ours], &d), None);
+        assert_eq!(hit(&[all, ours], &d), None);
         // A file of the same name in /etc hides the one in /usr/lib.
         let lib = net(
             "/usr/lib/systemd/network/80-all.network",
