@@ -231,6 +231,10 @@ pub enum DropCause {
     Policy,
     /// A rule drops or rejects everything that reaches it (its text).
     Rule(String),
+    /// A rule drops or rejects all traffic from or to addresses that
+    /// overlap the pod CIDRs (its text). The agent leaves such a rule in
+    /// force, as an operator's deliberate choice; doctor names it.
+    PodTraffic(String),
 }
 
 impl fmt::Display for DropCause {
@@ -238,6 +242,7 @@ impl fmt::Display for DropCause {
         match self {
             DropCause::Policy => f.write_str("its policy is drop"),
             DropCause::Rule(r) => write!(f, "rule `{r}` drops everything"),
+            DropCause::PodTraffic(r) => write!(f, "rule `{r}` drops pod traffic"),
         }
     }
 }
@@ -374,6 +379,30 @@ pub fn removals(observed: &Observed) -> Result<Vec<Action>, ParseError> {
         .collect())
 }
 
+/// A forward base chain that would drop pod traffic, as `muslin doctor`
+/// reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodDrop {
+    pub chain: Chain,
+    /// The first rule that drops pod traffic, or the policy.
+    pub cause: DropCause,
+    /// Whether every accept of ours that the chain's family needs sits
+    /// before that rule, so pod traffic passes anyway.
+    pub covered: bool,
+}
+
+/// Each forward base chain that would drop traffic of `pod_cidrs`, and
+/// whether our accepts let it through. Unlike [`missing_accepts`], a rule
+/// that drops only traffic from or to part of the pod network counts: the
+/// agent never overrides it, so only an operator can.
+pub fn pod_drops(observed: &Observed, pod_cidrs: &[IpNet]) -> Result<Vec<PodDrop>, ParseError> {
+    let wanted = PodRule::all(pod_cidrs);
+    Ok(forward_chains(observed)?
+        .iter()
+        .filter_map(|c| c.pod_drop(&wanted))
+        .collect())
+}
+
 /// A forward base chain as the model sees it, whichever tool manages it.
 #[derive(Debug)]
 struct ForwardChain {
@@ -394,6 +423,21 @@ struct Rule {
     accepts: Option<PodRule>,
     /// Drops or rejects whatever reaches it.
     drops: bool,
+    /// Drops or rejects all traffic from, or all traffic to, this range,
+    /// and has no other condition.
+    drops_range: Option<(Direction, IpNet)>,
+}
+
+impl Rule {
+    fn drops_pods(&self, wanted: &[&PodRule]) -> bool {
+        self.drops_range
+            .is_some_and(|(_, r)| wanted.iter().any(|w| overlaps(&r, &w.cidr)))
+    }
+}
+
+/// Whether two ranges share an address: one contains the other.
+pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
 }
 
 impl ForwardChain {
@@ -427,6 +471,35 @@ impl ForwardChain {
                 cause: cause.clone(),
             })
             .collect()
+    }
+
+    fn pod_drop(&self, wanted: &[PodRule]) -> Option<PodDrop> {
+        let wanted: Vec<&PodRule> = wanted
+            .iter()
+            .filter(|w| self.chain.family.carries(&w.cidr))
+            .collect();
+        if wanted.is_empty() {
+            return None;
+        }
+        let first = self
+            .rules
+            .iter()
+            .position(|r| r.drops || r.drops_pods(&wanted));
+        let cause = match first.map(|i| &self.rules[i]) {
+            Some(r) if r.drops => DropCause::Rule(r.text.clone()),
+            Some(r) => DropCause::PodTraffic(r.text.clone()),
+            None if self.policy_drop => DropCause::Policy,
+            None => return None,
+        };
+        let before = &self.rules[..first.unwrap_or(self.rules.len())];
+        let covered = wanted
+            .iter()
+            .all(|w| before.iter().any(|r| r.accepts == Some(**w)));
+        Some(PodDrop {
+            chain: self.chain.clone(),
+            cause,
+            covered,
+        })
     }
 
     fn removals(&self) -> Vec<Action> {

@@ -90,7 +90,29 @@ fn rule(r: &Value) -> Option<Rule> {
         ours,
         accepts: if ours { our_accept(&effective) } else { None },
         drops: matches!(effective.as_slice(), [v] if is_drop(v)),
+        drops_range: match effective.as_slice() {
+            [m, v] if is_drop(v) => address_match(m),
+            _ => None,
+        },
     })
+}
+
+/// The range of an `ip saddr RANGE` (or `daddr`, or ip6) equality match.
+fn address_match(m: &Value) -> Option<(Direction, IpNet)> {
+    let op = m["match"]["op"].as_str()?;
+    if op != "==" && op != "in" {
+        return None;
+    }
+    let payload = &m["match"]["left"]["payload"];
+    if !matches!(payload["protocol"].as_str()?, "ip" | "ip6") {
+        return None;
+    }
+    let direction = match payload["field"].as_str()? {
+        "saddr" => Direction::Source,
+        "daddr" => Direction::Destination,
+        _ => return None,
+    };
+    Some((direction, prefix(&m["match"]["right"])?))
 }
 
 /// Statements that neither match nor decide: a rule made only of these and

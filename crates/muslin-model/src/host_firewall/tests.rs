@@ -345,3 +345,91 @@ fn something_else_than_a_ruleset_is_an_error() {
     };
     assert_eq!(missing_accepts(&o, &pod()), Err(ParseError::NotRuleset));
 }
+
+#[test]
+fn doctor_sees_a_drop_policy_covered_by_our_accepts_or_not() {
+    let legacy = chain(Backend::IptablesLegacy, Family::Ip, "filter", "FORWARD");
+    let ours = observed(
+        fixture!("legacy-ours.json"),
+        &[(
+            Backend::IptablesLegacy,
+            fixture!("legacy-ours.iptables-legacy"),
+        )],
+    );
+    assert_eq!(
+        pod_drops(&ours, &pod()).unwrap(),
+        [PodDrop {
+            chain: legacy.clone(),
+            cause: DropCause::Policy,
+            covered: true
+        }]
+    );
+    let docker = observed(
+        EMPTY_NFT,
+        &[(
+            Backend::IptablesLegacy,
+            fixture!("legacy-docker.iptables-legacy"),
+        )],
+    );
+    let d = pod_drops(&docker, &pod()).unwrap();
+    assert_eq!((d.len(), d[0].covered), (1, false));
+    // Covered for one pod CIDR is not covered for two.
+    let d = pod_drops(&ours, &cidrs(&["10.244.0.0/16", "10.245.0.0/16"])).unwrap();
+    assert!(!d[0].covered, "{d:?}");
+    let native = observed(fixture!("native-ours.json"), &[]);
+    assert!(pod_drops(&native, &pod()).unwrap()[0].covered);
+    let native = observed(fixture!("native-drop.json"), &[]);
+    assert!(!pod_drops(&native, &pod()).unwrap()[0].covered);
+}
+
+#[test]
+fn doctor_sees_a_foreign_drop_of_pod_addresses_ahead_of_our_accepts() {
+    let legacy = chain(Backend::IptablesLegacy, Family::Ip, "filter", "FORWARD");
+    let drop = "-A FORWARD -s 10.244.0.0/16 -j DROP";
+    let save = format!(
+        "-P FORWARD ACCEPT\n{drop}\n\
+         -A FORWARD -s 10.244.0.0/16 -m comment --comment \"muslin: pod traffic\" -j ACCEPT\n\
+         -A FORWARD -d 10.244.0.0/16 -m comment --comment \"muslin: pod traffic\" -j ACCEPT\n"
+    );
+    let o = observed(EMPTY_NFT, &[(Backend::IptablesLegacy, &save)]);
+    assert_eq!(
+        pod_drops(&o, &pod()).unwrap(),
+        [PodDrop {
+            chain: legacy,
+            cause: DropCause::PodTraffic(drop.into()),
+            covered: false
+        }]
+    );
+    // The agent leaves the operator's rule in force.
+    assert_eq!(missing_accepts(&o, &pod()).unwrap(), []);
+    // Part of the pod network counts; a range beside it does not.
+    let part = "-P FORWARD ACCEPT\n-A FORWARD -d 10.244.7.0/24 -j REJECT\n";
+    let o = observed(EMPTY_NFT, &[(Backend::IptablesLegacy, part)]);
+    assert!(!pod_drops(&o, &pod()).unwrap()[0].covered);
+    let beside = "-P FORWARD ACCEPT\n-A FORWARD -d 10.245.0.0/16 -j DROP\n";
+    let o = observed(EMPTY_NFT, &[(Backend::IptablesLegacy, beside)]);
+    assert_eq!(pod_drops(&o, &pod()).unwrap(), []);
+}
+
+#[test]
+fn doctor_reads_an_nft_drop_of_pod_addresses() {
+    let ruleset = json!({"nftables": [
+        {"chain": {"family": "ip", "table": "fw", "name": "fwd", "handle": 1,
+                   "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}},
+        {"rule": {"family": "ip", "table": "fw", "chain": "fwd", "handle": 4, "expr": [
+            {"match": {"op": "==",
+                       "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                       "right": {"prefix": {"addr": "10.244.0.0", "len": 16}}}},
+            {"counter": {"packets": 0, "bytes": 0}},
+            {"drop": null}]}},
+    ]});
+    let o = Observed {
+        nft: ruleset,
+        iptables: vec![],
+    };
+    let d = pod_drops(&o, &pod()).unwrap();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].cause, DropCause::PodTraffic("handle 4".into()));
+    assert!(!d[0].covered);
+    assert_eq!(d[0].cause.to_string(), "rule `handle 4` drops pod traffic");
+}

@@ -2,6 +2,8 @@
 //! chains are read here too, not from nft's JSON: nft shows an iptables
 //! comment only as an opaque `xt` match, so our tag is visible only here.
 
+use ipnet::IpNet;
+
 use super::{
     Chain, Direction, ForwardChain, IptablesForward, PodRule, Rule, RuleRef, IPTABLES_CHAIN,
     IPTABLES_TABLE, RULE_COMMENT,
@@ -42,11 +44,42 @@ fn rule(line: &str, spec: &[String]) -> Rule {
         ours,
         accepts: if ours { our_accept(spec) } else { None },
         drops: drops(spec),
+        drops_range: drops_range(spec),
     }
 }
 
 /// A rule whose only options are comments and a DROP or REJECT target.
 fn drops(spec: &[String]) -> bool {
+    is_drop(&without_comments(spec))
+}
+
+/// The range of a rule whose only options are one source or destination
+/// (not negated), comments and a DROP or REJECT target.
+fn drops_range(spec: &[String]) -> Option<(Direction, IpNet)> {
+    let rest = without_comments(spec);
+    let (direction, range) = match rest.as_slice() {
+        ["-s", r, ..] => (Direction::Source, r),
+        ["-d", r, ..] => (Direction::Destination, r),
+        _ => return None,
+    };
+    if !is_drop(&rest[2..]) {
+        return None;
+    }
+    let range = match range.parse::<IpNet>() {
+        Ok(n) => n,
+        Err(_) => IpNet::from(range.parse::<std::net::IpAddr>().ok()?),
+    };
+    Some((direction, range.trunc()))
+}
+
+fn is_drop(rest: &[&str]) -> bool {
+    matches!(
+        rest,
+        ["-j", "DROP"] | ["-j", "REJECT"] | ["-j", "REJECT", "--reject-with", _]
+    )
+}
+
+fn without_comments(spec: &[String]) -> Vec<&str> {
     let mut rest: Vec<&str> = Vec::new();
     let mut words = spec.iter().map(String::as_str).peekable();
     while let Some(w) = words.next() {
@@ -58,10 +91,7 @@ fn drops(spec: &[String]) -> bool {
             rest.push(w);
         }
     }
-    matches!(
-        rest.as_slice(),
-        ["-j", "DROP"] | ["-j", "REJECT"] | ["-j", "REJECT", "--reject-with", _]
-    )
+    rest
 }
 
 /// The accept this rule stands for, if its words are exactly one of ours.
@@ -140,6 +170,26 @@ mod tests {
         assert!(!drops(&w("-i eth0 -j DROP")));
         assert!(!drops(&w("-m conntrack --ctstate INVALID -j DROP")));
         assert!(!drops(&w("-j DOCKER-USER")));
+    }
+
+    #[test]
+    fn a_drop_of_one_source_or_destination_is_read_with_its_range() {
+        let d = |s: &str| drops_range(&words(s));
+        let n = |s: &str| s.parse::<IpNet>().unwrap();
+        assert_eq!(
+            d("-s 10.244.0.0/16 -j DROP"),
+            Some((Direction::Source, n("10.244.0.0/16")))
+        );
+        assert_eq!(
+            d(
+                r#"-d 10.244.3.7/32 -m comment --comment "x" -j REJECT --reject-with icmp-port-unreachable"#
+            ),
+            Some((Direction::Destination, n("10.244.3.7/32")))
+        );
+        assert_eq!(d("! -s 10.244.0.0/16 -j DROP"), None);
+        assert_eq!(d("-s 10.244.0.0/16 -p tcp -j DROP"), None);
+        assert_eq!(d("-s 10.244.0.0/16 -j ACCEPT"), None);
+        assert_eq!(d("-j DROP"), None);
     }
 
     #[test]
