@@ -366,6 +366,19 @@ fn cluster(r: &mut Registry, c: &muslin_model::api::ClusterStatus, p: Process) {
             .filter_map(|n| Some((peer(n), u64::from(n.path_mtu?))))
             .collect(),
     );
+    // Negative when the peer's clock is behind: a float gauge in seconds.
+    let skew = Family::<Peer, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    for n in peers {
+        if let Some(ms) = n.clock_skew_ms {
+            skew.get_or_create(&peer(n)).set(ms as f64 / 1e3);
+        }
+    }
+    r.register_with_unit(
+        "peer_clock_skew",
+        "How far the peer's clock is ahead of this node's (negative: behind), from the send time of its latest probe",
+        Unit::Seconds,
+        skew,
+    );
     let warnings = Gauge::<i64>::default();
     warnings.set(c.warnings.len() as i64);
     r.register(
@@ -496,6 +509,8 @@ mod tests {
             path_mtu: (data_path == "ok").then_some(1450),
             reached: vec![],
             endpoints: 0,
+            mtu: 1500,
+            clock_skew_ms: None,
         }
     }
 
