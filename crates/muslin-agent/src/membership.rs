@@ -1041,6 +1041,14 @@ impl Cluster {
         allow_deletes: bool,
     ) -> Result<(), muslin_kernel::KernelError> {
         let observed = host.host().await?;
+        // Pitfall 4: offload turned back on under us (by hand, by a
+        // driver reset) would corrupt checksums again on affected kernels.
+        for l in observed.links.iter().filter(|l| {
+            matches!(l.kind, muslin_plan::object::LinkKind::Vxlan(_))
+                && l.name.starts_with(muslin_model::IFACE_PREFIX)
+        }) {
+            muslin_kernel::vxlan_offload::enforce(&l.name, false);
+        }
         let mut want = data_plane::host_state(d);
         if !dns.is_empty() {
             let s = data_plane::dns_state(dns);

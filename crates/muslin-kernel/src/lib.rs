@@ -7,6 +7,7 @@ pub mod executor;
 pub mod host_facts;
 pub mod probe;
 mod route_lookup;
+pub mod vxlan_offload;
 
 pub use executor::KernelError;
 pub use executor::{counters, Answer, Counters, Executor, Lane, OnFailure, Query, Report};

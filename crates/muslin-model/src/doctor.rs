@@ -33,6 +33,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::NodeStatus;
 
+/// The agent applies the checksum workaround on the kernels this names.
+pub use vxlan::checksum_bug;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use muslin_plan::object::Ns;
+use muslin_plan::object::{LinkKind, Ns};
 use muslin_plan::{Change, Step};
 
 use super::netlink::Netlink;
@@ -157,7 +157,15 @@ async fn one(nss: &mut Namespaces, step: &Step) -> Result<(), KernelError> {
     let conn = nss.get(&step.ns)?;
     let nl = &*conn;
     match &step.change {
-        Change::CreateLink(l) => link::create(nl, l).await,
+        Change::CreateLink(l) => {
+            link::create(nl, l).await?;
+            // The ethtool ioctl acts in this process's namespace: the
+            // host's, where our VXLAN devices live.
+            if step.ns == Ns::Host && matches!(l.kind, LinkKind::Vxlan(_)) {
+                crate::vxlan_offload::enforce(&l.name, true);
+            }
+            Ok(())
+        }
         Change::SetLink {
             name,
             mtu,
