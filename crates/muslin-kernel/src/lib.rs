@@ -4,11 +4,11 @@
 
 pub mod ethtool;
 pub mod executor;
-pub mod host_facts;
 pub mod probe;
 mod route_lookup;
 pub mod vxlan_offload;
 
+pub use executor::host_facts;
 pub use executor::KernelError;
 pub use executor::{counters, Answer, Counters, Executor, Lane, OnFailure, Query, Report};
 pub use route_lookup::source_towards;

@@ -17,6 +17,7 @@ mod error;
 #[cfg(feature = "fake")]
 pub mod fake;
 pub mod firewall;
+pub mod host_facts;
 mod link;
 mod neighbour;
 mod netlink;

@@ -1,9 +1,10 @@
-//! Reads what `muslin doctor` judges (`muslin_model::doctor::HostFacts`):
-//! links, addresses, routes, sysctls, firewalls, processes and network
-//! managers' files. Read-only: it changes nothing on the host. Each fact
-//! that cannot be read is left empty, and the check that needs it says so.
-//! `ip -j` is read rather than netlink so the facts are exactly what an
-//! operator sees when they look for themselves.
+//! The executor's read-only side, for `muslin doctor`: reads what the
+//! checks judge (`muslin_model::doctor::HostFacts`): links, addresses,
+//! routes, sysctls, firewalls, processes and network managers' files. It
+//! changes nothing on the host. Each fact that cannot be read is left
+//! empty, and the check that needs it says so. `ip -j` is read rather than
+//! netlink so the facts are exactly what an operator sees when they look
+//! for themselves.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
