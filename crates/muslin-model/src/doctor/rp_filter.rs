@@ -28,7 +28,7 @@ pub fn check(host: &HostFacts, agent: AgentView<'_>) -> Vec<Finding> {
         return vec![Finding::warning(
             CHECK,
             format!("could not read {} or {}", key("all"), key(ifname)),
-            "run doctor in the host's network namespace, where /proc/sys/net shows its interfaces",
+            "run doctor as root in the host's network namespace, where the sysctls show its interfaces",
         )];
     };
     // The kernel applies the larger of the two.
