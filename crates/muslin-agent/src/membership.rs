@@ -1233,7 +1233,16 @@ impl Cluster {
                 reached: self.record.reach.get(name).cloned().unwrap_or_default(),
                 endpoints: p.endpoints.len() as u64,
                 mtu: p.record.as_ref().map(|r| r.mtu).unwrap_or(0),
-                clock_skew_ms: clocks.get(name).copied(),
+                // Only a reading that came from one of the peer's own
+                // addresses: a name in a probe is only a claim.
+                clock_skew_ms: clocks
+                    .get(name)
+                    .filter(|(_, from)| {
+                        p.record
+                            .as_ref()
+                            .is_some_and(|r| r.address == *from || r.addresses.contains(from))
+                    })
+                    .map(|(skew, _)| *skew),
             })
             .collect();
         let traffic = self.store.traffic();

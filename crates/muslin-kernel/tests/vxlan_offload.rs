@@ -8,7 +8,7 @@ use std::os::fd::AsFd;
 use std::process::Command;
 
 use muslin_kernel::ethtool::{set_tx_checksum, tx_checksum};
-use muslin_kernel::vxlan_offload::{enforce, policy, Policy};
+use muslin_kernel::vxlan_offload::{enforce, enforce_with, policy, Policy};
 use nix::sched::{setns, CloneFlags};
 
 /// A network namespace deleted on drop, with one VXLAN device `vx0`.
@@ -90,4 +90,29 @@ fn the_workaround_follows_the_kernel() {
         enforce("vx0", false)
     });
     assert!(!changed);
+}
+
+#[test]
+fn the_workaround_turns_offload_off_and_again_after_drift() {
+    let ns = Ns::with_vxlan("turnoff");
+    let (created, after_create, drifted, after_drift, idle) = ns.run(|| {
+        let created = enforce_with(Policy::TurnOff, "vx0", true);
+        let after_create = tx_checksum("vx0").unwrap();
+        set_tx_checksum("vx0", true).unwrap();
+        let drifted = enforce_with(Policy::TurnOff, "vx0", false);
+        let after_drift = tx_checksum("vx0").unwrap();
+        (
+            created,
+            after_create,
+            drifted,
+            after_drift,
+            enforce_with(Policy::TurnOff, "vx0", false),
+        )
+    });
+    assert!(created && !after_create, "off on creation");
+    assert!(
+        drifted && !after_drift,
+        "off again after someone turned it on"
+    );
+    assert!(!idle, "nothing to do while it stays off");
 }

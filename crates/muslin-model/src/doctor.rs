@@ -202,9 +202,9 @@ pub struct RouteFact {
     pub table: u32,
     /// `unicast`, `local`, `broadcast`, `blackhole`...
     pub kind: String,
-    /// A route MTU metric, and whether it is locked (pinned).
+    /// A route MTU metric (pinned by Muslin on paths smaller than the
+    /// interface).
     pub mtu: Option<u32>,
-    pub mtu_locked: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,5 +252,11 @@ pub const SYSCTLS: &[&str] = &[
 
 /// The per-interface sysctls gathered for interface `ifname`.
 pub fn interface_sysctls(ifname: &str) -> Vec<String> {
-    vec![format!("net.ipv4.conf.{ifname}.rp_filter")]
+    vec![conf_key(ifname, "rp_filter")]
+}
+
+/// `net.ipv4.conf.IFNAME.LEAF` as `sysctl` names it: a dot in the
+/// interface's name (a VLAN such as `eth0.100`) is written `/`.
+pub fn conf_key(ifname: &str, leaf: &str) -> String {
+    format!("net.ipv4.conf.{}.{leaf}", ifname.replace('.', "/"))
 }

@@ -101,7 +101,7 @@ impl ProbeWire {
         let at = u64::from_be_bytes(plain.get(12..20)?.try_into().ok()?);
         let now = now_ms();
         if let Some(sender) = sender_name(&plain) {
-            clocks::record(sender, at as i64 - now as i64);
+            clocks::record(sender, from, at, now);
         }
         if now.abs_diff(at) > FRESH_MS || !self.within_rate(from) {
             return None;
@@ -242,8 +242,9 @@ mod tests {
         let b = ProbeWire::new(Some(SECRET), "b");
         let req = a.request_at(1, 100, now_ms() - 90_000);
         assert!(b.answer(&req, src()).is_none(), "stale");
-        let skew = clocks::offsets()["skewed-sender"];
+        let (skew, at) = clocks::offsets()["skewed-sender"];
         assert!((-91_000..=-89_000).contains(&skew), "{skew}");
+        assert_eq!(at, src());
     }
 
     #[test]

@@ -119,6 +119,19 @@ fn the_neighbour_table_limits_are_read_from_the_kernel() {
     );
 }
 
+/// Debian's libfaketime, wherever the architecture puts it.
+fn libfaketime() -> String {
+    let o = std::process::Command::new("dpkg")
+        .args(["-L", "libfaketime"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .find(|l| l.ends_with("/faketime/libfaketime.so.1"))
+        .expect("libfaketime is installed (scripts/install-deps.sh)")
+        .to_string()
+}
+
 #[test]
 fn a_node_whose_clock_is_off_is_named() {
     let net = Net::new();
@@ -133,6 +146,9 @@ fn a_node_whose_clock_is_off_is_named() {
     assert_eq!(level(&r, "clock-skew"), "ok", "{r:#}");
     // libfaketime moves the wall clock of h3's agent only; within the 30 s
     // that probes and sealed gossip allow, so h3 still joins.
+    // `env` execs the agent itself (the `faketime` wrapper would fork it,
+    // and killing the wrapper would leave the agent running).
+    let preload = format!("LD_PRELOAD={}", libfaketime());
     let mut a3 = Agent::start_wrapped(
         &h[2],
         "h3",
@@ -140,10 +156,9 @@ fn a_node_whose_clock_is_off_is_named() {
         &join,
         &[
             "env",
+            &preload,
+            "FAKETIME=+12",
             "FAKETIME_DONT_FAKE_MONOTONIC=1",
-            "faketime",
-            "-f",
-            "+12s",
         ],
     );
     a3.wait_ready(std::time::Duration::from_secs(60));
@@ -159,4 +174,88 @@ fn a_node_whose_clock_is_off_is_named() {
     assert!(saw.starts_with("h3 is 1"), "{saw}");
     assert!(!saw.contains("h2"), "h2's clock is right: {saw}");
     assert_eq!(code, 1);
+}
+
+#[test]
+fn nodes_claiming_one_address_are_named_and_a_verified_choice_is_ok() {
+    let net = Net::new();
+    let h = [Netns::new("ddu"), Netns::new("ddu"), Netns::new("ddu")];
+    net.as_readme_hosts(&h);
+    let join = ["--join", "192.168.56.11"];
+    // Every host has 10.0.2.15 on its NAT NIC, as under Vagrant; h1 and
+    // h2 are pinned to it, as a template copied to every host would do.
+    let pinned = ["--underlay", "address=10.0.2.15"];
+    let a1 = Agent::start(&h[0], "h1", &net.secret(), &pinned);
+    let a3 = Agent::start(&h[2], "h3", &net.secret(), &join);
+    until("h3 sees h1", 60, || a3.peer("h1")["alive"] == true);
+    let (_, r) = a3.doctor();
+    assert_eq!(level(&r, "duplicate-address"), "ok", "{r:#}");
+    assert_eq!(level(&r, "underlay"), "ok", "{r:#}");
+    let saw = findings(&r, "underlay")[0]["saw"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        saw.contains("192.168.56.13 (eth1)") && saw.contains("10.0.2.15 (eth0)"),
+        "both candidates named: {saw}"
+    );
+    assert!(
+        saw.contains("chose 192.168.56.13 on eth1: reaches join peer"),
+        "{saw}"
+    );
+    let _a2 = Agent::start(
+        &h[1],
+        "h2",
+        &net.secret(),
+        &[&pinned[..], &join[..]].concat(),
+    );
+    let mut last = serde_json::Value::Null;
+    until("doctor names the duplicate", 60, || {
+        let (code, r) = a1.doctor();
+        last = r.clone();
+        code == 1 && level(&r, "duplicate-address") == "problem"
+    });
+    let saw = findings(&last, "duplicate-address")[0]["saw"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(saw.contains("h1, h2 all claim 10.0.2.15"), "{saw}");
+}
+
+#[test]
+fn the_userspace_wireguard_fallback_is_named() {
+    let net = Net::new();
+    let h = [Netns::new("dwg")];
+    net.as_readme_hosts(&h);
+    let plain = Agent::start(&h[0], "h1", &net.secret(), &[]);
+    let wg_line = |r: &serde_json::Value| {
+        findings(r, "kernel-features")
+            .into_iter()
+            .find(|f| f["saw"].as_str().unwrap().starts_with("WireGuard"))
+            .cloned()
+            .unwrap()
+    };
+    let (_, r) = plain.doctor();
+    let f = wg_line(&r);
+    assert_eq!(f["level"], "ok", "{f}");
+    drop(plain);
+    // The hosts of every test share this machine's /var/run/wireguard.
+    let uapi = format!("mwd{}", std::process::id() % 1_000_000);
+    let enc = Agent::start(
+        &h[0],
+        "h1",
+        &net.secret(),
+        &["--encryption", "wireguard", "--wireguard-uapi", &uapi],
+    );
+    until("the WireGuard device is up", 30, || {
+        enc.status()["cluster"]["wireguard"].is_object()
+    });
+    let (_, r) = enc.doctor();
+    let f = wg_line(&r);
+    if f["saw"].as_str().unwrap().contains("not in this kernel") {
+        assert_eq!(f["level"], "warning", "{f}");
+        assert!(f["saw"].as_str().unwrap().contains("userspace"), "{f}");
+    } else {
+        assert_eq!(f["level"], "ok", "a kernel with WireGuard: {f}");
+    }
 }

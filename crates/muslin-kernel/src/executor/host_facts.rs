@@ -38,11 +38,9 @@ pub fn gather(peers: &[IpAddr]) -> HostFacts {
         Err(e) => (None, Some(e.to_string())),
     };
     let features = KernelFeatures {
-        vxlan: Some(module("vxlan") || links.iter().any(|l| l.kind.as_deref() == Some("vxlan"))),
-        wireguard: Some(
-            module("wireguard") || links.iter().any(|l| l.kind.as_deref() == Some("wireguard")),
-        ),
-        nftables: Some(module("nf_tables") || firewall.is_some()),
+        vxlan: kernel_has("vxlan", &links),
+        wireguard: kernel_has("wireguard", &links),
+        nftables: Some(module("nf_tables") == Some(true) || firewall.is_some()),
     };
     HostFacts {
         kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -55,7 +53,8 @@ pub fn gather(peers: &[IpAddr]) -> HostFacts {
             .iter()
             .filter_map(|p| Some((*p, route_get(*p)?)))
             .collect(),
-        neighbours: ip_json(&["neigh", "show"])
+        // gc_thresh of IPv4 limits ARP entries only.
+        neighbours: ip_json(&["-4", "neigh", "show"])
             .and_then(|v| v.as_array().map(|a| a.len() as u64))
             .unwrap_or(0),
         links,
@@ -141,7 +140,7 @@ pub fn route_fact(r: &Value, v6: bool) -> Option<RouteFact> {
         d if d.contains('/') => d.parse().ok()?,
         d => IpNet::from(d.parse::<IpAddr>().ok()?),
     };
-    let (mtu, mtu_locked) = route_mtu(r);
+    let mtu = route_mtu(r);
     Some(RouteFact {
         dst,
         dev: r["dev"].as_str().map(str::to_string),
@@ -160,30 +159,21 @@ pub fn route_fact(r: &Value, v6: bool) -> Option<RouteFact> {
         },
         kind: r["type"].as_str().unwrap_or("unicast").to_string(),
         mtu,
-        mtu_locked,
     })
 }
 
-/// `ip -j` prints a route's MTU in `metrics` as `{"mtu": N}` or, locked,
-/// `{"mtu": {"lock": true, "value": N}}` (older versions: a `lock` list).
-fn route_mtu(r: &Value) -> (Option<u32>, bool) {
-    for m in r["metrics"].as_array().into_iter().flatten() {
-        match &m["mtu"] {
-            Value::Number(n) => {
-                let locked = m["lock"]
-                    .as_array()
-                    .is_some_and(|l| l.iter().any(|x| x == "mtu"));
-                return (n.as_u64().map(|v| v as u32), locked);
-            }
-            Value::Object(o) => {
-                let v = o.get("value").and_then(Value::as_u64).map(|v| v as u32);
-                let locked = o.get("lock").and_then(Value::as_bool).unwrap_or(false);
-                return (v, locked);
-            }
-            _ => {}
-        }
-    }
-    (None, false)
+/// A route's MTU metric: `{"mtu": N}` in `metrics`, or `{"mtu": {"value":
+/// N, ...}}` in versions that print its lock. (iproute2 6.1's JSON drops
+/// the lock, so whether it is locked is not read.)
+fn route_mtu(r: &Value) -> Option<u32> {
+    r["metrics"]
+        .as_array()?
+        .iter()
+        .find_map(|m| match &m["mtu"] {
+            Value::Number(n) => n.as_u64().map(|v| v as u32),
+            Value::Object(o) => o.get("value").and_then(Value::as_u64).map(|v| v as u32),
+            _ => None,
+        })
 }
 
 fn protocol_number(p: &Value) -> u8 {
@@ -211,12 +201,15 @@ fn route_get(peer: IpAddr) -> Option<RouteGet> {
         dev: r["dev"].as_str()?.to_string(),
         src: r["prefsrc"].as_str().and_then(|s| s.parse().ok()),
         gateway: r["gateway"].as_str().and_then(|s| s.parse().ok()),
-        mtu: route_mtu(r).0,
+        mtu: route_mtu(r),
     })
 }
 
+/// `key` as `sysctl` names it: dots separate the path's parts, and a `/`
+/// inside a part stands for a dot (`net.ipv4.conf.eth0/100.rp_filter`).
 fn read_sysctl(key: &str) -> Option<String> {
-    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    let parts: Vec<String> = key.split('.').map(|p| p.replace('/', ".")).collect();
+    let path = format!("/proc/sys/{}", parts.join("/"));
     std::fs::read_to_string(path)
         .ok()
         .map(|s| s.trim().to_string())
@@ -284,22 +277,40 @@ fn namespaces_of_processes() -> impl Iterator<Item = std::path::PathBuf> {
     std::iter::once(std::path::PathBuf::from("/proc/1/ns/net")).chain(others)
 }
 
-/// Loaded, built in, or installed to be loaded on first use. Never loads
-/// anything itself: doctor changes nothing.
-fn module(name: &str) -> bool {
+/// Whether the kernel has `kind` (a link kind of the same name as its
+/// module): a link of that kind exists, or the module does.
+fn kernel_has(kind: &str, links: &[LinkFact]) -> Option<bool> {
+    if links.iter().any(|l| l.kind.as_deref() == Some(kind)) {
+        return Some(true);
+    }
+    module(kind)
+}
+
+/// Loaded, built in, or installed to be loaded on first use; `None` when
+/// the kernel's module lists cannot be read (inside a container). Never
+/// loads anything itself.
+fn module(name: &str) -> Option<bool> {
     if Path::new("/sys/module").join(name).exists() {
-        return true;
+        return Some(true);
     }
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let dir = Path::new("/lib/modules").join(release.trim());
     let file = format!("/{name}.ko");
-    ["modules.dep", "modules.builtin"].iter().any(|list| {
-        std::fs::read_to_string(dir.join(list)).is_ok_and(|t| {
-            t.lines()
-                .filter_map(|l| l.split(':').next())
-                .any(|m| m.ends_with(&file) || m.contains(&format!("{file}.")))
-        })
-    })
+    let mut readable = false;
+    for list in ["modules.dep", "modules.builtin"] {
+        let Ok(t) = std::fs::read_to_string(dir.join(list)) else {
+            continue;
+        };
+        readable = true;
+        let listed = t
+            .lines()
+            .filter_map(|l| l.split(':').next())
+            .any(|m| m.ends_with(&file) || m.contains(&format!("{file}.")));
+        if listed {
+            return Some(true);
+        }
+    }
+    readable.then_some(false)
 }
 
 fn processes() -> Vec<String> {
@@ -383,15 +394,9 @@ mod tests {
         assert_eq!(r.len(), 4);
         assert_eq!(r[0].dst.to_string(), "0.0.0.0/0");
         assert_eq!(r[0].table, 254);
-        assert_eq!(
-            (r[1].protocol, r[1].mtu, r[1].mtu_locked),
-            (77, Some(1350), true)
-        );
+        assert_eq!((r[1].protocol, r[1].mtu), (77, Some(1350)));
         assert_eq!((r[2].table, r[2].kind.as_str()), (255, "local"));
         assert_eq!(r[2].dst.to_string(), "192.168.56.11/32");
-        assert_eq!(
-            (r[3].protocol, r[3].mtu, r[3].mtu_locked),
-            (4, Some(1400), false)
-        );
+        assert_eq!((r[3].protocol, r[3].mtu), (4, Some(1400)));
     }
 }

@@ -262,7 +262,6 @@ mod tests {
             table: 254,
             kind: "unicast".into(),
             mtu: pin,
-            mtu_locked: false,
         });
         (h, s)
     }

@@ -168,7 +168,6 @@ mod tests {
             table,
             kind: kind.into(),
             mtu: None,
-            mtu_locked: false,
         }
     }
 

@@ -22,7 +22,7 @@ pub fn check(host: &HostFacts, agent: AgentView<'_>) -> Vec<Finding> {
             "the agent has not chosen its underlay yet",
         )];
     }
-    let key = |k: &str| format!("net.ipv4.conf.{k}.rp_filter");
+    let key = |k: &str| super::conf_key(k, "rp_filter");
     let (Some(all), Some(own)) = (host.sysctl_u64(&key("all")), host.sysctl_u64(&key(ifname)))
     else {
         return vec![Finding::warning(

@@ -7,38 +7,64 @@
 //! etcd cluster's own) records into one table.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// A reading older than this no longer describes the peer.
 const KEEP: Duration = Duration::from_secs(120);
-/// Peers remembered at most: a flood of forged names cannot grow it
-/// without bound.
+/// Peers remembered at most: a flood of forged names pushes out the
+/// oldest readings, never new ones, and never grows the table.
 const MAX_PEERS: usize = 4096;
 
-static OFFSETS: Mutex<Option<HashMap<String, (i64, Instant)>>> = Mutex::new(None);
-
-/// Records that `peer`'s clock read `offset_ms` ahead of ours (negative:
-/// behind).
-pub fn record(peer: &str, offset_ms: i64) {
-    let mut g = OFFSETS.lock().unwrap_or_else(|e| e.into_inner());
-    let m = g.get_or_insert_with(HashMap::new);
-    if m.len() >= MAX_PEERS && !m.contains_key(peer) {
-        m.retain(|_, (_, at)| at.elapsed() < KEEP);
-        if m.len() >= MAX_PEERS {
-            return;
-        }
-    }
-    m.insert(peer.to_string(), (offset_ms, Instant::now()));
+struct Reading {
+    offset_ms: i64,
+    /// The sender's clock when it sent: a later request only, so a
+    /// captured one replayed later cannot pass for a clock gone wrong.
+    sent_ms: u64,
+    from: IpAddr,
+    at: Instant,
 }
 
-/// The latest reading of every peer heard from lately.
-pub fn offsets() -> BTreeMap<String, i64> {
+static OFFSETS: Mutex<Option<HashMap<String, Reading>>> = Mutex::new(None);
+
+/// Records that `peer`, at address `from`, sent a request at `sent_ms` of
+/// its clock that arrived at `now_ms` of ours.
+pub fn record(peer: &str, from: IpAddr, sent_ms: u64, now_ms: u64) {
+    let offset = (i128::from(sent_ms) - i128::from(now_ms))
+        .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+    let mut g = OFFSETS.lock().unwrap_or_else(|e| e.into_inner());
+    let m = g.get_or_insert_with(HashMap::new);
+    if m.get(peer).is_some_and(|r| r.sent_ms >= sent_ms) {
+        return;
+    }
+    if m.len() >= MAX_PEERS && !m.contains_key(peer) {
+        m.retain(|_, r| r.at.elapsed() < KEEP);
+        if m.len() >= MAX_PEERS {
+            if let Some(oldest) = m.iter().min_by_key(|(_, r)| r.at).map(|(k, _)| k.clone()) {
+                m.remove(&oldest);
+            }
+        }
+    }
+    m.insert(
+        peer.to_string(),
+        Reading {
+            offset_ms: offset,
+            sent_ms,
+            from,
+            at: Instant::now(),
+        },
+    );
+}
+
+/// The latest reading of every peer heard from lately, with the address
+/// it came from: a reader trusts it only from an address of that peer.
+pub fn offsets() -> BTreeMap<String, (i64, IpAddr)> {
     let g = OFFSETS.lock().unwrap_or_else(|e| e.into_inner());
     g.iter()
         .flatten()
-        .filter(|(_, (_, at))| at.elapsed() < KEEP)
-        .map(|(k, (v, _))| (k.clone(), *v))
+        .filter(|(_, r)| r.at.elapsed() < KEEP)
+        .map(|(k, r)| (k.clone(), (r.offset_ms, r.from)))
         .collect()
 }
 
@@ -46,13 +72,22 @@ pub fn offsets() -> BTreeMap<String, i64> {
 mod tests {
     use super::*;
 
+    fn ip() -> IpAddr {
+        "192.0.2.7".parse().unwrap()
+    }
+
     #[test]
-    fn the_latest_reading_of_each_peer_is_kept() {
-        record("clocks-test-a", 5);
-        record("clocks-test-a", -40_000);
-        record("clocks-test-b", 12);
+    fn the_latest_request_of_each_peer_is_kept_and_replays_ignored() {
+        record("clocks-test-a", ip(), 1_000_005, 1_000_000);
+        record("clocks-test-a", ip(), 1_000_100, 1_040_100);
+        // A replay of the first request, long after: its send time is not
+        // later than the reading kept.
+        record("clocks-test-a", ip(), 1_000_005, 2_000_000);
+        record("clocks-test-b", ip(), 12, 0);
+        record("clocks-test-c", ip(), u64::MAX, 0);
         let o = offsets();
-        assert_eq!(o.get("clocks-test-a"), Some(&-40_000));
-        assert_eq!(o.get("clocks-test-b"), Some(&12));
+        assert_eq!(o.get("clocks-test-a"), Some(&(-40_000, ip())));
+        assert_eq!(o.get("clocks-test-b"), Some(&(12, ip())));
+        assert_eq!(o.get("clocks-test-c").map(|r| r.0), Some(i64::MAX));
     }
 }
