@@ -239,8 +239,16 @@ fn the_userspace_wireguard_fallback_is_named() {
     let f = wg_line(&r);
     assert_eq!(f["level"], "ok", "{f}");
     drop(plain);
-    // The hosts of every test share this machine's /var/run/wireguard.
+    // The hosts of every test share this machine's /var/run/wireguard,
+    // and a killed agent leaves its control socket there.
     let uapi = format!("mwd{}", std::process::id() % 1_000_000);
+    struct Unlink(String);
+    impl Drop for Unlink {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _socket = Unlink(format!("/var/run/wireguard/{uapi}.sock"));
     let enc = Agent::start(
         &h[0],
         "h1",
