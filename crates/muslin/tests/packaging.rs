@@ -228,6 +228,7 @@ fn build_deb(out: &Path) -> PathBuf {
 }
 
 const UNIT: &str = "/usr/lib/systemd/system/muslin-agent.service";
+const WANTS: &str = "/etc/systemd/system/multi-user.target.wants/muslin-agent.service";
 
 /// The whole life of the package: install, what it put where, the unit
 /// verified by systemd, reinstall (the secret and an edited conffile kept),
@@ -266,7 +267,7 @@ fn package_life(r: &Throwaway) {
     assert!(r.exists(UNIT));
     assert!(r.exists("/usr/lib/tmpfiles.d/muslin.conf"));
     // Not enabled, not started: the host needs the cluster's secret and a join.
-    assert!(!r.exists("/etc/systemd/system/multi-user.target.wants/muslin-agent.service"));
+    assert!(!r.exists(WANTS));
     // What the sandboxed unit writes outside its own directories.
     assert!(r.exists("/run/wireguard") && r.exists("/run/xtables.lock"));
 
@@ -294,6 +295,10 @@ fn package_life(r: &Throwaway) {
     assert_eq!(r.ok("cat /etc/muslin/secret"), secret);
     assert!(r.ok("cat /etc/muslin/agent.toml").contains("192.0.2.1"));
 
+    // The administrator enables the agent; purge must not leave the link.
+    r.ok("systemctl enable muslin-agent.service");
+    assert!(r.exists(WANTS));
+
     // Remove: the program and its links go, configuration stays.
     r.ok("mkdir -p /var/lib/muslin && touch /var/lib/muslin/leases.json");
     r.ok("dpkg -r muslin");
@@ -314,6 +319,7 @@ fn package_life(r: &Throwaway) {
         "/etc/muslin",
         "/var/lib/muslin",
         "/etc/systemd/system/muslin-agent.service",
+        WANTS,
     ] {
         assert!(!r.exists(gone), "{gone} is left after dpkg -P");
     }
