@@ -4,6 +4,8 @@
 set -euo pipefail
 
 packages=(iproute2 iptables nftables conntrack containernetworking-plugins iperf3 procps etcd-server protobuf-compiler libprotobuf-dev dnsutils dnsmasq-base dnsperf aardvark-dns wireguard-go wireguard-tools tcpdump faketime)
+# cnitool, CNI's reference client (tests/cnitool.rs), built by test-tools/cnitool/build.sh
+packages+=(golang-go golang-github-appc-cni-dev dpkg-dev)
 
 missing=()
 for p in "${packages[@]}"; do
