@@ -95,7 +95,7 @@ mkdir -p "$gopath/src/github.com/containernetworking/cni/cnitool"
 cp "$srcdir/cnitool/cnitool.go" "$gopath/src/github.com/containernetworking/cni/cnitool/"
 (
   cd "$gopath/src/github.com/containernetworking/cni/cnitool"
-  GO111MODULE=off GOPATH="$gopath:$gocode" GOCACHE="$out/gocache" GOPROXY=off GOFLAGS= \
+  GO111MODULE=off GOPATH="$gopath:$gocode" GOCACHE="$out/gocache" GOPROXY=off GOFLAGS='' \
     GOTOOLCHAIN=local CGO_ENABLED=0 go build -trimpath -o "$bin.tmp" github.com/containernetworking/cni/cnitool
 )
 mv "$bin.tmp" "$bin"
