@@ -8,6 +8,8 @@ packages=(iproute2 iptables nftables conntrack containernetworking-plugins iperf
 # kubernetes-client; another kubectl (such as Google's package `kubectl`)
 # serves as well and would conflict with it.
 command -v kubectl >/dev/null || packages+=(kubernetes-client)
+# cnitool, CNI's reference client (tests/cnitool.rs), built by test-tools/cnitool/build.sh
+packages+=(golang-go golang-github-appc-cni-dev dpkg-dev)
 
 missing=()
 for p in "${packages[@]}"; do
