@@ -723,6 +723,10 @@ impl Drop for Containerd {
         unmount_under(&self.dir.0);
         remove_cgroups(&self.ns);
         remove_dir(&self.dir.0);
+        // Shims' sockets live there whatever the configuration says;
+        // removed when empty, as a host without containerd had it.
+        let _ = std::fs::remove_dir("/run/containerd/s");
+        let _ = std::fs::remove_dir("/run/containerd");
     }
 }
 
