@@ -4,6 +4,8 @@
 set -euo pipefail
 
 packages=(iproute2 iptables nftables conntrack containernetworking-plugins iperf3 procps etcd-server protobuf-compiler libprotobuf-dev dnsutils dnsmasq-base dnsperf aardvark-dns wireguard-go wireguard-tools tcpdump faketime)
+# Runtimes driven by tests/runtimes.rs, and the busybox of their containers' root filesystems
+packages+=(podman containerd runc busybox-static)
 # kubectl parses the Kubernetes manifest in tests/packaging.rs. Debian's is in
 # kubernetes-client; another kubectl (such as Google's package `kubectl`)
 # serves as well and would conflict with it.
