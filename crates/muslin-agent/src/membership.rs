@@ -1235,14 +1235,15 @@ impl Cluster {
                 mtu: p.record.as_ref().map(|r| r.mtu).unwrap_or(0),
                 // Only a reading that came from one of the peer's own
                 // addresses: a name in a probe is only a claim.
-                clock_skew_ms: clocks
-                    .get(name)
-                    .filter(|(_, from)| {
-                        p.record
-                            .as_ref()
-                            .is_some_and(|r| r.address == *from || r.addresses.contains(from))
-                    })
-                    .map(|(skew, _)| *skew),
+                clock_skew_ms: clocks.get(name).and_then(|readings| {
+                    let r = p.record.as_ref()?;
+                    let own = |a: &IpAddr| {
+                        r.address == *a
+                            || r.addresses.contains(a)
+                            || owners.iter().any(|(b, o)| o == name && b.contains(a))
+                    };
+                    readings.iter().find(|(a, _)| own(a)).map(|(_, s)| *s)
+                }),
             })
             .collect();
         let traffic = self.store.traffic();

@@ -22,11 +22,13 @@ struct Reading {
     /// The sender's clock when it sent: a later request only, so a
     /// captured one replayed later cannot pass for a clock gone wrong.
     sent_ms: u64,
-    from: IpAddr,
     at: Instant,
 }
 
-static OFFSETS: Mutex<Option<HashMap<String, Reading>>> = Mutex::new(None);
+/// Keyed by sender and source address: a peer probes from its node
+/// address and from its tunnel address, and only some of them are its own
+/// by the reader's view.
+static OFFSETS: Mutex<Option<HashMap<(String, IpAddr), Reading>>> = Mutex::new(None);
 
 /// Records that `peer`, at address `from`, sent a request at `sent_ms` of
 /// its clock that arrived at `now_ms` of ours.
@@ -35,10 +37,11 @@ pub fn record(peer: &str, from: IpAddr, sent_ms: u64, now_ms: u64) {
         .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
     let mut g = OFFSETS.lock().unwrap_or_else(|e| e.into_inner());
     let m = g.get_or_insert_with(HashMap::new);
-    if m.get(peer).is_some_and(|r| r.sent_ms >= sent_ms) {
+    let key = (peer.to_string(), from);
+    if m.get(&key).is_some_and(|r| r.sent_ms >= sent_ms) {
         return;
     }
-    if m.len() >= MAX_PEERS && !m.contains_key(peer) {
+    if m.len() >= MAX_PEERS && !m.contains_key(&key) {
         m.retain(|_, r| r.at.elapsed() < KEEP);
         if m.len() >= MAX_PEERS {
             if let Some(oldest) = m.iter().min_by_key(|(_, r)| r.at).map(|(k, _)| k.clone()) {
@@ -47,25 +50,28 @@ pub fn record(peer: &str, from: IpAddr, sent_ms: u64, now_ms: u64) {
         }
     }
     m.insert(
-        peer.to_string(),
+        key,
         Reading {
             offset_ms: offset,
             sent_ms,
-            from,
             at: Instant::now(),
         },
     );
 }
 
-/// The latest reading of every peer heard from lately, with the address
-/// it came from: a reader trusts it only from an address of that peer.
-pub fn offsets() -> BTreeMap<String, (i64, IpAddr)> {
+/// The latest reading of every peer heard from lately, per address it
+/// came from: a reader trusts a reading only from an address of that peer.
+pub fn offsets() -> BTreeMap<String, Vec<(IpAddr, i64)>> {
     let g = OFFSETS.lock().unwrap_or_else(|e| e.into_inner());
-    g.iter()
-        .flatten()
-        .filter(|(_, r)| r.at.elapsed() < KEEP)
-        .map(|(k, r)| (k.clone(), (r.offset_ms, r.from)))
-        .collect()
+    let mut out: BTreeMap<String, Vec<(IpAddr, i64)>> = BTreeMap::new();
+    for ((name, from), r) in g.iter().flatten() {
+        if r.at.elapsed() < KEEP {
+            out.entry(name.clone())
+                .or_default()
+                .push((*from, r.offset_ms));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -85,9 +91,13 @@ mod tests {
         record("clocks-test-a", ip(), 1_000_005, 2_000_000);
         record("clocks-test-b", ip(), 12, 0);
         record("clocks-test-c", ip(), u64::MAX, 0);
+        let other: IpAddr = "10.244.9.0".parse().unwrap();
+        record("clocks-test-b", other, 30, 0);
         let o = offsets();
-        assert_eq!(o.get("clocks-test-a"), Some(&(-40_000, ip())));
-        assert_eq!(o.get("clocks-test-b"), Some(&(12, ip())));
-        assert_eq!(o.get("clocks-test-c").map(|r| r.0), Some(i64::MAX));
+        assert_eq!(o["clocks-test-a"], vec![(ip(), -40_000)]);
+        let mut b = o["clocks-test-b"].clone();
+        b.sort();
+        assert_eq!(b, vec![(other, 30), (ip(), 12)]);
+        assert_eq!(o["clocks-test-c"], vec![(ip(), i64::MAX)]);
     }
 }
