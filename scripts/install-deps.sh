@@ -5,7 +5,11 @@ set -euo pipefail
 
 packages=(iproute2 iptables nftables conntrack containernetworking-plugins iperf3 procps etcd-server protobuf-compiler libprotobuf-dev dnsutils dnsmasq-base dnsperf aardvark-dns wireguard-go wireguard-tools tcpdump faketime)
 # Runtimes driven by tests/runtimes.rs, and the busybox of their containers' root filesystems
-packages+=(podman containerd runc busybox-static)
+packages+=(podman busybox-static)
+# A machine with Docker's containerd.io already has ctr and runc; Debian's
+# packages would replace it (and Docker with it).
+command -v ctr >/dev/null || packages+=(containerd)
+command -v runc >/dev/null || packages+=(runc)
 # kubectl parses the Kubernetes manifest in tests/packaging.rs. Debian's is in
 # kubernetes-client; another kubectl (such as Google's package `kubectl`)
 # serves as well and would conflict with it.

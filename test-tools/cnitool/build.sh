@@ -61,7 +61,8 @@ if [ ! -f "$srcdir/cnitool/cnitool.go" ]; then
   for f in /etc/apt/sources.list.d/*.sources; do
     [ -f "$f" ] || continue
     awk 'BEGIN { RS = ""; ORS = "\n\n" }
-         /(^|\n)Types:[^\n]*deb/ && /(^|\n)URIs:[^\n]*\/debian(-security)?\/?(\n|$)/ && !/(^|\n)Enabled: *no/ {
+         /(^|\n)Types:[^\n]*deb/ && !/(^|\n)Enabled: *no/ &&
+         (/(^|\n)URIs:[^\n]*\/debian(-security)?\/?(\n|$)/ || /(^|\n)Signed-By:[^\n]*debian-archive-keyring/) {
            sub(/(^|\n)Types:[^\n]*/, "\nTypes: deb-src"); print }' "$f" \
       >"$apt/sources/$(basename "$f")"
   done

@@ -161,6 +161,17 @@ fn a_node_whose_clock_is_off_is_named() {
             "FAKETIME_DONT_FAKE_MONOTONIC=1",
         ],
     );
+    // libfaketime keeps a shared-memory segment and a semaphore per
+    // process, named by its pid, and removes them at exit; a killed agent
+    // cannot.
+    struct FaketimeShm(u32);
+    impl Drop for FaketimeShm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(format!("/dev/shm/faketime_shm_{}", self.0));
+            let _ = std::fs::remove_file(format!("/dev/shm/sem.faketime_sem_{}", self.0));
+        }
+    }
+    let _shm = FaketimeShm(a3.child.as_ref().unwrap().id());
     a3.wait_ready(std::time::Duration::from_secs(60));
     until("h1 reads h3's clock", 60, || skew(&a1, "h3").is_some());
     let s = skew(&a1, "h3").unwrap();

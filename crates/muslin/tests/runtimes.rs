@@ -196,8 +196,14 @@ fn remove_cgroups(name: &str) {
             return;
         };
         let mut left = false;
-        for c in ctls.flatten() {
-            let p = c.path().join(name);
+        // cgroup v1 and hybrid hosts: one hierarchy per controller; a
+        // pure v2 host: the one unified hierarchy at the root.
+        let roots = ctls
+            .flatten()
+            .map(|c| c.path())
+            .chain([std::path::PathBuf::from("/sys/fs/cgroup")]);
+        for root in roots {
+            let p = root.join(name);
             rmdir_tree(&p);
             left |= p.exists();
         }
@@ -274,6 +280,7 @@ impl Podman {
             "[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\"]\n\
              network_config_dir = \"{}\"\n\
              [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nruntime = \"runc\"\n\
+             lock_type = \"file\"\n\
              [containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n",
             bin.display(),
             netd.display()
