@@ -207,6 +207,32 @@ pub struct RouteFact {
     pub mtu: Option<u32>,
 }
 
+impl RouteFact {
+    /// The route as `ip route` would name it, for a finding.
+    pub fn describe(&self) -> String {
+        let mut s = self.dst.to_string();
+        if let Some(g) = self.gateway {
+            s.push_str(&format!(" via {g}"));
+        }
+        if let Some(d) = &self.dev {
+            s.push_str(&format!(" dev {d}"));
+        }
+        if self.table != 254 {
+            s.push_str(&format!(" table {}", self.table));
+        }
+        s
+    }
+}
+
+/// CIDRs as a finding lists them.
+pub(crate) fn cidr_list(cidrs: &[IpNet]) -> String {
+    cidrs
+        .iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteGet {
     pub dev: String,

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
-use common::hosts::{until, Agent, Net};
+use common::hosts::{Agent, ReadmePair};
 use common::{eventually, must, unique, Netns, ProbeServer, TempDir, BIN, CNI_PLUGINS};
 use serde_json::{json, Value};
 
@@ -238,32 +238,6 @@ impl Drop for Runtime {
     }
 }
 
-/// Two hosts as README's Install section has them, their agents, and a
-/// runtime on the first.
-struct Cluster {
-    agents: Vec<Agent>,
-    hosts: Vec<Netns>,
-    _net: Net,
-}
-
-fn cluster() -> Cluster {
-    let net = Net::new();
-    let hosts = vec![Netns::new("h1"), Netns::new("h2")];
-    net.as_readme_hosts(&hosts);
-    let agents = vec![
-        Agent::start(&hosts[0], "h1", &net.secret(), &[]),
-        Agent::start(&hosts[1], "h2", &net.secret(), &["--join", "192.168.56.11"]),
-    ];
-    until("h1 sees h2's data path answer", 60, || {
-        agents[0].peer("h2")["data_path"] == "ok"
-    });
-    Cluster {
-        agents,
-        hosts,
-        _net: net,
-    }
-}
-
 /// (name, kind) of every link in `ns`.
 fn links_by_kind(ns: &Netns) -> Vec<(String, String)> {
     ns.ip_json(&["-d", "link", "show"])
@@ -384,7 +358,7 @@ fn caps(host_port: u16) -> Value {
 
 #[test]
 fn cnitool_adds_checks_and_deletes_through_muslin_portmap_and_bandwidth() {
-    let cl = cluster();
+    let cl = ReadmePair::start();
     let (h1, h2) = (&cl.hosts[0], &cl.hosts[1]);
     let (a1, a2) = (&cl.agents[0], &cl.agents[1]);
 
@@ -474,7 +448,7 @@ fn cnitool_adds_checks_and_deletes_through_muslin_portmap_and_bandwidth() {
 
 #[test]
 fn status_and_gc_reach_muslin_beside_cnitool_and_del_after_gc_leaves_nothing() {
-    let cl = cluster();
+    let cl = ReadmePair::start();
     let h1 = &cl.hosts[0];
     let a1 = &cl.agents[0];
     let rt = Runtime::new(a1);

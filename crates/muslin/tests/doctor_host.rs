@@ -209,14 +209,7 @@ fn doctor_isolated(a: &Agent, setup: &str) -> (i32, Value) {
         ])
         .output()
         .unwrap();
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "doctor printed no JSON ({e}): {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    });
-    (o.status.code().unwrap_or(-1), v)
+    common::hosts::doctor_report(&o)
 }
 
 /// Starts a process named `name` (a copy of sleep) in the background.

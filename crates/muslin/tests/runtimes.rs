@@ -17,37 +17,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::hosts::{until, Agent, Net};
+use common::hosts::{Agent, ReadmePair};
 use common::{Netns, TempDir, BIN, CNI_PLUGINS};
 use serde_json::{json, Value};
 
 /// The CNI version runtimes' libcni (1.1) understands; Muslin answers in
 /// the configuration's version.
 const CNI_VERSION: &str = "1.0.0";
-
-/// Two hosts on one segment, each with an agent, that see each other.
-struct Cluster {
-    agents: Vec<Agent>,
-    hosts: Vec<Netns>,
-    _net: Net,
-}
-
-fn cluster() -> Cluster {
-    let net = Net::new();
-    let hosts = vec![Netns::new("h1"), Netns::new("h2")];
-    net.as_readme_hosts(&hosts);
-    let secret = net.secret();
-    let a1 = Agent::start(&hosts[0], "h1", &secret, &[]);
-    let a2 = Agent::start(&hosts[1], "h2", &secret, &["--join", "192.168.56.11"]);
-    until("the two agents see each other", 60, || {
-        a1.peer("h2")["alive"] == true && a2.peer("h1")["alive"] == true
-    });
-    Cluster {
-        agents: vec![a1, a2],
-        hosts,
-        _net: net,
-    }
-}
 
 /// The conflist a runtime reads for network `muslin` on a host whose agent
 /// listens at `socket`.
@@ -381,7 +357,7 @@ fn cni_cache_entries(id: &str) -> Vec<String> {
 
 #[test]
 fn podman_containers_on_two_hosts_reach_each_other_and_leave_nothing() {
-    let c = cluster();
+    let c = ReadmePair::start();
     let p: Vec<Podman> = c
         .hosts
         .iter()
@@ -518,7 +494,7 @@ fn ms(d: Duration) -> f64 {
 #[test]
 fn podman_run_to_reachable_muslin_beside_the_cni_bridge() {
     const ROUNDS: usize = 7;
-    let c = cluster();
+    let c = ReadmePair::start();
     let p = Podman::new(&c.hosts[0], &c.agents[0].socket);
     p.must(&["network", "create", "--subnet", "10.89.7.0/24", "podbr"]);
     // host-local keeps its leases in the test's directory, not the host's
@@ -774,7 +750,7 @@ fn endpoint_ip(a: &Agent, cni_id: &str) -> Option<String> {
 
 #[test]
 fn containerd_ctr_containers_on_two_hosts_reach_each_other_and_leave_nothing() {
-    let c = cluster();
+    let c = ReadmePair::start();
     let ctd = Containerd::start();
     // What an operator installs on each host: the plugin and a conflist.
     let host_dirs: Vec<(TempDir, PathBuf, PathBuf)> = c

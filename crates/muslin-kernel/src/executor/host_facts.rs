@@ -263,17 +263,7 @@ fn read_in_initial_namespace(keys: &[&str]) -> BTreeMap<String, String> {
 
 /// `/proc/PID/ns/net` of PID 1 first, then of every other process.
 fn namespaces_of_processes() -> impl Iterator<Item = std::path::PathBuf> {
-    let others = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-        })
-        .map(|e| e.path().join("ns/net"));
+    let others = process_dirs().map(|d| d.join("ns/net"));
     std::iter::once(std::path::PathBuf::from("/proc/1/ns/net")).chain(others)
 }
 
@@ -313,11 +303,11 @@ fn module(name: &str) -> Option<bool> {
     readable.then_some(false)
 }
 
-fn processes() -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = dir
+/// `/proc/PID` of every process.
+fn process_dirs() -> impl Iterator<Item = std::path::PathBuf> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
         .flatten()
         .filter(|e| {
             e.file_name()
@@ -325,7 +315,12 @@ fn processes() -> Vec<String> {
                 .bytes()
                 .all(|b| b.is_ascii_digit())
         })
-        .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
+        .map(|e| e.path())
+}
+
+fn processes() -> Vec<String> {
+    let mut names: Vec<String> = process_dirs()
+        .filter_map(|d| std::fs::read_to_string(d.join("comm")).ok())
         .map(|s| s.trim().to_string())
         .collect();
     names.sort();

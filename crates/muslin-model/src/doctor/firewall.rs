@@ -34,7 +34,10 @@ pub fn check(host: &HostFacts, agent: AgentView<'_>) -> Vec<Finding> {
     if drops.is_empty() {
         return vec![Finding::ok(
             CHECK,
-            format!("no forward chain drops pod traffic ({})", list(&cidrs)),
+            format!(
+                "no forward chain drops pod traffic ({})",
+                super::cidr_list(&cidrs)
+            ),
         )];
     }
     drops.iter().map(|d| finding(d, &cidrs, agent)).collect()
@@ -45,7 +48,7 @@ fn finding(d: &PodDrop, cidrs: &[IpNet], agent: AgentView<'_>) -> Finding {
     let saw = format!(
         "{} would drop pod traffic ({}): {}",
         d.chain,
-        list(cidrs),
+        super::cidr_list(cidrs),
         d.cause
     );
     if d.covered {
@@ -113,14 +116,6 @@ fn pod_cidrs(agent: AgentView<'_>) -> Vec<IpNet> {
     } else {
         from_agent
     }
-}
-
-fn list(cidrs: &[IpNet]) -> String {
-    cidrs
-        .iter()
-        .map(|c| c.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 #[cfg(test)]

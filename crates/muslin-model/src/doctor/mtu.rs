@@ -116,20 +116,6 @@ fn overhead(p: &PeerStatus) -> Option<(u32, &'static str)> {
     }
 }
 
-fn describe(r: &RouteFact) -> String {
-    let mut s = r.dst.to_string();
-    if let Some(g) = r.gateway {
-        s.push_str(&format!(" via {g}"));
-    }
-    if let Some(d) = &r.dev {
-        s.push_str(&format!(" dev {d}"));
-    }
-    if r.table != 254 {
-        s.push_str(&format!(" table {}", r.table));
-    }
-    s
-}
-
 /// The MTU the kernel enforces on `r`: its own metric, else its device's.
 fn effective(host: &HostFacts, r: &RouteFact) -> Option<u32> {
     r.mtu
@@ -186,17 +172,17 @@ fn path(host: &HostFacts, pod_mtu: u32, c: &ClusterStatus) -> Vec<Finding> {
             .iter()
             .filter(|r| effective(host, r).is_none_or(|m| m > fits))
             .map(|r| match effective(host, r) {
-                Some(m) if r.mtu.is_some() => format!("{} (mtu {m})", describe(r)),
-                Some(m) => format!("{} (no MTU pinned; device MTU {m})", describe(r)),
-                None => format!("{} (no MTU pinned)", describe(r)),
+                Some(m) if r.mtu.is_some() => format!("{} (mtu {m})", r.describe()),
+                Some(m) => format!("{} (no MTU pinned; device MTU {m})", r.describe()),
+                None => format!("{} (no MTU pinned)", r.describe()),
             })
             .collect();
         if loose.is_empty() {
             let pinned: Vec<String> = routes
                 .iter()
                 .map(|r| match r.mtu {
-                    Some(m) => format!("{} mtu {m}", describe(r)),
-                    None => format!("{} (device MTU fits)", describe(r)),
+                    Some(m) => format!("{} mtu {m}", r.describe()),
+                    None => format!("{} (device MTU fits)", r.describe()),
                 })
                 .collect();
             fine.push(format!(

@@ -46,7 +46,7 @@ pub fn check(host: &HostFacts, agent: AgentView<'_>) -> Vec<Finding> {
             CHECK,
             format!(
                 "no host address or route of its own overlaps the pod network ({})",
-                list(&cidrs)
+                super::cidr_list(&cidrs)
             ),
         ));
     }
@@ -95,7 +95,7 @@ fn routes(
         else {
             continue;
         };
-        let route = describe(r);
+        let route = r.describe();
         let held: Vec<String> = blocks
             .iter()
             .filter(|(b, _)| crate::host_firewall::overlaps(b, &r.dst))
@@ -129,28 +129,6 @@ fn routes(
         }
     }
     out
-}
-
-fn describe(r: &RouteFact) -> String {
-    let mut s = r.dst.to_string();
-    if let Some(g) = r.gateway {
-        s.push_str(&format!(" via {g}"));
-    }
-    if let Some(d) = &r.dev {
-        s.push_str(&format!(" dev {d}"));
-    }
-    if r.table != 254 {
-        s.push_str(&format!(" table {}", r.table));
-    }
-    s
-}
-
-fn list(cidrs: &[IpNet]) -> String {
-    cidrs
-        .iter()
-        .map(|c| c.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 #[cfg(test)]

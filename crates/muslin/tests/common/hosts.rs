@@ -384,6 +384,11 @@ pub fn doctor(ns: &str, socket: &Path) -> (i32, Value) {
         .arg(socket)
         .output()
         .unwrap();
+    doctor_report(&o)
+}
+
+/// The exit code and JSON report of a finished `muslin doctor --json`.
+pub fn doctor_report(o: &std::process::Output) -> (i32, Value) {
     let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
         panic!(
             "doctor printed no JSON ({e}): {}{}",
@@ -417,5 +422,29 @@ impl Agent {
     /// `muslin doctor` on this agent's host.
     pub fn doctor(&self) -> (i32, Value) {
         doctor(&self.ns_name, &self.socket)
+    }
+}
+
+/// Two hosts as README's Install section has them (the first without
+/// `--join`), whose agents see each other's data path answer.
+pub struct ReadmePair {
+    pub agents: Vec<Agent>,
+    pub hosts: Vec<Netns>,
+    pub net: Net,
+}
+
+impl ReadmePair {
+    pub fn start() -> ReadmePair {
+        let net = Net::new();
+        let hosts = vec![Netns::new("h1"), Netns::new("h2")];
+        net.as_readme_hosts(&hosts);
+        let agents = vec![
+            Agent::start(&hosts[0], "h1", &net.secret(), &[]),
+            Agent::start(&hosts[1], "h2", &net.secret(), &["--join", "192.168.56.11"]),
+        ];
+        until("h1 and h2 see each other's data path answer", 60, || {
+            agents[0].peer("h2")["data_path"] == "ok" && agents[1].peer("h1")["alive"] == true
+        });
+        ReadmePair { agents, hosts, net }
     }
 }
