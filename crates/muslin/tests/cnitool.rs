@@ -16,7 +16,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use common::hosts::{Agent, ReadmePair};
@@ -192,25 +192,16 @@ impl Runtime {
     /// Runs Muslin's plugin in the host's namespace for a command with no
     /// container (STATUS, GC); returns its output and exit code.
     fn plugin(&self, command: &str, conf: &Value) -> (String, i32) {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.host])
-            .arg(self.cni_path().join("muslin"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("CNI_COMMAND", command)
-            .env("CNI_PATH", self.cni_path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(conf.to_string().as_bytes())
-            .unwrap();
-        let o = child.wait_with_output().unwrap();
+        let o = common::with_stdin(
+            Command::new("ip")
+                .args(["netns", "exec", &self.host])
+                .arg(self.cni_path().join("muslin"))
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("CNI_COMMAND", command)
+                .env("CNI_PATH", self.cni_path()),
+            conf.to_string().as_bytes(),
+        );
         (
             String::from_utf8_lossy(&o.stdout).into_owned(),
             o.status.code().unwrap_or(-1),

@@ -139,26 +139,17 @@ fn del_again(host: &Netns, socket: &Path, container_id: &str) {
     let mut conf = conflist(socket)["plugins"][0].clone();
     conf["cniVersion"] = json!(CNI_VERSION);
     conf["name"] = json!("muslin");
-    let mut c = Command::new("ip")
-        .args(["netns", "exec", &host.name, BIN])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CNI_COMMAND", "DEL")
-        .env("CNI_CONTAINERID", container_id)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", CNI_PLUGINS)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    c.stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    let o = c.wait_with_output().unwrap();
+    let o = common::with_stdin(
+        Command::new("ip")
+            .args(["netns", "exec", &host.name, BIN])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CNI_COMMAND", "DEL")
+            .env("CNI_CONTAINERID", container_id)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", CNI_PLUGINS),
+        conf.to_string().as_bytes(),
+    );
     assert!(o.status.success(), "DEL again: {}", text(&o));
 }
 

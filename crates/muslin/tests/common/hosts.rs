@@ -116,19 +116,10 @@ pub fn nft(ns: &Netns, script: &str) {
 
 /// `nft -f -` with `script` in the namespace named `ns`.
 pub fn nft_in(ns: &str, script: &str) {
-    let mut c = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    c.stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let o = c.wait_with_output().unwrap();
+    let o = super::with_stdin(
+        Command::new("ip").args(["netns", "exec", ns, "nft", "-f", "-"]),
+        script.as_bytes(),
+    );
     assert!(
         o.status.success(),
         "nft: {}",
@@ -311,19 +302,7 @@ pub fn plugin(
     for (k, v) in extra {
         cmd.env(k, v);
     }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = super::with_stdin(&mut cmd, conf.to_string().as_bytes());
     let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
     (v, o.status.success())
 }

@@ -477,3 +477,17 @@ pub fn ping_counts(out: &str) -> (u64, u64) {
     };
     (n("sent"), n("received"))
 }
+
+/// Runs `cmd` with `input` on its standard input and its output captured.
+pub fn with_stdin(cmd: &mut std::process::Command, input: &[u8]) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
