@@ -71,6 +71,18 @@ struct Peer {
     peer: String,
 }
 
+/// One series per item and reason: drop counters kept per cause.
+fn by_reason<T, L>(
+    items: &[T],
+    counts: impl Fn(&T) -> [(&'static str, u64); 2],
+    label: impl Fn(&T, &'static str) -> L,
+) -> Vec<(L, u64)> {
+    items
+        .iter()
+        .flat_map(|x| counts(x).map(|(reason, v)| (label(x, reason), v)))
+        .collect()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct PolicyReason {
     policy: String,
@@ -269,24 +281,14 @@ fn build(r: &mut Registry, s: &Snapshot) {
             "network_dropped_packets",
             "Packets this host dropped at a network's edge: leaving (towards another network) or to_host (towards this host)",
             None,
-            s.networks
-                .iter()
-                .flat_map(|n| {
-                    [
-                        ("leaving", n.dropped_leaving),
-                        ("to_host", n.dropped_to_host),
-                    ]
-                    .map(|(reason, v)| {
-                        (
-                            NetworkReason {
-                                network: n.name.clone(),
-                                reason,
-                            },
-                            v,
-                        )
-                    })
-                })
-                .collect(),
+            by_reason(
+                s.networks,
+                |n| [("leaving", n.dropped_leaving), ("to_host", n.dropped_to_host)],
+                |n, reason| NetworkReason {
+                    network: n.name.clone(),
+                    reason,
+                },
+            ),
         );
     }
     if let Some(d) = &st.dns {
@@ -446,24 +448,14 @@ fn cluster(r: &mut Registry, c: &muslin_model::api::ClusterStatus, p: Process) {
         "policy_dropped_packets",
         "Packets this host dropped by a policy: denied (its deny rules) or isolated (at an endpoint it isolates, shared by every policy isolating it)",
         None,
-        c.policies
-            .iter()
-            .flat_map(|pol| {
-                [
-                    ("denied", pol.denied_here),
-                    ("isolated", pol.dropped_isolated_here),
-                ]
-                .map(|(reason, v)| {
-                    (
-                        PolicyReason {
-                            policy: pol.key.clone(),
-                            reason,
-                        },
-                        v,
-                    )
-                })
-            })
-            .collect(),
+        by_reason(
+            &c.policies,
+            |pol| [("denied", pol.denied_here), ("isolated", pol.dropped_isolated_here)],
+            |pol, reason| PolicyReason {
+                policy: pol.key.clone(),
+                reason,
+            },
+        ),
     );
     if let Some(wg) = &c.wireguard {
         // A peer no node of the view names is still a series, by its key.

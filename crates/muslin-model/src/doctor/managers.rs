@@ -28,13 +28,19 @@ pub struct Iface {
     pub kind: String,
 }
 
+impl Iface {
+    pub fn new(name: &str, kind: &str) -> Iface {
+        Iface {
+            name: name.into(),
+            kind: kind.into(),
+        }
+    }
+}
+
 /// Every kind of interface Muslin makes, whether or not it exists yet (a
 /// manager grabs it the moment it appears), and those on the host now.
 fn ours(host: &HostFacts) -> Vec<Iface> {
-    let iface = |name: &str, kind: &str| Iface {
-        name: name.into(),
-        kind: kind.into(),
-    };
+    let iface = Iface::new;
     let mut v = vec![
         iface(crate::dataplane::VXLAN_DEV, "vxlan"),
         iface(crate::encryption::WG_DEV, "wireguard"),

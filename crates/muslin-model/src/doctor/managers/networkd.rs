@@ -106,13 +106,6 @@ pub fn managed<'a>(files: &'a [(String, String)], ours: &'a [Iface]) -> Vec<(&'a
 mod tests {
     use super::*;
 
-    fn dev(name: &str, kind: &str) -> Iface {
-        Iface {
-            name: name.into(),
-            kind: kind.into(),
-        }
-    }
-
     fn net(path: &str, text: &str) -> (String, String) {
         (path.into(), text.into())
     }
@@ -124,8 +117,8 @@ mod tests {
 
     #[test]
     fn name_globs_decide_which_interfaces_a_file_takes() {
-        let d = dev("msl-vxlan", "vxlan");
-        let v = dev("msl0a1b2c3d4e5f", "veth");
+        let d = Iface::new("msl-vxlan", "vxlan");
+        let v = Iface::new("msl0a1b2c3d4e5f", "veth");
         for (names, takes_vxlan, takes_veth) in [
             ("*", true, true),
             ("msl*", true, true),
@@ -147,7 +140,7 @@ mod tests {
 
     #[test]
     fn lists_accumulate_and_reset_and_kind_counts() {
-        let d = dev("msl-vxlan", "vxlan");
+        let d = Iface::new("msl-vxlan", "vxlan");
         let f = |t: &str| [net("/etc/systemd/network/10-x.network", t)];
         assert!(hit(&f("[Match]\nName=eth0\nName=msl*\n"), &d).is_some());
         assert!(hit(&f("[Match]\nName=msl*\nName=\nName=eth0\n"), &d).is_none());
@@ -162,7 +155,7 @@ mod tests {
 
     #[test]
     fn the_first_matching_file_wins_and_may_leave_it_alone() {
-        let d = dev("msl-wg0", "wireguard");
+        let d = Iface::new("msl-wg0", "wireguard");
         let all = net(
             "/etc/systemd/network/80-all.network",
             "[Match]\nName=*\n[Network]\nDHCP=yes\n",

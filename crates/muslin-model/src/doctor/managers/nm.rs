@@ -142,15 +142,11 @@ pub fn managed<'a>(files: &[(String, String)], ours: &'a [Iface]) -> (Vec<&'a If
 mod tests {
     use super::*;
 
-    fn dev(name: &str, kind: &str) -> Iface {
-        Iface {
-            name: name.into(),
-            kind: kind.into(),
-        }
-    }
-
     fn ours() -> Vec<Iface> {
-        vec![dev("msl-vxlan", "vxlan"), dev("msl-wg0", "wireguard")]
+        vec![
+            Iface::new("msl-vxlan", "vxlan"),
+            Iface::new("msl-wg0", "wireguard"),
+        ]
     }
 
     fn file(path: &str, text: &str) -> (String, String) {
