@@ -7,7 +7,7 @@
 //! | what | gossip (per node) | etcd (under the prefix) |
 //! |---|---|---|
 //! | node record | `node` | `nodes/NODE` |
-//! | liveness | (chitchat) | `alive/NODE` |
+//! | liveness | (SWIM membership) | `alive/NODE` |
 //! | claim, v2 | `v2/block/NETWORK/CIDR` | `v2/blocks/NETWORK/CIDR` |
 //! | claim, v1 | `block/CIDR` | `blocks/CIDR` |
 //! | endpoint | `v2/endpoint/NETWORK/CONTAINER/IFNAME` | `v2/endpoints/NODE/NETWORK/CONTAINER/IFNAME` |

@@ -20,26 +20,13 @@ pub const TOMBSTONE_MS: u64 = 7 * 24 * 3_600_000;
 ///
 /// Gossip is what bounds it (etcd takes 1.5 MiB a request), and the same
 /// bound applies on both stores so an object never depends on which one
-/// the cluster runs. What chitchat 0.11 over our sealed transport allows:
-///
-/// - a value is a string with a `u16` length, and one key-value op must
-///   serialize to at most 65 535 bytes or chitchat panics on `append`;
-/// - a message is at most 65 507 bytes (one UDP datagram), and sealing
-///   adds 37 more (kind, nonce, send time, tag) that chitchat does not
-///   count, so a message filled to its limit is refused by `sealed.rs`;
-/// - a SYN-ACK carries the sender's full digest (41 to 116 bytes a node:
-///   name, generation, address, three counters) before its delta, so its
-///   room for values shrinks as the cluster grows;
-/// - a value that does not fit ends the delta where it stands: the
-///   writer's later keys stall behind it, and since every node
-///   republishes every object, every node's would.
-///
-/// 16 KiB leaves a SYN-ACK room for a record beside the digest of about
-/// 400 nodes with 63-character names over IPv6 (more with shorter ones),
-/// and an ACK, which carries no digest, room at any size. It keeps a
-/// datagram that carries one to a dozen IP fragments on a 1500-byte MTU,
-/// where losing any fragment loses the datagram. Policies and label sets
-/// are far smaller.
+/// the cluster runs. Gossip's anti-entropy carries a value whole in one
+/// datagram (at most 60,000 bytes of changes before sealing, split
+/// between values, never inside one), and a broadcast carries only a
+/// hint of a value over 700 bytes. 16 KiB keeps a datagram that carries
+/// one to a dozen IP fragments on a 1500-byte MTU, where losing any
+/// fragment loses the datagram, and leaves room for the record beside
+/// it. Policies and label sets are far smaller.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// The longest kind: short, since every key of the kind repeats it.

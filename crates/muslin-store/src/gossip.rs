@@ -1,9 +1,10 @@
-//! The embedded store: chitchat's scuttlebutt gossip and phi-accrual
-//! failure detector, over the sealed transport. Each node writes only its
-//! own keys (`node`, claims, endpoints, and its copies of the cluster's
-//! networks and objects; see `muslin_model::cluster` for the keys); a
-//! node silent for longer than the block TTL is forgotten by
-//! chitchat, and with it its claims, endpoints and routes.
+//! The embedded store: SWIM membership and failure detection (foca) with
+//! changes spread as broadcasts and repaired by anti-entropy (`swim`),
+//! over the sealed transport. Each node writes only its own keys (`node`,
+//! claims, endpoints, and its copies of the cluster's networks and
+//! objects; see `muslin_model::cluster` for the keys); a node not alive
+//! for longer than the block TTL is forgotten, and with it its claims,
+//! endpoints and routes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -11,7 +12,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 use ipnet::IpNet;
 use muslin_model::cluster::{
     gossip_block_keys, gossip_endpoint_key, gossip_network_key, gossip_object_key,
@@ -22,6 +22,7 @@ use muslin_model::network::{merge, NetworkSpec, TOMBSTONE_MS};
 use muslin_model::object::{self, ObjectKey, ObjectRecord};
 
 use crate::sealed::{AuthState, Redirects, SealedUdp};
+use crate::swim::{Engine, EngineConfig, Wire};
 use crate::{ClusterStore, StoreError};
 
 #[derive(Debug, Clone)]
@@ -37,7 +38,7 @@ pub struct GossipConfig {
 }
 
 pub struct Gossip {
-    handle: ChitchatHandle,
+    pub(crate) engine: Engine,
     auth: Arc<AuthState>,
     redirects: Redirects,
     me: String,
@@ -51,7 +52,7 @@ pub struct Gossip {
 }
 
 struct Decoded {
-    id: ChitchatId,
+    generation: u64,
     version: u64,
     keys: usize,
     view: PeerView,
@@ -79,24 +80,6 @@ impl Gossip {
         cfg: GossipConfig,
         initial: Vec<(String, String)>,
     ) -> Result<Gossip, StoreError> {
-        let id = ChitchatId::new(cfg.node_name.clone(), now_ms(), cfg.advertise);
-        let config = ChitchatConfig {
-            chitchat_id: id,
-            cluster_id: "muslin".into(),
-            gossip_interval: cfg.interval,
-            listen_addr: cfg.listen,
-            seed_nodes: cfg.seeds.iter().map(|s| s.to_string()).collect(),
-            failure_detector_config: FailureDetectorConfig {
-                phi_threshold: 8.0,
-                sampling_window_size: 1000,
-                max_interval: Duration::from_secs(10),
-                initial_interval: cfg.interval * 2,
-                dead_node_grace_period: cfg.ttl,
-            },
-            marked_for_deletion_grace_period: Duration::from_secs(3600),
-            catchup_callback: None,
-            extra_liveness_predicate: None,
-        };
         let auth = Arc::new(AuthState::default());
         let redirects = Redirects::default();
         let transport = SealedUdp {
@@ -109,18 +92,57 @@ impl Gossip {
             )),
             redirects: redirects.clone(),
         };
-        let handle = spawn_chitchat(config, initial, &transport)
+        let sock = transport
+            .bind(cfg.listen)
             .await
             .map_err(|e| StoreError::Gossip(format!("{e:#}")))?;
-        Ok(Gossip {
-            handle,
+        Ok(Gossip::start_on(
+            cfg,
+            initial,
+            Box::new(sock),
+            auth,
+            redirects,
+        ))
+    }
+
+    /// Starts on any datagram socket: the agent's sealed UDP, or the
+    /// simulation's in-memory network (`crate::sim`).
+    pub(crate) fn start_on(
+        cfg: GossipConfig,
+        initial: Vec<(String, String)>,
+        wire: Box<dyn Wire>,
+        auth: Arc<AuthState>,
+        redirects: Redirects,
+    ) -> Gossip {
+        // A restarted agent is a new generation: its state starts empty
+        // and replaces the previous one's once its record is out.
+        let generation = now_ms();
+        let seed = cfg
+            .node_name
+            .bytes()
+            .fold(generation, |h, b| h.rotate_left(5) ^ u64::from(b));
+        let engine = Engine::start(
+            EngineConfig {
+                name: cfg.node_name.clone(),
+                generation,
+                advertise: cfg.advertise,
+                seeds: cfg.seeds.clone(),
+                interval: cfg.interval,
+                ttl: cfg.ttl,
+                rng_seed: seed,
+            },
+            wire,
+        );
+        engine.write(initial.into_iter().map(|(k, v)| (k, Some(v))));
+        Gossip {
+            engine,
             auth,
             redirects,
             me: cfg.node_name,
             alone: cfg.seeds.is_empty(),
             decoded: Default::default(),
             objects: Default::default(),
-        })
+        }
     }
 
     /// Why peers refuse us, if they do (no or wrong cluster secret).
@@ -149,36 +171,29 @@ impl Gossip {
     }
 
     async fn set(&self, key: String, value: String) {
-        self.handle
-            .with_chitchat(|c| c.self_node_state().set(key.clone(), value.clone()))
-            .await;
+        self.engine.write([(key, Some(value))]);
     }
 
     /// Makes this node's keys under `prefix` exactly `want`: the others
     /// deleted, the wanted set (an unchanged value costs nothing).
     async fn sync_prefix(&self, prefix: &str, want: BTreeMap<String, String>) {
-        self.handle
-            .with_chitchat(|c| {
-                let st = c.self_node_state();
-                let gone: Vec<String> = st
-                    .key_values()
-                    .filter(|(k, _)| k.starts_with(prefix) && !want.contains_key(*k))
-                    .map(|(k, _)| k.to_string())
-                    .collect();
-                for k in gone {
-                    st.delete(&k);
-                }
-                for (k, v) in &want {
-                    if st.get(k) != Some(v.as_str()) {
-                        st.set(k.clone(), v.clone());
-                    }
-                }
-            })
-            .await;
+        let gone: Vec<String> = self.engine.with(|s| {
+            s.cluster
+                .own()
+                .key_values()
+                .filter(|(k, _)| k.starts_with(prefix) && !want.contains_key(*k))
+                .map(|(k, _)| k.to_string())
+                .collect()
+        });
+        self.engine.write(
+            gone.into_iter()
+                .map(|k| (k, None))
+                .chain(want.into_iter().map(|(k, v)| (k, Some(v)))),
+        );
     }
 
     pub async fn shutdown(self) {
-        let _ = self.handle.shutdown().await;
+        self.engine.shutdown().await;
     }
 }
 
@@ -199,18 +214,11 @@ impl ClusterStore for Gossip {
     }
 
     async fn release_block(&self, network: &str, block: IpNet) {
-        let keys = gossip_block_keys(network, block);
-        self.handle
-            .with_chitchat(|c| {
-                let st = c.self_node_state();
-                for key in &keys {
-                    // Deleting an absent key only makes chitchat complain.
-                    if st.get(key).is_some() {
-                        st.delete(key);
-                    }
-                }
-            })
-            .await;
+        self.engine.write(
+            gossip_block_keys(network, block)
+                .into_iter()
+                .map(|k| (k, None)),
+        );
     }
 
     async fn sync_endpoints(&self, records: &[EndpointRecord]) {
@@ -256,23 +264,12 @@ impl ClusterStore for Gossip {
         for r in recs {
             object::check_put(r)?;
         }
-        let kv: Vec<(String, String)> = recs
-            .iter()
-            .map(|r| {
-                (
-                    gossip_object_key(&r.kind, &r.name),
-                    serde_json::to_string(r).expect("record serializes"),
-                )
-            })
-            .collect();
-        self.handle
-            .with_chitchat(|c| {
-                let st = c.self_node_state();
-                for (k, v) in &kv {
-                    st.set(k.clone(), v.clone());
-                }
-            })
-            .await;
+        self.engine.write(recs.iter().map(|r| {
+            (
+                gossip_object_key(&r.kind, &r.name),
+                Some(serde_json::to_string(r).expect("record serializes")),
+            )
+        }));
         Ok(())
     }
 
@@ -300,103 +297,64 @@ impl ClusterStore for Gossip {
     }
 
     async fn view(&self) -> ClusterView {
-        let chitchat = self.handle.chitchat();
-        let c = chitchat.lock().await;
-        let live: std::collections::HashSet<ChitchatId> = c.live_nodes().cloned().collect();
-        // The newest generation of each node name that has published its
-        // record stands for the node: a restarted agent's fresh generation
-        // must not hide the previous one's claims (and so drop routes to
-        // it) before its own state has spread.
-        let mut newest: BTreeMap<String, &ChitchatId> = BTreeMap::new();
-        for (id, st) in c.node_states() {
-            if st.get(NODE_KEY).is_none() && id.node_id.as_ref() != self.me {
-                continue;
-            }
-            let e = newest.entry(id.node_id.to_string()).or_insert(id);
-            if id.generation_id > e.generation_id {
-                *e = id;
-            }
-        }
-        let any_live: std::collections::HashSet<String> =
-            live.iter().map(|id| id.node_id.to_string()).collect();
         let mut view = ClusterView::default();
         let mut decoded = self.decoded.lock().expect("decoded");
-        let before = decoded.len();
-        decoded.retain(|n, _| newest.contains_key(n));
-        // Whether some node's state was decoded again (or left): only then
-        // are the objects merged again.
-        let mut changed = decoded.len() != before;
-        for (name, id) in newest {
-            let Some(state) = c.node_state(id) else {
-                continue;
-            };
-            let alive = live.contains(id) || any_live.contains(&name) || name == self.me;
-            let (version, keys) = (state.max_version(), state.num_key_values());
-            if let Some(d) = decoded
-                .get(&name)
-                .filter(|d| d.id == *id && d.version == version && d.keys == keys)
-            {
-                let mut pv = d.view.clone();
-                pv.alive = alive;
-                view.nodes.insert(name, pv);
-                for n in &d.networks {
+        let mut changed = false;
+        self.engine.with(|s| {
+            // The newest generation of each node name that has published
+            // its record stands for the node: a restarted agent's fresh
+            // generation must not hide the previous one's claims (and so
+            // drop routes to it) before its own state has spread.
+            let mut newest: BTreeMap<&str, u64> = BTreeMap::new();
+            for ((name, generation), kv) in s.cluster.nodes() {
+                if kv.get(NODE_KEY).is_none() && *name != self.me {
+                    continue;
+                }
+                let e = newest.entry(name.as_str()).or_insert(*generation);
+                *e = (*e).max(*generation);
+            }
+            let before = decoded.len();
+            decoded.retain(|n, _| newest.contains_key(n.as_str()));
+            // Whether some node's state was decoded again (or left): only
+            // then are the objects merged again.
+            changed = decoded.len() != before;
+            for (name, generation) in newest {
+                let Some(state) = s.cluster.node(name, generation) else {
+                    continue;
+                };
+                let alive = name == self.me || s.alive(name);
+                let (version, keys) = (state.max_version(), state.live_keys());
+                if let Some(d) = decoded.get(name).filter(|d| {
+                    d.generation == generation && d.version == version && d.keys == keys
+                }) {
+                    let mut pv = d.view.clone();
+                    pv.alive = alive;
+                    view.nodes.insert(name.to_string(), pv);
+                    for n in &d.networks {
+                        merge(&mut view.networks, n.clone());
+                    }
+                    continue;
+                }
+                changed = true;
+                let (pv, networks, objects) = decode(name, state.key_values());
+                for n in &networks {
                     merge(&mut view.networks, n.clone());
                 }
-                continue;
+                decoded.insert(
+                    name.to_string(),
+                    Decoded {
+                        generation,
+                        version,
+                        keys,
+                        view: pv.clone(),
+                        networks,
+                        objects,
+                    },
+                );
+                view.nodes
+                    .insert(name.to_string(), PeerView { alive, ..pv });
             }
-            changed = true;
-            let mut pv = PeerView {
-                alive,
-                ..Default::default()
-            };
-            let mut networks = Vec::new();
-            let mut objects = Vec::new();
-            for (k, v) in state.key_values() {
-                if k == NODE_KEY {
-                    pv.record = serde_json::from_str(v).ok();
-                } else if k.starts_with(ENDPOINT_KEY_PREFIX) {
-                    if let Ok(mut e) = serde_json::from_str::<EndpointRecord>(v) {
-                        // A node writes only its own state: that is who holds it.
-                        e.node = name.clone();
-                        pv.endpoints.push(e);
-                    }
-                } else if k.starts_with(NETWORK_KEY_PREFIX) {
-                    if let Ok(n) = serde_json::from_str::<NetworkSpec>(v) {
-                        if gossip_network_key(&n.name) == k {
-                            networks.push(n);
-                        }
-                    }
-                } else if let Some(key) = parse_gossip_object_key(k) {
-                    if let Ok(o) = serde_json::from_str::<ObjectRecord>(v) {
-                        // Only under its own key: a node cannot slip a
-                        // record of one object in under another's key.
-                        if o.key() == key {
-                            objects.push(o);
-                        }
-                    }
-                } else if let Some((network, b)) = parse_gossip_block_key(k) {
-                    if let Ok(claim) = serde_json::from_str::<BlockClaim>(v) {
-                        pv.add_claim(&network, b, claim);
-                    }
-                }
-            }
-            pv.endpoints.sort();
-            for n in &networks {
-                merge(&mut view.networks, n.clone());
-            }
-            decoded.insert(
-                name.clone(),
-                Decoded {
-                    id: id.clone(),
-                    version,
-                    keys,
-                    view: pv.clone(),
-                    networks,
-                    objects,
-                },
-            );
-            view.nodes.insert(name, pv);
-        }
+        });
         let mut cached = self.objects.lock().expect("objects");
         if changed || cached.is_none() {
             // Every node republishes every object, so the same records
@@ -427,6 +385,48 @@ impl ClusterStore for Gossip {
     fn synced(&self) -> bool {
         self.alone || self.auth.heard.load(Ordering::Relaxed)
     }
+}
+
+/// A node's state as the view holds it: its record, claims and
+/// endpoints, and the network and object records it republishes.
+fn decode<'a>(
+    name: &str,
+    key_values: impl Iterator<Item = (&'a str, &'a str)>,
+) -> (PeerView, Vec<NetworkSpec>, Vec<ObjectRecord>) {
+    let mut pv = PeerView::default();
+    let mut networks = Vec::new();
+    let mut objects = Vec::new();
+    for (k, v) in key_values {
+        if k == NODE_KEY {
+            pv.record = serde_json::from_str(v).ok();
+        } else if k.starts_with(ENDPOINT_KEY_PREFIX) {
+            if let Ok(mut e) = serde_json::from_str::<EndpointRecord>(v) {
+                // A node writes only its own state: that is who holds it.
+                e.node = name.to_string();
+                pv.endpoints.push(e);
+            }
+        } else if k.starts_with(NETWORK_KEY_PREFIX) {
+            if let Ok(n) = serde_json::from_str::<NetworkSpec>(v) {
+                if gossip_network_key(&n.name) == k {
+                    networks.push(n);
+                }
+            }
+        } else if let Some(key) = parse_gossip_object_key(k) {
+            if let Ok(o) = serde_json::from_str::<ObjectRecord>(v) {
+                // Only under its own key: a node cannot slip a record of
+                // one object in under another's key.
+                if o.key() == key {
+                    objects.push(o);
+                }
+            }
+        } else if let Some((network, b)) = parse_gossip_block_key(k) {
+            if let Ok(claim) = serde_json::from_str::<BlockClaim>(v) {
+                pv.add_claim(&network, b, claim);
+            }
+        }
+    }
+    pv.endpoints.sort();
+    (pv, networks, objects)
 }
 
 #[cfg(test)]
@@ -570,11 +570,11 @@ mod tests {
 
     /// Whether `by`'s copy of `node`'s state holds `key`.
     async fn holds(by: &Gossip, node: &str, key: &str) -> bool {
-        let c = by.handle.chitchat();
-        let c = c.lock().await;
-        c.node_states()
-            .iter()
-            .any(|(id, st)| id.node_id.as_ref() == node && st.get(key).is_some())
+        by.engine.with(|s| {
+            s.cluster
+                .nodes()
+                .any(|((n, _), kv)| n == node && kv.get(key).is_some())
+        })
     }
 
     #[tokio::test]

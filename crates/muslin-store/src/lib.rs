@@ -1,6 +1,6 @@
 //! Cluster state behind one interface. The agent publishes its record and
 //! block claims and reads a [`ClusterView`]; it does not know which store
-//! holds them. Gossip (chitchat, embedded, no external store) is the
+//! holds them. Gossip (SWIM membership and anti-entropy, embedded, no external store) is the
 //! default; etcd comes as a second implementation of the same trait.
 
 mod etcd;
@@ -8,6 +8,8 @@ pub mod freshness;
 mod gossip;
 pub mod probe_wire;
 mod sealed;
+pub mod sim;
+mod swim;
 
 use std::future::Future;
 

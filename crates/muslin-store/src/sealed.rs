@@ -16,16 +16,14 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
-use chitchat::transport::{Socket, Transport};
-use chitchat::{ChitchatMessage, Deserializable, Serializable};
 use sha2::{Digest, Sha256};
 
 use crate::freshness::{now_ms, DropLog, Refused, ReplayGuard};
 
 const PLAIN: u8 = 0;
 /// Sealed without a send time: what agents before replay protection
-/// send. Accepted (so a rolling upgrade keeps the cluster whole) but
-/// reported: replay protection holds once every agent is upgraded.
+/// sent. They speak the previous gossip, which this one cannot read:
+/// reported, never accepted.
 const SEALED: u8 = 1;
 /// Sealed, the payload starting with its send time.
 const SEALED_TS: u8 = 6;
@@ -33,6 +31,9 @@ const NEEDS_SECRET: u8 = 2;
 const BAD_SECRET: u8 = 3;
 const NONCE: usize = 12;
 const MAX_DATAGRAM: usize = 65_507;
+/// What sealing adds to a message: the kind byte, the nonce, the send
+/// time and the tag.
+pub(crate) const SEALED_OVERHEAD: usize = 1 + NONCE + 8 + 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -122,13 +123,13 @@ pub struct SealedUdp {
 /// the reports that tell it to move.
 pub type Redirects = Arc<std::sync::RwLock<HashMap<SocketAddr, SocketAddr>>>;
 
-#[async_trait]
-impl Transport for SealedUdp {
-    async fn open(&self, listen: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+impl SealedUdp {
+    /// Binds the gossip socket.
+    pub async fn bind(&self, listen: SocketAddr) -> anyhow::Result<SealedSocket> {
         let sock = tokio::net::UdpSocket::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("binding gossip socket {listen}: {e}"))?;
-        Ok(Box::new(SealedSocket {
+        Ok(SealedSocket {
             sock,
             cipher: self.secret.as_deref().map(cipher),
             auth: self.auth.clone(),
@@ -140,11 +141,11 @@ impl Transport for SealedUdp {
             guard: ReplayGuard::default(),
             drops: DropLog::new(Duration::from_secs(10)),
             legacy_logged: None,
-        }))
+        })
     }
 }
 
-struct SealedSocket {
+pub struct SealedSocket {
     seeds: Vec<SocketAddr>,
     probes: Arc<crate::probe_wire::ProbeWire>,
     redirects: Redirects,
@@ -199,16 +200,16 @@ impl SealedSocket {
         }
     }
 
-    /// A frame of an agent from before replay protection (a rolling
-    /// upgrade): accepted, and reported at most once a minute.
-    fn legacy(&mut self, from: SocketAddr) {
+    /// A frame of an agent from before this gossip engine (a rolling
+    /// upgrade): it cannot be understood; reported at most once a minute.
+    fn older(&mut self, from: SocketAddr) {
         let now = Instant::now();
         if self
             .legacy_logged
             .is_none_or(|t| now.duration_since(t) > Duration::from_secs(60))
         {
             self.legacy_logged = Some(now);
-            tracing::warn!(peer = %from, "a peer runs an older Muslin whose gossip carries no send time: replay protection holds once every agent is upgraded");
+            tracing::warn!(peer = %from, "a peer runs an older Muslin whose gossip (chitchat, before the SWIM engine) this agent cannot read: upgrade every agent; until then the two sides do not see each other");
         }
     }
 
@@ -220,15 +221,14 @@ impl SealedSocket {
     }
 }
 
-#[async_trait]
-impl Socket for SealedSocket {
-    async fn send(&mut self, to: SocketAddr, msg: ChitchatMessage) -> anyhow::Result<()> {
-        let plain = msg.serialize_to_vec();
+impl SealedSocket {
+    /// Seals `plain` and sends it (to where `redirects` says, if anywhere).
+    pub async fn send_plain(&mut self, to: SocketAddr, plain: &[u8]) -> anyhow::Result<()> {
         let frame = match &self.cipher {
-            None => [&[PLAIN][..], &plain].concat(),
+            None => [&[PLAIN][..], plain].concat(),
             Some(c) => {
                 let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
-                let stamped = [&now_ms().to_be_bytes()[..], &plain].concat();
+                let stamped = [&now_ms().to_be_bytes()[..], plain].concat();
                 let sealed = c
                     .encrypt(
                         &nonce,
@@ -263,7 +263,9 @@ impl Socket for SealedSocket {
         Ok(())
     }
 
-    async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
+    /// The next authenticated datagram, opened; probes are answered and
+    /// refused frames counted on the way.
+    pub async fn recv_plain(&mut self) -> anyhow::Result<(SocketAddr, Vec<u8>)> {
         loop {
             let (n, from) = match self.sock.recv_from(&mut self.buf).await {
                 Ok(x) => x,
@@ -307,9 +309,9 @@ impl Socket for SealedSocket {
                         },
                     );
                     match opened {
-                        Ok(p) if kind == SEALED => {
-                            self.legacy(from);
-                            p
+                        Ok(_) if kind == SEALED => {
+                            self.older(from);
+                            continue;
                         }
                         Ok(p) if p.len() >= 8 => {
                             let sent = u64::from_be_bytes(p[..8].try_into().expect("8 bytes"));
@@ -353,13 +355,34 @@ impl Socket for SealedSocket {
                 }
                 _ => continue,
             };
-            match ChitchatMessage::deserialize(&mut &plain[..]) {
-                Ok(msg) => {
-                    self.auth.heard.store(true, Ordering::Relaxed);
-                    self.auth.heard_at_ms.store(now_ms(), Ordering::Relaxed);
-                    return Ok((from, msg));
-                }
-                Err(e) => tracing::debug!(peer = %from, cause = %e, "undecodable gossip frame"),
+            if plain.is_empty() {
+                continue;
+            }
+            if plain.starts_with(&crate::swim::wire::CHITCHAT) {
+                self.older(from);
+                continue;
+            }
+            self.auth.heard.store(true, Ordering::Relaxed);
+            self.auth.heard_at_ms.store(now_ms(), Ordering::Relaxed);
+            return Ok((from, plain));
+        }
+    }
+}
+
+#[async_trait]
+impl crate::swim::Wire for SealedSocket {
+    async fn send(&mut self, to: SocketAddr, payload: &[u8]) {
+        if let Err(e) = self.send_plain(to, payload).await {
+            tracing::debug!(peer = %to, cause = %e, "gossip not sent");
+        }
+    }
+
+    async fn recv(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        match self.recv_plain().await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::error!(cause = %e, "the gossip socket failed");
+                None
             }
         }
     }
@@ -381,8 +404,10 @@ mod tests {
         }
     }
 
-    async fn nothing_within(s: &mut Box<dyn Socket>, ms: u64) -> bool {
-        tokio::time::timeout(Duration::from_millis(ms), s.recv())
+    const MESSAGE: &[u8] = b"\x02 an engine message";
+
+    async fn nothing_within(s: &mut SealedSocket, ms: u64) -> bool {
+        tokio::time::timeout(Duration::from_millis(ms), s.recv_plain())
             .await
             .is_err()
     }
@@ -391,11 +416,11 @@ mod tests {
     async fn replayed_and_stale_frames_are_refused_and_counted() {
         let (ta, tb) = (transport(), transport());
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let mut a = ta.open(any).await.unwrap();
+        let mut a = ta.bind(any).await.unwrap();
         let tap = std::net::UdpSocket::bind(any).unwrap();
         tap.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         // Capture a real frame on its way.
-        a.send(tap.local_addr().unwrap(), ChitchatMessage::BadCluster)
+        a.send_plain(tap.local_addr().unwrap(), MESSAGE)
             .await
             .unwrap();
         let mut buf = [0u8; 2048];
@@ -405,13 +430,13 @@ mod tests {
         let b_sock = std::net::UdpSocket::bind(any).unwrap();
         let b_addr = b_sock.local_addr().unwrap();
         drop(b_sock);
-        let mut b = tb.open(b_addr).await.unwrap();
+        let mut b = tb.bind(b_addr).await.unwrap();
         tap.send_to(&frame, b_addr).unwrap();
-        let (_, msg) = tokio::time::timeout(Duration::from_secs(2), b.recv())
+        let (_, msg) = tokio::time::timeout(Duration::from_secs(2), b.recv_plain())
             .await
             .expect("the first copy arrives")
             .unwrap();
-        assert_eq!(msg, ChitchatMessage::BadCluster);
+        assert_eq!(msg, MESSAGE);
         assert!(tb.auth.heard.load(Ordering::Relaxed));
         tb.auth.heard.store(false, Ordering::Relaxed);
         // The same frame again: refused, counted, no sign of life.
@@ -422,11 +447,7 @@ mod tests {
         // A frame sealed a minute ago (captured then, replayed now).
         let c = cipher(SECRET);
         let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
-        let old = [
-            &(now_ms() - 60_000).to_be_bytes()[..],
-            &ChitchatMessage::BadCluster.serialize_to_vec(),
-        ]
-        .concat();
+        let old = [&(now_ms() - 60_000).to_be_bytes()[..], MESSAGE].concat();
         let sealed = c
             .encrypt(
                 &nonce,
@@ -441,25 +462,21 @@ mod tests {
         assert!(nothing_within(&mut b, 300).await);
         assert_eq!(tb.auth.dropped.load(Ordering::Relaxed), 2);
         assert!(!tb.auth.heard.load(Ordering::Relaxed));
-        // An agent of the previous version (no send time) is still heard,
-        // so a rolling upgrade keeps the cluster whole.
+        // An agent from before replay protection (no send time) spoke the
+        // previous gossip: refused, without a sign of life.
         let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
-        let plain = ChitchatMessage::BadCluster.serialize_to_vec();
         let sealed = c
             .encrypt(
                 &nonce,
                 Payload {
-                    msg: &plain,
+                    msg: MESSAGE,
                     aad: &[SEALED],
                 },
             )
             .unwrap();
         let legacy = [&[SEALED][..], nonce.as_slice(), &sealed].concat();
         tap.send_to(&legacy, b_addr).unwrap();
-        let (_, msg) = tokio::time::timeout(Duration::from_secs(2), b.recv())
-            .await
-            .expect("a previous version's frame arrives")
-            .unwrap();
-        assert_eq!(msg, ChitchatMessage::BadCluster);
+        assert!(nothing_within(&mut b, 300).await);
+        assert!(!tb.auth.heard.load(Ordering::Relaxed));
     }
 }

@@ -72,6 +72,19 @@ pub struct BenchArgs {
     /// Run only one stage
     #[arg(long, value_parser = ["dataplane", "cni", "policy", "scale", "dns", "relay", "encryption"])]
     pub only: Option<String>,
+    /// Instead of the stages: simulate gossip clusters of these sizes in
+    /// one process (e.g. 20,100,300,1000), on a simulated clock
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "N,...",
+        conflicts_with = "only"
+    )]
+    pub scale: Vec<usize>,
+    /// One simulated cluster, its figures as JSON on stdout (what --scale
+    /// runs in a child process per size)
+    #[arg(long, hide = true, value_name = "N")]
+    pub scale_one: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -408,6 +408,24 @@ fn print_stale(stale: &[muslin_model::api::StaleAttachment], applied: bool) {
 }
 
 fn bench(b: BenchArgs) -> Result<ExitCode> {
+    if let Some(n) = b.scale_one {
+        anyhow::ensure!(n >= 2, "a simulated cluster needs at least 2 nodes");
+        let r = muslin_bench::gossip_sim::run_one(n, &Default::default())?;
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !b.scale.is_empty() {
+        anyhow::ensure!(
+            b.scale.iter().all(|n| *n >= 2),
+            "--scale: a simulated cluster needs at least 2 nodes"
+        );
+        let bin = std::env::current_exe().context("locating the muslin binary")?;
+        let started = std::time::Instant::now();
+        let mut r = muslin_bench::Report::new(false);
+        muslin_bench::gossip_sim::run(&bin, &b.scale, &|l| eprintln!("{l}"), &mut r)?;
+        r.seconds = started.elapsed().as_secs_f64();
+        return finish_bench(&b, r);
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmark builds labs in network namespaces: run it as root");
@@ -421,6 +439,11 @@ fn bench(b: BenchArgs) -> Result<ExitCode> {
         progress: Box::new(|l| eprintln!("{l}")),
     };
     let r = muslin_bench::run(&o)?;
+    finish_bench(&b, r)
+}
+
+/// Prints the figures and writes what was asked for.
+fn finish_bench(b: &BenchArgs, r: muslin_bench::Report) -> Result<ExitCode> {
     print!("{}", r.table());
     if let Some(p) = &b.json {
         std::fs::write(p, serde_json::to_string_pretty(&r)?)
