@@ -18,6 +18,9 @@ trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
 # The benchmark's smoke test: every scenario must produce a number.
 target/debug/muslin bench --quick --report target/bench-quick
+# Gossip at scale, simulated (seconds), and the same workload on etcd.
+target/debug/muslin bench --scale 20,100
+target/debug/muslin bench --scale 20 --datastore etcd
 # One closing line for the whole run.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"

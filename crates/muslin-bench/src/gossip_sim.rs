@@ -59,6 +59,9 @@ impl Default for SimPlan {
 /// One size's figures; times in simulated seconds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SimResult {
+    /// Which store: `gossip` or `etcd`.
+    #[serde(default)]
+    pub store: String,
     pub nodes: usize,
     /// From the last node's start until every node knows every record;
     /// `None` when that did not happen within the bound.
@@ -85,17 +88,17 @@ pub struct SimResult {
 
 /// Each change is broadcast a bounded number of times; after a cold
 /// start of every node at once they take this long to run out.
-const SETTLE: Duration = Duration::from_secs(30);
+pub(crate) const SETTLE: Duration = Duration::from_secs(30);
 
-fn addr(i: usize) -> SocketAddr {
+pub(crate) fn addr(i: usize) -> SocketAddr {
     SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 7946))
 }
 
-fn name(i: usize) -> String {
+pub(crate) fn name(i: usize) -> String {
     format!("node-{i:04}")
 }
 
-fn endpoint(node: &str, container: &str, a: std::net::Ipv4Addr) -> EndpointRecord {
+pub(crate) fn endpoint(node: &str, container: &str, a: std::net::Ipv4Addr) -> EndpointRecord {
     EndpointRecord {
         network: "default".into(),
         addresses: vec![ipnet::IpNet::from(std::net::IpAddr::V4(a))],
@@ -112,7 +115,7 @@ fn endpoint(node: &str, container: &str, a: std::net::Ipv4Addr) -> EndpointRecor
 }
 
 /// Node `i`'s block: a /26 of 10.128.0.0/9, `k` its k-th claim.
-fn block(i: usize, k: usize) -> ipnet::Ipv4Net {
+pub(crate) fn block(i: usize, k: usize) -> ipnet::Ipv4Net {
     let n = (i * 4 + k) as u32;
     let base = u32::from(std::net::Ipv4Addr::new(10, 128, 0, 0)) + n * 64;
     ipnet::Ipv4Net::new(base.into(), 26).expect("a /26")
@@ -125,7 +128,7 @@ struct Node {
     endpoints: Vec<EndpointRecord>,
 }
 
-fn cpu_self() -> f64 {
+pub(crate) fn cpu_self() -> f64 {
     // SAFETY: getrusage writes only into the struct it is given.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
@@ -193,6 +196,7 @@ async fn simulate(n: usize, plan: &SimPlan) -> SimResult {
     }
     let mut r = SimResult {
         nodes: n,
+        store: "gossip".into(),
         ..Default::default()
     };
 
@@ -240,7 +244,13 @@ async fn simulate(n: usize, plan: &SimPlan) -> SimResult {
             .store
             .claim_block("default", b.into(), BlockClaim { claimed_at_ms: 2 })
             .await;
-        r.block_missed += spread(&nodes, k, &key, &mut block_times).await;
+        r.block_missed += spread(
+            nodes.len(),
+            k,
+            |j| nodes[j].store.sim_holds(&nodes[k].name, &key),
+            &mut block_times,
+        )
+        .await;
 
         let me = name(k);
         let c = format!("{me}-new{t}");
@@ -249,7 +259,13 @@ async fn simulate(n: usize, plan: &SimPlan) -> SimResult {
         let eps = nodes[k].endpoints.clone();
         nodes[k].store.sync_endpoints(&eps).await;
         let key = gossip_endpoint_key("default", &c, "eth0");
-        r.endpoint_missed += spread(&nodes, k, &key, &mut endpoint_times).await;
+        r.endpoint_missed += spread(
+            nodes.len(),
+            k,
+            |j| nodes[j].store.sim_holds(&nodes[k].name, &key),
+            &mut endpoint_times,
+        )
+        .await;
     }
     r.block = block_times;
     r.endpoint = endpoint_times;
@@ -261,21 +277,12 @@ async fn simulate(n: usize, plan: &SimPlan) -> SimResult {
         net.cut(addr_of(&dead));
         let id = dead.name.clone();
         dead.store.shutdown().await;
-        let t0 = tokio::time::Instant::now();
-        let mut pending: Vec<usize> = (0..nodes.len()).collect();
-        while !pending.is_empty() && t0.elapsed() < Duration::from_secs(120) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let mut still = Vec::with_capacity(pending.len());
-            for j in pending {
-                if nodes[j].store.sim_alive(&id) {
-                    still.push(j);
-                } else {
-                    detection.push(t0.elapsed().as_secs_f64());
-                }
-            }
-            pending = still;
-        }
-        r.detection_missed += pending.len();
+        r.detection_missed += detect(
+            nodes.len(),
+            |j| !nodes[j].store.sim_alive(&id),
+            &mut detection,
+        )
+        .await;
     }
     r.detection = detection;
     for x in nodes {
@@ -305,53 +312,130 @@ async fn all_know_all(nodes: &[Node]) -> bool {
     true
 }
 
-/// Times `key` of node `from` reaching every other node; returns how
-/// many it did not reach within the bound.
-async fn spread(nodes: &[Node], from: usize, key: &str, times: &mut Vec<f64>) -> usize {
-    let id = &nodes[from].name;
+/// Times a change made on node `from` reaching every other node of
+/// `count` (`holds(j)`: whether node `j` has it); returns how many it did
+/// not reach within the bound.
+pub(crate) async fn spread(
+    count: usize,
+    from: usize,
+    holds: impl Fn(usize) -> bool,
+    times: &mut Vec<f64>,
+) -> usize {
     let t0 = tokio::time::Instant::now();
-    let mut pending: Vec<usize> = (0..nodes.len()).filter(|j| *j != from).collect();
+    let mut pending: Vec<usize> = (0..count).filter(|j| *j != from).collect();
     while !pending.is_empty() && t0.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let mut still = Vec::with_capacity(pending.len());
-        for j in pending {
-            if nodes[j].store.sim_holds(id, key) {
+        pending.retain(|j| {
+            let has = holds(*j);
+            if has {
                 times.push(t0.elapsed().as_secs_f64());
-            } else {
-                still.push(j);
             }
-        }
-        pending = still;
+            !has
+        });
     }
     pending.len()
 }
 
+/// Times a death reaching the `count` survivors (`knows(j)`: whether
+/// survivor `j` counts the dead node dead); returns how many never did.
+pub(crate) async fn detect(
+    count: usize,
+    knows: impl Fn(usize) -> bool,
+    times: &mut Vec<f64>,
+) -> usize {
+    let t0 = tokio::time::Instant::now();
+    let mut pending: Vec<usize> = (0..count).collect();
+    while !pending.is_empty() && t0.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        pending.retain(|j| {
+            let knows = knows(*j);
+            if knows {
+                times.push(t0.elapsed().as_secs_f64());
+            }
+            !knows
+        });
+    }
+    pending.len()
+}
+
+/// How long one size may take in real time before it is given up on.
+const CHILD_BOUND: Duration = Duration::from_secs(900);
+
+/// Runs `bin bench --scale-one n` and reads its figures; `None` when it
+/// ran out of time.
+fn child(bin: &std::path::Path, n: usize, store: &str) -> Result<Option<SimResult>, BenchError> {
+    let err = fail("scale simulation");
+    let out = std::env::temp_dir().join(format!("muslin-scale-{}-{n}.json", std::process::id()));
+    let file = std::fs::File::create(&out).map_err(|e| err(format!("{}: {e}", out.display())))?;
+    let mut c = std::process::Command::new(bin)
+        .args(["bench", "--scale-one", &n.to_string(), "--datastore", store])
+        .stdout(file)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| err(format!("running {}: {e}", bin.display())))?;
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = c.try_wait().map_err(|e| err(e.to_string()))? {
+            break s;
+        }
+        if t0.elapsed() > CHILD_BOUND {
+            let _ = c.kill();
+            let _ = c.wait();
+            let _ = std::fs::remove_file(&out);
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let text = std::fs::read(&out).unwrap_or_default();
+    let _ = std::fs::remove_file(&out);
+    if !status.success() {
+        let mut stderr = String::new();
+        if let Some(mut e) = c.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut stderr);
+        }
+        return Err(err(format!(
+            "{} nodes, {}: {}",
+            n,
+            bin.display(),
+            stderr.trim()
+        )));
+    }
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|e| err(format!("{n} nodes: unreadable result: {e}")))
+}
+
 /// Runs each size in a child process (`muslin bench --scale-one N`) and
-/// puts the figures in the report.
+/// puts the figures in the report; with a baseline build, the same sizes
+/// on it too, each right before this build's.
 pub fn run(
     bin: &std::path::Path,
+    baseline: Option<&std::path::Path>,
+    store: &str,
     sizes: &[usize],
     progress: &dyn Fn(&str),
     report: &mut Report,
 ) -> Result<(), BenchError> {
-    let err = fail("scale simulation");
     for &n in sizes {
-        progress(&format!(
-            "simulating {n} gossip nodes (in memory, simulated clock)"
-        ));
-        let out = std::process::Command::new(bin)
-            .args(["bench", "--scale-one", &n.to_string()])
-            .output()
-            .map_err(|e| err(format!("running {}: {e}", bin.display())))?;
-        if !out.status.success() {
-            return Err(err(format!(
-                "{n} nodes: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
+        let ours = if store == "etcd" { " on etcd" } else { "" };
+        let runs = baseline
+            .map(|b| (b, " (baseline)"))
+            .into_iter()
+            .chain([(bin, ours)]);
+        for (b, label) in runs {
+            progress(&format!("{n} nodes{label}: simulating"));
+            match child(b, n, store)? {
+                Some(r) => record(&r, label, report),
+                None => report.note(
+                    STAGE,
+                    &format!(
+                        "{n} nodes{label}: did not finish within {} s of real time",
+                        CHILD_BOUND.as_secs()
+                    ),
+                ),
+            }
         }
-        let r: SimResult = serde_json::from_slice(&out.stdout)
-            .map_err(|e| err(format!("{n} nodes: unreadable result: {e}")))?;
-        record(&r, report);
     }
     Ok(())
 }
@@ -359,7 +443,7 @@ pub fn run(
 /// Puts one figure in the report: the `p` quantile of `v` (min and max
 /// beside it), held to `target` if given.
 #[allow(clippy::too_many_arguments)]
-fn figure(
+pub(crate) fn figure(
     report: &mut Report,
     scenario: &str,
     metric: &str,
@@ -384,9 +468,10 @@ const STAGE: &str = "gossip-sim";
 
 /// The targets of issue 19 hold at 1,000 nodes; smaller clusters are
 /// reported beside them without one.
-fn record(r: &SimResult, report: &mut Report) {
-    let target = |t: Target| (r.nodes >= 1000).then_some(t);
-    let sc = format!("{} nodes", r.nodes);
+pub(crate) fn record(r: &SimResult, label: &str, report: &mut Report) {
+    let target =
+        |t: Target| (r.nodes >= 1000 && r.store == "gossip" && label.is_empty()).then_some(t);
+    let sc = format!("{} nodes{label}", r.nodes);
     let sc = sc.as_str();
     match r.cold_start_s {
         Some(s) => figure(
@@ -497,4 +582,47 @@ fn record(r: &SimResult, report: &mut Report) {
         STAGE,
         &format!("{sc}: simulated in {:.0} s of real time", r.wall_s),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn median(v: &[f64]) -> f64 {
+        Series(v.to_vec()).median()
+    }
+
+    /// The protocol's promises, in simulated time: every change and every
+    /// death reaches every node, and idle traffic does not grow with the
+    /// cluster.
+    #[test]
+    fn simulated_clusters_converge_detect_deaths_and_idle_alike_at_any_size() {
+        let plan = SimPlan::default();
+        let small = run_one(10, &plan).unwrap();
+        let large = run_one(60, &plan).unwrap();
+        for r in [&small, &large] {
+            assert!(
+                r.cold_start_s.is_some(),
+                "{} nodes never converged",
+                r.nodes
+            );
+            assert_eq!(
+                (r.block_missed, r.endpoint_missed, r.detection_missed),
+                (0, 0, 0),
+                "{r:?}"
+            );
+            assert_eq!(r.block.len(), plan.changes * (r.nodes - 1));
+            assert_eq!(r.detection.len(), (r.nodes - 1) + (r.nodes - 2));
+            assert_eq!(r.oversize, 0);
+        }
+        let (s, l) = (
+            median(&small.idle_sent_per_node),
+            median(&large.idle_sent_per_node),
+        );
+        assert!(s > 0.0);
+        assert!(
+            l < 2.0 * s + 200.0,
+            "idle traffic grew with the cluster: {s:.0} B/s at 10 nodes, {l:.0} B/s at 60"
+        );
+    }
 }

@@ -10,6 +10,7 @@ mod cni;
 mod dataplane;
 mod dns;
 mod encryption;
+pub mod etcd_scale;
 pub mod gossip_sim;
 mod policy;
 mod relay;

@@ -336,6 +336,13 @@ impl Etcd {
         self.mark(key, failed);
     }
 
+    /// Whether this client's copy of the store holds `key`: the scale
+    /// benchmark's cheap question, asked of every client many times a
+    /// second.
+    pub fn sim_cached(&self, key: &str) -> bool {
+        self.cache.read().expect("cache").contains_key(key)
+    }
+
     pub async fn shutdown(self) {
         for t in self.tasks {
             t.abort();

@@ -282,4 +282,34 @@ mod tests {
             n.shutdown().await;
         }
     }
+
+    /// A first host advertises, before any peer has told it which of its
+    /// addresses they reach, one they cannot (a shared 10.0.2.15, say):
+    /// replies take the path its packets came by, and both see each other.
+    #[tokio::test(start_paused = true)]
+    async fn a_node_advertising_an_address_nobody_reaches_is_still_heard() {
+        let net = MemNet::new(Duration::from_millis(1), 0.0);
+        let mut first = cfg(1, &[]);
+        first.advertise = SocketAddr::from(([10, 0, 2, 15], 1));
+        let a = net.start(first, vec![]);
+        let b = net.start(cfg(2, &[1]), vec![]);
+        a.sim_set("k".into(), "a".into());
+        b.sim_set("k".into(), "b".into());
+        until(
+            "both alive and both keys across",
+            Duration::from_secs(30),
+            || {
+                a.sim_alive("n2")
+                    && b.sim_alive("n1")
+                    && a.sim_holds("n2", "k")
+                    && b.sim_holds("n1", "k")
+            },
+        )
+        .await;
+        // And they stay so: probes are answered by the same path.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(a.sim_alive("n2") && b.sim_alive("n1"));
+        a.shutdown().await;
+        b.shutdown().await;
+    }
 }

@@ -56,8 +56,8 @@ pub struct BenchArgs {
     /// Fewer, shorter repetitions (under two minutes): a smoke test
     #[arg(long)]
     pub quick: bool,
-    /// Cluster state of the scale stage: gossip or etcd
-    #[arg(long, default_value = "gossip")]
+    /// Cluster state of the scale stage (and of --scale): gossip or etcd
+    #[arg(long, default_value = "gossip", value_parser = ["gossip", "etcd"])]
     pub datastore: String,
     /// Write the figures as JSON to FILE
     #[arg(long, value_name = "FILE")]
@@ -66,7 +66,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DIR")]
     pub report: Option<PathBuf>,
     /// Another muslin binary (a previous build) whose CNI ADD/DEL latency
-    /// is measured in the same run, alternating with this one
+    /// (or, with --scale, gossip) is measured in the same run, alternating
+    /// with this one
     #[arg(long, value_name = "FILE")]
     pub baseline: Option<PathBuf>,
     /// Run only one stage

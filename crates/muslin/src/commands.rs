@@ -410,7 +410,10 @@ fn print_stale(stale: &[muslin_model::api::StaleAttachment], applied: bool) {
 fn bench(b: BenchArgs) -> Result<ExitCode> {
     if let Some(n) = b.scale_one {
         anyhow::ensure!(n >= 2, "a simulated cluster needs at least 2 nodes");
-        let r = muslin_bench::gossip_sim::run_one(n, &Default::default())?;
+        let r = match b.datastore.as_str() {
+            "etcd" => muslin_bench::etcd_scale::run_one(n)?,
+            _ => muslin_bench::gossip_sim::run_one(n, &Default::default())?,
+        };
         println!("{}", serde_json::to_string(&r)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -422,7 +425,14 @@ fn bench(b: BenchArgs) -> Result<ExitCode> {
         let bin = std::env::current_exe().context("locating the muslin binary")?;
         let started = std::time::Instant::now();
         let mut r = muslin_bench::Report::new(false);
-        muslin_bench::gossip_sim::run(&bin, &b.scale, &|l| eprintln!("{l}"), &mut r)?;
+        muslin_bench::gossip_sim::run(
+            &bin,
+            b.baseline.as_deref(),
+            &b.datastore,
+            &b.scale,
+            &|l| eprintln!("{l}"),
+            &mut r,
+        )?;
         r.seconds = started.elapsed().as_secs_f64();
         return finish_bench(&b, r);
     }

@@ -161,6 +161,7 @@ impl Engine {
             rt: Rt::default(),
             out: Vec::new(),
             rng: SmallRng::seed_from_u64(0x5eed),
+            paths: HashMap::new(),
         };
         let task = tokio::spawn(driver.run(rx));
         Engine { shared, tx, task }
@@ -297,7 +298,16 @@ struct Driver {
     /// Anti-entropy datagrams to send.
     out: Vec<(SocketAddr, Vec<u8>)>,
     rng: SmallRng,
+    /// Where members' packets come from, by advertised address, where
+    /// the two differ: an advertised address may not reach its node from
+    /// here (a first host without peers advertises before any peer can
+    /// tell it which of its addresses they reach), while the path its
+    /// packets came by does, so replies take that.
+    paths: HashMap<SocketAddr, SocketAddr>,
 }
+
+/// Paths remembered at most; beyond, the table starts over.
+const MAX_PATHS: usize = 65_536;
 
 impl Driver {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
@@ -336,6 +346,8 @@ impl Driver {
     fn datagram(&mut self, from: SocketAddr, data: &[u8]) {
         match data.split_first() {
             Some((&wire::MEMBERSHIP, packet)) => {
+                let readdressed = self.readdress(from, packet);
+                let packet = readdressed.as_deref().unwrap_or(packet);
                 if let Err(e) = self.foca.handle_data(packet, &mut self.rt) {
                     tracing::debug!(peer = %from, cause = %e, "membership packet refused");
                 }
@@ -346,6 +358,33 @@ impl Driver {
             },
             _ => tracing::debug!(peer = %from, "datagram of an unknown kind"),
         }
+    }
+
+    /// Notes the path a member's packet came by; an announce to a seed
+    /// (sent before its identity is known) is addressed to us, so foca
+    /// takes it whichever of our addresses it reached.
+    fn readdress(&mut self, from: SocketAddr, packet: &[u8]) -> Option<Vec<u8>> {
+        let (mut h, rest) = postcard::take_from_bytes::<foca::Header<Member>>(packet).ok()?;
+        if h.src.addr == from {
+            self.paths.remove(&from);
+        } else {
+            if self.paths.len() >= MAX_PATHS {
+                self.paths.clear();
+            }
+            self.paths.insert(h.src.addr, from);
+        }
+        if !h.dst.name.is_empty() || h.message != foca::Message::Announce {
+            return None;
+        }
+        h.dst = self.foca.identity().clone();
+        let mut out = postcard::to_allocvec(&h).ok()?;
+        out.extend_from_slice(rest);
+        Some(out)
+    }
+
+    /// Where to send what is meant for an advertised address.
+    fn path(&self, to: SocketAddr) -> SocketAddr {
+        self.paths.get(&to).copied().unwrap_or(to)
     }
 
     fn send_sync(&mut self, to: SocketAddr, m: &Sync) {
@@ -405,14 +444,18 @@ impl Driver {
             }
         };
         if let Some((to, d)) = digest {
-            self.send_sync(to, &Sync::Digest(d));
+            self.send_sync(self.path(to), &Sync::Digest(d));
         }
     }
 
     /// Seeds that are not members yet (or any more) are announced to:
     /// how a node joins, and how a partition heals.
     fn announce_to_seeds(&mut self) {
-        let members: HashSet<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
+        let members: HashSet<SocketAddr> = self
+            .foca
+            .iter_members()
+            .map(|m| self.path(m.id().addr))
+            .collect();
         for seed in self.cfg.seeds.clone() {
             if members.contains(&seed) || seed == self.cfg.advertise {
                 continue;
@@ -493,6 +536,7 @@ impl Driver {
             self.send_sync(whom, &Sync::Pull(hs));
         }
         for (to, p) in rt.sends {
+            let to = self.path(to);
             self.wire.send(to, &p).await;
         }
         for (to, p) in std::mem::take(&mut self.out) {
