@@ -306,10 +306,23 @@ mod tests {
             },
         )
         .await;
+        // A second node pinned to the same address is a member of its own.
+        let mut twin = cfg(3, &[1]);
+        twin.advertise = SocketAddr::from(([10, 0, 2, 15], 1));
+        let c = net.start(twin, vec![]);
+        c.sim_set("k".into(), "c".into());
+        until("the twin seen by both", Duration::from_secs(30), || {
+            a.sim_alive("n3")
+                && b.sim_alive("n3")
+                && a.sim_holds("n3", "k")
+                && b.sim_holds("n3", "k")
+        })
+        .await;
         // And they stay so: probes are answered by the same path.
         tokio::time::sleep(Duration::from_secs(20)).await;
-        assert!(a.sim_alive("n2") && b.sim_alive("n1"));
-        a.shutdown().await;
-        b.shutdown().await;
+        assert!(a.sim_alive("n2") && b.sim_alive("n1") && a.sim_alive("n3") && c.sim_alive("n1"));
+        for n in [a, b, c] {
+            n.shutdown().await;
+        }
     }
 }

@@ -264,7 +264,7 @@ impl BroadcastHandler<Member> for Changes {
 /// Collects what foca asks for while it handles one event.
 #[derive(Default)]
 struct Rt {
-    sends: Vec<(SocketAddr, Vec<u8>)>,
+    sends: Vec<(Member, Vec<u8>)>,
     timers: Vec<(Timer<Member>, Duration)>,
     notes: Vec<OwnedNotification<Member>>,
 }
@@ -278,7 +278,7 @@ impl foca::Runtime<Member> for Rt {
         let mut p = Vec::with_capacity(data.len() + 1);
         p.push(wire::MEMBERSHIP);
         p.extend_from_slice(data);
-        self.sends.push((to.addr, p));
+        self.sends.push((to, p));
     }
 
     fn submit_after(&mut self, event: Timer<Member>, after: Duration) {
@@ -298,12 +298,13 @@ struct Driver {
     /// Anti-entropy datagrams to send.
     out: Vec<(SocketAddr, Vec<u8>)>,
     rng: SmallRng,
-    /// Where members' packets come from, by advertised address, where
-    /// the two differ: an advertised address may not reach its node from
-    /// here (a first host without peers advertises before any peer can
-    /// tell it which of its addresses they reach), while the path its
+    /// Where members' packets come from, by name, where that differs
+    /// from the address they advertise: an advertised address may not
+    /// reach its node from here (a first host without peers advertises
+    /// before any peer can tell it which of its addresses they reach, and
+    /// two hosts may advertise one shared address), while the path its
     /// packets came by does, so replies take that.
-    paths: HashMap<SocketAddr, SocketAddr>,
+    paths: HashMap<String, SocketAddr>,
 }
 
 /// Paths remembered at most; beyond, the table starts over.
@@ -366,12 +367,12 @@ impl Driver {
     fn readdress(&mut self, from: SocketAddr, packet: &[u8]) -> Option<Vec<u8>> {
         let (mut h, rest) = postcard::take_from_bytes::<foca::Header<Member>>(packet).ok()?;
         if h.src.addr == from {
-            self.paths.remove(&from);
-        } else {
+            self.paths.remove(&h.src.name);
+        } else if self.paths.get(&h.src.name) != Some(&from) {
             if self.paths.len() >= MAX_PATHS {
                 self.paths.clear();
             }
-            self.paths.insert(h.src.addr, from);
+            self.paths.insert(h.src.name.clone(), from);
         }
         if !h.dst.name.is_empty() || h.message != foca::Message::Announce {
             return None;
@@ -382,9 +383,9 @@ impl Driver {
         Some(out)
     }
 
-    /// Where to send what is meant for an advertised address.
-    fn path(&self, to: SocketAddr) -> SocketAddr {
-        self.paths.get(&to).copied().unwrap_or(to)
+    /// Where to send what is meant for a member.
+    fn path(&self, to: &Member) -> SocketAddr {
+        self.paths.get(&to.name).copied().unwrap_or(to.addr)
     }
 
     fn send_sync(&mut self, to: SocketAddr, m: &Sync) {
@@ -439,12 +440,12 @@ impl Driver {
                 None
             } else {
                 let i = self.rng.random_range(0..s.up.len());
-                let to = s.up.iter().nth(i).expect("in range").addr;
+                let to = s.up.iter().nth(i).expect("in range").clone();
                 Some((to, s.cluster.digest()))
             }
         };
         if let Some((to, d)) = digest {
-            self.send_sync(self.path(to), &Sync::Digest(d));
+            self.send_sync(self.path(&to), &Sync::Digest(d));
         }
     }
 
@@ -454,7 +455,7 @@ impl Driver {
         let members: HashSet<SocketAddr> = self
             .foca
             .iter_members()
-            .map(|m| self.path(m.id().addr))
+            .map(|m| self.path(m.id()))
             .collect();
         for seed in self.cfg.seeds.clone() {
             if members.contains(&seed) || seed == self.cfg.advertise {
@@ -536,7 +537,7 @@ impl Driver {
             self.send_sync(whom, &Sync::Pull(hs));
         }
         for (to, p) in rt.sends {
-            let to = self.path(to);
+            let to = self.path(&to);
             self.wire.send(to, &p).await;
         }
         for (to, p) in std::mem::take(&mut self.out) {

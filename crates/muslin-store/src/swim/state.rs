@@ -28,8 +28,11 @@ pub struct Member {
     pub addr: SocketAddr,
 }
 
+/// A node is its name: two nodes may advertise one address (a template
+/// pinning every host to a shared 10.0.2.15 is the classic mistake), and
+/// must still be two members, for the mistake to be seen and named.
 impl foca::Identity for Member {
-    type Addr = SocketAddr;
+    type Addr = String;
 
     fn renew(&self) -> Option<Self> {
         Some(Member {
@@ -38,12 +41,12 @@ impl foca::Identity for Member {
         })
     }
 
-    fn addr(&self) -> SocketAddr {
-        self.addr
+    fn addr(&self) -> String {
+        self.name.clone()
     }
 
-    /// Two identities at one address: the later start (or rejoin) is
-    /// the live one.
+    /// Two identities of one node: the later start (or rejoin) is the
+    /// live one.
     fn win_addr_conflict(&self, other: &Self) -> bool {
         (self.generation, self.bump) > (other.generation, other.bump)
     }
