@@ -125,7 +125,17 @@ enum Cmd {
 pub(crate) struct Engine {
     shared: Arc<Mutex<Shared>>,
     tx: mpsc::UnboundedSender<Cmd>,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A store dropped without `shutdown` (an agent stopped in-process) must
+/// not keep answering probes for a node that is gone.
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
 }
 
 impl Engine {
@@ -163,7 +173,7 @@ impl Engine {
             rng: SmallRng::seed_from_u64(0x5eed),
             paths: HashMap::new(),
         };
-        let task = tokio::spawn(driver.run(rx));
+        let task = Some(tokio::spawn(driver.run(rx)));
         Engine { shared, tx, task }
     }
 
@@ -190,9 +200,11 @@ impl Engine {
         }
     }
 
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.tx.send(Cmd::Shutdown);
-        let _ = self.task.await;
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
     }
 }
 
