@@ -492,7 +492,7 @@ pub(crate) fn record(r: &SimResult, label: &str, report: &mut Report) {
     figure(
         report,
         sc,
-        "idle gossip sent per node",
+        "idle traffic sent per node",
         "kB/s",
         &kb,
         0.5,
@@ -578,10 +578,7 @@ pub(crate) fn record(r: &SimResult, label: &str, report: &mut Report) {
             &format!("{sc}: {} gossip messages exceeded a UDP datagram (64 KiB): the real transport refuses them", r.oversize),
         );
     }
-    report.note(
-        STAGE,
-        &format!("{sc}: simulated in {:.0} s of real time", r.wall_s),
-    );
+    report.note(STAGE, &format!("{sc}: took {:.0} s of real time", r.wall_s));
 }
 
 #[cfg(test)]
