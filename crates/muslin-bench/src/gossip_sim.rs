@@ -144,18 +144,13 @@ pub fn run_one(n: usize, plan: &SimPlan) -> Result<SimResult, BenchError> {
         .build()
         .map_err(|e| fail("scale simulation")(e.to_string()))?;
     let wall = Instant::now();
-    let rss0 = crate::sys::rss_kib(std::process::id());
     let mut r = rt.block_on(simulate(n, plan));
-    r.memory_per_node_mib = r.memory_per_node_mib.max(0.0);
-    if r.memory_per_node_mib == 0.0 {
-        let rss = crate::sys::rss_kib(std::process::id());
-        r.memory_per_node_mib = rss.saturating_sub(rss0) as f64 / 1024.0 / n as f64;
-    }
     r.wall_s = wall.elapsed().as_secs_f64();
     Ok(r)
 }
 
 async fn simulate(n: usize, plan: &SimPlan) -> SimResult {
+    let rss0 = crate::sys::rss_kib(std::process::id());
     let net = MemNet::new(plan.latency, plan.loss);
     let mut nodes: Vec<Node> = Vec::with_capacity(n);
     for i in 0..n {
@@ -228,7 +223,8 @@ async fn simulate(n: usize, plan: &SimPlan) -> SimResult {
     r.cpu_per_node = cpu / secs / n as f64;
     r.oversize = nodes.iter().map(|x| net.traffic(addr_of(x)).oversize).sum();
     // Memory of the settled cluster, read while every node is up.
-    r.memory_per_node_mib = 0.0;
+    let rss = crate::sys::rss_kib(std::process::id());
+    r.memory_per_node_mib = rss.saturating_sub(rss0) as f64 / 1024.0 / n as f64;
 
     // Changes reaching every node.
     let mut block_times = Vec::new();

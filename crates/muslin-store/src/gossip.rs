@@ -53,8 +53,8 @@ pub struct Gossip {
 
 struct Decoded {
     generation: u64,
-    version: u64,
-    keys: usize,
+    /// The state's revision when decoded.
+    revision: u64,
     view: PeerView,
     /// The network records the node republishes.
     networks: Vec<NetworkSpec>,
@@ -323,10 +323,11 @@ impl ClusterStore for Gossip {
                     continue;
                 };
                 let alive = name == self.me || s.alive(name);
-                let (version, keys) = (state.max_version(), state.live_keys());
-                if let Some(d) = decoded.get(name).filter(|d| {
-                    d.generation == generation && d.version == version && d.keys == keys
-                }) {
+                let revision = state.revision();
+                if let Some(d) = decoded
+                    .get(name)
+                    .filter(|d| d.generation == generation && d.revision == revision)
+                {
                     let mut pv = d.view.clone();
                     pv.alive = alive;
                     view.nodes.insert(name.to_string(), pv);
@@ -344,8 +345,7 @@ impl ClusterStore for Gossip {
                     name.to_string(),
                     Decoded {
                         generation,
-                        version,
-                        keys,
+                        revision,
                         view: pv.clone(),
                         networks,
                         objects,

@@ -501,6 +501,7 @@ impl Driver {
             now,
             |n| seen.get(n).is_some_and(|t| now.duration_since(*t) >= ttl),
             TOMBSTONE_GRACE,
+            ttl + Duration::from_secs(600),
         );
         let held: HashSet<String> = cluster.nodes().map(|((n, _), _)| n.clone()).collect();
         seen.retain(|n, _| held.contains(n));

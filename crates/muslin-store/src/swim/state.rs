@@ -72,8 +72,11 @@ pub struct Update {
 }
 
 /// Every change of a node's state in `(from, to]`: all keys whose
-/// current version lies there. With `reset`, the whole live state: the
-/// receiver drops what it held first (tombstones it needed are gone).
+/// current version lies there. With `reset` (for a holder behind the
+/// sender's dropped tombstones), the first piece of the whole live state:
+/// the receiver drops every key not in `keep` (those deleted meanwhile)
+/// and takes `gc` as its own tombstone horizon; the rest follows as
+/// ordinary pieces.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delta {
     pub name: String,
@@ -82,6 +85,10 @@ pub struct Delta {
     pub to: u64,
     pub reset: bool,
     pub entries: Vec<(String, Entry)>,
+    #[serde(default)]
+    pub keep: Vec<String>,
+    #[serde(default)]
+    pub gc: u64,
 }
 
 /// A node's state as a holder sees it.
@@ -94,6 +101,10 @@ pub struct NodeKv {
     gc_version: u64,
     /// When each tombstone was learnt, oldest first, for dropping them.
     tombstones: VecDeque<(Instant, u64, String)>,
+    /// Grows with every change of what is held: what a cache of the
+    /// decoded state compares (versions alone miss a gap filled below the
+    /// highest version).
+    revision: u64,
 }
 
 impl NodeKv {
@@ -108,8 +119,13 @@ impl NodeKv {
             .filter_map(|(k, e)| e.value.as_deref().map(|v| (k.as_str(), v)))
     }
 
+    #[cfg(test)]
     pub fn max_version(&self) -> u64 {
         self.max_version
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     #[cfg(test)]
@@ -117,14 +133,18 @@ impl NodeKv {
         self.watermark
     }
 
+    #[cfg(test)]
     pub fn live_keys(&self) -> usize {
         self.entries.values().filter(|e| e.value.is_some()).count()
     }
 
     /// Applies one entry if it is newer than what is held; says whether
-    /// it was.
-    fn apply(&mut self, key: &str, entry: &Entry, now: Instant) -> bool {
-        if entry.version <= self.gc_version {
+    /// it was. A lone change (a broadcast) at or below the tombstone
+    /// horizon may be a value deleted since, whose tombstone is gone: it
+    /// is refused. Deltas are complete from where they start, so what
+    /// they carry stands.
+    fn apply(&mut self, key: &str, entry: &Entry, now: Instant, lone: bool) -> bool {
+        if lone && entry.version <= self.gc_version {
             return false;
         }
         if self
@@ -140,6 +160,7 @@ impl NodeKv {
         }
         self.entries.insert(key.to_string(), entry.clone());
         self.max_version = self.max_version.max(entry.version);
+        self.revision += 1;
         true
     }
 
@@ -155,7 +176,7 @@ impl NodeKv {
             version: self.max_version + 1,
             value,
         };
-        self.apply(key, &entry, now);
+        self.apply(key, &entry, now, false);
         self.watermark = self.max_version;
         Some(entry)
     }
@@ -183,24 +204,33 @@ impl NodeKv {
             to: self.watermark,
             reset,
             entries,
+            keep: if reset {
+                self.key_values().map(|(k, _)| k.to_string()).collect()
+            } else {
+                Vec::new()
+            },
+            gc: self.gc_version,
         }
     }
 
     fn apply_delta(&mut self, d: &Delta, now: Instant) -> bool {
         let mut changed = false;
-        if d.reset && d.to > self.watermark {
+        if d.reset && self.watermark < d.gc {
             // Keys the sender no longer holds were deleted, and their
-            // tombstones dropped: drop them too.
-            let keep: std::collections::HashSet<&str> =
-                d.entries.iter().map(|(k, _)| k.as_str()).collect();
+            // tombstones dropped: drop them too. (A key written after
+            // the sender's horizon is newer than any deletion it missed.)
+            let keep: std::collections::HashSet<&str> = d.keep.iter().map(String::as_str).collect();
             let before = self.entries.len();
             self.entries
-                .retain(|k, e| keep.contains(k.as_str()) || e.version > d.to);
-            changed |= self.entries.len() != before;
-            self.gc_version = self.gc_version.max(d.from);
+                .retain(|k, e| keep.contains(k.as_str()) || e.version > d.gc);
+            if self.entries.len() != before {
+                changed = true;
+                self.revision += 1;
+            }
+            self.gc_version = self.gc_version.max(d.gc);
         }
         for (k, e) in &d.entries {
-            changed |= self.apply(k, e, now);
+            changed |= self.apply(k, e, now, false);
         }
         if d.from <= self.watermark && d.to > self.watermark {
             self.watermark = d.to;
@@ -212,8 +242,10 @@ impl NodeKv {
 
     /// Drops tombstones older than `grace`.
     fn drop_tombstones(&mut self, now: Instant, grace: Duration) {
-        while let Some((at, _, _)) = self.tombstones.front() {
-            if now.duration_since(*at) < grace {
+        while let Some((at, version, _)) = self.tombstones.front() {
+            // Above the watermark a tombstone still stands for a gap: a
+            // version below it may yet arrive, and must not be refused.
+            if now.duration_since(*at) < grace || *version > self.watermark {
                 break;
             }
             let (_, version_, key) = self.tombstones.pop_front().expect("front");
@@ -224,6 +256,7 @@ impl NodeKv {
             {
                 self.entries.remove(&key);
                 self.gc_version = self.gc_version.max(version_);
+                self.revision += 1;
             }
         }
     }
@@ -279,6 +312,8 @@ pub struct Cluster {
     forgotten: HashMap<(String, u64), Instant>,
     /// Deltas a hint asked for: (name, generation, from, whom to ask).
     pub wanted: Vec<(Held, SocketAddr)>,
+    /// How long a dropped state stays refused.
+    forget: Duration,
 }
 
 /// The key whose presence makes a generation stand for its node.
@@ -294,6 +329,7 @@ impl Cluster {
             nodes,
             forgotten: HashMap::new(),
             wanted: Vec::new(),
+            forget: FORGET,
         }
     }
 
@@ -388,7 +424,7 @@ impl Cluster {
             }
             return false;
         }
-        let new = kv.apply(&u.key, &u.entry, now);
+        let new = kv.apply(&u.key, &u.entry, now, true);
         if new && u.entry.version == kv.watermark + 1 {
             kv.watermark = u.entry.version;
         }
@@ -427,18 +463,24 @@ impl Cluster {
         };
         for g in gens.iter().filter(|g| *g < newest_with_record) {
             self.nodes.remove(&(name.to_string(), *g));
-            self.forgotten.insert((name.to_string(), *g), now + FORGET);
+            self.forgotten
+                .insert((name.to_string(), *g), now + self.forget);
         }
     }
 
     /// Drops the states of nodes `expired` says are gone, and old
-    /// tombstones; forgets what was forgotten long enough ago.
+    /// tombstones; forgets what was forgotten long enough ago. A dropped
+    /// state is refused for `forget` (at least 10 minutes): at least the
+    /// TTL, so a peer that learnt it late, and keeps it a TTL from then,
+    /// cannot hand it back.
     pub fn expire(
         &mut self,
         now: Instant,
         expired: impl Fn(&str) -> bool,
         tombstone_grace: Duration,
+        forget: Duration,
     ) {
+        self.forget = forget.max(FORGET);
         let gone: Vec<(String, u64)> = self
             .nodes
             .keys()
@@ -447,7 +489,7 @@ impl Cluster {
             .collect();
         for k in gone {
             self.nodes.remove(&k);
-            self.forgotten.insert(k, now + FORGET);
+            self.forgotten.insert(k, now + self.forget);
         }
         for kv in self.nodes.values_mut() {
             kv.drop_tombstones(now, tombstone_grace);
@@ -538,45 +580,50 @@ impl Cluster {
 const FORGET: Duration = Duration::from_secs(600);
 
 /// Splits a delta into pieces of about `max` bytes of keys and values,
-/// each covering a contiguous range of versions, so each applies alone.
+/// each covering a contiguous range of versions, so each applies alone
+/// once the ones before it have. A reset's first piece carries the reset.
 pub fn split(d: Delta, max: usize) -> Vec<Delta> {
     let size = |(k, e): &(String, Entry)| k.len() + e.value.as_ref().map_or(0, |v| v.len()) + 16;
-    if d.entries.iter().map(size).sum::<usize>() <= max || d.reset {
-        // A reset must arrive whole: it replaces what the receiver holds.
+    let keep_size: usize = d.keep.iter().map(|k| k.len() + 2).sum();
+    if d.entries.iter().map(size).sum::<usize>() + keep_size <= max {
         return vec![d];
     }
-    let mut entries = d.entries;
+    let mut entries = d.entries.clone();
     entries.sort_by_key(|(_, e)| e.version);
+    let piece = |from: u64, to: u64, entries: Vec<(String, Entry)>, first: bool| Delta {
+        name: d.name.clone(),
+        generation: d.generation,
+        from,
+        // Never past what the sender holds completely: entries above its
+        // watermark (a gap it has not filled) ride along, claiming nothing.
+        to: to.min(d.to).max(from),
+        reset: first && d.reset,
+        entries,
+        keep: if first && d.reset {
+            d.keep.clone()
+        } else {
+            Vec::new()
+        },
+        gc: d.gc,
+    };
     let mut out = Vec::new();
     let mut from = d.from;
     let mut chunk: Vec<(String, Entry)> = Vec::new();
-    let mut bytes = 0;
+    let mut bytes = keep_size;
     for e in entries {
         let s = size(&e);
         if bytes + s > max && !chunk.is_empty() {
             let to = chunk.last().expect("non-empty").1.version;
-            out.push(Delta {
-                name: d.name.clone(),
-                generation: d.generation,
-                from,
-                to,
-                reset: false,
-                entries: std::mem::take(&mut chunk),
-            });
-            from = to;
+            let p = piece(from, to, std::mem::take(&mut chunk), out.is_empty());
+            from = p.to;
+            out.push(p);
             bytes = 0;
         }
         bytes += s;
         chunk.push(e);
     }
-    out.push(Delta {
-        name: d.name,
-        generation: d.generation,
-        from,
-        to: d.to,
-        reset: false,
-        entries: chunk,
-    });
+    let last = piece(from, d.to, chunk, out.is_empty());
+    out.push(last);
     out
 }
 
@@ -674,7 +721,7 @@ mod tests {
         let u = set(&mut a, RECORD_KEY, "{}", now);
         let mut b = Cluster::new("b", 1);
         b.apply_update(&u, None, now);
-        b.expire(now, |n| n == "a", Duration::from_secs(60));
+        b.expire(now, |n| n == "a", Duration::from_secs(60), Duration::ZERO);
         assert!(b.node("a", 1).is_none());
         assert!(!b.apply_update(&u, None, now));
         // Its next generation is welcome.
@@ -683,7 +730,7 @@ mod tests {
         assert!(b.apply_update(&u2, None, now));
         // And so is the old one once forgotten long enough.
         let later = now + FORGET + Duration::from_secs(1);
-        b.expire(later, |_| false, Duration::from_secs(60));
+        b.expire(later, |_| false, Duration::from_secs(60), Duration::ZERO);
         assert!(b.forgotten.is_empty());
     }
 
@@ -697,7 +744,7 @@ mod tests {
         late.apply_delta(&a.own().delta("a", 1, 0), now);
         a.write("gone", None, now).unwrap();
         let later = now + Duration::from_secs(61);
-        a.expire(later, |_| false, Duration::from_secs(60));
+        a.expire(later, |_| false, Duration::from_secs(60), Duration::ZERO);
         assert_eq!(a.own().entries.len(), 1, "the tombstone is dropped");
         let d = a
             .own()
@@ -766,5 +813,71 @@ mod tests {
         let u = set(&mut n, "k", "v", now);
         c.apply_update(&u, None, now);
         assert_eq!(c.differing(&before), vec![bucket("node-7") as u8]);
+    }
+
+    #[test]
+    fn a_reset_too_big_for_one_datagram_arrives_in_pieces_and_deletes_what_it_must() {
+        let now = t0();
+        let mut a = Cluster::new("a", 1);
+        set(&mut a, "gone", "x", now);
+        let mut late = Cluster::new("late", 1);
+        late.apply_delta(&a.own().delta("a", 1, 0), now);
+        for i in 0..100 {
+            set(&mut a, &format!("k{i}"), &"v".repeat(200), now);
+        }
+        a.write("gone", None, now).unwrap();
+        let later = now + Duration::from_secs(61);
+        a.expire(later, |_| false, Duration::from_secs(60), Duration::ZERO);
+        let d = a
+            .own()
+            .delta("a", 1, late.node("a", 1).unwrap().watermark());
+        assert!(d.reset);
+        let pieces = split(d, 4000);
+        assert!(pieces.len() > 3);
+        assert!(pieces[0].reset && pieces[1..].iter().all(|p| !p.reset));
+        for p in &pieces {
+            late.apply_delta(p, later);
+        }
+        let kv = late.node("a", 1).unwrap();
+        assert_eq!(kv.get("gone"), None);
+        assert_eq!(kv.live_keys(), 100);
+        assert_eq!(kv.watermark(), a.own().watermark());
+        assert_eq!(
+            kv.gc_version,
+            a.own().gc_version,
+            "the horizon is passed on"
+        );
+    }
+
+    #[test]
+    fn pieces_never_claim_more_than_the_sender_holds_completely() {
+        let now = t0();
+        let mut a = Cluster::new("a", 1);
+        let mut relay = Cluster::new("r", 1);
+        let mut ups = Vec::new();
+        for i in 0..40 {
+            ups.push(set(&mut a, &format!("k{i}"), &"v".repeat(100), now));
+        }
+        // The relay holds 1..=20 completely and 30..=40 beside a gap.
+        for u in ups[..20].iter().chain(&ups[29..]) {
+            relay.apply_update(u, None, now);
+        }
+        let held = relay.node("a", 1).unwrap();
+        assert_eq!((held.watermark(), held.max_version()), (20, 40));
+        let pieces = split(held.delta("a", 1, 0), 1000);
+        assert!(
+            pieces.iter().all(|p| p.to <= 20),
+            "{:?}",
+            pieces.iter().map(|p| (p.from, p.to)).collect::<Vec<_>>()
+        );
+        let mut b = Cluster::new("b", 1);
+        for p in &pieces {
+            b.apply_delta(p, now);
+        }
+        assert_eq!(b.node("a", 1).unwrap().watermark(), 20);
+        // Filling the gap below the highest version changes the revision.
+        let before = b.node("a", 1).unwrap().revision();
+        b.apply_update(&ups[24], None, now);
+        assert!(b.node("a", 1).unwrap().revision() > before);
     }
 }
