@@ -152,7 +152,15 @@ pub async fn run_with(
         )
         .await;
     forwarding.into_result()?;
-    let cluster = membership::join(&config, &node_name, &executor).await?;
+    // A restart's first state carries the endpoints already here: peers
+    // must not see this node's containers vanish (names, policy) while it
+    // restarts.
+    let endpoints: Vec<muslin_model::cluster::EndpointRecord> = table
+        .endpoints
+        .iter()
+        .map(|(k, e)| node::endpoint_record(&node_name, k, e))
+        .collect();
+    let cluster = membership::join(&config, &node_name, &executor, &endpoints).await?;
     let mtu = config.mtu.unwrap_or_else(|| match &cluster {
         Some(c) if c.encrypt => {
             c.underlay.mtu - muslin_model::encryption::overhead(c.underlay.address)

@@ -210,6 +210,7 @@ pub async fn join(
     config: &AgentConfig,
     me: &str,
     host: &Executor,
+    endpoints: &[EndpointRecord],
 ) -> Result<Option<Cluster>, AgentError> {
     let datastore = config.datastore();
     let etcd = matches!(datastore, Datastore::Etcd(_));
@@ -368,19 +369,17 @@ pub async fn join(
     if !facts.reserved.is_empty() {
         tracing::info!(ranges = ?facts.reserved, "routes of this host lie inside the pod network: no node will lease blocks overlapping them");
     }
-    // The record and every claim go out in the first gossip message, so
-    // peers never see this generation without them. Static blocks always
-    // win: claimed at the beginning of time.
+    // Every claim is written before the record: peers take this
+    // generation for the node only once they hold its record and all
+    // written before it, so they never see it without its blocks. Static
+    // blocks always win: claimed at the beginning of time.
     let claim = |network: &str, b: &ipnet::IpNet, at: u64| {
         let value = serde_json::to_string(&BlockClaim { claimed_at_ms: at }).expect("serializes");
         gossip_block_keys(network, *b)
             .into_iter()
             .map(move |k| (k, value.clone()))
     };
-    let mut initial = vec![(
-        muslin_model::cluster::NODE_KEY.to_string(),
-        serde_json::to_string(&record).expect("serializes"),
-    )];
+    let mut initial: Vec<(String, String)> = Vec::new();
     initial.extend(
         config
             .blocks
@@ -394,6 +393,16 @@ pub async fn join(
                 .flat_map(|(b, at)| claim(l.network(), b, *at)),
         );
     }
+    initial.extend(endpoints.iter().map(|r| {
+        (
+            muslin_model::cluster::gossip_endpoint_key(&r.network, &r.container_id, &r.ifname),
+            serde_json::to_string(r).expect("serializes"),
+        )
+    }));
+    initial.push((
+        muslin_model::cluster::NODE_KEY.to_string(),
+        serde_json::to_string(&record).expect("serializes"),
+    ));
     let store = if let Datastore::Etcd(settings) = datastore {
         let (endpoints, prefix) = (settings.endpoints.clone(), settings.prefix.clone());
         let s = Etcd::start(EtcdConfig {

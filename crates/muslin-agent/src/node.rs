@@ -762,7 +762,7 @@ impl Node {
     }
 }
 
-fn endpoint_record(node: &str, k: &AttachmentKey, e: &Endpoint) -> EndpointRecord {
+pub(crate) fn endpoint_record(node: &str, k: &AttachmentKey, e: &Endpoint) -> EndpointRecord {
     EndpointRecord {
         network: e.network_id.clone(),
         addresses: e.addresses.clone(),

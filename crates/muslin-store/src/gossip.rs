@@ -301,18 +301,21 @@ impl ClusterStore for Gossip {
         let mut decoded = self.decoded.lock().expect("decoded");
         let mut changed = false;
         self.engine.with(|s| {
-            // The newest generation of each node name that has published
-            // its record stands for the node: a restarted agent's fresh
+            // Of each node name, the newest generation that is ready (its
+            // record and every claim before it held) stands for the node,
+            // else the newest with a record: a restarted agent's fresh
             // generation must not hide the previous one's claims (and so
             // drop routes to it) before its own state has spread.
-            let mut newest: BTreeMap<&str, u64> = BTreeMap::new();
+            let mut best: BTreeMap<&str, (bool, u64)> = BTreeMap::new();
             for ((name, generation), kv) in s.cluster.nodes() {
                 if kv.get(NODE_KEY).is_none() && *name != self.me {
                     continue;
                 }
-                let e = newest.entry(name.as_str()).or_insert(*generation);
-                *e = (*e).max(*generation);
+                let rank = (*name == self.me || kv.ready(), *generation);
+                let e = best.entry(name.as_str()).or_insert(rank);
+                *e = (*e).max(rank);
             }
+            let newest: BTreeMap<&str, u64> = best.into_iter().map(|(n, (_, g))| (n, g)).collect();
             let before = decoded.len();
             decoded.retain(|n, _| newest.contains_key(n.as_str()));
             // Whether some node's state was decoded again (or left): only

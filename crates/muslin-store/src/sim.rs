@@ -283,6 +283,78 @@ mod tests {
         }
     }
 
+    /// A restarted node's new generation stands for it only once its
+    /// claims are there: on a lossy network its record may arrive first,
+    /// and a peer that took it for a node without blocks would drop the
+    /// routes to them while the restart lasts.
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_never_shows_the_node_without_its_claims() {
+        use crate::ClusterStore;
+        use muslin_model::cluster::{gossip_block_keys, BlockClaim, NODE_KEY};
+        let net = MemNet::new(Duration::from_millis(2), 0.25);
+        let blocks: Vec<ipnet::IpNet> = (0..12)
+            .map(|i| format!("10.244.{i}.0/26").parse().unwrap())
+            .collect();
+        let claim = serde_json::to_string(&BlockClaim { claimed_at_ms: 1 }).unwrap();
+        let record = serde_json::json!({
+            "name": "n3", "address": "10.0.0.1", "gossip_port": 3,
+            "pod_cidr": "10.244.0.0/16", "vtep_mac": "02:00:00:00:00:03",
+        })
+        .to_string();
+        // As the agent writes them: claims first, the record last.
+        let initial = || {
+            let mut v: Vec<(String, String)> = blocks
+                .iter()
+                .flat_map(|b| gossip_block_keys("default", *b))
+                .map(|k| (k, claim.clone()))
+                .collect();
+            v.push((NODE_KEY.to_string(), record.clone()));
+            v
+        };
+        let mut others = Vec::new();
+        for i in [1u16, 2, 4, 5] {
+            let seeds: &[u16] = if i == 1 { &[] } else { &[1] };
+            others.push(net.start(cfg(i, seeds), vec![]));
+        }
+        let mut n3 = net.start(cfg(3, &[1]), initial());
+        async fn claims(g: &Gossip) -> usize {
+            g.view()
+                .await
+                .nodes
+                .get("n3")
+                .map_or(0, |p| p.claims.len())
+        }
+        let t0 = tokio::time::Instant::now();
+        loop {
+            let mut all = true;
+            for o in &others {
+                all &= claims(o).await == blocks.len();
+            }
+            if all {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "n3's claims never spread");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for round in 0..3 {
+            n3.shutdown().await;
+            // A new generation: the next millisecond of the wall clock.
+            std::thread::sleep(Duration::from_millis(2));
+            n3 = net.start(cfg(3, &[1]), initial());
+            for _ in 0..200 {
+                for (i, o) in others.iter().enumerate() {
+                    let n = claims(o).await;
+                    assert_eq!(n, blocks.len(), "restart {round}: node {i} sees n3 with {n} claims");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        n3.shutdown().await;
+        for o in others {
+            o.shutdown().await;
+        }
+    }
+
     /// A first host advertises, before any peer has told it which of its
     /// addresses they reach, one they cannot (a shared 10.0.2.15, say):
     /// replies take the path its packets came by, and both see each other.

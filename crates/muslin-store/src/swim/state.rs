@@ -128,6 +128,17 @@ impl NodeKv {
         self.revision
     }
 
+    /// Whether this state may stand for its node: its record is held, and
+    /// so is every change made before the record. A generation writes its
+    /// claims first and its record last, so a holder that has the record
+    /// but missed a claim (broadcasts arrive in any order) does not take
+    /// the node for one without blocks and drop the routes to them.
+    pub fn ready(&self) -> bool {
+        self.entries
+            .get(RECORD_KEY)
+            .is_some_and(|e| e.value.is_some() && e.version <= self.watermark)
+    }
+
     #[cfg(test)]
     pub fn watermark(&self) -> u64 {
         self.watermark
@@ -162,6 +173,26 @@ impl NodeKv {
         self.max_version = self.max_version.max(entry.version);
         self.revision += 1;
         true
+    }
+
+    /// Moves the watermark over the versions held just above it: a gap
+    /// filled by a late broadcast joins what arrived after it.
+    fn close_gap(&mut self) {
+        if self.max_version <= self.watermark {
+            return;
+        }
+        let above: std::collections::BTreeSet<u64> = self
+            .entries
+            .values()
+            .map(|e| e.version)
+            .filter(|v| *v > self.watermark)
+            .collect();
+        for v in above {
+            if v != self.watermark + 1 {
+                break;
+            }
+            self.watermark = v;
+        }
     }
 
     /// Writes one of this node's own keys: the next version. Returns the
@@ -387,7 +418,7 @@ impl Cluster {
             .nodes
             .range((name.to_string(), generation + 1)..)
             .take_while(|((n, _), _)| n == name)
-            .any(|(_, kv)| kv.get(RECORD_KEY).is_some())
+            .any(|(_, kv)| kv.ready())
     }
 
     fn state_mut(&mut self, name: &str, generation: u64, now: Instant) -> Option<&mut NodeKv> {
@@ -427,6 +458,7 @@ impl Cluster {
         let new = kv.apply(&u.key, &u.entry, now, true);
         if new && u.entry.version == kv.watermark + 1 {
             kv.watermark = u.entry.version;
+            kv.close_gap();
         }
         if new {
             self.retire_older(&u.name.clone(), now);
@@ -445,8 +477,9 @@ impl Cluster {
         changed
     }
 
-    /// Once a newer generation of a node has its record, the older ones
-    /// stand for nothing: they are dropped, and kept out for `FORGET`.
+    /// Once a newer generation of a node is ready (its record and all
+    /// before it held), the older ones stand for nothing: they are
+    /// dropped, and kept out for `FORGET`.
     fn retire_older(&mut self, name: &str, now: Instant) {
         let gens: Vec<u64> = self
             .nodes
@@ -454,14 +487,14 @@ impl Cluster {
             .take_while(|((n, _), _)| n == name)
             .map(|((_, g), _)| *g)
             .collect();
-        let Some(newest_with_record) = gens.iter().rev().find(|g| {
-            self.nodes[&(name.to_string(), **g)]
-                .get(RECORD_KEY)
-                .is_some()
-        }) else {
+        let Some(newest_ready) = gens
+            .iter()
+            .rev()
+            .find(|g| self.nodes[&(name.to_string(), **g)].ready())
+        else {
             return;
         };
-        for g in gens.iter().filter(|g| *g < newest_with_record) {
+        for g in gens.iter().filter(|g| *g < newest_ready) {
             self.nodes.remove(&(name.to_string(), *g));
             self.forgotten
                 .insert((name.to_string(), *g), now + self.forget);
@@ -709,8 +742,35 @@ mod tests {
         let r2 = set(&mut a2, RECORD_KEY, "{}", now);
         b.apply_update(&r2, None, now);
         assert!(b.node("a", 1).is_none());
+        assert!(b.node("a", 2).unwrap().ready());
         // A peer still holding generation 1 cannot bring it back.
         assert!(!b.apply_delta(&a1.own().delta("a", 1, 0), now));
+        assert!(b.node("a", 1).is_none());
+    }
+
+    #[test]
+    fn a_new_generation_whose_record_outran_its_claims_waits_for_them() {
+        let now = t0();
+        let mut a1 = Cluster::new("a", 1);
+        let mut b = Cluster::new("b", 9);
+        b.apply_update(&set(&mut a1, "block/x", "{}", now), None, now);
+        b.apply_update(&set(&mut a1, RECORD_KEY, "{}", now), None, now);
+        assert!(b.node("a", 1).unwrap().ready());
+        // The restarted node claims first and publishes its record last;
+        // here the record arrives first.
+        let mut a2 = Cluster::new("a", 2);
+        let claim = set(&mut a2, "block/x", "{}", now);
+        let record = set(&mut a2, RECORD_KEY, "{}", now);
+        assert!(b.apply_update(&record, None, now));
+        assert!(!b.node("a", 2).unwrap().ready());
+        assert!(
+            b.node("a", 1).is_some(),
+            "the old generation's claims stand until the new one's arrive"
+        );
+        // Its updates are still taken.
+        assert!(b.apply_update(&set(&mut a1, "block/y", "{}", now), None, now));
+        b.apply_update(&claim, None, now);
+        assert!(b.node("a", 2).unwrap().ready());
         assert!(b.node("a", 1).is_none());
     }
 
