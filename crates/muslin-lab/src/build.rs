@@ -48,9 +48,18 @@ pub fn underlay(plan: &LabPlan) -> Result<(), LabError> {
 
     if !plan.blocked.is_empty() {
         let mut rules = String::from("table bridge muslinlab {\n chain forward {\n  type filter hook forward priority 0; policy accept;\n");
+        // Counted and named by host, so `lab check` can say what dropped.
+        let host = |port: &str| {
+            plan.nodes
+                .iter()
+                .find(|n| n.nics.iter().any(|x| x.port == port))
+                .map_or(port.to_string(), |n| n.name.clone())
+        };
         for (a, z) in &plan.blocked {
+            let (ha, hz) = (host(a), host(z));
             rules.push_str(&format!(
-                "  iifname \"{a}\" oifname \"{z}\" drop\n  iifname \"{z}\" oifname \"{a}\" drop\n"
+                "  iifname \"{a}\" oifname \"{z}\" counter drop comment \"blocked {ha}>{hz}\"\n  \
+                 iifname \"{z}\" oifname \"{a}\" counter drop comment \"blocked {hz}>{ha}\"\n"
             ));
         }
         rules.push_str(" }\n}\n");
