@@ -28,6 +28,7 @@ use crate::resolv;
 use crate::sys;
 use crate::topology::{Topology, DEFAULT_NETWORK};
 use crate::LabError;
+use crate::{cause, diagnose, neigh, neigh_sys};
 
 /// What every command needs: the `muslin` binary agents and plugins run
 /// as, and where progress lines go.
@@ -67,6 +68,9 @@ pub struct UpReport {
     pub converge_seconds: Option<f64>,
     pub total_seconds: f64,
     pub matrix: Option<Matrix>,
+    /// What the lab needs of the kernel's neighbour tables, and what `up`
+    /// raised for it.
+    pub neighbour: crate::neigh_sys::Report,
 }
 
 pub fn up(ctx: &Ctx, o: &UpOptions) -> Result<UpReport, LabError> {
@@ -171,8 +175,13 @@ pub fn up(ctx: &Ctx, o: &UpOptions) -> Result<UpReport, LabError> {
                 o.name
             ));
             drop(lock);
-            if let Err(d) = down(&o.name) {
-                ctx.say(&format!("clean-up also failed: {d}"));
+            match down(&o.name) {
+                Ok((_, neighbour)) => {
+                    for line in neighbour.lines(false) {
+                        ctx.say(&line);
+                    }
+                }
+                Err(d) => ctx.say(&format!("clean-up also failed: {d}")),
             }
             Err(e)
         }
@@ -193,6 +202,13 @@ fn build_all(
         .iter()
         .filter(|n| hosts.iter().any(|h| h.name == n.name))
         .collect();
+    // The lab's need is recorded before anything exists: a lab killed
+    // from here on keeps it until its `down`.
+    let need = neigh::need(&neigh::shape(&plan, &rec.backend, &rec.etcd));
+    let neighbour = neigh_sys::raise(&lab_key(&plan.name), need);
+    for line in neighbour.lines(true) {
+        ctx.say(&format!("[1/4] {line}"));
+    }
     ctx.say(&format!(
         "[1/4] underlay: {} hosts, {} routers, {} etcd members, {} segments, {} blocked pairs",
         hosts.len(),
@@ -201,6 +217,9 @@ fn build_all(
         plan.bridges.len(),
         plan.blocked.len()
     ));
+    // The neighbour table as it was before the lab's entries: a lab that
+    // overflows it shows it in `table_fulls` risen since.
+    let table_at_start = diagnose::table(plan.pod_cidr.addr());
     build::underlay(&plan)?;
     let build_seconds = t0.elapsed().as_secs_f64();
     let endpoints = start_etcd(ctx, &plan, &rec.etcd)?;
@@ -232,6 +251,7 @@ fn build_all(
         converge_seconds: None,
         total_seconds: 0.0,
         matrix: None,
+        neighbour,
     };
     if o.converge_timeout > 0 && !rec.containers.is_empty() {
         ctx.say(if plan.networks.is_empty() && plan.policy_file.is_none() {
@@ -242,20 +262,27 @@ fn build_all(
             "[4/4] check: waiting until every container reaches what the policies allow in its networks (and hosts, on the default network), and nothing else, and resolves the names of its networks' containers"
         });
         let deadline = Duration::from_secs(o.converge_timeout);
+        // Causes are looked for once, in the matrix that is reported.
+        let waiting = CheckOptions {
+            diagnose: false,
+            ..CheckOptions::default()
+        };
         loop {
-            let m = matrix(
+            let mut m = matrix(
                 rec,
                 &[Proto::Tcp, Proto::Udp, Proto::Icmp],
                 true,
                 Duration::from_millis(400),
+                &waiting,
             )?;
             let done = m.ok();
-            report.matrix = Some(m);
             if done {
                 report.converge_seconds = Some(agents_started.elapsed().as_secs_f64());
-                break;
+            } else if agents_started.elapsed() > deadline {
+                explain(rec, &mut m, table_at_start.as_ref());
             }
-            if agents_started.elapsed() > deadline {
+            report.matrix = Some(m);
+            if done || agents_started.elapsed() > deadline {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -298,7 +325,10 @@ fn lab_agent_flags(
         ("--backend", backend.to_string()),
         ("--encryption", encryption.to_string()),
         ("--wireguard-uapi", wireguard_uapi(&h.ns)),
-        ("--gossip-interval-ms", "100".into()),
+        (
+            "--gossip-interval-ms",
+            gossip_interval_ms(hosts.len()).to_string(),
+        ),
     ];
     if etcd.is_empty() {
         defaults.push(("--cluster-secret-file", secret.display().to_string()));
@@ -317,6 +347,25 @@ fn lab_agent_flags(
     }
     out.extend(h.agent_args.iter().cloned());
     out
+}
+
+/// The gossip round of a lab's agents. Short rounds make a small lab
+/// converge in a second. But in a round an agent gossips with a few
+/// peers and re-reads the whole cluster's state (chitchat's digests and
+/// deltas, then the agent's view of every node), so its idle cost is
+/// about hosts / round, and the lab's, whose agents share this machine,
+/// hosts² / round: at 100 hosts and 100 ms the agents alone would need
+/// ten cores. Above 20 hosts the round grows with the hosts, so a host's
+/// cost stays what it is at 20; the block-lease settle (5 rounds) and
+/// gossip's spread grow with it, which the cold start pays once.
+pub fn gossip_interval_ms(hosts: usize) -> u64 {
+    const SMALL: usize = 20;
+    const BASE_MS: u64 = 100;
+    if hosts <= SMALL {
+        BASE_MS
+    } else {
+        (BASE_MS * hosts as u64).div_ceil(SMALL as u64)
+    }
 }
 
 /// A fresh random secret for the lab's gossip, readable by root only.
@@ -1061,11 +1110,126 @@ fn live_policies(rec: &LabRecord) -> Result<(PolicySet, LiveLabels), LabError> {
     Ok((set, labels))
 }
 
+/// How `lab check` chooses and explains its pairs.
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    /// Every pair, however big the lab.
+    pub full: bool,
+    /// The sample's seed, and about how many pairs it has.
+    pub seed: u64,
+    pub budget: usize,
+    /// Look for the causes of failures (the first [`diagnose::MAX_PAIRS`]).
+    pub diagnose: bool,
+}
+
+/// Labs with more hosts are checked on a sample, unless asked otherwise.
+pub const SAMPLE_ABOVE_HOSTS: usize = 20;
+/// A sample's size: enough that every container and host is in several
+/// pairs, few enough for seconds on two cores.
+pub const SAMPLE_PAIRS: usize = 2000;
+/// Every source, destination and kind of pair is in at least this many.
+pub const SAMPLE_EACH: usize = 2;
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        CheckOptions {
+            full: false,
+            seed: 7,
+            budget: SAMPLE_PAIRS,
+            diagnose: true,
+        }
+    }
+}
+
+/// A pair's kind, for sampling: where the destination is from the
+/// source's host (the same host, a host on a shared segment, one across
+/// routers) and whether it is a host or a container, per network.
+fn pair_class(rec: &LabRecord, p: &check::Probe) -> String {
+    let host_of = |label: &str| label.split('/').next().unwrap_or(label).to_string();
+    let (src, dst) = (host_of(&p.from), host_of(&p.to));
+    let kind = if p.to.contains('/') { "" } else { "host, " };
+    let node = |n: &str| rec.plan.nodes.iter().find(|x| x.name == n);
+    let shared = match (node(&src), node(&dst)) {
+        (Some(a), Some(b)) => a
+            .nics
+            .iter()
+            .any(|x| !x.per_host && b.nics.iter().any(|y| y.bridge == x.bridge)),
+        _ => false,
+    };
+    let place = if src == dst {
+        if kind.is_empty() {
+            "same host"
+        } else {
+            "own"
+        }
+    } else if shared {
+        "same segment"
+    } else {
+        "across routers"
+    };
+    let what = match p.expect {
+        check::Expect::Reach => format!("{kind}{place}"),
+        check::Expect::Isolated => "isolation".to_string(),
+    };
+    if p.network == DEFAULT_NETWORK {
+        what
+    } else {
+        format!("{} {what}", p.network)
+    }
+}
+
+/// Looks for the causes of the first failing pairs.
+fn explain(rec: &LabRecord, m: &mut Matrix, before: Option<&(String, cause::Table)>) {
+    let map = diagnose::Map::of(rec);
+    let member_address = |label: &str, network: &str| {
+        rec.containers
+            .iter()
+            .find(|c| format!("{}/{}", c.host, c.name) == label)
+            .and_then(|c| c.address_in(network))
+            .or_else(|| {
+                rec.plan
+                    .nodes
+                    .iter()
+                    .find(|n| n.name == label)
+                    .and_then(NodePlan::address)
+            })
+    };
+    let mut looked = 0;
+    for p in m.pairs.iter_mut().filter(|p| !p.failed.is_empty()) {
+        if looked == diagnose::MAX_PAIRS {
+            break;
+        }
+        // A name alone failing says nothing of the path.
+        let Some(proto) = p.failed.iter().find_map(|(pr, _)| Proto::parse(pr)) else {
+            continue;
+        };
+        let (Some(src), Some(address)) = (
+            member_address(&p.from, &p.network),
+            member_address(&p.to, &p.network),
+        ) else {
+            continue;
+        };
+        looked += 1;
+        let f = diagnose::Failing {
+            from: &p.from,
+            to: &p.to,
+            src,
+            address,
+            default_network: p.network == DEFAULT_NETWORK,
+            proto,
+            port: DEFAULT_PORT,
+        };
+        p.cause = cause::judge(&diagnose::evidence(&map, &f, before));
+    }
+    m.looked_into = looked;
+}
+
 fn matrix(
     rec: &LabRecord,
     protos: &[Proto],
     dns: bool,
     timeout: Duration,
+    opts: &CheckOptions,
 ) -> Result<Matrix, LabError> {
     let (set, live) = live_policies(rec)?;
     let lab = &rec.plan.name;
@@ -1130,9 +1294,23 @@ fn matrix(
     // Hosts are targets on the default network only: whether they reach
     // another network depends on its `isolated-from-host` and on overlaps.
     let mut plan = check::plan(&members, &hosts, &subnets);
+    let sampling = (!opts.full && hosts.len() > SAMPLE_ABOVE_HOSTS).then(|| {
+        check::sample_plan(
+            &mut plan,
+            &|p| pair_class(rec, p),
+            SAMPLE_EACH,
+            opts.budget,
+            opts.seed,
+        )
+    });
     check::expect_policies(&mut plan, &members, &hosts, &set, protos, DEFAULT_PORT);
+    let before = diagnose::table(rec.plan.pod_cidr.addr());
     let mut m = check::run(plan, protos, dns, DEFAULT_PORT, timeout);
     m.policies = set.policies.iter().map(|p| p.key()).collect();
+    m.sampling = sampling;
+    if opts.diagnose && !m.ok() {
+        explain(rec, &mut m, before.as_ref());
+    }
     Ok(m)
 }
 
@@ -1149,16 +1327,27 @@ fn name_service(dns: &Dns) -> Option<check::NameService> {
     })
 }
 
-/// `lab check`: the full matrix, over `protos` and, with `dns`, names.
+/// `lab check`: the matrix (sampled above [`SAMPLE_ABOVE_HOSTS`]
+/// hosts), over `protos` and, with `dns`, names; the causes of failures.
 pub fn check(
     name: Option<&str>,
     protos: &[Proto],
     dns: bool,
     timeout: Duration,
 ) -> Result<Matrix, LabError> {
+    check_with(name, protos, dns, timeout, &CheckOptions::default())
+}
+
+pub fn check_with(
+    name: Option<&str>,
+    protos: &[Proto],
+    dns: bool,
+    timeout: Duration,
+    opts: &CheckOptions,
+) -> Result<Matrix, LabError> {
     let lab = registry::pick(name)?;
     let rec = registry::lock(&lab)?.load()?;
-    matrix(&rec, protos, dns, timeout)
+    matrix(&rec, protos, dns, timeout, opts)
 }
 
 #[derive(Debug, Serialize)]
@@ -1310,10 +1499,28 @@ pub fn logs(name: Option<&str>, host: &str) -> Result<String, LabError> {
     })
 }
 
+/// The lab's key in the machine-wide record of neighbour-table needs: its
+/// registry directory, absolute, so labs of different registry roots
+/// never mix.
+fn lab_key(name: &str) -> PathBuf {
+    let dir = registry::lab_dir(name);
+    std::path::absolute(&dir).unwrap_or(dir)
+}
+
 /// `lab down`: removes every namespace, process and file of the lab, even
-/// of a half-finished `up`. Idempotent: a lab that is not there is fine.
-pub fn down(name: &str) -> Result<bool, LabError> {
+/// of a half-finished `up`, then lowers the kernel's neighbour limits to
+/// what the labs still up need. Idempotent: a lab that is not there is
+/// fine. Returns whether there was a lab, and what happened to the limits.
+pub fn down(name: &str) -> Result<(bool, crate::neigh_sys::Report), LabError> {
     registry::check_name(name)?;
+    let existed = remove_lab(name)?;
+    // After the lab's directory is gone, so that a `down` killed before
+    // this leaves a need the next lab command forgets (its lab is no
+    // longer up), and so that no entry of the lab is left to evict.
+    Ok((existed, neigh_sys::release(&lab_key(name))))
+}
+
+fn remove_lab(name: &str) -> Result<bool, LabError> {
     let dir = registry::lab_dir(name);
     if !dir.exists() {
         // A lab whose record is gone (a reboot empties /run) may still
