@@ -722,18 +722,8 @@ fn attach_many(
         .map(|(h, c)| format!("netns add {}", crate::names::container_ns(&lab, h, c)))
         .collect();
     sys::ip_batch(None, &adds)?;
-    let results: Vec<Result<Vec<Attached>, LabError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = wanted
-            .iter()
-            .map(|(h, c)| {
-                let plan = &rec.plan;
-                s.spawn(move || attach_one(ctx, plan, h, c))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("attach does not panic"))
-            .collect()
+    let results = in_parallel(wanted, ATTACH_WORKERS, |(h, c)| {
+        attach_one(ctx, &rec.plan, h, c)
     });
     let mut first_err = None;
     for ((h, c), r) in wanted.iter().zip(results) {
@@ -758,6 +748,39 @@ fn attach_many(
     }
     lock.save(rec)?;
     first_err.map_or(Ok(()), Err)
+}
+
+/// Attachments made at once. Each is a plugin process and a probe server
+/// starting, and an agent answering: a hundred at once on a small machine
+/// only queue for the CPU, and the plugin gives up on an agent that does
+/// not acknowledge its request within 3 s.
+const ATTACH_WORKERS: usize = 16;
+
+/// `f` over `items` on at most `workers` threads; results in order.
+fn in_parallel<T: Sync, R: Send>(
+    items: &[T],
+    workers: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let next = AtomicUsize::new(0);
+    let out: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..workers.min(items.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let r = f(item);
+                out.lock().expect("no worker panics")[i] = Some(r);
+            });
+        }
+    });
+    out.into_inner()
+        .expect("no worker panics")
+        .into_iter()
+        .map(|r| r.expect("every item done"))
+        .collect()
 }
 
 fn container_id(lab: &str, host: &str, c: &str) -> String {
