@@ -239,8 +239,9 @@ pub fn release(lab_dir: &Path) -> Report {
     report
 }
 
-/// The machine-wide record as it stands (for tests and `lab status`).
-pub fn record() -> Option<Record> {
-    let bytes = fs::read(Path::new(DIR).join(RECORD)).ok()?;
-    serde_json::from_slice(&bytes).ok()
+/// The machine-wide record and the kernel's limits, read together under
+/// the record's lock (no lab changes either meanwhile).
+pub fn snapshot() -> Result<(Option<Record>, Machine), String> {
+    let held = lock()?;
+    Ok((held.load(), read()?))
 }

@@ -845,6 +845,44 @@ fn cni(
     serde_json::from_str(&text).map_err(|e| format!("unreadable result ({e}): {text}"))
 }
 
+/// How often an ADD answered "try again later" is tried, and the pause
+/// before the next try (times the tries so far).
+const ADD_TRIES: u32 = 5;
+const ADD_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Whether the plugin's error is CNI's code 11, "try again later": the
+/// agent did not acknowledge the request (busy, or still starting), so
+/// nothing was done and a runtime would retry.
+fn try_again_later(error: &str) -> bool {
+    let start = error.find('{').unwrap_or(0);
+    serde_json::Deserializer::from_str(&error[start..])
+        .into_iter::<serde_json::Value>()
+        .next()
+        .and_then(Result::ok)
+        .is_some_and(|v| v["code"] == 11)
+}
+
+/// ADD as a runtime does it: tried again while the plugin says to.
+fn add_retrying(
+    ctx: &Ctx,
+    plan: &LabPlan,
+    h: &NodePlan,
+    c: &str,
+    network: &str,
+    ifname: &str,
+) -> Result<serde_json::Value, String> {
+    let mut tries = 1;
+    loop {
+        match cni(ctx, plan, h, c, "ADD", network, ifname) {
+            Err(e) if tries < ADD_TRIES && try_again_later(&e) => {
+                std::thread::sleep(ADD_BACKOFF * tries);
+                tries += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// What an attachment's ADD gave: the address, and the name service to use.
 struct Attached {
     address: IpAddr,
@@ -871,7 +909,7 @@ fn attach_one(ctx: &Ctx, plan: &LabPlan, host: &str, c: &str) -> Result<Vec<Atta
     for (i, network) in h.networks_of(c).iter().enumerate() {
         let ifname = networks::ifname(i);
         let on = |e: String| fail(format!("network {network} ({ifname}): {e}"));
-        let result = cni(ctx, plan, h, c, "ADD", network, &ifname).map_err(on)?;
+        let result = add_retrying(ctx, plan, h, c, network, &ifname).map_err(on)?;
         let address = result["ips"][0]["address"]
             .as_str()
             .and_then(|a| a.split('/').next()?.parse().ok())
@@ -1170,7 +1208,7 @@ impl Default for CheckOptions {
 fn pair_class(rec: &LabRecord, p: &check::Probe) -> String {
     let host_of = |label: &str| label.split('/').next().unwrap_or(label).to_string();
     let (src, dst) = (host_of(&p.from), host_of(&p.to));
-    let kind = if p.to.contains('/') { "" } else { "host, " };
+    let container = p.to.contains('/');
     let node = |n: &str| rec.plan.nodes.iter().find(|x| x.name == n);
     let shared = match (node(&src), node(&dst)) {
         (Some(a), Some(b)) => a
@@ -1179,19 +1217,16 @@ fn pair_class(rec: &LabRecord, p: &check::Probe) -> String {
             .any(|x| !x.per_host && b.nics.iter().any(|y| y.bridge == x.bridge)),
         _ => false,
     };
-    let place = if src == dst {
-        if kind.is_empty() {
-            "same host"
-        } else {
-            "own"
-        }
-    } else if shared {
-        "same segment"
-    } else {
-        "across routers"
+    let place = match (src == dst, shared, container) {
+        (true, _, true) => "same host",
+        (true, _, false) => "own host",
+        (false, true, true) => "same segment",
+        (false, true, false) => "host on the same segment",
+        (false, false, true) => "across routers",
+        (false, false, false) => "host across routers",
     };
     let what = match p.expect {
-        check::Expect::Reach => format!("{kind}{place}"),
+        check::Expect::Reach => place.to_string(),
         check::Expect::Isolated => "isolation".to_string(),
     };
     if p.network == DEFAULT_NETWORK {
@@ -1571,6 +1606,22 @@ fn remove_lab(name: &str) -> Result<bool, LabError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_try_again_later_is_retried() {
+        let busy = r#"{"cniVersion":"1.1.0","code":11,"msg":"the Muslin agent at /run/x.sock accepted the connection but did not acknowledge the request within 3 s"} "#;
+        assert!(try_again_later(busy));
+        assert!(!try_again_later(&busy.replace("11", "7")));
+        assert!(!try_again_later("running the plugin: No such file"));
+    }
+
+    #[test]
+    fn big_labs_gossip_in_longer_rounds() {
+        assert_eq!(gossip_interval_ms(3), 100);
+        assert_eq!(gossip_interval_ms(20), 100);
+        assert_eq!(gossip_interval_ms(40), 200);
+        assert_eq!(gossip_interval_ms(100), 500);
+    }
 
     #[test]
     fn status_shows_each_attachment_unless_only_on_the_default_network() {
