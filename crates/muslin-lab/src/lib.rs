@@ -8,6 +8,7 @@ pub mod cause;
 pub mod check;
 pub mod diagnose;
 pub mod faults;
+pub mod matrix;
 pub mod names;
 pub mod neigh;
 pub mod neigh_sys;
