@@ -23,8 +23,10 @@ use serde::Serialize;
 
 use muslin_model::policy::NamedPort;
 
+use crate::cause::{self, Cause};
 use crate::policies::{PolicyEnd, PolicySet, Target};
 use crate::probe::{self, Proto};
+use crate::sample::{self, Candidate, Sampling};
 use crate::topology::DEFAULT_NETWORK;
 
 /// The longest an isolation probe waits: there, no answer is the pass, so
@@ -122,6 +124,9 @@ pub struct PairResult {
     /// target with the name service checked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsProbe>,
+    /// Why it failed, when the kernel shows it (`lab check` looks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
 }
 
 impl PairResult {
@@ -204,6 +209,16 @@ pub struct Matrix {
     /// Keys of the policies the pairs were judged by; empty without any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<String>,
+    /// How the pairs were sampled, when not all were checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<Sampling>,
+    /// Failing pairs whose cause was looked for (the first ones).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub looked_into: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -404,6 +419,43 @@ pub fn expect_policies(
     }
 }
 
+/// Keeps a sample of the plan's probes (`sample::pick`): at least `each`
+/// of every source, destination and kind of pair (`class` names a
+/// probe's), up to `budget` in all, the same for the same `seed`.
+pub fn sample_plan(
+    plan: &mut CheckPlan,
+    class: &dyn Fn(&Probe) -> String,
+    each: usize,
+    budget: usize,
+    seed: u64,
+) -> Sampling {
+    let all: Vec<Candidate> = plan
+        .probes
+        .iter()
+        .map(|p| Candidate {
+            from: p.from.clone(),
+            to: p.to.clone(),
+            class: class(p),
+        })
+        .collect();
+    let picked = sample::pick(&all, each, budget, seed);
+    let classes = sample::classes(&all, &picked);
+    let keep: HashSet<usize> = picked.into_iter().collect();
+    let of = plan.probes.len();
+    let mut i = 0;
+    plan.probes.retain(|_| {
+        i += 1;
+        keep.contains(&(i - 1))
+    });
+    Sampling {
+        checked: plan.probes.len(),
+        of,
+        seed,
+        each_at_least: each,
+        classes,
+    }
+}
+
 /// Makes the planned probes: one thread per source namespace. Isolation
 /// probes, and protocols policies deny, wait at most [`ISOLATION_TIMEOUT`].
 /// With `dns`, each probe that names a target also resolves the name (a
@@ -434,6 +486,8 @@ pub fn run(plan: CheckPlan, protos: &[Proto], dns: bool, port: u16, timeout: Dur
         isolation: vec![],
         skipped: plan.skipped.clone(),
         policies: vec![],
+        sampling: None,
+        looked_into: 0,
     };
     for (p, outcome) in results {
         match p.expect {
@@ -475,6 +529,7 @@ fn judge(p: &Probe, outcome: Outcome, protos: &[Proto], dns: bool) -> PairResult
         denied_by_policy: vec![],
         reached_despite_policy: vec![],
         dns: dns.clone(),
+        cause: None,
     };
     match outcome {
         // Unprobed proves nothing, whatever was expected.
@@ -622,6 +677,14 @@ impl Matrix {
                     p.from, p.to
                 ));
             }
+            if let Some(c) = &p.cause {
+                out.push(format!(
+                    "{} -> {}{net} cause: {}",
+                    p.from,
+                    p.to,
+                    c.describe()
+                ));
+            }
         }
         for i in self.isolation.iter().filter(|i| !i.ok()) {
             let mut what = match &i.error {
@@ -659,7 +722,8 @@ impl Matrix {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let only_default = self.only_default();
-        for n in &self.networks {
+        // A sampled matrix is too big to print, and mostly unchecked.
+        for n in self.networks.iter().filter(|_| self.sampling.is_none()) {
             if !only_default {
                 out.push_str(&format!("network {}\n", n.name));
             }
@@ -712,6 +776,18 @@ impl Matrix {
                 self.skipped.len()
             ));
         }
+        if let Some(s) = &self.sampling {
+            out.push_str(&s.describe());
+            out.push('\n');
+        }
+        if self.looked_into > 0 {
+            out.push_str(&format!(
+                "causes: looked for in {} of {} failing pairs ({})\n",
+                self.looked_into,
+                bad,
+                cause::LEGEND
+            ));
+        }
         out
     }
 
@@ -757,7 +833,8 @@ fn cell(p: &PairResult, protocols: usize) -> String {
         let mut c = String::new();
         if !p.failed.is_empty() {
             c.push_str(&format!(
-                "x:{}",
+                "{}:{}",
+                p.cause.as_ref().map_or('x', Cause::letter),
                 initials(&mut p.failed.iter().map(|(pr, _)| pr))
             ));
         }
@@ -1159,6 +1236,8 @@ mod tests {
             }],
             skipped: vec![],
             policies: vec![],
+            sampling: None,
+            looked_into: 0,
         };
         assert!(m.ok(), "NXDOMAIN, or an answer without the address");
         m.isolation[0].reached = vec!["dns".into()];
@@ -1381,6 +1460,7 @@ policyTypes = ["Egress"]
             denied_by_policy: vec![],
             reached_despite_policy: vec![],
             dns: None,
+            cause: None,
         };
         Matrix {
             protocols: vec!["tcp".into(), "icmp".into()],
@@ -1431,6 +1511,8 @@ policyTypes = ["Egress"]
                 why: "ambiguous".into(),
             }],
             policies: vec![],
+            sampling: None,
+            looked_into: 0,
         }
     }
 
@@ -1490,10 +1572,13 @@ policyTypes = ["Egress"]
                 denied_by_policy: vec![],
                 reached_despite_policy: vec![],
                 dns: None,
+                cause: None,
             }],
             isolation: vec![],
             skipped: vec![],
             policies: vec![],
+            sampling: None,
+            looked_into: 0,
         };
         assert_eq!(
             m.render(),

@@ -203,7 +203,7 @@ fn cut_lines(plan: &LabPlan, cut: &Cut) -> Result<Vec<String>, LabError> {
     for (from, to) in [(a, b), (b, a)] {
         for rule in direction_rules(from, to, cut.udp_port) {
             lines.push(format!(
-                "add rule bridge {CUTS_TABLE} forward {rule} drop comment \"{}\"",
+                "add rule bridge {CUTS_TABLE} forward {rule} counter drop comment \"{}\"",
                 cut.comment(&from.name, &to.name)
             ));
         }
@@ -434,10 +434,10 @@ default-route = true
         assert_eq!(
             lines,
             [
-                "add rule bridge muslinlab_cuts forward iifname \"p1n1\" oifname \"p2n1\" drop comment \"cut a1 a2: a1>a2\"",
-                "add rule bridge muslinlab_cuts forward ip saddr 192.168.10.11 ip daddr 192.168.10.12 drop comment \"cut a1 a2: a1>a2\"",
-                "add rule bridge muslinlab_cuts forward iifname \"p2n1\" oifname \"p1n1\" drop comment \"cut a1 a2: a2>a1\"",
-                "add rule bridge muslinlab_cuts forward ip saddr 192.168.10.12 ip daddr 192.168.10.11 drop comment \"cut a1 a2: a2>a1\"",
+                "add rule bridge muslinlab_cuts forward iifname \"p1n1\" oifname \"p2n1\" counter drop comment \"cut a1 a2: a1>a2\"",
+                "add rule bridge muslinlab_cuts forward ip saddr 192.168.10.11 ip daddr 192.168.10.12 counter drop comment \"cut a1 a2: a1>a2\"",
+                "add rule bridge muslinlab_cuts forward iifname \"p2n1\" oifname \"p1n1\" counter drop comment \"cut a1 a2: a2>a1\"",
+                "add rule bridge muslinlab_cuts forward ip saddr 192.168.10.12 ip daddr 192.168.10.11 counter drop comment \"cut a1 a2: a2>a1\"",
             ],
             "the NAT segment's shared 10.0.2.15 is nobody's own"
         );
@@ -450,8 +450,8 @@ default-route = true
         assert_eq!(
             lines,
             [
-                "add rule bridge muslinlab_cuts forward ip saddr 192.168.10.11 ip daddr 192.168.20.11 udp dport 4789 drop comment \"cut a1 b udp 4789: a1>b\"",
-                "add rule bridge muslinlab_cuts forward ip saddr 192.168.20.11 ip daddr 192.168.10.11 udp dport 4789 drop comment \"cut a1 b udp 4789: b>a1\"",
+                "add rule bridge muslinlab_cuts forward ip saddr 192.168.10.11 ip daddr 192.168.20.11 udp dport 4789 counter drop comment \"cut a1 b udp 4789: a1>b\"",
+                "add rule bridge muslinlab_cuts forward ip saddr 192.168.20.11 ip daddr 192.168.10.11 udp dport 4789 counter drop comment \"cut a1 b udp 4789: b>a1\"",
             ]
         );
     }

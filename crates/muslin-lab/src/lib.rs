@@ -4,9 +4,14 @@
 //! containers are attached through the real CNI path. It is the newcomer's
 //! first run, the end-to-end test rig and the benchmark stage.
 
+pub mod cause;
 pub mod check;
+pub mod diagnose;
 pub mod faults;
+pub mod matrix;
 pub mod names;
+pub mod neigh;
+pub mod neigh_sys;
 pub mod networks;
 pub mod ops;
 pub mod plan;
@@ -14,6 +19,7 @@ pub mod policies;
 pub use muslin_kernel::probe;
 pub mod registry;
 pub mod resolv;
+pub mod sample;
 pub mod topology;
 
 mod build;

@@ -12,22 +12,26 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::build;
-use std::collections::BTreeMap;
 
 use muslin_model::api::{Request, Response};
 use muslin_model::cni::Dns;
 
-use crate::check::{self, Endpoint, Matrix, Member};
+use crate::check::Matrix;
+pub use crate::matrix::{
+    check, check_with, CheckOptions, SAMPLE_ABOVE_HOSTS, SAMPLE_EACH, SAMPLE_PAIRS,
+};
+use crate::matrix::{explain, matrix};
 use crate::names::invalid_name;
 use crate::networks;
 use crate::plan::{resolve, LabPlan, NodePlan};
-use crate::policies::{self, PolicySet};
-use crate::probe::{Proto, DEFAULT_PORT};
+use crate::policies;
+use crate::probe::Proto;
 use crate::registry::{self, Attachment, ContainerRecord, LabRecord, Locked};
 use crate::resolv;
 use crate::sys;
 use crate::topology::{Topology, DEFAULT_NETWORK};
 use crate::LabError;
+use crate::{diagnose, neigh, neigh_sys};
 
 /// What every command needs: the `muslin` binary agents and plugins run
 /// as, and where progress lines go.
@@ -67,6 +71,9 @@ pub struct UpReport {
     pub converge_seconds: Option<f64>,
     pub total_seconds: f64,
     pub matrix: Option<Matrix>,
+    /// What the lab needs of the kernel's neighbour tables, and what `up`
+    /// raised for it.
+    pub neighbour: crate::neigh_sys::Report,
 }
 
 pub fn up(ctx: &Ctx, o: &UpOptions) -> Result<UpReport, LabError> {
@@ -171,8 +178,13 @@ pub fn up(ctx: &Ctx, o: &UpOptions) -> Result<UpReport, LabError> {
                 o.name
             ));
             drop(lock);
-            if let Err(d) = down(&o.name) {
-                ctx.say(&format!("clean-up also failed: {d}"));
+            match down(&o.name) {
+                Ok((_, neighbour)) => {
+                    for line in neighbour.lines(false) {
+                        ctx.say(&line);
+                    }
+                }
+                Err(d) => ctx.say(&format!("clean-up also failed: {d}")),
             }
             Err(e)
         }
@@ -193,6 +205,13 @@ fn build_all(
         .iter()
         .filter(|n| hosts.iter().any(|h| h.name == n.name))
         .collect();
+    // The lab's need is recorded before anything exists: a lab killed
+    // from here on keeps it until its `down`.
+    let need = neigh::need(&neigh::shape(&plan, &rec.backend, &rec.etcd));
+    let neighbour = neigh_sys::raise(&lab_key(&plan.name), need);
+    for line in neighbour.lines(true) {
+        ctx.say(&format!("[1/4] {line}"));
+    }
     ctx.say(&format!(
         "[1/4] underlay: {} hosts, {} routers, {} etcd members, {} segments, {} blocked pairs",
         hosts.len(),
@@ -201,6 +220,9 @@ fn build_all(
         plan.bridges.len(),
         plan.blocked.len()
     ));
+    // The neighbour table as it was before the lab's entries: a lab that
+    // overflows it shows it in `table_fulls` risen since.
+    let table_at_start = diagnose::table(plan.pod_cidr.addr());
     build::underlay(&plan)?;
     let build_seconds = t0.elapsed().as_secs_f64();
     let endpoints = start_etcd(ctx, &plan, &rec.etcd)?;
@@ -232,6 +254,7 @@ fn build_all(
         converge_seconds: None,
         total_seconds: 0.0,
         matrix: None,
+        neighbour,
     };
     if o.converge_timeout > 0 && !rec.containers.is_empty() {
         ctx.say(if plan.networks.is_empty() && plan.policy_file.is_none() {
@@ -242,20 +265,27 @@ fn build_all(
             "[4/4] check: waiting until every container reaches what the policies allow in its networks (and hosts, on the default network), and nothing else, and resolves the names of its networks' containers"
         });
         let deadline = Duration::from_secs(o.converge_timeout);
+        // Causes are looked for once, in the matrix that is reported.
+        let waiting = CheckOptions {
+            diagnose: false,
+            ..CheckOptions::default()
+        };
         loop {
-            let m = matrix(
+            let mut m = matrix(
                 rec,
                 &[Proto::Tcp, Proto::Udp, Proto::Icmp],
                 true,
                 Duration::from_millis(400),
+                &waiting,
             )?;
             let done = m.ok();
-            report.matrix = Some(m);
             if done {
                 report.converge_seconds = Some(agents_started.elapsed().as_secs_f64());
-                break;
+            } else if agents_started.elapsed() > deadline {
+                explain(rec, &mut m, table_at_start.as_ref());
             }
-            if agents_started.elapsed() > deadline {
+            report.matrix = Some(m);
+            if done || agents_started.elapsed() > deadline {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -298,7 +328,10 @@ fn lab_agent_flags(
         ("--backend", backend.to_string()),
         ("--encryption", encryption.to_string()),
         ("--wireguard-uapi", wireguard_uapi(&h.ns)),
-        ("--gossip-interval-ms", "100".into()),
+        (
+            "--gossip-interval-ms",
+            gossip_interval_ms(hosts.len()).to_string(),
+        ),
     ];
     if etcd.is_empty() {
         defaults.push(("--cluster-secret-file", secret.display().to_string()));
@@ -317,6 +350,25 @@ fn lab_agent_flags(
     }
     out.extend(h.agent_args.iter().cloned());
     out
+}
+
+/// The gossip round of a lab's agents. Short rounds make a small lab
+/// converge in a second. But every round an agent re-reads the state of
+/// the whole cluster (its view of every node, the paths to each), so its
+/// idle cost is about hosts / round, and the lab's, whose agents share
+/// one machine, hosts² / round: measured at 60 hosts on two cores, rounds
+/// of 300 ms cost the agents 1.74 cores, of 1 s 0.96. Above 20 hosts the
+/// round grows with the hosts, so a host's cost stays what it is at 20;
+/// the block-lease settle (5 rounds) and the spread of changes grow with
+/// it, which the cold start pays once.
+pub fn gossip_interval_ms(hosts: usize) -> u64 {
+    const SMALL: usize = 20;
+    const BASE_MS: u64 = 100;
+    if hosts <= SMALL {
+        BASE_MS
+    } else {
+        (BASE_MS * hosts as u64).div_ceil(SMALL as u64)
+    }
 }
 
 /// A fresh random secret for the lab's gossip, readable by root only.
@@ -673,18 +725,8 @@ fn attach_many(
         .map(|(h, c)| format!("netns add {}", crate::names::container_ns(&lab, h, c)))
         .collect();
     sys::ip_batch(None, &adds)?;
-    let results: Vec<Result<Vec<Attached>, LabError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = wanted
-            .iter()
-            .map(|(h, c)| {
-                let plan = &rec.plan;
-                s.spawn(move || attach_one(ctx, plan, h, c))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("attach does not panic"))
-            .collect()
+    let results = in_parallel(wanted, ATTACH_WORKERS, |(h, c)| {
+        attach_one(ctx, &rec.plan, h, c)
     });
     let mut first_err = None;
     for ((h, c), r) in wanted.iter().zip(results) {
@@ -711,7 +753,40 @@ fn attach_many(
     first_err.map_or(Ok(()), Err)
 }
 
-fn container_id(lab: &str, host: &str, c: &str) -> String {
+/// Attachments made at once. Each is a plugin process and a probe server
+/// starting, and an agent answering: a hundred at once on a small machine
+/// only queue for the CPU, and the plugin gives up on an agent that does
+/// not acknowledge its request within 3 s.
+const ATTACH_WORKERS: usize = 16;
+
+/// `f` over `items` on at most `workers` threads; results in order.
+fn in_parallel<T: Sync, R: Send>(
+    items: &[T],
+    workers: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let next = AtomicUsize::new(0);
+    let out: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..workers.min(items.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let r = f(item);
+                out.lock().expect("no worker panics")[i] = Some(r);
+            });
+        }
+    });
+    out.into_inner()
+        .expect("no worker panics")
+        .into_iter()
+        .map(|r| r.expect("every item done"))
+        .collect()
+}
+
+pub(crate) fn container_id(lab: &str, host: &str, c: &str) -> String {
     format!("{lab}-{host}-{c}")
 }
 
@@ -773,6 +848,44 @@ fn cni(
     serde_json::from_str(&text).map_err(|e| format!("unreadable result ({e}): {text}"))
 }
 
+/// How often an ADD answered "try again later" is tried, and the pause
+/// before the next try (times the tries so far).
+const ADD_TRIES: u32 = 5;
+const ADD_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Whether the plugin's error is CNI's code 11, "try again later": the
+/// agent did not acknowledge the request (busy, or still starting), so
+/// nothing was done and a runtime would retry.
+fn try_again_later(error: &str) -> bool {
+    let start = error.find('{').unwrap_or(0);
+    serde_json::Deserializer::from_str(&error[start..])
+        .into_iter::<serde_json::Value>()
+        .next()
+        .and_then(Result::ok)
+        .is_some_and(|v| v["code"] == 11)
+}
+
+/// ADD as a runtime does it: tried again while the plugin says to.
+fn add_retrying(
+    ctx: &Ctx,
+    plan: &LabPlan,
+    h: &NodePlan,
+    c: &str,
+    network: &str,
+    ifname: &str,
+) -> Result<serde_json::Value, String> {
+    let mut tries = 1;
+    loop {
+        match cni(ctx, plan, h, c, "ADD", network, ifname) {
+            Err(e) if tries < ADD_TRIES && try_again_later(&e) => {
+                std::thread::sleep(ADD_BACKOFF * tries);
+                tries += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// What an attachment's ADD gave: the address, and the name service to use.
 struct Attached {
     address: IpAddr,
@@ -799,7 +912,7 @@ fn attach_one(ctx: &Ctx, plan: &LabPlan, host: &str, c: &str) -> Result<Vec<Atta
     for (i, network) in h.networks_of(c).iter().enumerate() {
         let ifname = networks::ifname(i);
         let on = |e: String| fail(format!("network {network} ({ifname}): {e}"));
-        let result = cni(ctx, plan, h, c, "ADD", network, &ifname).map_err(on)?;
+        let result = add_retrying(ctx, plan, h, c, network, &ifname).map_err(on)?;
         let address = result["ips"][0]["address"]
             .as_str()
             .and_then(|a| a.split('/').next()?.parse().ok())
@@ -999,166 +1112,13 @@ fn resolve_target(rec: &LabRecord, target: &str) -> Result<String, LabError> {
     }
 }
 
-/// Labels of attachments by (container id, interface), as their agents
-/// hold them now.
-type LiveLabels = BTreeMap<(String, String), BTreeMap<String, String>>;
-
 /// An agent's answer to `req`, or why there is none.
-fn ask(lab: &str, host: &str, req: &Request) -> Result<Response, String> {
+pub(crate) fn ask(lab: &str, host: &str, req: &Request) -> Result<Response, String> {
     match muslin_cni::call(&registry::socket(lab, host), req) {
         Ok(Response::Error(e)) => Err(e.msg),
         Ok(r) => Ok(r),
         Err(e) => Err(e.to_string()),
     }
-}
-
-/// The policies in force and the labels endpoints carry, read from the
-/// agents rather than the topology: operators change both with `muslin
-/// policy` and `muslin label` after `up`. Policies are cluster objects, so
-/// the first agent that answers has them all; labels are each host's.
-fn live_policies(rec: &LabRecord) -> Result<(PolicySet, LiveLabels), LabError> {
-    let lab = &rec.plan.name;
-    let mut policies = None;
-    let mut last_error = String::from("no host runs an agent");
-    for h in rec.agent_hosts() {
-        match ask(lab, &h.name, &Request::PolicyList) {
-            Ok(Response::Policies { policies: p }) => {
-                policies = Some(p.into_iter().map(|s| s.policy).collect::<Vec<_>>());
-                break;
-            }
-            Ok(other) => last_error = format!("{}: unexpected reply {other:?}", h.name),
-            Err(e) => last_error = format!("{}: {e}", h.name),
-        }
-    }
-    let policies = match policies {
-        Some(p) => p,
-        // Without policies of its own, a lab whose agents cannot say is
-        // checked as one without policies, as before them.
-        None if rec.plan.policy_file.is_none() => vec![],
-        None => {
-            return Err(LabError::Command {
-                cmd: "policy list".into(),
-                stderr: format!("no agent listed the policies in force: {last_error}"),
-            })
-        }
-    };
-    let set = PolicySet {
-        policies,
-        namespaces: rec.plan.namespaces.clone(),
-    };
-    let mut labels = LiveLabels::new();
-    if set.is_empty() {
-        return Ok((set, labels));
-    }
-    for h in rec.agent_hosts() {
-        // A host that does not answer keeps the topology's labels.
-        if let Ok(Response::Status(s)) = ask(lab, &h.name, &Request::Status) {
-            for e in s.endpoints {
-                labels.insert((e.key.container_id, e.key.ifname), e.labels);
-            }
-        }
-    }
-    Ok((set, labels))
-}
-
-fn matrix(
-    rec: &LabRecord,
-    protos: &[Proto],
-    dns: bool,
-    timeout: Duration,
-) -> Result<Matrix, LabError> {
-    let (set, live) = live_policies(rec)?;
-    let lab = &rec.plan.name;
-    let members: Vec<Member> = rec
-        .containers
-        .iter()
-        .map(|c| {
-            let (meta, namespace) = rec
-                .plan
-                .nodes
-                .iter()
-                .find(|n| n.name == c.host)
-                .map(|n| (n.meta_of(&c.name), n.namespace_of(&c.name)))
-                .unwrap_or_else(|| (Default::default(), c.host.clone()));
-            let id = container_id(lab, &c.host, &c.name);
-            Member {
-                label: format!("{}/{}", c.host, c.name),
-                ns: c.ns.clone(),
-                addresses: c
-                    .attachments()
-                    .into_iter()
-                    .filter_map(|a| Some((a.network, a.address?)))
-                    .collect(),
-                host: c.host.clone(),
-                namespace,
-                labels: c
-                    .attachments()
-                    .into_iter()
-                    .map(|a| {
-                        let l = live
-                            .get(&(id.clone(), a.ifname))
-                            .cloned()
-                            .unwrap_or_else(|| meta.labels.clone());
-                        (a.network, l)
-                    })
-                    .collect(),
-                ports: meta.ports,
-                name: c.name.clone(),
-                dns: c
-                    .attachments()
-                    .into_iter()
-                    .filter_map(|a| Some((a.network, name_service(a.dns.as_ref()?)?)))
-                    .collect(),
-            }
-        })
-        .filter(|m| !m.addresses.is_empty())
-        .collect();
-    let hosts: Vec<Endpoint> = rec
-        .agent_hosts()
-        .filter_map(|n| {
-            Some(Endpoint {
-                label: n.name.clone(),
-                ns: n.ns.clone(),
-                address: n.address()?,
-            })
-        })
-        .collect();
-    let subnets: Vec<(String, ipnet::IpNet)> =
-        std::iter::once((DEFAULT_NETWORK.to_string(), rec.plan.pod_cidr))
-            .chain(rec.plan.networks.iter().map(|n| (n.name.clone(), n.subnet)))
-            .collect();
-    // Hosts are targets on the default network only: whether they reach
-    // another network depends on its `isolated-from-host` and on overlaps.
-    let mut plan = check::plan(&members, &hosts, &subnets);
-    check::expect_policies(&mut plan, &members, &hosts, &set, protos, DEFAULT_PORT);
-    let mut m = check::run(plan, protos, dns, DEFAULT_PORT, timeout);
-    m.policies = set.policies.iter().map(|p| p.key()).collect();
-    Ok(m)
-}
-
-/// The name service an attachment's ADD result names: its first
-/// nameserver, and the cluster domain, the last of its search domains.
-fn name_service(dns: &Dns) -> Option<check::NameService> {
-    Some(check::NameService {
-        resolver: *dns.nameservers.first()?,
-        domain: dns
-            .search
-            .last()
-            .cloned()
-            .unwrap_or_else(|| muslin_model::dns::DEFAULT_DOMAIN.to_string()),
-    })
-}
-
-/// `lab check`: the full matrix, over `protos` and, with `dns`, names.
-pub fn check(
-    name: Option<&str>,
-    protos: &[Proto],
-    dns: bool,
-    timeout: Duration,
-) -> Result<Matrix, LabError> {
-    let lab = registry::pick(name)?;
-    let rec = registry::lock(&lab)?.load()?;
-    matrix(&rec, protos, dns, timeout)
 }
 
 #[derive(Debug, Serialize)]
@@ -1310,10 +1270,28 @@ pub fn logs(name: Option<&str>, host: &str) -> Result<String, LabError> {
     })
 }
 
+/// The lab's key in the machine-wide record of neighbour-table needs: its
+/// registry directory, absolute, so labs of different registry roots
+/// never mix.
+fn lab_key(name: &str) -> PathBuf {
+    let dir = registry::lab_dir(name);
+    std::path::absolute(&dir).unwrap_or(dir)
+}
+
 /// `lab down`: removes every namespace, process and file of the lab, even
-/// of a half-finished `up`. Idempotent: a lab that is not there is fine.
-pub fn down(name: &str) -> Result<bool, LabError> {
+/// of a half-finished `up`, then lowers the kernel's neighbour limits to
+/// what the labs still up need. Idempotent: a lab that is not there is
+/// fine. Returns whether there was a lab, and what happened to the limits.
+pub fn down(name: &str) -> Result<(bool, crate::neigh_sys::Report), LabError> {
     registry::check_name(name)?;
+    let existed = remove_lab(name)?;
+    // After the lab's directory is gone, so that a `down` killed before
+    // this leaves a need the next lab command forgets (its lab is no
+    // longer up), and so that no entry of the lab is left to evict.
+    Ok((existed, neigh_sys::release(&lab_key(name))))
+}
+
+fn remove_lab(name: &str) -> Result<bool, LabError> {
     let dir = registry::lab_dir(name);
     if !dir.exists() {
         // A lab whose record is gone (a reboot empties /run) may still
@@ -1341,6 +1319,22 @@ pub fn down(name: &str) -> Result<bool, LabError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_try_again_later_is_retried() {
+        let busy = r#"{"cniVersion":"1.1.0","code":11,"msg":"the Muslin agent at /run/x.sock accepted the connection but did not acknowledge the request within 3 s"} "#;
+        assert!(try_again_later(busy));
+        assert!(!try_again_later(&busy.replace("11", "7")));
+        assert!(!try_again_later("running the plugin: No such file"));
+    }
+
+    #[test]
+    fn big_labs_gossip_in_longer_rounds() {
+        assert_eq!(gossip_interval_ms(3), 100);
+        assert_eq!(gossip_interval_ms(20), 100);
+        assert_eq!(gossip_interval_ms(40), 200);
+        assert_eq!(gossip_interval_ms(100), 500);
+    }
 
     #[test]
     fn status_shows_each_attachment_unless_only_on_the_default_network() {

@@ -194,7 +194,7 @@ impl Locked {
     }
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LabError> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LabError> {
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(LabError::io(format!("writing {}", tmp.display())))?;
     f.write_all(bytes)

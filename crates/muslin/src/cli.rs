@@ -158,7 +158,7 @@ pub enum LabCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Probe every container to every container and host, and resolve every container's name; non-zero exit if a pair fails
+    /// Probe every container to every container and host (a sample above 20 hosts), and resolve every container's name; name the cause of failures; non-zero exit if a pair fails
     Check {
         #[command(flatten)]
         lab: LabName,
@@ -167,6 +167,15 @@ pub enum LabCommand {
         proto: String,
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
+        /// Check every pair even in a lab of more than 20 hosts (checked on a sample)
+        #[arg(long)]
+        full: bool,
+        /// Seed of the sample (the same seed picks the same pairs)
+        #[arg(long, default_value_t = 7, conflicts_with = "full")]
+        seed: u64,
+        /// Pairs in the sample (more when needed to cover every container and host twice)
+        #[arg(long, default_value_t = muslin_lab::ops::SAMPLE_PAIRS, conflicts_with = "full")]
+        sample: usize,
         #[arg(long)]
         json: bool,
     },

@@ -150,14 +150,23 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
             lab,
             proto,
             timeout_ms,
+            full,
+            seed,
+            sample,
             json,
         } => {
             let (protos, dns) = checks(&proto)?;
-            let m = ops::check(
+            let m = ops::check_with(
                 lab.name.as_deref(),
                 &protos,
                 dns,
                 Duration::from_millis(timeout_ms),
+                &ops::CheckOptions {
+                    full,
+                    seed,
+                    budget: sample,
+                    diagnose: true,
+                },
             )?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&m)?);
@@ -216,10 +225,14 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
             };
             for n in names {
                 let t = std::time::Instant::now();
-                if ops::down(&n)? {
+                let (existed, neighbour) = ops::down(&n)?;
+                if existed {
                     eprintln!("lab {n} removed in {:.2} s", t.elapsed().as_secs_f64());
                 } else {
                     eprintln!("no lab named {n}; nothing to do");
+                }
+                for line in neighbour.lines(false) {
+                    eprintln!("{line}");
                 }
             }
             Ok(ExitCode::SUCCESS)
