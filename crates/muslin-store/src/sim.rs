@@ -318,11 +318,7 @@ mod tests {
         }
         let mut n3 = net.start(cfg(3, &[1]), initial());
         async fn claims(g: &Gossip) -> usize {
-            g.view()
-                .await
-                .nodes
-                .get("n3")
-                .map_or(0, |p| p.claims.len())
+            g.view().await.nodes.get("n3").map_or(0, |p| p.claims.len())
         }
         let t0 = tokio::time::Instant::now();
         loop {
@@ -333,7 +329,10 @@ mod tests {
             if all {
                 break;
             }
-            assert!(t0.elapsed() < Duration::from_secs(60), "n3's claims never spread");
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "n3's claims never spread"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         for round in 0..3 {
@@ -344,7 +343,11 @@ mod tests {
             for _ in 0..200 {
                 for (i, o) in others.iter().enumerate() {
                     let n = claims(o).await;
-                    assert_eq!(n, blocks.len(), "restart {round}: node {i} sees n3 with {n} claims");
+                    assert_eq!(
+                        n,
+                        blocks.len(),
+                        "restart {round}: node {i} sees n3 with {n} claims"
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
