@@ -159,9 +159,24 @@ impl PeerState {
 }
 
 /// The prober's memory of every peer.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Tracker {
     peers: BTreeMap<String, PeerState>,
+    /// Ticks between data probes to one peer (see [`pace`]).
+    pace: u32,
+}
+
+/// Data probes a node sends per tick at most, over all its peers. Up to
+/// this many peers each is probed every tick; beyond, every peer less
+/// often, so a node's probing stays bounded as the cluster grows (at 100
+/// peers every 2 s instead of twice a second: 50 probes a second rather
+/// than 200, with answers as many again) and a failing path is declared
+/// after the same three lost probes, only later.
+pub const DATA_PROBES_PER_TICK: usize = 25;
+
+/// Ticks between data probes to one peer among `peers`.
+pub fn pace(peers: usize) -> u32 {
+    peers.div_ceil(DATA_PROBES_PER_TICK).max(1) as u32
 }
 
 /// Sizes tried when the path is smaller than the interface: the common
@@ -170,7 +185,28 @@ const MTU_STEPS: &[u32] = &[
     9000, 8950, 8500, 4096, 1500, 1480, 1460, 1450, 1440, 1420, 1400, 1380, 1350, 1300, 1280,
 ];
 
+impl Default for Tracker {
+    fn default() -> Tracker {
+        Tracker {
+            peers: BTreeMap::new(),
+            pace: 1,
+        }
+    }
+}
+
 impl Tracker {
+    /// How long the data path may go unanswered before it counts as
+    /// failing: three probes lost in a row, at the current pace.
+    fn data_down(&self) -> Duration {
+        DATA_DOWN * self.pace
+    }
+
+    /// How long a data path that failed must answer without a gap before
+    /// it is trusted again: [`HOLD`], and at least three probe periods.
+    fn hold(&self) -> Duration {
+        HOLD.max(TICK * self.pace * 3)
+    }
+
     /// Forgets peers no longer planned and returns what to probe now;
     /// `round` counts ticks of [`TICK`].
     pub fn due(
@@ -181,6 +217,8 @@ impl Tracker {
         now: Instant,
     ) -> Vec<(String, IpAddr, Purpose)> {
         self.peers.retain(|n, _| plan.iter().any(|p| p.name == *n));
+        self.pace = pace(plan.len());
+        let pace = u64::from(self.pace);
         let per = |d: Duration| (d.as_millis() / TICK.as_millis()).max(1) as u64;
         let (fast, slow) = (per(FAST), per(SLOW));
         let mut out = Vec::new();
@@ -225,7 +263,7 @@ impl Tracker {
             let data_fresh = p.data.is_some()
                 && st
                     .data_answered
-                    .is_some_and(|t| now.duration_since(t) < TICK * 2 + TICK / 2);
+                    .is_some_and(|t| now.duration_since(t) < (TICK * 2 + TICK / 2) * pace as u32);
             // The advertised address's answers age by the slow period
             // while the data path answered lately: a moment of missing
             // data probes must not make its last answer look stale, and
@@ -250,7 +288,7 @@ impl Tracker {
             match &p.data {
                 Some((vtep, _)) => {
                     st.data_since.get_or_insert(now);
-                    if ask_data {
+                    if ask_data && turn.is_multiple_of(pace) {
                         out.push((p.name.clone(), *vtep, Purpose::Data));
                     }
                 }
@@ -288,6 +326,7 @@ impl Tracker {
 
     /// Records an answer to a probe sent to `peer` for `purpose`.
     pub fn answered(&mut self, peer: &str, purpose: &Purpose, now: Instant) {
+        let data_down = self.data_down();
         let Some(st) = self.peers.get_mut(peer) else {
             return;
         };
@@ -298,7 +337,7 @@ impl Tracker {
             Purpose::Data => {
                 let gap = st
                     .data_answered
-                    .is_none_or(|t| now.duration_since(t) >= DATA_DOWN);
+                    .is_none_or(|t| now.duration_since(t) >= data_down);
                 if gap {
                     st.data_run = Some(now);
                 }
@@ -372,6 +411,7 @@ impl Tracker {
         now: Instant,
     ) -> BTreeMap<String, PathHealth> {
         let mut out = BTreeMap::new();
+        let (data_down, hold) = (self.data_down(), self.hold());
         for p in plan {
             let (Some(st), Some((vtep, path)), Some(adv)) =
                 (self.peers.get(&p.name), &p.data, p.addresses.first())
@@ -381,8 +421,8 @@ impl Tracker {
             let Some(since) = st.data_since else { continue };
             let answering = st
                 .data_answered
-                .is_some_and(|t| now.duration_since(t) < DATA_DOWN);
-            if !answering && now.duration_since(since) < DATA_DOWN {
+                .is_some_and(|t| now.duration_since(t) < data_down);
+            if !answering && now.duration_since(since) < data_down {
                 continue;
             }
             // Down at once, up again only after [`HOLD`] of answers; a
@@ -390,11 +430,11 @@ impl Tracker {
             // of the peer's agent, never waits.
             let restarted = st
                 .restarted
-                .is_some_and(|x| now.duration_since(x) < HOLD * 2);
+                .is_some_and(|x| now.duration_since(x) < hold * 2);
             let ok = answering
                 && st.data_run.is_some_and(|r| {
-                    r.duration_since(since) < DATA_DOWN
-                        || now.duration_since(r) >= HOLD
+                    r.duration_since(since) < data_down
+                        || now.duration_since(r) >= hold
                         || restarted
                 });
             // Whether the underlay answers now, not lately: the address
@@ -403,7 +443,7 @@ impl Tracker {
             // so the cause does not flip right after the failure.
             let settling = st
                 .data_answered
-                .is_some_and(|t| now.duration_since(t) < DATA_DOWN + window(FAST));
+                .is_some_and(|t| now.duration_since(t) < data_down + window(FAST));
             let underlay = st.answered.get(adv).is_some_and(|t| {
                 let age = now.duration_since(*t);
                 age < window(FAST) || (settling && age < window(SLOW))
@@ -413,7 +453,7 @@ impl Tracker {
                 // again every second of the wait.
                 _ if answering => format!(
                     "answering again, trusted after {}s without a gap",
-                    HOLD.as_secs()
+                    hold.as_secs()
                 ),
                 (Path::Vxlan, true) => format!("UDP {vxlan_port} to {adv} unanswered, gossip fine"),
                 (Path::Wireguard, true) => format!(
@@ -453,6 +493,54 @@ mod tests {
             data: Some((ip("10.244.2.0"), Path::Vxlan)),
             incarnation: 1,
         }]
+    }
+
+    #[test]
+    fn a_big_cluster_is_probed_at_a_bounded_rate_and_failures_wait_for_three_lost_probes() {
+        let peers: Vec<PeerPlan> = (0..100u32)
+            .map(|i| PeerPlan {
+                name: format!("p{i}"),
+                addresses: vec![IpAddr::from([192, 168, 1, (i + 2) as u8])],
+                port: 7331,
+                data: Some((IpAddr::from([10, 244, i as u8, 0]), Path::Routed)),
+                incarnation: 1,
+            })
+            .collect();
+        let mut t = Tracker::default();
+        let t0 = Instant::now();
+        let mut per_peer: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for round in 0..16u64 {
+            let at = t0 + TICK * round as u32;
+            let data: Vec<String> = t
+                .due(&peers, 1500, round, at)
+                .into_iter()
+                .filter(|(_, _, p)| *p == Purpose::Data)
+                .map(|(n, _, _)| n)
+                .collect();
+            assert!(
+                data.len() <= DATA_PROBES_PER_TICK,
+                "{} data probes in one tick",
+                data.len()
+            );
+            for n in data {
+                per_peer.entry(n.clone()).or_default().push(round);
+                t.answered(&n, &Purpose::Data, at);
+            }
+        }
+        assert_eq!(per_peer.len(), 100, "every peer is probed");
+        assert!(per_peer
+            .values()
+            .all(|r| r.windows(2).all(|w| w[1] - w[0] == 4)));
+        // Answers every 2 s keep every path up; silence for less than three
+        // probe periods is no failure, for more it is.
+        let last = t0 + TICK * 15;
+        assert!(t.health(&peers, 4789, last).values().all(|h| h.ok));
+        let h = t.health(&peers, 4789, last + TICK * 4 * 2);
+        assert!(h.values().all(|h| h.ok));
+        let h = t.health(&peers, 4789, last + TICK * 4 * 4);
+        assert!(h.values().all(|h| !h.ok));
+        // A small cluster keeps probing every peer every tick.
+        assert_eq!(pace(20), 1);
     }
 
     #[test]
