@@ -393,6 +393,17 @@ pub async fn join(
                 .flat_map(|(b, at)| claim(l.network(), b, *at)),
         );
     }
+    // The other networks' blocks held before a restart go out with the
+    // rest (their leases are taken up again once the networks settle):
+    // peers must not see the node without them meanwhile.
+    for n in known
+        .values()
+        .filter(|n| n.deleted_at_ms.is_none() && !n.subnets.is_empty())
+    {
+        if let Ok(l) = Leases::load_network(&config.state_dir, me, n, settle, ttl) {
+            initial.extend(l.claims.iter().flat_map(|(b, at)| claim(&n.name, b, *at)));
+        }
+    }
     initial.extend(endpoints.iter().map(|r| {
         (
             muslin_model::cluster::gossip_endpoint_key(&r.network, &r.container_id, &r.ifname),

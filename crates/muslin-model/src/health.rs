@@ -164,6 +164,10 @@ pub struct Tracker {
     peers: BTreeMap<String, PeerState>,
     /// Ticks between data probes to one peer (see [`pace`]).
     pace: u32,
+    /// After the pace quickened: the slower one, and until when its
+    /// windows still apply (the last answers of peers probed every few
+    /// seconds must not count as gaps at once).
+    slower: Option<(u32, Instant)>,
 }
 
 /// Data probes a node sends per tick at most, over all its peers. Up to
@@ -190,6 +194,7 @@ impl Default for Tracker {
         Tracker {
             peers: BTreeMap::new(),
             pace: 1,
+            slower: None,
         }
     }
 }
@@ -197,14 +202,23 @@ impl Default for Tracker {
 impl Tracker {
     /// How long the data path may go unanswered before it counts as
     /// failing: three probes lost in a row, at the current pace.
-    fn data_down(&self) -> Duration {
-        DATA_DOWN * self.pace
+    fn data_down(&self, now: Instant) -> Duration {
+        DATA_DOWN * self.windows_pace(now)
+    }
+
+    /// The pace the windows follow: the current one, or a slower one that
+    /// was in force until lately.
+    fn windows_pace(&self, now: Instant) -> u32 {
+        match self.slower {
+            Some((p, until)) if now < until => p.max(self.pace),
+            _ => self.pace,
+        }
     }
 
     /// How long a data path that failed must answer without a gap before
     /// it is trusted again: [`HOLD`], and at least three probe periods.
-    fn hold(&self) -> Duration {
-        HOLD.max(TICK * self.pace * 3)
+    fn hold(&self, now: Instant) -> Duration {
+        HOLD.max(TICK * self.windows_pace(now) * 3)
     }
 
     /// Forgets peers no longer planned and returns what to probe now;
@@ -217,7 +231,13 @@ impl Tracker {
         now: Instant,
     ) -> Vec<(String, IpAddr, Purpose)> {
         self.peers.retain(|n, _| plan.iter().any(|p| p.name == *n));
-        self.pace = pace(plan.len());
+        // Paced by the peers with a data path to probe.
+        let want = pace(plan.iter().filter(|p| p.data.is_some()).count());
+        if want < self.pace {
+            let old = self.pace.max(self.slower.map_or(0, |(p, _)| p));
+            self.slower = Some((old, now + DATA_DOWN * old * 2));
+        }
+        self.pace = want;
         let pace = u64::from(self.pace);
         let per = |d: Duration| (d.as_millis() / TICK.as_millis()).max(1) as u64;
         let (fast, slow) = (per(FAST), per(SLOW));
@@ -326,7 +346,7 @@ impl Tracker {
 
     /// Records an answer to a probe sent to `peer` for `purpose`.
     pub fn answered(&mut self, peer: &str, purpose: &Purpose, now: Instant) {
-        let data_down = self.data_down();
+        let data_down = self.data_down(now);
         let Some(st) = self.peers.get_mut(peer) else {
             return;
         };
@@ -411,7 +431,7 @@ impl Tracker {
         now: Instant,
     ) -> BTreeMap<String, PathHealth> {
         let mut out = BTreeMap::new();
-        let (data_down, hold) = (self.data_down(), self.hold());
+        let (data_down, hold) = (self.data_down(now), self.hold(now));
         for p in plan {
             let (Some(st), Some((vtep, path)), Some(adv)) =
                 (self.peers.get(&p.name), &p.data, p.addresses.first())
@@ -539,6 +559,21 @@ mod tests {
         assert!(h.values().all(|h| h.ok));
         let h = t.health(&peers, 4789, last + TICK * 4 * 4);
         assert!(h.values().all(|h| !h.ok));
+        // The cluster shrinks: answers two seconds old are no gap yet, and
+        // the faster probes that follow keep every path up.
+        let few = &peers[..20];
+        let at = last + TICK;
+        let data = t
+            .due(few, 1500, 16, at)
+            .into_iter()
+            .filter(|(_, _, p)| *p == Purpose::Data)
+            .count();
+        assert_eq!(data, 20, "every peer's data path each tick again");
+        assert!(t.health(few, 4789, at).values().all(|h| h.ok));
+        for p in few {
+            t.answered(&p.name, &Purpose::Data, at);
+        }
+        assert!(t.health(few, 4789, at + TICK).values().all(|h| h.ok));
         // A small cluster keeps probing every peer every tick.
         assert_eq!(pace(20), 1);
     }

@@ -221,7 +221,10 @@ impl NodeKv {
             .iter()
             .filter(|(_, e)| {
                 if reset {
-                    e.value.is_some()
+                    // Live keys, and the deletions still held: a holder
+                    // may have a key deleted since, learnt above the
+                    // horizon, that `keep` does not drop.
+                    e.value.is_some() || e.version > self.gc_version
                 } else {
                     e.version > from
                 }
@@ -267,6 +270,9 @@ impl NodeKv {
             self.watermark = d.to;
             self.max_version = self.max_version.max(d.to);
             changed = true;
+        }
+        if changed {
+            self.close_gap();
         }
         changed
     }
@@ -772,6 +778,29 @@ mod tests {
         b.apply_update(&claim, None, now);
         assert!(b.node("a", 2).unwrap().ready());
         assert!(b.node("a", 1).is_none());
+    }
+
+    #[test]
+    fn a_reset_carries_the_deletions_a_holder_may_have_missed() {
+        let now = t0();
+        let mut a = Cluster::new("a", 1);
+        set(&mut a, "old", "x", now);
+        a.write("old", None, now).unwrap();
+        let later = now + Duration::from_secs(61);
+        a.expire(later, |_| false, Duration::from_secs(60), Duration::ZERO);
+        // A late holder hears of `k` by broadcast, then misses its
+        // deletion; it is behind the horizon, so it gets a reset.
+        let k = set(&mut a, "k", "v", later);
+        let mut late = Cluster::new("late", 1);
+        assert!(late.apply_update(&k, None, later));
+        a.write("k", None, later).unwrap();
+        let held = late.node("a", 1).unwrap().watermark();
+        let d = a.own().delta("a", 1, held);
+        assert!(d.reset);
+        late.apply_delta(&d, later);
+        let kv = late.node("a", 1).unwrap();
+        assert_eq!(kv.get("k"), None, "the deleted key stays deleted");
+        assert_eq!(kv.watermark(), a.own().watermark());
     }
 
     #[test]
