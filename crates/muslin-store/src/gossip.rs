@@ -178,16 +178,6 @@ impl Gossip {
     /// Makes this node's keys under `prefix` exactly `want`: the others
     /// deleted, the wanted set (an unchanged value costs nothing).
     async fn sync_prefix(&self, prefix: &str, want: BTreeMap<String, String>) {
-        self.replace_prefix(prefix, want, None);
-    }
-
-    /// `sync_prefix`, then `last` written after the rest, in one write.
-    fn replace_prefix(
-        &self,
-        prefix: &str,
-        want: BTreeMap<String, String>,
-        last: Option<(String, String)>,
-    ) {
         let gone: Vec<String> = self.engine.with(|s| {
             s.cluster
                 .own()
@@ -199,8 +189,7 @@ impl Gossip {
         self.engine.write(
             gone.into_iter()
                 .map(|k| (k, None))
-                .chain(want.into_iter().map(|(k, v)| (k, Some(v))))
-                .chain(last.map(|(k, v)| (k, Some(v)))),
+                .chain(want.into_iter().map(|(k, v)| (k, Some(v)))),
         );
     }
 
@@ -214,7 +203,21 @@ impl ClusterStore for Gossip {
         let mut entries = gossip_record_entries(rec);
         let record = entries.pop().expect("the record is last");
         // The peers' keys first, the record last, in one write.
-        self.replace_prefix(PEER_KEY_PREFIX, entries.into_iter().collect(), Some(record));
+        let want: BTreeMap<String, String> = entries.into_iter().collect();
+        let gone: Vec<String> = self.engine.with(|s| {
+            s.cluster
+                .own()
+                .key_values()
+                .filter(|(k, _)| k.starts_with(PEER_KEY_PREFIX) && !want.contains_key(*k))
+                .map(|(k, _)| k.to_string())
+                .collect()
+        });
+        self.engine.write(
+            gone.into_iter()
+                .map(|k| (k, None))
+                .chain(want.into_iter().map(|(k, v)| (k, Some(v))))
+                .chain([(record.0, Some(record.1))]),
+        );
     }
 
     async fn claim_block(&self, network: &str, block: IpNet, claim: BlockClaim) {
