@@ -410,7 +410,10 @@ pub async fn join(
             serde_json::to_string(r).expect("serializes"),
         )
     }));
-    initial.extend(muslin_model::cluster::gossip_record_entries(&record));
+    initial.push((
+        muslin_model::cluster::NODE_KEY.to_string(),
+        serde_json::to_string(&record).expect("serializes"),
+    ));
     let store = if let Datastore::Etcd(settings) = datastore {
         let (endpoints, prefix) = (settings.endpoints.clone(), settings.prefix.clone());
         let s = Etcd::start(EtcdConfig {

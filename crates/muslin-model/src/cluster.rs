@@ -6,7 +6,7 @@
 //!
 //! | what | gossip (per node) | etcd (under the prefix) |
 //! |---|---|---|
-//! | node record | `node`, and `v2/peer/PEER` for what it says of each peer | `nodes/NODE` |
+//! | node record | `node` | `nodes/NODE` |
 //! | liveness | (SWIM membership) | `alive/NODE` |
 //! | claim, v2 | `v2/block/NETWORK/CIDR` | `v2/blocks/NETWORK/CIDR` |
 //! | claim, v1 | `block/CIDR` | `blocks/CIDR` |
@@ -39,80 +39,6 @@ pub const BLOCK_KEY_PREFIX: &str = "block/";
 pub const BLOCK_KEY_V2_PREFIX: &str = "v2/block/";
 /// Gossip key prefix of endpoints: `v2/endpoint/default/CONTAINER/eth0`.
 pub const ENDPOINT_KEY_PREFIX: &str = "v2/endpoint/";
-
-/// Gossip key prefix of what a node found of each peer (see
-/// [`gossip_record_entries`]): `v2/peer/h2`.
-pub const PEER_KEY_PREFIX: &str = "v2/peer/";
-
-/// What a node's record says of one peer: the addresses of it that answer,
-/// the health of the data path to it, the relay towards it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerFacts {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub reach: Vec<IpAddr>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health: Option<PathHealth>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub relay: Option<String>,
-}
-
-/// A record as gossip keys: a key per peer it says something of, then the
-/// record without them under [`NODE_KEY`], last (peers take a new run of
-/// a node for it only once they hold its record and all written before;
-/// see `swim::state`). A record names every peer, so as one value it
-/// grows with the cluster, and any peer's change would resend all of it
-/// to every node: split, a change costs one small key.
-pub fn gossip_record_entries(rec: &NodeRecord) -> Vec<(String, String)> {
-    let mut facts: BTreeMap<&str, PeerFacts> = BTreeMap::new();
-    for (peer, addrs) in &rec.reach {
-        facts.entry(peer).or_default().reach = addrs.clone();
-    }
-    for (peer, h) in &rec.health {
-        facts.entry(peer).or_default().health = Some(h.clone());
-    }
-    for (peer, via) in &rec.relays {
-        facts.entry(peer).or_default().relay = Some(via.clone());
-    }
-    let mut out: Vec<(String, String)> = facts
-        .into_iter()
-        .map(|(peer, f)| {
-            (
-                format!("{PEER_KEY_PREFIX}{peer}"),
-                serde_json::to_string(&f).expect("facts serialize"),
-            )
-        })
-        .collect();
-    let bare = NodeRecord {
-        reach: BTreeMap::new(),
-        health: BTreeMap::new(),
-        relays: BTreeMap::new(),
-        ..rec.clone()
-    };
-    out.push((
-        NODE_KEY.to_string(),
-        serde_json::to_string(&bare).expect("record serializes"),
-    ));
-    out
-}
-
-/// Puts a peer key's facts back into the record they were split from.
-pub fn join_peer_facts(rec: &mut NodeRecord, key: &str, value: &str) {
-    let Some(peer) = key.strip_prefix(PEER_KEY_PREFIX) else {
-        return;
-    };
-    let Ok(f) = serde_json::from_str::<PeerFacts>(value) else {
-        return;
-    };
-    if !f.reach.is_empty() {
-        rec.reach.insert(peer.to_string(), f.reach);
-    }
-    if let Some(h) = f.health {
-        rec.health.insert(peer.to_string(), h);
-    }
-    if let Some(r) = f.relay {
-        rec.relays.insert(peer.to_string(), r);
-    }
-}
 
 /// Gossip key prefix of network records: `v2/network/red`.
 pub const NETWORK_KEY_PREFIX: &str = "v2/network/";
@@ -718,47 +644,6 @@ mod tests {
 
     fn claim(ms: u64) -> BlockClaim {
         BlockClaim { claimed_at_ms: ms }
-    }
-
-    #[test]
-    fn a_record_split_into_gossip_keys_joins_back_whole() {
-        let mut rec = test_record("h1", "192.168.1.1", "192.168.1.0/24");
-        rec.reach
-            .insert("h2".into(), vec!["192.168.1.2".parse().unwrap()]);
-        rec.health.insert(
-            "h2".into(),
-            PathHealth {
-                ok: true,
-                cause: None,
-                path_mtu: Some(1500),
-            },
-        );
-        rec.health.insert(
-            "h3".into(),
-            PathHealth {
-                ok: false,
-                cause: Some("no answer".into()),
-                path_mtu: None,
-            },
-        );
-        rec.relays.insert("h3".into(), "h2".into());
-        let entries = gossip_record_entries(&rec);
-        assert_eq!(entries.last().unwrap().0, NODE_KEY, "the record goes last");
-        assert_eq!(entries.len(), 3, "a key per peer, and the record");
-        let (_, bare) = entries.last().unwrap();
-        let mut back: NodeRecord = serde_json::from_str(bare).unwrap();
-        assert!(back.reach.is_empty() && back.health.is_empty());
-        for (k, v) in &entries[..2] {
-            join_peer_facts(&mut back, k, v);
-        }
-        assert_eq!(back, rec);
-        // Only what changed is a new value.
-        let before = entries;
-        rec.health.get_mut("h3").unwrap().ok = true;
-        let after = gossip_record_entries(&rec);
-        let changed: Vec<_> = after.iter().filter(|e| !before.contains(e)).collect();
-        assert_eq!(changed.len(), 1);
-        assert_eq!(changed[0].0, format!("{PEER_KEY_PREFIX}h3"));
     }
 
     fn view(entries: &[(&str, &[(&str, u64)])]) -> ClusterView {

@@ -15,9 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ipnet::IpNet;
 use muslin_model::cluster::{
     gossip_block_keys, gossip_endpoint_key, gossip_network_key, gossip_object_key,
-    gossip_record_entries, join_peer_facts, parse_gossip_block_key, parse_gossip_object_key,
-    BlockClaim, ClusterView, EndpointRecord, NodeRecord, PeerView, ENDPOINT_KEY_PREFIX,
-    NETWORK_KEY_PREFIX, NODE_KEY, OBJECT_KEY_PREFIX, PEER_KEY_PREFIX,
+    parse_gossip_block_key, parse_gossip_object_key, BlockClaim, ClusterView, EndpointRecord,
+    NodeRecord, PeerView, ENDPOINT_KEY_PREFIX, NETWORK_KEY_PREFIX, NODE_KEY, OBJECT_KEY_PREFIX,
 };
 use muslin_model::network::{merge, NetworkSpec, TOMBSTONE_MS};
 use muslin_model::object::{self, ObjectKey, ObjectRecord};
@@ -200,24 +199,11 @@ impl Gossip {
 
 impl ClusterStore for Gossip {
     async fn publish_record(&self, rec: &NodeRecord) {
-        let mut entries = gossip_record_entries(rec);
-        let record = entries.pop().expect("the record is last");
-        // The peers' keys first, the record last, in one write.
-        let want: BTreeMap<String, String> = entries.into_iter().collect();
-        let gone: Vec<String> = self.engine.with(|s| {
-            s.cluster
-                .own()
-                .key_values()
-                .filter(|(k, _)| k.starts_with(PEER_KEY_PREFIX) && !want.contains_key(*k))
-                .map(|(k, _)| k.to_string())
-                .collect()
-        });
-        self.engine.write(
-            gone.into_iter()
-                .map(|k| (k, None))
-                .chain(want.into_iter().map(|(k, v)| (k, Some(v))))
-                .chain([(record.0, Some(record.1))]),
-        );
+        self.set(
+            NODE_KEY.into(),
+            serde_json::to_string(rec).expect("record serializes"),
+        )
+        .await;
     }
 
     async fn claim_block(&self, network: &str, block: IpNet, claim: BlockClaim) {
@@ -413,12 +399,9 @@ fn decode<'a>(
     let mut pv = PeerView::default();
     let mut networks = Vec::new();
     let mut objects = Vec::new();
-    let mut facts = Vec::new();
     for (k, v) in key_values {
         if k == NODE_KEY {
             pv.record = serde_json::from_str(v).ok();
-        } else if k.starts_with(PEER_KEY_PREFIX) {
-            facts.push((k, v));
         } else if k.starts_with(ENDPOINT_KEY_PREFIX) {
             if let Ok(mut e) = serde_json::from_str::<EndpointRecord>(v) {
                 // A node writes only its own state: that is who holds it.
@@ -446,11 +429,6 @@ fn decode<'a>(
         }
     }
     pv.endpoints.sort();
-    if let Some(rec) = pv.record.as_mut() {
-        for (k, v) in facts {
-            join_peer_facts(rec, k, v);
-        }
-    }
     (pv, networks, objects)
 }
 
