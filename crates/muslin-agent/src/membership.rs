@@ -206,6 +206,9 @@ impl HostFacts {
 
 /// Chooses the underlay, joins the cluster and publishes this node.
 /// `Ok(None)`: no usable underlay and no peers, so the node runs alone.
+/// The least time a claimed block waits on gossip before it serves.
+const GOSSIP_SETTLE: Duration = Duration::from_secs(3);
+
 pub async fn join(
     config: &AgentConfig,
     me: &str,
@@ -300,9 +303,15 @@ pub async fn join(
         ttl,
         secret: secret.clone(),
     };
-    // Settling waits out a few gossip rounds, so a competing claim made at
-    // the same moment has reached us before we hand out addresses.
-    let settle = (interval * 5).max(Duration::from_millis(500));
+    // Settling waits until a competing claim made at the same moment has
+    // reached us, before we hand out addresses: a few rounds on etcd; on
+    // gossip also the broadcasts' spread and a few anti-entropy rounds
+    // (once a second), which a cluster starting all at once needs (22 lab
+    // hosts started together allocated from one block with 550 ms).
+    let settle = match etcd {
+        true => (interval * 5).max(Duration::from_millis(500)),
+        false => (interval * 5).max(GOSSIP_SETTLE),
+    };
     let leases = if config.blocks.is_empty() {
         Some(
             Leases::load(
