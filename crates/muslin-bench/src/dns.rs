@@ -573,8 +573,8 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
     drop(aardvark);
 
     let who = ["Muslin", AARDVARK];
-    let names_s = thousands(names);
-    let rate_s = thousands(RATE as usize);
+    let names_s = muslin_lab::sample::thousands(names);
+    let rate_s = muslin_lab::sample::thousands(RATE as usize);
     let metrics = [
         (
             format!("queries per second, saturated, {names_s} names"),
@@ -643,19 +643,6 @@ pub fn run(o: &Options, plan: &Plan, report: &mut Report) -> Result<(), BenchErr
         None,
     );
     Ok(())
-}
-
-/// 10000 as "10,000".
-fn thousands(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 #[cfg(test)]
@@ -731,8 +718,8 @@ mod tests {
     fn memory_and_numbers() {
         assert_eq!(per_name(1000, 1010, 10), 1024.0);
         assert_eq!(per_name(1010, 1000, 10), 0.0);
-        assert_eq!(thousands(10000), "10,000");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1000000), "1,000,000");
+        assert_eq!(muslin_lab::sample::thousands(10000), "10,000");
+        assert_eq!(muslin_lab::sample::thousands(999), "999");
+        assert_eq!(muslin_lab::sample::thousands(1000000), "1,000,000");
     }
 }
