@@ -1221,17 +1221,20 @@ impl Cluster {
             warnings.extend(muslin_model::encryption::join_refusal(&self.me, view));
         }
         let clocks = muslin_store::probe_wire::clocks::offsets();
+        // Each node's blocks, found once: a lookup per node in the list of
+        // every block would cost the square of the cluster every round.
+        let mut blocks_of: std::collections::BTreeMap<&str, Vec<ipnet::IpNet>> =
+            std::collections::BTreeMap::new();
+        for (b, o) in &owners {
+            blocks_of.entry(o.as_str()).or_default().push(*b);
+        }
         let nodes = view
             .nodes
             .iter()
             .map(|(name, p)| PeerStatus {
                 name: name.clone(),
                 address: p.record.as_ref().map(|r| r.address),
-                blocks: owners
-                    .iter()
-                    .filter(|(_, o)| *o == name)
-                    .map(|(b, _)| *b)
-                    .collect(),
+                blocks: blocks_of.get(name.as_str()).cloned().unwrap_or_default(),
                 path: if *name == self.me {
                     "self".into()
                 } else {
@@ -1269,7 +1272,9 @@ impl Cluster {
                     let own = |a: &IpAddr| {
                         r.address == *a
                             || r.addresses.contains(a)
-                            || owners.iter().any(|(b, o)| o == name && b.contains(a))
+                            || blocks_of
+                                .get(name.as_str())
+                                .is_some_and(|bs| bs.iter().any(|b| b.contains(a)))
                     };
                     readings.iter().find(|(a, _)| own(a)).map(|(_, s)| *s)
                 }),

@@ -19,13 +19,20 @@ struct Stored {
     peers: Remembered,
 }
 
+/// [`Stored`] as written, borrowed.
+#[derive(serde::Serialize)]
+struct StoredRef<'a> {
+    node: &'a str,
+    peers: &'a Remembered,
+}
+
 pub struct Memory {
     pub peers: Remembered,
     me: String,
     file: PathBuf,
     saved: Option<Instant>,
-    /// The peers (without their last-seen times) as last written.
-    written: Vec<(String, muslin_model::cluster::PeerView)>,
+    /// [`routes_fingerprint`] of the memory as last written.
+    written: u64,
 }
 
 impl Memory {
@@ -49,19 +56,17 @@ impl Memory {
             me: me.to_string(),
             file,
             saved: None,
-            written: Vec::new(),
+            written: 0,
         }
     }
 
-    /// Writes the memory when a peer came, went or changed, and otherwise
-    /// every [`SAVE_EVERY`] for the last-seen times.
+    /// Writes the memory at once when a peer came or went, or its address
+    /// or claims changed (what its routes are made of), and otherwise
+    /// every [`SAVE_EVERY`]: a peer's record also changes with each of
+    /// its probes' verdicts, and in a large cluster some record changes
+    /// nearly every round.
     pub fn save_if_due(&mut self) {
-        let now: Vec<(String, muslin_model::cluster::PeerView)> = self
-            .peers
-            .peers
-            .iter()
-            .map(|(n, (p, _))| (n.clone(), p.clone()))
-            .collect();
+        let now = routes_fingerprint(&self.peers);
         if now == self.written && self.saved.is_some_and(|t| t.elapsed() < SAVE_EVERY) {
             return;
         }
@@ -69,14 +74,67 @@ impl Memory {
         self.saved = Some(Instant::now());
         let res = crate::atomic_file::write(
             &self.file,
-            &serde_json::to_vec(&Stored {
-                node: self.me.clone(),
-                peers: self.peers.clone(),
+            &serde_json::to_vec(&StoredRef {
+                node: &self.me,
+                peers: &self.peers,
             })
             .expect("serializes"),
         );
         if let Err(e) = res {
             tracing::warn!(cause = %e, file = ?self.file, "could not keep the remembered peers");
         }
+    }
+}
+
+/// A hash of what routes to the remembered peers are made of: their
+/// names, addresses and claims.
+fn routes_fingerprint(peers: &Remembered) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (name, (p, _)) in &peers.peers {
+        name.hash(&mut h);
+        if let Some(r) = &p.record {
+            (r.address, r.underlay_prefix, &r.vtep_mac, r.mtu).hash(&mut h);
+        }
+        for (b, c) in p
+            .claims
+            .iter()
+            .chain(p.network_claims.values().flat_map(|c| c.iter()))
+        {
+            (b, c.claimed_at_ms).hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory_of(peers: &[(&str, &str)]) -> Remembered {
+        let mut m = Remembered::default();
+        for (name, block) in peers {
+            let mut p = muslin_model::cluster::PeerView::default();
+            p.claims.insert(
+                block.parse().unwrap(),
+                muslin_model::cluster::BlockClaim { claimed_at_ms: 1 },
+            );
+            m.peers.insert(name.to_string(), (p, 5));
+        }
+        m
+    }
+
+    #[test]
+    fn the_fingerprint_follows_peers_and_claims_not_seen_times() {
+        let a = memory_of(&[("h1", "10.0.1.0/24"), ("h2", "10.0.2.0/24")]);
+        let mut seen_later = a.clone();
+        for (_, t) in seen_later.peers.values_mut() {
+            *t = 99;
+        }
+        assert_eq!(routes_fingerprint(&a), routes_fingerprint(&seen_later));
+        let moved = memory_of(&[("h1", "10.0.1.0/24"), ("h2", "10.0.3.0/24")]);
+        assert_ne!(routes_fingerprint(&a), routes_fingerprint(&moved));
+        let gone = memory_of(&[("h1", "10.0.1.0/24")]);
+        assert_ne!(routes_fingerprint(&a), routes_fingerprint(&gone));
     }
 }

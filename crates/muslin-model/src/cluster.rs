@@ -23,6 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -338,7 +339,10 @@ pub struct BlockClaim {
 /// One node in the view: the latest generation of a node name.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PeerView {
-    pub record: Option<NodeRecord>,
+    /// Shared: every round's view, the remembered peers and the decoded
+    /// store hold the same record, which grows with the cluster (reach
+    /// and health name every peer), so copies of the view stay cheap.
+    pub record: Option<Arc<NodeRecord>>,
     /// Claims in the default network, which is all the lease rules and the
     /// data plane know of yet.
     pub claims: BTreeMap<IpNet, BlockClaim>,
@@ -354,6 +358,11 @@ pub struct PeerView {
 }
 
 impl PeerView {
+    /// The record to change in place (a copy if it is shared).
+    pub fn record_mut(&mut self) -> Option<&mut NodeRecord> {
+        self.record.as_mut().map(Arc::make_mut)
+    }
+
     /// Files a claim read from the store under its network. When both
     /// key forms carry a claim of one block, the earlier wins, as it
     /// would between nodes.
@@ -745,7 +754,7 @@ mod tests {
         ]);
         let mut full = full;
         for p in full.nodes.values_mut() {
-            p.record = Some(test_record("x", "192.0.2.1", "192.0.2.0/24"));
+            p.record = Some(test_record("x", "192.0.2.1", "192.0.2.0/24").into());
         }
         let t0 = 1_000_000;
         assert_eq!(r.complete(&full, "me", t0, 60_000), full);
@@ -785,7 +794,7 @@ mod tests {
             ("h3", "10.0.2.16"),
         ] {
             let p = v.nodes.entry(n.into()).or_default();
-            p.record = Some(rec(n, a));
+            p.record = Some(rec(n, a).into());
             p.alive = true;
         }
         // A dead node's old record shares h3's address: no conflict.

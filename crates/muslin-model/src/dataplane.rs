@@ -613,7 +613,7 @@ mod tests {
             ("h3", "192.168.20.11", "192.168.20.0/24", "10.244.3.0/24"),
         ] {
             let mut pv = PeerView {
-                record: Some(rec(n, a, p)),
+                record: Some(rec(n, a, p).into()),
                 alive: true,
                 ..Default::default()
             };
@@ -837,13 +837,7 @@ mod tests {
     fn peers_advertising_our_address_or_a_shared_one_are_never_routes() {
         let mut v = view();
         // h2 advertises the NAT address every host has; so does h4.
-        v.nodes
-            .get_mut("h2")
-            .unwrap()
-            .record
-            .as_mut()
-            .unwrap()
-            .address = "10.0.2.15".parse().unwrap();
+        v.nodes.get_mut("h2").unwrap().record_mut().unwrap().address = "10.0.2.15".parse().unwrap();
         let mine: Vec<IpAddr> = vec![
             "10.0.2.15".parse().unwrap(),
             "192.168.10.11".parse().unwrap(),
@@ -858,7 +852,7 @@ mod tests {
             .iter()
             .any(|r| r.dst.to_string() == "10.244.2.0/24"));
         let mut h4 = v.nodes["h3"].clone();
-        h4.record.as_mut().unwrap().address = "10.0.2.15".parse().unwrap();
+        h4.record_mut().unwrap().address = "10.0.2.15".parse().unwrap();
         h4.claims.clear();
         v.nodes.insert("h4".into(), h4);
         let d = run_with(&v, Backend::Auto, [2; 6], &[], &BTreeMap::new());
@@ -884,7 +878,7 @@ mod tests {
             ("h3", "h2", true),
             ("h3", "h1", false),
         ] {
-            let r = v.nodes.get_mut(a).unwrap().record.as_mut().unwrap();
+            let r = v.nodes.get_mut(a).unwrap().record_mut().unwrap();
             r.health.insert(b.into(), ok(good));
             r.capabilities = vec![crate::relay::CAPABILITY.into()];
         }

@@ -242,7 +242,7 @@ pub fn peers(
     let rec = |n: &str| -> Option<&NodeRecord> {
         view.nodes
             .get(n)
-            .and_then(|p| p.record.as_ref())
+            .and_then(|p| p.record.as_deref())
             .filter(|r| n != me && refusal(view, me, n, r).is_none())
     };
     let mut out: BTreeMap<String, WgPeer> = BTreeMap::new();

@@ -53,6 +53,24 @@ pub enum Route {
     Stuck(String),
 }
 
+/// Why a node cannot relay a pair: told in words by [`Graph::explain`].
+#[derive(Debug, Clone, Copy)]
+enum Unfit {
+    NoRecord,
+    NotAlive,
+    NoRelaying,
+    NoPath(Leg),
+    Failing(Leg),
+    Unverified(Leg),
+}
+
+/// Which hop of a relayed path: from us to the relay, or on to the peer.
+#[derive(Debug, Clone, Copy)]
+enum Leg {
+    ToRelay,
+    FromRelay,
+}
+
 /// The cluster's links as this node sees them.
 pub struct Graph<'a> {
     view: &'a ClusterView,
@@ -79,7 +97,7 @@ impl<'a> Graph<'a> {
     }
 
     fn record(&self, n: &str) -> Option<&'a NodeRecord> {
-        self.view.nodes.get(n)?.record.as_ref()
+        self.view.nodes.get(n)?.record.as_deref()
     }
 
     /// What `a` says of its data path to `b`. Our own judgement wins;
@@ -95,17 +113,20 @@ impl<'a> Graph<'a> {
 
     /// Why the link a–b is down, if either end says so.
     pub fn down(&self, a: &str, b: &str) -> Option<String> {
-        let failing = |x: &str, y: &str| {
-            let h = self.says(x, y).filter(|h| !h.ok)?;
-            Some(h.cause.clone().unwrap_or_else(|| "no answer".into()))
-        };
-        if let Some(c) = failing(a, b) {
+        let cause = |h: &PathHealth| h.cause.clone().unwrap_or_else(|| "no answer".into());
+        if let Some(h) = self.failing(a, b) {
             return Some(match a == self.me {
-                true => c,
-                false => format!("{a} reports {c}"),
+                true => cause(h),
+                false => format!("{a} reports {}", cause(h)),
             });
         }
-        failing(b, a).map(|c| format!("{b} reports {c}"))
+        self.failing(b, a)
+            .map(|h| format!("{b} reports {}", cause(h)))
+    }
+
+    /// What `a` says of a failing data path to `b`, if it says so.
+    fn failing(&self, a: &str, b: &str) -> Option<&'a PathHealth> {
+        self.says(a, b).filter(|h| !h.ok)
     }
 
     /// Both ends say the link works.
@@ -127,32 +148,61 @@ impl<'a> Graph<'a> {
         }
     }
 
-    /// Why `r` cannot relay between us and `peer`, if it cannot.
-    fn unfit(&self, r: &str, peer: &str) -> Option<String> {
+    /// Why `r` cannot relay between us and `peer`, if it cannot. Told
+    /// in words only when no relay is found ([`Graph::explain`]): in a
+    /// large cluster most nodes are checked and most are fit.
+    fn unfit(&self, r: &str, peer: &str) -> Option<Unfit> {
         let Some(rec) = self.record(r) else {
-            return Some("no record".into());
+            return Some(Unfit::NoRecord);
         };
         if !self.view.nodes.get(r).is_some_and(|p| p.alive) {
-            return Some("not alive".into());
+            return Some(Unfit::NotAlive);
         }
         if !rec.capabilities.iter().any(|c| c == CAPABILITY) {
-            return Some(format!("runs {}, which does not relay", rec.version));
+            return Some(Unfit::NoRelaying);
         }
-        for (x, y) in [(self.me, r), (r, peer)] {
+        for (leg, (x, y)) in [(Leg::ToRelay, (self.me, r)), (Leg::FromRelay, (r, peer))] {
             if self.hop(x, y).is_none() {
-                return Some(format!("no {x}–{y} path with this backend"));
+                return Some(Unfit::NoPath(leg));
             }
-            if let Some(c) = self.down(x, y) {
-                return Some(format!("{x}–{y} failing ({c})"));
+            if self.failing(x, y).is_some() || self.failing(y, x).is_some() {
+                return Some(Unfit::Failing(leg));
             }
             if !self.verified(x, y) {
-                // A node without a block has no VTEP address to probe.
-                return Some(format!(
-                    "{x}–{y} not verified yet (no report from both ends)"
-                ));
+                return Some(Unfit::Unverified(leg));
             }
         }
         None
+    }
+
+    /// [`Graph::unfit`]'s reason in an operator's words.
+    fn explain(&self, r: &str, peer: &str, why: Unfit) -> String {
+        let ends = |leg| match leg {
+            Leg::ToRelay => (self.me, r),
+            Leg::FromRelay => (r, peer),
+        };
+        match why {
+            Unfit::NoRecord => "no record".into(),
+            Unfit::NotAlive => "not alive".into(),
+            Unfit::NoRelaying => format!(
+                "runs {}, which does not relay",
+                self.record(r).map_or("?", |x| x.version.as_str())
+            ),
+            Unfit::NoPath(leg) => {
+                let (x, y) = ends(leg);
+                format!("no {x}–{y} path with this backend")
+            }
+            Unfit::Failing(leg) => {
+                let (x, y) = ends(leg);
+                let c = self.down(x, y).unwrap_or_default();
+                format!("{x}–{y} failing ({c})")
+            }
+            // A node without a block has no VTEP address to probe.
+            Unfit::Unverified(leg) => {
+                let (x, y) = ends(leg);
+                format!("{x}–{y} not verified yet (no report from both ends)")
+            }
+        }
     }
 
     /// How to reach `peer`: directly unless the link is down, else through
@@ -169,7 +219,7 @@ impl<'a> Graph<'a> {
             return Route::Direct;
         };
         let mut fit = Vec::new();
-        let mut unfit = Vec::new();
+        let mut unfit: Vec<(&str, Unfit)> = Vec::new();
         for r in self.view.nodes.keys() {
             if r == self.me || r == peer {
                 continue;
@@ -180,7 +230,7 @@ impl<'a> Graph<'a> {
                         + self.hop(r, peer).map_or(0, Hop::cost);
                     fit.push((cost, spread(self.me, peer, r), r.clone()));
                 }
-                Some(why) => unfit.push(format!("{r}: {why}")),
+                Some(why) => unfit.push((r, why)),
             }
         }
         fit.sort();
@@ -223,7 +273,12 @@ impl<'a> Graph<'a> {
             true => "no other node to relay through".to_string(),
             false => {
                 let more = unfit.len().saturating_sub(3);
-                let mut s = format!("no relay: {}", unfit[..unfit.len().min(3)].join(", "));
+                let first: Vec<String> = unfit
+                    .iter()
+                    .take(3)
+                    .map(|(r, why)| format!("{r}: {}", self.explain(r, peer, *why)))
+                    .collect();
+                let mut s = format!("no relay: {}", first.join(", "));
                 if more > 0 {
                     s.push_str(&format!(" and {more} more"));
                 }

@@ -862,7 +862,7 @@ impl ClusterStore for Etcd {
             match parse_etcd_key(p, k) {
                 Some(EtcdKey::Node(name)) => {
                     if let Ok(r) = serde_json::from_str::<NodeRecord>(v) {
-                        view.nodes.entry(name).or_default().record = Some(r);
+                        view.nodes.entry(name).or_default().record = Some(r.into());
                     }
                 }
                 Some(EtcdKey::Block { network, block }) => {

@@ -34,7 +34,7 @@ fn view(clear: &[&str]) -> ClusterView {
             });
         }
         let mut pv = PeerView {
-            record: Some(rec),
+            record: Some(rec.into()),
             alive: true,
             ..Default::default()
         };
@@ -135,7 +135,7 @@ fn a_peer_that_does_not_encrypt_gets_no_route_and_is_told_why() {
     assert!(w.peers.iter().all(|p| p.name != "h3"));
     // A malformed key is refused as firmly.
     let mut v = view(&[]);
-    let r = v.nodes.get_mut("h2").unwrap().record.as_mut().unwrap();
+    let r = v.nodes.get_mut("h2").unwrap().record_mut().unwrap();
     r.wireguard.as_mut().unwrap().public_key = "not a key".into();
     let d = plane(&v, &BTreeMap::new());
     assert!(matches!(&d.paths["h2"], Path::Unreachable(w) if w.contains("malformed")));
@@ -156,7 +156,7 @@ fn a_relayed_peer_is_carried_by_the_relay_and_keeps_its_probe_address() {
         path_mtu: None,
     };
     let set = |v: &mut ClusterView, n: &str, peer: &str, h: &PathHealth| {
-        let r = v.nodes.get_mut(n).unwrap().record.as_mut().unwrap();
+        let r = v.nodes.get_mut(n).unwrap().record_mut().unwrap();
         r.health.insert(peer.into(), h.clone());
         r.capabilities.push(crate::relay::CAPABILITY.into());
     };
@@ -219,7 +219,7 @@ fn settings_parse_and_print() {
 #[test]
 fn nodes_sharing_a_key_are_refused_with_the_twin_named() {
     let mut v = view(&[]);
-    let r = v.nodes.get_mut("h3").unwrap().record.as_mut().unwrap();
+    let r = v.nodes.get_mut("h3").unwrap().record_mut().unwrap();
     r.wireguard.as_mut().unwrap().public_key = K1.into();
     let d = plane(&v, &BTreeMap::new());
     match &d.paths["h3"] {

@@ -11,7 +11,7 @@ fn ring(links: &[(&str, &str)], cut: &[(&str, &str)]) -> ClusterView {
         v.nodes.insert(
             n.to_string(),
             PeerView {
-                record: Some(r),
+                record: Some(r.into()),
                 alive: true,
                 ..Default::default()
             },
@@ -23,7 +23,7 @@ fn ring(links: &[(&str, &str)], cut: &[(&str, &str)]) -> ClusterView {
             cause: (!ok).then(|| "routed packets unanswered".to_string()),
             path_mtu: None,
         };
-        let rec = v.nodes.get_mut(a).unwrap().record.as_mut().unwrap();
+        let rec = v.nodes.get_mut(a).unwrap().record_mut().unwrap();
         rec.health.insert(b.into(), h);
     };
     for (a, b) in links {
@@ -82,7 +82,7 @@ fn opposite_pairs_relay_through_a_neighbour_and_both_ends_pick_the_same() {
 #[test]
 fn one_end_reporting_failure_is_enough_and_its_report_is_named() {
     let mut v = ring(RING, &[]);
-    let h3 = v.nodes.get_mut("h3").unwrap().record.as_mut().unwrap();
+    let h3 = v.nodes.get_mut("h3").unwrap().record_mut().unwrap();
     h3.health.insert(
         "h1".into(),
         PathHealth {
@@ -115,7 +115,7 @@ fn relays_need_verified_links_to_both_ends_and_must_be_alive_and_able() {
     }
     // An older node does not relay.
     let mut old = v.clone();
-    let r = old.nodes.get_mut("h4").unwrap().record.as_mut().unwrap();
+    let r = old.nodes.get_mut("h4").unwrap().record_mut().unwrap();
     r.capabilities.retain(|c| c != CAPABILITY);
     assert!(matches!(route(&old, "h1", "h3"), Route::Stuck(w) if w.contains("does not relay")));
 }
@@ -143,11 +143,11 @@ fn our_fresh_judgement_wins_over_what_we_published() {
 fn relay_choice_prefers_routed_hops_and_keeps_the_relay_in_use() {
     // h1, h2 and h4 share a segment; h3 is across a router (VXLAN).
     let mut v = ring(&[], &[]);
-    let r = v.nodes.get_mut("h3").unwrap().record.as_mut().unwrap();
+    let r = v.nodes.get_mut("h3").unwrap().record_mut().unwrap();
     r.address = "192.168.20.13".parse().unwrap();
     r.underlay_prefix = "192.168.20.0/24".parse().unwrap();
     // h4 sits on a third subnet: two VXLAN hops through it.
-    let r = v.nodes.get_mut("h4").unwrap().record.as_mut().unwrap();
+    let r = v.nodes.get_mut("h4").unwrap().record_mut().unwrap();
     r.address = "192.168.30.14".parse().unwrap();
     r.underlay_prefix = "192.168.30.0/24".parse().unwrap();
     let set = |v: &mut ClusterView, a: &str, b: &str, ok: bool| {
@@ -155,8 +155,7 @@ fn relay_choice_prefers_routed_hops_and_keeps_the_relay_in_use() {
             v.nodes
                 .get_mut(x)
                 .unwrap()
-                .record
-                .as_mut()
+                .record_mut()
                 .unwrap()
                 .health
                 .insert(
@@ -187,7 +186,7 @@ fn a_node_only_reaching_out_is_named_behind_a_nat() {
     let mut v = ring(RING, &[]);
     // Nobody reaches h3; h3 reaches everyone; every data path to h3 fails.
     for n in ["h1", "h2", "h4"] {
-        let r = v.nodes.get_mut(n).unwrap().record.as_mut().unwrap();
+        let r = v.nodes.get_mut(n).unwrap().record_mut().unwrap();
         r.reach.insert("h3".into(), vec![]);
         r.health.insert(
             "h3".into(),
@@ -198,7 +197,7 @@ fn a_node_only_reaching_out_is_named_behind_a_nat() {
             },
         );
         let addr = r.address;
-        let h3 = v.nodes.get_mut("h3").unwrap().record.as_mut().unwrap();
+        let h3 = v.nodes.get_mut("h3").unwrap().record_mut().unwrap();
         h3.reach.insert(n.into(), vec![addr]);
     }
     match route(&v, "h1", "h3") {
@@ -222,7 +221,7 @@ fn the_relay_in_use_is_kept_while_nothing_can_be_verified() {
     // kernel forwards, and h1–h3 is cut.
     let mut v = ring(&[("h1", "h2"), ("h2", "h3")], &[("h1", "h3")]);
     for n in ["h1", "h3"] {
-        let r = v.nodes.get_mut(n).unwrap().record.as_mut().unwrap();
+        let r = v.nodes.get_mut(n).unwrap().record_mut().unwrap();
         r.health.insert(
             "h2".into(),
             PathHealth {
@@ -253,8 +252,7 @@ fn the_relay_in_use_is_kept_while_nothing_can_be_verified() {
     far.nodes
         .get_mut("h2")
         .unwrap()
-        .record
-        .as_mut()
+        .record_mut()
         .unwrap()
         .health
         .insert(
@@ -270,7 +268,7 @@ fn the_relay_in_use_is_kept_while_nothing_can_be_verified() {
     assert!(matches!(g.route("h3", Some("h2")), Route::Relay { .. }));
     // (A dead node's report is no evidence: h4 lives again.)
     far.nodes.get_mut("h4").unwrap().alive = true;
-    let r4 = far.nodes.get_mut("h4").unwrap().record.as_mut().unwrap();
+    let r4 = far.nodes.get_mut("h4").unwrap().record_mut().unwrap();
     r4.health.insert(
         "h3".into(),
         PathHealth {
@@ -296,16 +294,14 @@ fn ends_that_kept_different_relays_settle_on_the_first_ends_choice() {
     v.nodes
         .get_mut("h1")
         .unwrap()
-        .record
-        .as_mut()
+        .record_mut()
         .unwrap()
         .relays
         .insert("h3".into(), "h4".into());
     v.nodes
         .get_mut("h3")
         .unwrap()
-        .record
-        .as_mut()
+        .record_mut()
         .unwrap()
         .relays
         .insert("h1".into(), "h2".into());

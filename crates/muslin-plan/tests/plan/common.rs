@@ -29,7 +29,7 @@ pub fn record(name: &str, addr: &str, prefix: &str) -> NodeRecord {
 /// Adds (or replaces) a live node with its blocks.
 pub fn join(v: &mut ClusterView, name: &str, addr: &str, prefix: &str, blocks: &[&str]) {
     let mut pv = PeerView {
-        record: Some(record(name, addr, prefix)),
+        record: Some(record(name, addr, prefix).into()),
         alive: true,
         ..Default::default()
     };
