@@ -60,8 +60,8 @@ impl Memory {
         }
     }
 
-    /// Writes the memory at once when a peer came or went, or its address
-    /// or claims changed (what its routes are made of), and otherwise
+    /// Writes the memory at once when a peer came or went, or what a
+    /// restart builds from it changed ([`routes_fingerprint`]), and otherwise
     /// every [`SAVE_EVERY`]: a peer's record also changes with each of
     /// its probes' verdicts, and in a large cluster some record changes
     /// nearly every round.
@@ -86,23 +86,39 @@ impl Memory {
     }
 }
 
-/// A hash of what routes to the remembered peers are made of: their
-/// names, addresses and claims.
+/// A hash of what a restarted agent builds from the remembered peers
+/// before the store speaks: their names; their addresses, WireGuard ends
+/// and reserved ranges (routes, tunnels, leases); their claims; and their
+/// endpoints (names and policy).
 fn routes_fingerprint(peers: &Remembered) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for (name, (p, _)) in &peers.peers {
         name.hash(&mut h);
         if let Some(r) = &p.record {
-            (r.address, r.underlay_prefix, &r.vtep_mac, r.mtu).hash(&mut h);
+            (
+                r.address,
+                r.underlay_prefix,
+                &r.vtep_mac,
+                r.mtu,
+                &r.reserved,
+            )
+                .hash(&mut h);
+            r.wireguard
+                .as_ref()
+                .map(|w| (&w.public_key, w.port))
+                .hash(&mut h);
         }
-        for (b, c) in p
-            .claims
-            .iter()
-            .chain(p.network_claims.values().flat_map(|c| c.iter()))
-        {
+        for (b, c) in &p.claims {
             (b, c.claimed_at_ms).hash(&mut h);
         }
+        for (network, claims) in &p.network_claims {
+            network.hash(&mut h);
+            for (b, c) in claims {
+                (b, c.claimed_at_ms).hash(&mut h);
+            }
+        }
+        p.endpoints.hash(&mut h);
     }
     h.finish()
 }
@@ -136,5 +152,22 @@ mod tests {
         assert_ne!(routes_fingerprint(&a), routes_fingerprint(&moved));
         let gone = memory_of(&[("h1", "10.0.1.0/24")]);
         assert_ne!(routes_fingerprint(&a), routes_fingerprint(&gone));
+        let mut pod_started = a.clone();
+        pod_started.peers.get_mut("h2").unwrap().0.endpoints.push(
+            muslin_model::cluster::EndpointRecord {
+                network: "default".into(),
+                addresses: vec!["10.0.2.5/32".parse().unwrap()],
+                container_id: "c1".into(),
+                ifname: "eth0".into(),
+                node: "h2".into(),
+                pod_namespace: None,
+                pod_name: None,
+                labels: Default::default(),
+                ports: Default::default(),
+                aliases: Vec::new(),
+                name: None,
+            },
+        );
+        assert_ne!(routes_fingerprint(&a), routes_fingerprint(&pod_started));
     }
 }

@@ -199,7 +199,7 @@ pub fn parse_etcd_key(prefix: &str, key: &str) -> Option<EtcdKey> {
 
 /// One attachment as the cluster sees it: published by the node that
 /// holds it, so every node has the cluster's endpoint table.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct EndpointRecord {
     pub network: String,
     pub addresses: Vec<IpNet>,

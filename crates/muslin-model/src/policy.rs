@@ -88,7 +88,7 @@ impl Protocol {
 }
 
 /// A port an endpoint names, so policies can allow it by name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct NamedPort {
     pub protocol: Protocol,
     pub port: u16,
