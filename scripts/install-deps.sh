@@ -3,7 +3,7 @@
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
 
-packages=(iproute2 iptables nftables conntrack containernetworking-plugins iperf3 procps etcd-server protobuf-compiler libprotobuf-dev dnsutils dnsmasq-base dnsperf aardvark-dns wireguard-go wireguard-tools tcpdump faketime)
+packages=(iproute2 iputils-ping iptables nftables conntrack containernetworking-plugins iperf3 procps etcd-server protobuf-compiler libprotobuf-dev dnsutils dnsmasq-base dnsperf aardvark-dns wireguard-go wireguard-tools tcpdump faketime)
 # Runtimes driven by tests/runtimes.rs, and the busybox of their containers' root filesystems
 packages+=(podman busybox-static)
 # A machine with Docker's containerd.io already has ctr and runc; Debian's
