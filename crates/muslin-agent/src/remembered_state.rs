@@ -88,7 +88,8 @@ impl Memory {
 
 /// A hash of what a restarted agent builds from the remembered peers
 /// before the store speaks: their names; their addresses, WireGuard ends
-/// and reserved ranges (routes, tunnels, leases); their claims; and their
+/// and reserved ranges (routes, tunnels, leases); which paths they report
+/// failing and their relays (relayed routes); their claims; and their
 /// endpoints (names and policy).
 fn routes_fingerprint(peers: &Remembered) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -108,6 +109,12 @@ fn routes_fingerprint(peers: &Remembered) -> u64 {
                 .as_ref()
                 .map(|w| (&w.public_key, w.port))
                 .hash(&mut h);
+            // Which data paths it reports failing, and its relays: a
+            // restart relays from them at once (not their causes' words).
+            for (peer, health) in &r.health {
+                (peer, health.ok).hash(&mut h);
+            }
+            r.relays.hash(&mut h);
         }
         for (b, c) in &p.claims {
             (b, c.claimed_at_ms).hash(&mut h);
