@@ -31,6 +31,9 @@ const NEEDS_SECRET: u8 = 2;
 const BAD_SECRET: u8 = 3;
 const NONCE: usize = 12;
 const MAX_DATAGRAM: usize = 65_507;
+/// Datagrams waiting for the engine, at most: beyond, new ones are
+/// dropped, as the kernel drops them from a full socket buffer.
+const INBOX: usize = 1024;
 /// What sealing adds to a message: the kind byte, the nonce, the send
 /// time and the tag.
 pub(crate) const SEALED_OVERHEAD: usize = 1 + NONCE + 8 + 16;
@@ -129,14 +132,22 @@ impl SealedUdp {
         let sock = tokio::net::UdpSocket::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("binding gossip socket {listen}: {e}"))?;
+        let sock = Arc::new(sock);
+        let (tx, inbox) = tokio::sync::mpsc::channel(INBOX);
+        let reader = tokio::spawn(read(
+            sock.clone(),
+            self.probes.clone(),
+            self.auth.clone(),
+            tx,
+        ));
         Ok(SealedSocket {
             sock,
+            inbox,
+            reader: Some(reader),
             cipher: self.secret.as_deref().map(cipher),
             auth: self.auth.clone(),
             seeds: self.seeds.clone(),
-            probes: self.probes.clone(),
             redirects: self.redirects.clone(),
-            buf: vec![0; MAX_DATAGRAM],
             noticed: HashMap::new(),
             guard: ReplayGuard::default(),
             drops: DropLog::new(Duration::from_secs(10)),
@@ -145,21 +156,91 @@ impl SealedUdp {
     }
 }
 
+/// Reads the socket apart from the engine, so health probes are answered
+/// at once however long the engine takes over a message (or waits for the
+/// cluster state's lock): a busy agent must not look like a broken path.
+/// Everything else is handed to the engine in order.
+async fn read(
+    sock: Arc<tokio::net::UdpSocket>,
+    probes: Arc<crate::probe_wire::ProbeWire>,
+    auth: Arc<AuthState>,
+    tx: tokio::sync::mpsc::Sender<std::io::Result<(SocketAddr, Vec<u8>)>>,
+) {
+    let mut buf = vec![0; MAX_DATAGRAM];
+    loop {
+        let r = tokio::select! {
+            _ = tx.closed() => return,
+            r = sock.recv_from(&mut buf) => r,
+        };
+        let (n, from) = match r {
+            Ok(x) => x,
+            // An ICMP error for an earlier send, not a broken socket.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                continue
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        auth.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+        if n == 0 {
+            continue;
+        }
+        if crate::probe_wire::is_request(&buf[..n]) {
+            if let Some(a) = probes.answer(&buf[..n], from.ip()) {
+                let _ = sock.send_to(&a, from).await;
+            }
+            continue;
+        }
+        match tx.try_send(Ok((from, buf[..n].to_vec()))) {
+            Ok(()) => {}
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                tracing::debug!(peer = %from, "gossip engine behind: a datagram dropped");
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
+        }
+    }
+}
+
 pub struct SealedSocket {
     seeds: Vec<SocketAddr>,
-    probes: Arc<crate::probe_wire::ProbeWire>,
     redirects: Redirects,
-    sock: tokio::net::UdpSocket,
+    sock: Arc<tokio::net::UdpSocket>,
+    inbox: tokio::sync::mpsc::Receiver<std::io::Result<(SocketAddr, Vec<u8>)>>,
+    reader: Option<tokio::task::JoinHandle<()>>,
     cipher: Option<ChaCha20Poly1305>,
     auth: Arc<AuthState>,
-    buf: Vec<u8>,
     noticed: HashMap<SocketAddr, Instant>,
     guard: ReplayGuard,
     drops: DropLog,
     legacy_logged: Option<Instant>,
 }
 
+impl Drop for SealedSocket {
+    fn drop(&mut self) {
+        if let Some(r) = self.reader.take() {
+            r.abort();
+        }
+    }
+}
+
 impl SealedSocket {
+    /// Stops the reader and waits until the socket is released, so the
+    /// port can be bound again at once.
+    pub async fn close(&mut self) {
+        self.inbox.close();
+        if let Some(r) = self.reader.take() {
+            r.abort();
+            let _ = r.await;
+        }
+    }
+
     /// At most one notice a second per peer: a notice is unauthenticated
     /// and must not become an amplifier.
     async fn notice(&mut self, to: SocketAddr, kind: u8) {
@@ -263,48 +344,33 @@ impl SealedSocket {
         Ok(())
     }
 
-    /// The next authenticated datagram, opened; probes are answered and
-    /// refused frames counted on the way.
+    /// The next authenticated datagram, opened; refused frames are
+    /// counted on the way (probes were answered by the reader).
     pub async fn recv_plain(&mut self) -> anyhow::Result<(SocketAddr, Vec<u8>)> {
         loop {
-            let (n, from) = match self.sock.recv_from(&mut self.buf).await {
-                Ok(x) => x,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
-                    ) =>
-                {
-                    continue
-                }
-                Err(e) => return Err(e.into()),
+            let (from, mut frame) = match self.inbox.recv().await {
+                Some(Ok(x)) => x,
+                Some(Err(e)) => return Err(e.into()),
+                None => anyhow::bail!("the gossip socket's reader stopped"),
             };
-            self.auth
-                .bytes_received
-                .fetch_add(n as u64, Ordering::Relaxed);
-            if n == 0 {
-                continue;
-            }
-            if crate::probe_wire::is_request(&self.buf[..n]) {
-                if let Some(a) = self.probes.answer(&self.buf[..n], from.ip()) {
-                    let _ = self.sock.send_to(&a, from).await;
-                }
-                continue;
-            }
-            let kind = self.buf[0];
+            let n = frame.len();
+            let kind = frame[0];
             let plain: Vec<u8> = match (kind, &self.cipher) {
-                (PLAIN, None) => self.buf[1..n].to_vec(),
+                (PLAIN, None) => {
+                    frame.remove(0);
+                    frame
+                }
                 (PLAIN, Some(_)) => {
                     self.dropped(from, Refused::Unauthenticated);
                     self.notice(from, NEEDS_SECRET).await;
                     continue;
                 }
                 (SEALED_TS | SEALED, Some(c)) if n > 1 + NONCE => {
-                    let nonce = Nonce::from_slice(&self.buf[1..1 + NONCE]);
+                    let nonce = Nonce::from_slice(&frame[1..1 + NONCE]);
                     let opened = c.decrypt(
                         nonce,
                         Payload {
-                            msg: &self.buf[1 + NONCE..n],
+                            msg: &frame[1 + NONCE..n],
                             aad: &[kind],
                         },
                     );
@@ -315,8 +381,7 @@ impl SealedSocket {
                         }
                         Ok(p) if p.len() >= 8 => {
                             let sent = u64::from_be_bytes(p[..8].try_into().expect("8 bytes"));
-                            let nonce: [u8; NONCE] =
-                                self.buf[1..1 + NONCE].try_into().expect("nonce");
+                            let nonce: [u8; NONCE] = frame[1..1 + NONCE].try_into().expect("nonce");
                             if let Err(why) = self.guard.accept(nonce, sent, now_ms()) {
                                 self.dropped(from, why);
                                 continue;
@@ -385,6 +450,10 @@ impl crate::swim::Wire for SealedSocket {
                 None
             }
         }
+    }
+
+    async fn close(&mut self) {
+        SealedSocket::close(self).await;
     }
 }
 
@@ -478,5 +547,38 @@ mod tests {
         tap.send_to(&legacy, b_addr).unwrap();
         assert!(nothing_within(&mut b, 300).await);
         assert!(!tb.auth.heard.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn probes_are_answered_while_the_engine_is_busy_and_the_port_is_freed_on_close() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let t = transport();
+        let mut s = t.bind(any).await.unwrap();
+        let at = s.sock.local_addr().unwrap();
+        // A gossip frame waits for the engine, which does not read: the
+        // probe behind it is answered all the same.
+        let tap = std::net::UdpSocket::bind(any).unwrap();
+        tap.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut a = transport().bind(any).await.unwrap();
+        a.send_plain(at, MESSAGE).await.unwrap();
+        let asker = crate::probe_wire::ProbeWire::new(Some(SECRET), "asker");
+        tap.send_to(&asker.request(7, 0), at).unwrap();
+        let mut buf = [0u8; 2048];
+        let (n, _) = tap
+            .recv_from(&mut buf)
+            .expect("an answer while nobody reads gossip");
+        let ack = asker.ack(&buf[..n]).expect("a valid answer");
+        assert_eq!(ack.id, 7);
+        assert_eq!(ack.from, crate::probe_wire::name_tag("t"));
+        // The gossip frame is still delivered, after the probe.
+        let (_, msg) = tokio::time::timeout(Duration::from_secs(2), s.recv_plain())
+            .await
+            .expect("the queued frame")
+            .unwrap();
+        assert_eq!(msg, MESSAGE);
+        // Closed: the port can be bound again at once.
+        s.close().await;
+        drop(s);
+        std::net::UdpSocket::bind(at).expect("the port is free after close");
     }
 }

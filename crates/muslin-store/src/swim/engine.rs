@@ -29,6 +29,8 @@ pub(crate) trait Wire: Send + 'static {
     async fn send(&mut self, to: SocketAddr, payload: &[u8]);
     /// The next datagram; `None` once the socket is gone for good.
     async fn recv(&mut self) -> Option<(SocketAddr, Vec<u8>)>;
+    /// Releases the socket before the engine's task ends.
+    async fn close(&mut self) {}
 }
 
 #[derive(Debug, Clone)]
@@ -354,6 +356,7 @@ impl Driver {
             }
             self.flush().await;
         }
+        self.wire.close().await;
     }
 
     fn datagram(&mut self, from: SocketAddr, data: &[u8]) {
