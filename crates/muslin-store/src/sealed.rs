@@ -549,7 +549,8 @@ mod tests {
         assert!(!tb.auth.heard.load(Ordering::Relaxed));
     }
 
-    #[tokio::test]
+    // The test thread blocks on its own socket: the reader runs beside.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn probes_are_answered_while_the_engine_is_busy_and_the_port_is_freed_on_close() {
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let t = transport();
