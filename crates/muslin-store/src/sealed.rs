@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,9 +31,12 @@ const NEEDS_SECRET: u8 = 2;
 const BAD_SECRET: u8 = 3;
 const NONCE: usize = 12;
 const MAX_DATAGRAM: usize = 65_507;
-/// Datagrams waiting for the engine, at most: beyond, new ones are
-/// dropped, as the kernel drops them from a full socket buffer.
+/// Datagrams, and bytes, waiting for the engine, at most: beyond, new
+/// ones are dropped, as the kernel drops them from a full socket buffer.
+/// Frames are queued before they are authenticated, so the bytes are
+/// bounded too: a stranger's large datagrams cannot grow the agent.
 const INBOX: usize = 1024;
+const INBOX_BYTES: usize = 1 << 20;
 /// What sealing adds to a message: the kind byte, the nonce, the send
 /// time and the tag.
 pub(crate) const SEALED_OVERHEAD: usize = 1 + NONCE + 8 + 16;
@@ -134,15 +137,18 @@ impl SealedUdp {
             .map_err(|e| anyhow::anyhow!("binding gossip socket {listen}: {e}"))?;
         let sock = Arc::new(sock);
         let (tx, inbox) = tokio::sync::mpsc::channel(INBOX);
+        let queued = Arc::new(AtomicUsize::new(0));
         let reader = tokio::spawn(read(
             sock.clone(),
             self.probes.clone(),
             self.auth.clone(),
             tx,
+            queued.clone(),
         ));
         Ok(SealedSocket {
             sock,
             inbox,
+            queued,
             reader: Some(reader),
             cipher: self.secret.as_deref().map(cipher),
             auth: self.auth.clone(),
@@ -165,6 +171,7 @@ async fn read(
     probes: Arc<crate::probe_wire::ProbeWire>,
     auth: Arc<AuthState>,
     tx: tokio::sync::mpsc::Sender<std::io::Result<(SocketAddr, Vec<u8>)>>,
+    queued: Arc<AtomicUsize>,
 ) {
     let mut buf = vec![0; MAX_DATAGRAM];
     loop {
@@ -198,9 +205,17 @@ async fn read(
             }
             continue;
         }
+        // Only this task adds, so the check and the add cannot race.
+        if queued.load(Ordering::Relaxed) + n > INBOX_BYTES {
+            tracing::debug!(peer = %from, "gossip engine behind: a datagram dropped");
+            continue;
+        }
+        // Counted before it is queued: the engine subtracts on receipt.
+        queued.fetch_add(n, Ordering::Relaxed);
         match tx.try_send(Ok((from, buf[..n].to_vec()))) {
             Ok(()) => {}
             Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                queued.fetch_sub(n, Ordering::Relaxed);
                 tracing::debug!(peer = %from, "gossip engine behind: a datagram dropped");
             }
             Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
@@ -213,6 +228,8 @@ pub struct SealedSocket {
     redirects: Redirects,
     sock: Arc<tokio::net::UdpSocket>,
     inbox: tokio::sync::mpsc::Receiver<std::io::Result<(SocketAddr, Vec<u8>)>>,
+    /// Bytes in `inbox`.
+    queued: Arc<AtomicUsize>,
     reader: Option<tokio::task::JoinHandle<()>>,
     cipher: Option<ChaCha20Poly1305>,
     auth: Arc<AuthState>,
@@ -354,6 +371,7 @@ impl SealedSocket {
                 None => anyhow::bail!("the gossip socket's reader stopped"),
             };
             let n = frame.len();
+            self.queued.fetch_sub(n, Ordering::Relaxed);
             let kind = frame[0];
             let plain: Vec<u8> = match (kind, &self.cipher) {
                 (PLAIN, None) => {
@@ -581,5 +599,27 @@ mod tests {
         s.close().await;
         drop(s);
         std::net::UdpSocket::bind(at).expect("the port is free after close");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_waiting_for_the_engine_are_bounded_in_bytes() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let s = transport().bind(any).await.unwrap();
+        let at = s.sock.local_addr().unwrap();
+        // Large unauthenticated frames while the engine does not read.
+        let tap = std::net::UdpSocket::bind(any).unwrap();
+        let big = vec![SEALED_TS; 60_000];
+        for _ in 0..40 {
+            tap.send_to(&big, at).unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let q = s.queued.load(Ordering::Relaxed);
+        assert!(q > 0 && q <= INBOX_BYTES, "{q} bytes queued");
+        assert!(
+            s.inbox.len() <= INBOX_BYTES / big.len(),
+            "{}",
+            s.inbox.len()
+        );
     }
 }

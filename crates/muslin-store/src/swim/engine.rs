@@ -29,7 +29,8 @@ pub(crate) trait Wire: Send + 'static {
     async fn send(&mut self, to: SocketAddr, payload: &[u8]);
     /// The next datagram; `None` once the socket is gone for good.
     async fn recv(&mut self) -> Option<(SocketAddr, Vec<u8>)>;
-    /// Releases the socket before the engine's task ends.
+    /// Stops reading before the engine's task ends (the socket itself is
+    /// closed when the wire is dropped, right after).
     async fn close(&mut self) {}
 }
 
