@@ -55,6 +55,12 @@ pub fn spawn(
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    // Answers to a round's probes arrive together.
+    if let Err(e) =
+        muslin_store::socket_buffer::widen(&std, muslin_store::socket_buffer::RECEIVE_BUFFER)
+    {
+        tracing::warn!(cause = %e, "probe socket keeps the default receive buffer");
+    }
     let sock = UdpSocket::from_std(std)?;
     Ok(tokio::spawn(run(sock, wire, port, plan, tracker)))
 }

@@ -9,8 +9,14 @@ use std::time::{Duration, Instant};
 use muslin_model::cluster::Remembered;
 
 const FILE: &str = "peers.json";
-/// How often the memory is written (it changes every round: last-seen times).
-const SAVE_EVERY: Duration = Duration::from_secs(10);
+/// How often the memory is written (it changes every round: last-seen times,
+/// which a restart only needs to within a fraction of the TTL).
+const SAVE_EVERY: Duration = Duration::from_secs(30);
+/// A change other than a peer coming or going waits this long after the
+/// last write: in a large cluster, while paths settle, some peer's
+/// verdicts change every round, and each write is the whole memory (at
+/// 100 nodes 700 kB of JSON, with every peer's view of every other).
+const SAVE_GAP: Duration = Duration::from_secs(5);
 
 /// The file: whose memory it is, and the peers.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -33,6 +39,8 @@ pub struct Memory {
     saved: Option<Instant>,
     /// [`routes_fingerprint`] of the memory as last written.
     written: u64,
+    /// The peers' names as last written.
+    names: u64,
 }
 
 impl Memory {
@@ -57,20 +65,27 @@ impl Memory {
             file,
             saved: None,
             written: 0,
+            names: 0,
         }
     }
 
-    /// Writes the memory at once when a peer came or went, or what a
-    /// restart builds from it changed ([`routes_fingerprint`]), and otherwise
-    /// every [`SAVE_EVERY`]: a peer's record also changes with each of
-    /// its probes' verdicts, and in a large cluster some record changes
-    /// nearly every round.
+    /// Writes the memory at once when a peer came or went; when what a
+    /// restart builds from it changed otherwise ([`routes_fingerprint`]),
+    /// at most every [`SAVE_GAP`]; and else every [`SAVE_EVERY`]: a
+    /// peer's record also changes with each of its probes' verdicts, and
+    /// in a large cluster some record changes nearly every round.
     pub fn save_if_due(&mut self) {
         let now = routes_fingerprint(&self.peers);
-        if now == self.written && self.saved.is_some_and(|t| t.elapsed() < SAVE_EVERY) {
+        let names = names_fingerprint(&self.peers);
+        let since = self.saved.map(|t| t.elapsed());
+        let due = since.is_none_or(|d| d >= SAVE_EVERY)
+            || names != self.names
+            || (now != self.written && since.is_none_or(|d| d >= SAVE_GAP));
+        if !due {
             return;
         }
         self.written = now;
+        self.names = names;
         self.saved = Some(Instant::now());
         let res = crate::atomic_file::write(
             &self.file,
@@ -84,6 +99,15 @@ impl Memory {
             tracing::warn!(cause = %e, file = ?self.file, "could not keep the remembered peers");
         }
     }
+}
+
+fn names_fingerprint(peers: &Remembered) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for name in peers.peers.keys() {
+        name.hash(&mut h);
+    }
+    h.finish()
 }
 
 /// A hash of what a restarted agent builds from the remembered peers
@@ -176,5 +200,34 @@ mod tests {
             },
         );
         assert_ne!(routes_fingerprint(&a), routes_fingerprint(&pod_started));
+    }
+
+    #[test]
+    fn a_new_peer_is_written_at_once_other_changes_at_most_every_gap() {
+        let dir = std::env::temp_dir().join(format!("muslin-memory-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut m = Memory::load(&dir, "me");
+        let stored = || {
+            serde_json::from_slice::<Stored>(&std::fs::read(dir.join(FILE)).unwrap())
+                .unwrap()
+                .peers
+        };
+        m.peers = memory_of(&[("h1", "10.0.1.0/24")]);
+        m.save_if_due();
+        assert_eq!(stored(), m.peers);
+        // A moved claim right after: kept for the next write.
+        m.peers = memory_of(&[("h1", "10.0.9.0/24")]);
+        m.save_if_due();
+        assert_eq!(stored(), memory_of(&[("h1", "10.0.1.0/24")]));
+        // A peer that came: written at once, with the change before it.
+        m.peers = memory_of(&[("h1", "10.0.9.0/24"), ("h2", "10.0.2.0/24")]);
+        m.save_if_due();
+        assert_eq!(stored(), m.peers);
+        // Past the gap, a change is written.
+        m.peers = memory_of(&[("h1", "10.0.8.0/24"), ("h2", "10.0.2.0/24")]);
+        m.saved = Some(Instant::now() - SAVE_GAP);
+        m.save_if_due();
+        assert_eq!(stored(), m.peers);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

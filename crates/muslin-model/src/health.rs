@@ -22,7 +22,8 @@ pub const DATA_DOWN: Duration = Duration::from_millis(1600);
 /// A data path that failed counts as working again only after answering
 /// this long without a gap: a flapping link does not flap routes.
 pub const HOLD: Duration = Duration::from_secs(5);
-/// How often a peer's other addresses are probed.
+/// How often a peer's other addresses are probed (times the pace, see
+/// [`pace`]).
 pub const SLOW: Duration = Duration::from_secs(4);
 /// How often the path MTU is confirmed.
 pub const MTU_EVERY: Duration = Duration::from_secs(30);
@@ -235,12 +236,20 @@ impl Tracker {
         let want = pace(plan.iter().filter(|p| p.data.is_some()).count());
         if want < self.pace {
             let old = self.pace.max(self.slower.map_or(0, |(p, _)| p));
-            self.slower = Some((old, now + DATA_DOWN * old * 2));
+            // Until the answers of the slower pace have aged out: the data
+            // path's (three periods) and the slow addresses' (their window).
+            self.slower = Some((old, now + (DATA_DOWN * old * 2).max(window(SLOW * old))));
         }
         self.pace = want;
         let pace = u64::from(self.pace);
         let per = |d: Duration| (d.as_millis() / TICK.as_millis()).max(1) as u64;
-        let (fast, slow) = (per(FAST), per(SLOW));
+        // The slow probes (addresses of peers plainly there, and the
+        // peers' other addresses) slow down with the data probes, so a
+        // node's probing as a whole stays bounded as the cluster grows.
+        // Their answers age by the period of before a slow-down for as
+        // long as the data path's do.
+        let (fast, slow) = (per(FAST), per(SLOW) * pace);
+        let slow_period = SLOW * self.windows_pace(now);
         let mut out = Vec::new();
         for (i, p) in plan.iter().enumerate() {
             let st = self.peers.entry(p.name.clone()).or_default();
@@ -292,7 +301,11 @@ impl Tracker {
                 .data_answered
                 .is_some_and(|t| now.duration_since(t) < window(SLOW));
             for (k, a) in p.addresses.iter().enumerate() {
-                let every = if k == 0 && !data_lately { FAST } else { SLOW };
+                let every = if k == 0 && !data_lately {
+                    FAST
+                } else {
+                    slow_period
+                };
                 st.period.insert(*a, every);
                 let due = match k {
                     // Slowly only while it is known to answer.
@@ -464,9 +477,11 @@ impl Tracker {
             let settling = st
                 .data_answered
                 .is_some_and(|t| now.duration_since(t) < data_down + window(FAST));
+            // Its slower answers come as often as it was asked lately.
+            let slow = st.period.get(adv).copied().unwrap_or(SLOW).max(SLOW);
             let underlay = st.answered.get(adv).is_some_and(|t| {
                 let age = now.duration_since(*t);
-                age < window(FAST) || (settling && age < window(SLOW))
+                age < window(FAST) || (settling && age < window(slow))
             });
             let cause = (!ok).then(|| match (path, underlay) {
                 // Worded the same all along: the record is not published
@@ -576,6 +591,86 @@ mod tests {
         assert!(t.health(few, 4789, at + TICK).values().all(|h| h.ok));
         // A small cluster keeps probing every peer every tick.
         assert_eq!(pace(20), 1);
+    }
+
+    fn hundred_peers_with_two_addresses() -> Vec<PeerPlan> {
+        (0..100u32)
+            .map(|i| PeerPlan {
+                name: format!("p{i}"),
+                addresses: vec![
+                    IpAddr::from([192, 168, 1, (i + 2) as u8]),
+                    IpAddr::from([192, 168, 2, (i + 2) as u8]),
+                ],
+                port: 7331,
+                data: Some((IpAddr::from([10, 244, i as u8, 0]), Path::Routed)),
+                incarnation: 1,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_big_clusters_addresses_are_asked_as_seldom_as_its_data_paths() {
+        let peers = hundred_peers_with_two_addresses();
+        let mut t = Tracker::default();
+        let t0 = Instant::now();
+        let mut asked: BTreeMap<IpAddr, usize> = BTreeMap::new();
+        // 16 s of answered probes, counted after the first 8 s.
+        for round in 0..48u64 {
+            let at = t0 + TICK * round as u32;
+            for (n, a, p) in t.due(&peers, 1500, round, at) {
+                if round >= 16 {
+                    if let Purpose::Address(_) = p {
+                        *asked.entry(a).or_default() += 1;
+                    }
+                }
+                t.answered(&n, &p, at);
+            }
+        }
+        // At 4 s each, 16 s would ask each address 4 times: paced by 4
+        // (100 peers), once.
+        assert_eq!(asked.len(), 200, "every address is still asked");
+        assert!(asked.values().all(|n| *n <= 2), "{asked:?}");
+        // Their answers stand as long as they are asked for.
+        let at = t0 + TICK * 47;
+        let reach = t.reach(at);
+        assert!(
+            peers
+                .iter()
+                .all(|p| reach.get(&p.name) == Some(&p.addresses)),
+            "{reach:?}"
+        );
+        assert!(t.health(&peers, 4789, at).values().all(|h| h.ok));
+    }
+
+    #[test]
+    fn a_shrinking_cluster_keeps_its_addresses_answering_through_one_lost_probe() {
+        let peers = hundred_peers_with_two_addresses();
+        let mut t = Tracker::default();
+        let t0 = Instant::now();
+        for round in 0..48u64 {
+            let at = t0 + TICK * round as u32;
+            for (n, _, p) in t.due(&peers, 1500, round, at) {
+                t.answered(&n, &p, at);
+            }
+        }
+        // 60 peers leave (pace 4 to 2); the first probe of each address
+        // after that is lost.
+        let few = &peers[..40];
+        let mut lost = std::collections::BTreeSet::new();
+        for round in 48..200u64 {
+            let at = t0 + TICK * round as u32;
+            for (n, a, p) in t.due(few, 1500, round, at) {
+                if matches!(p, Purpose::Address(_)) && lost.insert(a) {
+                    continue;
+                }
+                t.answered(&n, &p, at);
+            }
+            let reach = t.reach(at);
+            for p in few {
+                assert_eq!(reach.get(&p.name), Some(&p.addresses), "round {round}");
+            }
+        }
+        assert_eq!(lost.len(), 80, "every address lost one probe");
     }
 
     #[test]

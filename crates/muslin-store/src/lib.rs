@@ -9,6 +9,7 @@ mod gossip;
 pub mod probe_wire;
 mod sealed;
 pub mod sim;
+pub mod socket_buffer;
 mod swim;
 
 use std::future::Future;

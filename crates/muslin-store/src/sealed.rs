@@ -135,6 +135,12 @@ impl SealedUdp {
         let sock = tokio::net::UdpSocket::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("binding gossip socket {listen}: {e}"))?;
+        match crate::socket_buffer::widen(&sock, crate::socket_buffer::RECEIVE_BUFFER) {
+            Ok(b) => tracing::debug!(bytes = b, "gossip socket's receive buffer"),
+            Err(e) => {
+                tracing::warn!(cause = %e, "gossip socket keeps the default receive buffer: bursts may be dropped")
+            }
+        }
         let sock = Arc::new(sock);
         let (tx, inbox) = tokio::sync::mpsc::channel(INBOX);
         let queued = Arc::new(AtomicUsize::new(0));

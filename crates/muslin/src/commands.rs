@@ -121,6 +121,22 @@ fn agent(a: AgentArgs) -> Result<ExitCode> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // glibc keeps what is freed mapped (inside an arena, below its top);
+    // an agent's rounds free and allocate much the same each time, so
+    // what a busy moment (a join, a burst of ADDs) took stays resident.
+    // Handing whole free pages back now and then keeps the idle agent
+    // small; it costs a walk of the free lists.
+    rt.spawn(async {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            // SAFETY: only returns free pages to the kernel.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
+    });
     rt.block_on(async {
         let shutdown = async {
             let mut term =

@@ -53,6 +53,25 @@ const SUSPICION: Duration = Duration::from_secs(3);
 /// A probe each second, answered within half of it.
 const PROBE_PERIOD: Duration = Duration::from_secs(1);
 const PROBE_RTT: Duration = Duration::from_millis(500);
+/// The round up to which the timings above hold (the agent's default).
+/// Slower rounds are chosen for clusters whose nodes have less time for
+/// gossip (the lab's hundred agents on two cores): such a node also
+/// answers probes later, and must not be declared down for it, so
+/// probing and suspicion slow down in proportion.
+const BASE_ROUND: Duration = Duration::from_millis(200);
+
+/// The SWIM timings for a gossip round of `interval`: probe period,
+/// probe timeout and suspicion.
+fn swim_timings(interval: Duration) -> (Duration, Duration, Duration) {
+    let scale = |d: Duration| {
+        if interval <= BASE_ROUND {
+            d
+        } else {
+            d.mul_f64(interval.as_secs_f64() / BASE_ROUND.as_secs_f64())
+        }
+    };
+    (scale(PROBE_PERIOD), scale(PROBE_RTT), scale(SUSPICION))
+}
 /// Anti-entropy: one digest to one peer this often.
 const SYNC_PERIOD: Duration = Duration::from_secs(1);
 /// Seeds not among the members are announced to this often.
@@ -67,9 +86,10 @@ const MAX_BROADCAST: usize = 700;
 
 fn foca_config(cfg: &EngineConfig) -> Config {
     let mut c = Config::new_lan(NonZeroU32::new(1000).expect("non-zero"));
-    c.probe_period = PROBE_PERIOD;
-    c.probe_rtt = PROBE_RTT;
-    c.suspect_to_down_after = SUSPICION;
+    let (period, rtt, suspicion) = swim_timings(cfg.interval);
+    c.probe_period = period;
+    c.probe_rtt = rtt;
+    c.suspect_to_down_after = suspicion;
     // Down members are forgotten as their state is.
     c.remove_down_after = Some(cfg.ttl.max(Duration::from_secs(1)));
     c.max_packet_size = NonZeroUsize::new(MAX_PACKET).expect("non-zero");
@@ -560,5 +580,25 @@ impl Driver {
         for (to, p) in std::mem::take(&mut self.out) {
             self.wire.send(to, &p).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slower_rounds_slow_probing_and_suspicion_in_proportion() {
+        let ms = Duration::from_millis;
+        for fast in [ms(50), ms(100), BASE_ROUND] {
+            assert_eq!(swim_timings(fast), (PROBE_PERIOD, PROBE_RTT, SUSPICION));
+        }
+        let (period, rtt, suspicion) = swim_timings(ms(500));
+        assert_eq!(period, ms(2500));
+        assert_eq!(rtt, ms(1250));
+        assert_eq!(suspicion, ms(7500));
+        // foca requires a probe timeout below the period (documented,
+        // not checked).
+        assert!(rtt < period);
     }
 }
