@@ -12,10 +12,10 @@ const FILE: &str = "peers.json";
 /// How often the memory is written (it changes every round: last-seen times,
 /// which a restart only needs to within a fraction of the TTL).
 const SAVE_EVERY: Duration = Duration::from_secs(30);
-/// A change other than a peer coming or going waits this long after the
-/// last write: in a large cluster, while paths settle, some peer's
-/// verdicts change every round, and each write is the whole memory (at
-/// 100 nodes 700 kB of JSON, with every peer's view of every other).
+/// A change of the peers' path verdicts or relays alone waits this long
+/// after the last write: in a large cluster, while paths settle, some
+/// peer's verdicts change every round, and each write is the whole memory
+/// (at 100 nodes 700 kB of JSON, with every peer's view of every other).
 const SAVE_GAP: Duration = Duration::from_secs(5);
 
 /// The file: whose memory it is, and the peers.
@@ -39,8 +39,8 @@ pub struct Memory {
     saved: Option<Instant>,
     /// [`routes_fingerprint`] of the memory as last written.
     written: u64,
-    /// The peers' names as last written.
-    names: u64,
+    /// [`verdicts_fingerprint`] of the memory as last written.
+    verdicts: u64,
 }
 
 impl Memory {
@@ -65,27 +65,28 @@ impl Memory {
             file,
             saved: None,
             written: 0,
-            names: 0,
+            verdicts: 0,
         }
     }
 
-    /// Writes the memory at once when a peer came or went; when what a
-    /// restart builds from it changed otherwise ([`routes_fingerprint`]),
-    /// at most every [`SAVE_GAP`]; and else every [`SAVE_EVERY`]: a
-    /// peer's record also changes with each of its probes' verdicts, and
-    /// in a large cluster some record changes nearly every round.
+    /// Writes the memory at once when what a restart builds from it
+    /// changed ([`routes_fingerprint`]: peers, addresses, claims,
+    /// endpoints and their labels); when only the peers' path verdicts or
+    /// relays changed, at most every [`SAVE_GAP`]; and else every
+    /// [`SAVE_EVERY`]: in a large cluster some verdict changes nearly
+    /// every round.
     pub fn save_if_due(&mut self) {
         let now = routes_fingerprint(&self.peers);
-        let names = names_fingerprint(&self.peers);
+        let verdicts = verdicts_fingerprint(&self.peers);
         let since = self.saved.map(|t| t.elapsed());
         let due = since.is_none_or(|d| d >= SAVE_EVERY)
-            || names != self.names
-            || (now != self.written && since.is_none_or(|d| d >= SAVE_GAP));
+            || now != self.written
+            || (verdicts != self.verdicts && since.is_none_or(|d| d >= SAVE_GAP));
         if !due {
             return;
         }
         self.written = now;
-        self.names = names;
+        self.verdicts = verdicts;
         self.saved = Some(Instant::now());
         let res = crate::atomic_file::write(
             &self.file,
@@ -101,20 +102,28 @@ impl Memory {
     }
 }
 
-fn names_fingerprint(peers: &Remembered) -> u64 {
+/// A hash of which data paths the peers report failing, and their relays:
+/// a restart relays from them at once (not their causes' words).
+fn verdicts_fingerprint(peers: &Remembered) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    for name in peers.peers.keys() {
+    for (name, (p, _)) in &peers.peers {
         name.hash(&mut h);
+        if let Some(r) = &p.record {
+            for (peer, health) in &r.health {
+                (peer, health.ok).hash(&mut h);
+            }
+            r.relays.hash(&mut h);
+        }
     }
     h.finish()
 }
 
 /// A hash of what a restarted agent builds from the remembered peers
 /// before the store speaks: their names; their addresses, WireGuard ends
-/// and reserved ranges (routes, tunnels, leases); which paths they report
-/// failing and their relays (relayed routes); their claims; and their
-/// endpoints (names and policy).
+/// and reserved ranges (routes, tunnels, leases); their claims; and their
+/// endpoints (names and policy). Their path verdicts and relays are
+/// [`verdicts_fingerprint`]'s.
 fn routes_fingerprint(peers: &Remembered) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -133,12 +142,6 @@ fn routes_fingerprint(peers: &Remembered) -> u64 {
                 .as_ref()
                 .map(|w| (&w.public_key, w.port))
                 .hash(&mut h);
-            // Which data paths it reports failing, and its relays: a
-            // restart relays from them at once (not their causes' words).
-            for (peer, health) in &r.health {
-                (peer, health.ok).hash(&mut h);
-            }
-            r.relays.hash(&mut h);
         }
         for (b, c) in &p.claims {
             (b, c.claimed_at_ms).hash(&mut h);
@@ -203,7 +206,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_peer_is_written_at_once_other_changes_at_most_every_gap() {
+    fn routes_are_written_at_once_path_verdicts_at_most_every_gap() {
         let dir = std::env::temp_dir().join(format!("muslin-memory-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut m = Memory::load(&dir, "me");
@@ -212,19 +215,40 @@ mod tests {
                 .unwrap()
                 .peers
         };
-        m.peers = memory_of(&[("h1", "10.0.1.0/24")]);
+        let with_verdict = |block: &str, ok: bool| {
+            let mut r = memory_of(&[("h1", block), ("h2", "10.0.2.0/24")]);
+            let mut rec = muslin_model::cluster::NodeRecord::new(
+                "h1",
+                "192.168.1.1".parse().unwrap(),
+                "192.168.1.0/24".parse().unwrap(),
+                1500,
+            );
+            rec.health.insert(
+                "h2".into(),
+                muslin_model::cluster::PathHealth {
+                    ok,
+                    cause: None,
+                    path_mtu: None,
+                },
+            );
+            r.peers.get_mut("h1").unwrap().0.record = Some(std::sync::Arc::new(rec));
+            r
+        };
+        m.peers = with_verdict("10.0.1.0/24", true);
         m.save_if_due();
         assert_eq!(stored(), m.peers);
-        // A moved claim right after: kept for the next write.
-        m.peers = memory_of(&[("h1", "10.0.9.0/24")]);
+        // A path verdict right after: kept for the next write.
+        m.peers = with_verdict("10.0.1.0/24", false);
         m.save_if_due();
-        assert_eq!(stored(), memory_of(&[("h1", "10.0.1.0/24")]));
-        // A peer that came: written at once, with the change before it.
-        m.peers = memory_of(&[("h1", "10.0.9.0/24"), ("h2", "10.0.2.0/24")]);
+        assert_eq!(stored(), with_verdict("10.0.1.0/24", true));
+        // A moved claim: written at once, with the verdict before it.
+        m.peers = with_verdict("10.0.9.0/24", false);
         m.save_if_due();
         assert_eq!(stored(), m.peers);
-        // Past the gap, a change is written.
-        m.peers = memory_of(&[("h1", "10.0.8.0/24"), ("h2", "10.0.2.0/24")]);
+        // Past the gap, a verdict is written.
+        m.peers = with_verdict("10.0.9.0/24", true);
+        m.save_if_due();
+        assert_eq!(stored(), with_verdict("10.0.9.0/24", false));
         m.saved = Some(Instant::now() - SAVE_GAP);
         m.save_if_due();
         assert_eq!(stored(), m.peers);
