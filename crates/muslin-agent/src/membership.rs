@@ -14,7 +14,7 @@ use muslin_model::cluster::{
 };
 use muslin_model::dataplane::{desired, Backend, Desired, Params, Path, Underlay, VxlanSettings};
 use muslin_model::encryption::Encryption;
-use muslin_model::health::{PeerPlan, Tracker};
+use muslin_model::health::{probe_budget, PeerPlan, Tracker};
 use muslin_model::underlay::{
     range_conflict, reconsider, usable_addresses, Candidate, Choice, Method,
 };
@@ -513,7 +513,7 @@ pub async fn join(
     } else {
         None
     };
-    let tracker = Arc::new(Mutex::new(Tracker::default()));
+    let tracker = Arc::new(Mutex::new(Tracker::with_budget(probe_budget(interval))));
     let (plan, plan_rx) = watch::channel(Plan::default());
     let prober = crate::prober::spawn(probes(), config.gossip_port, plan_rx, tracker.clone())
         .map_err(|e| AgentError::Join(format!("opening the probe socket: {e}")))?;

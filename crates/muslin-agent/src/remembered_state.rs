@@ -3,10 +3,15 @@
 //! cluster it belonged to before the store has told it anything, and keeps
 //! routes to peers it cannot hear (paused, partitioned) until their TTL.
 
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use muslin_model::cluster::Remembered;
+use ipnet::IpNet;
+use muslin_model::cluster::{BlockClaim, EndpointRecord, NodeRecord, PeerView, Remembered};
+use serde_json::value::RawValue;
 
 const FILE: &str = "peers.json";
 /// How often the memory is written (it changes every round: last-seen times,
@@ -19,17 +24,115 @@ const SAVE_EVERY: Duration = Duration::from_secs(30);
 const SAVE_GAP: Duration = Duration::from_secs(5);
 
 /// The file: whose memory it is, and the peers.
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(serde::Deserialize)]
 struct Stored {
     node: String,
     peers: Remembered,
 }
 
-/// [`Stored`] as written, borrowed.
+/// [`Stored`] as written: the same JSON, with each peer's record taken
+/// from [`Records`] rather than serialized again. The fields follow
+/// `PeerView`'s (the tests read the file back as a `Remembered`).
 #[derive(serde::Serialize)]
 struct StoredRef<'a> {
     node: &'a str,
-    peers: &'a Remembered,
+    peers: PeersRef<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct PeersRef<'a> {
+    peers: BTreeMap<&'a str, (PeerRef<'a>, u64)>,
+}
+
+#[derive(serde::Serialize)]
+struct PeerRef<'a> {
+    record: Option<&'a RawValue>,
+    claims: &'a BTreeMap<IpNet, BlockClaim>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    network_claims: &'a BTreeMap<String, BTreeMap<IpNet, BlockClaim>>,
+    alive: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    endpoints: &'a Vec<EndpointRecord>,
+}
+
+/// What each peer's record last gave: its hashes and its JSON. The cache
+/// holds the record's `Arc`, so a change through `PeerView::record_mut`
+/// copies it (`Arc::make_mut` on a shared record) and the same pointer
+/// means the same record. In a large cluster each record names every peer
+/// (its reach, its path verdicts), and hashing and serializing them all
+/// every round cost an idle agent more than anything else it did.
+#[derive(Default)]
+struct Records(HashMap<String, Digested>);
+
+struct Digested {
+    /// Held, so the address cannot be reused by another record.
+    record: Arc<NodeRecord>,
+    routes: u64,
+    verdicts: u64,
+    /// Made when the memory is written: records change more often than
+    /// that while a cluster settles.
+    json: Option<Box<RawValue>>,
+}
+
+impl Records {
+    fn of(&mut self, name: &str, record: &Arc<NodeRecord>) -> &Digested {
+        let fresh = self
+            .0
+            .get(name)
+            .is_some_and(|d| Arc::ptr_eq(&d.record, record));
+        if !fresh {
+            self.0.insert(name.to_string(), Digested::of(record));
+        }
+        &self.0[name]
+    }
+
+    /// Makes the record's JSON, once per record ([`Records::made`] has it).
+    fn json(&mut self, name: &str, record: &Arc<NodeRecord>) {
+        self.of(name, record);
+        if let Some(d) = self.0.get_mut(name) {
+            d.json.get_or_insert_with(|| {
+                serde_json::value::to_raw_value(&**record).expect("serializes")
+            });
+        }
+    }
+
+    fn made(&self, name: &str) -> Option<&RawValue> {
+        self.0.get(name).and_then(|d| d.json.as_deref())
+    }
+
+    fn forget_others(&mut self, peers: &Remembered) {
+        self.0.retain(|n, _| peers.peers.contains_key(n));
+    }
+}
+
+impl Digested {
+    fn of(r: &Arc<NodeRecord>) -> Digested {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (
+            r.address,
+            r.underlay_prefix,
+            &r.vtep_mac,
+            r.mtu,
+            &r.reserved,
+        )
+            .hash(&mut h);
+        r.wireguard
+            .as_ref()
+            .map(|w| (&w.public_key, w.port))
+            .hash(&mut h);
+        let routes = h.finish();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for (peer, health) in &r.health {
+            (peer, health.ok).hash(&mut h);
+        }
+        r.relays.hash(&mut h);
+        Digested {
+            record: r.clone(),
+            routes,
+            verdicts: h.finish(),
+            json: None,
+        }
+    }
 }
 
 pub struct Memory {
@@ -37,10 +140,11 @@ pub struct Memory {
     me: String,
     file: PathBuf,
     saved: Option<Instant>,
-    /// [`routes_fingerprint`] of the memory as last written.
+    /// [`Fingerprints::routes`] of the memory as last written.
     written: u64,
-    /// [`verdicts_fingerprint`] of the memory as last written.
+    /// [`Fingerprints::verdicts`] of the memory as last written.
     verdicts: u64,
+    records: Records,
 }
 
 impl Memory {
@@ -66,33 +170,49 @@ impl Memory {
             saved: None,
             written: 0,
             verdicts: 0,
+            records: Records::default(),
         }
     }
 
     /// Writes the memory at once when what a restart builds from it
-    /// changed ([`routes_fingerprint`]: peers, addresses, claims,
+    /// changed ([`Fingerprints::routes`]: peers, addresses, claims,
     /// endpoints and their labels); when only the peers' path verdicts or
     /// relays changed, at most every [`SAVE_GAP`]; and else every
     /// [`SAVE_EVERY`]: in a large cluster some verdict changes nearly
     /// every round.
     pub fn save_if_due(&mut self) {
-        let now = routes_fingerprint(&self.peers);
-        let verdicts = verdicts_fingerprint(&self.peers);
+        self.records.forget_others(&self.peers);
+        let now = fingerprints(&self.peers, &mut self.records);
         let since = self.saved.map(|t| t.elapsed());
         let due = since.is_none_or(|d| d >= SAVE_EVERY)
-            || now != self.written
-            || (verdicts != self.verdicts && since.is_none_or(|d| d >= SAVE_GAP));
+            || now.routes != self.written
+            || (now.verdicts != self.verdicts && since.is_none_or(|d| d >= SAVE_GAP));
         if !due {
             return;
         }
-        self.written = now;
-        self.verdicts = verdicts;
+        self.written = now.routes;
+        self.verdicts = now.verdicts;
         self.saved = Some(Instant::now());
+        for (name, (p, _)) in &self.peers.peers {
+            if let Some(r) = &p.record {
+                self.records.json(name, r);
+            }
+        }
+        let records = &self.records;
+        let peers = self
+            .peers
+            .peers
+            .iter()
+            .map(|(name, (p, seen))| {
+                let record = p.record.as_ref().and_then(|_| records.made(name));
+                (name.as_str(), (peer_ref(p, record), *seen))
+            })
+            .collect();
         let res = crate::atomic_file::write(
             &self.file,
             &serde_json::to_vec(&StoredRef {
                 node: &self.me,
-                peers: &self.peers,
+                peers: PeersRef { peers },
             })
             .expect("serializes"),
         );
@@ -102,64 +222,73 @@ impl Memory {
     }
 }
 
-/// A hash of which data paths the peers report failing, and their relays:
-/// a restart relays from them at once (not their causes' words).
-fn verdicts_fingerprint(peers: &Remembered) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for (name, (p, _)) in &peers.peers {
-        name.hash(&mut h);
-        if let Some(r) = &p.record {
-            for (peer, health) in &r.health {
-                (peer, health.ok).hash(&mut h);
-            }
-            r.relays.hash(&mut h);
-        }
+/// Every field named: one added to `PeerView` stops the build here until
+/// the file carries it.
+fn peer_ref<'a>(p: &'a PeerView, record: Option<&'a RawValue>) -> PeerRef<'a> {
+    let PeerView {
+        record: _,
+        claims,
+        network_claims,
+        alive,
+        endpoints,
+    } = p;
+    PeerRef {
+        record,
+        claims,
+        network_claims,
+        alive: *alive,
+        endpoints,
     }
-    h.finish()
 }
 
-/// A hash of what a restarted agent builds from the remembered peers
-/// before the store speaks: their names; their addresses, WireGuard ends
-/// and reserved ranges (routes, tunnels, leases); their claims; and their
-/// endpoints (names and policy). Their path verdicts and relays are
-/// [`verdicts_fingerprint`]'s.
-fn routes_fingerprint(peers: &Remembered) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+struct Fingerprints {
+    /// What a restarted agent builds from the remembered peers before the
+    /// store speaks: their names; their addresses, WireGuard ends and
+    /// reserved ranges (routes, tunnels, leases); their claims; and their
+    /// endpoints (names and policy).
+    routes: u64,
+    /// Which data paths the peers report failing, and their relays: a
+    /// restart relays from them at once (not their causes' words).
+    verdicts: u64,
+}
+
+/// Hashes of the memory; each record is hashed once (see [`Records`]),
+/// claims and endpoints every time.
+fn fingerprints(peers: &Remembered, records: &mut Records) -> Fingerprints {
+    let mut routes = std::collections::hash_map::DefaultHasher::new();
+    let mut verdicts = std::collections::hash_map::DefaultHasher::new();
     for (name, (p, _)) in &peers.peers {
-        name.hash(&mut h);
+        name.hash(&mut routes);
+        name.hash(&mut verdicts);
         if let Some(r) = &p.record {
-            (
-                r.address,
-                r.underlay_prefix,
-                &r.vtep_mac,
-                r.mtu,
-                &r.reserved,
-            )
-                .hash(&mut h);
-            r.wireguard
-                .as_ref()
-                .map(|w| (&w.public_key, w.port))
-                .hash(&mut h);
+            let d = records.of(name, r);
+            d.routes.hash(&mut routes);
+            d.verdicts.hash(&mut verdicts);
         }
         for (b, c) in &p.claims {
-            (b, c.claimed_at_ms).hash(&mut h);
+            (b, c.claimed_at_ms).hash(&mut routes);
         }
         for (network, claims) in &p.network_claims {
-            network.hash(&mut h);
+            network.hash(&mut routes);
             for (b, c) in claims {
-                (b, c.claimed_at_ms).hash(&mut h);
+                (b, c.claimed_at_ms).hash(&mut routes);
             }
         }
-        p.endpoints.hash(&mut h);
+        p.endpoints.hash(&mut routes);
     }
-    h.finish()
+    Fingerprints {
+        routes: routes.finish(),
+        verdicts: verdicts.finish(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn routes_fingerprint(peers: &Remembered) -> u64 {
+        fingerprints(peers, &mut Records::default()).routes
+    }
 
     fn memory_of(peers: &[(&str, &str)]) -> Remembered {
         let mut m = Remembered::default();
@@ -250,6 +379,53 @@ mod tests {
         m.save_if_due();
         assert_eq!(stored(), with_verdict("10.0.9.0/24", false));
         m.saved = Some(Instant::now() - SAVE_GAP);
+        m.save_if_due();
+        assert_eq!(stored(), m.peers);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_file_reads_back_whole_and_follows_records_changed_in_place() {
+        let dir = std::env::temp_dir().join(format!("muslin-memory-rt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut m = Memory::load(&dir, "me");
+        let mut peers = memory_of(&[("h1", "10.0.1.0/24")]);
+        let p = &mut peers.peers.get_mut("h1").unwrap().0;
+        p.alive = true;
+        p.record = Some(Arc::new(NodeRecord::new(
+            "h1",
+            "192.168.1.1".parse().unwrap(),
+            "192.168.1.0/24".parse().unwrap(),
+            1500,
+        )));
+        p.network_claims.entry("blue".into()).or_default().insert(
+            "10.9.0.0/26".parse().unwrap(),
+            BlockClaim { claimed_at_ms: 7 },
+        );
+        p.endpoints.push(EndpointRecord {
+            network: "default".into(),
+            addresses: vec!["10.0.1.5/32".parse().unwrap()],
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+            node: "h1".into(),
+            pod_namespace: Some("shop".into()),
+            pod_name: None,
+            labels: [("app".to_string(), "web".to_string())].into(),
+            ports: Default::default(),
+            aliases: vec!["web".into()],
+            name: Some("c1".into()),
+        });
+        m.peers = peers;
+        m.save_if_due();
+        let stored = || {
+            serde_json::from_slice::<Stored>(&std::fs::read(dir.join(FILE)).unwrap())
+                .unwrap()
+                .peers
+        };
+        assert_eq!(stored(), m.peers);
+        // A record changed where it lies (its cached JSON is not reused).
+        let rec = m.peers.peers.get_mut("h1").unwrap().0.record_mut().unwrap();
+        rec.reserved.push("172.16.0.0/12".parse().unwrap());
         m.save_if_due();
         assert_eq!(stored(), m.peers);
         std::fs::remove_dir_all(&dir).unwrap();

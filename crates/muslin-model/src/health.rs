@@ -165,6 +165,8 @@ pub struct Tracker {
     peers: BTreeMap<String, PeerState>,
     /// Ticks between data probes to one peer (see [`pace`]).
     pace: u32,
+    /// Data probes per tick at most (see [`probe_budget`]).
+    budget: usize,
     /// After the pace quickened: the slower one, and until when its
     /// windows still apply (the last answers of peers probed every few
     /// seconds must not count as gaps at once).
@@ -179,9 +181,28 @@ pub struct Tracker {
 /// after the same three lost probes, only later.
 pub const DATA_PROBES_PER_TICK: usize = 25;
 
-/// Ticks between data probes to one peer among `peers`.
-pub fn pace(peers: usize) -> u32 {
-    peers.div_ceil(DATA_PROBES_PER_TICK).max(1) as u32
+/// The gossip round the probing timings are made for (the agent's
+/// default).
+pub const BASE_ROUND: Duration = Duration::from_millis(200);
+
+/// Data probes per tick for a node whose gossip round is `interval`. A
+/// round slower than [`BASE_ROUND`] is chosen for nodes with less time to
+/// spare (the lab's hundred agents on two cores): their probing shrinks in
+/// proportion. Every window stretches with the pace that follows, so such
+/// a node, which also answers late, is not taken for a failing path.
+pub fn probe_budget(interval: Duration) -> usize {
+    if interval <= BASE_ROUND {
+        return DATA_PROBES_PER_TICK;
+    }
+    let scaled = DATA_PROBES_PER_TICK as u128 * BASE_ROUND.as_nanos() / interval.as_nanos();
+    (scaled as usize).max(1)
+}
+
+/// Ticks between data probes to one peer among `peers`, at most `budget`
+/// data probes a tick.
+pub fn pace(peers: usize, budget: usize) -> u32 {
+    // A budget of 0 would never probe; the tracker's is at least 1.
+    peers.div_ceil(budget.max(1)).max(1) as u32
 }
 
 /// Sizes tried when the path is smaller than the interface: the common
@@ -195,12 +216,22 @@ impl Default for Tracker {
         Tracker {
             peers: BTreeMap::new(),
             pace: 1,
+            budget: DATA_PROBES_PER_TICK,
             slower: None,
         }
     }
 }
 
 impl Tracker {
+    /// A tracker sending at most `budget` data probes a tick (see
+    /// [`probe_budget`]).
+    pub fn with_budget(budget: usize) -> Tracker {
+        Tracker {
+            budget: budget.max(1),
+            ..Tracker::default()
+        }
+    }
+
     /// How long the data path may go unanswered before it counts as
     /// failing: three probes lost in a row, at the current pace.
     fn data_down(&self, now: Instant) -> Duration {
@@ -233,7 +264,10 @@ impl Tracker {
     ) -> Vec<(String, IpAddr, Purpose)> {
         self.peers.retain(|n, _| plan.iter().any(|p| p.name == *n));
         // Paced by the peers with a data path to probe.
-        let want = pace(plan.iter().filter(|p| p.data.is_some()).count());
+        let want = pace(
+            plan.iter().filter(|p| p.data.is_some()).count(),
+            self.budget,
+        );
         if want < self.pace {
             let old = self.pace.max(self.slower.map_or(0, |(p, _)| p));
             // Until the answers of the slower pace have aged out: the data
@@ -250,6 +284,9 @@ impl Tracker {
         // long as the data path's do.
         let (fast, slow) = (per(FAST), per(SLOW) * pace);
         let slow_period = SLOW * self.windows_pace(now);
+        // Data answers come once a pace: at a slow one (a big cluster, a
+        // slow round) more than the slow window apart.
+        let data_lately_within = window(SLOW).max(self.data_down(now));
         let mut out = Vec::new();
         for (i, p) in plan.iter().enumerate() {
             let st = self.peers.entry(p.name.clone()).or_default();
@@ -299,7 +336,7 @@ impl Tracker {
             // the node look unreached there.
             let data_lately = st
                 .data_answered
-                .is_some_and(|t| now.duration_since(t) < window(SLOW));
+                .is_some_and(|t| now.duration_since(t) < data_lately_within);
             for (k, a) in p.addresses.iter().enumerate() {
                 let every = if k == 0 && !data_lately {
                     FAST
@@ -590,7 +627,72 @@ mod tests {
         }
         assert!(t.health(few, 4789, at + TICK).values().all(|h| h.ok));
         // A small cluster keeps probing every peer every tick.
-        assert_eq!(pace(20), 1);
+        assert_eq!(pace(20, DATA_PROBES_PER_TICK), 1);
+    }
+
+    #[test]
+    fn slower_gossip_rounds_probe_fewer_paths_and_wait_longer_to_judge_them() {
+        let ms = Duration::from_millis;
+        for fast in [ms(50), ms(100), BASE_ROUND] {
+            assert_eq!(probe_budget(fast), DATA_PROBES_PER_TICK);
+        }
+        assert_eq!(probe_budget(ms(500)), 10);
+        assert_eq!(probe_budget(ms(10_000)), 1);
+        let peers: Vec<PeerPlan> = (0..100u32)
+            .map(|i| PeerPlan {
+                name: format!("p{i}"),
+                addresses: vec![IpAddr::from([192, 168, 1, (i + 2) as u8])],
+                port: 7331,
+                data: Some((IpAddr::from([10, 244, i as u8, 0]), Path::Routed)),
+                incarnation: 1,
+            })
+            .collect();
+        let mut t = Tracker::with_budget(probe_budget(ms(500)));
+        let t0 = Instant::now();
+        let mut sent = 0;
+        for round in 0..40u64 {
+            let at = t0 + TICK * round as u32;
+            let data: Vec<String> = t
+                .due(&peers, 1500, round, at)
+                .into_iter()
+                .filter(|(_, _, p)| *p == Purpose::Data)
+                .map(|(n, _, _)| n)
+                .collect();
+            assert!(data.len() <= 10, "{} data probes in one tick", data.len());
+            sent += data.len();
+            for n in data {
+                t.answered(&n, &Purpose::Data, at);
+            }
+        }
+        // Every peer every 10 ticks (5 s): 400 probes in 40 ticks.
+        assert_eq!(sent, 400);
+        // Answers 10 s old are no failure at that pace (three probes lost
+        // is 16 s); 20 s of silence is.
+        let last = t0 + TICK * 39;
+        let h = t.health(&peers, 4789, last + Duration::from_secs(10));
+        assert!(h.values().all(|h| h.ok));
+        let h = t.health(&peers, 4789, last + Duration::from_secs(20));
+        assert!(h.values().all(|h| !h.ok));
+
+        // Slower still (pace 50: each data path every 25 s): while the
+        // data paths answer, the peers' addresses stay on the slow period,
+        // not asked every second between two data answers.
+        let mut t = Tracker::with_budget(2);
+        let mut addresses = 0;
+        for round in 0..200u64 {
+            let at = t0 + TICK * round as u32;
+            for (n, _, p) in t.due(&peers, 1500, round, at) {
+                match p {
+                    Purpose::Data => t.answered(&n, &Purpose::Data, at),
+                    Purpose::Address(a) => {
+                        t.answered(&n, &Purpose::Address(a), at);
+                        addresses += usize::from(round >= 100);
+                    }
+                    Purpose::Mtu(_) => {}
+                }
+            }
+        }
+        assert!(addresses <= 100, "{addresses} address probes in 50 s");
     }
 
     fn hundred_peers_with_two_addresses() -> Vec<PeerPlan> {

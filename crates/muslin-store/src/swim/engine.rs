@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use foca::{BroadcastHandler, Config, Foca, Invalidates, OwnedNotification, PostcardCodec, Timer};
+use muslin_model::health::BASE_ROUND;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use tokio::sync::mpsc;
@@ -53,15 +54,14 @@ const SUSPICION: Duration = Duration::from_secs(3);
 /// A probe each second, answered within half of it.
 const PROBE_PERIOD: Duration = Duration::from_secs(1);
 const PROBE_RTT: Duration = Duration::from_millis(500);
-/// The round up to which the timings above hold (the agent's default).
-/// Slower rounds are chosen for clusters whose nodes have less time for
-/// gossip (the lab's hundred agents on two cores): such a node also
-/// answers probes later, and must not be declared down for it, so
-/// probing and suspicion slow down in proportion.
-const BASE_ROUND: Duration = Duration::from_millis(200);
-
 /// The SWIM timings for a gossip round of `interval`: probe period,
-/// probe timeout and suspicion.
+/// probe timeout and suspicion. The constants above hold up to
+/// [`BASE_ROUND`] (the agent's default round). Slower rounds are chosen
+/// for clusters whose nodes have less time for gossip (the lab's hundred
+/// agents on two cores): such a node also answers probes later, and must
+/// not be declared down for it, so probing and suspicion slow down in
+/// proportion (as data-path probing does, see
+/// `muslin_model::health::probe_budget`).
 fn swim_timings(interval: Duration) -> (Duration, Duration, Duration) {
     let scale = |d: Duration| {
         if interval <= BASE_ROUND {
