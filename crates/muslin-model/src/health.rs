@@ -569,26 +569,13 @@ mod tests {
 
     #[test]
     fn a_big_cluster_is_probed_at_a_bounded_rate_and_failures_wait_for_three_lost_probes() {
-        let peers: Vec<PeerPlan> = (0..100u32)
-            .map(|i| PeerPlan {
-                name: format!("p{i}"),
-                addresses: vec![IpAddr::from([192, 168, 1, (i + 2) as u8])],
-                port: 7331,
-                data: Some((IpAddr::from([10, 244, i as u8, 0]), Path::Routed)),
-                incarnation: 1,
-            })
-            .collect();
+        let peers = hundred_peers();
         let mut t = Tracker::default();
         let t0 = Instant::now();
         let mut per_peer: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         for round in 0..16u64 {
             let at = t0 + TICK * round as u32;
-            let data: Vec<String> = t
-                .due(&peers, 1500, round, at)
-                .into_iter()
-                .filter(|(_, _, p)| *p == Purpose::Data)
-                .map(|(n, _, _)| n)
-                .collect();
+            let data = data_due(&mut t, &peers, round, at);
             assert!(
                 data.len() <= DATA_PROBES_PER_TICK,
                 "{} data probes in one tick",
@@ -638,26 +625,13 @@ mod tests {
         }
         assert_eq!(probe_budget(ms(500)), 10);
         assert_eq!(probe_budget(ms(10_000)), 1);
-        let peers: Vec<PeerPlan> = (0..100u32)
-            .map(|i| PeerPlan {
-                name: format!("p{i}"),
-                addresses: vec![IpAddr::from([192, 168, 1, (i + 2) as u8])],
-                port: 7331,
-                data: Some((IpAddr::from([10, 244, i as u8, 0]), Path::Routed)),
-                incarnation: 1,
-            })
-            .collect();
+        let peers = hundred_peers();
         let mut t = Tracker::with_budget(probe_budget(ms(500)));
         let t0 = Instant::now();
         let mut sent = 0;
         for round in 0..40u64 {
             let at = t0 + TICK * round as u32;
-            let data: Vec<String> = t
-                .due(&peers, 1500, round, at)
-                .into_iter()
-                .filter(|(_, _, p)| *p == Purpose::Data)
-                .map(|(n, _, _)| n)
-                .collect();
+            let data = data_due(&mut t, &peers, round, at);
             assert!(data.len() <= 10, "{} data probes in one tick", data.len());
             sent += data.len();
             for n in data {
@@ -693,6 +667,28 @@ mod tests {
             }
         }
         assert!(addresses <= 100, "{addresses} address probes in 50 s");
+    }
+
+    /// The peers whose data path is probed this tick.
+    fn data_due(t: &mut Tracker, peers: &[PeerPlan], round: u64, at: Instant) -> Vec<String> {
+        t.due(peers, 1500, round, at)
+            .into_iter()
+            .filter(|(_, _, p)| *p == Purpose::Data)
+            .map(|(n, _, _)| n)
+            .collect()
+    }
+
+    /// 100 routed peers with one address each.
+    fn hundred_peers() -> Vec<PeerPlan> {
+        (0..100u32)
+            .map(|i| PeerPlan {
+                name: format!("p{i}"),
+                addresses: vec![IpAddr::from([192, 168, 1, (i + 2) as u8])],
+                port: 7331,
+                data: Some((IpAddr::from([10, 244, i as u8, 0]), Path::Routed)),
+                incarnation: 1,
+            })
+            .collect()
     }
 
     fn hundred_peers_with_two_addresses() -> Vec<PeerPlan> {
