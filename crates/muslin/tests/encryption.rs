@@ -192,8 +192,23 @@ fn send_marker(c: &Netns, to: &str, marker: &str) {
         "exec 3<>/dev/tcp/{to}/7777 && for i in $(seq 20); do echo {marker} >&3; done; exec 3>&-; \
          for i in $(seq 20); do echo {marker} > /dev/udp/{to}/7777; done"
     );
-    let o = c.exec(&["bash", "-c", &script]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A send can fail without a word (a write after the listener closed
+    // the connection: SIGPIPE); it is sent again, which only puts more
+    // plaintext in reach of the wire capture.
+    let mut o = c.exec(&["bash", "-c", &script]);
+    for _ in 0..2 {
+        if o.status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        o = c.exec(&["bash", "-c", &script]);
+    }
+    assert!(
+        o.status.success(),
+        "sending the marker: {} {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
     let pattern: String = marker
         .bytes()
         .take(16)
