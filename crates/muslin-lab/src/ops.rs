@@ -367,20 +367,25 @@ fn lab_agent_flags(
 /// late, and must not be declared down for it.
 /// Above 50 hosts the two cores are full all the same (at 100 hosts and
 /// 500 ms the idle agents used 1.5 cores, and attaching containers
-/// starved), so there the round grows with the square of the hosts: 1 s
-/// at 100 hosts, where the cold start took 32 to 57 s against 75 and 78 s
-/// at 500 ms (2 s rounds were no faster than 1 s).
+/// starved), so there the round grows with the square of the hosts, up to
+/// 1 s at 100 hosts and beyond. Measured at 100 hosts with fixed rounds:
+/// 1 s rounds came up in 32 to 57 s, 500 ms ones in 75 and 78 s, and 2 s
+/// ones no faster than 1 s (in 51 and 54 s) while failure detection
+/// slowed further.
 pub fn gossip_interval_ms(hosts: usize) -> u64 {
     const SMALL: usize = 20;
     const FULL: usize = 50;
     const BASE_MS: u64 = 100;
+    const MAX_MS: u64 = 1000;
     let h = hosts as u64;
     if hosts <= SMALL {
         BASE_MS
     } else if hosts <= FULL {
         (BASE_MS * h).div_ceil(SMALL as u64)
     } else {
-        (BASE_MS * h * h).div_ceil((SMALL * FULL) as u64)
+        (BASE_MS * h * h)
+            .div_ceil((SMALL * FULL) as u64)
+            .min(MAX_MS)
     }
 }
 
@@ -532,8 +537,10 @@ fn start_agents(
 }
 
 /// How long every agent has to learn a network or policy created on
-/// another host.
-const NETWORK_SPREAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// another host: 10 s, or 20 of a big lab's longer rounds.
+fn spread_timeout(hosts: usize) -> Duration {
+    Duration::from_secs(10).max(Duration::from_millis(20 * gossip_interval_ms(hosts)))
+}
 
 /// Creates the plan's networks once, on the first host, then waits until
 /// every host's agent lists each: a container may only be attached to a
@@ -560,7 +567,8 @@ fn create_networks(ctx: &Ctx, plan: &LabPlan, hosts: &[&NodePlan]) -> Result<(),
         args.extend(rest.iter().map(String::as_str));
         sys::in_ns(&first.ns, &args)?;
     }
-    let deadline = Instant::now() + NETWORK_SPREAD_TIMEOUT;
+    let timeout = spread_timeout(hosts.len());
+    let deadline = Instant::now() + timeout;
     for h in hosts {
         let socket = registry::socket(&plan.name, &h.name);
         let rest = networks::list_args(&socket);
@@ -591,7 +599,7 @@ fn create_networks(ctx: &Ctx, plan: &LabPlan, hosts: &[&NodePlan]) -> Result<(),
                     reason: format!(
                         "networks created on {} did not reach it within {} s: {why}",
                         first.name,
-                        NETWORK_SPREAD_TIMEOUT.as_secs()
+                        timeout.as_secs()
                     ),
                     log: tail(&registry::log_file(&plan.name, &h.name), 15),
                 });
@@ -644,7 +652,8 @@ fn apply_policies(ctx: &Ctx, plan: &LabPlan, hosts: &[&NodePlan]) -> Result<(), 
         hosts.len()
     ));
     run(policies::apply_args(&file, &socket))?;
-    let deadline = Instant::now() + NETWORK_SPREAD_TIMEOUT;
+    let timeout = spread_timeout(hosts.len());
+    let deadline = Instant::now() + timeout;
     for h in hosts {
         loop {
             let listed = match ask(&plan.name, &h.name, &Request::PolicyList) {
@@ -673,7 +682,7 @@ fn apply_policies(ctx: &Ctx, plan: &LabPlan, hosts: &[&NodePlan]) -> Result<(), 
                     reason: format!(
                         "policies applied on {} did not reach it within {} s: {why}",
                         first.name,
-                        NETWORK_SPREAD_TIMEOUT.as_secs()
+                        timeout.as_secs()
                     ),
                     log: tail(&registry::log_file(&plan.name, &h.name), 15),
                 });
@@ -760,8 +769,8 @@ fn make_containers(
     up.into_iter().collect()
 }
 
-/// Attaches containers `make_containers` made, in parallel; records what
-/// each ADD gave.
+/// Attaches containers `make_containers` made (their loopback is up), in
+/// parallel; records what each ADD gave.
 fn attach_made(
     ctx: &Ctx,
     lock: &Locked,
@@ -1379,6 +1388,9 @@ mod tests {
         assert_eq!(gossip_interval_ms(50), 250);
         assert_eq!(gossip_interval_ms(60), 360);
         assert_eq!(gossip_interval_ms(100), 1000);
+        assert_eq!(gossip_interval_ms(250), 1000);
+        assert_eq!(spread_timeout(40), Duration::from_secs(10));
+        assert_eq!(spread_timeout(100), Duration::from_secs(20));
     }
 
     #[test]

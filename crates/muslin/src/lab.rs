@@ -100,7 +100,7 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
                     print!("{}", m.render());
                 }
                 println!(
-                    "lab {} is up: {} hosts, {} containers; underlay {:.2} s, total {:.2} s",
+                    "lab {} is up: {} hosts, {} containers; underlay and namespaces {:.2} s, total {:.2} s",
                     r.name, r.hosts, r.containers, r.build_seconds, r.total_seconds
                 );
                 match r.converge_seconds {
