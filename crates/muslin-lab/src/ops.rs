@@ -711,9 +711,9 @@ fn attach_many(
 }
 
 /// Records containers, then makes their namespaces with loopback up.
-/// `up` does it before any agent starts: on a machine busy with a hundred
-/// starting agents, which take the kernel's routing lock for every route
-/// and dump, making 200 namespaces took 14 s rather than under one.
+/// `up` does it before any agent starts: beside a hundred starting agents
+/// (likely contending for the kernel's routing lock with their routes and
+/// dumps; not proven), making 200 namespaces took 14 s rather than under 1 s.
 fn make_containers(
     lock: &Locked,
     rec: &mut LabRecord,
