@@ -17,11 +17,22 @@ const FILE: &str = "peers.json";
 /// How often the memory is written (it changes every round: last-seen times,
 /// which a restart only needs to within a fraction of the TTL).
 const SAVE_EVERY: Duration = Duration::from_secs(30);
-/// A change of the peers' path verdicts or relays alone waits this long
-/// after the last write: in a large cluster, while paths settle, some
-/// peer's verdicts change every round, and each write is the whole memory
-/// (at 100 nodes 700 kB of JSON, with every peer's view of every other).
+/// A change of the peers' path verdicts, relays or endpoints alone waits
+/// after the last write [`gap`]: 50 ms a peer, at most [`SAVE_GAP`]. Each
+/// write is the whole memory (at 100 nodes 700 kB of JSON, with every
+/// peer's view of every other), and in a large cluster, while paths settle
+/// or pods start, some peer's verdicts or endpoints change every round: the
+/// gap keeps the writes near 140 kB/s at any size, and small clusters'
+/// memory within a round or two of the view. A pod started within the gap
+/// before a crash is learnt again from the store, not from the memory.
+const SAVE_PER_PEER: Duration = Duration::from_millis(50);
 const SAVE_GAP: Duration = Duration::from_secs(5);
+
+fn gap(peers: usize) -> Duration {
+    SAVE_PER_PEER
+        .saturating_mul(u32::try_from(peers).unwrap_or(u32::MAX))
+        .min(SAVE_GAP)
+}
 
 /// The file: whose memory it is, and the peers.
 #[derive(serde::Deserialize)]
@@ -174,19 +185,18 @@ impl Memory {
         }
     }
 
-    /// Writes the memory at once when what a restart builds from it
-    /// changed ([`Fingerprints::routes`]: peers, addresses, claims,
-    /// endpoints and their labels); when only the peers' path verdicts or
-    /// relays changed, at most every [`SAVE_GAP`]; and else every
-    /// [`SAVE_EVERY`]: in a large cluster some verdict changes nearly
-    /// every round.
+    /// Writes the memory at once when what a restart routes by changed
+    /// ([`Fingerprints::routes`]: peers, addresses, claims); when only the
+    /// peers' path verdicts, relays or endpoints changed, once the [`gap`]
+    /// since the last write has passed; and else every [`SAVE_EVERY`].
     pub fn save_if_due(&mut self) {
         self.records.forget_others(&self.peers);
         let now = fingerprints(&self.peers, &mut self.records);
         let since = self.saved.map(|t| t.elapsed());
         let due = since.is_none_or(|d| d >= SAVE_EVERY)
             || now.routes != self.written
-            || (now.verdicts != self.verdicts && since.is_none_or(|d| d >= SAVE_GAP));
+            || (now.verdicts != self.verdicts
+                && since.is_none_or(|d| d >= gap(self.peers.peers.len())));
         if !due {
             return;
         }
@@ -242,13 +252,14 @@ fn peer_ref<'a>(p: &'a PeerView, record: Option<&'a RawValue>) -> PeerRef<'a> {
 }
 
 struct Fingerprints {
-    /// What a restarted agent builds from the remembered peers before the
-    /// store speaks: their names; their addresses, WireGuard ends and
-    /// reserved ranges (routes, tunnels, leases); their claims; and their
-    /// endpoints (names and policy).
+    /// What a restarted agent routes by before the store speaks: the
+    /// peers' names; their addresses, WireGuard ends and reserved ranges
+    /// (routes, tunnels, leases); their claims.
     routes: u64,
     /// Which data paths the peers report failing, and their relays: a
-    /// restart relays from them at once (not their causes' words).
+    /// restart relays from them at once (not their causes' words). And
+    /// the peers' endpoints (names and policy), which change with every
+    /// pod started.
     verdicts: u64,
 }
 
@@ -274,7 +285,7 @@ fn fingerprints(peers: &Remembered, records: &mut Records) -> Fingerprints {
                 (b, c.claimed_at_ms).hash(&mut routes);
             }
         }
-        p.endpoints.hash(&mut routes);
+        p.endpoints.hash(&mut verdicts);
     }
     Fingerprints {
         routes: routes.finish(),
@@ -288,6 +299,26 @@ mod tests {
 
     fn routes_fingerprint(peers: &Remembered) -> u64 {
         fingerprints(peers, &mut Records::default()).routes
+    }
+
+    fn verdicts_fingerprint(peers: &Remembered) -> u64 {
+        fingerprints(peers, &mut Records::default()).verdicts
+    }
+
+    fn endpoint(node: &str, address: &str) -> EndpointRecord {
+        EndpointRecord {
+            network: "default".into(),
+            addresses: vec![address.parse().unwrap()],
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+            node: node.into(),
+            pod_namespace: None,
+            pod_name: None,
+            labels: Default::default(),
+            ports: Default::default(),
+            aliases: Vec::new(),
+            name: None,
+        }
     }
 
     fn memory_of(peers: &[(&str, &str)]) -> Remembered {
@@ -304,6 +335,14 @@ mod tests {
     }
 
     #[test]
+    fn small_clusters_memory_lags_a_round_large_ones_at_most_the_gap() {
+        assert_eq!(gap(0), Duration::ZERO);
+        assert_eq!(gap(3), Duration::from_millis(150));
+        assert_eq!(gap(100), SAVE_GAP);
+        assert_eq!(gap(usize::MAX), SAVE_GAP);
+    }
+
+    #[test]
     fn the_fingerprint_follows_peers_and_claims_not_seen_times() {
         let a = memory_of(&[("h1", "10.0.1.0/24"), ("h2", "10.0.2.0/24")]);
         let mut seen_later = a.clone();
@@ -316,26 +355,14 @@ mod tests {
         let gone = memory_of(&[("h1", "10.0.1.0/24")]);
         assert_ne!(routes_fingerprint(&a), routes_fingerprint(&gone));
         let mut pod_started = a.clone();
-        pod_started.peers.get_mut("h2").unwrap().0.endpoints.push(
-            muslin_model::cluster::EndpointRecord {
-                network: "default".into(),
-                addresses: vec!["10.0.2.5/32".parse().unwrap()],
-                container_id: "c1".into(),
-                ifname: "eth0".into(),
-                node: "h2".into(),
-                pod_namespace: None,
-                pod_name: None,
-                labels: Default::default(),
-                ports: Default::default(),
-                aliases: Vec::new(),
-                name: None,
-            },
-        );
-        assert_ne!(routes_fingerprint(&a), routes_fingerprint(&pod_started));
+        pod_started.peers.get_mut("h2").unwrap().0.endpoints =
+            Arc::new(vec![endpoint("h2", "10.0.2.5/32")]);
+        assert_eq!(routes_fingerprint(&a), routes_fingerprint(&pod_started));
+        assert_ne!(verdicts_fingerprint(&a), verdicts_fingerprint(&pod_started));
     }
 
     #[test]
-    fn routes_are_written_at_once_path_verdicts_at_most_every_gap() {
+    fn routes_are_written_at_once_path_verdicts_and_endpoints_at_most_every_gap() {
         let dir = std::env::temp_dir().join(format!("muslin-memory-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut m = Memory::load(&dir, "me");
@@ -344,8 +371,15 @@ mod tests {
                 .unwrap()
                 .peers
         };
+        // A hundred peers: the gap is at its longest.
+        let others: Vec<(String, String)> = (3..=100)
+            .map(|i| (format!("h{i}"), format!("10.1.{i}.0/24")))
+            .collect();
+        assert_eq!(gap(others.len() + 2), SAVE_GAP);
         let with_verdict = |block: &str, ok: bool| {
-            let mut r = memory_of(&[("h1", block), ("h2", "10.0.2.0/24")]);
+            let mut peers = vec![("h1", block), ("h2", "10.0.2.0/24")];
+            peers.extend(others.iter().map(|(n, b)| (n.as_str(), b.as_str())));
+            let mut r = memory_of(&peers);
             let mut rec = muslin_model::cluster::NodeRecord::new(
                 "h1",
                 "192.168.1.1".parse().unwrap(),
@@ -381,6 +415,15 @@ mod tests {
         m.saved = Some(Instant::now() - SAVE_GAP);
         m.save_if_due();
         assert_eq!(stored(), m.peers);
+        // A pod started: like a verdict, kept for the write after the gap.
+        let before = m.peers.clone();
+        m.peers.peers.get_mut("h2").unwrap().0.endpoints =
+            Arc::new(vec![endpoint("h2", "10.0.2.5/32")]);
+        m.save_if_due();
+        assert_eq!(stored(), before);
+        m.saved = Some(Instant::now() - SAVE_GAP);
+        m.save_if_due();
+        assert_eq!(stored(), m.peers);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -402,7 +445,7 @@ mod tests {
             "10.9.0.0/26".parse().unwrap(),
             BlockClaim { claimed_at_ms: 7 },
         );
-        p.endpoints.push(EndpointRecord {
+        Arc::make_mut(&mut p.endpoints).push(EndpointRecord {
             network: "default".into(),
             addresses: vec!["10.0.1.5/32".parse().unwrap()],
             container_id: "c1".into(),

@@ -352,9 +352,14 @@ pub struct PeerView {
     pub network_claims: BTreeMap<String, BTreeMap<IpNet, BlockClaim>>,
     /// The failure detector's verdict.
     pub alive: bool,
-    /// The endpoints the node publishes, sorted.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub endpoints: Vec<EndpointRecord>,
+    /// The endpoints the node publishes, sorted. Shared like the record:
+    /// the view is built each round and a cluster holds thousands.
+    #[serde(default, skip_serializing_if = "no_endpoints")]
+    pub endpoints: Arc<Vec<EndpointRecord>>,
+}
+
+fn no_endpoints(e: &Arc<Vec<EndpointRecord>>) -> bool {
+    e.is_empty()
 }
 
 impl PeerView {
@@ -413,7 +418,7 @@ impl ClusterView {
                         claims,
                         network_claims: BTreeMap::new(),
                         alive: p.alive,
-                        endpoints: Vec::new(),
+                        endpoints: Arc::default(),
                     },
                 )
             })
@@ -905,7 +910,7 @@ mod tests {
             aliases: Vec::new(),
             name: None,
         };
-        v.nodes.get_mut("a").unwrap().endpoints.push(rec.clone());
+        v.nodes.get_mut("a").unwrap().endpoints = std::sync::Arc::new(vec![rec.clone()]);
         v.nodes.entry("b".into()).or_default();
         assert_eq!(v.endpoints(), vec![&rec]);
         let json = serde_json::to_string(&rec).unwrap();

@@ -880,7 +880,10 @@ impl ClusterStore for Etcd {
                     if let Ok(mut e) = serde_json::from_str::<EndpointRecord>(v) {
                         // The key says whose it is: only that node writes there.
                         e.node = node.clone();
-                        view.nodes.entry(node).or_default().endpoints.push(e);
+                        std::sync::Arc::make_mut(
+                            &mut view.nodes.entry(node).or_default().endpoints,
+                        )
+                        .push(e);
                     }
                 }
                 Some(EtcdKey::Network(name)) => {
@@ -903,7 +906,7 @@ impl ClusterStore for Etcd {
         }
         for (name, pv) in view.nodes.iter_mut() {
             pv.alive = name == &self.cfg.node_name || cache.contains_key(&etcd_alive_key(p, name));
-            pv.endpoints.sort();
+            std::sync::Arc::make_mut(&mut pv.endpoints).sort();
         }
         view
     }

@@ -47,6 +47,8 @@ pub struct Gossip {
     /// round decodes only the nodes whose state changed since, not every
     /// record of every node every few hundred milliseconds.
     decoded: std::sync::Mutex<HashMap<String, Decoded>>,
+    /// Keys [`Decoded::record_hash`], so no peer can aim for a collision.
+    record_hasher: std::hash::RandomState,
     /// The objects merged from `decoded`, while no node's state changed.
     objects: std::sync::Mutex<Option<Arc<BTreeMap<ObjectKey, ObjectRecord>>>>,
 }
@@ -60,6 +62,10 @@ struct Decoded {
     networks: Vec<NetworkSpec>,
     /// The object records the node republishes.
     objects: Vec<ObjectRecord>,
+    /// Hash of the record's JSON: a state decoded again for a new endpoint
+    /// or claim keeps the record it had (one allocation fewer, and the
+    /// same `Arc`, which the agent's caches key on).
+    record_hash: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -141,6 +147,7 @@ impl Gossip {
             me: cfg.node_name,
             alone: cfg.seeds.is_empty(),
             decoded: Default::default(),
+            record_hasher: Default::default(),
             objects: Default::default(),
         }
     }
@@ -340,7 +347,17 @@ impl ClusterStore for Gossip {
                     continue;
                 }
                 changed = true;
-                let (pv, networks, objects) = decode(name, state.key_values());
+                let known = decoded
+                    .get(name)
+                    .and_then(|d| Some((d.record_hash?, d.view.record.clone()?)));
+                let record = |json: &str| {
+                    let h = std::hash::BuildHasher::hash_one(&self.record_hasher, json);
+                    match &known {
+                        Some((k, r)) if *k == h => (Some(r.clone()), Some(h)),
+                        _ => (serde_json::from_str(json).ok(), Some(h)),
+                    }
+                };
+                let (pv, networks, objects, record_hash) = decode(name, state.key_values(), record);
                 for n in &networks {
                     merge(&mut view.networks, n.clone());
                 }
@@ -352,6 +369,7 @@ impl ClusterStore for Gossip {
                         view: pv.clone(),
                         networks,
                         objects,
+                        record_hash,
                     },
                 );
                 view.nodes
@@ -390,23 +408,27 @@ impl ClusterStore for Gossip {
     }
 }
 
-/// A node's state as the view holds it: its record, claims and
-/// endpoints, and the network and object records it republishes.
+/// A node's state as the view holds it: its record (parsed by `record`,
+/// with the hash it keeps), claims and endpoints, and the network and
+/// object records it republishes.
 fn decode<'a>(
     name: &str,
     key_values: impl Iterator<Item = (&'a str, &'a str)>,
-) -> (PeerView, Vec<NetworkSpec>, Vec<ObjectRecord>) {
+    mut record: impl FnMut(&str) -> (Option<Arc<NodeRecord>>, Option<u64>),
+) -> (PeerView, Vec<NetworkSpec>, Vec<ObjectRecord>, Option<u64>) {
+    let mut record_hash = None;
     let mut pv = PeerView::default();
+    let mut endpoints = Vec::new();
     let mut networks = Vec::new();
     let mut objects = Vec::new();
     for (k, v) in key_values {
         if k == NODE_KEY {
-            pv.record = serde_json::from_str(v).ok();
+            (pv.record, record_hash) = record(v);
         } else if k.starts_with(ENDPOINT_KEY_PREFIX) {
             if let Ok(mut e) = serde_json::from_str::<EndpointRecord>(v) {
                 // A node writes only its own state: that is who holds it.
                 e.node = name.to_string();
-                pv.endpoints.push(e);
+                endpoints.push(e);
             }
         } else if k.starts_with(NETWORK_KEY_PREFIX) {
             if let Ok(n) = serde_json::from_str::<NetworkSpec>(v) {
@@ -428,8 +450,9 @@ fn decode<'a>(
             }
         }
     }
-    pv.endpoints.sort();
-    (pv, networks, objects)
+    endpoints.sort();
+    pv.endpoints = Arc::new(endpoints);
+    (pv, networks, objects, record_hash)
 }
 
 #[cfg(test)]
@@ -515,9 +538,20 @@ mod tests {
             b.view().await.endpoints().len() == 2
         })
         .await;
+        let record_seen = b.view().await.nodes["a"].record.clone().unwrap();
         a.sync_endpoints(&[ep("c2")]).await;
         until("b sees c1 gone", async || {
             b.view().await.endpoints() == vec![&ep("c2")]
+        })
+        .await;
+        // a's state was decoded again, its unchanged record was not.
+        let again = b.view().await.nodes["a"].record.clone().unwrap();
+        assert!(Arc::ptr_eq(&record_seen, &again));
+        let mut moved = record("a");
+        moved.mtu = 1400;
+        a.publish_record(&moved).await;
+        until("b sees a's new record", async || {
+            b.view().await.nodes["a"].record.as_ref().unwrap().mtu == 1400
         })
         .await;
         // The previous version's claim key still counts, for the default network.
