@@ -21,7 +21,8 @@ pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
 }
 
-fn write_now(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// [`write`] on the calling thread, whatever it is.
+pub fn write_now(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other(format!("{path:?} names no file")))?

@@ -19,12 +19,14 @@ const FILE: &str = "peers.json";
 const SAVE_EVERY: Duration = Duration::from_secs(30);
 /// A change of the peers' path verdicts, relays or endpoints alone waits
 /// after the last write [`gap`]: 50 ms a peer, at most [`SAVE_GAP`]. Each
-/// write is the whole memory (at 100 nodes 700 kB of JSON, with every
-/// peer's view of every other), and in a large cluster, while paths settle
-/// or pods start, some peer's verdicts or endpoints change every round: the
-/// gap keeps the writes near 140 kB/s at any size, and small clusters'
-/// memory within a round or two of the view. A pod started within the gap
-/// before a crash is learnt again from the store, not from the memory.
+/// write is the whole memory, which grows with the square of the cluster
+/// (at 100 nodes 700 kB of JSON, with every peer's view of every other),
+/// and in a large cluster, while paths settle or pods start, some peer's
+/// verdicts or endpoints change every round: the gap keeps the writes at
+/// most near 140 kB/s up to 100 nodes, and small clusters' memory a few
+/// rounds behind the view. A pod started within the gap before a crash is
+/// learnt again from the store, not from the memory; a graceful stop
+/// writes what waited.
 const SAVE_PER_PEER: Duration = Duration::from_millis(50);
 const SAVE_GAP: Duration = Duration::from_secs(5);
 
@@ -197,9 +199,26 @@ impl Memory {
             || now.routes != self.written
             || (now.verdicts != self.verdicts
                 && since.is_none_or(|d| d >= gap(self.peers.peers.len())));
-        if !due {
+        if due {
+            self.write(now, crate::atomic_file::write);
+        }
+    }
+
+    /// Writes what is still waiting for its gap. Only a memory that has
+    /// been written before: one read by another part keeps its file.
+    fn flush(&mut self) {
+        if self.saved.is_none() {
             return;
         }
+        let now = fingerprints(&self.peers, &mut self.records);
+        if now.routes != self.written || now.verdicts != self.verdicts {
+            // At shutdown, on whatever thread drops the agent: no
+            // hand-over of the runtime's worker.
+            self.write(now, crate::atomic_file::write_now);
+        }
+    }
+
+    fn write(&mut self, now: Fingerprints, write: fn(&Path, &[u8]) -> std::io::Result<()>) {
         self.written = now.routes;
         self.verdicts = now.verdicts;
         self.saved = Some(Instant::now());
@@ -218,7 +237,7 @@ impl Memory {
                 (name.as_str(), (peer_ref(p, record), *seen))
             })
             .collect();
-        let res = crate::atomic_file::write(
+        let res = write(
             &self.file,
             &serde_json::to_vec(&StoredRef {
                 node: &self.me,
@@ -229,6 +248,13 @@ impl Memory {
         if let Err(e) = res {
             tracing::warn!(cause = %e, file = ?self.file, "could not keep the remembered peers");
         }
+    }
+}
+
+/// A graceful stop (a restart, an upgrade) keeps what waited for its gap.
+impl Drop for Memory {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -424,6 +450,35 @@ mod tests {
         m.saved = Some(Instant::now() - SAVE_GAP);
         m.save_if_due();
         assert_eq!(stored(), m.peers);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_graceful_stop_writes_what_waited_and_a_reader_writes_nothing() {
+        let dir = std::env::temp_dir().join(format!("muslin-memory-stop-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let read = || {
+            serde_json::from_slice::<Stored>(&std::fs::read(dir.join(FILE)).unwrap())
+                .unwrap()
+                .peers
+        };
+        // Only read: dropping it leaves no file.
+        let mut reader = Memory::load(&dir, "me");
+        reader.peers = memory_of(&[("h1", "10.0.1.0/24")]);
+        drop(reader);
+        assert!(!dir.join(FILE).exists());
+        let mut m = Memory::load(&dir, "me");
+        m.peers = memory_of(&[("h1", "10.0.1.0/24"), ("h2", "10.0.2.0/24")]);
+        m.save_if_due();
+        let mut started = m.peers.clone();
+        started.peers.get_mut("h2").unwrap().0.endpoints =
+            Arc::new(vec![endpoint("h2", "10.0.2.5/32")]);
+        m.peers = started.clone();
+        m.saved = Some(Instant::now());
+        m.save_if_due();
+        assert_ne!(read(), started, "written before its gap");
+        drop(m);
+        assert_eq!(read(), started);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
