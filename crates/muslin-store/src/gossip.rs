@@ -353,8 +353,8 @@ impl ClusterStore for Gossip {
                 let record = |json: &str| {
                     let h = std::hash::BuildHasher::hash_one(&self.record_hasher, json);
                     match &known {
-                        Some((k, r)) if *k == h => (Some(r.clone()), Some(h)),
-                        _ => (serde_json::from_str(json).ok(), Some(h)),
+                        Some((k, r)) if *k == h => (Some(r.clone()), h),
+                        _ => (serde_json::from_str(json).ok(), h),
                     }
                 };
                 let (pv, networks, objects, record_hash) = decode(name, state.key_values(), record);
@@ -414,7 +414,7 @@ impl ClusterStore for Gossip {
 fn decode<'a>(
     name: &str,
     key_values: impl Iterator<Item = (&'a str, &'a str)>,
-    mut record: impl FnMut(&str) -> (Option<Arc<NodeRecord>>, Option<u64>),
+    mut record: impl FnMut(&str) -> (Option<Arc<NodeRecord>>, u64),
 ) -> (PeerView, Vec<NetworkSpec>, Vec<ObjectRecord>, Option<u64>) {
     let mut record_hash = None;
     let mut pv = PeerView::default();
@@ -423,7 +423,8 @@ fn decode<'a>(
     let mut objects = Vec::new();
     for (k, v) in key_values {
         if k == NODE_KEY {
-            (pv.record, record_hash) = record(v);
+            let (r, h) = record(v);
+            (pv.record, record_hash) = (r, Some(h));
         } else if k.starts_with(ENDPOINT_KEY_PREFIX) {
             if let Ok(mut e) = serde_json::from_str::<EndpointRecord>(v) {
                 // A node writes only its own state: that is who holds it.
