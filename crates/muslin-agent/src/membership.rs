@@ -15,6 +15,7 @@ use muslin_model::cluster::{
 use muslin_model::dataplane::{desired, Backend, Desired, Params, Path, Underlay, VxlanSettings};
 use muslin_model::encryption::Encryption;
 use muslin_model::health::{probe_budget, PeerPlan, Tracker};
+use muslin_model::record_news::{self, News};
 use muslin_model::underlay::{
     range_conflict, reconsider, usable_addresses, Candidate, Choice, Method,
 };
@@ -85,8 +86,12 @@ pub struct Cluster {
     interval: Duration,
     pod_cidr: ipnet::IpNet,
     masquerade: bool,
-    /// What peers see of us; re-published whenever it changes.
+    /// What we know of ourselves and our peers now: our own decisions
+    /// follow it.
     record: NodeRecord,
+    /// The record peers have, and when it went out: news that may wait
+    /// (see `record_news`) waits against it.
+    published: (NodeRecord, Instant),
     /// Only an address chosen by reachability moves when peers cannot
     /// reach it; one the operator pinned stays, with a warning.
     movable: bool,
@@ -520,6 +525,7 @@ pub async fn join(
     Ok(Some(Cluster {
         me: me.to_string(),
         store,
+        published: (record.clone(), Instant::now()),
         record,
         movable,
         host: facts,
@@ -603,7 +609,7 @@ impl Cluster {
             .await
             .map_err(|e| CniError::new(ErrorCode::Internal, e))?;
         self.record.wireguard = Some(wg.end());
-        self.store.publish_record(&self.record).await;
+        self.publish().await;
         Ok(key)
     }
 
@@ -950,7 +956,13 @@ impl Cluster {
         // Gossip keeps its first advertised address: peers send to one of
         // ours that answers instead (see `redirect_gossip`), and nothing of
         // the view is lost, as restarting gossip under a new address would.
+        self.publish().await;
+    }
+
+    /// Sends our record as it is now to the store.
+    async fn publish(&mut self) {
         self.store.publish_record(&self.record).await;
+        self.published = (self.record.clone(), Instant::now());
     }
 
     /// Tells the prober whom to probe: every peer in the view at each of
@@ -1050,10 +1062,23 @@ impl Cluster {
         rec.reserved = self.host.reserved.clone();
         rec.addresses = self.host.usable(self.underlay.address);
         rec.relays = self.relays.clone();
-        if rec != self.record {
-            tracing::debug!(reach = ?rec.reach, "record changed");
-            self.store.publish_record(&rec).await;
-            self.record = rec;
+        self.record = rec;
+        let advertised = |peer: &str| {
+            plan.peers
+                .iter()
+                .find(|p| p.name == peer)
+                .and_then(|p| p.addresses.first().copied())
+        };
+        let due = match record_news::news(&self.published.0, &self.record, advertised) {
+            News::None => false,
+            News::Urgent => true,
+            News::Routine => {
+                now.duration_since(self.published.1) >= record_news::gap(plan.peers.len())
+            }
+        };
+        if due {
+            tracing::debug!(reach = ?self.record.reach, "record changed");
+            self.publish().await;
         }
     }
 

@@ -18,6 +18,7 @@ pub mod network;
 pub mod object;
 pub mod plumbing;
 pub mod policy;
+pub mod record_news;
 pub mod relay;
 pub mod settings;
 pub mod underlay;
