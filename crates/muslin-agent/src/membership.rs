@@ -17,7 +17,7 @@ use muslin_model::encryption::Encryption;
 use muslin_model::health::{probe_budget, PeerPlan, Tracker};
 use muslin_model::record_news::{self, News};
 use muslin_model::underlay::{
-    range_conflict, reconsider, usable_addresses, Candidate, Choice, Method,
+    move_wait, range_conflict, reconsider, usable_addresses, Candidate, Choice, Method,
 };
 use muslin_model::DEFAULT_NETWORK;
 use muslin_plan::data_plane;
@@ -103,6 +103,8 @@ pub struct Cluster {
     _responder: Option<tokio::task::JoinHandle<()>>,
     /// Why the address would move if the operator had not pinned it.
     pinned_hint: Option<String>,
+    /// The address peers' reports would move us to, and since when.
+    moving: Option<(IpAddr, Instant)>,
     state_dir: std::path::PathBuf,
     kept_basis: crate::underlay_state::Kept,
     /// Peers seen, kept until their TTL passes since last seen.
@@ -535,6 +537,7 @@ pub async fn join(
         _prober: Some(prober),
         _responder: responder,
         pinned_hint: None,
+        moving: None,
         state_dir: config.state_dir.clone(),
         kept_basis: basis,
         memory: crate::remembered_state::Memory::load(&config.state_dir, me),
@@ -906,8 +909,23 @@ impl Cluster {
         let old = self.underlay.address;
         let Some(new) = reconsider(old, &self.record.addresses, &lists) else {
             self.pinned_hint = None;
+            self.moving = None;
             return;
         };
+        // A peer reaching only another address of ours says so at once, one
+        // reaching the advertised address (which vetoes the move) only
+        // after its record's gap: the move waits until all had their say.
+        let since = match self.moving {
+            Some((to, since)) if to == new => since,
+            _ => {
+                self.moving = Some((new, Instant::now()));
+                return;
+            }
+        };
+        if since.elapsed() < move_wait(view.nodes.len(), self.interval) {
+            return;
+        }
+        self.moving = None;
         let who: Vec<&str> = reports
             .iter()
             .filter(|(_, r)| r.contains(&new))

@@ -9,12 +9,14 @@
 //! and of the decoding of a cold start.
 //!
 //! Good news about a peer judged for the first time (it answers at its
-//! advertised address; its data path works) changes nothing a reader
-//! does: a peer nobody has judged yet is already taken to be reachable
-//! directly. It waits for [`gap`] since the last publish. Everything else
-//! goes out at once: a path or address that stopped answering, a peer
-//! judged failing or reached only at another address, relays, addresses,
-//! keys.
+//! advertised address; its data path works) waits for [`gap`] since the
+//! last publish. Readers go on as if that peer were not judged yet: its
+//! traffic flows directly all the same, and what waits is only that the
+//! peer counts as a relay for it and as a witness against moving its
+//! address (`underlay::move_wait` makes a move wait for such reports).
+//! Everything else goes out at once: a path or address that stopped
+//! answering, a peer judged failing or reached only at another address,
+//! relays, addresses, keys.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -187,57 +189,66 @@ mod tests {
         let mut old = rec();
         old.reach.insert("h2".into(), vec![ip("10.0.0.2")]);
         old.health.insert("h2".into(), health(true));
-        let urgent = |f: &dyn Fn(&mut NodeRecord)| {
+        let after = |f: &dyn Fn(&mut NodeRecord)| {
             let mut new = old.clone();
             new.reach.insert("h3".into(), vec![ip("10.0.0.3")]);
             f(&mut new);
             news(&old, &new, adv)
         };
-        assert_eq!(urgent(&|_| {}), News::Routine, "the baseline");
+        assert_eq!(after(&|_| {}), News::Routine, "the baseline");
         // A path that stopped working, or an address that stopped answering.
         assert_eq!(
-            urgent(&|r| r.health.get_mut("h2").unwrap().ok = false),
+            after(&|r| r.health.get_mut("h2").unwrap().ok = false),
             News::Urgent
         );
         assert_eq!(
-            urgent(&|r| r.reach.get_mut("h2").unwrap().clear()),
+            after(&|r| r.reach.get_mut("h2").unwrap().clear()),
             News::Urgent
         );
         // Peers that left.
-        assert_eq!(urgent(&|r| drop(r.reach.remove("h2"))), News::Urgent);
-        assert_eq!(urgent(&|r| drop(r.health.remove("h2"))), News::Urgent);
+        assert_eq!(after(&|r| drop(r.reach.remove("h2"))), News::Urgent);
+        assert_eq!(after(&|r| drop(r.health.remove("h2"))), News::Urgent);
         // A peer judged failing from the first: its far end needs to know.
         assert_eq!(
-            urgent(&|r| drop(r.health.insert("h3".into(), health(false)))),
+            after(&|r| drop(r.health.insert("h3".into(), health(false)))),
             News::Urgent
         );
         // A peer reached only at another address than it advertises, or
         // at none: it may have to move.
         assert_eq!(
-            urgent(&|r| drop(r.reach.insert("h3".into(), vec![ip("10.1.0.3")]))),
+            after(&|r| drop(r.reach.insert("h3".into(), vec![ip("10.1.0.3")]))),
             News::Urgent
         );
         assert_eq!(
-            urgent(&|r| drop(r.reach.insert("h3".into(), vec![]))),
+            after(&|r| drop(r.reach.insert("h3".into(), vec![]))),
             News::Urgent
         );
         // A peer nobody advertised (no plan for it yet) is not good news.
         assert_eq!(
-            urgent(&|r| drop(r.reach.insert("h9".into(), vec![ip("10.0.0.9")]))),
+            after(&|r| drop(r.reach.insert("h9".into(), vec![ip("10.0.0.9")]))),
             News::Urgent
         );
         // Everything of the node itself.
         assert_eq!(
-            urgent(&|r| drop(r.relays.insert("h3".into(), "h2".into()))),
+            after(&|r| drop(r.relays.insert("h3".into(), "h2".into()))),
             News::Urgent
         );
-        assert_eq!(urgent(&|r| r.addresses.push(ip("10.1.0.1"))), News::Urgent);
+        assert_eq!(after(&|r| r.addresses.push(ip("10.1.0.1"))), News::Urgent);
         assert_eq!(
-            urgent(&|r| r.reserved.push("10.9.0.0/16".parse().unwrap())),
+            after(&|r| r.reserved.push("10.9.0.0/16".parse().unwrap())),
             News::Urgent
         );
-        assert_eq!(urgent(&|r| r.address = ip("10.1.0.1")), News::Urgent);
-        assert_eq!(urgent(&|r| r.mtu = 1400), News::Urgent);
+        assert_eq!(after(&|r| r.address = ip("10.1.0.1")), News::Urgent);
+        assert_eq!(after(&|r| r.mtu = 1400), News::Urgent);
+        // A peer judged before whose entry changes, even for the better.
+        assert_eq!(
+            after(&|r| r.health.get_mut("h2").unwrap().path_mtu = Some(1450)),
+            News::Urgent
+        );
+        assert_eq!(
+            after(&|r| r.reach.get_mut("h2").unwrap().push(ip("10.1.0.2"))),
+            News::Urgent
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::time::Duration;
 
 use ipnet::IpNet;
 use regex::Regex;
@@ -341,6 +342,16 @@ pub fn reconsider(advertised: IpAddr, mine: &[IpAddr], reports: &[Vec<IpAddr>]) 
         .map(|(_, a)| a)
 }
 
+/// How long [`reconsider`] must keep proposing one address before the
+/// node moves to it: a peer newly reached at the advertised address
+/// reports it only after its record's gap (`record_news::gap`), and the
+/// report then spreads for a few rounds, while a peer reaching only
+/// another address reports at once. Without the wait the first reports
+/// would move a node that most peers reach where it is.
+pub fn move_wait(peers: usize, round: Duration) -> Duration {
+    crate::record_news::gap(peers) + round * 5
+}
+
 /// Why `range` (the pod network or a fixed block) cannot be used on this
 /// host: it overlaps an address or connected subnet of an interface that
 /// is not Muslin's own. Pods would shadow the host's own neighbours.
@@ -448,6 +459,24 @@ mod tests {
             "".parse::<Method>().unwrap(),
             Method::Reachability
         ));
+    }
+
+    #[test]
+    fn a_move_waits_for_the_reports_that_are_paced() {
+        let round = Duration::from_millis(100);
+        // Longer than the slowest peer's gap, and some rounds to spread.
+        for peers in [2, 20, 100, 1000] {
+            let w = move_wait(peers, round);
+            assert!(
+                w > crate::record_news::gap(peers) + round * 2,
+                "{peers}: {w:?}"
+            );
+        }
+        assert_eq!(move_wait(3, round), Duration::from_millis(650));
+        assert_eq!(
+            move_wait(100, Duration::from_secs(1)),
+            Duration::from_secs(10)
+        );
     }
 
     #[test]
