@@ -24,8 +24,9 @@ use std::time::Duration;
 
 use crate::cluster::NodeRecord;
 
-/// How a freshly computed record differs from the one peers have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a freshly computed record differs from the one peers have, in
+/// rising order of urgency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum News {
     /// Nothing to publish.
     None,
@@ -82,23 +83,6 @@ fn judged<V: PartialEq>(
         out = News::Routine;
     }
     out
-}
-
-impl PartialOrd for News {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for News {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        let rank = |n: &News| match n {
-            News::None => 0,
-            News::Routine => 1,
-            News::Urgent => 2,
-        };
-        rank(self).cmp(&rank(other))
-    }
 }
 
 /// Whether the two records agree on everything but what they say of each
