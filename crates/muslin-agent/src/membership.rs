@@ -98,7 +98,7 @@ pub struct Cluster {
     host: HostFacts,
     gossip_port: u16,
     tracker: Arc<Mutex<Tracker>>,
-    plan: watch::Sender<Plan>,
+    plan: watch::Sender<Arc<Plan>>,
     _prober: Option<tokio::task::JoinHandle<()>>,
     _responder: Option<tokio::task::JoinHandle<()>>,
     /// Why the address would move if the operator had not pinned it.
@@ -521,7 +521,7 @@ pub async fn join(
         None
     };
     let tracker = Arc::new(Mutex::new(Tracker::with_budget(probe_budget(interval))));
-    let (plan, plan_rx) = watch::channel(Plan::default());
+    let (plan, plan_rx) = watch::channel(Arc::new(Plan::default()));
     let prober = crate::prober::spawn(probes(), config.gossip_port, plan_rx, tracker.clone())
         .map_err(|e| AgentError::Join(format!("opening the probe socket: {e}")))?;
     Ok(Some(Cluster {
@@ -987,27 +987,35 @@ impl Cluster {
     /// its addresses, and at its VTEP address when a data path to it
     /// exists. Peers gossip calls dead too: gossip to them may only need
     /// another of their addresses (see `redirect_gossip`).
-    fn plan_probes(&self, view: &ClusterView, d: &Desired) -> Plan {
+    fn plan_probes(&self, view: &ClusterView, d: &Desired) -> Arc<Plan> {
+        // Each owner's first block, and the routed destinations, found
+        // once: lookups per peer in every block and route would cost the
+        // square of the cluster every round.
+        let mut first_block: std::collections::HashMap<&str, ipnet::IpNet> =
+            std::collections::HashMap::new();
         let owners = view.block_owners();
+        for (b, o) in &owners {
+            first_block.entry(o.as_str()).or_insert(*b);
+        }
+        let routed: std::collections::HashSet<ipnet::IpNet> =
+            d.routes.iter().map(|r| r.dst).collect();
         let peers = view
             .nodes
             .iter()
             .filter(|(n, _)| **n != self.me)
             .filter_map(|(n, p)| {
                 let rec = p.record.as_ref()?;
-                let first = owners.iter().find(|(_, o)| *o == n).map(|(b, _)| *b);
+                let first = first_block.get(n.as_str()).copied();
                 let data = match (d.paths.get(n), first) {
                     (Some(path @ (Path::Routed | Path::Vxlan | Path::Wireguard)), Some(b))
-                        if d.routes.iter().any(|r| r.dst == b) =>
+                        if routed.contains(&b) =>
                     {
                         Some((b.network(), path.clone()))
                     }
                     // Relayed: the direct path is still probed, over its
                     // route to the peer's VTEP address alone.
                     (Some(Path::Relay(r)), Some(b))
-                        if d.routes
-                            .iter()
-                            .any(|x| x.dst == ipnet::IpNet::from(b.network())) =>
+                        if routed.contains(&ipnet::IpNet::from(b.network())) =>
                     {
                         Some((b.network(), (*r.direct).clone()))
                     }
@@ -1025,10 +1033,11 @@ impl Cluster {
                 })
             })
             .collect();
-        let plan = Plan {
+        // Shared with the prober, which reads it every tick.
+        let plan = Arc::new(Plan {
             peers,
             local_mtu: self.underlay.mtu,
-        };
+        });
         self.plan.send_replace(plan.clone());
         plan
     }

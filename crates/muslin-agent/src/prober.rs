@@ -34,7 +34,7 @@ pub struct Plan {
 pub fn spawn(
     wire: ProbeWire,
     port: u16,
-    plan: watch::Receiver<Plan>,
+    plan: watch::Receiver<Arc<Plan>>,
     tracker: Arc<Mutex<Tracker>>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let std = std::net::UdpSocket::bind("0.0.0.0:0")?;
@@ -69,7 +69,7 @@ async fn run(
     sock: UdpSocket,
     wire: ProbeWire,
     port: u16,
-    plan: watch::Receiver<Plan>,
+    plan: watch::Receiver<Arc<Plan>>,
     tracker: Arc<Mutex<Tracker>>,
 ) {
     let mut pending: HashMap<u64, (String, Purpose, Instant)> = HashMap::new();
@@ -84,7 +84,7 @@ async fn run(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let p = plan.borrow().clone();
+                let p = Arc::clone(&plan.borrow());
                 let now = Instant::now();
                 let due = tracker
                     .lock()

@@ -238,13 +238,15 @@ fn routable(b: &IpNet, pod_cidr: &IpNet, local: &Underlay) -> bool {
 pub fn desired(view: &ClusterView, p: &Params) -> Desired {
     let (me, local, pod_cidr) = (p.me, p.local, p.pod_cidr);
     let owners = view.block_owners();
-    let blocks_of = |n: &str| -> Vec<IpNet> {
-        owners
-            .iter()
-            .filter(|(b, o)| o.as_str() == n && (n == me || routable(b, &pod_cidr, local)))
-            .map(|(b, _)| *b)
-            .collect()
-    };
+    // Grouped once: a scan of every block per peer would cost the square
+    // of the cluster every round.
+    let mut by_owner: BTreeMap<&str, Vec<IpNet>> = BTreeMap::new();
+    for (b, o) in &owners {
+        if o == me || routable(b, &pod_cidr, local) {
+            by_owner.entry(o.as_str()).or_default().push(*b);
+        }
+    }
+    let blocks_of = |n: &str| -> Vec<IpNet> { by_owner.get(n).cloned().unwrap_or_default() };
     let shared: BTreeMap<IpAddr, Vec<String>> = view.duplicate_addresses().into_iter().collect();
     let mut d = Desired::default();
     let mine = blocks_of(me);

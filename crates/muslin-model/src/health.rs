@@ -262,7 +262,9 @@ impl Tracker {
         round: u64,
         now: Instant,
     ) -> Vec<(String, IpAddr, Purpose)> {
-        self.peers.retain(|n, _| plan.iter().any(|p| p.name == *n));
+        let planned: std::collections::HashSet<&str> =
+            plan.iter().map(|p| p.name.as_str()).collect();
+        self.peers.retain(|n, _| planned.contains(n.as_str()));
         // Paced by the peers with a data path to probe.
         let want = pace(
             plan.iter().filter(|p| p.data.is_some()).count(),
@@ -289,7 +291,14 @@ impl Tracker {
         let data_lately_within = window(SLOW).max(self.data_down(now));
         let mut out = Vec::new();
         for (i, p) in plan.iter().enumerate() {
-            let st = self.peers.entry(p.name.clone()).or_default();
+            // Looked up before inserting: a key is allocated only for a
+            // new peer, not for every peer every tick.
+            if !self.peers.contains_key(&p.name) {
+                self.peers.insert(p.name.clone(), PeerState::default());
+            }
+            let Some(st) = self.peers.get_mut(&p.name) else {
+                continue;
+            };
             // Ticks of this peer, spread so that peers' rounds interleave.
             let turn = round + i as u64;
             st.first_probe.get_or_insert(now);

@@ -123,7 +123,7 @@ impl Shared {
             self.up.remove(&m)
         };
         if changed {
-            let n = self.alive.entry(m.name.clone()).or_default();
+            let n = self.alive.entry(m.name.to_string()).or_default();
             if up {
                 *n += 1;
             } else {
@@ -171,7 +171,7 @@ impl Engine {
         }));
         let (tx, rx) = mpsc::unbounded_channel();
         let me = Member {
-            name: cfg.name.clone(),
+            name: cfg.name.as_str().into(),
             generation: cfg.generation,
             bump: 0,
             addr: cfg.advertise,
@@ -403,12 +403,12 @@ impl Driver {
     fn readdress(&mut self, from: SocketAddr, packet: &[u8]) -> Option<Vec<u8>> {
         let (mut h, rest) = postcard::take_from_bytes::<foca::Header<Member>>(packet).ok()?;
         if h.src.addr == from {
-            self.paths.remove(&h.src.name);
-        } else if self.paths.get(&h.src.name) != Some(&from) {
+            self.paths.remove(&*h.src.name);
+        } else if self.paths.get(&*h.src.name) != Some(&from) {
             if self.paths.len() >= MAX_PATHS {
                 self.paths.clear();
             }
-            self.paths.insert(h.src.name.clone(), from);
+            self.paths.insert(h.src.name.to_string(), from);
         }
         if !h.dst.name.is_empty() || h.message != foca::Message::Announce {
             return None;
@@ -421,7 +421,7 @@ impl Driver {
 
     /// Where to send what is meant for a member.
     fn path(&self, to: &Member) -> SocketAddr {
-        self.paths.get(&to.name).copied().unwrap_or(to.addr)
+        self.paths.get(&*to.name).copied().unwrap_or(to.addr)
     }
 
     fn send_sync(&mut self, to: SocketAddr, m: &Sync) {
@@ -498,7 +498,7 @@ impl Driver {
                 continue;
             }
             let unknown = Member {
-                name: String::new(),
+                name: "".into(),
                 generation: 0,
                 bump: 0,
                 addr: seed,

@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 /// agent restarts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Member {
-    pub name: String,
+    /// Shared: the membership protocol asks a member for its name (its
+    /// `Addr`) in most of what it does, and a copy must not allocate.
+    pub name: std::sync::Arc<str>,
     pub generation: u64,
     pub bump: u32,
     pub addr: SocketAddr,
@@ -32,7 +34,7 @@ pub struct Member {
 /// pinning every host to a shared 10.0.2.15 is the classic mistake), and
 /// must still be two members, for the mistake to be seen and named.
 impl foca::Identity for Member {
-    type Addr = String;
+    type Addr = std::sync::Arc<str>;
 
     fn renew(&self) -> Option<Self> {
         Some(Member {
@@ -41,7 +43,7 @@ impl foca::Identity for Member {
         })
     }
 
-    fn addr(&self) -> String {
+    fn addr(&self) -> std::sync::Arc<str> {
         self.name.clone()
     }
 
