@@ -296,9 +296,7 @@ impl Tracker {
             if !self.peers.contains_key(&p.name) {
                 self.peers.insert(p.name.clone(), PeerState::default());
             }
-            let Some(st) = self.peers.get_mut(&p.name) else {
-                continue;
-            };
+            let st = self.peers.get_mut(&p.name).expect("inserted above");
             // Ticks of this peer, spread so that peers' rounds interleave.
             let turn = round + i as u64;
             st.first_probe.get_or_insert(now);

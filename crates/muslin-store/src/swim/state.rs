@@ -23,7 +23,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Member {
     /// Shared: the membership protocol asks a member for its name (its
-    /// `Addr`) in most of what it does, and a copy must not allocate.
+    /// `Addr`) in most of what it does, and a copy must not allocate. A
+    /// member read off the wire pays for it (a string, then the shared
+    /// copy): once per datagram, against many copies per round.
     pub name: std::sync::Arc<str>,
     pub generation: u64,
     pub bump: u32,
