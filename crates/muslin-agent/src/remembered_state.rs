@@ -364,6 +364,13 @@ fn fingerprints(peers: &Remembered, records: &mut Records) -> Fingerprints {
 mod tests {
     use super::*;
 
+    /// The peers the memory file in `dir` holds.
+    fn stored_in(dir: &Path) -> Remembered {
+        serde_json::from_slice::<Stored>(&std::fs::read(dir.join(FILE)).unwrap())
+            .unwrap()
+            .peers
+    }
+
     fn routes_fingerprint(peers: &Remembered) -> u64 {
         fingerprints(peers, &mut Records::default()).routes
     }
@@ -433,11 +440,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("muslin-memory-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut m = Memory::load(&dir, "me");
-        let stored = || {
-            serde_json::from_slice::<Stored>(&std::fs::read(dir.join(FILE)).unwrap())
-                .unwrap()
-                .peers
-        };
+        let stored = || stored_in(&dir);
         // A hundred peers: the gap is at its longest.
         let others: Vec<(String, String)> = (3..=100)
             .map(|i| (format!("h{i}"), format!("10.1.{i}.0/24")))
@@ -504,11 +507,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("muslin-memory-eps-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut m = Memory::load(&dir, "me");
-        let stored = || {
-            serde_json::from_slice::<Stored>(&std::fs::read(dir.join(FILE)).unwrap())
-                .unwrap()
-                .peers
-        };
+        let stored = || stored_in(&dir);
         m.peers = memory_of(&[("h1", "10.0.1.0/24"), ("h2", "10.0.2.0/24")]);
         m.save_if_due();
         assert_eq!(stored(), m.peers);
@@ -585,11 +584,7 @@ mod tests {
         });
         m.peers = peers;
         m.save_if_due();
-        let stored = || {
-            serde_json::from_slice::<Stored>(&std::fs::read(dir.join(FILE)).unwrap())
-                .unwrap()
-                .peers
-        };
+        let stored = || stored_in(&dir);
         assert_eq!(stored(), m.peers);
         // A record changed where it lies (its cached JSON is not reused).
         let rec = m.peers.peers.get_mut("h1").unwrap().0.record_mut().unwrap();
