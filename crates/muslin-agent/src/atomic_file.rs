@@ -12,30 +12,51 @@ use std::path::Path;
 /// Two fsyncs can take tens of milliseconds: on the agent's runtime the
 /// calling worker hands its other tasks to another thread meanwhile.
 pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_with(path, |w| w.write_all(bytes))
+}
+
+/// [`write`] of what `fill` writes, streamed to the file: a large state
+/// needs no buffer of its whole size.
+pub fn write_with(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current() {
         Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(|| write_now(path, bytes))
+            tokio::task::block_in_place(|| write_now_with(path, fill))
         }
-        _ => write_now(path, bytes),
+        _ => write_now_with(path, fill),
     }
 }
 
-/// [`write`] on the calling thread, whatever it is.
-pub fn write_now(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// [`write_with`] on the calling thread, whatever it is.
+pub fn write_now_with(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let mut name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other(format!("{path:?} names no file")))?
         .to_os_string();
     name.push(".tmp");
     let tmp = path.with_file_name(name);
-    let mut f = OpenOptions::new()
+    let f = OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
         .mode(0o600)
         .open(&tmp)?;
-    f.write_all(bytes)?;
+    let mut w = std::io::BufWriter::new(f);
+    let filled = fill(&mut w);
+    let f = match filled.and_then(|()| w.into_inner().map_err(|e| e.into_error())) {
+        Ok(f) => f,
+        Err(e) => {
+            // The old file stands; the half-written one goes.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
     let dir = match path.parent() {
@@ -66,6 +87,25 @@ mod tests {
         assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
         let mode = std::fs::metadata(&f).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_failed_fill_keeps_the_old_file_and_no_temporary() {
+        let d = std::env::temp_dir().join(format!("muslin-atomic-fill-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let f = d.join("state.json");
+        write(&f, b"old").unwrap();
+        let err = write_now_with(&f, |w| {
+            w.write_all(b"half")?;
+            Err(std::io::Error::other("cannot serialize"))
+        });
+        assert!(err.is_err());
+        assert_eq!(std::fs::read(&f).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1);
+        write_with(&f, |w| w.write_all(b"streamed")).unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"streamed");
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -238,7 +238,7 @@ impl Memory {
             || (now.routes != self.written && since.is_none_or(|d| d >= gap / ROUTES_SOONER))
             || (now.verdicts != self.verdicts && since.is_none_or(|d| d >= gap));
         if due {
-            self.write(now, crate::atomic_file::write);
+            self.write(now, false);
         }
     }
 
@@ -252,11 +252,11 @@ impl Memory {
         if now.routes != self.written || now.verdicts != self.verdicts {
             // At shutdown, on whatever thread drops the agent: no
             // hand-over of the runtime's worker.
-            self.write(now, crate::atomic_file::write_now);
+            self.write(now, true);
         }
     }
 
-    fn write(&mut self, now: Fingerprints, write: fn(&Path, &[u8]) -> std::io::Result<()>) {
+    fn write(&mut self, now: Fingerprints, on_this_thread: bool) {
         self.written = now.routes;
         self.verdicts = now.verdicts;
         self.saved = Some(Instant::now());
@@ -275,14 +275,19 @@ impl Memory {
                 (name.as_str(), (peer_ref(p, record), *seen))
             })
             .collect();
-        let res = write(
-            &self.file,
-            &serde_json::to_vec(&StoredRef {
-                node: &self.me,
-                peers: PeersRef { peers },
-            })
-            .expect("serializes"),
-        );
+        let stored = StoredRef {
+            node: &self.me,
+            peers: PeersRef { peers },
+        };
+        // Streamed: the whole memory (700 kB at 100 nodes) is never one
+        // buffer, which the allocator would keep between the writes.
+        let fill = |w: &mut dyn std::io::Write| {
+            serde_json::to_writer(w, &stored).map_err(std::io::Error::from)
+        };
+        let res = match on_this_thread {
+            true => crate::atomic_file::write_now_with(&self.file, fill),
+            false => crate::atomic_file::write_with(&self.file, fill),
+        };
         if let Err(e) = res {
             tracing::warn!(cause = %e, file = ?self.file, "could not keep the remembered peers");
         }
@@ -457,7 +462,7 @@ mod tests {
                 1500,
             );
             rec.health.insert(
-                "h2".into(),
+                "h2",
                 muslin_model::cluster::PathHealth {
                     ok,
                     cause: None,

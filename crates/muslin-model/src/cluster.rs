@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::object::{self, ObjectKey, ObjectRecord};
+use crate::peer_map::PeerMap;
 
 /// Gossip key of a node's record.
 pub const NODE_KEY: &str = "node";
@@ -250,12 +251,12 @@ pub struct NodeRecord {
     pub addresses: Vec<IpAddr>,
     /// For each peer, which of its addresses this node reached with an
     /// authenticated probe lately (see `underlay::reconsider`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub reach: BTreeMap<String, Vec<IpAddr>>,
+    #[serde(default, skip_serializing_if = "PeerMap::is_empty")]
+    pub reach: PeerMap<Vec<IpAddr>>,
     /// Health of the data path this node uses towards each peer, separate
     /// from gossip liveness.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub health: BTreeMap<String, PathHealth>,
+    #[serde(default, skip_serializing_if = "PeerMap::is_empty")]
+    pub health: PeerMap<PathHealth>,
     /// Ranges inside the pod network this node cannot use (its routes that
     /// Muslin does not own): no node leases a block overlapping them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -305,8 +306,8 @@ impl NodeRecord {
                 crate::relay::CAPABILITY.into(),
             ],
             addresses: vec![address],
-            reach: BTreeMap::new(),
-            health: BTreeMap::new(),
+            reach: PeerMap::new(),
+            health: PeerMap::new(),
             reserved: vec![],
             gossip_port: 0,
             gossip_address: Some(address),

@@ -181,7 +181,7 @@ pub struct Params<'a> {
     pub tunnel_always: bool,
     /// What this node's probes found of the data path to each peer just
     /// now; with the peers' reports in the view, it decides relays.
-    pub health: &'a BTreeMap<String, crate::cluster::PathHealth>,
+    pub health: &'a crate::peer_map::PeerMap<crate::cluster::PathHealth>,
     /// The relay each relayed peer went through until now (kept across
     /// restarts): it stays while no relay can be verified.
     pub relays: &'a BTreeMap<String, String>,
@@ -640,7 +640,10 @@ mod tests {
     }
 
     /// h1's plane under `auto`, with what its own probes found.
-    fn run_judged(v: &ClusterView, mine: &BTreeMap<String, crate::cluster::PathHealth>) -> Desired {
+    fn run_judged(
+        v: &ClusterView,
+        mine: &crate::peer_map::PeerMap<crate::cluster::PathHealth>,
+    ) -> Desired {
         desired(
             v,
             &Params {
@@ -686,7 +689,7 @@ mod tests {
                 table: MAIN_TABLE,
                 pod_table: Some(POD_TABLE),
                 tunnel_always: false,
-                health: &BTreeMap::new(),
+                health: &crate::peer_map::PeerMap::new(),
                 relays: &BTreeMap::new(),
                 encrypt: false,
                 wg_kind: "tun",
@@ -881,10 +884,10 @@ mod tests {
             ("h3", "h1", false),
         ] {
             let r = v.nodes.get_mut(a).unwrap().record_mut().unwrap();
-            r.health.insert(b.into(), ok(good));
+            r.health.insert(b, ok(good));
             r.capabilities = vec![crate::relay::CAPABILITY.into()];
         }
-        let mine: BTreeMap<String, crate::cluster::PathHealth> =
+        let mine: crate::peer_map::PeerMap<crate::cluster::PathHealth> =
             [("h2".to_string(), ok(true)), ("h3".to_string(), ok(false))].into();
         let d = run_judged(&v, &mine);
         match &d.paths["h3"] {
@@ -924,7 +927,7 @@ mod tests {
         assert!(d.stuck.is_empty());
         // h2 gone bad as well: no relay is left, the direct routes stay,
         // and why is said.
-        let mine: BTreeMap<String, crate::cluster::PathHealth> =
+        let mine: crate::peer_map::PeerMap<crate::cluster::PathHealth> =
             [("h2".to_string(), ok(false)), ("h3".to_string(), ok(false))].into();
         let d = run_judged(&v, &mine);
         assert_eq!(d.paths["h3"], Path::Vxlan);

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::PathHealth;
 use crate::dataplane::Path;
+use crate::peer_map::PeerMap;
 
 /// How often the prober wakes, and how often the data path is probed: a
 /// cut link is noticed within [`DATA_DOWN`] and half a tick.
@@ -430,7 +431,7 @@ impl Tracker {
 
     /// Addresses of each peer that answered lately, for peers probed long
     /// enough to judge (a fresh peer reports nothing rather than "none").
-    pub fn reach(&self, now: Instant) -> BTreeMap<String, Vec<IpAddr>> {
+    pub fn reach(&self, now: Instant) -> PeerMap<Vec<IpAddr>> {
         self.peers
             .iter()
             // Judged after a window: by then the advertised address has
@@ -481,13 +482,8 @@ impl Tracker {
 
     /// Health of the data path to each planned peer, once it has been
     /// probed for a full window; the cause names what still works.
-    pub fn health(
-        &self,
-        plan: &[PeerPlan],
-        vxlan_port: u16,
-        now: Instant,
-    ) -> BTreeMap<String, PathHealth> {
-        let mut out = BTreeMap::new();
+    pub fn health(&self, plan: &[PeerPlan], vxlan_port: u16, now: Instant) -> PeerMap<PathHealth> {
+        let mut out = PeerMap::new();
         let (data_down, hold) = (self.data_down(now), self.hold(now));
         for p in plan {
             let (Some(st), Some((vtep, path)), Some(adv)) =
@@ -544,7 +540,7 @@ impl Tracker {
                 (_, false) => format!("{adv} does not answer on the underlay either"),
             });
             out.insert(
-                p.name.clone(),
+                &p.name,
                 PathHealth {
                     ok,
                     cause,

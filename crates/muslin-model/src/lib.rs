@@ -16,6 +16,7 @@ pub mod ipam;
 pub mod naming;
 pub mod network;
 pub mod object;
+pub mod peer_map;
 pub mod plumbing;
 pub mod policy;
 pub mod record_news;

@@ -18,11 +18,11 @@
 //! answering, a peer judged failing or reached only at another address,
 //! relays, addresses, keys.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::cluster::NodeRecord;
+use crate::peer_map::PeerMap;
 
 /// How a freshly computed record differs from the one peers have, in
 /// rising order of urgency.
@@ -68,15 +68,15 @@ pub fn news(
 /// How one per-peer map changed: a changed or dropped entry is urgent, a
 /// new one routine when `good` says so.
 fn judged<V: PartialEq>(
-    old: &BTreeMap<String, V>,
-    new: &BTreeMap<String, V>,
+    old: &PeerMap<V>,
+    new: &PeerMap<V>,
     good: impl Fn(&str, &V) -> bool,
 ) -> News {
     if old.iter().any(|(k, v)| new.get(k) != Some(v)) {
         return News::Urgent;
     }
     let mut out = News::None;
-    for (k, v) in new.iter().filter(|(k, _)| !old.contains_key(*k)) {
+    for (k, v) in new.iter().filter(|(k, _)| !old.contains_key(k)) {
         if !good(k, v) {
             return News::Urgent;
         }
@@ -158,24 +158,23 @@ mod tests {
         let old = rec();
         assert_eq!(news(&old, &old.clone(), adv), News::None);
         let mut new = old.clone();
-        new.reach.insert("h2".into(), vec![ip("10.0.0.2")]);
+        new.reach.insert("h2", vec![ip("10.0.0.2")]);
         assert_eq!(news(&old, &new, adv), News::Routine);
-        new.health.insert("h2".into(), health(true));
+        new.health.insert("h2", health(true));
         assert_eq!(news(&old, &new, adv), News::Routine);
         // A peer with two addresses answering at both is good news too.
-        new.reach
-            .insert("h3".into(), vec![ip("10.0.0.3"), ip("10.1.0.3")]);
+        new.reach.insert("h3", vec![ip("10.0.0.3"), ip("10.1.0.3")]);
         assert_eq!(news(&old, &new, adv), News::Routine);
     }
 
     #[test]
     fn bad_news_and_news_of_ourselves_are_urgent() {
         let mut old = rec();
-        old.reach.insert("h2".into(), vec![ip("10.0.0.2")]);
-        old.health.insert("h2".into(), health(true));
+        old.reach.insert("h2", vec![ip("10.0.0.2")]);
+        old.health.insert("h2", health(true));
         let after = |f: &dyn Fn(&mut NodeRecord)| {
             let mut new = old.clone();
-            new.reach.insert("h3".into(), vec![ip("10.0.0.3")]);
+            new.reach.insert("h3", vec![ip("10.0.0.3")]);
             f(&mut new);
             news(&old, &new, adv)
         };
@@ -194,22 +193,19 @@ mod tests {
         assert_eq!(after(&|r| drop(r.health.remove("h2"))), News::Urgent);
         // A peer judged failing from the first: its far end needs to know.
         assert_eq!(
-            after(&|r| drop(r.health.insert("h3".into(), health(false)))),
+            after(&|r| drop(r.health.insert("h3", health(false)))),
             News::Urgent
         );
         // A peer reached only at another address than it advertises, or
         // at none: it may have to move.
         assert_eq!(
-            after(&|r| drop(r.reach.insert("h3".into(), vec![ip("10.1.0.3")]))),
+            after(&|r| drop(r.reach.insert("h3", vec![ip("10.1.0.3")]))),
             News::Urgent
         );
-        assert_eq!(
-            after(&|r| drop(r.reach.insert("h3".into(), vec![]))),
-            News::Urgent
-        );
+        assert_eq!(after(&|r| drop(r.reach.insert("h3", vec![]))), News::Urgent);
         // A peer nobody advertised (no plan for it yet) is not good news.
         assert_eq!(
-            after(&|r| drop(r.reach.insert("h9".into(), vec![ip("10.0.0.9")]))),
+            after(&|r| drop(r.reach.insert("h9", vec![ip("10.0.0.9")]))),
             News::Urgent
         );
         // Everything of the node itself.

@@ -13,10 +13,9 @@
 //! hysteresis lives in the reports (`health::HOLD`): a path that failed is
 //! reported working only after answering for a while.
 
-use std::collections::BTreeMap;
-
 use crate::cluster::{ClusterView, NodeRecord, PathHealth};
 use crate::dataplane::Backend;
+use crate::peer_map::PeerMap;
 
 /// Capability a node advertises when it forwards relayed traffic: nodes
 /// of older versions are never chosen.
@@ -77,7 +76,7 @@ pub struct Graph<'a> {
     me: &'a str,
     /// What this node's own probes found just now: fresher than its
     /// record in the view.
-    mine: &'a BTreeMap<String, PathHealth>,
+    mine: &'a PeerMap<PathHealth>,
     backend: Backend,
 }
 
@@ -85,7 +84,7 @@ impl<'a> Graph<'a> {
     pub fn new(
         view: &'a ClusterView,
         me: &'a str,
-        mine: &'a BTreeMap<String, PathHealth>,
+        mine: &'a PeerMap<PathHealth>,
         backend: Backend,
     ) -> Self {
         Graph {
@@ -319,7 +318,7 @@ impl<'a> Graph<'a> {
         let peers: Vec<&String> = self.view.nodes.keys().filter(|x| *x != n).collect();
         let reaches_out = peers
             .iter()
-            .any(|x| rec.reach.get(*x).is_some_and(|r| !r.is_empty()));
+            .any(|x| rec.reach.get(x).is_some_and(|r| !r.is_empty()));
         let reached = peers.iter().any(|x| {
             self.record(x)
                 .and_then(|r| r.reach.get(n))

@@ -44,7 +44,10 @@ fn view(clear: &[&str]) -> ClusterView {
     v
 }
 
-fn plane(v: &ClusterView, health: &BTreeMap<String, PathHealth>) -> crate::dataplane::Desired {
+fn plane(
+    v: &ClusterView,
+    health: &crate::peer_map::PeerMap<PathHealth>,
+) -> crate::dataplane::Desired {
     let local = Underlay {
         ifname: "eth1".into(),
         address: ip("192.168.10.11"),
@@ -91,7 +94,7 @@ fn keys_are_checked_as_base64_of_32_bytes() {
 
 #[test]
 fn every_peer_is_reached_through_the_tunnel_with_its_blocks_and_node_address() {
-    let d = plane(&view(&[]), &BTreeMap::new());
+    let d = plane(&view(&[]), &crate::peer_map::PeerMap::new());
     assert!(d.vxlan.is_none(), "no VXLAN device when encrypting");
     let w = d.wireguard.as_ref().unwrap();
     assert_eq!(w.mtu, 1440);
@@ -125,7 +128,7 @@ fn every_peer_is_reached_through_the_tunnel_with_its_blocks_and_node_address() {
 
 #[test]
 fn a_peer_that_does_not_encrypt_gets_no_route_and_is_told_why() {
-    let d = plane(&view(&["h3"]), &BTreeMap::new());
+    let d = plane(&view(&["h3"]), &crate::peer_map::PeerMap::new());
     match &d.paths["h3"] {
         Path::Unreachable(why) => assert!(why.contains("does not encrypt"), "{why}"),
         o => panic!("{o:?}"),
@@ -137,7 +140,7 @@ fn a_peer_that_does_not_encrypt_gets_no_route_and_is_told_why() {
     let mut v = view(&[]);
     let r = v.nodes.get_mut("h2").unwrap().record_mut().unwrap();
     r.wireguard.as_mut().unwrap().public_key = "not a key".into();
-    let d = plane(&v, &BTreeMap::new());
+    let d = plane(&v, &crate::peer_map::PeerMap::new());
     assert!(matches!(&d.paths["h2"], Path::Unreachable(w) if w.contains("malformed")));
 }
 
@@ -157,14 +160,14 @@ fn a_relayed_peer_is_carried_by_the_relay_and_keeps_its_probe_address() {
     };
     let set = |v: &mut ClusterView, n: &str, peer: &str, h: &PathHealth| {
         let r = v.nodes.get_mut(n).unwrap().record_mut().unwrap();
-        r.health.insert(peer.into(), h.clone());
+        r.health.insert(peer, h.clone());
         r.capabilities.push(crate::relay::CAPABILITY.into());
     };
     set(&mut v, "h3", "h1", &bad);
     set(&mut v, "h3", "h2", &good);
     set(&mut v, "h2", "h1", &good);
     set(&mut v, "h2", "h3", &good);
-    let mine: BTreeMap<String, PathHealth> =
+    let mine: crate::peer_map::PeerMap<PathHealth> =
         [("h3".to_string(), bad), ("h2".to_string(), good)].into();
     let d = plane(&v, &mine);
     assert!(
@@ -221,7 +224,7 @@ fn nodes_sharing_a_key_are_refused_with_the_twin_named() {
     let mut v = view(&[]);
     let r = v.nodes.get_mut("h3").unwrap().record_mut().unwrap();
     r.wireguard.as_mut().unwrap().public_key = K1.into();
-    let d = plane(&v, &BTreeMap::new());
+    let d = plane(&v, &crate::peer_map::PeerMap::new());
     match &d.paths["h3"] {
         Path::Unreachable(why) => assert!(why.contains("h1 (ours)"), "{why}"),
         o => panic!("{o:?}"),

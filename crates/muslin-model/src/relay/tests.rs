@@ -24,7 +24,7 @@ fn ring(links: &[(&str, &str)], cut: &[(&str, &str)]) -> ClusterView {
             path_mtu: None,
         };
         let rec = v.nodes.get_mut(a).unwrap().record_mut().unwrap();
-        rec.health.insert(b.into(), h);
+        rec.health.insert(b, h);
     };
     for (a, b) in links {
         set(&mut v, a, b, true);
@@ -84,7 +84,7 @@ fn one_end_reporting_failure_is_enough_and_its_report_is_named() {
     let mut v = ring(RING, &[]);
     let h3 = v.nodes.get_mut("h3").unwrap().record_mut().unwrap();
     h3.health.insert(
-        "h1".into(),
+        "h1",
         PathHealth {
             ok: false,
             cause: Some("UDP 4789 unanswered".into()),
@@ -125,7 +125,7 @@ fn our_fresh_judgement_wins_over_what_we_published() {
     let v = ring(RING, &[]);
     let mut mine = v.nodes["h1"].record.as_ref().unwrap().health.clone();
     mine.insert(
-        "h3".into(),
+        "h3",
         PathHealth {
             ok: false,
             cause: Some("cut".into()),
@@ -159,7 +159,7 @@ fn relay_choice_prefers_routed_hops_and_keeps_the_relay_in_use() {
                 .unwrap()
                 .health
                 .insert(
-                    y.into(),
+                    y,
                     PathHealth {
                         ok,
                         cause: None,
@@ -187,9 +187,9 @@ fn a_node_only_reaching_out_is_named_behind_a_nat() {
     // Nobody reaches h3; h3 reaches everyone; every data path to h3 fails.
     for n in ["h1", "h2", "h4"] {
         let r = v.nodes.get_mut(n).unwrap().record_mut().unwrap();
-        r.reach.insert("h3".into(), vec![]);
+        r.reach.insert("h3", vec![]);
         r.health.insert(
-            "h3".into(),
+            "h3",
             PathHealth {
                 ok: false,
                 cause: Some("192.168.77.13 does not answer on the underlay either".into()),
@@ -198,7 +198,7 @@ fn a_node_only_reaching_out_is_named_behind_a_nat() {
         );
         let addr = r.address;
         let h3 = v.nodes.get_mut("h3").unwrap().record_mut().unwrap();
-        h3.reach.insert(n.into(), vec![addr]);
+        h3.reach.insert(n, vec![addr]);
     }
     match route(&v, "h1", "h3") {
         Route::Stuck(why) => {
@@ -223,7 +223,7 @@ fn the_relay_in_use_is_kept_while_nothing_can_be_verified() {
     for n in ["h1", "h3"] {
         let r = v.nodes.get_mut(n).unwrap().record_mut().unwrap();
         r.health.insert(
-            "h2".into(),
+            "h2",
             PathHealth {
                 ok: false,
                 cause: Some("no answer".into()),
@@ -256,7 +256,7 @@ fn the_relay_in_use_is_kept_while_nothing_can_be_verified() {
         .unwrap()
         .health
         .insert(
-            "h3".into(),
+            "h3",
             PathHealth {
                 ok: false,
                 cause: None,
@@ -270,7 +270,7 @@ fn the_relay_in_use_is_kept_while_nothing_can_be_verified() {
     far.nodes.get_mut("h4").unwrap().alive = true;
     let r4 = far.nodes.get_mut("h4").unwrap().record_mut().unwrap();
     r4.health.insert(
-        "h3".into(),
+        "h3",
         PathHealth {
             ok: true,
             cause: None,

@@ -98,7 +98,7 @@ pub fn desired(v: &ClusterView, backend: Backend) -> Desired {
             table: muslin_model::dataplane::MAIN_TABLE,
             pod_table: Some(muslin_model::dataplane::POD_TABLE),
             tunnel_always: false,
-            health: &BTreeMap::new(),
+            health: &muslin_model::peer_map::PeerMap::new(),
             relays: &BTreeMap::new(),
             encrypt: false,
             wg_kind: "tun",
