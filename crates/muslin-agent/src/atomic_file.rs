@@ -48,17 +48,16 @@ pub fn write_now_with(
         .mode(0o600)
         .open(&tmp)?;
     let mut w = std::io::BufWriter::new(f);
-    let filled = fill(&mut w);
-    let f = match filled.and_then(|()| w.into_inner().map_err(|e| e.into_error())) {
-        Ok(f) => f,
-        Err(e) => {
-            // The old file stands; the half-written one goes.
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-    };
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    let replaced = fill(&mut w)
+        .and_then(|()| w.flush())
+        .and_then(|()| w.into_inner().map_err(|e| e.into_error()))
+        .and_then(|f| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = replaced {
+        // The old file stands: no half-written one lies beside it.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),

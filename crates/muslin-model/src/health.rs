@@ -463,7 +463,7 @@ impl Tracker {
                     })
                     .map(|(a, _)| *a)
                     .collect();
-                (n.clone(), r)
+                (n.as_str(), r)
             })
             .collect()
     }
@@ -483,7 +483,7 @@ impl Tracker {
     /// Health of the data path to each planned peer, once it has been
     /// probed for a full window; the cause names what still works.
     pub fn health(&self, plan: &[PeerPlan], vxlan_port: u16, now: Instant) -> PeerMap<PathHealth> {
-        let mut out = PeerMap::new();
+        let mut out = PeerMap::with_capacity(plan.len());
         let (data_down, hold) = (self.data_down(now), self.hold(now));
         for p in plan {
             let (Some(st), Some((vtep, path)), Some(adv)) =

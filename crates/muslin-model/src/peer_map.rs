@@ -39,6 +39,12 @@ impl<V> PeerMap<V> {
         Self::default()
     }
 
+    pub fn with_capacity(n: usize) -> Self {
+        PeerMap {
+            entries: Vec::with_capacity(n),
+        }
+    }
+
     fn find(&self, name: &str) -> Result<usize, usize> {
         self.entries.binary_search_by(|(n, _)| (**n).cmp(name))
     }
@@ -115,6 +121,9 @@ impl<K: AsRef<str>, V> FromIterator<(K, V)> for PeerMap<V> {
             .map(|(k, v)| (intern(k.as_ref()), v))
             .collect();
         settle(&mut entries);
+        // Our own record keeps what it was built from: no slack from a
+        // filtered iterator's guess.
+        entries.shrink_to_fit();
         PeerMap { entries }
     }
 }
@@ -197,39 +206,39 @@ impl<'de> Deserialize<'de> for Interned {
 }
 
 /// The names in use, each once. A name no record holds any more is
-/// dropped when the set has doubled since it was last swept, so the set
-/// stays within twice the names alive (the cluster's nodes, and the
-/// departed ones still remembered).
+/// dropped when the set has doubled since its last sweep: the set holds at
+/// most twice the names alive at that sweep (the cluster's nodes and the
+/// departed ones still remembered), or 64, and a sweep costs one pass.
+/// After the cluster shrinks, dead names wait for that many new ones.
+#[derive(Default)]
 struct Names {
     set: HashSet<Arc<str>>,
     swept: usize,
 }
 
-static NAMES: OnceLock<Mutex<Names>> = OnceLock::new();
-
-fn names() -> std::sync::MutexGuard<'static, Names> {
-    let names = NAMES.get_or_init(|| {
-        Mutex::new(Names {
-            set: HashSet::new(),
-            swept: 0,
-        })
-    });
-    // A panic elsewhere while holding it left the set whole: use it.
-    names.lock().unwrap_or_else(|p| p.into_inner())
+impl Names {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(a) = self.set.get(name) {
+            return a.clone();
+        }
+        if self.set.len() >= (self.swept * 2).max(64) {
+            // Only the set holds it: no record can, and one that reads the
+            // name again needs this lock to get it.
+            self.set.retain(|a| Arc::strong_count(a) > 1);
+            self.set.shrink_to(self.set.len() * 2);
+            self.swept = self.set.len();
+        }
+        let a: Arc<str> = Arc::from(name);
+        self.set.insert(a.clone());
+        a
+    }
 }
 
 fn intern(name: &str) -> Arc<str> {
-    let mut n = names();
-    if let Some(a) = n.set.get(name) {
-        return a.clone();
-    }
-    if n.set.len() >= (n.swept * 2).max(64) {
-        n.set.retain(|a| Arc::strong_count(a) > 1);
-        n.swept = n.set.len();
-    }
-    let a: Arc<str> = Arc::from(name);
-    n.set.insert(a.clone());
-    a
+    static NAMES: OnceLock<Mutex<Names>> = OnceLock::new();
+    let names = NAMES.get_or_init(Mutex::default);
+    // A panic elsewhere while holding it left the set whole: use it.
+    names.lock().unwrap_or_else(|p| p.into_inner()).get(name)
 }
 
 #[cfg(test)]
@@ -282,16 +291,27 @@ mod tests {
 
     #[test]
     fn names_no_record_holds_are_forgotten() {
+        let mut names = Names::default();
         for i in 0..10_000 {
-            let _ = intern(&format!("gone-{i}"));
+            let _ = names.get(&format!("gone-{i}"));
         }
-        let kept = intern("kept-name");
+        let kept = names.get("kept-name");
         for i in 0..10_000 {
-            let _ = intern(&format!("gone-again-{i}"));
+            let _ = names.get(&format!("gone-again-{i}"));
         }
-        // The last sweep ran at most 64 names (or half the set) ago.
-        let n = names().set.len();
-        assert!(n < 1_000, "{n} names held");
-        assert!(Arc::ptr_eq(&kept, &intern("kept-name")));
+        // Swept whenever it doubles past 64: dead names never pile up.
+        assert!(names.set.len() <= 128, "{} names held", names.set.len());
+        assert!(Arc::ptr_eq(&kept, &names.get("kept-name")));
+        // Names held by records survive every sweep.
+        let held: Vec<Arc<str>> = (0..500).map(|i| names.get(&format!("node-{i}"))).collect();
+        for i in 0..5_000 {
+            let _ = names.get(&format!("churn-{i}"));
+        }
+        assert!(held.iter().all(|h| Arc::ptr_eq(h, &names.get(h))));
+        assert!(
+            names.set.len() <= 2 * 501 + 1,
+            "{} names held",
+            names.set.len()
+        );
     }
 }
