@@ -368,15 +368,17 @@ fn lab_agent_flags(
 /// Above 50 hosts the two cores are full all the same (at 100 hosts and
 /// 500 ms the idle agents used 1.5 cores, and attaching containers
 /// starved), so there the round grows with the square of the hosts, up to
-/// 1 s at 100 hosts and beyond. Measured at 100 hosts with fixed rounds:
-/// 1 s rounds came up in 32 to 57 s, 500 ms ones in 75 and 78 s, and 2 s
-/// ones no faster than 1 s (in 51 and 54 s) while failure detection
-/// slowed further.
+/// 700 ms from 84 hosts on. Measured at 100 hosts with fixed rounds, when
+/// the agents cost more: 1 s rounds came up in 32 to 57 s, 500 ms ones in
+/// 75 and 78 s, and 2 s ones no faster than 1 s (in 51 and 54 s) while
+/// failure detection slowed further. Once idle agents cost 0.43 cores at
+/// 1 s, 700 ms came up faster (17.5 to 17.8 s against 18.0 to 19.8) for
+/// 0.52 idle cores: the blocks settle and changes spread in rounds.
 pub fn gossip_interval_ms(hosts: usize) -> u64 {
     const SMALL: usize = 20;
     const FULL: usize = 50;
     const BASE_MS: u64 = 100;
-    const MAX_MS: u64 = 1000;
+    const MAX_MS: u64 = 700;
     let h = hosts as u64;
     if hosts <= SMALL {
         BASE_MS
@@ -1393,10 +1395,11 @@ mod tests {
         assert_eq!(gossip_interval_ms(40), 200);
         assert_eq!(gossip_interval_ms(50), 250);
         assert_eq!(gossip_interval_ms(60), 360);
-        assert_eq!(gossip_interval_ms(100), 1000);
-        assert_eq!(gossip_interval_ms(250), 1000);
+        assert_eq!(gossip_interval_ms(83), 689);
+        assert_eq!(gossip_interval_ms(100), 700);
+        assert_eq!(gossip_interval_ms(250), 700);
         assert_eq!(spread_timeout(40), Duration::from_secs(10));
-        assert_eq!(spread_timeout(100), Duration::from_secs(20));
+        assert_eq!(spread_timeout(100), Duration::from_secs(14));
     }
 
     #[test]
