@@ -72,28 +72,27 @@ mod tests {
 
     #[test]
     fn replaces_whole_and_leaves_no_temporary() {
-        let d = std::env::temp_dir().join(format!("muslin-atomic-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
+        // Removed when dropped, also when an assertion fails.
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
         let f = d.join("state.json");
         write(&f, b"first").unwrap();
         write(&f, b"second").unwrap();
         assert_eq!(std::fs::read(&f).unwrap(), b"second");
-        let names: Vec<_> = std::fs::read_dir(&d)
+        let names: Vec<_> = std::fs::read_dir(d)
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
         let mode = std::fs::metadata(&f).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn a_failed_fill_keeps_the_old_file_and_no_temporary() {
-        let d = std::env::temp_dir().join(format!("muslin-atomic-fill-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
+        // Removed when dropped, also when an assertion fails.
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
         let f = d.join("state.json");
         write(&f, b"old").unwrap();
         let err = write_now_with(&f, |w| {
@@ -102,9 +101,8 @@ mod tests {
         });
         assert!(err.is_err());
         assert_eq!(std::fs::read(&f).unwrap(), b"old");
-        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1);
+        assert_eq!(std::fs::read_dir(d).unwrap().count(), 1);
         write_with(&f, |w| w.write_all(b"streamed")).unwrap();
         assert_eq!(std::fs::read(&f).unwrap(), b"streamed");
-        std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -442,8 +442,8 @@ mod tests {
 
     #[test]
     fn routes_are_written_after_a_fifth_of_the_gap_verdicts_and_endpoints_after_it_all() {
-        let dir = std::env::temp_dir().join(format!("muslin-memory-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         let mut m = Memory::load(&dir, "me");
         let stored = || stored_in(&dir);
         // A hundred peers: the gap is at its longest.
@@ -504,13 +504,12 @@ mod tests {
         m.saved = Some(Instant::now() - SAVE_GAP);
         m.save_if_due();
         assert_eq!(stored(), m.peers);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn endpoints_changed_in_place_after_a_write_are_written() {
-        let dir = std::env::temp_dir().join(format!("muslin-memory-eps-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         let mut m = Memory::load(&dir, "me");
         let stored = || stored_in(&dir);
         m.peers = memory_of(&[("h1", "10.0.1.0/24"), ("h2", "10.0.2.0/24")]);
@@ -524,13 +523,12 @@ mod tests {
         m.save_if_due();
         assert_eq!(stored(), m.peers);
         assert_eq!(stored().peers["h2"].0.endpoints.len(), 1);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_graceful_stop_writes_what_waited_and_a_reader_writes_nothing() {
-        let dir = std::env::temp_dir().join(format!("muslin-memory-stop-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         let read = || {
             serde_json::from_slice::<Stored>(&std::fs::read(dir.join(FILE)).unwrap())
                 .unwrap()
@@ -553,13 +551,12 @@ mod tests {
         assert_ne!(read(), started, "written before its gap");
         drop(m);
         assert_eq!(read(), started);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn the_file_reads_back_whole_and_follows_records_changed_in_place() {
-        let dir = std::env::temp_dir().join(format!("muslin-memory-rt-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         let mut m = Memory::load(&dir, "me");
         let mut peers = memory_of(&[("h1", "10.0.1.0/24")]);
         let p = &mut peers.peers.get_mut("h1").unwrap().0;
@@ -598,6 +595,5 @@ mod tests {
         m.saved = Some(Instant::now() - SAVE_GAP);
         m.save_if_due();
         assert_eq!(stored(), m.peers);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
