@@ -16,6 +16,8 @@ command -v runc >/dev/null || packages+=(runc)
 command -v kubectl >/dev/null || packages+=(kubernetes-client)
 # cnitool, CNI's reference client (tests/cnitool.rs), built by test-tools/cnitool/build.sh
 packages+=(golang-go golang-github-appc-cni-dev dpkg-dev)
+# nm (scripts/hot-code-order.sh --check) and readelf (scripts/test.sh): checks of the release build
+packages+=(binutils)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -21,6 +21,17 @@ target/debug/muslin bench --quick --report target/bench-quick
 # Gossip at scale, simulated (seconds), and the same workload on etcd.
 target/debug/muslin bench --scale 20,100
 target/debug/muslin bench --scale 20 --datastore etcd
+# The release build README's Install gives: it runs, it is stripped, and
+# the agent's code is linked first and together (the hot-code order, which
+# also says when it has gone stale).
+cargo build --release --locked
+target/release/muslin --version
+sections=$(readelf -SW target/release/muslin)
+if grep -q '\.symtab' <<<"$sections"; then
+  echo "target/release/muslin is not stripped" >&2
+  exit 1
+fi
+scripts/hot-code-order.sh --check
 # One closing line for the whole run.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"
