@@ -92,6 +92,86 @@ pub struct Leases {
     /// Claim a first block only when an ADD asks for one (a network not
     /// every node has containers in).
     lazy: bool,
+    lateness: Lateness,
+    /// Claims that have settled: they stay so while we hold them, however
+    /// late claims arrive afterwards (addresses may be out of them).
+    served: std::collections::BTreeSet<IpNet>,
+}
+
+/// Claims made past this long ago are not "in flight" when they arrive:
+/// a peer's memory, or a node back after a long partition.
+const MAX_LATENESS_MS: u64 = 20_000;
+/// Lateness seen this long ago no longer says how late claims are.
+const LATENESS_WINDOW_MS: u64 = 60_000;
+
+/// How late other nodes' claims reach this node. A claim of ours must not
+/// settle while a competing claim made just before it may still be on its
+/// way, and how long that is depends on the cluster's size and load: a
+/// hundred lab hosts starting at once on two cores delivered some claims
+/// 5 s after they were made, past the fixed settle time, and two nodes
+/// handed out the same addresses. A claim of ours settles only once it is
+/// older than twice the latest claim seen lately.
+#[derive(Debug, Default)]
+struct Lateness {
+    /// Only claims made after this count: the older ones a node learns at
+    /// its start were not in flight.
+    since_ms: u64,
+    /// Each node's claims seen so far, so that a claim counts once.
+    seen: std::collections::HashMap<String, std::collections::BTreeSet<IpNet>>,
+    /// When a late claim was seen, and how late it was.
+    recent: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl Lateness {
+    fn new(since_ms: u64) -> Lateness {
+        Lateness {
+            since_ms,
+            ..Lateness::default()
+        }
+    }
+
+    /// Notes each claim of another node the first time it shows.
+    fn observe(&mut self, me: &str, view: &ClusterView, now: u64) {
+        for (node, peer) in view.nodes.iter().filter(|(n, _)| n.as_str() != me) {
+            let new: Vec<(IpNet, u64)> = peer
+                .claims
+                .iter()
+                .filter(|(b, c)| {
+                    c.claimed_at_ms >= self.since_ms
+                        && !self.seen.get(node).is_some_and(|s| s.contains(*b))
+                })
+                .map(|(b, c)| (*b, c.claimed_at_ms))
+                .collect();
+            if new.is_empty() {
+                continue;
+            }
+            let seen = self.seen.entry(node.clone()).or_default();
+            for (b, at) in new {
+                seen.insert(b);
+                let late = now.saturating_sub(at);
+                if late <= MAX_LATENESS_MS {
+                    self.recent.push_back((now, late));
+                }
+            }
+        }
+        while self
+            .recent
+            .front()
+            .is_some_and(|(at, _)| now.saturating_sub(*at) > LATENESS_WINDOW_MS)
+        {
+            self.recent.pop_front();
+        }
+        // Nodes forgotten by the cluster: their claims are gone too.
+        if self.seen.len() > view.nodes.len() {
+            self.seen.retain(|n, _| view.nodes.contains_key(n));
+        }
+    }
+
+    /// How old a claim of ours must be before it may serve.
+    fn settle_ms(&self, floor_ms: u64) -> u64 {
+        let worst = self.recent.iter().map(|(_, l)| *l).max().unwrap_or(0);
+        floor_ms.max(2 * worst)
+    }
 }
 
 /// What a step decided, for the caller to publish.
@@ -142,6 +222,7 @@ impl Leases {
     /// Gives up every claim (the network is gone) and removes the file.
     pub fn release_all(&mut self) -> Vec<IpNet> {
         let _ = std::fs::remove_file(&self.file);
+        self.served.clear();
         std::mem::take(&mut self.claims).into_keys().collect()
     }
 
@@ -200,6 +281,8 @@ impl Leases {
             claims,
             saved_alive: 0,
             lazy: false,
+            lateness: Lateness::new(now_ms()),
+            served: Default::default(),
         })
     }
 
@@ -214,6 +297,8 @@ impl Leases {
         let mut s = Step::default();
         let owners = view.block_owners();
         let now = now_ms();
+        self.lateness.observe(&self.me, view, now);
+        let settle_ms = self.lateness.settle_ms(self.settle.as_millis() as u64);
         // A claim of ours that another node holds is lost, whether our claim
         // reached the store and lost the rule (gossip) or never got in
         // because the block was taken (etcd's compare-and-create).
@@ -246,10 +331,11 @@ impl Leases {
             .iter()
             .filter(|(b, at)| {
                 owners.get(*b).map(String::as_str) == Some(self.me.as_str())
-                    && now.saturating_sub(**at) >= self.settle.as_millis() as u64
+                    && (self.served.contains(*b) || now.saturating_sub(**at) >= settle_ms)
             })
             .map(|(b, at)| (*at, *b))
             .collect();
+        self.served = settled.iter().map(|(_, b)| *b).collect();
         settled.sort();
         s.settled = settled.into_iter().map(|(_, b)| b).collect();
         let pending = self.claims.len() > s.settled.len();
@@ -380,6 +466,97 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         let l3 = Leases::load(&d, "n1", pod, 24, Duration::ZERO, Duration::from_millis(1)).unwrap();
         assert!(l3.claims.is_empty());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    fn claim_view(claims: &[(&str, &str, u64)]) -> ClusterView {
+        let mut v = ClusterView::default();
+        for (n, b, at) in claims {
+            v.nodes
+                .entry(n.to_string())
+                .or_default()
+                .claims
+                .insert(b.parse().unwrap(), BlockClaim { claimed_at_ms: *at });
+        }
+        v
+    }
+
+    #[test]
+    fn settling_waits_twice_as_long_as_claims_lately_took_to_arrive() {
+        let mut l = Lateness::new(1_000);
+        assert_eq!(l.settle_ms(3_000), 3_000, "nothing seen: the floor");
+        // Made before this node started: learnt, not in flight.
+        l.observe("me", &claim_view(&[("a", "10.244.1.0/24", 500)]), 9_000);
+        assert_eq!(l.settle_ms(3_000), 3_000);
+        // Our own claims do not count.
+        l.observe("me", &claim_view(&[("me", "10.244.2.0/24", 2_000)]), 9_000);
+        assert_eq!(l.settle_ms(3_000), 3_000);
+        // A claim that arrived 4 s after it was made.
+        l.observe("me", &claim_view(&[("b", "10.244.3.0/24", 10_000)]), 14_000);
+        assert_eq!(l.settle_ms(3_000), 8_000);
+        // Seen again later, it does not count again.
+        let both = claim_view(&[
+            ("b", "10.244.3.0/24", 10_000),
+            ("c", "10.244.4.0/24", 14_500),
+        ]);
+        l.observe("me", &both, 15_000);
+        assert_eq!(l.settle_ms(3_000), 8_000);
+        assert_eq!(l.recent.len(), 2);
+        // Far later than anything in flight: a peer's memory, not counted.
+        l.observe(
+            "me",
+            &claim_view(&[("d", "10.244.5.0/24", 16_000)]),
+            16_000 + MAX_LATENESS_MS + 1,
+        );
+        assert_eq!(l.recent.len(), 2);
+        // A minute on, the cluster is quiet again: back to the floor.
+        l.observe("me", &both, 15_000 + LATENESS_WINDOW_MS + 1);
+        assert_eq!(l.settle_ms(3_000), 3_000);
+        // A node the cluster forgot is forgotten here too.
+        l.observe("me", &claim_view(&[("c", "10.244.4.0/24", 14_500)]), 80_000);
+        assert!(!l.seen.contains_key("b"), "{:?}", l.seen);
+    }
+
+    #[test]
+    fn a_claim_waits_out_late_claims_and_stays_served_once_settled() {
+        let d = dir("late");
+        let pod: IpNet = "10.244.0.0/16".parse().unwrap();
+        let mut l =
+            Leases::load(&d, "n1", pod, 24, Duration::ZERO, Duration::from_secs(60)).unwrap();
+        l.lateness.since_ms = 0;
+        let (b, _) = l.step(&ClusterView::default(), None).claim.unwrap();
+        let now = now_ms();
+        // Another node's claim (of another block) arrives 3 s late: ours,
+        // just made, may yet meet a competitor as late.
+        let mut v = view_with(&l, &[("n2", "10.244.200.0/24", now - 3_000)]);
+        let s = l.step(&v, None);
+        assert!(s.settled.is_empty(), "{:?}", s.settled);
+        // Older than twice that: it serves.
+        l.claims.insert(b, now - 7_000);
+        v.nodes.get_mut("n1").unwrap().claims.insert(
+            b,
+            BlockClaim {
+                claimed_at_ms: now - 7_000,
+            },
+        );
+        assert_eq!(l.step(&v, None).settled, vec![b]);
+        // Later claims arriving later still do not take it back.
+        v.nodes.entry("n3".into()).or_default().claims.insert(
+            "10.244.201.0/24".parse().unwrap(),
+            BlockClaim {
+                claimed_at_ms: now_ms() - 15_000,
+            },
+        );
+        assert_eq!(l.step(&v, None).settled, vec![b]);
+        // Unless another node wins it: then it is lost as before.
+        v.nodes
+            .entry("n0".into())
+            .or_default()
+            .claims
+            .insert(b, BlockClaim { claimed_at_ms: 1 });
+        let s = l.step(&v, None);
+        assert_eq!(s.release, vec![b]);
+        assert!(s.settled.is_empty());
         std::fs::remove_dir_all(&d).unwrap();
     }
 
