@@ -110,14 +110,21 @@ const LATENESS_WINDOW_MS: u64 = 60_000;
 /// hundred lab hosts starting at once on two cores delivered some claims
 /// 5 s after they were made, past the fixed settle time, and two nodes
 /// handed out the same addresses. A claim of ours settles only once it is
-/// older than twice the latest claim seen lately.
+/// older than twice the largest lateness seen lately. A heuristic: it
+/// looks back, so the first late claim of a quiet cluster finds the floor.
 #[derive(Debug, Default)]
 struct Lateness {
     /// Only claims made after this count: the older ones a node learns at
     /// its start were not in flight.
     since_ms: u64,
-    /// Each node's claims seen so far, so that a claim counts once.
-    seen: std::collections::HashMap<String, std::collections::BTreeSet<IpNet>>,
+    /// Whether a view has been seen: what the first one shows arrived
+    /// while this node was not yet listening, which says nothing of how
+    /// late gossip is.
+    started: bool,
+    /// Claims seen that may still count (made at most `MAX_LATENESS_MS`
+    /// ago), with their times: a claim counts once, and a block claimed
+    /// again later counts again.
+    seen: std::collections::HashMap<(String, IpNet), u64>,
     /// When a late claim was seen, and how late it was.
     recent: std::collections::VecDeque<(u64, u64)>,
 }
@@ -132,38 +139,31 @@ impl Lateness {
 
     /// Notes each claim of another node the first time it shows.
     fn observe(&mut self, me: &str, view: &ClusterView, now: u64) {
+        let oldest = now.saturating_sub(MAX_LATENESS_MS).max(self.since_ms);
         for (node, peer) in view.nodes.iter().filter(|(n, _)| n.as_str() != me) {
-            let new: Vec<(IpNet, u64)> = peer
-                .claims
-                .iter()
-                .filter(|(b, c)| {
-                    c.claimed_at_ms >= self.since_ms
-                        && !self.seen.get(node).is_some_and(|s| s.contains(*b))
-                })
-                .map(|(b, c)| (*b, c.claimed_at_ms))
-                .collect();
-            if new.is_empty() {
-                continue;
-            }
-            let seen = self.seen.entry(node.clone()).or_default();
-            for (b, at) in new {
-                seen.insert(b);
-                let late = now.saturating_sub(at);
-                if late <= MAX_LATENESS_MS {
-                    self.recent.push_back((now, late));
+            for (b, c) in &peer.claims {
+                let at = c.claimed_at_ms;
+                // Older claims never count (learnt, or a peer's memory):
+                // not even kept.
+                if at < oldest {
+                    continue;
+                }
+                if self.seen.insert((node.clone(), *b), at) == Some(at) {
+                    continue;
+                }
+                if self.started {
+                    self.recent.push_back((now, now.saturating_sub(at)));
                 }
             }
         }
+        self.started = true;
+        self.seen.retain(|_, at| *at >= oldest);
         while self
             .recent
             .front()
             .is_some_and(|(at, _)| now.saturating_sub(*at) > LATENESS_WINDOW_MS)
         {
             self.recent.pop_front();
-        }
-        // Nodes forgotten by the cluster: their claims are gone too.
-        if self.seen.len() > view.nodes.len() {
-            self.seen.retain(|n, _| view.nodes.contains_key(n));
         }
     }
 
@@ -335,7 +335,10 @@ impl Leases {
             })
             .map(|(b, at)| (*at, *b))
             .collect();
-        self.served = settled.iter().map(|(_, b)| *b).collect();
+        // Kept while held, even through a round whose view lacks the claim.
+        let claims = &self.claims;
+        self.served.retain(|b| claims.contains_key(b));
+        self.served.extend(settled.iter().map(|(_, b)| *b));
         settled.sort();
         s.settled = settled.into_iter().map(|(_, b)| b).collect();
         let pending = self.claims.len() > s.settled.len();
@@ -346,7 +349,7 @@ impl Leases {
         if (first || (more && !pending && !self.claims.is_empty())) && s.claim.is_none() {
             // Ranges some host routes elsewhere are never leased.
             let avoid: Vec<IpNet> = self.claims.keys().copied().chain(view.reserved()).collect();
-            match choose_free_block(view, self.pod_cidr, self.size, &self.me, &avoid) {
+            match choose_free_block(view, self.pod_cidr, self.size, &self.me, &avoid, !self.lazy) {
                 Some(b) => {
                     tracing::info!(block = %b, "claiming a block");
                     self.claims.insert(b, now);
@@ -485,6 +488,9 @@ mod tests {
     fn settling_waits_twice_as_long_as_claims_lately_took_to_arrive() {
         let mut l = Lateness::new(1_000);
         assert_eq!(l.settle_ms(3_000), 3_000, "nothing seen: the floor");
+        // The first view: what it shows arrived before we listened.
+        l.observe("me", &claim_view(&[("e", "10.244.9.0/24", 1_500)]), 6_000);
+        assert_eq!(l.settle_ms(3_000), 3_000);
         // Made before this node started: learnt, not in flight.
         l.observe("me", &claim_view(&[("a", "10.244.1.0/24", 500)]), 9_000);
         assert_eq!(l.settle_ms(3_000), 3_000);
@@ -509,12 +515,19 @@ mod tests {
             16_000 + MAX_LATENESS_MS + 1,
         );
         assert_eq!(l.recent.len(), 2);
+        // Only claims that may still count are kept.
+        assert!(l.seen.is_empty(), "{:?}", l.seen);
         // A minute on, the cluster is quiet again: back to the floor.
         l.observe("me", &both, 15_000 + LATENESS_WINDOW_MS + 1);
         assert_eq!(l.settle_ms(3_000), 3_000);
-        // A node the cluster forgot is forgotten here too.
-        l.observe("me", &claim_view(&[("c", "10.244.4.0/24", 14_500)]), 80_000);
-        assert!(!l.seen.contains_key("b"), "{:?}", l.seen);
+        // The same block claimed again by the same node counts again.
+        let now = 100_000;
+        l.observe(
+            "me",
+            &claim_view(&[("b", "10.244.3.0/24", now - 1_000)]),
+            now,
+        );
+        assert_eq!(l.settle_ms(0), 2_000);
     }
 
     #[test]
@@ -524,6 +537,7 @@ mod tests {
         let mut l =
             Leases::load(&d, "n1", pod, 24, Duration::ZERO, Duration::from_secs(60)).unwrap();
         l.lateness.since_ms = 0;
+        // (The first view only marks what it shows.)
         let (b, _) = l.step(&ClusterView::default(), None).claim.unwrap();
         let now = now_ms();
         // Another node's claim (of another block) arrives 3 s late: ours,

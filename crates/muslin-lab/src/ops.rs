@@ -361,7 +361,7 @@ fn lab_agent_flags(
 /// one machine, hosts² / round: measured at 60 hosts on two cores, rounds
 /// of 300 ms cost the agents 1.74 cores, of 1 s 0.96. Above 20 hosts the
 /// round grows with the hosts, so a host's cost stays what it is at 20;
-/// the block-lease settle (5 rounds) and the spread of changes grow with
+/// the block-lease settle (5 rounds at least) and the spread of changes grow with
 /// it, which the cold start pays once. So do the agents' failure-detection
 /// timings: an agent that shares two cores with a hundred others answers
 /// late, and must not be declared down for it.

@@ -601,12 +601,15 @@ impl Remembered {
 /// node also steps aside from the first pick of every node it knows that
 /// has no block yet (a tie goes to the smaller name): nodes that start
 /// together mostly pick different blocks and rarely need the conflict rule.
+/// Not with `step_aside` false: in a network most nodes never claim in,
+/// the few that do would crowd into the blocks nobody "wants".
 pub fn choose_free_block(
     view: &ClusterView,
     pod_cidr: IpNet,
     prefix: u8,
     me: &str,
     avoid: &[IpNet],
+    step_aside: bool,
 ) -> Option<IpNet> {
     let claimed: Vec<IpNet> = view
         .nodes
@@ -617,6 +620,9 @@ pub fn choose_free_block(
     let free = |b: &IpNet| !claimed.iter().any(|c| c.contains(b) || b.contains(c));
     let first = |name: &str| walk(pod_cidr, prefix, name).find(|b| free(b));
     let mine = first(me)?;
+    if !step_aside {
+        return Some(mine);
+    }
     // What the others without a block will pick first. Only a guess (they
     // may see other claims), but at a cold start, when a hundred nodes
     // share a few hundred blocks, it spares most of the lost claims.
@@ -653,7 +659,9 @@ fn walk(pod_cidr: IpNet, prefix: u8, name: &str) -> impl Iterator<Item = IpNet> 
     };
     let step = 1u128 << u32::from(pod_cidr.max_prefix_len().saturating_sub(prefix));
     (0..total.min(1 << 20)).filter_map(move |k| {
-        let addr = base + ((start + k * stride) % total) * step;
+        // Wrapping: the count of blocks is a power of two, so the index
+        // modulo it is right even past u128 (IPv6 pools of tiny blocks).
+        let addr = base + (start.wrapping_add(k.wrapping_mul(stride)) % total) * step;
         let ip: IpAddr = match pod_cidr {
             IpNet::V4(_) => IpAddr::V4(std::net::Ipv4Addr::from(u32::try_from(addr).ok()?)),
             IpNet::V6(_) => IpAddr::V6(std::net::Ipv6Addr::from(addr)),
@@ -730,7 +738,7 @@ mod tests {
         let v = view(&[("a", &[("10.244.0.0/20", 1)])]);
         let mut seen = std::collections::BTreeSet::new();
         for i in 0..50 {
-            let b = choose_free_block(&v, pod, 24, &format!("node{i}"), &[]).unwrap();
+            let b = choose_free_block(&v, pod, 24, &format!("node{i}"), &[], true).unwrap();
             assert!(pod.contains(&b) && b.prefix_len() == 24);
             assert!(
                 !"10.244.0.0/20".parse::<IpNet>().unwrap().contains(&b),
@@ -746,13 +754,14 @@ mod tests {
         // Full: every block claimed.
         let tiny: IpNet = "10.0.0.0/30".parse().unwrap();
         let full = view(&[("x", &[("10.0.0.0/31", 1), ("10.0.0.2/31", 1)])]);
-        assert!(choose_free_block(&full, tiny, 31, "me", &[]).is_none());
+        assert!(choose_free_block(&full, tiny, 31, "me", &[], true).is_none());
         assert!(choose_free_block(
             &view(&[]),
             tiny,
             31,
             "me",
-            &["10.0.0.0/31".parse().unwrap()]
+            &["10.0.0.0/31".parse().unwrap()],
+            true
         )
         .is_some());
     }
@@ -763,7 +772,7 @@ mod tests {
         let first: Vec<(String, IpNet)> = (0..400)
             .map(|i| {
                 let n = format!("host{i}");
-                let b = choose_free_block(&view(&[]), pod, 24, &n, &[]).unwrap();
+                let b = choose_free_block(&view(&[]), pod, 24, &n, &[], true).unwrap();
                 (n, b)
             })
             .collect();
@@ -775,8 +784,8 @@ mod tests {
                 }
                 // Both want one block, and someone took it.
                 let taken = view(&[("x", &[(b.to_string().as_str(), 1)])]);
-                let next_a = choose_free_block(&taken, pod, 24, a, &[]).unwrap();
-                let next_c = choose_free_block(&taken, pod, 24, c, &[]).unwrap();
+                let next_a = choose_free_block(&taken, pod, 24, a, &[], true).unwrap();
+                let next_c = choose_free_block(&taken, pod, 24, c, &[], true).unwrap();
                 met += 1;
                 parted += usize::from(next_a != next_c);
             }
@@ -796,16 +805,42 @@ mod tests {
         }
         let picks: Vec<IpNet> = names
             .iter()
-            .map(|n| choose_free_block(&v, pod, 24, n, &[]).unwrap())
+            .map(|n| choose_free_block(&v, pod, 24, n, &[], true).unwrap())
             .collect();
         let distinct: std::collections::BTreeSet<_> = picks.iter().collect();
         let alone: std::collections::BTreeSet<_> = names
             .iter()
-            .map(|n| choose_free_block(&view(&[]), pod, 24, n, &[]).unwrap())
+            .map(|n| choose_free_block(&view(&[]), pod, 24, n, &[], true).unwrap())
             .collect();
         // Knowing nobody, 100 names over 256 blocks meet ~19 times.
         assert!(alone.len() < 95, "{}", alone.len());
         assert!(distinct.len() >= 98, "{} distinct of 100", distinct.len());
+        // Two that want one block: the smaller name keeps it.
+        let pick = |n: &str| choose_free_block(&view(&[]), pod, 24, n, &[], true).unwrap();
+        let (a, b) = (0..400)
+            .flat_map(|i| (i + 1..400).map(move |j| (format!("n{i:03}"), format!("n{j:03}"))))
+            .find(|(a, b)| pick(a) == pick(b))
+            .expect("400 names over 256 blocks meet");
+        let mut both = ClusterView::default();
+        both.nodes.insert(a.clone(), PeerView::default());
+        both.nodes.insert(b.clone(), PeerView::default());
+        assert_eq!(
+            choose_free_block(&both, pod, 24, &a, &[], true),
+            Some(pick(&a))
+        );
+        assert_ne!(
+            choose_free_block(&both, pod, 24, &b, &[], true),
+            Some(pick(&a))
+        );
+        // Not in a network few nodes claim in.
+        assert_eq!(
+            choose_free_block(&both, pod, 24, &b, &[], false),
+            Some(pick(&b))
+        );
+        // When every free block is another's first pick, ours still serves.
+        let tiny: IpNet = "10.0.0.0/31".parse().unwrap();
+        let one = choose_free_block(&both, tiny, 31, &b, &[], true);
+        assert_eq!(one, Some(tiny));
     }
 
     #[test]
