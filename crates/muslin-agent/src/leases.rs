@@ -395,7 +395,6 @@ impl Leases {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use muslin_model::cluster::PeerView;
 
     fn dir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("muslin-leases-{tag}-{}", std::process::id()));
@@ -404,21 +403,24 @@ mod tests {
         d
     }
 
-    fn view_with(l: &Leases, others: &[(&str, &str, u64)]) -> ClusterView {
+    fn claim_view(claims: &[(&str, &str, u64)]) -> ClusterView {
         let mut v = ClusterView::default();
-        let me = v
-            .nodes
-            .entry(l.me.clone())
-            .or_insert_with(PeerView::default);
-        for (b, at) in &l.claims {
-            me.claims.insert(*b, BlockClaim { claimed_at_ms: *at });
-        }
-        for (n, b, at) in others {
+        for (n, b, at) in claims {
             v.nodes
                 .entry(n.to_string())
                 .or_default()
                 .claims
                 .insert(b.parse().unwrap(), BlockClaim { claimed_at_ms: *at });
+        }
+        v
+    }
+
+    /// `others`' claims and ours.
+    fn view_with(l: &Leases, others: &[(&str, &str, u64)]) -> ClusterView {
+        let mut v = claim_view(others);
+        let me = v.nodes.entry(l.me.clone()).or_default();
+        for (b, at) in &l.claims {
+            me.claims.insert(*b, BlockClaim { claimed_at_ms: *at });
         }
         v
     }
@@ -470,18 +472,6 @@ mod tests {
         let l3 = Leases::load(&d, "n1", pod, 24, Duration::ZERO, Duration::from_millis(1)).unwrap();
         assert!(l3.claims.is_empty());
         std::fs::remove_dir_all(&d).unwrap();
-    }
-
-    fn claim_view(claims: &[(&str, &str, u64)]) -> ClusterView {
-        let mut v = ClusterView::default();
-        for (n, b, at) in claims {
-            v.nodes
-                .entry(n.to_string())
-                .or_default()
-                .claims
-                .insert(b.parse().unwrap(), BlockClaim { claimed_at_ms: *at });
-        }
-        v
     }
 
     #[test]
