@@ -4,6 +4,7 @@
 mod atomic_file;
 mod blocks;
 mod dns;
+mod gossip_generation;
 mod host_firewall;
 mod key_locks;
 mod leases;

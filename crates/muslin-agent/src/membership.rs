@@ -309,11 +309,12 @@ pub async fn join(
         interval,
         ttl,
         secret: secret.clone(),
+        generation: None,
     };
     // Settling waits until a competing claim made at the same moment has
     // reached us, before we hand out addresses: a few rounds on etcd; on
     // gossip also the broadcasts' spread and a few anti-entropy rounds
-    // (once a second), which a cluster starting all at once needs (22 lab
+    // (once a second, four times while the state changes), which a cluster starting all at once needs (22 lab
     // hosts started together allocated from one block with 550 ms).
     let settle = match etcd {
         true => (interval * 5).max(Duration::from_millis(500)),
@@ -459,6 +460,18 @@ pub async fn join(
         tracing::info!(?endpoints, %prefix, "cluster state in etcd");
         s
     } else {
+        // Kept before the first datagram: a run that crashed after
+        // speaking must never have its number reused.
+        let generation = crate::gossip_generation::next(&config.state_dir).map_err(|e| {
+            AgentError::Join(format!(
+                "cannot keep the gossip generation in {}: {e}",
+                config.state_dir.display()
+            ))
+        })?;
+        let gcfg = GossipConfig {
+            generation: Some(generation),
+            ..gcfg
+        };
         AnyStore::Gossip(Box::new(
             Gossip::start(gcfg, initial)
                 .await

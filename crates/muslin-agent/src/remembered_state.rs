@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use muslin_model::cluster::{BlockClaim, EndpointRecord, NodeRecord, PeerView, Remembered};
-use serde_json::value::RawValue;
 
 const FILE: &str = "peers.json";
 /// How often the memory is written (it changes every round: last-seen times,
@@ -55,9 +54,9 @@ struct Stored {
     peers: Remembered,
 }
 
-/// [`Stored`] as written: the same JSON, with each peer's record taken
-/// from [`Records`] rather than serialized again. The fields follow
-/// `PeerView`'s (the tests read the file back as a `Remembered`).
+/// [`Stored`] as written: the same JSON, borrowed from the peers rather
+/// than cloned. The fields follow `PeerView`'s (the tests read the file
+/// back as a `Remembered`).
 #[derive(serde::Serialize)]
 struct StoredRef<'a> {
     node: &'a str,
@@ -71,7 +70,7 @@ struct PeersRef<'a> {
 
 #[derive(serde::Serialize)]
 struct PeerRef<'a> {
-    record: Option<&'a RawValue>,
+    record: Option<&'a NodeRecord>,
     claims: &'a BTreeMap<IpNet, BlockClaim>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     network_claims: &'a BTreeMap<String, BTreeMap<IpNet, BlockClaim>>,
@@ -80,12 +79,12 @@ struct PeerRef<'a> {
     endpoints: &'a Vec<EndpointRecord>,
 }
 
-/// What each peer's record last gave: its hashes and its JSON. The cache
-/// holds the record's `Arc`, so a change through `PeerView::record_mut`
-/// copies it (`Arc::make_mut` on a shared record) and the same pointer
-/// means the same record. In a large cluster each record names every peer
-/// (its reach, its path verdicts), and hashing and serializing them all
-/// every round cost an idle agent more than anything else it did.
+/// What each peer's record last gave: its hashes. The cache holds the
+/// record's `Arc`, so a change through `PeerView::record_mut` copies it
+/// (`Arc::make_mut` on a shared record) and the same pointer means the
+/// same record. In a large cluster each record names every peer (its
+/// reach, its path verdicts), and hashing them all every round cost an
+/// idle agent more than anything else it did.
 #[derive(Default)]
 struct Records {
     digests: HashMap<String, Digested>,
@@ -117,9 +116,6 @@ struct Digested {
     record: Arc<NodeRecord>,
     routes: u64,
     verdicts: u64,
-    /// Made when the memory is written: records change more often than
-    /// that while a cluster settles.
-    json: Option<Box<RawValue>>,
 }
 
 impl Records {
@@ -132,20 +128,6 @@ impl Records {
             self.digests.insert(name.to_string(), Digested::of(record));
         }
         &self.digests[name]
-    }
-
-    /// Makes the record's JSON, once per record ([`Records::made`] has it).
-    fn json(&mut self, name: &str, record: &Arc<NodeRecord>) {
-        self.of(name, record);
-        if let Some(d) = self.digests.get_mut(name) {
-            d.json.get_or_insert_with(|| {
-                serde_json::value::to_raw_value(&**record).expect("serializes")
-            });
-        }
-    }
-
-    fn made(&self, name: &str) -> Option<&RawValue> {
-        self.digests.get(name).and_then(|d| d.json.as_deref())
     }
 
     fn forget_others(&mut self, peers: &Remembered) {
@@ -179,7 +161,6 @@ impl Digested {
             record: r.clone(),
             routes,
             verdicts: h.finish(),
-            json: None,
         }
     }
 }
@@ -260,20 +241,15 @@ impl Memory {
         self.written = now.routes;
         self.verdicts = now.verdicts;
         self.saved = Some(Instant::now());
-        for (name, (p, _)) in &self.peers.peers {
-            if let Some(r) = &p.record {
-                self.records.json(name, r);
-            }
-        }
-        let records = &self.records;
+        // Each record is serialized at every write, not kept as JSON
+        // between writes: that copy was 700 kB of every idle agent's
+        // memory at 100 nodes, for a write every 30 s once idle (while a
+        // cluster settles, records change between most writes anyway).
         let peers = self
             .peers
             .peers
             .iter()
-            .map(|(name, (p, seen))| {
-                let record = p.record.as_ref().and_then(|_| records.made(name));
-                (name.as_str(), (peer_ref(p, record), *seen))
-            })
+            .map(|(name, (p, seen))| (name.as_str(), (peer_ref(p), *seen)))
             .collect();
         let stored = StoredRef {
             node: &self.me,
@@ -303,16 +279,16 @@ impl Drop for Memory {
 
 /// Every field named: one added to `PeerView` stops the build here until
 /// the file carries it.
-fn peer_ref<'a>(p: &'a PeerView, record: Option<&'a RawValue>) -> PeerRef<'a> {
+fn peer_ref(p: &PeerView) -> PeerRef<'_> {
     let PeerView {
-        record: _,
+        record,
         claims,
         network_claims,
         alive,
         endpoints,
     } = p;
     PeerRef {
-        record,
+        record: record.as_deref(),
         claims,
         network_claims,
         alive: *alive,
@@ -588,7 +564,7 @@ mod tests {
         m.save_if_due();
         let stored = || stored_in(&dir);
         assert_eq!(stored(), m.peers);
-        // A record changed where it lies (its cached JSON is not reused).
+        // A record changed where it lies.
         let rec = m.peers.peers.get_mut("h1").unwrap().0.record_mut().unwrap();
         rec.reserved.push("172.16.0.0/12".parse().unwrap());
         // Past the wait before a route change is written.

@@ -164,6 +164,7 @@ async fn simulate(n: usize, plan: &SimPlan) -> SimResult {
             interval: plan.interval,
             ttl: Duration::from_secs(3600),
             secret: None,
+            generation: None,
         };
         let store = net.start(cfg, vec![]);
         let me = name(i);

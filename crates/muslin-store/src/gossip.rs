@@ -35,6 +35,19 @@ pub struct GossipConfig {
     /// How long a silent node's state (and so its blocks) is kept.
     pub ttl: Duration,
     pub secret: Option<Vec<u8>>,
+    /// This run's generation ([`next_generation`], which the agent keeps
+    /// for its next run before it starts); `None`: the wall clock's
+    /// milliseconds.
+    pub generation: Option<u64>,
+}
+
+/// A run's generation: the wall clock's milliseconds, or one more than
+/// the previous run's when the clock is behind it. Peers hold a node's
+/// newest generation and refuse older ones for the TTL and more: a run
+/// numbered below the last (an RTC set back at boot, NTP stepping the
+/// clock) would be shut out of the cluster that long.
+pub fn next_generation(now_ms: u64, previous: u64) -> u64 {
+    now_ms.max(previous.saturating_add(1))
 }
 
 pub struct Gossip {
@@ -42,6 +55,7 @@ pub struct Gossip {
     auth: Arc<AuthState>,
     redirects: Redirects,
     me: String,
+    generation: u64,
     alone: bool,
     /// Each node's state as last decoded, by the version of its state: a
     /// round decodes only the nodes whose state changed since, not every
@@ -122,7 +136,7 @@ impl Gossip {
     ) -> Gossip {
         // A restarted agent is a new generation: its state starts empty
         // and replaces the previous one's once its record is out.
-        let generation = now_ms();
+        let generation = cfg.generation.unwrap_or_else(now_ms);
         let seed = cfg
             .node_name
             .bytes()
@@ -145,11 +159,17 @@ impl Gossip {
             auth,
             redirects,
             me: cfg.node_name,
+            generation,
             alone: cfg.seeds.is_empty(),
             decoded: Default::default(),
             record_hasher: Default::default(),
             objects: Default::default(),
         }
+    }
+
+    /// This run's generation, for the next run to go beyond.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Why peers refuse us, if they do (no or wrong cluster secret).
@@ -468,6 +488,13 @@ mod tests {
             .port()
     }
 
+    #[test]
+    fn a_run_numbers_itself_after_the_previous_one_whatever_the_clock() {
+        assert_eq!(next_generation(5_000, 0), 5_000, "first start: the clock");
+        assert_eq!(next_generation(5_000, 4_000), 5_000);
+        assert_eq!(next_generation(5_000, 9_000), 9_001, "clock set back");
+    }
+
     fn cfg(name: &str, port: u16, seeds: &[u16], secret: Option<&str>) -> GossipConfig {
         let a = SocketAddr::from(([127, 0, 0, 1], port));
         GossipConfig {
@@ -481,6 +508,7 @@ mod tests {
             interval: Duration::from_millis(50),
             ttl: Duration::from_secs(60),
             secret: secret.map(|s| s.as_bytes().to_vec()),
+            generation: None,
         }
     }
 

@@ -22,7 +22,7 @@ use muslin_model::network::NetworkSpec;
 use muslin_model::object::{ObjectKey, ObjectRecord};
 
 pub use etcd::{errors as etcd_errors, Etcd, EtcdConfig};
-pub use gossip::{Gossip, GossipConfig, GossipStats};
+pub use gossip::{next_generation, Gossip, GossipConfig, GossipStats};
 pub use sealed::{load_secret, SecretError};
 
 #[derive(Debug, thiserror::Error)]

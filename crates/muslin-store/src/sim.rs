@@ -31,6 +31,8 @@ struct Counters {
     received: AtomicU64,
     /// Messages the real transport would refuse: over a datagram.
     oversize: AtomicU64,
+    /// Anti-entropy digests sent.
+    digests: AtomicU64,
 }
 
 type Inbox = mpsc::Sender<(SocketAddr, Vec<u8>)>;
@@ -57,6 +59,7 @@ pub struct NodeTraffic {
     pub sent: u64,
     pub received: u64,
     pub oversize: u64,
+    pub digests: u64,
 }
 
 impl MemNet {
@@ -88,6 +91,7 @@ impl MemNet {
             sent: c.sent.load(Ordering::Relaxed),
             received: c.received.load(Ordering::Relaxed),
             oversize: c.oversize.load(Ordering::Relaxed),
+            digests: c.digests.load(Ordering::Relaxed),
         }
     }
 
@@ -123,6 +127,9 @@ impl MemNet {
             return;
         }
         sender.sent.fetch_add(len as u64, Ordering::Relaxed);
+        if crate::swim::is_digest(&msg) {
+            sender.digests.fetch_add(1, Ordering::Relaxed);
+        }
         if self.lost() {
             return;
         }
@@ -240,6 +247,7 @@ mod tests {
             interval: Duration::from_millis(200),
             ttl: Duration::from_secs(3600),
             secret: None,
+            generation: None,
         }
     }
 
@@ -281,6 +289,94 @@ mod tests {
         for n in nodes {
             n.shutdown().await;
         }
+    }
+
+    /// Anti-entropy runs once a second while nothing changes, and faster
+    /// while the state does: a burst of changes must not wait behind the
+    /// broadcasts' queue.
+    #[tokio::test(start_paused = true)]
+    async fn anti_entropy_speeds_up_while_the_state_changes() {
+        let net = MemNet::new(Duration::from_millis(1), 0.0);
+        let nodes: Vec<Gossip> = (1..=4u16)
+            .map(|i| net.start(cfg(i, if i == 1 { &[] } else { &[1] }), vec![]))
+            .collect();
+        until("all know all", Duration::from_secs(30), || {
+            nodes.iter().all(|n| n.sim_known() == 4)
+        })
+        .await;
+        let n1 = SocketAddr::from(([10, 0, 0, 1], 1));
+        let digests = || net.traffic(n1).digests;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let before = digests();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let idle = digests() - before;
+        assert!((8..=12).contains(&idle), "idle: {idle} digests in 10 s");
+
+        // Another node changes a key every 100 ms: n1's state changes with it.
+        let before = digests();
+        for i in 0..100 {
+            nodes[1].sim_set("k".into(), i.to_string());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let busy = digests() - before;
+        assert!(busy >= 18, "busy: {busy} digests in 10 s");
+
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let before = digests();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let calm = digests() - before;
+        assert!(
+            (8..=12).contains(&calm),
+            "idle again: {calm} digests in 10 s"
+        );
+        for n in nodes {
+            n.shutdown().await;
+        }
+    }
+
+    /// A run numbers its generation above the previous run's even when
+    /// the wall clock went back in between: peers refuse older generations
+    /// for an hour and more, and the restarted node would be shut out.
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_with_the_clock_set_back_is_still_the_newer_run() {
+        let net = MemNet::new(Duration::from_millis(1), 0.0);
+        let n1 = net.start(cfg(1, &[]), vec![]);
+        // The first run's clock was an hour ahead.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let ahead = now + 3_600_000;
+        let first = net.start(
+            GossipConfig {
+                generation: Some(ahead),
+                ..cfg(2, &[1])
+            },
+            vec![("first".into(), "1".into())],
+        );
+        assert_eq!(first.generation(), ahead);
+        until("the first run's key at n1", Duration::from_secs(30), || {
+            n1.sim_holds("n2", "first")
+        })
+        .await;
+        let kept = first.generation();
+        first.shutdown().await;
+        let second = net.start(
+            GossipConfig {
+                generation: Some(crate::gossip::next_generation(now, kept)),
+                ..cfg(2, &[1])
+            },
+            vec![("second".into(), "1".into())],
+        );
+        assert_eq!(second.generation(), ahead + 1);
+        until(
+            "the second run's key at n1",
+            Duration::from_secs(30),
+            || n1.sim_holds("n2", "second"),
+        )
+        .await;
+        second.shutdown().await;
+        n1.shutdown().await;
     }
 
     /// A restarted node's new generation stands for it only once its

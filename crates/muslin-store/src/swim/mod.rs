@@ -7,3 +7,4 @@ pub(crate) mod state;
 pub(crate) mod wire;
 
 pub(crate) use engine::{Engine, EngineConfig, Wire};
+pub(crate) use wire::is_digest;

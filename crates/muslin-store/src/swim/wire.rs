@@ -34,6 +34,13 @@ pub fn encode(msg: &Sync) -> Vec<u8> {
     out
 }
 
+/// Whether a datagram (before sealing) is a digest: the simulation
+/// counts them.
+pub fn is_digest(datagram: &[u8]) -> bool {
+    // postcard writes an enum's variant index first: `Digest` is 0.
+    datagram.starts_with(&[SYNC, 0])
+}
+
 pub fn decode(body: &[u8]) -> Option<Sync> {
     postcard::from_bytes(body).ok()
 }
@@ -138,5 +145,7 @@ mod tests {
         }
         assert_eq!(n, 5000);
         assert_eq!(decode(b"\xff\xff garbage"), None);
+        assert!(is_digest(&encode(&Sync::Digest(vec![1, 2]))));
+        assert!(!is_digest(&encode(&Sync::Pull(vec![]))));
     }
 }
