@@ -415,6 +415,13 @@ mod tests {
         v
     }
 
+    /// Node n1's default-network leases in `d`: /24 blocks of
+    /// 10.244.0.0/16, settled at once.
+    fn n1_in(d: &Path, ttl: Duration) -> Leases {
+        let pod: IpNet = "10.244.0.0/16".parse().unwrap();
+        Leases::load(d, "n1", pod, 24, Duration::ZERO, ttl).unwrap()
+    }
+
     /// `others`' claims and ours.
     fn view_with(l: &Leases, others: &[(&str, &str, u64)]) -> ClusterView {
         let mut v = claim_view(others);
@@ -428,9 +435,7 @@ mod tests {
     #[test]
     fn claims_settles_loses_and_persists() {
         let d = dir("a");
-        let pod: IpNet = "10.244.0.0/16".parse().unwrap();
-        let mut l =
-            Leases::load(&d, "n1", pod, 24, Duration::ZERO, Duration::from_secs(60)).unwrap();
+        let mut l = n1_in(&d, Duration::from_secs(60));
         let s = l.step(&ClusterView::default(), None);
         let (b, _) = s.claim.unwrap();
         // Settle time zero: settled as soon as the view shows it ours.
@@ -446,8 +451,7 @@ mod tests {
         // An ADD waiting for the first block asks in the step the block
         // settles in: that block serves it; no second one is claimed.
         let d2 = dir("a2");
-        let mut w =
-            Leases::load(&d2, "n1", pod, 24, Duration::ZERO, Duration::from_secs(60)).unwrap();
+        let mut w = n1_in(&d2, Duration::from_secs(60));
         w.step(&ClusterView::default(), Some(0)).claim.unwrap();
         let s = w.step(&view_with(&w, &[]), Some(0));
         assert_eq!(s.settled.len(), 1);
@@ -465,11 +469,11 @@ mod tests {
         assert_eq!(s.release, vec![b2]);
         assert!(!l.claims.contains_key(&b2));
         // A restart within the TTL keeps the blocks.
-        let l2 = Leases::load(&d, "n1", pod, 24, Duration::ZERO, Duration::from_secs(60)).unwrap();
+        let l2 = n1_in(&d, Duration::from_secs(60));
         assert_eq!(l2.claims.keys().copied().collect::<Vec<_>>(), vec![b]);
         // Past the TTL it does not.
         std::thread::sleep(Duration::from_millis(5));
-        let l3 = Leases::load(&d, "n1", pod, 24, Duration::ZERO, Duration::from_millis(1)).unwrap();
+        let l3 = n1_in(&d, Duration::from_millis(1));
         assert!(l3.claims.is_empty());
         std::fs::remove_dir_all(&d).unwrap();
     }
@@ -523,9 +527,7 @@ mod tests {
     #[test]
     fn a_claim_waits_out_late_claims_and_stays_served_once_settled() {
         let d = dir("late");
-        let pod: IpNet = "10.244.0.0/16".parse().unwrap();
-        let mut l =
-            Leases::load(&d, "n1", pod, 24, Duration::ZERO, Duration::from_secs(60)).unwrap();
+        let mut l = n1_in(&d, Duration::from_secs(60));
         l.lateness.since_ms = 0;
         // (The first view only marks what it shows.)
         let (b, _) = l.step(&ClusterView::default(), None).claim.unwrap();

@@ -314,8 +314,9 @@ pub async fn join(
     // Settling waits until a competing claim made at the same moment has
     // reached us, before we hand out addresses: a few rounds on etcd; on
     // gossip also the broadcasts' spread and a few anti-entropy rounds
-    // (once a second, four times while the state changes), which a cluster starting all at once needs (22 lab
-    // hosts started together allocated from one block with 550 ms).
+    // (once a second, four times while the state changes), which a
+    // cluster starting all at once needs (22 lab hosts started together
+    // allocated from one block with 550 ms).
     let settle = match etcd {
         true => (interval * 5).max(Duration::from_millis(500)),
         false => (interval * 5).max(GOSSIP_SETTLE),

@@ -5,8 +5,9 @@
 //! Idle, a node sends a probe and its answer each second, a few
 //! membership packets each round, and one fixed-size digest a second
 //! (four while the state it holds changes): nothing that grows with the
-//! cluster. A change spreads by broadcast in O(log N) rounds; anti-entropy repairs what broadcasts
-//! missed, exchanging summaries only of the digest buckets that differ.
+//! cluster. A change spreads by broadcast in O(log N) rounds;
+//! anti-entropy repairs what broadcasts missed, exchanging summaries only
+//! of the digest buckets that differ.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
